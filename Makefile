@@ -1,0 +1,49 @@
+# rxguard — one target per suite; `make pr` runs what a pull request must pass.
+VENV := .venv
+PY := $(VENV)/bin/python
+OUT ?= out
+SAMPLES := $(wildcard events/batches/*.csv events/batches/*.jsonl events/batches/*.json)
+
+.PHONY: venv run test unit integration e2e lint types cfn pr bench eval kb clean
+
+venv:
+	@bash scripts/venv.sh
+
+run: venv  ## the main job: the whole workflow offline on the sample batches
+	$(VENV)/bin/rxguard run $(SAMPLES) --out $(OUT)
+
+test: venv  ## the whole test suite
+	$(PY) -m pytest
+
+unit: venv
+	$(PY) -m pytest tests/unit
+
+integration: venv
+	$(PY) -m pytest tests/integration
+
+e2e: venv
+	$(PY) -m pytest tests/e2e
+
+lint: venv
+	$(VENV)/bin/ruff check layers functions tests bench scripts
+	$(VENV)/bin/ruff format --check layers functions tests bench scripts
+
+types: venv
+	$(VENV)/bin/mypy
+
+cfn: venv
+	$(VENV)/bin/cfn-lint template.yaml
+
+pr: lint types cfn test
+
+bench: venv  ## figures, not pass/fail
+	$(PY) -m bench
+
+eval: venv
+	$(VENV)/bin/rxguard eval
+
+kb: venv  ## re-import the reference catalogue
+	$(VENV)/bin/rxguard kb import ../shared/reference/monitored_drugs.csv
+
+clean:
+	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache .aws-sam

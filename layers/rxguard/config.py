@@ -1,0 +1,37 @@
+"""Settings parsed once from the environment (STYLE.md: logic never reads os.environ).
+
+Handlers and the CLI call `Settings.from_env()` and pass the result down.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rxguard.kb import Phase
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    phase: Phase = Phase.FULL  # RXGUARD_PHASE: pilot | province | full
+    rules_dir: Path | None = None  # RXGUARD_RULES_DIR, default: rules/ beside the package
+    chunk_size: int = Field(default=5000, ge=1)  # RXGUARD_CHUNK_SIZE: lines per chunk file
+    default_admdvs: str | None = None  # RXGUARD_DEFAULT_ADMDVS: region of lines without admdvs
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for field, var in (
+            ("phase", "RXGUARD_PHASE"),
+            ("rules_dir", "RXGUARD_RULES_DIR"),
+            ("chunk_size", "RXGUARD_CHUNK_SIZE"),
+            ("default_admdvs", "RXGUARD_DEFAULT_ADMDVS"),
+        ):
+            if env.get(var):
+                values[field] = env[var]
+        return cls.model_validate(values)

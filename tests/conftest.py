@@ -1,0 +1,24 @@
+"""Shared fixtures. The layer is on the path (pyproject: pythonpath = layers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = ROOT / "events"
+
+
+def load_event(name: str) -> Any:
+    """Load a sample event from events/ (STYLE.md: one helper for every test)."""
+    return json.loads((EVENTS / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def kb():  # type: ignore[no-untyped-def]
+    from rxguard.kb import get_knowledge_base
+
+    return get_knowledge_base()
