@@ -27,13 +27,17 @@ def main(argv: list[str]) -> int:
         if args.action == "import":
             drugs = import_catalogue(args.csv, args.out)
             phases = Counter(d.phase.value for d in drugs)
-            print(f"imported {len(drugs)} drugs from {args.csv} into {args.out} "
-                  f"(pilot {phases['pilot']}, province {phases['province']}, full {phases['full']})")
+            print(
+                f"imported {len(drugs)} drugs from {args.csv} into {args.out} "
+                f"(pilot {phases['pilot']}, province {phases['province']}, full {phases['full']})"
+            )
             load_knowledge_base(args.out.parent)  # the result must load
             return 0
         kb = load_knowledge_base(args.rules_dir, args.phase)
-        print(f"{len(kb.drugs)} drugs in the catalogue, {len(kb.monitored)} monitored in phase {kb.phase.value}; "
-              f"{len(kb.rules)} rules: {', '.join(kb.rules)}")
+        print(
+            f"{len(kb.drugs)} drugs in the catalogue, {len(kb.monitored)} monitored in phase {kb.phase.value}; "
+            f"{len(kb.rules)} rules: {', '.join(kb.rules)}"
+        )
         return 0
     except KnowledgeBaseError as exc:
         print(f"rxguard kb: {exc}", file=sys.stderr)

@@ -14,8 +14,16 @@ from rxguard.kb import KnowledgeBaseError, Phase, import_catalogue, load_knowled
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT.parent / "shared" / "reference" / "monitored_drugs.csv"
 RULE_IDS = {
-    "over-quantity", "early-refill", "cumulative-oversupply", "cross-institution-repeat", "frequent-visits",
-    "multi-hospital-days", "pharmacy-spend", "trace-code-reuse", "indication-mismatch", "institution-outlier",
+    "over-quantity",
+    "early-refill",
+    "cumulative-oversupply",
+    "cross-institution-repeat",
+    "frequent-visits",
+    "multi-hospital-days",
+    "pharmacy-spend",
+    "trace-code-reuse",
+    "indication-mismatch",
+    "institution-outlier",
 }
 
 
@@ -33,11 +41,15 @@ def test_import_is_repeatable(tmp_path):
     import_catalogue(REFERENCE, out1)
     import_catalogue(REFERENCE, out2)
     assert out1.read_bytes() == out2.read_bytes()
-    assert json.loads(out1.read_text(encoding="utf-8"))["drugs"] == json.loads(
-        (ROOT / "rules" / "drugs.json").read_text(encoding="utf-8"))["drugs"]
+    assert (
+        json.loads(out1.read_text(encoding="utf-8"))["drugs"]
+        == json.loads((ROOT / "rules" / "drugs.json").read_text(encoding="utf-8"))["drugs"]
+    )
 
 
-@pytest.mark.parametrize(("phase", "minimum", "maximum"), [("pilot", 50, 99), ("province", 100, 119), ("full", 120, 120)])
+@pytest.mark.parametrize(
+    ("phase", "minimum", "maximum"), [("pilot", 50, 99), ("province", 100, 119), ("full", 120, 120)]
+)
 def test_phases_select_cumulative_lists(phase, minimum, maximum):
     kb = load_knowledge_base(phase=phase)
     assert minimum <= len(kb.monitored) <= maximum
@@ -60,10 +72,12 @@ def test_indication_prefix_matching(kb):
 def test_region_override_replaces_parameters(kb):
     from rxguard.kb import RuleDefinition
 
-    rule = RuleDefinition.model_validate({
-        **kb.rule("frequent-visits").model_dump(),
-        "region_overrides": {"610000": {"parameters": {"min_visits": 10}, "severity": "high"}},
-    })
+    rule = RuleDefinition.model_validate(
+        {
+            **kb.rule("frequent-visits").model_dump(),
+            "region_overrides": {"610000": {"parameters": {"min_visits": 10}, "severity": "high"}},
+        }
+    )
     assert rule.params_for("610800")["min_visits"] == 10  # Yulin, province-level override
     assert rule.severity_for("610800") == "high"
     assert rule.params_for("310000")["min_visits"] == 15

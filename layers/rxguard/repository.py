@@ -1,0 +1,154 @@
+"""The engine's view of storage: purchase histories, trace-code sales, findings.
+
+`HistoryRepository` is the contract; `InMemoryRepository` (here) serves unit tests, the
+pre-dispensing checks in tests and benchmarks; `rxguard.dynamo.DynamoRepository`
+implements it on DynamoDB for the workflow and the API. Business logic never imports
+boto3: only the DynamoDB implementation does.
+
+Reconciliation unit ("scope"): the findings of one scope are a deterministic function
+of all lines known for it, so storing them is a replace, and late or repeated batches
+converge to the same set (order independence):
+- `patient:<psn_no>`        patient rules (quantity, refills, stock, visits, spend, indication)
+- `trace:<code>`            trace-code reuse, across patients and institutions
+- `institution:<code>`      institution/prescriber outliers
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from rxguard.models import ClaimLine, Finding
+
+
+@dataclass(frozen=True, order=True)
+class TraceSale:
+    """One sale of a traceability code (ordered by time, then line id)."""
+
+    time: datetime
+    line_id: str
+    code: str
+    psn_no: str
+    fixmedins_code: str
+
+
+@dataclass
+class FindingChanges:
+    """What a reconciliation of one or more scopes changed."""
+
+    new: list[Finding] = field(default_factory=list)  # never seen before: alert these
+    updated: list[Finding] = field(default_factory=list)  # same id, figures changed
+    superseded: list[Finding] = field(default_factory=list)  # no longer produced by the rules
+    unchanged: int = 0
+
+
+class HistoryRepository(ABC):
+    """Storage as the rule engine sees it. Implementations batch their reads."""
+
+    @abstractmethod
+    def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
+        """All recorded lines of these patients, each list in time order (one batched read)."""
+
+    @abstractmethod
+    def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
+        """Recorded sales of these traceability codes, each list in time order."""
+
+    @abstractmethod
+    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+        """Record lines and their trace-code sales, conditionally on the line id: a line
+        already recorded is not recorded again. Returns the lines newly recorded."""
+
+    @abstractmethod
+    def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
+        """Current (not superseded) findings of these scopes."""
+
+    @abstractmethod
+    def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
+        """Make `findings` the current findings of `scope`: insert new ones (conditional
+        on finding_id), update changed ones, mark the missing ones superseded. Reviews
+        (confirmed / dismissed) of a finding that is produced again are kept."""
+
+
+class InMemoryRepository(HistoryRepository):
+    """A dict-backed repository with the same semantics as the DynamoDB one."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, ClaimLine] = {}
+        self.by_patient: dict[str, list[ClaimLine]] = defaultdict(list)
+        self.trace_sales: dict[str, list[TraceSale]] = defaultdict(list)
+        self.findings: dict[str, Finding] = {}  # by finding_id, superseded included
+        self.scope_of: dict[str, str] = {}  # finding_id -> scope
+        self.reads = 0  # round trips, for benchmarks and the two-round-trip contract
+        self.writes = 0
+
+    def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
+        self.reads += 1
+        return {p: sorted(self.by_patient.get(p, ()), key=_line_order) for p in psn_nos}
+
+    def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
+        self.reads += 1
+        return {c: sorted(self.trace_sales.get(c, ())) for c in codes}
+
+    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+        self.writes += 1
+        recorded = []
+        for line in lines:
+            if line.line_id in self.lines:
+                continue
+            self.lines[line.line_id] = line
+            self.by_patient[line.psn_no].append(line)
+            for code in line.trace_codes:
+                sale = TraceSale(line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code)
+                self.trace_sales[code].append(sale)
+            recorded.append(line)
+        return recorded
+
+    def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
+        self.reads += 1
+        wanted = set(scopes)
+        out: dict[str, list[Finding]] = {s: [] for s in wanted}
+        for fid, scope in self.scope_of.items():
+            finding = self.findings[fid]
+            if scope in wanted and finding.status != "superseded":
+                out[scope].append(finding)
+        return out
+
+    def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
+        self.writes += 1
+        changes = FindingChanges()
+        current = {f.finding_id for f in findings}
+        for finding in findings:
+            old = self.findings.get(finding.finding_id)
+            if old is None:
+                changes.new.append(finding)
+                self.findings[finding.finding_id] = finding
+            else:
+                status = old.status if old.status in ("confirmed", "dismissed") else "new"
+                merged = finding.model_copy(update={"status": status})
+                if merged != old:
+                    changes.updated.append(merged)
+                    self.findings[finding.finding_id] = merged
+                else:
+                    changes.unchanged += 1
+            self.scope_of[finding.finding_id] = scope
+        for fid, owner in self.scope_of.items():
+            old = self.findings[fid]
+            if owner == scope and fid not in current and old.status != "superseded":
+                gone = old.model_copy(update={"status": "superseded"})
+                self.findings[fid] = gone
+                changes.superseded.append(gone)
+        return changes
+
+    def all_current_findings(self) -> list[Finding]:
+        return sorted((f for f in self.findings.values() if f.status != "superseded"), key=lambda f: f.finding_id)
+
+
+def _line_order(line: ClaimLine) -> tuple[datetime, str]:
+    return (line.fee_ocur_time, line.line_id)
+
+
+def iter_codes(lines: Iterable[ClaimLine]) -> set[str]:
+    return {code for line in lines for code in line.trace_codes}
