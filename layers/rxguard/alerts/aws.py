@@ -1,0 +1,77 @@
+"""The AWS notification sink: SNS topics for alerts and letter announcements, the
+results bucket for letters and for the "sent" markers that make publishing idempotent.
+
+The only module of the alerts and letters packages that talks to AWS.
+
+Exactly-once, as far as SNS standard topics allow: before publishing message M the sink
+creates `notifications/sent/<M.message_id>` with a conditional put (`If-None-Match: *`).
+If the marker exists, M was published by an earlier attempt and is skipped. If the
+publish fails, the marker is deleted again so a retry publishes M. A process killed
+between the put and the publish loses M (at-most-once), which we prefer to duplicates;
+the finding itself stays in the findings table and in the batch report.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rxguard.alerts.schema import AlertMessage
+from rxguard.alerts.sink import NotificationSink
+
+logger = logging.getLogger(__name__)
+
+MARKER_PREFIX = "notifications/sent/"
+
+
+class AwsNotificationSink(NotificationSink):
+    def __init__(
+        self,
+        sns: Any,
+        s3: Any,
+        alerts_topic_arn: str,
+        letters_topic_arn: str,
+        results_bucket: str,
+    ) -> None:
+        self.sns = sns
+        self.s3 = s3
+        self.alerts_topic_arn = alerts_topic_arn
+        self.letters_topic_arn = letters_topic_arn
+        self.results_bucket = results_bucket
+
+    def publish_alert(self, message: AlertMessage) -> bool:
+        return self._publish_once(self.alerts_topic_arn, message)
+
+    def publish_letter(self, message: AlertMessage) -> bool:
+        return self._publish_once(self.letters_topic_arn, message)
+
+    def put_letter(self, key: str, body: bytes, content_type: str) -> str:
+        self.s3.put_object(Bucket=self.results_bucket, Key=key, Body=body, ContentType=content_type)
+        return f"s3://{self.results_bucket}/{key}"
+
+    def _publish_once(self, topic_arn: str, message: AlertMessage) -> bool:
+        marker = MARKER_PREFIX + message.message_id
+        if not self._claim(marker, topic_arn):
+            logger.info("already published, skipped", extra={"message_id": message.message_id})
+            return False
+        try:
+            self.sns.publish(
+                TopicArn=topic_arn,
+                Subject=message.subject,
+                Message=message.body_json(),
+                MessageAttributes=message.sns_attributes(),
+            )
+        except Exception:
+            self.s3.delete_object(Bucket=self.results_bucket, Key=marker)
+            raise
+        return True
+
+    def _claim(self, key: str, topic_arn: str) -> bool:
+        try:
+            self.s3.put_object(Bucket=self.results_bucket, Key=key, Body=topic_arn.encode("utf-8"), IfNoneMatch="*")
+        except Exception as exc:  # botocore ClientError; business code never imports botocore
+            error = getattr(exc, "response", {}).get("Error", {})
+            if error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                return False
+            raise
+        return True

@@ -1,0 +1,124 @@
+"""`notify_batch`: alerts, digests and letters for the findings of one batch."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import date
+
+from pydantic import BaseModel, Field
+
+from rxguard.alerts import messages
+from rxguard.alerts.settings import AlertSettings
+from rxguard.alerts.sink import NotificationSink
+from rxguard.kb import KnowledgeBase
+from rxguard.models import ClaimLine, Finding
+
+logger = logging.getLogger(__name__)
+
+
+class LetterRef(BaseModel):
+    letter_id: str  # `institution-<code>` or `patient-<pseudonym>`
+    number: str  # letter number, e.g. 医保监警〔2026〕3F2A9C1E号
+    kind_zh: str  # 提醒函 / 警示函
+    addressee_type: str  # institution | patient
+    findings: int
+    locations: dict[str, str]  # format (pdf, html) -> URI
+    announced: bool  # False when an earlier attempt announced it already
+
+
+class NotifySummary(BaseModel):
+    batch_id: str
+    findings: int = 0  # findings given
+    muted: int = 0  # low-severity findings muted by configuration
+    alerts_published: int = 0  # per-finding alerts sent now
+    alerts_duplicate: int = 0  # per-finding alerts already sent by an earlier attempt
+    digests_published: int = 0
+    digests_duplicate: int = 0
+    letters: list[LetterRef] = Field(default_factory=list)
+
+
+def notify_batch(
+    findings: Sequence[Finding],
+    *,
+    batch_id: str,
+    kb: KnowledgeBase,
+    sink: NotificationSink,
+    settings: AlertSettings | None = None,
+    issued_on: date | None = None,
+    institution_names: Mapping[str, str] | None = None,
+    lines: Mapping[str, ClaimLine] | None = None,
+) -> NotifySummary:
+    """Publish the batch's notifications through `sink`; safe to call again for a retry.
+
+    - one alert per finding at or above `settings.alert_min_severity` (default high),
+      message id `finding/<finding_id>`: published once ever, whichever batch brings it;
+    - one digest per institution of the batch, id `digest/<batch_id>/<institution>`;
+    - letters (提醒函/警示函) per institution and per patient, stored through the sink and
+      announced on the letters topic (`settings.letters_enabled`).
+    Superseded findings and muted low-severity ones are left out. `institution_names`
+    (fixmedins_code -> name) and `lines` (line_id -> ClaimLine, the evidence lines) enrich
+    the letters when the caller has them.
+    """
+    settings = settings or AlertSettings()
+    key = settings.pseudonym_key
+    summary = NotifySummary(batch_id=batch_id, findings=len(findings))
+    names = institution_names or {}
+
+    unique = {f.finding_id: f for f in findings if f.status != "superseded"}
+    active: list[Finding] = []
+    for finding in sorted(unique.values(), key=lambda f: f.finding_id):
+        if settings.muted(finding):
+            summary.muted += 1
+        else:
+            active.append(finding)
+
+    alerted: dict[str, list[str]] = defaultdict(list)
+    for finding in active:
+        if finding.severity.rank < settings.alert_min_severity.rank:
+            continue
+        message = messages.finding_alert(finding, batch_id=batch_id, kb=kb, key=key)
+        if sink.publish_alert(message):
+            summary.alerts_published += 1
+        else:
+            summary.alerts_duplicate += 1
+        alerted[finding.fixmedins_code or messages.NO_INSTITUTION].append(finding.finding_id)
+
+    by_institution: dict[str, list[Finding]] = defaultdict(list)
+    for finding in active:
+        by_institution[finding.fixmedins_code or messages.NO_INSTITUTION].append(finding)
+    for institution, group in sorted(by_institution.items()):
+        message = messages.digest(
+            institution,
+            group,
+            batch_id=batch_id,
+            kb=kb,
+            key=key,
+            top=settings.digest_top,
+            alerted=alerted.get(institution, ()),
+            institution_name=names.get(institution),
+        )
+        if sink.publish_alert(message):
+            summary.digests_published += 1
+        else:
+            summary.digests_duplicate += 1
+
+    if settings.letters_enabled:
+        from rxguard.letters import issue_letters  # the letters need jinja2 and fpdf2: import on use
+
+        summary.letters = issue_letters(
+            active,
+            batch_id=batch_id,
+            kb=kb,
+            sink=sink,
+            settings=settings,
+            issued_on=issued_on or date.today(),
+            institution_names=names,
+            lines=lines or {},
+        )
+    logger.info(
+        "notified batch",
+        extra={k: v for k, v in summary.model_dump().items() if k != "letters"} | {"letters": len(summary.letters)},
+    )
+    return summary
