@@ -1,0 +1,427 @@
+"""Normalization of one raw claim record (CSV row, JSON object) into a `ClaimLine`.
+
+`normalize_record` validates every field of DESIGN.md "Claim-line format" itself and then
+builds the model with `model_construct` (no second validation: this is the hot path of a
+1,000,000-line batch). A bad record raises `LineRejected` carrying the `Rejection`: the
+first problem found, naming file, line, field and a reason code (see docs/ingest.md).
+
+psn_no is personal data: it never appears in a rejection message or a log line.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from rxguard.kb import KnowledgeBase
+from rxguard.models import ClaimLine, InstitutionKind, Rejection
+
+# Reason codes (docs/ingest.md). Line-level:
+MISSING = "missing"  # required field absent or empty
+MALFORMED = "malformed"  # a value of the wrong shape (not a number, bad code, bad flag ...)
+NOT_POSITIVE = "not_positive"  # cnt <= 0, pric < 0, det_item_fee_sumamt < 0
+AMOUNT_MISMATCH = "amount_mismatch"  # |det_item_fee_sumamt - cnt x pric| > 0.01 yuan
+BAD_TIME = "bad_time"  # fee_ocur_time not a date-time we read
+DUPLICATE = "duplicate"  # fixmedins_code + feedetl_sn seen earlier in the batch
+RAGGED_ROW = "ragged_row"  # CSV row with a different number of fields than the header
+ENCODING = "encoding"  # bytes not valid in the file's encoding
+TOO_LONG = "too_long"  # line or field beyond the size caps
+UNKNOWN_FIELD_TYPE = "unknown_field_type"  # JSON object/list/bool where a scalar is expected
+# Whole-file (Rejection.line is None):
+FILE_MISSING = "file_missing"
+FILE_EMPTY = "empty"
+FILE_BINARY = "binary"
+FILE_NO_HEADER = "no_header"
+FILE_NOT_JSON = "not_json"
+
+LINE_REASONS = (
+    MISSING,
+    MALFORMED,
+    NOT_POSITIVE,
+    AMOUNT_MISMATCH,
+    BAD_TIME,
+    DUPLICATE,
+    RAGGED_ROW,
+    ENCODING,
+    TOO_LONG,
+    UNKNOWN_FIELD_TYPE,
+)
+
+AMOUNT_TOLERANCE = 0.01  # yuan: rounding of cnt x pric to the fen
+MAX_TEXT = 1000  # characters in one text field
+MAX_CNT = 1_000_000.0  # an implausible quantity is a data error, not a purchase
+
+REQUIRED = (
+    "feedetl_sn",
+    "fixmedins_code",
+    "psn_no",
+    "med_type",
+    "fee_ocur_time",
+    "med_list_codg",
+    "cnt",
+    "pric",
+    "det_item_fee_sumamt",
+)
+OPTIONAL = (
+    "fixmedins_name",
+    "admdvs",
+    "mdtrt_id",
+    "setl_id",
+    "med_list_name",
+    "trdn_flag",
+    "sin_dos_dscr",
+    "used_frqu_dscr",
+    "prd_days",
+    "rxno",
+    "bilg_dr_codg",
+    "dise_codg",
+    "dscg_tkdrug_flag",
+    "lt_rx_flag",
+    "drug_trac_codg",
+    "override_reason",
+)
+FIELDS = REQUIRED + OPTIONAL
+KNOWN_FIELDS = frozenset(FIELDS)
+PERSONAL_FIELDS = frozenset({"psn_no", "certno", "psn_cert_no", "cert_no"})
+
+OVERRIDE_REASONS: dict[str, str] = {
+    "lost": "lost",
+    "遗失": "lost",
+    "丢失": "lost",
+    "travel": "travel",
+    "外出": "travel",
+    "出差": "travel",
+    "旅行": "travel",
+    "dose_change": "dose_change",
+    "剂量调整": "dose_change",
+}
+_FLAGS: dict[object, bool] = {"": False, "0": False, "1": True, 0: False, 1: True, False: False, True: True}
+
+_INSTITUTION = re.compile(r"[A-Za-z][A-Za-z0-9]{1,39}")
+_DRUG_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")
+_DIGITS = re.compile(r"\d{1,4}")
+_ADMDVS = re.compile(r"\d{6}")
+_TRACE = re.compile(r"\d{20}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SPLIT_TRACE = re.compile(r"[,，;；\s]+")
+_SPLIT_DX = re.compile(r"[;；,，]+")
+# 2025/8/1 9:05:00, 2025-08-01 09:05, 2025.08.01 09:05:00
+_LOOSE_TIME = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})[ T](\d{1,2}):(\d{1,2})(?::(\d{1,2}))?(\.\d+)?")
+_CHINA = timezone(timedelta(hours=8))
+
+
+class LineRejected(Exception):
+    """A record could not be normalized; `.rejection` says where and why."""
+
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(f"{rejection.file}:{rejection.line} {rejection.field} {rejection.reason}: {rejection.message}")
+        self.rejection = rejection
+
+
+def show(value: object, limit: int = 40) -> str:
+    """A value for a message: repr, shortened."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Ctx:
+    """What a rejection needs to name the line; built only when a line is rejected."""
+
+    __slots__ = ("file", "line", "record")
+
+    def __init__(self, file: str, line: int, record: Mapping[str, Any]) -> None:
+        self.file, self.line, self.record = file, line, record
+
+    def reject(self, field: str | None, reason: str, message: str) -> LineRejected:
+        code, sn = self.record.get("fixmedins_code"), self.record.get("feedetl_sn")
+        line_id = None
+        if isinstance(code, str | int) and isinstance(sn, str | int) and not isinstance(code, bool):
+            code_s, sn_s = str(code).strip(), str(sn).strip()
+            if code_s and sn_s and len(code_s) + len(sn_s) < 120 and not _CONTROL.search(code_s + sn_s):
+                line_id = f"{code_s}/{sn_s}"
+        where = f"line {line_id}: " if line_id else ""
+        return LineRejected(
+            Rejection(
+                file=self.file, line=self.line, field=field, reason=reason, message=where + message, line_id=line_id
+            )
+        )
+
+
+def _text(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> str | None:
+    value = rec.get(field)
+    if value is None:
+        text = ""
+    elif type(value) is str:
+        text = value.strip()
+    elif type(value) is int:
+        text = str(value)
+    elif type(value) is float:
+        text = str(int(value)) if value.is_integer() else str(value)
+    else:
+        raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} is a JSON {type(value).__name__}, expected text")
+    if not text:
+        if required:
+            raise ctx.reject(field, MISSING, f"{field} is required")
+        return None
+    if len(text) > MAX_TEXT:
+        raise ctx.reject(field, TOO_LONG, f"{field} has {len(text)} characters (at most {MAX_TEXT})")
+    if _CONTROL.search(text):
+        shown = "(value withheld)" if field in PERSONAL_FIELDS else show(text)
+        raise ctx.reject(field, MALFORMED, f"{field} contains control characters: {shown}")
+    if "\ufffd" in text:
+        raise ctx.reject(field, ENCODING, f"{field} holds bytes that are not valid in the file's encoding")
+    return text
+
+
+def _number(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> float | None:
+    value = rec.get(field)
+    if type(value) is float or type(value) is int:
+        number = float(value)
+    elif value is None or (type(value) is str and not value.strip()):
+        if required:
+            raise ctx.reject(field, MISSING, f"{field} is required")
+        return None
+    elif type(value) is str:
+        try:
+            number = float(value.strip().replace(",", ""))
+        except ValueError:
+            raise ctx.reject(field, MALFORMED, f"{field} is not a number: {show(value)}") from None
+    else:
+        raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} is a JSON {type(value).__name__}, expected a number")
+    if not math.isfinite(number):
+        raise ctx.reject(field, MALFORMED, f"{field} is not a finite number: {show(value)}")
+    return number
+
+
+def _flag(ctx: _Ctx, rec: Mapping[str, Any], field: str) -> bool:
+    value = rec.get(field)
+    if value is None:
+        return False
+    if type(value) is str:
+        value = value.strip()
+    elif type(value) is float and value in (0.0, 1.0):
+        value = int(value)
+    elif type(value) not in (int, bool):
+        raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} is a JSON {type(value).__name__}, expected 0 or 1")
+    try:
+        return _FLAGS[value]
+    except KeyError:
+        raise ctx.reject(field, MALFORMED, f"{field} must be 0, 1 or empty, not {show(value)}") from None
+
+
+def parse_time(text: str) -> datetime | None:
+    """`YYYY-MM-DD HH:MM:SS`, ISO 'T', '/' or '.' separators, or YYYYMMDDHHMMSS; China time.
+    Returns None when unreadable. Zone-aware values are converted to China time (UTC+8)."""
+    value: datetime | None = None
+    if len(text) == 19 and text[4] == "-" and text[10] in " T":
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    elif len(text) == 14 and text.isdigit():
+        try:
+            value = datetime(
+                int(text[:4]), int(text[4:6]), int(text[6:8]), int(text[8:10]), int(text[10:12]), int(text[12:])
+            )
+        except ValueError:
+            return None
+    else:
+        m = _LOOSE_TIME.fullmatch(text)
+        if m is not None:
+            y, mo, d, h, mi, s, frac = m.groups()
+            try:
+                micro = int(round(float(frac) * 1_000_000)) if frac else 0
+                value = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s or 0), min(micro, 999_999))
+            except ValueError:
+                return None
+        elif len(text) > 19 and text[4] == "-" and text[10] in " T":
+            try:  # fractions and zone offsets
+                value = datetime.fromisoformat(text)
+            except ValueError:
+                return None
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(_CHINA).replace(tzinfo=None)
+    if not 1990 <= value.year <= 2100:
+        return None
+    return value
+
+
+def normalize_record(
+    record: Mapping[str, object],
+    kb: KnowledgeBase,
+    *,
+    file: str,
+    line: int,
+    default_admdvs: str | None = None,
+) -> ClaimLine:
+    """Validate and normalize one record (field names of DESIGN.md; unknown fields ignored).
+
+    Raises `LineRejected` with the first problem found. `line` is the 1-based physical line
+    where the record starts (for a JSON document: the element index + 1)."""
+    rec: Mapping[str, Any] = record
+    if not KNOWN_FIELDS.issuperset(rec):
+        rec = {str(k).strip().lower(): v for k, v in record.items()}
+    ctx = _Ctx(file, line, rec)
+
+    feedetl_sn = _text(ctx, rec, "feedetl_sn", True)
+    fixmedins_code = _text(ctx, rec, "fixmedins_code", True)
+    assert feedetl_sn is not None and fixmedins_code is not None
+    if len(feedetl_sn) > 64:
+        raise ctx.reject("feedetl_sn", MALFORMED, f"feedetl_sn is longer than 64 characters: {show(feedetl_sn)}")
+    if _INSTITUTION.fullmatch(fixmedins_code) is None:
+        raise ctx.reject(
+            "fixmedins_code",
+            MALFORMED,
+            f"fixmedins_code must be a letter and letters/digits (H... hospital, P... pharmacy): {show(fixmedins_code)}",
+        )
+    psn_no = _text(ctx, rec, "psn_no", True)
+    assert psn_no is not None
+    if len(psn_no) > 64:
+        raise ctx.reject("psn_no", MALFORMED, "psn_no is longer than 64 characters (value withheld)")
+    med_type = _text(ctx, rec, "med_type", True)
+    assert med_type is not None
+    if _DIGITS.fullmatch(med_type) is None:
+        raise ctx.reject("med_type", MALFORMED, f"med_type must be 1-4 digits (11, 14, 21, 41 ...): {show(med_type)}")
+
+    time_text = _text(ctx, rec, "fee_ocur_time", True)
+    assert time_text is not None
+    fee_ocur_time = parse_time(time_text)
+    if fee_ocur_time is None:
+        raise ctx.reject(
+            "fee_ocur_time", BAD_TIME, f"fee_ocur_time is not 'YYYY-MM-DD HH:MM:SS' (1990-2100): {show(time_text)}"
+        )
+
+    med_list_codg = _text(ctx, rec, "med_list_codg", True)
+    assert med_list_codg is not None
+    if _DRUG_CODE.fullmatch(med_list_codg) is None:
+        raise ctx.reject("med_list_codg", MALFORMED, f"med_list_codg is not a drug code: {show(med_list_codg)}")
+
+    cnt = _number(ctx, rec, "cnt", True)
+    pric = _number(ctx, rec, "pric", True)
+    total = _number(ctx, rec, "det_item_fee_sumamt", True)
+    assert cnt is not None and pric is not None and total is not None
+    if cnt <= 0:
+        raise ctx.reject("cnt", NOT_POSITIVE, f"cnt must be > 0 (refunds are not claim lines): {cnt:g}")
+    if cnt > MAX_CNT:
+        raise ctx.reject("cnt", MALFORMED, f"cnt {cnt:g} is implausible (at most {MAX_CNT:g})")
+    if pric < 0:
+        raise ctx.reject("pric", NOT_POSITIVE, f"pric must be >= 0: {pric:g}")
+    if total < 0:
+        raise ctx.reject("det_item_fee_sumamt", NOT_POSITIVE, f"det_item_fee_sumamt must be >= 0: {total:g}")
+    if abs(total - cnt * pric) > AMOUNT_TOLERANCE + 1e-9:
+        raise ctx.reject(
+            "det_item_fee_sumamt",
+            AMOUNT_MISMATCH,
+            f"det_item_fee_sumamt {total:.2f} differs from cnt x pric = {cnt:g} x {pric:g} = {cnt * pric:.2f}",
+        )
+
+    trdn_flag = _flag(ctx, rec, "trdn_flag")
+    dscg_tkdrug_flag = _flag(ctx, rec, "dscg_tkdrug_flag")
+    lt_rx_flag = _flag(ctx, rec, "lt_rx_flag")
+
+    admdvs = _text(ctx, rec, "admdvs", False) or default_admdvs
+    if admdvs is not None and _ADMDVS.fullmatch(admdvs) is None:
+        raise ctx.reject("admdvs", MALFORMED, f"admdvs must be a 6-digit region code: {show(admdvs)}")
+
+    prd_days = _number(ctx, rec, "prd_days", False)
+    if prd_days is not None and prd_days < 0:
+        raise ctx.reject("prd_days", MALFORMED, f"prd_days must be >= 0: {prd_days:g}")
+
+    trace_codes = _trace_codes(ctx, rec)
+    diagnoses = _diagnoses(ctx, rec)
+
+    override_text = _text(ctx, rec, "override_reason", False)
+    override_reason = None
+    if override_text is not None:
+        override_reason = OVERRIDE_REASONS.get(override_text.lower())
+        if override_reason is None:
+            raise ctx.reject(
+                "override_reason",
+                MALFORMED,
+                f"override_reason must be lost, travel or dose_change (遗失, 外出, 剂量调整): {show(override_text)}",
+            )
+
+    mdtrt_id = _text(ctx, rec, "mdtrt_id", False) or f"{fixmedins_code}:{fee_ocur_time.date().isoformat()}"
+
+    drug = kb.drug(med_list_codg)
+    if drug is None:
+        quantity_units = cnt
+        days_supply = None
+        atc_code = None
+    else:
+        quantity_units = cnt if trdn_flag else cnt * drug.units_per_pack
+        days_supply = drug.days_supply(quantity_units)
+        atc_code = drug.atc_code
+
+    return ClaimLine.model_construct(
+        feedetl_sn=feedetl_sn,
+        fixmedins_code=fixmedins_code,
+        fixmedins_name=_text(ctx, rec, "fixmedins_name", False),
+        institution_kind=InstitutionKind.from_code(fixmedins_code),
+        admdvs=admdvs,
+        psn_no=psn_no,
+        mdtrt_id=mdtrt_id,
+        setl_id=_text(ctx, rec, "setl_id", False),
+        med_type=med_type,
+        fee_ocur_time=fee_ocur_time,
+        med_list_codg=med_list_codg,
+        med_list_name=_text(ctx, rec, "med_list_name", False),
+        cnt=cnt,
+        trdn_flag=trdn_flag,
+        pric=pric,
+        det_item_fee_sumamt=total,
+        quantity_units=quantity_units,
+        sin_dos_dscr=_text(ctx, rec, "sin_dos_dscr", False),
+        used_frqu_dscr=_text(ctx, rec, "used_frqu_dscr", False),
+        prd_days=prd_days,
+        rxno=_text(ctx, rec, "rxno", False),
+        bilg_dr_codg=_text(ctx, rec, "bilg_dr_codg", False),
+        diagnoses=diagnoses,
+        dscg_tkdrug_flag=dscg_tkdrug_flag,
+        lt_rx_flag=lt_rx_flag,
+        override_reason=override_reason,
+        trace_codes=trace_codes,
+        monitored=drug is not None,
+        atc_code=atc_code,
+        days_supply=days_supply,
+        source_file=file,
+        source_line=line,
+    )
+
+
+def _items(ctx: _Ctx, rec: Mapping[str, Any], field: str, splitter: re.Pattern[str]) -> list[str]:
+    """A list field: a separated string (CSV) or a JSON list of strings."""
+    value = rec.get(field)
+    if value is None:
+        return []
+    if type(value) is list:
+        if not all(type(v) is str or type(v) is int for v in value):
+            raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} must be a list of strings")
+        parts = [str(v).strip() for v in value]
+        return [p for p in parts if p]
+    text = _text(ctx, rec, field, False)
+    if text is None:
+        return []
+    return [p for p in splitter.split(text) if p]
+
+
+def _trace_codes(ctx: _Ctx, rec: Mapping[str, Any]) -> list[str]:
+    codes = _items(ctx, rec, "drug_trac_codg", _SPLIT_TRACE)
+    for code in codes:
+        if _TRACE.fullmatch(code) is None:
+            raise ctx.reject("drug_trac_codg", MALFORMED, f"trace code is not 20 digits: {show(code)}")
+    return codes
+
+
+def _diagnoses(ctx: _Ctx, rec: Mapping[str, Any]) -> list[str]:
+    codes = [c.strip().upper() for c in _items(ctx, rec, "dise_codg", _SPLIT_DX)]
+    codes = [c for c in codes if c]
+    for code in codes:
+        if len(code) > 32 or _CONTROL.search(code):
+            raise ctx.reject("dise_codg", MALFORMED, f"diagnosis code is not an ICD-10 code: {show(code)}")
+    return codes

@@ -1,0 +1,267 @@
+"""Partitioning: a claim batch into chunk files of whole patients, sorted by time.
+
+`prepare_batch` reads the batch once (streaming), spills every accepted line to one of N
+hash partitions on disk (by a hash of psn_no) and its line id to one of N key partitions
+(by a hash of the line id). Then it finds duplicates one key partition at a time, and
+sorts one patient partition at a time into chunks of about `chunk_size` lines. Memory is
+bounded by one partition (N grows with the file size), not by the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from pathlib import Path
+from typing import IO, Any
+
+from rxguard.ingest.normalize import DUPLICATE
+from rxguard.ingest.reader import BatchReader
+from rxguard.kb import KnowledgeBase
+from rxguard.models import ClaimLine, Rejection
+
+PARTITION_SOURCE_BYTES = 4 * 1024 * 1024  # about this much input per partition
+MAX_PARTITIONS = 256
+PROGRESS_EVERY = 10_000
+_ADMDVS = re.compile(r"\d{6}")
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    path: Path
+    lines: int
+    patients: int
+
+
+@dataclass
+class PrepareResult:
+    file: str
+    format: str | None
+    encoding: str | None
+    lines_read: int
+    accepted: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    file_error: Rejection | None
+    chunks: list[ChunkInfo] = field(default_factory=list)
+    rejected_path: Path = Path("rejected.jsonl")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (paths as strings), e.g. for a Step Functions manifest."""
+        return {
+            "file": self.file,
+            "format": self.format,
+            "encoding": self.encoding,
+            "lines_read": self.lines_read,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "rejected_by_reason": dict(self.rejected_by_reason),
+            "file_error": self.file_error.model_dump(mode="json") if self.file_error else None,
+            "chunks": [{"path": str(c.path), "lines": c.lines, "patients": c.patients} for c in self.chunks],
+            "rejected_path": str(self.rejected_path),
+        }
+
+
+def write_chunk(lines: Iterable[ClaimLine]) -> bytes:
+    """JSON Lines of `ClaimLine.model_dump(mode="json")`, one line each."""
+    return b"".join(line.model_dump_json().encode("utf-8") + b"\n" for line in lines)
+
+
+def read_chunk(data: bytes | Path) -> list[ClaimLine]:
+    """The lines of a chunk file (bytes or a path), validated."""
+    raw = data.read_bytes() if isinstance(data, Path) else data
+    return [ClaimLine.model_validate_json(line) for line in raw.splitlines() if line.strip()]
+
+
+def _patient_key(psn_no: str) -> str:
+    return blake2b(psn_no.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def prepare_batch(
+    path: Path,
+    kb: KnowledgeBase,
+    out_dir: Path,
+    *,
+    chunk_size: int = 5000,
+    name: str | None = None,
+    default_admdvs: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PrepareResult:
+    """Validate and normalize a batch; write `out_dir/chunk-NNNNN.jsonl` (whole patients,
+    sorted by (fee_ocur_time, line_id), about `chunk_size` lines each) and
+    `out_dir/rejected.jsonl` (one Rejection a line, the file error included).
+    `progress(lines_read)` is called every 10,000 lines and at the end."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
+    if default_admdvs is not None and _ADMDVS.fullmatch(default_admdvs) is None:
+        raise ValueError(f"default_admdvs must be a 6-digit region code, not {default_admdvs!r}")
+    path, out_dir = Path(path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("chunk-*.jsonl"):
+        old.unlink()
+    reader = BatchReader(path, kb, name=name, default_admdvs=default_admdvs, dedupe=False)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    n_parts = max(1, min(MAX_PARTITIONS, size // PARTITION_SOURCE_BYTES + 1))
+    rejected_path = out_dir / "rejected.jsonl"
+    result = PrepareResult(
+        file=reader.name,
+        format=None,
+        encoding=None,
+        lines_read=0,
+        accepted=0,
+        rejected=0,
+        rejected_by_reason={},
+        file_error=None,
+        rejected_path=rejected_path,
+    )
+    spill = Path(tempfile.mkdtemp(prefix=".spill-", dir=out_dir))
+    try:
+        with rejected_path.open("w", encoding="utf-8") as rejected_out:
+            _spill(reader, spill, n_parts, rejected_out, progress)
+            result.format, result.encoding = reader.format, reader.encoding
+            result.lines_read, result.accepted, result.rejected = reader.lines_read, reader.accepted, reader.rejected
+            result.rejected_by_reason = dict(reader.rejected_by_reason)
+            result.file_error = reader.file_error
+            if reader.file_error is None:
+                _find_duplicates(spill, n_parts)
+                _write_chunks(spill, n_parts, out_dir, chunk_size, rejected_out, result)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    if progress is not None:
+        progress(result.lines_read)
+    return result
+
+
+def _spill(
+    reader: BatchReader,
+    spill: Path,
+    n_parts: int,
+    rejected_out: IO[str],
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Pass 1: every accepted line to its patient partition, its line id to a key partition."""
+    parts = [(spill / f"p{i}").open("w", encoding="utf-8") for i in range(n_parts)]
+    keys = [(spill / f"k{i}").open("w", encoding="utf-8") for i in range(n_parts)]
+    try:
+        count = 0
+        for item in reader:
+            count += 1
+            if progress is not None and count % PROGRESS_EVERY == 0:
+                progress(reader.lines_read)
+            if type(item) is not ClaimLine:
+                rejected_out.write(item.model_dump_json() + "\n")
+                continue
+            patient = _patient_key(item.psn_no)
+            part = int(patient[:8], 16) % n_parts
+            line_id = f"{item.fixmedins_code}/{item.feedetl_sn}"
+            parts[part].write(
+                f"{patient}\t{item.source_line}\t{item.fee_ocur_time.isoformat()}\t{line_id}\t"
+                f"{item.model_dump_json()}\n"
+            )
+            keys[zlib.crc32(line_id.encode("utf-8")) % n_parts].write(f"{line_id}\t{item.source_line}\t{part}\n")
+    finally:
+        for handle in parts + keys:
+            handle.close()
+
+
+def _find_duplicates(spill: Path, n_parts: int) -> None:
+    """Pass 2: per key partition, every line id after its first (in file order) is a
+    duplicate; written as `source_line<TAB>first_line` to the patient partition's dup file."""
+    dups: dict[int, IO[str]] = {}
+    try:
+        for i in range(n_parts):
+            first: dict[str, str] = {}
+            with (spill / f"k{i}").open(encoding="utf-8") as handle:
+                for row in handle:
+                    line_id, source_line, part = row.rstrip("\n").split("\t")
+                    earlier = first.get(line_id)
+                    if earlier is None:
+                        first[line_id] = source_line
+                    else:
+                        out = dups.get(int(part))
+                        if out is None:
+                            out = dups[int(part)] = (spill / f"d{part}").open("w", encoding="utf-8")
+                        out.write(f"{source_line}\t{earlier}\n")
+            (spill / f"k{i}").unlink()
+    finally:
+        for handle in dups.values():
+            handle.close()
+
+
+def _write_chunks(
+    spill: Path,
+    n_parts: int,
+    out_dir: Path,
+    chunk_size: int,
+    rejected_out: IO[str],
+    result: PrepareResult,
+) -> None:
+    """Pass 3: per patient partition, drop duplicates, group by patient, and fill chunks
+    of whole patients; each chunk sorted by (fee_ocur_time, line_id)."""
+    pending: list[tuple[str, str, str]] = []
+    pending_patients = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_patients
+        if not pending:
+            return
+        pending.sort(key=lambda row: (row[0], row[1]))
+        chunk_path = out_dir / f"chunk-{len(result.chunks):05d}.jsonl"
+        with chunk_path.open("w", encoding="utf-8") as out:
+            out.writelines(row[2] + "\n" for row in pending)
+        result.chunks.append(ChunkInfo(path=chunk_path, lines=len(pending), patients=pending_patients))
+        pending, pending_patients = [], 0
+
+    for i in range(n_parts):
+        dup_path = spill / f"d{i}"
+        duplicate_of: dict[str, str] = {}
+        if dup_path.exists():
+            with dup_path.open(encoding="utf-8") as handle:
+                for row in handle:
+                    source_line, first_line = row.rstrip("\n").split("\t")
+                    duplicate_of[source_line] = first_line
+        patients: dict[str, list[tuple[str, str, str]]] = {}
+        with (spill / f"p{i}").open(encoding="utf-8") as handle:
+            for row in handle:
+                patient, source_line, time, line_id, payload = row.rstrip("\n").split("\t", 4)
+                if source_line in duplicate_of:
+                    _reject_duplicate(rejected_out, result, source_line, duplicate_of[source_line], line_id)
+                    continue
+                patients.setdefault(patient, []).append((time, line_id, payload))
+        (spill / f"p{i}").unlink()
+        for patient in sorted(patients):
+            pending.extend(patients[patient])
+            pending_patients += 1
+            if len(pending) >= chunk_size:
+                flush()
+    flush()
+
+
+def _reject_duplicate(out: IO[str], result: PrepareResult, source_line: str, first_line: str, line_id: str) -> None:
+    line = int(source_line)
+    rejection = Rejection(
+        file=result.file,
+        line=line,
+        field="feedetl_sn",
+        reason=DUPLICATE,
+        message=f"line {line_id}: fixmedins_code + feedetl_sn already on line {first_line} of the batch",
+        line_id=line_id,
+    )
+    out.write(rejection.model_dump_json() + "\n")
+    result.accepted -= 1
+    result.rejected += 1
+    result.rejected_by_reason[DUPLICATE] = result.rejected_by_reason.get(DUPLICATE, 0) + 1
+
+
+def read_rejections(path: Path) -> list[Rejection]:
+    """The rejections written by `prepare_batch` (small files; for reports and tests)."""
+    with Path(path).open(encoding="utf-8") as handle:
+        return [Rejection.model_validate(json.loads(row)) for row in handle if row.strip()]

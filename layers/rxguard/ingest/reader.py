@@ -1,0 +1,543 @@
+"""Streaming readers: detect format and encoding from content, yield records line by line.
+
+Memory stays flat in file size: CSV and JSON Lines are read one physical line at a time
+(a line longer than `MAX_LINE_BYTES` is skipped in blocks, never held whole), the JSON
+document is walked element by element with ijson. Every non-blank line ends as exactly
+one `ClaimLine` or one `Rejection`; a file that is not a claim batch at all gives one
+`Rejection` with `line=None` and no lines (`BatchReader.file_error`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from rxguard.ingest.normalize import (
+    DUPLICATE,
+    ENCODING,
+    FILE_BINARY,
+    FILE_EMPTY,
+    FILE_MISSING,
+    FILE_NO_HEADER,
+    FILE_NOT_JSON,
+    KNOWN_FIELDS,
+    MALFORMED,
+    RAGGED_ROW,
+    REQUIRED,
+    TOO_LONG,
+    LineRejected,
+    normalize_record,
+    show,
+)
+from rxguard.kb import KnowledgeBase
+from rxguard.models import ClaimLine, Rejection
+
+MAX_LINE_BYTES = 64 * 1024  # a longer physical line is rejected `too_long` without being read whole
+PREFIX_BYTES = 1024 * 1024  # sniffed for format and encoding
+HEADER_SEARCH_LINES = 10  # a title row or two before the header is tolerated (and reported)
+DELIMITERS = (",", "\t", "|", ";")
+
+# Chinese column titles as Chinese systems export them, and a few common English variants.
+HEADER_ALIASES: dict[str, str] = {
+    "费用明细流水号": "feedetl_sn",
+    "定点医药机构编号": "fixmedins_code",
+    "定点医药机构名称": "fixmedins_name",
+    "医保区划": "admdvs",
+    "人员编号": "psn_no",
+    "就诊id": "mdtrt_id",
+    "结算id": "setl_id",
+    "医疗类别": "med_type",
+    "费用发生时间": "fee_ocur_time",
+    "医保药品编码": "med_list_codg",
+    "医疗目录编码": "med_list_codg",
+    "药品名称": "med_list_name",
+    "数量": "cnt",
+    "拆零标志": "trdn_flag",
+    "单价": "pric",
+    "明细项目费用总额": "det_item_fee_sumamt",
+    "单次剂量描述": "sin_dos_dscr",
+    "使用频次描述": "used_frqu_dscr",
+    "周期天数": "prd_days",
+    "处方号": "rxno",
+    "开单医生编码": "bilg_dr_codg",
+    "诊断代码": "dise_codg",
+    "出院带药标志": "dscg_tkdrug_flag",
+    "长期处方标志": "lt_rx_flag",
+    "药品追溯码": "drug_trac_codg",
+    "超量原因": "override_reason",
+}
+_MAGIC = (
+    (b"PK\x03\x04", "a ZIP archive or Excel workbook (.xlsx): export the sheet as CSV"),
+    (b"\xd0\xcf\x11\xe0", "an old Excel/Office file (.xls): export the sheet as CSV"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive: decompress it first"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+)
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    format: str  # "csv" | "jsonl" | "json"
+    encoding: str  # "utf-8" | "utf-8-sig" | "gb18030" | "utf-16-le" | "utf-16-be"
+    skip: int  # bytes of BOM to skip
+
+
+def _file_error(file: str, reason: str, message: str) -> Rejection:
+    return Rejection(file=file, line=None, field=None, reason=reason, message=f"{file}: {message}")
+
+
+def _bad_lines(prefix: bytes, encoding: str) -> tuple[int, int]:
+    """(lines with non-ASCII bytes, of which not decodable) over the complete lines of prefix."""
+    lines = prefix.split(b"\n")
+    if len(lines) > 1:
+        lines = lines[:-1]  # the last one may be cut
+    non_ascii = bad = 0
+    for raw in lines:
+        if not raw.isascii():
+            non_ascii += 1
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError:
+                bad += 1
+    return non_ascii, bad
+
+
+def _guess_encoding(prefix: bytes) -> str:
+    """UTF-8 when (almost) every non-ASCII line decodes as UTF-8, else GB18030 (a superset of
+    GBK and GB2312). UTF-8 is very unlikely by chance; GB18030 decodes almost anything."""
+    non_ascii, utf8_bad = _bad_lines(prefix, "utf-8")
+    if utf8_bad == 0 or utf8_bad * 20 <= non_ascii:
+        return "utf-8"
+    _, gb_bad = _bad_lines(prefix, "gb18030")
+    return "gb18030" if gb_bad < utf8_bad else "utf-8"
+
+
+def _utf16_order(prefix: bytes) -> str | None:
+    """Without a BOM: ASCII-heavy UTF-16 has zero bytes at every odd (LE) or even (BE) offset."""
+    sample = prefix[: 64 * 1024]
+    if len(sample) < 4:
+        return None
+    even, odd = sample[0::2], sample[1::2]
+    even_zero, odd_zero = even.count(0) / len(even), odd.count(0) / len(odd)
+    if odd_zero > 0.3 and even_zero < 0.05:
+        return "utf-16-le"
+    if even_zero > 0.3 and odd_zero < 0.05:
+        return "utf-16-be"
+    return None
+
+
+def sniff(path: Path, name: str) -> Sniffed | Rejection:
+    """Format and encoding from the content (never the extension), or a whole-file rejection."""
+    try:
+        with path.open("rb") as fh:
+            prefix = fh.read(PREFIX_BYTES)
+            more = bool(fh.read(1))
+    except FileNotFoundError:
+        return _file_error(name, FILE_MISSING, "file not found")
+    except IsADirectoryError:
+        return _file_error(name, FILE_MISSING, "is a directory, not a file")
+    except OSError as exc:
+        return _file_error(name, FILE_MISSING, f"cannot be read: {exc.strerror}")
+    skip, encoding = 0, ""
+    if prefix.startswith(codecs.BOM_UTF8):
+        skip, encoding = 3, "utf-8-sig"
+    elif prefix.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return _file_error(name, FILE_BINARY, "is UTF-32 encoded: export it as UTF-8 or GB18030")
+    elif prefix.startswith(codecs.BOM_UTF16_LE):
+        skip, encoding = 2, "utf-16-le"
+    elif prefix.startswith(codecs.BOM_UTF16_BE):
+        skip, encoding = 2, "utf-16-be"
+    if not prefix[skip:].strip() and not more:
+        return _file_error(name, FILE_EMPTY, "is empty: no claim lines")
+    for magic, what in _MAGIC:
+        if prefix.startswith(magic):
+            return _file_error(name, FILE_BINARY, f"is {what}, not a claim batch")
+    if not encoding:
+        if b"\x00" in prefix:
+            encoding = _utf16_order(prefix) or ""
+            if not encoding:
+                return _file_error(name, FILE_BINARY, "holds NUL bytes: a binary file, not a claim batch")
+        else:
+            controls = len(_CONTROL_BYTES.findall(prefix))
+            if controls > max(8, len(prefix) // 100):
+                return _file_error(name, FILE_BINARY, "holds control bytes: a binary file, not a claim batch")
+            encoding = _guess_encoding(prefix)
+    text = prefix[skip:].decode(encoding, errors="replace")
+    if encoding.startswith("utf-16") and len(prefix) % 2:
+        text = text[:-1]
+    stripped = text.lstrip()
+    if not stripped:  # a megabyte of blank lines, then something: read it as CSV
+        return Sniffed("csv", encoding, skip)
+    if stripped[0] == "[":
+        return Sniffed("json", encoding, skip)
+    if stripped[0] == "{":
+        return Sniffed(_json_kind(stripped), encoding, skip)
+    return Sniffed("csv", encoding, skip)
+
+
+def _json_kind(text: str) -> str:
+    """JSON Lines when the first non-blank lines are whole JSON objects of claim fields."""
+    lines = [ln for ln in text.split("\n")[:20] if ln.strip()]
+    if lines and not text.endswith("\n") and len(lines) < 20:
+        lines = lines[:-1] or lines  # the last line may be cut by the prefix
+    for line in lines[:5]:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            keys = {str(k).lower() for k in value}
+            if "input" in keys or "feedetail" in keys:
+                return "json"
+            return "jsonl"
+    return "json"
+
+
+class _TranscodeToUtf8(io.RawIOBase):
+    """A binary stream that re-encodes the source to UTF-8 for ijson; undecodable bytes
+    become U+FFFD, which normalization rejects as `encoding` for the element holding it."""
+
+    def __init__(self, source: IO[bytes], encoding: str) -> None:
+        self._source = source
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        self._pending = b""
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        size = len(buffer)
+        while len(self._pending) < size and not self._eof:
+            raw = self._source.read(64 * 1024)
+            if not raw:
+                self._eof = True
+                self._pending += self._decoder.decode(b"", final=True).encode("utf-8")
+            else:
+                self._pending += self._decoder.decode(raw).encode("utf-8")
+        chunk, self._pending = self._pending[:size], self._pending[size:]
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+class BatchReader(Iterator[ClaimLine | Rejection]):
+    """Iterates a claim batch: one `ClaimLine` or `Rejection` per non-blank line.
+
+    The counters (lines_read, accepted, rejected, rejected_by_reason) and the sniffed
+    `format`/`encoding` are up to date while iterating; `file_error` is set when the
+    file is rejected whole. Duplicates (same fixmedins_code + feedetl_sn as an earlier
+    accepted line) are rejected when `dedupe` is on, keeping one 64-bit hash per accepted
+    line; `prepare_batch` dedupes on disk instead and turns this off."""
+
+    def __init__(
+        self,
+        path: Path,
+        kb: KnowledgeBase,
+        *,
+        name: str | None = None,
+        default_admdvs: str | None = None,
+        dedupe: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self.kb = kb
+        self.default_admdvs = default_admdvs
+        self.format: str | None = None
+        self.encoding: str | None = None
+        self.delimiter: str | None = None
+        self.lines_read = 0
+        self.accepted = 0
+        self.rejected = 0
+        self.rejected_by_reason: dict[str, int] = {}
+        self.file_error: Rejection | None = None
+        self._seen: dict[int, int] | None = {} if dedupe else None  # hash of line id -> first line
+        self._gen = self._run()
+
+    def __iter__(self) -> BatchReader:
+        return self
+
+    def __next__(self) -> ClaimLine | Rejection:
+        return next(self._gen)
+
+    # --- bookkeeping ---------------------------------------------------------------
+
+    def _reject(self, rejection: Rejection) -> Rejection:
+        self.lines_read += 1
+        self.rejected += 1
+        self.rejected_by_reason[rejection.reason] = self.rejected_by_reason.get(rejection.reason, 0) + 1
+        return rejection
+
+    def _line(self, line_no: int, reason: str, message: str, field: str | None = None) -> Rejection:
+        return self._reject(
+            Rejection(file=self.name, line=line_no, field=field, reason=reason, message=f"line {line_no}: {message}")
+        )
+
+    def _accept(self, record: dict[str, Any], line_no: int) -> ClaimLine | Rejection:
+        try:
+            claim = normalize_record(record, self.kb, file=self.name, line=line_no, default_admdvs=self.default_admdvs)
+        except LineRejected as exc:
+            rejection = exc.rejection
+            if self.format == "json":
+                where = f"(element {line_no} of the feedetail list) "
+                rejection = rejection.model_copy(update={"message": where + rejection.message})
+            return self._reject(rejection)
+        if self._seen is not None:
+            key = hash((claim.fixmedins_code, claim.feedetl_sn))
+            first = self._seen.get(key)
+            if first is not None:
+                return self._reject(
+                    Rejection(
+                        file=self.name,
+                        line=line_no,
+                        field="feedetl_sn",
+                        reason=DUPLICATE,
+                        message=f"line {claim.line_id}: fixmedins_code + feedetl_sn already on line {first} of the batch",
+                        line_id=claim.line_id,
+                    )
+                )
+            self._seen[key] = line_no
+        self.lines_read += 1
+        self.accepted += 1
+        return claim
+
+    # --- the run ---------------------------------------------------------------------
+
+    def _run(self) -> Iterator[ClaimLine | Rejection]:
+        sniffed = sniff(self.path, self.name)
+        if isinstance(sniffed, Rejection):
+            self.file_error = sniffed
+            yield sniffed
+            return
+        self.format, self.encoding = sniffed.format, sniffed.encoding
+        with self.path.open("rb") as fh:
+            fh.seek(sniffed.skip)
+            if sniffed.format == "json":
+                yield from self._json_document(fh, sniffed.encoding)
+            else:
+                lines = _physical_lines(fh, sniffed.encoding)
+                if sniffed.format == "jsonl":
+                    yield from self._json_lines(lines)
+                else:
+                    yield from self._csv(lines)
+
+    def _json_lines(self, lines: Iterator[tuple[int, str | None, str | None]]) -> Iterator[ClaimLine | Rejection]:
+        loads = json.loads
+        for line_no, text, error in lines:
+            if text is None:
+                yield self._physical_error(line_no, error)
+                continue
+            try:
+                record = loads(text)
+            except ValueError as exc:
+                yield self._line(line_no, MALFORMED, f"not valid JSON ({exc})")
+                continue
+            if type(record) is not dict:
+                yield self._line(line_no, MALFORMED, f"a JSON {type(record).__name__}, expected an object")
+                continue
+            yield self._accept(record, line_no)
+
+    def _physical_error(self, line_no: int, error: str | None) -> Rejection:
+        if error == TOO_LONG:
+            return self._line(line_no, TOO_LONG, f"longer than {MAX_LINE_BYTES} bytes; skipped unread")
+        return self._line(line_no, ENCODING, f"bytes not valid {self.encoding}")
+
+    def _csv(self, lines: Iterator[tuple[int, str | None, str | None]]) -> Iterator[ClaimLine | Rejection]:
+        preamble: list[tuple[int, str | None, str | None]] = []
+        header: tuple[str, list[tuple[int, str]], int] | None = None
+        best_missing: list[str] = []
+        for item in lines:
+            preamble.append(item)
+            line_no, text, _ = item
+            if text is not None:
+                found = _parse_header(text)
+                if isinstance(found, tuple):
+                    header = found
+                    preamble.pop()
+                    break
+                if found and not best_missing:
+                    best_missing = found
+            if len(preamble) >= HEADER_SEARCH_LINES:
+                break
+        if header is None:
+            if best_missing:
+                message = f"header lacks required column(s): {', '.join(best_missing)}"
+            else:
+                message = "no recognisable header (needs feedetl_sn, fixmedins_code, psn_no, ... as column names)"
+            self.file_error = _file_error(self.name, FILE_NO_HEADER, message)
+            yield self.file_error
+            return
+        delimiter, columns, width = header
+        self.delimiter = delimiter
+        for line_no, text, error in preamble:
+            if text is None:
+                yield self._physical_error(line_no, error)
+            else:
+                yield self._line(line_no, MALFORMED, "text before the header row, not a claim line")
+        blank = delimiter + " \t\r\n\ufeff"
+        for line_no, text, error in lines:
+            if text is None:
+                yield self._physical_error(line_no, error)
+                continue
+            if not text.strip(blank):
+                continue  # an empty row (",,,,") is a blank line
+            if '"' in text:
+                try:
+                    fields = next(csv.reader([text], delimiter=delimiter, strict=True))
+                except csv.Error as exc:
+                    yield self._line(line_no, MALFORMED, f"CSV quoting error ({exc})")
+                    continue
+            else:
+                fields = text.rstrip("\r\n").split(delimiter)
+            if len(fields) != width:
+                if len(fields) < width or any(f.strip() for f in fields[width:]):
+                    yield self._line(line_no, RAGGED_ROW, f"row has {len(fields)} fields, the header has {width}")
+                    continue
+            record = {field: fields[index] for index, field in columns}
+            yield self._accept(record, line_no)
+
+    def _json_document(self, fh: IO[bytes], encoding: str) -> Iterator[ClaimLine | Rejection]:
+        import ijson  # only JSON documents need it
+
+        start = fh.tell()
+        prefix = _find_items_prefix(fh, encoding)
+        if prefix.startswith("!"):
+            self.file_error = _file_error(self.name, FILE_NOT_JSON, prefix[1:])
+            yield self.file_error
+            return
+        fh.seek(start)
+        stream = io.BufferedReader(_TranscodeToUtf8(fh, encoding), 64 * 1024)
+        index = 0
+        try:
+            for element in ijson.items(stream, prefix, use_float=True):
+                index += 1
+                if type(element) is not dict:
+                    yield self._line(
+                        index,
+                        MALFORMED,
+                        f"(element {index} of the feedetail list) a JSON {type(element).__name__}, expected an object",
+                    )
+                    continue
+                yield self._accept(element, index)
+        except ijson.JSONError as exc:
+            yield self._line(
+                index + 1,
+                MALFORMED,
+                f"(element {index + 1} of the feedetail list) the JSON document is invalid or cut here "
+                f"({show(str(exc), 80)}); the rest of the file is not read",
+            )
+        if index == 0 and self.lines_read == 0:
+            self.file_error = _file_error(self.name, FILE_EMPTY, f"the {prefix[:-5] or 'top-level'} list is empty")
+            yield self.file_error
+
+
+def _find_items_prefix(fh: IO[bytes], encoding: str) -> str:
+    """The ijson prefix of the claim list: `input.feedetail.item`, `feedetail.item`,
+    `input.item` or `item` (a top-level list); or '!' + why the document is not a batch."""
+    import ijson
+
+    stream = io.BufferedReader(_TranscodeToUtf8(fh, encoding), 64 * 1024)
+    wanted = {"": "item", "input.feedetail": "input.feedetail.item", "feedetail": "feedetail.item"}
+    wanted["input"] = "input.item"
+    try:
+        for prefix, event, _ in ijson.parse(stream):
+            if event == "start_array" and prefix in wanted:
+                return wanted[prefix]
+    except ijson.JSONError as exc:
+        return f"!not a valid JSON document ({show(str(exc), 80)})"
+    return '!a JSON document without a claim list: expected {"input": {"feedetail": [...]}} or a list'
+
+
+def _parse_header(text: str) -> tuple[str, list[tuple[int, str]], int] | list[str]:
+    """(delimiter, [(column index, field)], width) for a header row; else the required
+    columns a near-header lacks (empty list when the row is no header at all)."""
+    best: tuple[int, str, list[str]] | None = None
+    for delimiter in DELIMITERS:
+        if delimiter not in text:
+            continue
+        try:
+            names = next(csv.reader([text.rstrip("\r\n")], delimiter=delimiter))
+        except csv.Error:
+            continue
+        known = sum(1 for n in names if _field_name(n) in KNOWN_FIELDS)
+        if best is None or known > best[0]:
+            best = (known, delimiter, names)
+    if best is None or best[0] < 3:
+        return []
+    _, delimiter, names = best
+    columns: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(names):
+        field = _field_name(raw)
+        if field in KNOWN_FIELDS and field not in seen:  # unknown columns ignored; first of a repeat wins
+            seen.add(field)
+            columns.append((index, field))
+    missing = [f for f in REQUIRED if f not in seen]
+    if missing:
+        return missing
+    return delimiter, columns, len(names)
+
+
+def _field_name(raw: str) -> str:
+    name = raw.strip().strip("\ufeff\"'").strip().lower()
+    return HEADER_ALIASES.get(name, name)
+
+
+def _physical_lines(fh: IO[bytes], encoding: str) -> Iterator[tuple[int, str | None, str | None]]:
+    """(1-based physical line number, decoded text or None, error reason) per non-blank line."""
+    if encoding.startswith("utf-16"):
+        yield from _utf16_lines(fh, encoding)
+        return
+    decode_as = "utf-8" if encoding == "utf-8-sig" else encoding
+    readline = fh.readline
+    line_no = 0
+    while True:
+        raw = readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        line_no += 1
+        if len(raw) > MAX_LINE_BYTES and raw[-1:] != b"\n":
+            while True:  # skip the rest of the line in blocks: never held whole
+                more = readline(MAX_LINE_BYTES)
+                if not more or more[-1:] == b"\n":
+                    break
+            yield line_no, None, TOO_LONG
+            continue
+        try:
+            text = raw.decode(decode_as)
+        except UnicodeDecodeError:
+            if raw.strip():
+                yield line_no, None, ENCODING
+            continue
+        if text.strip():
+            yield line_no, text, None
+
+
+def _utf16_lines(fh: IO[bytes], encoding: str) -> Iterator[tuple[int, str | None, str | None]]:
+    reader = io.TextIOWrapper(fh, encoding=encoding, errors="replace", newline="\n")  # type: ignore[type-var]
+    line_no = 0
+    while True:
+        text = reader.readline(MAX_LINE_BYTES + 1)
+        if not text:
+            return
+        line_no += 1
+        if len(text) > MAX_LINE_BYTES and not text.endswith("\n"):
+            while True:
+                more = reader.readline(MAX_LINE_BYTES)
+                if not more or more.endswith("\n"):
+                    break
+            yield line_no, None, TOO_LONG
+            continue
+        if "\ufffd" in text:
+            yield line_no, None, ENCODING
+            continue
+        if text.strip():
+            yield line_no, text, None
