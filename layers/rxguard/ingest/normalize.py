@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from rxguard.kb import KnowledgeBase
-from rxguard.models import ClaimLine, InstitutionKind, Rejection
+from rxguard.models import ClaimLine, InstitutionKind, OverrideReason, Rejection
 
 # Reason codes (docs/ingest.md). Line-level:
 MISSING = "missing"  # required field absent or empty
@@ -87,7 +87,7 @@ FIELDS = REQUIRED + OPTIONAL
 KNOWN_FIELDS = frozenset(FIELDS)
 PERSONAL_FIELDS = frozenset({"psn_no", "certno", "psn_cert_no", "cert_no"})
 
-OVERRIDE_REASONS: dict[str, str] = {
+OVERRIDE_REASONS: dict[str, OverrideReason] = {
     "lost": "lost",
     "遗失": "lost",
     "丢失": "lost",
@@ -98,7 +98,7 @@ OVERRIDE_REASONS: dict[str, str] = {
     "dose_change": "dose_change",
     "剂量调整": "dose_change",
 }
-_FLAGS: dict[object, bool] = {"": False, "0": False, "1": True, 0: False, 1: True, False: False, True: True}
+_FLAGS: dict[object, bool] = {"": False, "0": False, "1": True, 0: False, 1: True}  # False == 0, True == 1
 
 _INSTITUTION = re.compile(r"[A-Za-z][A-Za-z0-9]{1,39}")
 _DRUG_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")
@@ -233,7 +233,7 @@ def parse_time(text: str) -> datetime | None:
         if m is not None:
             y, mo, d, h, mi, s, frac = m.groups()
             try:
-                micro = int(round(float(frac) * 1_000_000)) if frac else 0
+                micro = round(float(frac) * 1_000_000) if frac else 0
                 value = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s or 0), min(micro, 999_999))
             except ValueError:
                 return None
@@ -277,7 +277,7 @@ def normalize_record(
         raise ctx.reject(
             "fixmedins_code",
             MALFORMED,
-            f"fixmedins_code must be a letter and letters/digits (H... hospital, P... pharmacy): {show(fixmedins_code)}",
+            f"fixmedins_code must be a letter then letters/digits (H..., P...): {show(fixmedins_code)}",
         )
     psn_no = _text(ctx, rec, "psn_no", True)
     assert psn_no is not None

@@ -186,9 +186,10 @@ def _find_duplicates(spill: Path, n_parts: int) -> None:
                     if earlier is None:
                         first[line_id] = source_line
                     else:
-                        out = dups.get(int(part))
+                        out: IO[str] | None = dups.get(int(part))
                         if out is None:
-                            out = dups[int(part)] = (spill / f"d{part}").open("w", encoding="utf-8")
+                            out = (spill / f"d{part}").open("w", encoding="utf-8")
+                            dups[int(part)] = out
                         out.write(f"{source_line}\t{earlier}\n")
             (spill / f"k{i}").unlink()
     finally:

@@ -300,7 +300,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
                         line=line_no,
                         field="feedetl_sn",
                         reason=DUPLICATE,
-                        message=f"line {claim.line_id}: fixmedins_code + feedetl_sn already on line {first} of the batch",
+                        message=f"line {claim.line_id}: fixmedins_code + feedetl_sn already on line {first}",
                         line_id=claim.line_id,
                     )
                 )
@@ -397,10 +397,9 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
                     continue
             else:
                 fields = text.rstrip("\r\n").split(delimiter)
-            if len(fields) != width:
-                if len(fields) < width or any(f.strip() for f in fields[width:]):
-                    yield self._line(line_no, RAGGED_ROW, f"row has {len(fields)} fields, the header has {width}")
-                    continue
+            if len(fields) != width and (len(fields) < width or any(f.strip() for f in fields[width:])):
+                yield self._line(line_no, RAGGED_ROW, f"row has {len(fields)} fields, the header has {width}")
+                continue
             record = {field: fields[index] for index, field in columns}
             yield self._accept(record, line_no)
 
@@ -522,7 +521,7 @@ def _physical_lines(fh: IO[bytes], encoding: str) -> Iterator[tuple[int, str | N
 
 
 def _utf16_lines(fh: IO[bytes], encoding: str) -> Iterator[tuple[int, str | None, str | None]]:
-    reader = io.TextIOWrapper(fh, encoding=encoding, errors="replace", newline="\n")  # type: ignore[type-var]
+    reader = io.TextIOWrapper(fh, encoding=encoding, errors="replace", newline="\n")
     line_no = 0
     while True:
         text = reader.readline(MAX_LINE_BYTES + 1)
