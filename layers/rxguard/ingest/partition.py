@@ -193,8 +193,8 @@ def _find_duplicates(spill: Path, n_parts: int) -> None:
                         out.write(f"{source_line}\t{earlier}\n")
             (spill / f"k{i}").unlink()
     finally:
-        for handle in dups.values():
-            handle.close()
+        for dup_out in dups.values():
+            dup_out.close()
 
 
 def _write_chunks(
