@@ -1,0 +1,32 @@
+"""Screen handler: one Map item `{batch_id, chunk_key, lines, index}` in, the chunk's summary out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from rxguard.dynamo import DynamoRepository, ResultStore
+from rxguard.kb import get_knowledge_base
+from rxguard.observability import MetricUnit, logger, metrics, tracer
+from rxguard.workflow.screen import ChunkRequest, screen_chunk
+from rxguard.workflow.settings import get_settings, validate_environment
+
+
+@validate_environment
+@logger.inject_lambda_context(correlation_id_path="batch_id")
+@metrics.log_metrics
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    settings = get_settings()
+    request = ChunkRequest.model_validate(event)
+    result = screen_chunk(
+        request,
+        results=ResultStore(settings.results_bucket),
+        repo=DynamoRepository(settings.tables, history_days=settings.history_days),  # one per chunk
+        kb=get_knowledge_base(settings.core.rules_dir, settings.core.phase),
+    )
+    metrics.add_metric(name="LinesScreened", unit=MetricUnit.Count, value=result.lines)
+    metrics.add_metric(name="DuplicateLines", unit=MetricUnit.Count, value=result.duplicates)
+    metrics.add_metric(name="FindingsNew", unit=MetricUnit.Count, value=result.findings.get("new", 0))
+    return result.model_dump(mode="json")

@@ -1,0 +1,205 @@
+"""Finalize: the batch report (report.json in S3) and the batch status in the batches
+table. SUCCEEDED when every chunk of the manifest was screened, PARTIAL when some are
+missing (a null Map entry, an `ok: false` entry or fewer results than chunks: moto turns
+a failed Map item into null, and the check protects us on AWS too), FAILED when the file
+could not be read at all, no chunk was screened, or a step failed (mode `failed`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rxguard.dynamo import BatchStore, ResultStore
+from rxguard.observability import logger
+from rxguard.workflow import naming
+from rxguard.workflow.errors import BatchInputError
+from rxguard.workflow.notify import ok_results
+from rxguard.workflow.prepare import PrepareOutput
+from rxguard.workflow.screen import ChunkFindings
+
+Status = Literal["SUCCEEDED", "PARTIAL", "FAILED"]
+_CAUSE_LIMIT = 2000
+
+
+class FinalizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    mode: Literal["complete", "failed"] = "complete"
+    batch_id: str | None = None
+    state: dict[str, Any] = Field(default_factory=dict)  # the whole execution state at this point
+    execution_id: str | None = None
+
+
+class FinalizeResult(BaseModel):
+    batch_id: str | None
+    status: Status
+    report_key: str | None
+    missing_chunks: list[str] = Field(default_factory=list)
+    findings_new: int = 0
+
+
+def missing_chunks(expected: Sequence[str], chunk_results: Sequence[Any] | None) -> list[str]:
+    """Chunks of the manifest without a successful result."""
+    done = {str(r["chunk_key"]) for r in ok_results(chunk_results or [])}
+    return [key for key in expected if key not in done]
+
+
+def finalize_batch(
+    request: FinalizeRequest,
+    *,
+    results: ResultStore,
+    batches: BatchStore,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> FinalizeResult:
+    state = request.state
+    batch_id = request.batch_id or naming.batch_id_from_state(state)
+    if batch_id is None:
+        if request.mode == "failed":  # nothing to record against: the event itself was unusable
+            logger.error("batch failed before it had an id", extra={"error": _error(state)})
+            return FinalizeResult(batch_id=None, status="FAILED", report_key=None)
+        raise BatchInputError("finalize: no batch_id in the request or the state")
+
+    manifest = _manifest(results, batch_id, state)
+    claimed = batches.get(batch_id) or {}
+    chunk_results = state.get("chunk_results")
+    expected = [c.chunk_key for c in manifest.chunks] if manifest else []
+    missing = missing_chunks(expected, chunk_results if isinstance(chunk_results, list) else [])
+    counts = _count(results, chunk_results if isinstance(chunk_results, list) else [])
+
+    error = _error(state) if request.mode == "failed" else None
+    status: Status
+    if (
+        request.mode == "failed"
+        or manifest is None
+        or manifest.file_error
+        or (expected and len(missing) == len(expected))
+    ):
+        status = "FAILED"
+    elif missing:
+        status = "PARTIAL"
+    else:
+        status = "SUCCEEDED"
+
+    finished = now()
+    started_text = str(claimed.get("started_at") or (manifest.started_at if manifest else "")) or None
+    report: dict[str, Any] = {
+        "batch_id": batch_id,
+        "status": status,
+        "source": manifest.source.as_dict() if manifest else claimed.get("source"),
+        "execution_id": request.execution_id,
+        "started_at": started_text,
+        "finished_at": finished.isoformat(),
+        "duration_seconds": _duration(started_text, finished),
+        "file": manifest.file if manifest else None,
+        "format": manifest.format if manifest else None,
+        "encoding": manifest.encoding if manifest else None,
+        "lines_read": manifest.lines_read if manifest else 0,
+        "accepted": manifest.accepted if manifest else 0,
+        "rejected": manifest.rejected if manifest else 0,
+        "rejected_by_reason": manifest.rejected_by_reason if manifest else {},
+        "file_error": manifest.file_error if manifest else None,
+        "chunks": {
+            "total": len(expected),
+            "ok": len(expected) - len(missing),
+            "missing": len(missing),
+            "missing_keys": missing,
+        },
+        **counts,
+        "notify": (state.get("notify") or {}).get("summary") if isinstance(state.get("notify"), Mapping) else None,
+        "error": error,
+        "rejected_key": naming.rejected_key(batch_id) if manifest else None,
+    }
+    key = naming.report_key(batch_id)
+    results.put_json(key, report)
+    batches.finish(batch_id, status, _summary(report), key, finished)
+    logger.info(
+        "batch finalized",
+        extra={
+            "batch_id": batch_id,
+            "status": status,
+            "missing_chunks": len(missing),
+            "findings_new": counts["findings"]["new"],
+        },
+    )
+    return FinalizeResult(
+        batch_id=batch_id, status=status, report_key=key, missing_chunks=missing, findings_new=counts["findings"]["new"]
+    )
+
+
+def _manifest(results: ResultStore, batch_id: str, state: Mapping[str, Any]) -> PrepareOutput | None:
+    """Prepare's manifest from S3 (the state may be Prepare's output too; S3 is the record)."""
+    key = naming.manifest_key(batch_id)
+    if results.exists(key):
+        return PrepareOutput.model_validate(results.get_json(key))
+    if "chunks" in state and "source" in state:
+        return PrepareOutput.model_validate(state)
+    return None
+
+
+def _count(results: ResultStore, chunk_results: Sequence[Any]) -> dict[str, Any]:
+    by_rule: Counter[str] = Counter()
+    by_severity: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    recorded = duplicates = 0
+    for entry in ok_results(chunk_results):
+        found = ChunkFindings.model_validate(results.get_json(str(entry["result_key"])))
+        recorded += found.recorded
+        duplicates += int(entry.get("duplicates", found.duplicates))
+        totals["new"] += len(found.new)
+        totals["updated"] += len(found.updated)
+        totals["superseded"] += len(found.superseded)
+        totals["unchanged"] += found.unchanged
+        for finding in [*found.new, *found.updated]:
+            by_rule[finding.rule_id] += 1
+            by_severity[finding.severity.value] += 1
+    return {
+        "lines": {"recorded": recorded, "duplicates": duplicates},
+        "findings": {
+            "new": totals["new"],
+            "updated": totals["updated"],
+            "superseded": totals["superseded"],
+            "unchanged": totals["unchanged"],
+            "by_rule": dict(sorted(by_rule.items())),
+            "by_severity": dict(sorted(by_severity.items())),
+        },
+    }
+
+
+def _error(state: Mapping[str, Any]) -> dict[str, str] | None:
+    error = state.get("error")
+    if not isinstance(error, Mapping):
+        return None
+    return {"error": str(error.get("Error", "")), "cause": str(error.get("Cause", ""))[:_CAUSE_LIMIT]}
+
+
+def _duration(started: str | None, finished: datetime) -> float | None:
+    if not started:
+        return None
+    try:
+        start = datetime.fromisoformat(started)
+    except ValueError:
+        return None
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    return round((finished - start).total_seconds(), 3)
+
+
+def _summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    keep = (
+        "status",
+        "lines_read",
+        "accepted",
+        "rejected",
+        "rejected_by_reason",
+        "file_error",
+        "chunks",
+        "lines",
+        "findings",
+        "error",
+        "duration_seconds",
+    )
+    return {k: report[k] for k in keep if k in report}

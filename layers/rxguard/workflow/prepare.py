@@ -1,0 +1,153 @@
+"""Prepare: claim the dropped object, validate and normalize its lines, quarantine the
+rejected ones, write patient-partitioned chunk files and a manifest (docs/workflow.md)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_plus
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rxguard.dynamo import BatchStore, ResultStore
+from rxguard.kb import KnowledgeBase
+from rxguard.observability import logger
+from rxguard.workflow import naming
+from rxguard.workflow.naming import S3ObjectRef
+from rxguard.workflow.settings import WorkflowSettings
+
+
+class PrepareRequest(BaseModel):
+    """What Prepare is asked to do; also the Powertools idempotency key (source + execution)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: S3ObjectRef
+    execution_id: str
+
+
+class ChunkRef(BaseModel):
+    chunk_key: str
+    lines: int
+    patients: int = 0
+
+
+class PrepareOutput(BaseModel):
+    """Prepare's result: the state machine's input to the Map (chunks) and to Finalize."""
+
+    batch_id: str
+    duplicate: bool = False
+    owner: str | None = None  # the execution that owns the batch (differs from us when duplicate)
+    source: S3ObjectRef
+    started_at: str
+    chunk_count: int = 0
+    chunks: list[ChunkRef] = Field(default_factory=list)
+    file: str | None = None
+    format: str | None = None
+    encoding: str | None = None
+    lines_read: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = Field(default_factory=dict)
+    file_error: str | None = None
+    manifest_key: str | None = None
+    rejected_key: str | None = None
+
+
+def prepare_object(
+    request: PrepareRequest,
+    *,
+    ingest: ResultStore,
+    results: ResultStore,
+    batches: BatchStore,
+    kb: KnowledgeBase,
+    settings: WorkflowSettings,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    workdir: Path | None = None,
+) -> PrepareOutput:
+    from rxguard.ingest import prepare_batch  # the ingest package is heavy; loaded when needed
+
+    ref = request.source
+    batch_id = naming.batch_id_for(ref)
+    claim = batches.claim(batch_id, request.execution_id, ref.as_dict(), now())
+    if not claim.claimed:
+        logger.info("object already claimed by another execution", extra={"batch_id": batch_id})
+        return PrepareOutput(
+            batch_id=batch_id, duplicate=True, owner=claim.owner, source=ref, started_at=claim.started_at
+        )
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        local = Path(tmp) / (Path(ref.key).name or "batch")
+        _download(ingest, ref, local)
+        out_dir = Path(tmp) / "out"
+        out_dir.mkdir()
+        result = prepare_batch(
+            local,
+            kb,
+            out_dir,
+            chunk_size=settings.core.chunk_size,
+            name=ref.key,
+            default_admdvs=settings.core.default_admdvs,
+        )
+        chunks = []
+        for index, info in enumerate(result.chunks):
+            key = naming.chunk_key(batch_id, index)
+            results.upload_file(key, Path(info.path))
+            chunks.append(ChunkRef(chunk_key=key, lines=info.lines, patients=info.patients))
+        rejected_key = naming.rejected_key(batch_id)
+        rejected_path = Path(result.rejected_path) if result.rejected_path else None
+        if rejected_path is not None and rejected_path.exists():
+            results.upload_file(rejected_key, rejected_path)
+        else:
+            results.put_bytes(rejected_key, b"", "application/x-ndjson")
+
+    file_error = result.file_error
+    output = PrepareOutput(
+        batch_id=batch_id,
+        owner=request.execution_id,
+        source=ref,
+        started_at=claim.started_at,
+        chunk_count=len(chunks),
+        chunks=chunks,
+        file=ref.key,
+        format=_text(getattr(result, "format", None)),
+        encoding=_text(getattr(result, "encoding", None)),
+        lines_read=result.lines_read,
+        accepted=result.accepted,
+        rejected=result.rejected,
+        rejected_by_reason=dict(result.rejected_by_reason),
+        file_error=f"{file_error.reason}: {file_error.message}" if file_error is not None else None,
+        manifest_key=naming.manifest_key(batch_id),
+        rejected_key=rejected_key,
+    )
+    results.put_json(naming.manifest_key(batch_id), output.model_dump(mode="json"))
+    logger.info(
+        "batch prepared",
+        extra={
+            "batch_id": batch_id,
+            "lines_read": output.lines_read,
+            "accepted": output.accepted,
+            "rejected": output.rejected,
+            "chunks": output.chunk_count,
+            "file_error": output.file_error,
+        },
+    )
+    return output
+
+
+def _download(store: ResultStore, ref: S3ObjectRef, path: Path) -> None:
+    """Read the object by version when known; S3 event keys may arrive URL-encoded."""
+    try:
+        store.download(ref.key, path, ref.version_id)
+    except Exception as exc:
+        decoded = unquote_plus(ref.key)
+        if decoded == ref.key or "NoSuchKey" not in repr(exc):
+            raise
+        store.download(decoded, path, ref.version_id)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(getattr(value, "value", value))

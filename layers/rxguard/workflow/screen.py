@@ -1,0 +1,104 @@
+"""Screen one chunk: read its lines, screen them against the stored history (the engine
+records lines idempotently and reconciles findings), keep the changes for Notify/Finalize."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rxguard.dynamo import ResultStore
+from rxguard.kb import KnowledgeBase
+from rxguard.models import Finding, Scene
+from rxguard.observability import logger
+from rxguard.repository import HistoryRepository
+from rxguard.workflow import naming
+
+
+class ChunkRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    batch_id: str
+    chunk_key: str
+    lines: int = 0
+    index: int = 0
+
+
+class ChunkResult(BaseModel):
+    """One Map item's output (kept small: the Map output is inline in the execution state)."""
+
+    chunk_key: str
+    ok: bool = True
+    lines: int
+    recorded: int
+    duplicates: int
+    findings: dict[str, int] = Field(default_factory=dict)  # new / updated / superseded / unchanged
+    result_key: str
+
+
+class ChunkFindings(BaseModel):
+    """The results file of a chunk: what its screening changed."""
+
+    chunk_key: str
+    recorded: int = 0
+    duplicates: int = 0
+    new: list[Finding] = Field(default_factory=list)
+    updated: list[Finding] = Field(default_factory=list)
+    superseded: list[Finding] = Field(default_factory=list)
+    unchanged: int = 0
+
+
+def screen_chunk(
+    request: ChunkRequest, *, results: ResultStore, repo: HistoryRepository, kb: KnowledgeBase
+) -> ChunkResult:
+    from rxguard.ingest import read_chunk
+    from rxguard.screening import screen_lines
+
+    lines = read_chunk(results.get_bytes(request.chunk_key))
+    outcome = screen_lines(lines, repo, kb, scene=Scene.POST)
+    changes = outcome.changes
+    found = ChunkFindings(
+        chunk_key=request.chunk_key,
+        recorded=len(outcome.recorded),
+        duplicates=len(outcome.duplicates),
+        new=list(changes.new),
+        updated=list(changes.updated),
+        superseded=list(changes.superseded),
+        unchanged=changes.unchanged,
+    )
+    key = naming.result_key(request.batch_id, request.chunk_key)
+    if results.exists(key):  # a retried chunk: keep what the earlier attempt already reported
+        found = _merge(ChunkFindings.model_validate(results.get_json(key)), found)
+    results.put_json(key, found.model_dump(mode="json"))
+    counts = {
+        "new": len(found.new),
+        "updated": len(found.updated),
+        "superseded": len(found.superseded),
+        "unchanged": found.unchanged,
+    }
+    logger.info("chunk screened", extra={"chunk_key": request.chunk_key, "lines": len(lines), **counts})
+    return ChunkResult(
+        chunk_key=request.chunk_key,
+        lines=len(lines),
+        recorded=found.recorded,
+        duplicates=len(lines) - found.recorded,
+        findings=counts,
+        result_key=key,
+    )
+
+
+def _merge(earlier: ChunkFindings, later: ChunkFindings) -> ChunkFindings:
+    def union(a: list[Finding], b: list[Finding]) -> list[Finding]:
+        by_id = {f.finding_id: f for f in a}
+        by_id.update({f.finding_id: f for f in b})
+        return sorted(by_id.values(), key=lambda f: f.finding_id)
+
+    new = union(earlier.new, later.new)
+    new_ids = {f.finding_id for f in new}
+    return ChunkFindings(
+        chunk_key=later.chunk_key,
+        recorded=earlier.recorded + later.recorded,
+        duplicates=later.duplicates - earlier.recorded if later.duplicates >= earlier.recorded else later.duplicates,
+        new=new,
+        updated=[f for f in union(earlier.updated, later.updated) if f.finding_id not in new_ids],
+        superseded=union(earlier.superseded, later.superseded),
+        unchanged=max(0, later.unchanged - len(earlier.new)),
+    )

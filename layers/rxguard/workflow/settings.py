@@ -1,0 +1,80 @@
+"""The workflow's settings, parsed once from the environment of the Lambda functions
+(template.yaml Globals) into a pydantic model; logic code receives it, never os.environ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from functools import lru_cache, wraps
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rxguard.config import Settings
+from rxguard.dynamo import TableNames
+
+_ENV = {
+    "results_bucket": "RXGUARD_RESULTS_BUCKET",
+    "purchases_table": "RXGUARD_PURCHASES_TABLE",
+    "trace_codes_table": "RXGUARD_TRACE_CODES_TABLE",
+    "findings_table": "RXGUARD_FINDINGS_TABLE",
+    "batches_table": "RXGUARD_BATCHES_TABLE",
+    "aggregates_table": "RXGUARD_AGGREGATES_TABLE",
+    "idempotency_table": "RXGUARD_IDEMPOTENCY_TABLE",
+    "alerts_topic_arn": "RXGUARD_ALERTS_TOPIC_ARN",
+    "letters_topic_arn": "RXGUARD_LETTERS_TOPIC_ARN",
+    "history_days": "RXGUARD_HISTORY_DAYS",
+}
+
+
+class WorkflowSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    results_bucket: str = Field(min_length=3)
+    purchases_table: str = Field(min_length=1)
+    trace_codes_table: str = Field(min_length=1)
+    findings_table: str = Field(min_length=1)
+    batches_table: str = Field(min_length=1)
+    aggregates_table: str | None = None
+    idempotency_table: str | None = None
+    alerts_topic_arn: str | None = None
+    letters_topic_arn: str | None = None
+    history_days: int = Field(default=400, ge=1)
+    core: Settings = Field(default_factory=Settings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkflowSettings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {f: env[v] for f, v in _ENV.items() if env.get(v)}
+        values["core"] = Settings.from_env(env)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            names = ", ".join(_ENV.get(str(e["loc"][0]), str(e["loc"][0])) for e in exc.errors())
+            raise ValueError(f"workflow environment incomplete or invalid: {names}") from exc
+
+    @property
+    def tables(self) -> TableNames:
+        return TableNames(
+            purchases=self.purchases_table,
+            trace_codes=self.trace_codes_table,
+            findings=self.findings_table,
+            batches=self.batches_table,
+            aggregates=self.aggregates_table,
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> WorkflowSettings:
+    """The settings of this process, parsed once (tests call `get_settings.cache_clear()`)."""
+    return WorkflowSettings.from_env()
+
+
+def validate_environment[**P, R](handler: Callable[P, R]) -> Callable[P, R]:
+    """First decorator of every handler (STYLE.md): fail fast, naming the missing variables."""
+
+    @wraps(handler)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        get_settings()
+        return handler(*args, **kwargs)
+
+    return wrapper
