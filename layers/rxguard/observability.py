@@ -11,7 +11,9 @@ from __future__ import annotations
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
-logger = Logger()
+from rxguard.privacy import install_log_redaction
+
+logger = install_log_redaction(Logger())  # psn_no, ID numbers, trace codes -> keyed tokens (privacy.py)
 tracer = Tracer()
 metrics = Metrics()
 

@@ -189,3 +189,21 @@ def test_mask_keeps_at_most_two_fifths_of_the_value() -> None:
     assert mask_certificate(CERT) == "110" + "*" * 11 + "002X"
     assert mask("P123") == "****"
     assert mask("ABCDEFGHIJKL", head=1, tail=1) == "A**********L"
+
+
+def test_the_project_logger_redacts() -> None:
+    # Given rxguard's single Logger (rxguard.observability), writing to a captured stream
+    from rxguard.observability import logger
+
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    stream = io.StringIO()
+    previous = handler.setStream(stream)
+    try:
+        # When a handler logs a claim line and a psn_no
+        logger.info(f"screen psn_no={PSN_ALNUM}", extra={"line": _line(PSN_ALNUM), "certno": CERT})
+    finally:
+        handler.setStream(previous)
+    out = stream.getvalue()
+    # Then neither the patient number nor the certificate nor the trace code is written
+    assert out and PSN_ALNUM not in out and CERT not in out and TRACE not in out
