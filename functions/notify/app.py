@@ -20,8 +20,8 @@ def _sink() -> Any:
     return AwsNotificationSink(
         client("sns"),
         client("s3"),
-        settings.alerts_topic_arn,
-        settings.letters_topic_arn,
+        settings.alerts_topic_arn or "",
+        settings.letters_topic_arn or "",
         settings.results_bucket,
     )
 

@@ -23,13 +23,12 @@ from rxguard.workflow.settings import get_settings, validate_environment
 IDEMPOTENCY = IdempotencyConfig(expires_after_seconds=6 * 3600)
 
 
-@lru_cache(maxsize=1)
-def _prepare() -> Any:
+@lru_cache(maxsize=4)
+def _prepare(idempotency_table: str | None) -> Any:
     """prepare_object, made idempotent per (object, execution) when an idempotency table is configured."""
-    settings = get_settings()
-    if not settings.idempotency_table:
+    if not idempotency_table:
         return prepare_object
-    store = DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=client("dynamodb"))
+    store = DynamoDBPersistenceLayer(table_name=idempotency_table, boto3_client=client("dynamodb"))
     return idempotent_function(
         data_keyword_argument="request",
         persistence_store=store,
@@ -47,7 +46,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     IDEMPOTENCY.register_lambda_context(context)
     source = S3ObjectRef.from_detail(event.get("detail") or {})
     request = PrepareRequest(source=source, execution_id=str(event.get("execution_id") or context.aws_request_id))
-    output: PrepareOutput = _prepare()(
+    output: PrepareOutput = _prepare(settings.idempotency_table)(
         request=request,
         ingest=ResultStore(source.bucket),
         results=ResultStore(settings.results_bucket),

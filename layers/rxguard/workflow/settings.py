@@ -63,10 +63,15 @@ class WorkflowSettings(BaseModel):
         )
 
 
-@lru_cache(maxsize=1)
 def get_settings() -> WorkflowSettings:
-    """The settings of this process, parsed once (tests call `get_settings.cache_clear()`)."""
-    return WorkflowSettings.from_env()
+    """The settings of this process, parsed once per distinct environment (the offline
+    harness runs several stacks in one process, each with its own variables)."""
+    return _settings_for(tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("RXGUARD_"))))
+
+
+@lru_cache(maxsize=8)
+def _settings_for(env: tuple[tuple[str, str], ...]) -> WorkflowSettings:
+    return WorkflowSettings.from_env(dict(env))
 
 
 def validate_environment[**P, R](handler: Callable[P, R]) -> Callable[P, R]:

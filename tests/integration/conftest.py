@@ -1,0 +1,216 @@
+"""moto fixtures for the workflow's integration tests. Tables and buckets are created from
+template.yaml's own definitions (key schemas, indexes), so the template and the tests
+cannot drift (STYLE.md)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from moto import mock_aws
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _TagTolerantLoader(yaml.SafeLoader):
+    """Reads CloudFormation short tags (!Ref, !GetAtt, ...) as plain values."""
+
+
+def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    return loader.construct_mapping(node)  # type: ignore[arg-type]
+
+
+_TagTolerantLoader.add_multi_constructor("!", _any_tag)
+
+
+def template_resources() -> dict[str, Any]:
+    text = (ROOT / "template.yaml").read_text(encoding="utf-8")
+    return dict(yaml.load(text, Loader=_TagTolerantLoader)["Resources"])  # noqa: S506 - safe loader subclass
+
+
+TABLES = {
+    "PurchasesTable": "RXGUARD_PURCHASES_TABLE",
+    "TraceCodesTable": "RXGUARD_TRACE_CODES_TABLE",
+    "FindingsTable": "RXGUARD_FINDINGS_TABLE",
+    "BatchesTable": "RXGUARD_BATCHES_TABLE",
+    "AggregatesTable": "RXGUARD_AGGREGATES_TABLE",
+    "IdempotencyTable": "RXGUARD_IDEMPOTENCY_TABLE",
+}
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    ddb: Any
+    s3: Any
+    sns: Any
+    sqs: Any
+    ingest_bucket: str
+    results_bucket: str
+    alerts_queue_url: str
+    letters_queue_url: str
+
+    def table(self, logical_id: str) -> str:
+        return self.env[TABLES[logical_id]]
+
+
+def _create_table(ddb: Any, name: str, props: dict[str, Any]) -> None:
+    kwargs: dict[str, Any] = {
+        "TableName": name,
+        "AttributeDefinitions": props["AttributeDefinitions"],
+        "KeySchema": props["KeySchema"],
+        "BillingMode": props["BillingMode"],
+    }
+    if props.get("GlobalSecondaryIndexes"):
+        kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+    ddb.create_table(**kwargs)
+
+
+def _subscribe(sns: Any, sqs: Any, topic_arn: str, name: str) -> str:
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    return str(url)
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    """moto with the template's tables, the two buckets and the two topics (each with a queue)."""
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "POWERTOOLS_TRACE_DISABLED": "1",
+        "POWERTOOLS_METRICS_NAMESPACE": "Rxguard",
+        "POWERTOOLS_SERVICE_NAME": "rxguard",
+    }.items():
+        monkeypatch.setenv(key, value)
+    from rxguard import dynamo
+
+    dynamo.reset_clients()
+    with mock_aws():
+        ddb = boto3.client("dynamodb")
+        s3 = boto3.client("s3")
+        sns = boto3.client("sns")
+        sqs = boto3.client("sqs")
+        resources = template_resources()
+        env: dict[str, str] = {}
+        for logical_id, var in TABLES.items():
+            name = f"rxguard-{logical_id}"
+            _create_table(ddb, name, resources[logical_id]["Properties"])
+            env[var] = name
+        s3.create_bucket(Bucket="rxguard-ingest")
+        s3.create_bucket(Bucket="rxguard-results")
+        alerts = sns.create_topic(Name="rxguard-alerts")["TopicArn"]
+        letters = sns.create_topic(Name="rxguard-letters")["TopicArn"]
+        env.update(
+            RXGUARD_RESULTS_BUCKET="rxguard-results",
+            RXGUARD_ALERTS_TOPIC_ARN=alerts,
+            RXGUARD_LETTERS_TOPIC_ARN=letters,
+            RXGUARD_CHUNK_SIZE="50",
+        )
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        yield Stack(
+            env=env,
+            ddb=ddb,
+            s3=s3,
+            sns=sns,
+            sqs=sqs,
+            ingest_bucket="rxguard-ingest",
+            results_bucket="rxguard-results",
+            alerts_queue_url=_subscribe(sns, sqs, alerts, "alerts-tap"),
+            letters_queue_url=_subscribe(sns, sqs, letters, "letters-tap"),
+        )
+    dynamo.reset_clients()
+
+
+def make_line(
+    psn_no: str = "P0001",
+    sn: str = "1",
+    *,
+    fixmedins_code: str = "H31000000001",
+    time: str = "2026-03-01 09:00:00",
+    drug: str = "XA10BA02A001",
+    atc: str | None = "A10BA02",
+    units: float = 60,
+    trace_codes: list[str] | None = None,
+    **extra: Any,
+) -> Any:
+    from rxguard.models import ClaimLine, InstitutionKind
+
+    at = datetime.fromisoformat(time)
+    return ClaimLine(
+        feedetl_sn=sn,
+        fixmedins_code=fixmedins_code,
+        fixmedins_name="上海市某某医院",
+        institution_kind=InstitutionKind.from_code(fixmedins_code),
+        admdvs="310000",
+        psn_no=psn_no,
+        mdtrt_id=f"{fixmedins_code}-{at:%Y%m%d}",
+        med_type="11",
+        fee_ocur_time=at,
+        med_list_codg=drug,
+        med_list_name="二甲双胍片",
+        cnt=2,
+        pric=12.5,
+        det_item_fee_sumamt=25.0,
+        quantity_units=units,
+        diagnoses=["E11.9"],
+        trace_codes=trace_codes or [],
+        monitored=atc is not None,
+        atc_code=atc,
+        days_supply=30.0 if atc else None,
+        source_file="incoming/batch.csv",
+        source_line=int(sn) + 1 if sn.isdigit() else None,
+        **extra,
+    )
+
+
+def make_finding(rule_id: str = "early-refill", psn_no: str = "P0001", evidence: tuple[str, ...] = ("H1/1",), **extra: Any) -> Any:
+    from rxguard.models import Finding, Severity
+
+    return Finding(
+        finding_id=Finding.make_id(rule_id, f"patient:{psn_no}", list(evidence)),
+        rule_id=rule_id,
+        rule_version=1,
+        severity=extra.pop("severity", Severity.HIGH),
+        subject_type="patient",
+        psn_no=psn_no,
+        fixmedins_code="H31000000001",
+        admdvs="310000",
+        occurred_at=datetime(2026, 3, 1, 9),
+        evidence=sorted(evidence),
+        figures=extra.pop("figures", {"days_early": 10}),
+        explanation_zh="提前购药",
+        explanation_en="early refill",
+        **extra,
+    )
+
+
+def tables_of(stack: Stack) -> Any:
+    from rxguard.dynamo import TableNames
+
+    return TableNames(
+        purchases=stack.table("PurchasesTable"),
+        trace_codes=stack.table("TraceCodesTable"),
+        findings=stack.table("FindingsTable"),
+        batches=stack.table("BatchesTable"),
+        aggregates=stack.table("AggregatesTable"),
+    )
+
+
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")
