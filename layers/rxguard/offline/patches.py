@@ -7,12 +7,13 @@
    to logs, SQS and buses but raises for Step Functions and Lambda targets; those are
    handed to a callback of the offline environment (which starts the execution with a
    name derived from the S3 object), the rest go on to moto.
-3. DynamoDB Query on a table's own hash key (`moto.dynamodb.models.table.Table.query`):
-   moto walks every item of the table to find one partition; the items are already
-   stored by hash key, so the patched query offers moto only that partition and lets
-   moto's own code do the rest (range conditions, filters, paging, projection).
-   Index queries are left as they are. `tests/e2e/test_offline_harness.py` proves the
-   answers equal moto's own.
+3. DynamoDB Query (`moto.dynamodb.models.table.Table.query`): moto walks every item of
+   the table on every call. The patched query offers moto only the items of the queried
+   partition and lets moto's own code do the rest (range conditions, filters, order,
+   paging, projection): for the table's hash key the partition moto already stores by
+   hash key; for an index (GSI) a grouping of the items by the index's hash-key values,
+   rebuilt after any put, delete or update of the table. `tests/e2e/test_offline_harness.py`
+   proves the answers equal moto's own.
 """
 
 from __future__ import annotations
@@ -107,39 +108,115 @@ def _target_input(target: dict[str, Any], event: Any) -> Any:
 
 # ------------------------------------------------------------------------- DynamoDB
 _narrow = threading.local()
+_index_lock = threading.RLock()
+
+
+class _TableIndex:
+    """Items of one table grouped by the hash-key values of one index, valid while the
+    table's mutation count is unchanged (any put, delete or update bumps it)."""
+
+    def __init__(self, version: int, groups: dict[tuple[Any, ...], list[Any]]) -> None:
+        self.version = version
+        self.groups = groups
+
+
+def _bump(table: Any) -> None:
+    with _index_lock:
+        table._offline_version = getattr(table, "_offline_version", 0) + 1
+
+
+def _index_candidates(
+    table: Any, index_name: str, all_items: Callable[[Any], list[Any]]
+) -> dict[tuple[Any, ...], list[Any]]:
+    index = {i.name: i for i in table.all_indexes()}.get(index_name)
+    if index is None:
+        return {}
+    attrs = [k["AttributeName"] for k in index.schema if k["KeyType"] == "HASH"]
+    with _index_lock:
+        version = getattr(table, "_offline_version", 0)
+        cache: dict[str, _TableIndex] = table.__dict__.setdefault("_offline_indexes", {})
+        cached = cache.get(index_name)
+        if cached is None or cached.version != version:
+            groups: dict[tuple[Any, ...], list[Any]] = {}
+            for item in all_items(table):
+                values = tuple(item.attrs.get(a) for a in attrs)
+                if all(v is not None for v in values):
+                    groups.setdefault(values, []).append(item)
+            cached = cache[index_name] = _TableIndex(version, groups)
+        return cached.groups
 
 
 @contextmanager
 def narrow_hash_key_query() -> Iterator[None]:
+    """Query offers moto only the items of the queried partition (table or index);
+    moto's own code still applies every condition, the order, paging and projection."""
+    from moto.dynamodb.models import DynamoDBBackend
+
     original_query = Table.query
     original_all_items = Table.all_items
-
-    def all_items(self: Table) -> list[Any]:
-        key = getattr(_narrow, "key", None)
-        if key is not None and key[0] is self:
-            partition = self.items.get(key[1]) if key[1] in self.items else None
-            if partition is None:
-                return []
-            return list(partition.values()) if self.range_key_attr else [partition]
-        return original_all_items(self)
-
+    original_put = Table.put_item
+    original_delete = Table.delete_item
+    original_update = DynamoDBBackend.update_item
     signature = inspect.signature(original_query)
 
+    def all_items(self: Table) -> list[Any]:
+        offered = getattr(_narrow, "offer", None)
+        if offered is not None and offered[0] is self:
+            return list(offered[1])
+        return original_all_items(self)
+
+    def partition(self: Table, hash_key: Any) -> list[Any]:
+        if hash_key not in self.items:
+            return []
+        found = self.items[hash_key]
+        return list(found.values()) if self.range_key_attr else [found]
+
     def query(self: Table, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
-        index_name = signature.bind(self, hash_key, *args, **kwargs).arguments.get("index_name")
-        if index_name or hash_key is None:
+        bound = signature.bind(self, hash_key, *args, **kwargs).arguments
+        index_name = bound.get("index_name")
+        if index_name:
+            conditions = dict(bound.get("hash_key_conditions") or [])
+            index = {i.name: i for i in self.all_indexes()}.get(index_name)
+            attrs = [k["AttributeName"] for k in index.schema if k["KeyType"] == "HASH"] if index else []
+            if not attrs or any(a not in conditions for a in attrs):
+                return original_query(self, hash_key, *args, **kwargs)
+            groups = _index_candidates(self, index_name, original_all_items)
+            offer = groups.get(tuple(conditions[a] for a in attrs), [])
+        elif hash_key is not None:
+            offer = partition(self, hash_key)
+        else:
             return original_query(self, hash_key, *args, **kwargs)
-        previous = getattr(_narrow, "key", None)
-        _narrow.key = (self, hash_key)
+        previous = getattr(_narrow, "offer", None)
+        _narrow.offer = (self, offer)
         try:
             return original_query(self, hash_key, *args, **kwargs)
         finally:
-            _narrow.key = previous
+            _narrow.offer = previous
+
+    def put_item(self: Table, *args: Any, **kwargs: Any) -> Any:
+        _bump(self)
+        return original_put(self, *args, **kwargs)
+
+    def delete_item(self: Table, *args: Any, **kwargs: Any) -> Any:
+        _bump(self)
+        return original_delete(self, *args, **kwargs)
+
+    def update_item(self: Any, table_name: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original_update(self, table_name, *args, **kwargs)
+        finally:
+            _bump(self.get_table(table_name))  # attributes change in place
 
     Table.query = query  # type: ignore[method-assign]
     Table.all_items = all_items  # type: ignore[method-assign]
+    Table.put_item = put_item  # type: ignore[method-assign]
+    Table.delete_item = delete_item  # type: ignore[method-assign]
+    DynamoDBBackend.update_item = update_item  # type: ignore[method-assign]
     try:
         yield
     finally:
         Table.query = original_query  # type: ignore[method-assign]
         Table.all_items = original_all_items  # type: ignore[method-assign]
+        Table.put_item = original_put  # type: ignore[method-assign]
+        Table.delete_item = original_delete  # type: ignore[method-assign]
+        DynamoDBBackend.update_item = original_update  # type: ignore[method-assign]
