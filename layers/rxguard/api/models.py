@@ -1,0 +1,192 @@
+"""Request and response models of the API (the OpenAPI document is generated from them).
+
+Field names follow the claim-line contract (DESIGN.md, national interfaces 2204/3505), so
+an HIS that uploads fee details speaks the same words here. The national 3101/3102 shapes
+live in `rxguard.api.nhsa`.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rxguard.models import OverrideReason, Severity
+
+Decision = Literal["pass", "warn", "block"]
+ReviewStatus = Literal["confirmed", "dismissed"]
+FindingStatus = Literal["new", "confirmed", "dismissed", "superseded"]
+
+Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/\-]+$")]
+Text = Annotated[str, Field(max_length=200)]
+
+
+class ProposedLine(BaseModel):
+    """One drug line of a proposed (checks) or completed (dispensations) dispensing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feedetl_sn: Code | None = Field(
+        default=None,
+        description="fee-detail serial number, unique within the institution; required for dispensations, "
+        "generated for checks when absent",
+    )
+    med_list_codg: Code = Field(description="national drug code (医保药品编码)")
+    med_list_name: Text | None = None
+    cnt: float = Field(gt=0, le=100000, description="quantity in packs, or in minimum units when trdn_flag")
+    trdn_flag: bool = Field(default=False, description="拆零: cnt is in minimum units")
+    pric: float = Field(ge=0, le=1e7, description="unit price, yuan")
+    det_item_fee_sumamt: float | None = Field(default=None, ge=0, le=1e9, description="line total; cnt x pric")
+    sin_dos_dscr: Text | None = None
+    used_frqu_dscr: Text | None = None
+    prd_days: float | None = Field(default=None, gt=0, le=3650)
+    rxno: Code | None = None
+    bilg_dr_codg: Code | None = Field(default=None, description="prescriber")
+    dise_codg: list[Annotated[str, Field(min_length=1, max_length=20)]] = Field(
+        default_factory=list, max_length=50, description="diagnoses of this line (ICD-10), added to the visit's"
+    )
+    dscg_tkdrug_flag: bool = Field(default=False, description="出院带药 discharge medication")
+    lt_rx_flag: bool = Field(default=False, description="长期处方 long-term prescription")
+    override_reason: OverrideReason | None = Field(default=None, description="lost | travel | dose_change")
+    drug_trac_codg: list[Annotated[str, Field(pattern=r"^\d{20}$")]] = Field(
+        default_factory=list, max_length=100, description="drug traceability codes (20 digits)"
+    )
+
+
+class DispensingRequest(BaseModel):
+    """A dispensing for one patient at one institution (rxguard's own shape)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    psn_no: Code = Field(description="insured person (人员编号)")
+    fixmedins_code: Code = Field(description="institution (定点医药机构编号); H... hospital, P... pharmacy")
+    fixmedins_name: Text | None = None
+    admdvs: Annotated[str, Field(pattern=r"^\d{6}$")] | None = Field(default=None, description="region code")
+    mdtrt_id: Code | None = Field(default=None, description="visit id; institution + day when absent")
+    setl_id: Code | None = None
+    med_type: Annotated[str, Field(pattern=r"^\d{2,4}$")] = Field(
+        default="41", description="11 outpatient, 14 chronic outpatient, 41 pharmacy purchase, 21 inpatient"
+    )
+    fee_ocur_time: datetime | None = Field(
+        default=None, description="local time of the dispensing; now (checks) when absent"
+    )
+    dise_codg: list[Annotated[str, Field(min_length=1, max_length=20)]] = Field(
+        default_factory=list, max_length=50, description="diagnoses of the visit (ICD-10)"
+    )
+    lines: list[ProposedLine] = Field(min_length=1, description="drug lines (at most 200 a request)")
+
+
+class RuleHit(BaseModel):
+    """A rule that fires on a line: what, how serious, why, on which lines."""
+
+    rule_id: str
+    rule_version: int
+    name_zh: str
+    name_en: str
+    severity: Severity
+    decision: Decision
+    explanation_zh: str
+    explanation_en: str
+    evidence: list[str] = Field(description="line ids fixmedins_code/feedetl_sn, the proposed ones included")
+    figures: dict[str, Any] = Field(default_factory=dict)
+    mitigations: list[str] = Field(default_factory=list)
+    finding_id: str
+
+
+class LineResult(BaseModel):
+    line_id: str = Field(description="fixmedins_code/feedetl_sn")
+    psn_no: str
+    feedetl_sn: str
+    med_list_codg: str
+    monitored: bool
+    days_supply: float | None = None
+    decision: Decision
+    notes: list[str] = Field(default_factory=list, description='e.g. "not monitored"')
+    hits: list[RuleHit] = Field(default_factory=list)
+
+
+class CheckResponse(BaseModel):
+    decision: Decision = Field(description="the worst decision of the lines")
+    checked_at: datetime
+    lines: list[LineResult]
+
+
+class DispensationResponse(BaseModel):
+    decision: Decision
+    recorded: list[str] = Field(description="line ids recorded by this request")
+    duplicates: list[str] = Field(description="line ids already recorded before (counted once)")
+    new_findings: int
+    alerts_sent: int | None = Field(default=None, description="None when alerts are not wired")
+    lines: list[LineResult]
+
+
+class Review(BaseModel):
+    status: ReviewStatus
+    reason: str
+    reviewer: str
+    reviewed_at: datetime
+
+
+class FindingView(BaseModel):
+    finding_id: str
+    rule_id: str
+    rule_version: int
+    severity: Severity
+    subject_type: str
+    psn_no: str | None = None
+    fixmedins_code: str | None = None
+    bilg_dr_codg: str | None = None
+    admdvs: str | None = None
+    occurred_at: datetime
+    evidence: list[str]
+    figures: dict[str, Any] = Field(default_factory=dict)
+    mitigations: list[str] = Field(default_factory=list)
+    explanation_zh: str
+    explanation_en: str
+    status: FindingStatus
+    review: Review | None = None
+
+
+class FindingsPage(BaseModel):
+    items: list[FindingView]
+    next_token: str | None = Field(default=None, description="opaque; pass as next_token for the next page")
+
+
+class ReviewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: ReviewStatus
+    reason: Annotated[str, Field(min_length=1, max_length=1000)]
+    reviewer: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+        default=None, description="defaults to the caller's identity"
+    )
+
+
+class RuleView(BaseModel):
+    id: str
+    version: int
+    name_zh: str
+    name_en: str
+    severity: Severity
+    scenes: list[str]
+    enabled: bool
+    effective_from: date
+    effective_to: date | None = None
+    confirmed: int = Field(description="findings of this rule confirmed by a reviewer")
+    dismissed: int = Field(description="findings of this rule dismissed by a reviewer")
+    precision: float | None = Field(description="confirmed / (confirmed + dismissed); null before any review")
+
+
+class RulesResponse(BaseModel):
+    rules: list[RuleView]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable, e.g. invalid_field, too_large, not_found, forbidden")
+    message: str
+    field: str | None = Field(default=None, description='the offending field, e.g. "lines[0].cnt"')
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

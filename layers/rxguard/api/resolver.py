@@ -1,0 +1,300 @@
+"""The API: a Powertools `APIGatewayRestResolver` with validation on pydantic models.
+
+`handle(event, context, services)` is what the Lambda handler and `rxguard serve` call:
+it refuses oversized bodies (413) before parsing, identifies the caller, and resolves.
+Every error answer is built in one place (`_api_error` and the handlers below it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from pydantic import Discriminator, Tag
+
+from rxguard.api import nhsa, service
+from rxguard.api.access import Caller, identify
+from rxguard.api.errors import ApiError, PayloadTooLarge, from_validation_errors
+from rxguard.api.models import (
+    CheckResponse,
+    DispensationResponse,
+    DispensingRequest,
+    ErrorResponse,
+    FindingsPage,
+    FindingStatus,
+    FindingView,
+    ReviewRequest,
+    RulesResponse,
+)
+from rxguard.api.service import Services
+
+logger = logging.getLogger("rxguard.api")
+
+API_TITLE = "rxguard check API"
+API_VERSION = "1.0.0"
+API_DESCRIPTION = (
+    "Pre-dispensing checks (事前提醒), real-time dispensing records (事中审核), findings review and "
+    "rule precision for the supervision of excessive drug prescribing and purchasing (超量开药智能监管). "
+    "Requests are signed with AWS SigV4 (IAM). POST /v1/checks and /v1/dispensations also accept the "
+    "national platform's 3101/3102 request shape and answer it in the platform's result shape."
+)
+
+
+def _shape(value: Any) -> str:
+    """Which request shape a body is, by its keys (the national shapes nest under data/input)."""
+    if isinstance(value, dict):
+        if "input" in value and "data" not in value and "lines" not in value:
+            return "nhsa-envelope"
+        if "data" in value and "lines" not in value:
+            return "nhsa"
+    elif isinstance(value, nhsa.NhsaEnvelope):
+        return "nhsa-envelope"
+    elif isinstance(value, nhsa.NhsaRequest):
+        return "nhsa"
+    return "rxguard"
+
+
+CheckBody = Annotated[
+    Annotated[DispensingRequest, Tag("rxguard")]
+    | Annotated[nhsa.NhsaRequest, Tag("nhsa")]
+    | Annotated[nhsa.NhsaEnvelope, Tag("nhsa-envelope")],
+    Discriminator(_shape),
+    Body(description="rxguard's dispensing shape, or the national 3101/3102 input (data node or envelope)"),
+]
+AnswerFormat = Annotated[
+    Literal["rxguard", "nhsa"] | None,
+    Query(alias="format", description="answer shape; default: the shape of the request"),
+]
+
+
+def _error_content(description: str) -> Any:
+    return {"description": description, "content": {content_types.APPLICATION_JSON: {"model": ErrorResponse}}}
+
+
+ERRORS: dict[int, Any] = {
+    400: _error_content("Bad request: the error names the field"),
+    403: _error_content("The caller may not act for this institution"),
+    413: _error_content("Body larger than the limit, or too many drug lines"),
+    422: _error_content("Not used: validation errors are answered with 400"),
+}
+
+app = APIGatewayRestResolver(enable_validation=True)
+
+
+def _services() -> Services:
+    services: Services = app.context["services"]
+    return services
+
+
+def _caller() -> Caller:
+    caller: Caller = app.context["caller"]
+    return caller
+
+
+# ------------------------------------------------------------------ routes
+
+
+@app.post(
+    "/v1/checks",
+    summary="Check a proposed dispensing (records nothing)",
+    description="pass | warn | block per line with the rule hits; high -> block, medium -> warn, low -> pass "
+    "(reported as information). Unknown drug codes pass with the note 'not monitored'.",
+    responses={
+        200: {
+            "description": "the check result",
+            "content": {content_types.APPLICATION_JSON: {"model": CheckResponse | nhsa.NhsaResponse}},
+        },
+        **ERRORS,
+    },
+    tags=["checks"],
+)
+def post_check(body: CheckBody, answer_format: AnswerFormat = None) -> CheckResponse | nhsa.NhsaResponse:
+    return service.check(_services(), body, _caller(), answer_format)  # type: ignore[no-any-return]
+
+
+@app.post(
+    "/v1/dispensations",
+    summary="Record a completed dispensing (scene 'in')",
+    description="Idempotent on fixmedins_code/feedetl_sn: a repeated request or a later settlement batch with "
+    "the same lines counts nothing twice. New findings are alerted.",
+    responses={
+        200: {
+            "description": "what was recorded and the lines' findings",
+            "content": {content_types.APPLICATION_JSON: {"model": DispensationResponse}},
+        },
+        **ERRORS,
+    },
+    tags=["dispensations"],
+)
+def post_dispensation(body: CheckBody) -> DispensationResponse:
+    return service.dispense(_services(), body, _caller())
+
+
+@app.get(
+    "/v1/findings",
+    summary="Findings, newest first, paginated",
+    responses={
+        200: {
+            "description": "a page of findings",
+            "content": {content_types.APPLICATION_JSON: {"model": FindingsPage}},
+        },
+        **ERRORS,
+    },
+    tags=["findings"],
+)
+def get_findings(
+    institution: Annotated[str | None, Query(max_length=64, description="fixmedins_code")] = None,
+    patient: Annotated[str | None, Query(max_length=64, description="psn_no")] = None,
+    rule: Annotated[str | None, Query(max_length=64, description="rule id")] = None,
+    status: Annotated[FindingStatus | None, Query(description="default: every current finding")] = None,
+    date_from: Annotated[date | None, Query(description="occurred on or after (YYYY-MM-DD)")] = None,
+    date_to: Annotated[date | None, Query(description="occurred on or before (YYYY-MM-DD)")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+    next_token: Annotated[str | None, Query(max_length=2048)] = None,
+) -> FindingsPage:
+    return service.list_findings(
+        _services(),
+        _caller(),
+        institution=institution,
+        patient=patient,
+        rule=rule,
+        status=status,
+        date_from=date_from,
+        date_to=date_to,
+        limit=limit,
+        next_token=next_token,
+    )
+
+
+FindingId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+@app.get(
+    "/v1/findings/<finding_id>",
+    summary="One finding with its review",
+    responses={
+        200: {"description": "the finding", "content": {content_types.APPLICATION_JSON: {"model": FindingView}}},
+        404: _error_content("No such finding"),
+        **ERRORS,
+    },
+    tags=["findings"],
+)
+def get_finding(finding_id: FindingId) -> FindingView:
+    return service.get_finding(_services(), _caller(), finding_id)
+
+
+@app.patch(
+    "/v1/findings/<finding_id>",
+    summary="Review a finding: confirmed or dismissed, with a reason",
+    responses={
+        200: {
+            "description": "the reviewed finding",
+            "content": {content_types.APPLICATION_JSON: {"model": FindingView}},
+        },
+        404: _error_content("No such finding"),
+        409: _error_content("The finding is superseded"),
+        **ERRORS,
+    },
+    tags=["findings"],
+)
+def patch_finding(finding_id: FindingId, review: Annotated[ReviewRequest, Body()]) -> FindingView:
+    return service.review_finding(_services(), _caller(), finding_id, review)
+
+
+@app.get(
+    "/v1/rules",
+    summary="The rule base with each rule's review figures (confirmed, dismissed, precision)",
+    responses={
+        200: {"description": "the rules", "content": {content_types.APPLICATION_JSON: {"model": RulesResponse}}},
+        **ERRORS,
+    },
+    tags=["rules"],
+)
+def get_rules() -> RulesResponse:
+    return service.rules(_services())
+
+
+@app.get("/v1/openapi.json", include_in_schema=False)
+def get_openapi() -> Response[str]:
+    return Response(200, content_types.APPLICATION_JSON, openapi_json())
+
+
+# ------------------------------------------------------------------ errors, in one place
+
+
+def _answer(error: ApiError) -> Response[str]:
+    return Response(error.status, content_types.APPLICATION_JSON, json.dumps(error.body(), ensure_ascii=False))
+
+
+@app.exception_handler(ApiError)
+def _api_error(error: ApiError) -> Response[str]:
+    return _answer(error)
+
+
+@app.exception_handler(RequestValidationError)
+def _validation_error(error: RequestValidationError) -> Response[str]:
+    return _answer(from_validation_errors(error.errors()))
+
+
+@app.not_found
+def _not_found(error: NotFoundError) -> Response[str]:
+    err = ApiError(f"no route {app.current_event.http_method} {app.current_event.path}", code="no_route")
+    err.status = 404
+    return _answer(err)
+
+
+@app.exception_handler(Exception)
+def _unexpected(error: Exception) -> Response[str]:
+    logger.exception("unexpected error in %s %s", app.current_event.http_method, app.current_event.resource)
+    err = ApiError("internal error; the request id identifies it in the logs", code="internal")
+    err.status = 500
+    return _answer(err)
+
+
+# ------------------------------------------------------------------ entry points
+
+
+def _body_size(event: dict[str, Any]) -> int:
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        return len(body) * 3 // 4
+    return len(body.encode("utf-8")) if isinstance(body, str) else len(body)
+
+
+def handle(event: dict[str, Any], context: Any, services: Services) -> dict[str, Any]:
+    """Resolve one API Gateway REST proxy event with these services."""
+    limit = services.settings.max_body_bytes
+    if _body_size(event) > limit:
+        error = PayloadTooLarge(f"request body larger than {limit} bytes", None)
+        return {
+            "statusCode": error.status,
+            "headers": {"Content-Type": content_types.APPLICATION_JSON},
+            "body": json.dumps(error.body()),
+            "isBase64Encoded": False,
+        }
+    app.append_context(services=services, caller=identify(event, services.settings))
+    return app.resolve(event, context)
+
+
+def openapi_json() -> str:
+    """The OpenAPI document (checked in as openapi.json; served at /v1/openapi.json)."""
+    return app.get_openapi_json_schema(
+        title=API_TITLE,
+        version=API_VERSION,
+        description=API_DESCRIPTION,
+        security_schemes={
+            "sigv4": APIKey(
+                name="Authorization",
+                in_=APIKeyIn.header,
+                description="AWS Signature Version 4 (API Gateway AWS_IAM authorizer)",
+            )
+        },
+        security=[{"sigv4": []}],
+    )

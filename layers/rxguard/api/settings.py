@@ -1,0 +1,64 @@
+"""Settings of the API, parsed once from the environment (STYLE.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class CallerGrant(BaseModel):
+    """What one caller (an IAM principal) may do.
+
+    `institutions`: the fixmedins_codes the caller acts for (its own checks, dispensings
+    and findings). `regulator`: a bureau user, reads every finding and reviews them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    institutions: list[str] = Field(default_factory=list)
+    regulator: bool = False
+
+
+class ApiSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)  # RXGUARD_API_MAX_BODY_BYTES
+    max_lines: int = Field(default=200, ge=1)  # RXGUARD_API_MAX_LINES: drug lines per request
+    page_size: int = Field(default=50, ge=1, le=500)  # default page of GET /v1/findings
+    # "enforce": callers must be in `callers`; "open": no checks (offline `rxguard serve`, tests)
+    auth_mode: Literal["enforce", "open"] = "enforce"  # RXGUARD_API_AUTH
+    # RXGUARD_API_CALLERS: JSON {principal: grant}. The key is the caller's IAM user/role ARN
+    # (requestContext.identity.userArn), an assumed-role ARN prefix ending in "*", or the
+    # caller id (requestContext.identity.caller). The security helper extends this mapping.
+    callers: dict[str, CallerGrant] = Field(default_factory=dict)
+    findings_table: str | None = None  # RXGUARD_FINDINGS_TABLE (DynamoDB store)
+    findings_index: str = "ByInstitution"  # RXGUARD_FINDINGS_INDEX
+    timezone: str = "Asia/Shanghai"  # local time of claim lines (fee_ocur_time has no zone)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for field, var in (
+            ("max_body_bytes", "RXGUARD_API_MAX_BODY_BYTES"),
+            ("max_lines", "RXGUARD_API_MAX_LINES"),
+            ("auth_mode", "RXGUARD_API_AUTH"),
+            ("findings_table", "RXGUARD_FINDINGS_TABLE"),
+            ("findings_index", "RXGUARD_FINDINGS_INDEX"),
+        ):
+            if env.get(var):
+                values[field] = env[var]
+        if env.get("RXGUARD_API_CALLERS"):
+            try:
+                values["callers"] = json.loads(env["RXGUARD_API_CALLERS"])
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"RXGUARD_API_CALLERS is not valid JSON: {exc}") from exc
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"API settings: {where}: {err['msg']}") from exc

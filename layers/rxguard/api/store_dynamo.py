@@ -1,0 +1,350 @@
+"""The findings store on DynamoDB (the FindingsTable of template.yaml), and the AWS wiring
+of the API's services. The only module of `rxguard.api` that talks to AWS.
+
+Table design (docs/workflow.md): key `finding_id`; GSI `by_scope` (`scope`, ALL) and GSI
+`by_institution` (`fixmedins_code`, `occurred_at`; INCLUDE rule_id, severity, status,
+scope). The finding is JSON in `body`, its status in `status` (the body has none).
+
+What the API adds, in the same table, under keys that carry neither `scope` nor
+`fixmedins_code` (so they appear in no index and no scope query):
+- `review#<finding_id>`: the review (status, reason, reviewer, reviewed_at);
+- `stats#<rule_id>`: counters `confirmed` / `dismissed` for `GET /v1/rules`.
+A review is one `TransactWriteItems`: the finding's `status` (conditional: it exists and
+is not superseded), the review item, and the counters (moved when a review changes).
+
+Listing: institution -> Query `by_institution` (newest first, date range in the key
+condition, rule/status/patient as filters); patient only -> Query `by_scope` on
+`patient:<psn_no>` (sorted here); no filter (regulators) -> Scan, pages in table order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from datetime import datetime, time
+from time import sleep
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from rxguard.api.errors import Conflict, InvalidField, NotFound
+from rxguard.api.models import FindingView, Review, ReviewStatus
+from rxguard.api.settings import ApiSettings
+from rxguard.api.store import FindingQuery, FindingsStore, RuleFigures, decode_token, encode_token, view
+from rxguard.models import Finding
+
+if TYPE_CHECKING:
+    from rxguard.api.service import Services
+
+REVIEW_PREFIX = "review#"
+STATS_PREFIX = "stats#"
+BY_INSTITUTION = "by_institution"
+BY_SCOPE = "by_scope"
+
+
+def _finding(item: Mapping[str, Any]) -> Finding:
+    data = json.loads(item["body"]["S"])
+    data["status"] = item["status"]["S"]
+    return Finding.model_validate(data)
+
+
+def _review(item: Mapping[str, Any] | None) -> Review | None:
+    if not item:
+        return None
+    return Review(
+        status=item["review_status"]["S"],
+        reason=item["reason"]["S"],
+        reviewer=item["reviewer"]["S"],
+        reviewed_at=datetime.fromisoformat(item["reviewed_at"]["S"]),
+    )
+
+
+class DynamoFindingsStore(FindingsStore):
+    def __init__(self, table: str, dynamodb_client: Any) -> None:
+        self.table = table
+        self.ddb = dynamodb_client
+
+    # ------------------------------------------------------------ reads
+    def _batch_get(self, keys: list[str]) -> dict[str, Mapping[str, Any]]:
+        """Items by key, BatchGetItem (100 keys a request), unprocessed keys retried."""
+        items: dict[str, Mapping[str, Any]] = {}
+        for start in range(0, len(keys), 100):
+            request = {self.table: {"Keys": [{"finding_id": {"S": k}} for k in keys[start : start + 100]]}}
+            for attempt in range(8):
+                answer = self.ddb.batch_get_item(RequestItems=request)
+                for item in answer.get("Responses", {}).get(self.table, []):
+                    items[item["finding_id"]["S"]] = item
+                request = answer.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                sleep(min(0.05 * 2**attempt, 1.0))
+        return items
+
+    def _get_many(self, finding_ids: list[str]) -> dict[str, tuple[Finding, Review | None]]:
+        """Findings and their reviews in one batched read."""
+        items = self._batch_get([k for fid in finding_ids for k in (fid, REVIEW_PREFIX + fid)])
+        out = {}
+        for fid in finding_ids:
+            if fid in items and "body" in items[fid]:
+                out[fid] = (_finding(items[fid]), _review(items.get(REVIEW_PREFIX + fid)))
+        return out
+
+    def get(self, finding_id: str) -> FindingView | None:
+        found = self._get_many([finding_id]).get(finding_id)
+        return None if found is None else view(*found)
+
+    def query(self, query: FindingQuery, limit: int, token: str | None = None) -> tuple[list[FindingView], str | None]:
+        if query.institution is not None:
+            return self._query_institution(query, limit, token)
+        if query.psn_no is not None:
+            return self._query_patient(query, limit, token)
+        return self._scan(query, limit, token)
+
+    def _filters(self, query: FindingQuery, names: dict[str, str], values: dict[str, Any]) -> list[str]:
+        parts = []
+        if query.rule_id is not None:
+            names["#rule"] = "rule_id"
+            values[":rule"] = {"S": query.rule_id}
+            parts.append("#rule = :rule")
+        names["#st"] = "status"
+        if query.status is not None:
+            values[":st"] = {"S": query.status}
+            parts.append("#st = :st")
+        else:
+            values[":sup"] = {"S": "superseded"}
+            parts.append("#st <> :sup")
+        if query.psn_no is not None:
+            names["#scope"] = "scope"
+            values[":scope"] = {"S": f"patient:{query.psn_no}"}
+            parts.append("#scope = :scope")
+        return parts
+
+    def _page(
+        self, operation: str, kwargs: dict[str, Any], limit: int, start: dict[str, Any] | None, key_attrs: list[str]
+    ) -> tuple[list[str], str | None]:
+        """Follow pages until `limit` matching ids; the token is the key of the last id returned."""
+        ids: list[str] = []
+        last_items: list[Mapping[str, Any]] = []
+        if start:
+            kwargs["ExclusiveStartKey"] = start
+        call = getattr(self.ddb, operation)
+        while True:
+            answer = call(Limit=max(limit * 2, 25), **kwargs)
+            for item in answer.get("Items", []):
+                ids.append(item["finding_id"]["S"])
+                last_items.append(item)
+                if len(ids) == limit:
+                    more = item is not answer["Items"][-1] or bool(answer.get("LastEvaluatedKey"))
+                    key = {a: item[a] for a in key_attrs if a in item}
+                    return ids, encode_token({"k": key}) if more else None
+            last = answer.get("LastEvaluatedKey")
+            if not last:
+                return ids, None
+            kwargs["ExclusiveStartKey"] = last
+
+    def _start(self, token: str | None) -> dict[str, Any] | None:
+        if not token:
+            return None
+        key = decode_token(token).get("k")
+        if not isinstance(key, dict) or "finding_id" not in key:
+            raise InvalidField("next_token is not a token this API issued", "next_token")
+        return key
+
+    def _views(self, ids: list[str]) -> list[FindingView]:
+        found = self._get_many(ids)
+        return [view(*found[i]) for i in ids if i in found]
+
+    def _query_institution(
+        self, query: FindingQuery, limit: int, token: str | None
+    ) -> tuple[list[FindingView], str | None]:
+        names = {"#inst": "fixmedins_code", "#at": "occurred_at"}
+        values: dict[str, Any] = {":inst": {"S": query.institution}}
+        key = "#inst = :inst"
+        low = datetime.combine(query.date_from, time.min).isoformat() if query.date_from else None
+        high = datetime.combine(query.date_to, time.max).isoformat() if query.date_to else None
+        if low and high:
+            values[":lo"], values[":hi"] = {"S": low}, {"S": high}
+            key += " AND #at BETWEEN :lo AND :hi"
+        elif low:
+            values[":lo"] = {"S": low}
+            key += " AND #at >= :lo"
+        elif high:
+            values[":hi"] = {"S": high}
+            key += " AND #at <= :hi"
+        else:
+            del names["#at"]
+        filters = self._filters(query, names, values)
+        kwargs = {
+            "TableName": self.table,
+            "IndexName": BY_INSTITUTION,
+            "KeyConditionExpression": key,
+            "FilterExpression": " AND ".join(filters),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+        }
+        ids, next_token = self._page(
+            "query", kwargs, limit, self._start(token), ["finding_id", "fixmedins_code", "occurred_at"]
+        )
+        return self._views(ids), next_token
+
+    def _query_patient(
+        self, query: FindingQuery, limit: int, token: str | None
+    ) -> tuple[list[FindingView], str | None]:
+        items = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": BY_SCOPE,
+            "KeyConditionExpression": "#scope = :scope",
+            "ExpressionAttributeNames": {"#scope": "scope"},
+            "ExpressionAttributeValues": {":scope": {"S": f"patient:{query.psn_no}"}},
+        }
+        while True:
+            answer = self.ddb.query(**kwargs)
+            items.extend(answer.get("Items", []))
+            if not answer.get("LastEvaluatedKey"):
+                break
+            kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        findings = sorted(
+            (f for f in map(_finding, items) if query.matches(f)),
+            key=lambda f: (-f.occurred_at.timestamp(), f.finding_id),
+        )
+        if token:
+            payload = decode_token(token)
+            try:
+                after = (float(payload["t"]), str(payload["id"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InvalidField("next_token is not a token this API issued", "next_token") from exc
+            findings = [f for f in findings if (-f.occurred_at.timestamp(), f.finding_id) > after]
+        page = findings[:limit]
+        next_token = None
+        if len(findings) > limit:
+            last = page[-1]
+            next_token = encode_token({"t": -last.occurred_at.timestamp(), "id": last.finding_id})
+        return self._views([f.finding_id for f in page]), next_token
+
+    def _scan(self, query: FindingQuery, limit: int, token: str | None) -> tuple[list[FindingView], str | None]:
+        names: dict[str, str] = {"#body": "body"}
+        values: dict[str, Any] = {}
+        filters = ["attribute_exists(#body)", *self._filters(query, names, values)]
+        if query.date_from:
+            names["#at"] = "occurred_at"
+            values[":lo"] = {"S": datetime.combine(query.date_from, time.min).isoformat()}
+            filters.append("#at >= :lo")
+        if query.date_to:
+            names["#at"] = "occurred_at"
+            values[":hi"] = {"S": datetime.combine(query.date_to, time.max).isoformat()}
+            filters.append("#at <= :hi")
+        kwargs = {
+            "TableName": self.table,
+            "FilterExpression": " AND ".join(filters),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ProjectionExpression": "finding_id",
+        }
+        ids, next_token = self._page("scan", kwargs, limit, self._start(token), ["finding_id"])
+        return self._views(ids), next_token
+
+    # ------------------------------------------------------------ review
+    def review(self, finding_id: str, status: ReviewStatus, reason: str, reviewer: str, at: datetime) -> FindingView:
+        current = self._get_many([finding_id]).get(finding_id)
+        if current is None:
+            raise NotFound("no such finding", "finding_id")
+        finding, previous = current
+        if finding.status == "superseded":
+            raise Conflict("the finding is superseded: the rules no longer produce it", "status")
+        review = Review(status=status, reason=reason, reviewer=reviewer, reviewed_at=at)
+        items: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": {"finding_id": {"S": finding_id}},
+                    "UpdateExpression": "SET #st = :new",
+                    "ConditionExpression": "attribute_exists(#body) AND #st <> :sup",
+                    "ExpressionAttributeNames": {"#st": "status", "#body": "body"},
+                    "ExpressionAttributeValues": {":new": {"S": status}, ":sup": {"S": "superseded"}},
+                }
+            },
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": {
+                        "finding_id": {"S": REVIEW_PREFIX + finding_id},
+                        "rule_id": {"S": finding.rule_id},
+                        "review_status": {"S": status},
+                        "reason": {"S": reason},
+                        "reviewer": {"S": reviewer},
+                        "reviewed_at": {"S": at.isoformat()},
+                    },
+                }
+            },
+        ]
+        delta = {"confirmed": 0, "dismissed": 0}
+        delta[status] += 1
+        if previous is not None:
+            delta[previous.status] -= 1
+        if any(delta.values()):
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self.table,
+                        "Key": {"finding_id": {"S": STATS_PREFIX + finding.rule_id}},
+                        "UpdateExpression": "ADD confirmed :c, dismissed :d",
+                        "ExpressionAttributeValues": {
+                            ":c": {"N": str(delta["confirmed"])},
+                            ":d": {"N": str(delta["dismissed"])},
+                        },
+                    }
+                }
+            )
+        try:
+            self.ddb.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                raise Conflict("the finding changed while being reviewed; retry", "status") from exc
+            raise
+        return view(finding.model_copy(update={"status": status}), review)
+
+    def rule_figures(self, rule_ids: Collection[str]) -> dict[str, RuleFigures]:
+        """One BatchGetItem on the counters (`stats#<rule_id>`)."""
+        items = self._batch_get([STATS_PREFIX + r for r in sorted(set(rule_ids))])
+        out = {}
+        for key, item in items.items():
+            out[key[len(STATS_PREFIX) :]] = RuleFigures(
+                confirmed=int(item.get("confirmed", {}).get("N", "0")),
+                dismissed=int(item.get("dismissed", {}).get("N", "0")),
+            )
+        return out
+
+
+def aws_services(settings: ApiSettings | None = None) -> Services:
+    """The services of the Lambda function (and of `rxguard serve`, inside the offline
+    environment): DynamoDB history and findings, alerts on SNS + S3."""
+    from rxguard.alerts.aws import AwsNotificationSink
+    from rxguard.api.service import Services, alerts_notifier
+    from rxguard.dynamo import DynamoRepository, client
+    from rxguard.kb import get_knowledge_base
+    from rxguard.workflow.settings import get_settings
+
+    workflow = get_settings()
+    api = settings or api_settings()
+    kb = get_knowledge_base(workflow.core.rules_dir, workflow.core.phase)
+    ddb = client("dynamodb")
+    notify = None
+    if workflow.alerts_topic_arn and workflow.letters_topic_arn:
+        sink = AwsNotificationSink(
+            client("sns"), client("s3"), workflow.alerts_topic_arn, workflow.letters_topic_arn, workflow.results_bucket
+        )
+        notify = alerts_notifier(kb, sink)
+    return Services(
+        kb=kb,
+        repo=DynamoRepository(workflow.tables, ddb, history_days=workflow.history_days),  # one per request
+        store=DynamoFindingsStore(workflow.findings_table, ddb),
+        settings=api,
+        notify=notify,
+        default_admdvs=workflow.core.default_admdvs,
+    )
+
+
+def api_settings() -> ApiSettings:
+    return ApiSettings.from_env()  # microseconds: parsed per request, so tests may change it
