@@ -180,7 +180,9 @@ def make_line(
     )
 
 
-def make_finding(rule_id: str = "early-refill", psn_no: str = "P0001", evidence: tuple[str, ...] = ("H1/1",), **extra: Any) -> Any:
+def make_finding(
+    rule_id: str = "early-refill", psn_no: str = "P0001", evidence: tuple[str, ...] = ("H1/1",), **extra: Any
+) -> Any:
     from rxguard.models import Finding, Severity
 
     return Finding(

@@ -59,7 +59,10 @@ def test_a_purchase_item_fits_one_write_unit(stack: Stack) -> None:
         "P12345678901234567890",
         "20260301000123456789",
         trace_codes=["81234567890123456789", "81234567890123456790"],
-        sin_dos_dscr="每次1片", used_frqu_dscr="每日三次", rxno="RX2026030100001", bilg_dr_codg="D310000001234",
+        sin_dos_dscr="每次1片",
+        used_frqu_dscr="每日三次",
+        rxno="RX2026030100001",
+        bilg_dr_codg="D310000001234",
     )
     # When it is encoded as a purchase item
     size = sum(len(x.encode()) for x in ("psn_no", line.psn_no, "sk", purchase_sort_key(line), "d", encode_line(line)))
@@ -114,7 +117,7 @@ class _Flaky:
     def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:  # noqa: N803 - boto3 spelling
         self.get_calls += 1
         if self.get_calls == 1:
-            (table, req), = RequestItems.items()
+            ((table, req),) = RequestItems.items()
             keys = req["Keys"]
             answer = self.real.batch_get_item(RequestItems={table: {"Keys": keys[: len(keys) // 2]}})
             answer["UnprocessedKeys"] = {table: {"Keys": keys[len(keys) // 2 :]}}
@@ -124,7 +127,7 @@ class _Flaky:
     def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:  # noqa: N803
         self.write_calls += 1
         if self.write_calls == 1:
-            (table, reqs), = RequestItems.items()
+            ((table, reqs),) = RequestItems.items()
             self.real.batch_write_item(RequestItems={table: reqs[: len(reqs) // 2]})
             return {"UnprocessedItems": {table: reqs[len(reqs) // 2 :]}}
         return dict(self.real.batch_write_item(RequestItems=RequestItems))
@@ -167,7 +170,9 @@ def test_findings_are_inserted_updated_superseded_and_reviews_kept(stack: Stack)
     assert changes.updated[0].status == "confirmed"
     assert [(f.finding_id, f.status) for f in changes.superseded] == [(drop.finding_id, "superseded")]
     current = _repo(stack).load_findings(["patient:P0001"])["patient:P0001"]
-    assert [(f.finding_id, f.status, f.figures) for f in current] == [(keep.finding_id, "confirmed", {"days_early": 12})]
+    assert [(f.finding_id, f.status, f.figures) for f in current] == [
+        (keep.finding_id, "confirmed", {"days_early": 12})
+    ]
     assert _repo(stack).get_finding(drop.finding_id).status == "superseded"  # type: ignore[union-attr]
 
 
@@ -188,7 +193,10 @@ def test_same_answers_as_the_in_memory_repository(stack: Stack) -> None:
     code = "81234567890123456789"
     batches = [
         [make_line("P1", "1", trace_codes=[code]), make_line("P2", "2")],
-        [make_line("P1", "1", trace_codes=[code]), make_line("P3", "3", time="2026-02-01 08:00:00", trace_codes=[code])],
+        [
+            make_line("P1", "1", trace_codes=[code]),
+            make_line("P3", "3", time="2026-02-01 08:00:00", trace_codes=[code]),
+        ],
     ]
     rounds = [
         [make_finding(evidence=("H1/1",)), make_finding(evidence=("H1/2",))],
@@ -196,7 +204,9 @@ def test_same_answers_as_the_in_memory_repository(stack: Stack) -> None:
         [],
     ]
     # When lines are recorded and a scope's findings replaced round after round
-    recorded = [([x.line_id for x in memory.record_lines(b)], [x.line_id for x in dynamo.record_lines(b)]) for b in batches]
+    recorded = [
+        ([x.line_id for x in memory.record_lines(b)], [x.line_id for x in dynamo.record_lines(b)]) for b in batches
+    ]
     changes = []
     for findings in rounds:
         a = memory.replace_findings("patient:P1", findings)
