@@ -114,7 +114,7 @@ class _Flaky:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
-    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:  # noqa: N803 - boto3 spelling
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
         self.get_calls += 1
         if self.get_calls == 1:
             ((table, req),) = RequestItems.items()
@@ -124,7 +124,7 @@ class _Flaky:
             return dict(answer)
         return dict(self.real.batch_get_item(RequestItems=RequestItems))
 
-    def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:  # noqa: N803
+    def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
         self.write_calls += 1
         if self.write_calls == 1:
             ((table, reqs),) = RequestItems.items()
