@@ -112,10 +112,12 @@ def _bad_lines(prefix: bytes, encoding: str) -> tuple[int, int]:
 
 
 def _guess_encoding(prefix: bytes) -> str:
-    """UTF-8 when (almost) every non-ASCII line decodes as UTF-8, else GB18030 (a superset of
-    GBK and GB2312). UTF-8 is very unlikely by chance; GB18030 decodes almost anything."""
+    """UTF-8 when most lines with non-ASCII bytes decode as UTF-8, else GB18030 (a superset of
+    GBK and GB2312). A line of Chinese text in GBK is almost never valid UTF-8 by chance,
+    while GB18030 decodes almost anything: so valid UTF-8 lines are the evidence, and a
+    UTF-8 file with a few corrupt lines stays UTF-8 (those lines are rejected `encoding`)."""
     non_ascii, utf8_bad = _bad_lines(prefix, "utf-8")
-    if utf8_bad == 0 or utf8_bad * 20 <= non_ascii:
+    if utf8_bad * 2 <= non_ascii:
         return "utf-8"
     _, gb_bad = _bad_lines(prefix, "gb18030")
     return "gb18030" if gb_bad < utf8_bad else "utf-8"
@@ -427,6 +429,10 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
                     continue
                 yield self._accept(element, index)
         except ijson.JSONError as exc:
+            if index == 0:  # not one element could be read: the file is not a claim document
+                self.file_error = _file_error(self.name, FILE_NOT_JSON, f"not valid JSON ({show(str(exc), 80)})")
+                yield self.file_error
+                return
             yield self._line(
                 index + 1,
                 MALFORMED,

@@ -1,0 +1,87 @@
+"""Builders for ingestion tests: claim records and batch files in any format/encoding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HEADER = [
+    "feedetl_sn",
+    "fixmedins_code",
+    "fixmedins_name",
+    "admdvs",
+    "psn_no",
+    "mdtrt_id",
+    "med_type",
+    "fee_ocur_time",
+    "med_list_codg",
+    "cnt",
+    "trdn_flag",
+    "pric",
+    "det_item_fee_sumamt",
+    "dise_codg",
+    "dscg_tkdrug_flag",
+    "lt_rx_flag",
+    "drug_trac_codg",
+    "override_reason",
+]
+
+ENTECAVIR = "XJ05AF10A001"  # 28 tablets of 0.5 mg a pack, label maximum 1 mg a day (rules/drugs.json)
+UNMONITORED = "XJ01CA04B001"  # not in the catalogue
+
+
+def record(**overrides: Any) -> dict[str, Any]:
+    """A valid claim line (entecavir, 2 packs at 18.60) with overrides."""
+    base: dict[str, Any] = {
+        "feedetl_sn": "FD0001",
+        "fixmedins_code": "H31000001",
+        "fixmedins_name": "浦东仁和医院",
+        "admdvs": "310000",
+        "psn_no": "31000000000101",
+        "mdtrt_id": "",
+        "med_type": "11",
+        "fee_ocur_time": "2025-09-02 09:10:00",
+        "med_list_codg": ENTECAVIR,
+        "cnt": "2",
+        "trdn_flag": "",
+        "pric": "18.6",
+        "det_item_fee_sumamt": "37.2",
+        "dise_codg": "B18.1",
+        "dscg_tkdrug_flag": "",
+        "lt_rx_flag": "",
+        "drug_trac_codg": "",
+        "override_reason": "",
+    }
+    base.update(overrides)
+    return base
+
+
+def csv_text(records: list[dict[str, Any]], header: list[str] | None = None, sep: str = ",") -> str:
+    cols = header or HEADER
+    rows = [sep.join(cols)]
+    for rec in records:
+        cells = []
+        for c in cols:
+            text = "" if rec.get(c) is None else str(rec.get(c))
+            if sep in text or '"' in text:
+                text = '"' + text.replace('"', '""') + '"'
+            cells.append(text)
+        rows.append(sep.join(cells))
+    return "\n".join(rows) + "\n"
+
+
+def write_csv(path: Path, records: list[dict[str, Any]], encoding: str = "utf-8", **kwargs: Any) -> Path:
+    path.write_bytes(csv_text(records, **kwargs).encode(encoding))
+    return path
+
+
+def write_jsonl(path: Path, records: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def write_document(path: Path, records: list[Any], *, indent: int | None = 1) -> Path:
+    doc = {"infno": "2204", "input": {"feedetail": records}}
+    path.write_text(json.dumps(doc, ensure_ascii=False, indent=indent), encoding="utf-8")
+    return path
