@@ -1,0 +1,175 @@
+"""Screening over a `HistoryRepository`: the engine applied to stored history.
+
+- `screen_lines`: record lines (in-process and post-payment scenes), re-evaluate every
+  touched scope over its whole timeline and replace its findings. Findings are a
+  function of all lines known for a scope, so batches may arrive split, repeated or in
+  any order and the stored findings converge to the same set.
+- `check_lines`: pre-dispensing check of proposed lines against history; records nothing.
+- `institution_findings`: institution-outlier from monthly aggregates.
+
+Two batched reads per call (history of the patients, sales of the trace codes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from rxguard.engine import ActivityAggregate, Engine, activity_from_lines, finding_scope, flagged_line_ids
+from rxguard.kb import KnowledgeBase
+from rxguard.models import ClaimLine, Finding, Scene
+from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
+
+# Scenes that record lines: the stored findings cover the rules of all of them, so they
+# do not depend on which scene happened to record a line.
+RECORDING_SCENES = frozenset({Scene.IN, Scene.POST})
+
+_ENGINES: dict[tuple[int, frozenset[Scene] | None], tuple[KnowledgeBase, Engine]] = {}
+
+
+def engine_for(kb: KnowledgeBase, scenes: Collection[Scene] | None = None) -> Engine:
+    """A cached engine for this knowledge base and scenes (its caches persist across calls)."""
+    key = (id(kb), frozenset(scenes) if scenes is not None else None)
+    cached = _ENGINES.get(key)
+    if cached is None or cached[0] is not kb:
+        cached = (kb, Engine(kb, scenes))
+        _ENGINES[key] = cached
+    return cached[1]
+
+
+@dataclass
+class ScreenOutcome:
+    recorded: list[ClaimLine] = field(default_factory=list)  # newly recorded lines
+    duplicates: list[ClaimLine] = field(default_factory=list)  # already recorded (or repeated in the input)
+    changes: FindingChanges = field(default_factory=FindingChanges)
+    scopes: list[str] = field(default_factory=list)  # scopes re-evaluated
+
+
+def merge_changes(into: FindingChanges, more: FindingChanges) -> None:
+    into.new.extend(more.new)
+    into.updated.extend(more.updated)
+    into.superseded.extend(more.superseded)
+    into.unchanged += more.unchanged
+
+
+def _dedupe(lines: Iterable[ClaimLine]) -> tuple[list[ClaimLine], list[ClaimLine]]:
+    seen: dict[str, ClaimLine] = {}
+    repeated: list[ClaimLine] = []
+    for line in lines:
+        if line.line_id in seen:
+            repeated.append(line)
+        else:
+            seen[line.line_id] = line
+    return list(seen.values()), repeated
+
+
+def _sales_with(stored: Sequence[TraceSale], code: str, extra: Iterable[ClaimLine]) -> list[TraceSale]:
+    """Stored sales of a code plus those of `extra` lines not stored yet."""
+    known = {s.line_id for s in stored}
+    out = list(stored)
+    for line in extra:
+        if line.line_id in known:
+            continue
+        for c in line.trace_codes:
+            if c == code:
+                out.append(TraceSale(line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code))
+    return sorted(out)
+
+
+def screen_lines(
+    lines: Sequence[ClaimLine], repo: HistoryRepository, kb: KnowledgeBase, scene: Scene = Scene.POST
+) -> ScreenOutcome:
+    """Record `lines`, re-evaluate their patients and trace codes, replace their findings.
+
+    `scene` (in or post) names who records; the stored findings always cover the rules of
+    every recording scene, so they depend only on the lines. Idempotent."""
+    if scene is Scene.PRE:
+        raise ValueError("screen_lines records lines; use check_lines for pre-dispensing checks")
+    batch, repeated = _dedupe(lines)
+    recorded = repo.record_lines(batch)
+    recorded_ids = {line.line_id for line in recorded}
+    duplicates = [line for line in batch if line.line_id not in recorded_ids] + repeated
+    patients = sorted({line.psn_no for line in batch})
+    codes = sorted({code for line in batch for code in line.trace_codes})
+    history = repo.load_history(patients) if patients else {}
+    sales = repo.load_trace_sales(codes) if codes else {}
+    engine = engine_for(kb, RECORDING_SCENES)
+    outcome = ScreenOutcome(recorded=recorded, duplicates=duplicates)
+    by_patient: dict[str, list[ClaimLine]] = {}
+    for line in batch:
+        by_patient.setdefault(line.psn_no, []).append(line)
+    known: dict[str, ClaimLine] = {}
+    for psn in patients:
+        timeline = list(history.get(psn, ()))
+        timeline.extend(by_patient[psn])  # history first: a stored line wins over a resent one
+        for line in timeline:
+            known.setdefault(line.line_id, line)
+        scope = f"patient:{psn}"
+        merge_changes(outcome.changes, repo.replace_findings(scope, engine.evaluate_patient(psn, timeline)))
+        outcome.scopes.append(scope)
+    for code in codes:
+        code_sales = _sales_with(sales.get(code, ()), code, batch)
+        found = engine.evaluate_trace_code(code, code_sales, known)
+        scope = f"trace:{code}"
+        merge_changes(outcome.changes, repo.replace_findings(scope, found))
+        outcome.scopes.append(scope)
+    return outcome
+
+
+def check_lines(proposed: Sequence[ClaimLine], repo: HistoryRepository, kb: KnowledgeBase) -> dict[str, list[Finding]]:
+    """Pre-dispensing check: by proposed line id, the findings (rules of the `pre` scene)
+    whose evidence includes it, judged against the recorded history. Records nothing."""
+    batch, _ = _dedupe(proposed)
+    ids = {line.line_id for line in batch}
+    out: dict[str, list[Finding]] = {line.line_id: [] for line in batch}
+    if not batch:
+        return out
+    patients = sorted({line.psn_no for line in batch})
+    codes = sorted({code for line in batch for code in line.trace_codes})
+    history = repo.load_history(patients)
+    sales = repo.load_trace_sales(codes) if codes else {}
+    engine = engine_for(kb, {Scene.PRE})
+    findings: list[Finding] = []
+    known: dict[str, ClaimLine] = {line.line_id: line for line in batch}
+    for psn in patients:
+        timeline = [line for line in history.get(psn, ()) if line.line_id not in ids]
+        for line in timeline:
+            known.setdefault(line.line_id, line)
+        timeline.extend(line for line in batch if line.psn_no == psn)
+        findings.extend(engine.evaluate_patient(psn, timeline))
+    for code in codes:
+        stored = [s for s in sales.get(code, ()) if s.line_id not in ids]
+        findings.extend(engine.evaluate_trace_code(code, _sales_with(stored, code, batch), known))
+    for finding in findings:
+        for line_id in finding.evidence:
+            if line_id in ids:
+                out[line_id].append(finding)
+    return out
+
+
+def institution_findings(aggregates: Sequence[ActivityAggregate], kb: KnowledgeBase) -> list[Finding]:
+    """institution-outlier from per-unit monthly aggregates (institutions and prescribers)."""
+    return engine_for(kb, RECORDING_SCENES).evaluate_activity(aggregates)
+
+
+def institution_findings_from_lines(
+    lines: Iterable[ClaimLine], findings: Iterable[Finding], kb: KnowledgeBase
+) -> tuple[list[ActivityAggregate], list[Finding]]:
+    """Aggregates and institution-outlier findings from lines and the current patient and
+    trace findings (the in-memory path; the DynamoDB path keeps the aggregates itself)."""
+    aggregates = activity_from_lines(lines, flagged_line_ids(findings), kb)
+    return aggregates, institution_findings(aggregates, kb)
+
+
+def replace_institution_findings(
+    repo: HistoryRepository, findings: Sequence[Finding], scopes: Iterable[str]
+) -> FindingChanges:
+    """Replace the findings of every given institution/prescriber scope (scopes without a
+    finding now get theirs superseded)."""
+    grouped: dict[str, list[Finding]] = {scope: [] for scope in scopes}
+    for finding in findings:
+        grouped.setdefault(finding_scope(finding), []).append(finding)
+    changes = FindingChanges()
+    for scope in sorted(grouped):
+        merge_changes(changes, repo.replace_findings(scope, grouped[scope]))
+    return changes
