@@ -6,6 +6,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from rxguard.alerts.settings import AlertSettings
 from rxguard.dynamo import ResultStore, client
 from rxguard.kb import get_knowledge_base
 from rxguard.observability import MetricUnit, logger, metrics, tracer
@@ -38,6 +39,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         results=ResultStore(settings.results_bucket),
         kb=get_knowledge_base(settings.core.rules_dir, settings.core.phase),
         sink=_sink(),
+        alert_settings=AlertSettings.from_env(),
     )
     metrics.add_metric(name="FindingsNotified", unit=MetricUnit.Count, value=int(summary.get("findings", 0)))
     return summary

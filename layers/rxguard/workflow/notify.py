@@ -4,13 +4,14 @@ alerts module alerts each finding at most once, however often this runs)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from rxguard.dynamo import ResultStore
 from rxguard.kb import KnowledgeBase
-from rxguard.models import Finding
+from rxguard.models import ClaimLine, Finding
 from rxguard.observability import logger
 from rxguard.workflow.screen import ChunkFindings
 
@@ -27,21 +28,44 @@ def ok_results(chunk_results: Iterable[Any]) -> list[Mapping[str, Any]]:
     return [r for r in chunk_results if isinstance(r, Mapping) and r.get("ok") is True and r.get("result_key")]
 
 
-def findings_to_alert(results: ResultStore, chunk_results: Sequence[Any]) -> list[Finding]:
-    """New and updated findings of every screened chunk, once each, in id order."""
+@dataclass
+class ToAlert:
+    findings: list[Finding] = field(default_factory=list)
+    institutions: dict[str, str] = field(default_factory=dict)
+    lines: dict[str, ClaimLine] = field(default_factory=dict)
+
+
+def findings_to_alert(results: ResultStore, chunk_results: Sequence[Any]) -> ToAlert:
+    """New and updated findings of every screened chunk, once each, in id order, with the
+    institution names and evidence lines the letters use."""
     by_id: dict[str, Finding] = {}
+    out = ToAlert()
     for entry in ok_results(chunk_results):
         found = ChunkFindings.model_validate(results.get_json(str(entry["result_key"])))
         for finding in [*found.new, *found.updated]:
             by_id[finding.finding_id] = finding
-    return [by_id[k] for k in sorted(by_id)]
+        out.institutions.update(found.institutions)
+        out.lines.update({x.line_id: x for x in found.evidence_lines})
+    out.findings = [by_id[k] for k in sorted(by_id)]
+    return out
 
 
-def notify_chunks(request: NotifyRequest, *, results: ResultStore, kb: KnowledgeBase, sink: Any) -> dict[str, Any]:
+def notify_chunks(
+    request: NotifyRequest, *, results: ResultStore, kb: KnowledgeBase, sink: Any, alert_settings: Any = None
+) -> dict[str, Any]:
     from rxguard.alerts import notify_batch
 
-    findings = findings_to_alert(results, request.chunk_results)
-    summary = notify_batch(findings, batch_id=request.batch_id, kb=kb, sink=sink)
+    todo = findings_to_alert(results, request.chunk_results)
+    findings = todo.findings
+    summary = notify_batch(
+        findings,
+        batch_id=request.batch_id,
+        kb=kb,
+        sink=sink,
+        settings=alert_settings,
+        institution_names=todo.institutions,
+        lines=todo.lines,
+    )
     out = _as_dict(summary)
     out.setdefault("findings", len(findings))
     logger.info(

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rxguard.dynamo import ResultStore
 from rxguard.kb import KnowledgeBase
-from rxguard.models import Finding, Scene
+from rxguard.models import ClaimLine, Finding, Scene
 from rxguard.observability import logger
 from rxguard.repository import HistoryRepository
 from rxguard.workflow import naming
@@ -44,6 +44,8 @@ class ChunkFindings(BaseModel):
     updated: list[Finding] = Field(default_factory=list)
     superseded: list[Finding] = Field(default_factory=list)
     unchanged: int = 0
+    institutions: dict[str, str] = Field(default_factory=dict)  # fixmedins_code -> name, for the letters
+    evidence_lines: list[ClaimLine] = Field(default_factory=list)  # this chunk's lines cited by new/updated findings
 
 
 def screen_chunk(
@@ -63,6 +65,8 @@ def screen_chunk(
         updated=list(changes.updated),
         superseded=list(changes.superseded),
         unchanged=changes.unchanged,
+        institutions={x.fixmedins_code: x.fixmedins_name for x in lines if x.fixmedins_name},
+        evidence_lines=_cited(lines, [*changes.new, *changes.updated]),
     )
     key = naming.result_key(request.batch_id, request.chunk_key)
     if results.exists(key):  # a retried chunk: keep what the earlier attempt already reported
@@ -85,6 +89,11 @@ def screen_chunk(
     )
 
 
+def _cited(lines: list[ClaimLine], findings: list[Finding]) -> list[ClaimLine]:
+    cited = {line_id for f in findings for line_id in f.evidence}
+    return [x for x in lines if x.line_id in cited]
+
+
 def _merge(earlier: ChunkFindings, later: ChunkFindings) -> ChunkFindings:
     def union(a: list[Finding], b: list[Finding]) -> list[Finding]:
         by_id = {f.finding_id: f for f in a}
@@ -101,4 +110,6 @@ def _merge(earlier: ChunkFindings, later: ChunkFindings) -> ChunkFindings:
         updated=[f for f in union(earlier.updated, later.updated) if f.finding_id not in new_ids],
         superseded=union(earlier.superseded, later.superseded),
         unchanged=max(0, later.unchanged - len(earlier.new)),
+        institutions={**earlier.institutions, **later.institutions},
+        evidence_lines=list({x.line_id: x for x in [*earlier.evidence_lines, *later.evidence_lines]}.values()),
     )
