@@ -22,6 +22,7 @@ import re
 import threading
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -133,6 +134,8 @@ class Environment:
     def __enter__(self) -> Environment:
         try:
             self._stack.enter_context(mock_aws(config=MOTO_CONFIG))
+            _forget_cached_clients()
+            self._count_requests()
             self.clients = self._make_clients()
             self._stack.enter_context(route_lambda(self.router))
             self._stack.enter_context(route_event_targets(self._deliver_event))
@@ -155,6 +158,26 @@ class Environment:
         for route in self.router.routes.values():
             route.unload()
         self._stack.close()
+
+    def _count_requests(self) -> None:
+        """Count every DynamoDB request of clients made from now on through boto3's default
+        session (the handlers' clients), by operation: `env.requests`."""
+        self.requests: Counter[str] = Counter()
+        emitter = boto3._get_default_session()._session.get_component("event_emitter")
+
+        def count(model: Any, params: Mapping[str, Any], **_: Any) -> None:
+            with self._lock:
+                self.requests[model.name] += 1
+
+        emitter.register("before-call.dynamodb", count, unique_id="rxguard-offline-count")
+        self._stack.callback(emitter.unregister, "before-call.dynamodb", unique_id="rxguard-offline-count")
+
+    def dynamodb_requests(self) -> dict[str, int]:
+        """{"reads": n, "writes": n} from the counted requests."""
+        with self._lock:
+            reads = sum(n for op, n in self.requests.items() if op in _READ_OPS)
+            writes = sum(n for op, n in self.requests.items() if op in _WRITE_OPS)
+        return {"reads": reads, "writes": writes}
 
     def _make_clients(self) -> Clients:
         session = boto3.session.Session(region_name=REGION)
@@ -451,7 +474,7 @@ class Environment:
             raise TemplateError(f"{logical_id}: definition placeholders without substitution: {sorted(set(leftover))}")
         self.clients.stepfunctions.create_state_machine(
             name=self.identity(logical_id).attrs["Name"],
-            definition=text,
+            definition=_for_moto_parser(text),
             roleArn=self._lambda_role(),
             type=str(props.get("Type") or props.get("StateMachineType") or "STANDARD"),
         )
@@ -508,7 +531,9 @@ class Environment:
             bucket = str((detail.get("bucket") or {}).get("name", ""))
             obj = detail.get("object") or {}
             key = str(obj.get("key", ""))
-            name = execution_name(bucket, key, obj.get("version-id"), obj.get("eTag"))
+            name = _execution_name_for(detail) or execution_name(
+                bucket, key, obj.get("version-id"), obj.get("eTag") or obj.get("etag")
+            )
             execution_arn = arn.replace(":stateMachine:", ":execution:") + ":" + name
             sfn = self.clients.stepfunctions
             try:
@@ -588,8 +613,31 @@ class Environment:
                 return todo
             time.sleep(poll)
 
+    def example_subscriptions(self) -> list[tuple[str, str, dict[str, Any], str]]:
+        """The template's SNS subscriptions with a filter policy, also those its conditions
+        leave out (examples waiting for an endpoint): (logical id, topic ARN, policy, scope)."""
+        out = []
+        for logical_id, resource in self.template["Resources"].items():
+            if not isinstance(resource, dict) or resource.get("Type") not in SUBSCRIPTION_TYPES:
+                continue
+            props = resource.get("Properties") or {}
+            if not props.get("FilterPolicy"):
+                continue
+            try:
+                topic = str(self.resolver.resolve(props["TopicArn"]))
+                policy = self.resolver.resolve(props["FilterPolicy"])
+                scope = str(self.resolver.resolve(props.get("FilterPolicyScope") or "MessageAttributes"))
+            except TemplateError:
+                continue
+            out.append((logical_id, topic, json.loads(policy) if isinstance(policy, str) else policy, scope))
+        return out
+
     def subscribe_queue(
-        self, topic_logical_or_arn: str, name: str, filter_policy: Mapping[str, Any] | None = None
+        self,
+        topic_logical_or_arn: str,
+        name: str,
+        filter_policy: Mapping[str, Any] | None = None,
+        filter_policy_scope: str = "MessageAttributes",
     ) -> Subscription:
         """A local SQS queue subscribed to a topic (raw delivery: messages as published)."""
         topic_arn = topic_logical_or_arn if topic_logical_or_arn.startswith("arn:") else self.arn(topic_logical_or_arn)
@@ -601,6 +649,7 @@ class Environment:
         attributes = {"RawMessageDelivery": "true"}
         if filter_policy:
             attributes["FilterPolicy"] = json.dumps(filter_policy)
+            attributes["FilterPolicyScope"] = filter_policy_scope
         self.clients.sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn, Attributes=attributes)
         sub = Subscription(name, topic_arn, url, queue_arn, dict(filter_policy) if filter_policy else None)
         self.subscriptions.append(sub)
@@ -637,6 +686,56 @@ class Environment:
         for page in paginator.paginate(TableName=self.name(logical_id)):
             items.extend({k: des.deserialize(v) for k, v in item.items()} for item in page["Items"])
         return items
+
+
+_READ_OPS = {"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"}
+_WRITE_OPS = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
+
+
+def _for_moto_parser(definition: str) -> str:
+    """moto's ASL grammar reads ToleratedFailurePercentage only as a decimal number
+    (`100` fails to parse, `100.0` parses); AWS takes both. Same value, moto's spelling."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: float(v) if k == "ToleratedFailurePercentage" and isinstance(v, int) else walk(v)
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    try:
+        return json.dumps(walk(json.loads(definition)))
+    except ValueError:
+        return definition  # not JSON: let moto report it
+
+
+def _execution_name_for(detail: Mapping[str, Any]) -> str | None:
+    """The workflow's own naming of an S3 object's execution, where the layer has it (so
+    execution name and batch id agree); None falls back to `execution_name` here."""
+    try:
+        from rxguard.workflow.naming import S3ObjectRef
+        from rxguard.workflow.naming import execution_name as workflow_execution_name
+    except ImportError:
+        return None
+    try:
+        return str(workflow_execution_name(S3ObjectRef.from_detail(detail)))
+    except Exception:  # a detail the workflow cannot read: Prepare will report it
+        return None
+
+
+def _forget_cached_clients() -> None:
+    """Modules that cache boto3 clients drop them, so a fresh moto and the request
+    counter see new clients."""
+    try:
+        from rxguard import dynamo
+    except ImportError:  # the workflow layer is not there (fixture stacks)
+        return
+    reset = getattr(dynamo, "reset_clients", None)
+    if callable(reset):
+        reset()
 
 
 def _env_value(value: Any) -> str:

@@ -88,6 +88,16 @@ class InjectedFailure:
 
 
 @dataclass
+class Call:
+    """One invocation as the harness saw it (tests assert retries on it)."""
+
+    logical_id: str
+    event: Any
+    error_type: str | None
+    result: Any = None
+
+
+@dataclass
 class FunctionRoute:
     """One Lambda function of the template and the code that serves it."""
 
@@ -155,6 +165,7 @@ class LambdaRouter:
         self.routes: dict[str, FunctionRoute] = {}
         self.failures: dict[str, list[InjectedFailure]] = {}
         self.base_environment = dict(base_environment or {})
+        self.calls: list[Call] = []
         self.on_invoke: Callable[[FunctionRoute, Any, Any, BaseException | None], None] | None = None
 
     def add(self, route: FunctionRoute) -> None:
@@ -214,6 +225,7 @@ class LambdaRouter:
                     result = handler(event, context)
                 except Exception as exc:  # every handler error becomes a Lambda function error
                     error = exc
+            self.calls.append(Call(route.logical_id, event, type(error).__name__ if error else None, result))
             if self.on_invoke is not None:
                 self.on_invoke(route, event, result, error)
             if error is not None:
