@@ -526,13 +526,14 @@ class Environment:
     def _deliver_event(self, target: dict[str, Any], event: Any) -> None:
         """An EventBridge rule matched: start the state machine (or invoke the function)."""
         arn = str(target["Arn"])
+        event = _as_on_aws(event)
         if ":states:" in arn:
             detail = event.get("detail") or {} if isinstance(event, dict) else {}
             bucket = str((detail.get("bucket") or {}).get("name", ""))
             obj = detail.get("object") or {}
             key = str(obj.get("key", ""))
             name = _execution_name_for(detail) or execution_name(
-                bucket, key, obj.get("version-id"), obj.get("eTag") or obj.get("etag")
+                bucket, key, obj.get("version-id"), obj.get("etag")
             )
             execution_arn = arn.replace(":stateMachine:", ":execution:") + ":" + name
             sfn = self.clients.stepfunctions
@@ -690,6 +691,19 @@ class Environment:
 
 _READ_OPS = {"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"}
 _WRITE_OPS = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
+
+
+def _as_on_aws(event: Any) -> Any:
+    """moto's S3 "Object Created" detail spells the ETag `eTag` and carries a null
+    `version-id` for unversioned buckets; AWS sends `etag` and omits the version."""
+    if not isinstance(event, dict) or not isinstance((event.get("detail") or {}).get("object"), dict):
+        return event
+    obj = dict(event["detail"]["object"])
+    if "eTag" in obj:
+        obj.setdefault("etag", obj.pop("eTag"))
+    if obj.get("version-id") is None:
+        obj.pop("version-id", None)
+    return {**event, "detail": {**event["detail"], "object": obj}}
 
 
 def _for_moto_parser(definition: str) -> str:
