@@ -66,7 +66,7 @@ def _flag(value: Any) -> Any:
     return value
 
 
-OptText = Annotated[str | None, BeforeValidator(_blank_is_none), Field(max_length=500)]
+OptText = Annotated[Annotated[str, Field(max_length=500)] | None, BeforeValidator(_blank_is_none)]
 OptNumber = Annotated[float | None, BeforeValidator(_blank_is_none)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Id = Annotated[str, Field(min_length=1, max_length=64)]

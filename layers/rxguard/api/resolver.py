@@ -116,7 +116,8 @@ def _caller() -> Caller:
     tags=["checks"],
 )
 def post_check(body: CheckBody, answer_format: AnswerFormat = None) -> CheckResponse | nhsa.NhsaResponse:
-    return service.check(_services(), body, _caller(), answer_format)  # type: ignore[no-any-return]
+    answer: CheckResponse | nhsa.NhsaResponse = service.check(_services(), body, _caller(), answer_format)
+    return answer
 
 
 @app.post(
@@ -298,3 +299,7 @@ def openapi_json() -> str:
         },
         security=[{"sigv4": []}],
     )
+
+
+if __name__ == "__main__":  # regenerate the checked-in document: python -m rxguard.api.resolver > openapi.json
+    print(openapi_json())

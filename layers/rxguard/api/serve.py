@@ -22,7 +22,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -113,13 +113,41 @@ def make_handler(invoke: Invoke, max_body_bytes: int) -> type[BaseHTTPRequestHan
             data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
             self._send(int(answer["statusCode"]), out_headers, data)
 
-        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle  # noqa: N815
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             # method, path and status only: bodies and query strings may carry patient ids
             sys.stderr.write(f"{self.log_date_time_string()} {self.command} {urlsplit(self.path).path} {args[1]}\n")
 
     return Handler
+
+
+def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., Any]:
+    """The same translation as a WSGI app (in-process HTTP for schemathesis and tests)."""
+    from http import HTTPStatus
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length > max_body_bytes:
+            body = json.dumps({"error": {"code": "too_large", "message": "request body too large", "field": None}})
+            start_response("413 Request Entity Too Large", [("Content-Type", "application/json")])
+            return [body.encode()]
+        raw = environ["wsgi.input"].read(length) if length else b""
+        headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
+        if environ.get("CONTENT_TYPE"):
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
+        target = environ.get("PATH_INFO", "/") + (f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else "")
+        text = raw.decode("utf-8", errors="replace") if raw else None
+        answer = invoke(proxy_event(environ["REQUEST_METHOD"], target, headers, text))
+        status = int(answer.get("statusCode", 502))
+        out = answer.get("body") or ""
+        start_response(
+            f"{status} {HTTPStatus(status).phrase}",
+            [(k, str(v)) for k, v in (answer.get("headers") or {}).items()],
+        )
+        return [out.encode("utf-8") if isinstance(out, str) else bytes(out)]
+
+    return app
 
 
 def memory_invoke(settings: ApiSettings) -> Invoke:
@@ -171,17 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         invoke = memory_invoke(settings) if args.memory else moto_invoke(stack, callers)
         server = HTTPServer((args.host, args.port), make_handler(invoke, settings.max_body_bytes))
         stack.callback(server.server_close)
-        host, port = server.server_address[:2]
+        host, port = str(server.server_address[0]), int(server.server_address[1])
         mode = "in-memory" if args.memory else "moto"
         print(f"rxguard serve: listening on http://{host}:{port} ({mode})", flush=True)
         if args.max_seconds is not None:
             timer = threading.Timer(args.max_seconds, server.shutdown)
             timer.daemon = True
             timer.start()
-        try:
+        with suppress(KeyboardInterrupt):
             server.serve_forever(poll_interval=0.2)
-        except KeyboardInterrupt:
-            pass
     print("rxguard serve: stopped", flush=True)
     return 0
 

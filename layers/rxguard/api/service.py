@@ -326,7 +326,9 @@ def nhsa_response(
 # ------------------------------------------------------------------ operations
 
 
-def check(services: Services, body: CheckBody, caller: Caller, answer_as: Shape | None = None) -> Any:
+def check(
+    services: Services, body: CheckBody, caller: Caller, answer_as: Shape | None = None
+) -> CheckResponse | nhsa.NhsaResponse:
     """Pre-dispensing check: records nothing; two repository reads at most."""
     now = services.now()
     request_lines = lines_of(body, now, require_sn=False)
