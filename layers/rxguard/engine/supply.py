@@ -43,12 +43,16 @@ def _inst_en(fill: Fill) -> str:
     return f"{name} ({fill.fixmedins_code})" if name else fill.fixmedins_code
 
 
+_UNIT_EN = {"片": "tablets", "粒": "capsules", "支": "units", "瓶": "bottles", "袋": "sachets", "贴": "patches", "吸": "puffs", "揿": "puffs"}
+
+
 def _what(fill: Fill) -> tuple[str, str]:
     drug = fill.drug
     units = text(fill.units)
+    unit_en = _UNIT_EN.get(drug.min_unit, drug.min_unit)
     return (
         f"{drug.generic_name_zh} {units}{drug.min_unit}",
-        f"{units} {drug.min_unit} of {drug.generic_name_en} ({drug.atc_code})",
+        f"{units} {unit_en} of {drug.generic_name_en} ({drug.atc_code})",
     )
 
 
@@ -263,18 +267,32 @@ class SupplyRules:
         prev_zh, prev_en = _what(prev)
         dose_zh, dose_en = _max_dose(prev)
         same = prev.fixmedins_code == fill.fixmedins_code
-        zh = [
-            f"{_date(prev.day)} 在 {_inst(prev)} 配 {prev_zh}，按{dose_zh}可用 {text(prev.days)} 天；"
-            f"仅过 {elapsed} 天（用去 {round(used * 100)}%，低于 {round(used_fraction * 100)}%），"
-            f"{_date(fill.day)} 又在 {'同一机构' if same else _inst(fill)} 配 {what_zh}，"
-            f"配药前手头尚余约 {text(stock_before)} 天药量。"
-        ]
-        en = [
-            f"On {_date(prev.day)} {_inst_en(prev)} dispensed {prev_en}, {text(prev.days)} days at {dose_en}; "
-            f"only {elapsed} days later (about {round(used * 100)}% used, below {round(used_fraction * 100)}%), "
-            f"on {_date(fill.day)}, {'the same institution' if same else _inst_en(fill)} dispensed {what_en} "
-            f"while about {text(stock_before)} days of supply were still on hand."
-        ]
+        where_zh = "同一机构" if same else _inst(fill)
+        where_en = "the same institution" if same else _inst_en(fill)
+        pct, limit_pct = round(used * 100), round(used_fraction * 100)
+        if by_interval <= by_stock:
+            zh = [
+                f"{_date(prev.day)} 在 {_inst(prev)} 配 {prev_zh}，按{dose_zh}可用 {text(prev.days)} 天；"
+                f"仅过 {elapsed} 天（用去约 {pct}%，低于 {limit_pct}%），{_date(fill.day)} 又在 {where_zh} 配 {what_zh}，"
+                f"配药前手头尚余约 {text(stock_before)} 天药量。"
+            ]
+            en = [
+                f"On {_date(prev.day)} {_inst_en(prev)} dispensed {prev_en}, {text(prev.days)} days at {dose_en}; "
+                f"only {elapsed} days later (about {pct}% used, below {limit_pct}%), on {_date(fill.day)}, "
+                f"{where_en} dispensed {what_en}, with about {text(stock_before)} days of supply still on hand."
+            ]
+        else:
+            zh = [
+                f"{_date(fill.day)} 在 {where_zh} 配 {what_zh} 时，按{dose_zh}计手头尚余约 {text(stock_before)} 天药量"
+                f"（含更早配药的结余），超过上次配药量（{_date(prev.day)}，{text(prev.days)} 天）的 "
+                f"{100 - limit_pct}% 再加 {text(carry)} 天容差：上次药量仅可用去约 {pct}%。"
+            ]
+            en = [
+                f"On {_date(fill.day)} {where_en} dispensed {what_en} while, at {dose_en}, about "
+                f"{text(stock_before)} days of supply were still on hand (earlier purchases included): more than "
+                f"{100 - limit_pct}% of the previous purchase ({_date(prev.day)}, {text(prev.days)} days) plus a "
+                f"{text(carry)}-day tolerance, so only about {pct}% of it can have been used."
+            ]
         mitigations: list[str] = []
         severity = _mitigate(severity, fill, mitigations, zh, en)
         figures: dict[str, Any] = {
