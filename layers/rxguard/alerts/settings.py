@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ class AlertSettings(BaseModel):
     letter_min_severity: Severity = Severity.LOW
     patient_letters: bool = True
     response_working_days: int = Field(default=15, ge=1, le=90)
-    issuer_name_zh: str = "医疗保障局基金监管处"
+    holidays: frozenset[date] = frozenset()  # public holidays skipped when counting working days
+    issuer_name_zh: str = "××市医疗保障局"  # set per deployment (RXGUARD_ISSUER_NAME_ZH)
     issuer_abbr_zh: str = "医保监"  # prefix of the letter number, e.g. 医保监提〔2026〕…号
     contact_zh: str = "基金监管处"
     templates_dir: Path | None = None  # bureau-edited templates; default: templates/letters

@@ -1,0 +1,274 @@
+"""Warning letters: content of the PDF and HTML, numbering, deadlines, escaping, retries."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from datetime import date, datetime
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader
+
+from rxguard.alerts import AlertSettings, InMemorySink, notify_batch, pseudonym
+from rxguard.letters import letter_groups
+from rxguard.letters.context import add_working_days, build_letter, letter_number
+from rxguard.letters.pdf import LetterRenderError, html_to_pdf
+from rxguard.letters.render import render_html
+from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
+
+PSN_A = "31010019800101001X"
+PSN_B = "310101197702020022"
+HOSPITAL = "H310101001"
+PHARMACY = "P310101002"
+NAMES = {HOSPITAL: "上海市某某区中心医院", PHARMACY: "某某大药房"}
+
+
+def line(institution: str, sn: str, psn: str, day: int, drug: str, cnt: float, amount: float) -> ClaimLine:
+    return ClaimLine(
+        feedetl_sn=sn,
+        fixmedins_code=institution,
+        fixmedins_name=NAMES[institution],
+        institution_kind=InstitutionKind.from_code(institution),
+        admdvs="310000",
+        psn_no=psn,
+        mdtrt_id=f"{institution}-{day}",
+        med_type="11",
+        fee_ocur_time=datetime(2026, 3, day, 9, 30),
+        med_list_codg="XC10AA05A001",
+        med_list_name=drug,
+        cnt=cnt,
+        pric=amount / cnt,
+        det_item_fee_sumamt=amount,
+        quantity_units=cnt * 28,
+        monitored=True,
+        days_supply=cnt * 28 / 2,
+    )
+
+
+LINES = {
+    ln.line_id: ln
+    for ln in (
+        line(HOSPITAL, "RX1001", PSN_A, 2, "阿托伐他汀钙片", 6, 210.0),
+        line(PHARMACY, "PS2001", PSN_A, 5, "阿托伐他汀钙片", 4, 140.0),
+        line(HOSPITAL, "RX1002", PSN_B, 3, "氯吡格雷片", 10, 480.5),
+    )
+}
+
+
+def finding(rule_id: str, severity: str, psn: str, evidence: list[str], institution: str = HOSPITAL) -> Finding:
+    return Finding(
+        finding_id=Finding.make_id(rule_id, f"patient:{psn}", evidence),
+        rule_id=rule_id,
+        rule_version=1,
+        severity=Severity(severity),
+        subject_type="patient",
+        psn_no=psn,
+        fixmedins_code=institution,
+        admdvs="310000",
+        occurred_at=LINES[evidence[-1]].fee_ocur_time,
+        evidence=sorted(evidence),
+        figures={"days_supply": 84.0, "allowed_days": 30},
+        explanation_zh=f"{rule_id} 疑点说明",
+        explanation_en=f"{rule_id} explanation",
+    )
+
+
+FINDINGS = [
+    finding("early-refill", "high", PSN_A, [f"{HOSPITAL}/RX1001", f"{PHARMACY}/PS2001"]),
+    finding("over-quantity", "medium", PSN_B, [f"{HOSPITAL}/RX1002"]),
+]
+ISSUED = date(2026, 3, 20)  # a Friday
+
+
+def pdf_text(data: bytes) -> str:
+    reader = PdfReader(BytesIO(data))
+    return re.sub(r"\s+", "", "".join(page.extract_text() for page in reader.pages))
+
+
+def issue(sink: InMemorySink, kb, **kw) -> object:  # type: ignore[no-untyped-def]
+    return notify_batch(
+        FINDINGS, batch_id="b-2026-03", kb=kb, sink=sink, issued_on=ISSUED, institution_names=NAMES, lines=LINES, **kw
+    )
+
+
+def test_the_institution_letter_pdf_names_the_institution_each_rule_and_evidence(kb) -> None:  # type: ignore[no-untyped-def]
+    # Given a batch with a high and a medium finding at one hospital
+    sink = InMemorySink()
+
+    # When its notifications are issued
+    issue(sink, kb)
+
+    # Then the hospital's letter exists as PDF and its text carries the addressee, the
+    # number, each finding's rule name and legal basis, every evidence line and its figures
+    data, content_type = sink.documents[f"letters/b-2026-03/institution-{HOSPITAL}.pdf"]
+    assert content_type == "application/pdf"
+    text = pdf_text(data)
+    assert NAMES[HOSPITAL] in text and HOSPITAL in text
+    assert "警示函" in text  # a high finding makes it a warning, not a reminder
+    for f in FINDINGS:
+        rule = kb.rule(f.rule_id)
+        assert rule.name_zh in text
+        assert re.sub(r"\s+", "", rule.legal_basis_zh) in text
+        for line_id in f.evidence:
+            assert line_id in text
+            assert LINES[line_id].med_list_name in text
+    assert "480.50" in text  # an evidence line's amount
+    assert "2026年4月10日" in text  # 15 working days after Friday 20 March
+    assert PSN_A not in text and PSN_B not in text  # patients appear masked only
+
+
+def test_the_pdf_embeds_its_font_and_the_letter_number_is_in_its_metadata(kb) -> None:  # type: ignore[no-untyped-def]
+    # Given an issued batch
+    sink = InMemorySink()
+    summary = issue(sink, kb)
+
+    # When the hospital letter's PDF is read
+    ref = next(r for r in summary.letters if r.letter_id == f"institution-{HOSPITAL}")  # type: ignore[attr-defined]
+    reader = PdfReader(BytesIO(sink.documents[f"letters/b-2026-03/institution-{HOSPITAL}.pdf"][0]))
+
+    # Then every TrueType font used is embedded (FontFile2) and the subject is the letter number
+    embedded = []
+    for page in reader.pages:
+        for font in page["/Resources"]["/Font"].values():
+            font = font.get_object()
+            if font["/Subtype"] == "/TrueType":
+                embedded.append("/FontFile2" in font["/FontDescriptor"].get_object())
+    assert embedded and all(embedded)
+    assert reader.metadata is not None and reader.metadata.subject == ref.number
+
+
+def test_each_patient_gets_a_letter_with_only_their_findings_and_no_number_in_clear(kb) -> None:  # type: ignore[no-untyped-def]
+    # Given findings about two patients
+    sink = InMemorySink()
+
+    # When issued
+    summary = issue(sink, kb)
+
+    # Then there is one patient letter each, keyed by pseudonym, listing only their own lines
+    key = AlertSettings().pseudonym_key
+    patient_refs = [r for r in summary.letters if r.addressee_type == "patient"]  # type: ignore[attr-defined]
+    assert len(patient_refs) == 2
+    for ref in patient_refs:
+        assert PSN_A not in ref.letter_id and PSN_B not in ref.letter_id
+        text = pdf_text(sink.documents[f"letters/b-2026-03/{ref.letter_id}.pdf"][0])
+        own = next(f for f in FINDINGS if ref.letter_id == f"patient-{pseudonym(f.psn_no, key)}")
+        other = next(f for f in FINDINGS if f is not own)
+        assert all(e in text for e in own.evidence)
+        assert not any(e in text for e in other.evidence)
+    # And the announcements carry the S3 locations, and no patient number
+    for message in sink.letters:
+        assert set(message.body["locations"]) == {"pdf", "html"}
+        assert PSN_A not in message.body_json() and PSN_B not in message.body_json()
+
+
+def test_a_retried_batch_rewrites_the_same_letters_and_announces_none_twice(kb) -> None:  # type: ignore[no-untyped-def]
+    # Given a batch already issued
+    sink = InMemorySink()
+    first = issue(sink, kb)
+    documents = dict(sink.documents)
+
+    # When it is issued again
+    second = issue(sink, kb)
+
+    # Then the same keys hold the same bytes, and nothing is announced again
+    assert sink.documents == documents
+    assert len(sink.letters) == len(first.letters)  # type: ignore[attr-defined]
+    assert not any(r.announced for r in second.letters)  # type: ignore[attr-defined]
+    assert [r.number for r in second.letters] == [r.number for r in first.letters]  # type: ignore[attr-defined]
+
+
+def test_letter_numbers_are_deterministic_per_batch_and_addressee() -> None:
+    # Given / When numbers are made for combinations of batch and addressee
+    a = letter_number("b1", "institution-H1", "提醒函", 2026, "医保监")
+    # Then the same inputs give the same number, other inputs another one, in the formal shape
+    assert a == letter_number("b1", "institution-H1", "提醒函", 2026, "医保监")
+    assert a != letter_number("b2", "institution-H1", "提醒函", 2026, "医保监")
+    assert a != letter_number("b1", "institution-H2", "提醒函", 2026, "医保监")
+    assert re.fullmatch(r"医保监提〔2026〕\d{10}号", a)
+    assert letter_number("b1", "institution-H1", "警示函", 2026, "医保监").startswith("医保监警")
+
+
+def test_response_deadline_counts_working_days() -> None:
+    # Given Friday 20 March 2026
+    start = date(2026, 3, 20)
+    # When 15 working days are added, Then weekends are skipped (three full weeks)
+    assert add_working_days(start, 15) == date(2026, 4, 10)
+    # And a configured holiday pushes it one working day further (Friday -> Monday)
+    assert add_working_days(start, 15, [date(2026, 4, 6)]) == date(2026, 4, 13)
+    assert add_working_days(start, 1) == date(2026, 3, 23)
+
+
+def test_values_from_claim_data_are_escaped_in_the_html(kb) -> None:  # type: ignore[no-untyped-def]
+    # Given an institution name containing markup
+    settings = AlertSettings()
+    letter = build_letter(
+        "institution",
+        HOSPITAL,
+        FINDINGS,
+        batch_id="b1",
+        kb=kb,
+        settings=settings,
+        issued_on=ISSUED,
+        institution_names={HOSPITAL: "<script>alert(1)</script>医院"},
+        lines=LINES,
+    )
+
+    # When rendered to HTML
+    html = render_html(letter)
+
+    # Then the markup is escaped, and the PDF still renders the name as text
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<script>alert(1)</script>医院" in pdf_text(html_to_pdf(html))
+
+
+def test_letters_respect_the_minimum_severity_and_the_patient_switch() -> None:
+    # Given settings for letters about medium and above, without patient letters
+    settings = AlertSettings(letter_min_severity=Severity.HIGH, patient_letters=False)
+    # When the addressees are chosen
+    groups = letter_groups(FINDINGS, settings)
+    # Then only the hospital of the high finding gets a letter
+    assert [(kind, who, [f.rule_id for f in fs]) for kind, who, fs in groups] == [
+        ("institution", HOSPITAL, ["early-refill"])
+    ]
+
+
+def test_a_broken_template_is_reported_with_file_and_line(kb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Given a templates directory whose institution template has a syntax error on line 2
+    (tmp_path / "institution_letter.html.j2").write_text("<p>ok</p>\n{% if %}\n", encoding="utf-8")
+    settings = AlertSettings(templates_dir=tmp_path)
+    letter = build_letter(
+        "institution", HOSPITAL, FINDINGS, batch_id="b1", kb=kb, settings=settings, issued_on=ISSUED,
+        institution_names=NAMES, lines=LINES,
+    )  # fmt: skip
+
+    # When rendered, Then the error names the file and the line
+    with pytest.raises(LetterRenderError, match=r"institution_letter\.html\.j2, line 2"):
+        render_html(letter, tmp_path)
+
+
+def test_a_missing_font_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Given a font path that does not exist, When a PDF is made, Then the error names it
+    missing = tmp_path / "none.ttf"
+    with pytest.raises(LetterRenderError, match=r"none\.ttf: CJK font not found"):
+        html_to_pdf("<p>测试</p>", font_path=missing)
+
+
+@pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="pdftoppm (poppler-utils) not installed")
+def test_a_letter_page_renders_to_an_image(kb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Given the hospital's letter as PDF
+    sink = InMemorySink()
+    issue(sink, kb)
+    pdf = tmp_path / "letter.pdf"
+    pdf.write_bytes(sink.documents[f"letters/b-2026-03/institution-{HOSPITAL}.pdf"][0])
+
+    # When its first page is rasterised
+    subprocess.run(["pdftoppm", "-r", "50", "-png", "-f", "1", "-l", "1", str(pdf), str(tmp_path / "page")], check=True)
+
+    # Then a PNG page of A4 proportions exists (the image itself was checked by eye: docs/sample-letter.png)
+    png = next(Path(tmp_path).glob("page*.png")).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert abs(height / width - 297 / 210) < 0.01
