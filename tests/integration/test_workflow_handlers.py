@@ -242,3 +242,46 @@ def test_notify_alerts_each_finding_once_however_often_it_runs(stack: Stack) -> 
     assert first["findings"] == 1
     assert any("early-refill" in m["Body"] for m in after_first)
     assert after_second == []
+
+
+def _screen_all(stack: Stack, state: dict[str, Any]) -> list[dict[str, Any]]:
+    screen = handler("screen")
+    items = [
+        {"batch_id": state["batch_id"], "chunk_key": c["chunk_key"], "lines": c["lines"], "index": i}
+        for i, c in enumerate(state["chunks"])
+    ]
+    return [dict(screen.lambda_handler(item, Context())) for item in items]
+
+
+def test_screen_records_every_accepted_line_once_and_a_retry_changes_nothing(stack: Stack) -> None:
+    # Given a prepared sample batch
+    state = prepare(stack, drop(stack, BATCH.read_bytes()))
+    # When every chunk is screened, then every chunk again (a retried Map)
+    first = _screen_all(stack, state)
+    purchases = stack.ddb.scan(TableName=stack.table("PurchasesTable"), Select="COUNT")["Count"]
+    findings = stack.ddb.scan(TableName=stack.table("FindingsTable"), Select="COUNT")["Count"]
+    again = _screen_all(stack, state)
+    # Then each accepted line was recorded once and the sample's findings were stored; the
+    # retried chunks report what the first attempt did (a retry does not change the batch
+    # report) and the tables did not move
+    assert sum(r["recorded"] for r in first) == state["accepted"] == purchases
+    assert sum(r["findings"]["new"] for r in first) == findings > 0
+    assert again == first
+    assert stack.ddb.scan(TableName=stack.table("PurchasesTable"), Select="COUNT")["Count"] == purchases
+    assert stack.ddb.scan(TableName=stack.table("FindingsTable"), Select="COUNT")["Count"] == findings
+    assert all(r["ok"] for r in first)
+
+
+def test_a_copy_of_a_screened_file_under_another_key_records_nothing_new(stack: Stack) -> None:
+    # Given a sample batch fully screened
+    _screen_all(stack, prepare(stack, drop(stack, BATCH.read_bytes())))
+    findings = stack.ddb.scan(TableName=stack.table("FindingsTable"), Select="COUNT")["Count"]
+    # When the same content is dropped under another key (a new batch) and screened
+    copy_state = prepare(stack, drop(stack, BATCH.read_bytes(), key="incoming/copy.csv"), "exec-2")
+    results = _screen_all(stack, copy_state)
+    # Then every line is a duplicate and no finding is new
+    assert copy_state["duplicate"] is False
+    assert sum(r["recorded"] for r in results) == 0
+    assert sum(r["duplicates"] for r in results) == copy_state["accepted"]
+    assert sum(r["findings"]["new"] for r in results) == 0
+    assert stack.ddb.scan(TableName=stack.table("FindingsTable"), Select="COUNT")["Count"] == findings
