@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from rxguard.api.resolver import handle
 from rxguard.api.store_dynamo import aws_services
-from rxguard.observability import logger, metrics, tracer
+from rxguard.observability import MetricUnit, logger, metrics, tracer
 from rxguard.workflow.settings import validate_environment
 
 
@@ -22,4 +22,8 @@ from rxguard.workflow.settings import validate_environment
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return handle(event, context, aws_services())
+    answer = handle(event, context, aws_services())
+    metrics.add_metric(name="ApiRequests", unit=MetricUnit.Count, value=1)
+    if answer.get("statusCode", 500) >= 500:
+        metrics.add_metric(name="ApiServerErrors", unit=MetricUnit.Count, value=1)
+    return answer

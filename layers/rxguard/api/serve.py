@@ -68,6 +68,13 @@ def proxy_event(
     }
 
 
+def answer_headers(answer: dict[str, Any]) -> dict[str, str]:
+    """Headers of a proxy answer (Powertools REST answers put them in multiValueHeaders)."""
+    headers = {k: ", ".join(str(x) for x in v) for k, v in (answer.get("multiValueHeaders") or {}).items()}
+    headers.update({k: str(v) for k, v in (answer.get("headers") or {}).items()})
+    return headers
+
+
 def make_handler(invoke: Invoke, max_body_bytes: int) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "rxguard-serve/1"
@@ -108,7 +115,7 @@ def make_handler(invoke: Invoke, max_body_bytes: int) -> type[BaseHTTPRequestHan
             if "statusCode" not in answer:  # the handler failed: a Lambda error payload
                 self._error(502, "handler_error", str(answer.get("errorType", "handler error")))
                 return
-            out_headers = {k: str(v) for k, v in (answer.get("headers") or {}).items()}
+            out_headers = answer_headers(answer)
             body = answer.get("body") or ""
             data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
             self._send(int(answer["statusCode"]), out_headers, data)
@@ -143,7 +150,7 @@ def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., 
         out = answer.get("body") or ""
         start_response(
             f"{status} {HTTPStatus(status).phrase}",
-            [(k, str(v)) for k, v in (answer.get("headers") or {}).items()],
+            list(answer_headers(answer).items()),
         )
         return [out.encode("utf-8") if isinstance(out, str) else bytes(out)]
 

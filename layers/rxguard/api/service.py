@@ -18,6 +18,7 @@ from datetime import date, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from rxguard import screening
 from rxguard.api import nhsa
 from rxguard.api.access import (
     Caller,
@@ -59,14 +60,10 @@ Notifier = Callable[[Sequence[Finding], str], int]  # (new findings, batch id) -
 def _default_checker(
     lines: Sequence[ClaimLine], repo: HistoryRepository, kb: KnowledgeBase
 ) -> dict[str, list[Finding]]:
-    from rxguard import screening
-
     return screening.check_lines(lines, repo, kb)
 
 
 def _default_screener(lines: Sequence[ClaimLine], repo: HistoryRepository, kb: KnowledgeBase, scene: Scene) -> Any:
-    from rxguard import screening
-
     return screening.screen_lines(lines, repo, kb, scene=scene)
 
 
