@@ -532,9 +532,7 @@ class Environment:
             bucket = str((detail.get("bucket") or {}).get("name", ""))
             obj = detail.get("object") or {}
             key = str(obj.get("key", ""))
-            name = _execution_name_for(detail) or execution_name(
-                bucket, key, obj.get("version-id"), obj.get("etag")
-            )
+            name = _execution_name_for(detail) or execution_name(bucket, key, obj.get("version-id"), obj.get("etag"))
             execution_arn = arn.replace(":stateMachine:", ":execution:") + ":" + name
             sfn = self.clients.stepfunctions
             try:
@@ -595,7 +593,7 @@ class Environment:
         executions: list[Execution] | None = None,
         timeout: float = 600,
         poll: float = 0.1,
-        progress: Callable[[Execution], None] | None = None,
+        progress: Callable[[list[Execution]], None] | None = None,
         raise_on_timeout: bool = True,
     ) -> list[Execution]:
         """Poll describe_execution until every execution ends."""
@@ -604,8 +602,7 @@ class Environment:
         while True:
             running = [e for e in todo if self.describe(e).status not in TERMINAL]
             if progress is not None:
-                for e in todo:
-                    progress(e)
+                progress(todo)
             if not running:
                 return todo
             if time.monotonic() > deadline:

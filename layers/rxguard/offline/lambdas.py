@@ -95,6 +95,7 @@ class Call:
     event: Any
     error_type: str | None
     result: Any = None
+    seconds: float = 0.0
 
 
 @dataclass
@@ -213,6 +214,7 @@ class LambdaRouter:
             }
             error: BaseException | None = None
             result: Any = None
+            began = time.monotonic()
             with _patched_environ(env), contextlib.redirect_stdout(HANDLER_OUTPUT):
                 try:
                     failure = self._injected(route, event)
@@ -225,7 +227,9 @@ class LambdaRouter:
                     result = handler(event, context)
                 except Exception as exc:  # every handler error becomes a Lambda function error
                     error = exc
-            self.calls.append(Call(route.logical_id, event, type(error).__name__ if error else None, result))
+            self.calls.append(
+                Call(route.logical_id, event, type(error).__name__ if error else None, result, time.monotonic() - began)
+            )
             if self.on_invoke is not None:
                 self.on_invoke(route, event, result, error)
             if error is not None:
