@@ -168,6 +168,7 @@ def test_a_retried_batch_sends_no_duplicates_and_rewrites_the_same_letters(env: 
     for name in EXAMPLES:
         env.drain(name)
     keys = sorted(o["Key"] for o in env.s3.list_objects_v2(Bucket=BUCKET, Prefix="letters/b1/")["Contents"])
+    index = json.loads(env.s3.get_object(Bucket=BUCKET, Key="letters/b1/index.json")["Body"].read())
 
     # When the batch is retried (Step Functions retry or a re-run)
     second = notify_batch(FINDINGS, batch_id="b1", kb=kb, sink=env.sink, issued_on=date(2026, 3, 20))
@@ -176,11 +177,19 @@ def test_a_retried_batch_sends_no_duplicates_and_rewrites_the_same_letters(env: 
     assert {name: env.drain(name) for name in EXAMPLES} == {name: [] for name in EXAMPLES}
     assert second.alerts_published == 0 and second.digests_published == 0
     assert second.alerts_duplicate == first.alerts_published
-    # And the letters are the same objects: one PDF and one HTML per addressee
+    # And the letters are the same objects, not rendered again: one PDF and one HTML per
+    # addressee, and the index lists each with its findings
     again = sorted(o["Key"] for o in env.s3.list_objects_v2(Bucket=BUCKET, Prefix="letters/b1/")["Contents"])
     assert again == keys
-    assert len(keys) == 2 * len(first.letters)
-    assert all(ref.locations["pdf"].startswith(f"s3://{BUCKET}/letters/b1/") for ref in first.letters)
+    assert not any(ref.rendered or ref.announced for ref in second.letters)
+    assert len(keys) == 2 * len(first.letters) + 1  # + index.json
+    assert sorted(e["letter_id"] for e in index["letters"]) == sorted(r.letter_id for r in first.letters)
+    assert sorted(
+        i for e in index["letters"] if e["addressee_type"] == "institution" for i in e["finding_ids"]
+    ) == sorted(f.finding_id for f in FINDINGS)
+    for ref in first.letters:
+        head = env.s3.head_object(Bucket=BUCKET, Key=ref.locations["pdf"].removeprefix(f"s3://{BUCKET}/"))
+        assert head["ContentType"] == "application/pdf"
 
 
 def test_a_failed_publish_is_published_by_the_retry(env: Env, kb, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]

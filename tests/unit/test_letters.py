@@ -180,6 +180,31 @@ def test_a_retried_batch_rewrites_the_same_letters_and_announces_none_twice(kb) 
     assert [r.number for r in second.letters] == [r.number for r in first.letters]  # type: ignore[attr-defined]
 
 
+def test_a_run_cut_short_resumes_with_the_letters_not_yet_announced(kb) -> None:  # type: ignore[no-untyped-def]
+    # Given a run that stops (e.g. a timeout) while announcing its second letter
+    class Stopping(InMemorySink):
+        def publish_letter(self, message):  # type: ignore[no-untyped-def]
+            if len(self.letters) == 1:
+                raise TimeoutError("Lambda time is up")
+            return super().publish_letter(message)
+
+    sink = Stopping()
+    with pytest.raises(TimeoutError):
+        issue(sink, kb)
+    done = {m.body["letter_id"] for m in sink.letters}
+
+    # When the retry runs with a sink that works
+    retry = InMemorySink(sent=set(sink.sent), letters=list(sink.letters), alerts=list(sink.alerts))
+    summary = issue(retry, kb)
+
+    # Then only the letters not yet announced are rendered and announced, each once
+    rendered = {r.letter_id for r in summary.letters if r.rendered}  # type: ignore[attr-defined]
+    assert len(done) == 1 and rendered.isdisjoint(done)
+    assert rendered | done == {r.letter_id for r in summary.letters}  # type: ignore[attr-defined]
+    ids = [m.body["letter_id"] for m in retry.letters]
+    assert sorted(ids) == sorted(set(ids)) and set(ids) == rendered | done
+
+
 def test_letter_numbers_are_deterministic_per_batch_and_addressee() -> None:
     # Given / When numbers are made for combinations of batch and addressee
     a = letter_number("b1", "institution-H1", "提醒函", 2026, "医保监")

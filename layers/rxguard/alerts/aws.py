@@ -47,7 +47,21 @@ class AwsNotificationSink(NotificationSink):
 
     def put_letter(self, key: str, body: bytes, content_type: str) -> str:
         self.s3.put_object(Bucket=self.results_bucket, Key=key, Body=body, ContentType=content_type)
+        return self.letter_uri(key)
+
+    def letter_uri(self, key: str) -> str:
         return f"s3://{self.results_bucket}/{key}"
+
+    def was_published(self, message_id: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.results_bucket, Key=MARKER_PREFIX + message_id)
+        except Exception as exc:  # botocore ClientError 404: not published yet
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
 
     def _publish_once(self, topic_arn: str, message: AlertMessage) -> bool:
         marker = MARKER_PREFIX + message.message_id

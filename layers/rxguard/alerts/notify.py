@@ -26,6 +26,7 @@ class LetterRef(BaseModel):
     findings: int
     locations: dict[str, str]  # format (pdf, html) -> URI
     announced: bool  # False when an earlier attempt announced it already
+    rendered: bool = True  # False when a retry found it announced and did not render it again
 
 
 class NotifySummary(BaseModel):
@@ -36,7 +37,12 @@ class NotifySummary(BaseModel):
     alerts_duplicate: int = 0  # per-finding alerts already sent by an earlier attempt
     digests_published: int = 0
     digests_duplicate: int = 0
-    letters: list[LetterRef] = Field(default_factory=list)
+    letters_issued: int = 0  # letters of the batch (institutions + patients)
+    letters_announced: int = 0  # announced now (the others by an earlier attempt)
+    letters_index: str | None = None  # URI of letters/<batch_id>/index.json, every letter of the batch
+    # Every letter, for callers in-process; left out of model_dump() so a Step Functions
+    # state stays small however many letters a batch has (the index has them all).
+    letters: list[LetterRef] = Field(default_factory=list, exclude=True)
 
 
 def notify_batch(
@@ -105,9 +111,9 @@ def notify_batch(
             summary.digests_duplicate += 1
 
     if settings.letters_enabled:
-        from rxguard.letters import issue_letters  # the letters need jinja2 and fpdf2: import on use
+        from rxguard.letters import issue_letters  # the letters need jinja2 and reportlab: import on use
 
-        summary.letters = issue_letters(
+        summary.letters, summary.letters_index = issue_letters(
             active,
             batch_id=batch_id,
             kb=kb,
@@ -117,8 +123,10 @@ def notify_batch(
             institution_names=names,
             lines=lines or {},
         )
+        summary.letters_issued = len(summary.letters)
+        summary.letters_announced = sum(1 for ref in summary.letters if ref.announced)
     logger.info(
         "notified batch",
-        extra={k: v for k, v in summary.model_dump().items() if k != "letters"} | {"letters": len(summary.letters)},
+        extra=summary.model_dump(),
     )
     return summary

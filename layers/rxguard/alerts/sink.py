@@ -27,6 +27,16 @@ class NotificationSink(ABC):
     def publish_letter(self, message: AlertMessage) -> bool:
         """Announce a letter on the letters topic, at most once per `message.message_id`."""
 
+    def was_published(self, message_id: str) -> bool:
+        """True when `message_id` was published by an earlier attempt. Lets a retry skip
+        rendering letters already announced (a timed-out run then resumes, not restarts).
+        The default says no: everything is rendered again and only publishing dedupes."""
+        return False
+
+    def letter_uri(self, key: str) -> str:
+        """The URI `put_letter(key, ...)` returns, without storing anything."""
+        return key
+
 
 @dataclass
 class InMemorySink(NotificationSink):
@@ -53,6 +63,12 @@ class InMemorySink(NotificationSink):
 
     def put_letter(self, key: str, body: bytes, content_type: str) -> str:
         self.documents[key] = (body, content_type)
+        return self.letter_uri(key)
+
+    def was_published(self, message_id: str) -> bool:
+        return message_id in self.sent
+
+    def letter_uri(self, key: str) -> str:
         return f"memory://{key}"
 
     def publish_letter(self, message: AlertMessage) -> bool:

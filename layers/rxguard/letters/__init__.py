@@ -4,6 +4,7 @@ in a batch, rendered from the bureau's templates to HTML and PDF, stored under
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import date
@@ -62,9 +63,13 @@ def issue_letters(
     issued_on: date,
     institution_names: Mapping[str, str],
     lines: Mapping[str, ClaimLine],
-) -> list[LetterRef]:
-    """Render, store and announce the letters of a batch; a retry overwrites the same
-    documents and announces nothing twice."""
+) -> tuple[list[LetterRef], str | None]:
+    """Render, store and announce the letters of a batch; returns them and the URI of
+    `letters/<batch_id>/index.json` (None when the batch has no letter).
+
+    A retry skips the letters an earlier attempt announced (so a run cut short by a
+    timeout resumes where it stopped), re-renders the others under the same keys, and
+    announces nothing twice."""
     from rxguard.alerts.messages import letter_announcement
     from rxguard.alerts.notify import LetterRef
 
@@ -81,8 +86,13 @@ def issue_letters(
             institution_names=institution_names,
             lines=lines,
         )
-        html, pdf = render_letter(letter, settings)
         stem = f"letters/{batch_id}/{letter.letter_id}"
+        message_id = f"letter/{batch_id}/{letter.letter_id}"
+        if sink.was_published(message_id):
+            locations = {"pdf": sink.letter_uri(f"{stem}.pdf"), "html": sink.letter_uri(f"{stem}.html")}
+            refs.append(_ref(LetterRef, letter, len(group), locations, announced=False, rendered=False))
+            continue
+        html, pdf = render_letter(letter, settings)
         locations = {
             "pdf": sink.put_letter(f"{stem}.pdf", pdf, "application/pdf"),
             "html": sink.put_letter(f"{stem}.html", html.encode("utf-8"), "text/html; charset=utf-8"),
@@ -100,15 +110,41 @@ def issue_letters(
             issued_on=letter.issued_on.isoformat(),
             response_due=letter.response_due.isoformat(),
         )
-        refs.append(
-            LetterRef(
-                letter_id=letter.letter_id,
-                number=letter.number,
-                kind_zh=letter.kind,
-                addressee_type=addressee_type,
-                findings=len(group),
-                locations=locations,
-                announced=sink.publish_letter(message),
-            )
-        )
-    return refs
+        announced = sink.publish_letter(message)
+        refs.append(_ref(LetterRef, letter, len(group), locations, announced=announced, rendered=True))
+    if not refs:
+        return refs, None
+    index = {
+        "batch_id": batch_id,
+        "letters": [
+            {**ref.model_dump(exclude={"announced", "rendered"}), "finding_ids": ids}
+            for ref, ids in zip(refs, _finding_ids(findings, settings), strict=True)
+        ],
+    }
+    body = json.dumps(index, ensure_ascii=False, indent=1).encode("utf-8")
+    return refs, sink.put_letter(f"letters/{batch_id}/index.json", body, "application/json")
+
+
+def _ref(
+    cls: type[LetterRef],
+    letter: LetterContext,
+    count: int,
+    locations: dict[str, str],
+    *,
+    announced: bool,
+    rendered: bool,
+) -> LetterRef:
+    return cls(
+        letter_id=letter.letter_id,
+        number=letter.number,
+        kind_zh=letter.kind,
+        addressee_type=letter.addressee_type,
+        findings=count,
+        locations=locations,
+        announced=announced,
+        rendered=rendered,
+    )
+
+
+def _finding_ids(findings: Sequence[Finding], settings: AlertSettings) -> list[list[str]]:
+    return [sorted(f.finding_id for f in group) for _, _, group in letter_groups(findings, settings)]
