@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 from rxguard.kb import KnowledgeBase
@@ -121,6 +122,10 @@ class LineRejected(Exception):
         self.rejection = rejection
 
 
+def _json_type(value: object) -> str:
+    return {dict: "object", list: "array", bool: "boolean"}.get(type(value), type(value).__name__)
+
+
 def show(value: object, limit: int = 40) -> str:
     """A value for a message: repr, shortened."""
     text = repr(value)
@@ -158,10 +163,12 @@ def _text(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> str 
         text = value.strip()
     elif type(value) is int:
         text = str(value)
-    elif type(value) is float:
-        text = str(int(value)) if value.is_integer() else str(value)
+    elif type(value) is float or type(value) is Decimal:
+        if not math.isfinite(value):
+            raise ctx.reject(field, MALFORMED, f"{field} is not a finite number: {show(value)}")
+        text = str(int(value)) if abs(value) < 1e21 and value == int(value) else str(value)
     else:
-        raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} is a JSON {type(value).__name__}, expected text")
+        raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} is a JSON {_json_type(value)}, expected text")
     if not text:
         if required:
             raise ctx.reject(field, MISSING, f"{field} is required")
@@ -178,8 +185,11 @@ def _text(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> str 
 
 def _number(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> float | None:
     value = rec.get(field)
-    if type(value) is float or type(value) is int:
-        number = float(value)
+    if type(value) is float or type(value) is int or type(value) is Decimal:
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ctx.reject(field, MALFORMED, f"{field} is out of range: {show(value)}") from None
     elif value is None or (type(value) is str and not value.strip()):
         if required:
             raise ctx.reject(field, MISSING, f"{field} is required")
@@ -190,7 +200,7 @@ def _number(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> fl
         except ValueError:
             raise ctx.reject(field, MALFORMED, f"{field} is not a number: {show(value)}") from None
     else:
-        raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} is a JSON {type(value).__name__}, expected a number")
+        raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} is a JSON {_json_type(value)}, expected a number")
     if not math.isfinite(number):
         raise ctx.reject(field, MALFORMED, f"{field} is not a finite number: {show(value)}")
     return number
@@ -202,10 +212,10 @@ def _flag(ctx: _Ctx, rec: Mapping[str, Any], field: str) -> bool:
         return False
     if type(value) is str:
         value = value.strip()
-    elif type(value) is float and value in (0.0, 1.0):
+    elif (type(value) is float or type(value) is Decimal) and value in (0, 1):
         value = int(value)
-    elif type(value) not in (int, bool):
-        raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} is a JSON {type(value).__name__}, expected 0 or 1")
+    elif type(value) not in (int, bool, float, Decimal):
+        raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} is a JSON {_json_type(value)}, expected 0 or 1")
     try:
         return _FLAGS[value]
     except KeyError:

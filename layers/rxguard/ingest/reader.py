@@ -163,16 +163,15 @@ def sniff(path: Path, name: str) -> Sniffed | Rejection:
     for magic, what in _MAGIC:
         if prefix.startswith(magic):
             return _file_error(name, FILE_BINARY, f"is {what}, not a claim batch")
+    if not encoding and b"\x00" in prefix:
+        encoding = _utf16_order(prefix) or ""
     if not encoding:
-        if b"\x00" in prefix:
-            encoding = _utf16_order(prefix) or ""
-            if not encoding:
-                return _file_error(name, FILE_BINARY, "holds NUL bytes: a binary file, not a claim batch")
-        else:
-            controls = len(_CONTROL_BYTES.findall(prefix))
-            if controls > max(8, len(prefix) // 100):
-                return _file_error(name, FILE_BINARY, "holds control bytes: a binary file, not a claim batch")
-            encoding = _guess_encoding(prefix)
+        # Binary when the first line already holds NUL or control bytes. Stray control bytes
+        # further down are the business of the lines that hold them (rejected field by field).
+        first_line = prefix[skip:].lstrip(b" \t\r\n")[:4096].split(b"\n", 1)[0]
+        if b"\x00" in first_line or len(_CONTROL_BYTES.findall(first_line)) > 2:
+            return _file_error(name, FILE_BINARY, "holds NUL or control bytes: a binary file, not a claim batch")
+        encoding = _guess_encoding(prefix)
     text = prefix[skip:].decode(encoding, errors="replace")
     if encoding.startswith("utf-16") and len(prefix) % 2:
         text = text[:-1]
@@ -406,7 +405,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             yield self._accept(record, line_no)
 
     def _json_document(self, fh: IO[bytes], encoding: str) -> Iterator[ClaimLine | Rejection]:
-        import ijson  # only JSON documents need it
+        import ijson  # only JSON documents need it; decimals come as Decimal (use_float overflows on big ints)
 
         start = fh.tell()
         prefix = _find_items_prefix(fh, encoding)
@@ -418,7 +417,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
         stream = io.BufferedReader(_TranscodeToUtf8(fh, encoding), 64 * 1024)
         index = 0
         try:
-            for element in ijson.items(stream, prefix, use_float=True):
+            for element in ijson.items(stream, prefix):
                 index += 1
                 if type(element) is not dict:
                     yield self._line(

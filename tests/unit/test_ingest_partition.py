@@ -1,0 +1,140 @@
+"""Partitioning: chunk files hold whole patients, sorted by time; every accepted line once."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from rxguard.ingest import partition, prepare_batch, read_batch, read_chunk, read_rejections
+from rxguard.models import ClaimLine, Rejection
+from tests.unit.ingest_helpers import record, write_csv, write_jsonl
+
+BATCHES = Path(__file__).resolve().parents[2] / "events" / "batches"
+
+
+def _population(seed: int, patients: int = 150) -> list[dict]:
+    """Patients with 1-12 lines each in random order, some bad lines and duplicate line ids
+    (one duplicate under another patient: the dedupe must not rely on the patient)."""
+    rng = random.Random(seed)
+    recs = []
+    for p in range(patients):
+        for k in range(rng.randint(1, 12)):
+            day, hour = rng.randint(1, 28), rng.randint(8, 17)
+            recs.append(
+                record(
+                    feedetl_sn=f"FD{p:04d}{k:02d}",
+                    fixmedins_code=rng.choice(["H31000001", "P31000002", "H13000001"]),
+                    psn_no=f"31000000{p:06d}",
+                    fee_ocur_time=f"2025-09-{day:02d} {hour:02d}:{rng.randint(0, 59):02d}:00",
+                )
+            )
+    rng.shuffle(recs)
+    recs[10] = {**recs[10], "cnt": "0"}  # not_positive
+    recs.append(dict(recs[20]))  # duplicate, same patient
+    recs.append({**recs[30], "psn_no": "31000000999999"})  # duplicate line id, another patient
+    return recs
+
+
+@pytest.fixture(autouse=True)
+def _small_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Many partitions even for small test files, so the multi-partition paths run.
+    monkeypatch.setattr(partition, "PARTITION_SOURCE_BYTES", 4096)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 25, 5000])
+def test_chunks_hold_whole_patients_sorted_and_every_line_once(kb, tmp_path: Path, chunk_size: int) -> None:
+    # Given a shuffled batch of many patients with bad and duplicate lines
+    path = write_csv(tmp_path / "batch.csv", _population(seed=chunk_size))
+    streamed = list(read_batch(path, kb))
+    accepted = {ln.line_id: ln for ln in streamed if isinstance(ln, ClaimLine)}
+    # When it is prepared into chunks
+    progress: list[int] = []
+    result = prepare_batch(path, kb, tmp_path / "out", chunk_size=chunk_size, progress=progress.append)
+    chunks = [read_chunk(c.path) for c in result.chunks]
+    # Then every accepted line is in exactly one chunk, unchanged
+    chunked = [ln for chunk in chunks for ln in chunk]
+    assert Counter(ln.line_id for ln in chunked) == Counter(accepted.keys())
+    assert all(ln == accepted[ln.line_id] for ln in chunked)
+    # and each patient's lines are all in one chunk
+    home: dict[str, int] = {}
+    for index, chunk in enumerate(chunks):
+        for ln in chunk:
+            assert home.setdefault(ln.psn_no, index) == index
+    # and each chunk is sorted by (fee_ocur_time, line_id)
+    for chunk in chunks:
+        keys = [(ln.fee_ocur_time, ln.line_id) for ln in chunk]
+        assert keys == sorted(keys)
+    # and chunks are about chunk_size lines: only the patient that crosses the size is added whole
+    biggest_patient = max(Counter(ln.psn_no for ln in chunked).values())
+    assert all(c.lines < chunk_size + biggest_patient for c in result.chunks)
+    assert all(c.lines >= chunk_size for c in result.chunks[:-1])
+    assert [c.lines for c in result.chunks] == [len(ch) for ch in chunks]
+    assert [c.patients for c in result.chunks] == [len({ln.psn_no for ln in ch}) for ch in chunks]
+    # and the counts and rejections match the streaming reader (first copy wins)
+    streamed_rejections = [r for r in streamed if isinstance(r, Rejection)]
+    written = read_rejections(result.rejected_path)
+    assert sorted((r.line, r.reason) for r in written) == sorted((r.line, r.reason) for r in streamed_rejections)
+    assert Counter(r.reason for r in written) == {"not_positive": 1, "duplicate": 2}
+    assert (result.lines_read, result.accepted, result.rejected) == (len(streamed), len(accepted), 3)
+    assert result.rejected_by_reason == {"not_positive": 1, "duplicate": 2}
+    assert progress[-1] == result.lines_read
+
+
+def test_chunking_does_not_depend_on_partition_count(kb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given one batch prepared with one partition and with many
+    path = write_csv(tmp_path / "batch.csv", _population(seed=7))
+    monkeypatch.setattr(partition, "PARTITION_SOURCE_BYTES", 1 << 30)
+    one = prepare_batch(path, kb, tmp_path / "one", chunk_size=40)
+    monkeypatch.setattr(partition, "PARTITION_SOURCE_BYTES", 1024)
+    many = prepare_batch(path, kb, tmp_path / "many", chunk_size=40)
+    # Then the same lines are accepted and the same rejections made
+    assert (one.accepted, one.rejected_by_reason) == (many.accepted, many.rejected_by_reason)
+    lines = lambda r: sorted(ln.line_id for c in r.chunks for ln in read_chunk(c.path))  # noqa: E731
+    assert lines(one) == lines(many)
+
+
+def test_whole_file_error_gives_no_chunks_and_is_written(kb, tmp_path: Path) -> None:
+    # Given an empty file
+    path = tmp_path / "empty.csv"
+    path.write_bytes(b"")
+    # When it is prepared
+    result = prepare_batch(path, kb, tmp_path / "out")
+    # Then no chunk, the file error is reported and written to rejected.jsonl
+    assert result.chunks == [] and result.file_error is not None and result.file_error.reason == "empty"
+    assert read_rejections(result.rejected_path) == [result.file_error]
+    assert (result.lines_read, result.accepted, result.rejected) == (0, 0, 0)
+    assert json.loads(json.dumps(result.as_dict()))["file_error"]["reason"] == "empty"
+
+
+def test_rerun_replaces_old_chunks(kb, tmp_path: Path) -> None:
+    # Given an output directory holding chunks of a bigger earlier batch
+    out = tmp_path / "out"
+    prepare_batch(write_csv(tmp_path / "big.csv", _population(seed=3)), kb, out, chunk_size=5)
+    # When a one-line batch is prepared into it
+    result = prepare_batch(write_jsonl(tmp_path / "one.jsonl", [record()]), kb, out, chunk_size=5)
+    # Then only its chunk is there
+    assert sorted(out.glob("chunk-*.jsonl")) == [c.path for c in result.chunks] and result.accepted == 1
+
+
+def test_bad_arguments(kb, tmp_path: Path) -> None:
+    # Given a bad chunk size or default region, prepare_batch refuses before reading
+    path = write_csv(tmp_path / "b.csv", [record()])
+    with pytest.raises(ValueError, match="chunk_size"):
+        prepare_batch(path, kb, tmp_path / "o", chunk_size=0)
+    with pytest.raises(ValueError, match="default_admdvs"):
+        prepare_batch(path, kb, tmp_path / "o", default_admdvs="31")
+
+
+def test_sample_batches_prepare(kb, tmp_path: Path) -> None:
+    # Given the sample batches
+    for path in sorted(BATCHES.glob("0*")):
+        # When each is prepared
+        result = prepare_batch(path, kb, tmp_path / path.stem, chunk_size=20)
+        # Then nothing is lost and nothing is rejected whole
+        assert result.file_error is None
+        assert result.accepted == sum(c.lines for c in result.chunks)
+        assert result.accepted + result.rejected == result.lines_read
