@@ -166,7 +166,8 @@ def _text(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> str 
     elif type(value) is float or type(value) is Decimal:
         if not math.isfinite(value):
             raise ctx.reject(field, MALFORMED, f"{field} is not a finite number: {show(value)}")
-        text = str(int(value)) if abs(value) < 1e21 and value == int(value) else str(value)
+        number = float(value)
+        text = str(int(value)) if abs(number) < 1e21 and number.is_integer() else str(value)
     else:
         raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} is a JSON {_json_type(value)}, expected text")
     if not text:
