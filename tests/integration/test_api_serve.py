@@ -1,0 +1,114 @@
+"""`rxguard serve` over HTTP on 127.0.0.1: a subprocess on a free port that stops by itself
+(--max-seconds), in moto mode (the real handler over the template's resources) and in
+memory mode; plus schemathesis against openapi.json, in-process through the same
+HTTP-to-proxy-event translation (WSGI), where no generated request may cause a 5xx."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, load_event
+
+START_TIMEOUT = 60
+
+
+@pytest.fixture(scope="module", params=["moto", "memory"])
+def server(request: pytest.FixtureRequest) -> Iterator[str]:
+    args = [sys.executable, "-m", "rxguard.cli", "serve", "--port", "0", "--max-seconds", "80"]
+    if request.param == "memory":
+        args.append("--memory")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT)])}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "rxguard serve: listening on http://127.0.0.1:PORT (mode)"
+        assert "listening on" in line, f"serve did not start: {line!r}"
+        yield line.split("listening on ", 1)[1].split()[0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def http(base: str, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body, ensure_ascii=False).encode())
+    request = urllib.request.Request(
+        base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_check_dispense_and_read_back_over_http(server: str) -> None:
+    # Given the sample dispensing recorded over HTTP
+    status, recorded = http(
+        server, "POST", "/v1/dispensations", json.loads(load_event("api/dispensation.json")["body"])
+    )
+    assert status == 200 and recorded["recorded"]
+    # When the HIS checks a 3101 request and the pharmacy a refill
+    status, national = http(server, "POST", "/v1/checks", json.loads(load_event("api/check_3101.json")["body"]))
+    check = json.loads(load_event("api/check.json")["body"])
+    check["fee_ocur_time"] = "2026-03-05 10:00:00"
+    status_refill, refill = http(server, "POST", "/v1/checks", check)
+    # Then both answer in their shapes, and the refill sees the recorded dispensing
+    assert status == 200 and national["infcode"] == 0 and national["output"]["result"]
+    assert status_refill == 200
+    assert "early-refill" in {h["rule_id"] for line in refill["lines"] for h in line["hits"]}
+    # And the findings of the dispensing are listed
+    status, page = http(server, "GET", "/v1/findings?institution=P4401001")
+    assert status == 200 and page["items"]
+
+
+def test_errors_over_http(server: str) -> None:
+    status, answer = http(server, "POST", "/v1/checks", {"psn_no": "x", "fixmedins_code": "P1", "lines": [{}]})
+    assert status == 400 and answer["error"]["field"] == "lines[0].med_list_codg"
+    status, answer = http(server, "POST", "/v1/checks", raw=b"{" + b" " * (300 * 1024) + b"}")
+    assert (status, answer["error"]["code"]) == (413, "too_large")
+    status, answer = http(server, "GET", "/v1/openapi.json")
+    assert status == 200 and answer == json.loads((ROOT / "openapi.json").read_text(encoding="utf-8"))
+
+
+def test_schemathesis_finds_no_server_error(kb: Any) -> None:
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import status_code_conformance
+
+    from rxguard.api.serve import memory_invoke, wsgi_app
+    from rxguard.api.settings import ApiSettings
+
+    # Given the API in process (in-memory repository), behind the HTTP translation
+    app = wsgi_app(memory_invoke(ApiSettings(auth_mode="open")))
+    schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", app)
+    failures: list[str] = []
+    statuses: dict[int, int] = {}
+
+    # When schemathesis sends requests generated from the document to every operation
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=operation.as_strategy())
+        def run(case: Any) -> None:
+            response = case.call()
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            try:
+                case.validate_response(response, checks=[not_a_server_error, status_code_conformance])
+            except AssertionError as exc:  # collect, so one run reports every operation
+                failures.append(f"{case.method} {case.path}: {exc}"[:500])
+
+        run()
+    # Then no request caused a server error or an undocumented status, and requests got through
+    assert failures == []
+    assert statuses.get(200, 0) > 0 and statuses.get(400, 0) > 0, statuses
