@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -172,3 +173,29 @@ def test_bad_settings_name_the_source_and_field(tmp_path) -> None:  # type: igno
     # When parsed, Then the error names the file and the field
     with pytest.raises(AlertSettingsError, match=r"alerts\.json: field alert_min_severity"):
         AlertSettings.from_env({"RXGUARD_ALERTS_CONFIG": str(path)})
+
+
+def test_every_message_validates_against_the_published_schema(kb) -> None:  # type: ignore[no-untyped-def]
+    # Given the schema of docs/ and a batch producing findings, digests and letters
+    import jsonschema
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "alert-message.schema.json"
+    schema = json.loads(path.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    findings = [
+        make_finding("trace-code-reuse", "high", line="1", figures={"psn_nos": ["A1", "B2"]}),
+        make_finding("over-quantity", "medium", institution="P310101002", line="2"),
+    ]
+    sink = InMemorySink()
+
+    # When notified
+    notify_batch(findings, batch_id="b1", kb=kb, sink=sink)
+
+    # Then every body validates, all three kinds are there, and a body of another version does not
+    validator = jsonschema.Draft202012Validator(schema)
+    messages = [*sink.alerts, *sink.letters]
+    assert {m.message_type for m in messages} == {"finding", "digest", "letter"}
+    for message in messages:
+        validator.validate(json.loads(message.body_json()))
+    broken = json.loads(sink.alerts[0].body_json()) | {"schema_version": "2"}
+    assert not validator.is_valid(broken)

@@ -40,6 +40,7 @@ class AlertSettings(BaseModel):
     letters_enabled: bool = True
     letter_min_severity: Severity = Severity.LOW
     patient_letters: bool = True
+    letter_evidence_cap: int = Field(default=20, ge=1)  # evidence lines listed per finding in a letter
     response_working_days: int = Field(default=15, ge=1, le=90)
     holidays: frozenset[date] = frozenset()  # public holidays skipped when counting working days
     issuer_name_zh: str = "××市医疗保障局"  # set per deployment (RXGUARD_ISSUER_NAME_ZH)

@@ -30,31 +30,76 @@ MITIGATION_ZH = {
     "travel": "外出备药",
     "dose_change": "剂量调整",
 }
-# Labels of the figures the engine reports; unknown keys are shown as they are.
+# Labels of the figures the engine reports (rxguard.engine); unknown keys are shown as they are.
 FIGURE_ZH = {
-    "days_supply": "供应天数",
-    "allowed_days": "允许天数",
-    "max_days": "允许天数",
-    "ratio": "倍数",
-    "used_fraction": "已用比例",
-    "elapsed_days": "间隔天数",
-    "previous_days_supply": "前次供应天数",
-    "stock_days": "结余天数",
-    "window_days": "统计窗口（天）",
-    "visits": "就诊次数",
-    "month": "月份",
-    "hospitals": "医院数",
-    "days": "天数",
-    "amount": "金额（元）",
-    "spend": "金额（元）",
-    "threshold": "阈值",
-    "institutions": "机构数",
-    "sales": "销售次数",
-    "quantity_units": "数量（最小单位）",
+    "ingredient_atc": "成分ATC编码",
     "atc_code": "ATC编码",
     "drug_code": "药品编码",
+    "med_list_codg": "医保药品编码",
+    "med_list_name": "药品名称",
+    "dispensed_on": "发药日期",
+    "previous_dispensed_on": "前次发药日期",
+    "quantity_units": "数量（最小单位）",
+    "days_supply": "供应天数",
+    "days_supplied": "供应天数",
+    "previous_days_supplied": "前次供应天数",
+    "allowed_days": "允许天数",
+    "limit_basis": "限量依据",
+    "ratio": "超出倍数",
+    "max_daily_dose": "说明书最大日剂量",
+    "prd_days": "处方用药天数",
+    "sin_dos_dscr": "单次剂量",
+    "used_frqu_dscr": "用药频次",
+    "used_fraction": "前次药量已用比例",
+    "used_fraction_threshold": "已用比例阈值",
+    "elapsed_days": "间隔天数",
+    "stock_days": "结余天数",
+    "stock_before_days": "购药前结余天数",
+    "peak_stock_days": "最高结余天数",
+    "peak_on": "最高结余日期",
+    "tolerance_days": "容差天数",
+    "lookback_days": "回溯天数",
+    "window_days": "统计窗口（天）",
+    "overlap_days": "供药期重叠天数",
+    "min_overlap_days": "重叠天数阈值",
+    "institutions": "机构数",
+    "pharmacies": "药店数",
+    "period": "统计期间",
+    "visits": "就诊次数",
+    "chronic_disease_visits": "门诊慢特病就诊次数",
+    "other_visits": "其他就诊次数",
+    "threshold_visits": "就诊次数阈值",
+    "days": "日期",
+    "hospitals_per_day": "单日就诊医院数",
+    "threshold_hospitals_per_day": "单日医院数阈值",
+    "threshold_days": "天数阈值",
+    "pharmacy_spend_yuan": "药店购药金额（元）",
+    "specialty_spend_yuan": "其中特药金额（元）",
+    "threshold_yuan": "金额阈值（元）",
+    "trace_code": "药品追溯码",
+    "first_sold_at": "首次销售时间",
+    "first_institution": "首次销售机构",
+    "first_line": "首次销售明细",
+    "sale_number": "第几次销售",
+    "times_in_line": "同一明细内出现次数",
+    "same_patient": "是否同一参保人",
+    "restricted_indications": "限定支付范围（ICD-10）",
     "diagnoses": "诊断",
+    "institution_kind": "机构类别",
+    "monitored_lines": "重点监控药品明细数",
+    "flagged_lines": "疑点明细数",
+    "flagged_share": "疑点明细占比",
+    "peer_median_share": "同类机构占比中位数",
+    "growth": "用量增长倍数",
+    "peer_median_growth": "同类机构增长中位数",
+    "peers": "同类机构数",
+    "signals": "异常信号",
 }
+# Figures that are parameters or plumbing rather than facts about the case.
+HIDDEN_FIGURES = {
+    "trigger_lines", "max_daily_dose_unit", "min_lines", "min_flag_share", "peer_multiple", "growth_multiple",
+    "evidence_truncated",
+}  # fmt: skip
 
 LetterKind = Literal["提醒函", "警示函"]
 
@@ -69,6 +114,7 @@ class EvidenceRow:
     amount: str = ""
     days_supply: str = ""
     patient: str = ""
+    trigger: bool = False  # a line the finding blames (not only context)
 
 
 @dataclass(frozen=True)
@@ -85,6 +131,7 @@ class FindingRow:
     patient: str  # masked psn_no or ""
     explanation_zh: str
     evidence: list[EvidenceRow]
+    evidence_more: int  # evidence lines left out of the letter (settings.letter_evidence_cap)
     figures: list[tuple[str, str]]
     mitigations: list[str]
 
@@ -163,7 +210,11 @@ def _fmt(value: Any) -> str:
 def _figures(figures: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for key, value in figures.items():
-        if "psn" in key.lower():
+        if key in HIDDEN_FIGURES or value is None:
+            continue
+        if key == "max_daily_dose" and figures.get("max_daily_dose_unit"):
+            rows.append((FIGURE_ZH[key], f"{_fmt(value)} {figures['max_daily_dose_unit']}"))
+        elif "psn" in key.lower():
             values = value if isinstance(value, list | tuple) else [value]
             rows.append(("参保人", "、".join(mask(str(v)) for v in values)))
         else:
@@ -171,12 +222,16 @@ def _figures(figures: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def _evidence(finding: Finding, lines: Mapping[str, ClaimLine], names: Mapping[str, str]) -> list[EvidenceRow]:
+def _evidence(
+    finding: Finding, lines: Mapping[str, ClaimLine], names: Mapping[str, str], cap: int
+) -> list[EvidenceRow]:
+    blamed = finding.figures.get("trigger_lines")
+    triggers = set(blamed) if isinstance(blamed, list) and len(finding.evidence) > 1 else set()
     rows = []
-    for line_id in finding.evidence:
+    for line_id in finding.evidence[:cap]:
         line = lines.get(line_id)
         if line is None:
-            rows.append(EvidenceRow(line_id=line_id, institution=line_id.split("/", 1)[0]))
+            rows.append(EvidenceRow(line_id=line_id, institution=line_id.split("/", 1)[0], trigger=line_id in triggers))
             continue
         unit = "（拆零）" if line.trdn_flag else ""
         rows.append(
@@ -189,13 +244,18 @@ def _evidence(finding: Finding, lines: Mapping[str, ClaimLine], names: Mapping[s
                 amount=f"{line.det_item_fee_sumamt:.2f}",
                 days_supply=_fmt(round(line.days_supply, 1)) if line.days_supply is not None else "",
                 patient=mask(line.psn_no),
+                trigger=line_id in triggers,
             )
         )
     return rows
 
 
 def _rows(
-    findings: Sequence[Finding], kb: KnowledgeBase, lines: Mapping[str, ClaimLine], names: Mapping[str, str]
+    findings: Sequence[Finding],
+    kb: KnowledgeBase,
+    lines: Mapping[str, ClaimLine],
+    names: Mapping[str, str],
+    cap: int,
 ) -> list[FindingRow]:
     ordered = sorted(findings, key=lambda f: (-f.severity.rank, f.occurred_at, f.finding_id))
     out = []
@@ -215,7 +275,8 @@ def _rows(
                 occurred_at=f.occurred_at.strftime("%Y-%m-%d %H:%M"),
                 patient=mask(f.psn_no) if f.psn_no else "",
                 explanation_zh=explanation,
-                evidence=_evidence(f, lines, names),
+                evidence=_evidence(f, lines, names, cap),
+                evidence_more=max(len(f.evidence) - cap, 0),
                 figures=_figures(f.figures),
                 mitigations=[MITIGATION_ZH.get(m, m) for m in f.mitigations],
             )
@@ -270,7 +331,7 @@ def build_letter(
         psn_pseudonym=psn_token,
         issuer_zh=settings.issuer_name_zh,
         contact_zh=settings.contact_zh,
-        findings=_rows(findings, kb, lines, institution_names),
+        findings=_rows(findings, kb, lines, institution_names, settings.letter_evidence_cap),
         legal_basis=basis,
         period=(date_zh(times[0].date()), date_zh(times[-1].date())),
         counts={k: v for k, v in counts.items() if v},
