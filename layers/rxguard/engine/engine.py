@@ -48,6 +48,7 @@ class Engine:
             return []
         findings = self._supply.evaluate(psn_no, build_fills(lines, self.kb))
         findings.extend(self._indication.evaluate(psn_no, lines))
+        findings.extend(self._trace.within_lines(psn_no, lines))
         findings.extend(self._monthly.evaluate(psn_no, lines, flagged_line_ids(findings)))
         return _unique(findings)
 

@@ -43,7 +43,16 @@ def _inst_en(fill: Fill) -> str:
     return f"{name} ({fill.fixmedins_code})" if name else fill.fixmedins_code
 
 
-_UNIT_EN = {"片": "tablets", "粒": "capsules", "支": "units", "瓶": "bottles", "袋": "sachets", "贴": "patches", "吸": "puffs", "揿": "puffs"}
+_UNIT_EN = {
+    "片": "tablets",
+    "粒": "capsules",
+    "支": "units",
+    "瓶": "bottles",
+    "袋": "sachets",
+    "贴": "patches",
+    "吸": "puffs",
+    "揿": "puffs",
+}
 
 
 def _what(fill: Fill) -> tuple[str, str]:
@@ -273,7 +282,8 @@ class SupplyRules:
         if by_interval <= by_stock:
             zh = [
                 f"{_date(prev.day)} 在 {_inst(prev)} 配 {prev_zh}，按{dose_zh}可用 {text(prev.days)} 天；"
-                f"仅过 {elapsed} 天（用去约 {pct}%，低于 {limit_pct}%），{_date(fill.day)} 又在 {where_zh} 配 {what_zh}，"
+                f"仅过 {elapsed} 天（用去约 {pct}%，低于 {limit_pct}%），"
+                f"{_date(fill.day)} 又在 {where_zh} 配 {what_zh}，"
                 f"配药前手头尚余约 {text(stock_before)} 天药量。"
             ]
             en = [

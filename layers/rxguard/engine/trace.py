@@ -1,8 +1,13 @@
 """trace-code-reuse: a drug traceability code sold more than once (resale, 回流).
 
-The first sale of a code (earliest time, then smallest line id) is legitimate; every
-later sale, by any patient at any institution, is a finding with evidence [first,
-later]. A code listed twice in one line is a finding on that line."""
+Across lines (scope `trace:<code>`): the first sale of a code (earliest time, then
+smallest line id) is legitimate; every later sale, by any patient at any institution, is
+a finding with evidence [first, later]. The finding is built from the recorded sales
+alone (time, line id, patient, institution), never from whichever lines happen to be
+loaded, so it does not depend on the order in which batches arrive.
+
+Within a line (scope `patient:<psn_no>`): a code listed twice in one line is a finding
+on that line, judged from the line itself."""
 
 from __future__ import annotations
 
@@ -23,96 +28,105 @@ class TraceRule:
     def evaluate(
         self, code: str, sales: Sequence[TraceSale], lines: Mapping[str, ClaimLine] | None = None
     ) -> list[Finding]:
+        """Findings of one code from its sales. `lines` is accepted for callers that have
+        them but not used: the result must not depend on which lines are at hand."""
+        del lines
         if not self.rules.has("trace-code-reuse") or not sales:
             return []
-        count: dict[str, int] = {}
         first_sale: dict[str, TraceSale] = {}
         for sale in sales:
-            count[sale.line_id] = count.get(sale.line_id, 0) + 1
             known = first_sale.get(sale.line_id)
-            if known is None or (sale.time, sale.line_id) < (known.time, known.line_id):
+            if known is None or sale < known:
                 first_sale[sale.line_id] = sale
-        lines = lines or {}
-        for line_id in count:
-            known_line = lines.get(line_id)
-            if known_line is not None:
-                count[line_id] = max(count[line_id], known_line.trace_codes.count(code))
-        ordered = sorted(first_sale.values(), key=lambda s: (s.time, s.line_id))
-        if len(ordered) == 1 and count[ordered[0].line_id] < 2:
+        if len(first_sale) < 2:
             return []
+        ordered = sorted(first_sale.values())
         first = ordered[0]
         out: list[Finding] = []
-        for number, sale in enumerate(ordered):
-            if number == 0 and count[sale.line_id] < 2:
-                continue
-            line: ClaimLine | None = lines.get(sale.line_id)
-            admdvs = line.admdvs if line else None
-            if not self.rules.active("trace-code-reuse", sale.time.date(), admdvs):
-                continue
-            out.append(self._finding(code, first, sale, number, count[sale.line_id], line, lines.get(first.line_id)))
+        for number, sale in enumerate(ordered[1:], start=2):
+            if self.rules.active("trace-code-reuse", sale.time.date(), None):
+                out.append(self._finding(code, first, sale, number))
         return out
 
-    def _finding(
-        self,
-        code: str,
-        first: TraceSale,
-        sale: TraceSale,
-        number: int,
-        times_in_line: int,
-        line: ClaimLine | None,
-        first_line: ClaimLine | None,
-    ) -> Finding:
-        rule = self.rules.rule("trace-code-reuse")
-        drug = self.kb.drug(line.med_list_codg) if line else None
-        name_zh = drug.generic_name_zh if drug else (line.med_list_name if line and line.med_list_name else "药品")
-        name_en = drug.generic_name_en if drug else (line.med_list_name if line and line.med_list_name else "a drug")
-        admdvs = line.admdvs if line else None
-        if number == 0:
-            zh = (
-                f"追溯码 {code} 在同一条销售明细中出现 {times_in_line} 次"
-                f"（{_t(sale.time)}，{sale.fixmedins_code}，{name_zh}）。"
-            )
-            en = (
-                f"Traceability code {code} appears {times_in_line} times in one sale line "
-                f"({_t(sale.time)}, {sale.fixmedins_code}, {name_en})."
-            )
-        else:
-            same = "同一参保人" if first.psn_no == sale.psn_no else "另一参保人"
-            same_en = "the same patient" if first.psn_no == sale.psn_no else "another patient"
-            zh = (
-                f"追溯码 {code} 已于 {_t(first.time)} 在 {first.fixmedins_code} 销售，"
-                f"{_t(sale.time)} 又在 {sale.fixmedins_code} 向{same}销售（{name_zh}），"
-                f"第 {number + 1} 次销售，疑似回流药。"
-            )
-            en = (
-                f"Traceability code {code} was first sold on {_t(first.time)} at {first.fixmedins_code}; "
-                f"on {_t(sale.time)} {sale.fixmedins_code} sold it again, to {same_en} ({name_en}): sale number "
-                f"{number + 1}, a sign of resold (回流) drugs."
-            )
+    def _finding(self, code: str, first: TraceSale, sale: TraceSale, number: int) -> Finding:
+        same_patient = first.psn_no == sale.psn_no
+        same_zh = "同一参保人" if same_patient else "另一参保人"
+        same_en = "the same patient" if same_patient else "another patient"
         return make_finding(
-            rule,
-            severity=self.rules.severity("trace-code-reuse", admdvs),
+            self.rules.rule("trace-code-reuse"),
+            severity=self.rules.severity("trace-code-reuse", None),
             subject_type="trace_code",
             subject=f"trace:{code}",
             psn_no=sale.psn_no,
             fixmedins_code=sale.fixmedins_code,
-            bilg_dr_codg=line.bilg_dr_codg if line else None,
-            admdvs=admdvs,
             occurred_at=sale.time,
             evidence=[first.line_id, sale.line_id],
             figures={
                 "trace_code": code,
-                "first_sold_at": first.time.isoformat(sep=" "),
+                "first_sold_at": _t(first.time),
                 "first_institution": first.fixmedins_code,
                 "first_line": first.line_id,
-                "sale_number": number + 1,
-                "times_in_line": times_in_line,
-                "same_patient": first.psn_no == sale.psn_no,
-                "drug_code": first_line.med_list_codg if first_line else (line.med_list_codg if line else None),
+                "sold_again_at": _t(sale.time),
+                "sale_number": number,
+                "same_patient": same_patient,
                 "trigger_lines": [sale.line_id],
             },
-            explanation_zh=zh,
-            explanation_en=en,
+            explanation_zh=(
+                f"药品追溯码 {code} 已于 {_t(first.time)} 由 {first.fixmedins_code} 销售（明细 {first.line_id}），"
+                f"{_t(sale.time)} 又由 {sale.fixmedins_code} 向{same_zh}销售（明细 {sale.line_id}），"
+                f"为该码第 {number} 次销售：一盒药只能销售一次，疑似回流药。"
+            ),
+            explanation_en=(
+                f"Drug traceability code {code} was first sold on {_t(first.time)} by {first.fixmedins_code} "
+                f"(line {first.line_id}); on {_t(sale.time)} {sale.fixmedins_code} sold it again, to {same_en} "
+                f"(line {sale.line_id}): sale number {number} of a pack that can be sold only once, a sign of "
+                "resold (回流) drugs."
+            ),
+        )
+
+    def within_lines(self, psn_no: str, timeline: Sequence[ClaimLine]) -> list[Finding]:
+        """A code listed more than once in one line (patient scope: judged from the line)."""
+        if not self.rules.has("trace-code-reuse"):
+            return []
+        out: list[Finding] = []
+        for line in timeline:
+            if len(line.trace_codes) < 2 or len(set(line.trace_codes)) == len(line.trace_codes):
+                continue
+            if not self.rules.active("trace-code-reuse", line.day, line.admdvs):
+                continue
+            for code in sorted({c for c in line.trace_codes if line.trace_codes.count(c) > 1}):
+                out.append(self._within(psn_no, line, code, line.trace_codes.count(code)))
+        return out
+
+    def _within(self, psn_no: str, line: ClaimLine, code: str, times: int) -> Finding:
+        drug = self.kb.drugs.get(line.med_list_codg)
+        name_zh = drug.generic_name_zh if drug else (line.med_list_name or line.med_list_codg)
+        name_en = drug.generic_name_en if drug else (line.med_list_name or line.med_list_codg)
+        return make_finding(
+            self.rules.rule("trace-code-reuse"),
+            severity=self.rules.severity("trace-code-reuse", line.admdvs),
+            subject_type="patient",
+            subject=f"patient:{psn_no}",
+            psn_no=psn_no,
+            fixmedins_code=line.fixmedins_code,
+            bilg_dr_codg=line.bilg_dr_codg,
+            admdvs=line.admdvs,
+            occurred_at=line.fee_ocur_time,
+            evidence=[line.line_id],
+            figures={
+                "trace_code": code,
+                "times_in_line": times,
+                "trigger_lines": [line.line_id],
+            },
+            explanation_zh=(
+                f"{_t(line.fee_ocur_time)} {line.fixmedins_code} 销售 {name_zh} 的明细 {line.line_id} 中，"
+                f"药品追溯码 {code} 出现 {times} 次：同一盒药被重复计费。"
+            ),
+            explanation_en=(
+                f"On {_t(line.fee_ocur_time)} {line.fixmedins_code} billed {name_en} in line {line.line_id} "
+                f"listing traceability code {code} {times} times: one pack billed more than once."
+            ),
+            id_key=[line.line_id, f"code:{code}"],
         )
 
 
