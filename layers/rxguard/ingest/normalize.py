@@ -17,6 +17,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
+
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, InstitutionKind, OverrideReason, Rejection
 
@@ -112,6 +114,12 @@ _SPLIT_DX = re.compile(r"[;；,，]+")
 # 2025/8/1 9:05:00, 2025-08-01 09:05, 2025.08.01 09:05:00
 _LOOSE_TIME = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})[ T](\d{1,2}):(\d{1,2})(?::(\d{1,2}))?(\.\d+)?")
 _CHINA = timezone(timedelta(hours=8))
+_KINDS = {
+    "H": InstitutionKind.HOSPITAL,
+    "h": InstitutionKind.HOSPITAL,
+    "P": InstitutionKind.PHARMACY,
+    "p": InstitutionKind.PHARMACY,
+}
 
 
 class LineRejected(Exception):
@@ -161,6 +169,8 @@ def _text(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> str 
         text = ""
     elif type(value) is str:
         text = value.strip()
+        if text and len(text) <= MAX_TEXT and text.isprintable() and "\ufffd" not in text:
+            return text  # the common case, checked in C
     elif type(value) is int:
         text = str(value)
     elif type(value) is float or type(value) is Decimal:
@@ -369,11 +379,11 @@ def normalize_record(
         days_supply = drug.days_supply(quantity_units)
         atc_code = drug.atc_code
 
-    return ClaimLine.model_construct(
+    values = dict(
         feedetl_sn=feedetl_sn,
         fixmedins_code=fixmedins_code,
         fixmedins_name=_text(ctx, rec, "fixmedins_name", False),
-        institution_kind=InstitutionKind.from_code(fixmedins_code),
+        institution_kind=_KINDS.get(fixmedins_code[0], InstitutionKind.OTHER),  # InstitutionKind.from_code
         admdvs=admdvs,
         psn_no=psn_no,
         mdtrt_id=mdtrt_id,
@@ -403,6 +413,12 @@ def normalize_record(
         source_file=file,
         source_line=line,
     )
+    try:  # the values are checked above; pydantic's validator (Rust) is faster than model_construct here
+        return ClaimLine.model_validate(values)
+    except ValidationError as exc:  # a gap in the checks above: still a rejection, never a crash
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else None
+        raise ctx.reject(name, MALFORMED, f"{name}: {err['msg']}") from None
 
 
 def _items(ctx: _Ctx, rec: Mapping[str, Any], field: str, splitter: re.Pattern[str]) -> list[str]:

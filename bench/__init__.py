@@ -1,0 +1,1 @@
+"""Benchmarks: they print figures and never run in pytest (`make bench`)."""
