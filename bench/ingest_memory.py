@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=5000)
     args = parser.parse_args(argv)
     print("prepare_batch: peak RSS and speed by file size (CSV, UTF-8)")
-    print(
-        f"{'lines':>10} {'file MB':>8} {'seconds':>8} {'lines/s':>9} {'peak RSS MB':>12} {'start RSS MB':>13} {'chunks':>7}"
-    )
+    titles = ("lines", "file MB", "seconds", "lines/s", "peak RSS MB", "start RSS MB", "chunks")
+    widths = (10, 8, 8, 9, 12, 13, 7)
+    print(" ".join(t.rjust(w) for t, w in zip(titles, widths, strict=True)))
     for lines in args.lines:
         f = measure(lines, args.chunk_size)
         print(
