@@ -114,11 +114,18 @@ def make(rule_id: str, severity: str, institution: str, admdvs: str, psn: str) -
     )
 
 
-# The template's defaults: institution H310101001, region prefix 31, rule trace-code-reuse.
-TRACE = make("trace-code-reuse", "high", "H310101001", "310000", "PSN0001")  # Shanghai, high
-OVER = make("over-quantity", "medium", "H310101001", "310000", "PSN0002")  # same hospital, medium
-HEBEI = make("cumulative-oversupply", "high", "P130101005", "130000", "PSN0003")  # Hebei pharmacy, high
-DISTRICT = make("frequent-visits", "low", "H310104009", "310104", "PSN0004")  # Shanghai district, low
+# Findings shaped on the template's default filter values.
+DEFAULTS = {k: str(v.get("Default")) for k, v in load_template(ROOT / "template.yaml")["Parameters"].items()}
+HOSPITAL = DEFAULTS["InstitutionAlertCode"]
+PREFIX = DEFAULTS["RegionAlertPrefix"]
+RULE = DEFAULTS["RuleAlertRuleId"]
+REGION = PREFIX.ljust(6, "0")
+DISTRICT_REGION = (PREFIX + "0104")[:6]  # another code under the prefix (a district)
+assert DISTRICT_REGION.startswith(PREFIX) and not "130000".startswith(PREFIX) and RULE != "over-quantity"
+TRACE = make(RULE, "high", HOSPITAL, REGION, "PSN0001")  # the rule of the rule subscription, high
+OVER = make("over-quantity", "medium", HOSPITAL, REGION, "PSN0002")  # same hospital, medium
+HEBEI = make("cumulative-oversupply", "high", "P130101005", "130000", "PSN0003")  # other region, high
+DISTRICT = make("frequent-visits", "low", "H310104009", DISTRICT_REGION, "PSN0004")  # same region, low
 FINDINGS = [TRACE, OVER, HEBEI, DISTRICT]
 
 
@@ -148,18 +155,16 @@ def test_filter_policies_deliver_each_subscriber_its_messages_once(env: Env, kb)
     assert attributes["130000"]["rule_id"]["StringValue"] == "cumulative-oversupply"
     # And the institution gets its high alert and its digest, and the announcement of its letter
     assert kinds(env.drain("InstitutionAlertSubscription")) == sorted(
-        [("finding", TRACE.finding_id), ("digest", "H310101001")]
+        [("finding", TRACE.finding_id), ("digest", HOSPITAL)]
     )
     letters = env.drain("InstitutionLettersSubscription")
-    assert [json.loads(m["Body"])["letter_id"] for m in letters] == ["institution-H310101001"]
-    # And the Shanghai region (prefix 31) gets its high alert and its two institutions' digests
+    assert [json.loads(m["Body"])["letter_id"] for m in letters] == [f"institution-{HOSPITAL}"]
+    # And the region (prefix 31: Shanghai) gets its high alert and its two institutions' digests
     assert kinds(env.drain("RegionAlertSubscription")) == sorted(
-        [("finding", TRACE.finding_id), ("digest", "H310101001"), ("digest", "H310104009")]
+        [("finding", TRACE.finding_id), ("digest", HOSPITAL), ("digest", "H310104009")]
     )
     # And the trace-code-reuse subscriber gets that alert and the digest that counts it
-    assert kinds(env.drain("RuleAlertSubscription")) == sorted(
-        [("finding", TRACE.finding_id), ("digest", "H310101001")]
-    )
+    assert kinds(env.drain("RuleAlertSubscription")) == sorted([("finding", TRACE.finding_id), ("digest", HOSPITAL)])
 
 
 def test_a_retried_batch_sends_no_duplicates_and_rewrites_the_same_letters(env: Env, kb) -> None:  # type: ignore[no-untyped-def]
