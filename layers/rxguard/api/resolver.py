@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from pydantic import Discriminator, Tag
 
@@ -286,6 +285,8 @@ def handle(event: dict[str, Any], context: Any, services: Services) -> dict[str,
 
 def openapi_json() -> str:
     """The OpenAPI document (checked in as openapi.json; served at /v1/openapi.json)."""
+    from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn  # slow import: only here
+
     return app.get_openapi_json_schema(
         title=API_TITLE,
         version=API_VERSION,
