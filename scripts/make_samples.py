@@ -99,6 +99,7 @@ AMOXICILLIN = Product("XJ01CA04B001", "阿莫西林胶囊", 12.5)  # unmonitored
 PARACETAMOL = Product("XN02BE01B001", "对乙酰氨基酚片", 6.8)  # unmonitored
 VITAMIN_C = Product("XA11GA01B001", "维生素C片", 3.2)  # unmonitored
 COUGH = Product("XR05CB01B001", "乙酰半胱氨酸颗粒", 24.0)  # unmonitored
+THYMALFASIN = Product("XL03AX99B001", "注射用胸腺法新", 620.0)  # unmonitored, expensive
 UNMONITORED = (AMOXICILLIN, PARACETAMOL, VITAMIN_C, COUGH)
 
 
@@ -257,9 +258,9 @@ def build() -> Batch:
         "Early refill with a documented reason: business trip (override_reason 出差 = travel)",
         "early-refill mitigated (lower severity, the finding names the reason)",
     )
-    for day in (6, 34, 62, 90):
+    for day in (6, 34, 73):  # the refill after the trip comes 28 days after the early one
         b.add("hb", psn("130000", 107), "P13000002", at(day, 16, 0), ATORVASTATIN, 4, dx="E78.0", scenario=s)
-    b.add("hb", psn("130000", 107), "P13000001", at(45, 9, 30), ATORVASTATIN, 4, dx="E78.0",
+    b.add("hb", psn("130000", 107), "P13000002", at(45, 9, 30), ATORVASTATIN, 4, dx="E78.0",
           override_reason="出差", scenario=s)  # fmt: skip
 
     # --- abuse -------------------------------------------------------------------------
@@ -326,9 +327,18 @@ def build() -> Batch:
 
     s = b.scenario(
         "pharmacy-spend",
-        "More than 8000 yuan at pharmacies in November: two packs of osimertinib (4776 yuan each) "
-        "at two pharmacies, four weeks apart",
+        "More than 8000 yuan at pharmacies in November: 14 vials of thymalfasin (an unmonitored "
+        "immune booster, 620 yuan each) at two pharmacies",
         "pharmacy-spend (> 8000 yuan in a calendar month)",
+    )
+    b.add("doc", psn("310000", 210), "P31000001", at(63, 10, 0), THYMALFASIN, 7, dx="Z51.8", scenario=s)
+    b.add("doc", psn("310000", 210), "P31000002", at(80, 15, 30), THYMALFASIN, 7, dx="Z51.8", scenario=s)
+
+    s = b.scenario(
+        "specialty-drug-spend",
+        "High pharmacy spending explained by a specialty cancer drug: osimertinib (4776 yuan a pack) "
+        "for lung cancer, one pack a month at two pharmacies (双通道)",
+        "pharmacy-spend only as low-severity information (specialty drug within the rules)",
     )
     b.add("doc", psn("310000", 209), "P31000001", at(61, 10, 0), OSIMERTINIB, 1, dx="C34.9", scenario=s)
     b.add("doc", psn("310000", 209), "P31000002", at(89, 10, 30), OSIMERTINIB, 1, dx="C34.9", scenario=s)

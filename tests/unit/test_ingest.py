@@ -311,3 +311,15 @@ def test_entecavir_code_constant_matches_the_catalogue(kb) -> None:
     # Given the test helpers' drug codes
     # Then the monitored one is in the catalogue and the other is not (guards the fixtures)
     assert kb.drug(ENTECAVIR) is not None and kb.drug(UNMONITORED) is None
+
+
+def test_every_scenario_line_of_the_samples_readme_is_accepted(kb) -> None:
+    # Given the line ids the sample README lists per scenario
+    import re
+
+    readme = (BATCHES / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"`([HP]\d{8}/FD\d{13})`", readme))
+    # When every sample batch is read
+    accepted = {ln.line_id for name in SAMPLES for ln in _run(BATCHES / name, kb)[0]}
+    # Then each listed line is there, accepted
+    assert len(listed) > 50 and listed <= accepted
