@@ -297,3 +297,52 @@ def test_a_letter_page_renders_to_an_image(kb, tmp_path) -> None:  # type: ignor
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert abs(height / width - 297 / 210) < 0.01
+
+
+def test_a_finding_longer_than_a_page_is_split_across_pages(kb) -> None:  # type: ignore[no-untyped-def]
+    # Given an institution finding with 40 detailed evidence lines and a long explanation
+    many = [line(HOSPITAL, f"RX{i:04d}", PSN_A, 1 + i % 28, "阿托伐他汀钙片", 6, 210.0) for i in range(40)]
+    lines = {ln.line_id: ln for ln in many}
+    evidence = sorted(lines)
+    big = Finding(
+        finding_id=Finding.make_id("institution-outlier", f"institution:{HOSPITAL}", evidence),
+        rule_id="institution-outlier",
+        rule_version=1,
+        severity=Severity.HIGH,
+        subject_type="institution",
+        fixmedins_code=HOSPITAL,
+        admdvs="310000",
+        occurred_at=datetime(2026, 3, 1),
+        evidence=evidence,
+        explanation_zh="该机构重点监控药品疑点明细占比显著高于同类机构。" * 20,
+        explanation_en="outlier",
+    )
+    sink = InMemorySink()
+
+    # When its letter is issued with every evidence line listed
+    notify_batch([big], batch_id="big", kb=kb, sink=sink, settings=AlertSettings(letter_evidence_cap=40), lines=lines)
+
+    # Then the PDF spans pages and still lists the last evidence line
+    reader = PdfReader(BytesIO(sink.documents[f"letters/big/institution-{HOSPITAL}.pdf"][0]))
+    assert len(reader.pages) > 2
+    assert evidence[-1] in pdf_text(sink.documents[f"letters/big/institution-{HOSPITAL}.pdf"][0])
+
+
+def test_the_evidence_listed_in_a_letter_is_capped_with_a_note(kb) -> None:  # type: ignore[no-untyped-def]
+    # Given a finding with 3 evidence lines and a cap of 2
+    f = finding(
+        "cross-institution-repeat", "medium", PSN_A, [f"{HOSPITAL}/RX1001", f"{PHARMACY}/PS2001", f"{HOSPITAL}/RX1002"]
+    )
+    settings = AlertSettings(letter_evidence_cap=2)
+
+    # When the letter is built and rendered
+    letter = build_letter(
+        "institution", HOSPITAL, [f], batch_id="b", kb=kb, settings=settings, issued_on=ISSUED,
+        institution_names=NAMES, lines=LINES,
+    )  # fmt: skip
+    html = render_html(letter)
+
+    # Then two lines are listed and the third is counted
+    listed = [e.line_id for e in letter.findings[0].evidence]
+    assert listed == sorted(f.evidence)[:2]
+    assert sorted(f.evidence)[2] not in html and "另有 1 条明细" in html

@@ -1,7 +1,7 @@
 """What a letter says, as plain data for the templates: addressee, number, dates, the
 findings with their evidence lines and figures, the legal basis and the response asked.
 
-Pure functions, no I/O. Patient numbers appear masked (`3101**********001X`); the keys
+Pure functions, no I/O. Patient numbers appear masked (`**************001X`); the keys
 of stored letters use the keyed pseudonym, never the number.
 """
 
@@ -178,6 +178,12 @@ class LetterContext:
         }
 
 
+def mask_psn(psn_no: str) -> str:
+    """A patient number as letters show it: the last 4 characters, when that keeps at
+    most a third of it visible (rxguard.privacy.mask), e.g. `**************0017`."""
+    return mask(psn_no, head=0, tail=4)
+
+
 def date_zh(day: date) -> str:
     return f"{day.year}年{day.month}月{day.day}日"
 
@@ -221,7 +227,7 @@ def _figures(figures: Mapping[str, Any]) -> list[tuple[str, str]]:
             rows.append((FIGURE_ZH[key], f"{_fmt(value)} {figures['max_daily_dose_unit']}"))
         elif "psn" in key.lower():
             values = value if isinstance(value, list | tuple) else [value]
-            rows.append(("参保人", "、".join(mask(str(v)) for v in values)))
+            rows.append(("参保人", "、".join(mask_psn(str(v)) for v in values)))
         else:
             rows.append((FIGURE_ZH.get(key, key), _fmt(value)))
     return rows
@@ -248,7 +254,7 @@ def _evidence(
                 quantity=f"{_fmt(line.cnt)}{unit}",
                 amount=f"{line.det_item_fee_sumamt:.2f}",
                 days_supply=_fmt(round(line.days_supply, 1)) if line.days_supply is not None else "",
-                patient=mask(line.psn_no),
+                patient=mask_psn(line.psn_no),
                 trigger=line_id in triggers,
             )
         )
@@ -266,7 +272,7 @@ def _rows(
     out = []
     for i, f in enumerate(ordered, start=1):
         rule = kb.rules.get(f.rule_id)
-        explanation = f.explanation_zh.replace(f.psn_no, mask(f.psn_no)) if f.psn_no else f.explanation_zh
+        explanation = f.explanation_zh.replace(f.psn_no, mask_psn(f.psn_no)) if f.psn_no else f.explanation_zh
         out.append(
             FindingRow(
                 index=i,
@@ -278,7 +284,7 @@ def _rows(
                 severity_code=f.severity.value,
                 subject_zh=SUBJECT_ZH.get(f.subject_type, f.subject_type),
                 occurred_at=f.occurred_at.strftime("%Y-%m-%d %H:%M"),
-                patient=mask(f.psn_no) if f.psn_no else "",
+                patient=mask_psn(f.psn_no) if f.psn_no else "",
                 explanation_zh=explanation,
                 evidence=_evidence(f, lines, names, cap),
                 evidence_more=max(len(f.evidence) - cap, 0),
@@ -312,7 +318,7 @@ def build_letter(
     else:
         psn_token = pseudonym(subject, settings.pseudonym_key)
         letter_id = f"patient-{psn_token}"
-        addressee = f"参保人（人员编号：{mask(subject)}）"
+        addressee = f"参保人（人员编号：{mask_psn(subject)}）"
         institution_id = None
     rule_ids = sorted({f.rule_id for f in findings})
     basis = []

@@ -341,7 +341,7 @@ class _Layout:
         free = [i for i, w in enumerate(widths) if not w]
         for i in free:
             widths[i] = max(self.width - fixed, 0) / len(free)
-        table = Table(data, colWidths=widths, repeatRows=header_rows, hAlign="CENTER")
+        table = Table(data, colWidths=widths, repeatRows=header_rows, hAlign="CENTER", splitInRow=1)
         table.setStyle(
             TableStyle(
                 [
