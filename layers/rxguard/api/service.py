@@ -54,7 +54,8 @@ CheckBody = DispensingRequest | nhsa.NhsaRequest | nhsa.NhsaEnvelope
 
 Checker = Callable[[Sequence[ClaimLine], HistoryRepository, KnowledgeBase], dict[str, list[Finding]]]
 Screener = Callable[..., Any]  # screening.screen_lines(lines, repo, kb, scene=...) -> ScreenOutcome
-Notifier = Callable[[Sequence[Finding], str], int]  # (new findings, batch id) -> alerts published
+# (new and updated findings, batch id, the request's lines by id) -> alerts published
+Notifier = Callable[[Sequence[Finding], str, Mapping[str, ClaimLine]], int]
 
 
 def _default_checker(
@@ -98,12 +99,17 @@ class RequestLine:
     task_id: str | None = None
 
 
-def alerts_notifier(kb: KnowledgeBase, sink: Any) -> Notifier:
-    """New findings of a dispensing -> the alerts topic (each finding alerted once)."""
+def alerts_notifier(kb: KnowledgeBase, sink: Any, settings: Any = None) -> Notifier:
+    """Findings of a dispensing -> the alerts topic, as the batch's Notify step does (each
+    finding is alerted at most once, however often it is passed)."""
     from rxguard.alerts import notify_batch
 
-    def notify(findings: Sequence[Finding], batch_id: str) -> int:
-        return notify_batch(findings, batch_id=batch_id, kb=kb, sink=sink).alerts_published
+    def notify(findings: Sequence[Finding], batch_id: str, lines: Mapping[str, ClaimLine]) -> int:
+        names = {line.fixmedins_code: line.fixmedins_name for line in lines.values() if line.fixmedins_name}
+        summary = notify_batch(
+            findings, batch_id=batch_id, kb=kb, sink=sink, settings=settings, institution_names=names, lines=lines
+        )
+        return summary.alerts_published
 
     return notify
 
@@ -350,12 +356,14 @@ def dispense(services: Services, body: CheckBody, caller: Caller) -> Dispensatio
     outcome = services.screen_lines(claims, services.repo, services.kb, scene=Scene.IN)
     recorded = {line.line_id for line in outcome.recorded}
     new_findings = list(outcome.changes.new)
+    to_alert = [*new_findings, *outcome.changes.updated]
     alerts_sent = None
-    if services.notify is not None and new_findings:
-        batch_id = f"api-{now:%Y%m%d}-{sorted(recorded)[0] if recorded else 'none'}".replace("/", "_")
-        alerts_sent = services.notify(new_findings, batch_id)
-    elif services.notify is not None:
+    if services.notify is not None:
         alerts_sent = 0
+        if to_alert:
+            first = min(line.line_id for line in claims)
+            batch_id = f"api-{now:%Y%m%d}-{first}".replace("/", "_")
+            alerts_sent = services.notify(to_alert, batch_id, {c.line_id: c for c in claims})
     scopes = {f"patient:{c.psn_no}" for c in claims} | {f"trace:{code}" for c in claims for code in c.trace_codes}
     current = services.repo.load_findings(scopes)
     by_line: dict[str, list[Finding]] = {}

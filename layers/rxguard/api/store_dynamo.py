@@ -321,6 +321,7 @@ def aws_services(settings: ApiSettings | None = None) -> Services:
     """The services of the Lambda function (and of `rxguard serve`, inside the offline
     environment): DynamoDB history and findings, alerts on SNS + S3."""
     from rxguard.alerts.aws import AwsNotificationSink
+    from rxguard.alerts.settings import AlertSettings
     from rxguard.api.service import Services, alerts_notifier
     from rxguard.dynamo import DynamoRepository, client
     from rxguard.kb import get_knowledge_base
@@ -335,7 +336,7 @@ def aws_services(settings: ApiSettings | None = None) -> Services:
         sink = AwsNotificationSink(
             client("sns"), client("s3"), workflow.alerts_topic_arn, workflow.letters_topic_arn, workflow.results_bucket
         )
-        notify = alerts_notifier(kb, sink)
+        notify = alerts_notifier(kb, sink, AlertSettings.from_env())
     return Services(
         kb=kb,
         repo=DynamoRepository(workflow.tables, ddb, history_days=workflow.history_days),  # one per request
