@@ -2,13 +2,14 @@
 
     python -m rxguard.letters.sample OUT_DIR [--templates DIR]
 
-writes OUT_DIR/sample-letter.{html,pdf} (and sample-letter.png when pdftoppm is
-installed). Names, numbers and codes are fictitious.
+writes OUT_DIR/sample-letter.{html,pdf} (and sample-letter.png, sample-letter-last.png:
+its first and last pages, when pdftoppm is installed). Names, numbers and codes are fictitious.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 from datetime import date, datetime
@@ -115,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "sample-letter.html").write_text(html, encoding="utf-8")
     (args.out / "sample-letter.pdf").write_bytes(pdf)
     print(f"{args.out / 'sample-letter.pdf'}: {letter.kind} {letter.number}, {len(pdf)} bytes")
-    if shutil.which("pdftoppm"):
-        stem = args.out / "sample-letter"
-        command = ["pdftoppm", "-r", "72", "-png", "-singlefile", "-f", "1", "-l", "1"]
-        subprocess.run([*command, str(args.out / "sample-letter.pdf"), str(stem)], check=True)
-        print(f"{stem}.png")
+    if shutil.which("pdftoppm"):  # first page (letterhead, table) and last (signature, seal)
+        pages = len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", pdf)) or 1
+        for page, name in ((1, "sample-letter"), (pages, "sample-letter-last")):
+            command = ["pdftoppm", "-r", "72", "-png", "-singlefile", "-f", str(page), "-l", str(page)]
+            subprocess.run([*command, str(args.out / "sample-letter.pdf"), str(args.out / name)], check=True)
+            print(args.out / f"{name}.png")
     return 0
 
 
