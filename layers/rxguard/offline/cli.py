@@ -107,8 +107,11 @@ def run(
     timeout: float = 3600.0,
     progress: TextIO | None = None,
     stdout: TextIO | None = None,
+    environment: dict[str, str] | None = None,
 ) -> int:
-    """Run the files through the offline workflow and write the output contract into `out`."""
+    """Run the files through the offline workflow and write the output contract into `out`.
+    `environment`: variables for every handler under the template's own (e.g. settings
+    the template leaves unset)."""
     stdout = stdout or sys.stdout
     logging.getLogger("moto").setLevel(logging.CRITICAL)  # moto logs every caught state error
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +120,13 @@ def run(
     started = time.monotonic()
     with (
         (out / "logs" / "functions.log").open("w", encoding="utf-8") as log,
-        Environment(root=template.parent, template=template.name, parameters=parameters, handler_output=log) as env,
+        Environment(
+            root=template.parent,
+            template=template.name,
+            parameters=parameters,
+            handler_output=log,
+            base_environment=environment,
+        ) as env,
     ):
         subscriptions = _subscribe(env)
         batches = _drop_all(env, files, progress)
@@ -436,7 +445,8 @@ def _summary(
     lines += [
         "",
         f"{totals['lines_read']} lines in {len(batches)} file(s), {totals['wall_seconds']} s; "
-        f"DynamoDB requests {totals['dynamodb_requests']} ({totals['dynamodb_requests_per_1000_lines']} per 1,000 lines)",
+        f"DynamoDB requests {totals['dynamodb_requests']} "
+        f"({totals['dynamodb_requests_per_1000_lines']} per 1,000 lines)",
         f"Output: {out}/findings.jsonl, rejected.jsonl ({totals['rejected_lines']} lines), report.json, "
         f"letters/ ({totals['letters']} files), logs/functions.log",
     ]

@@ -74,6 +74,8 @@ class Execution:
     key: str
     started_new: bool
     status: str = "RUNNING"
+    event: Any = None  # the EventBridge event that started it, and the rule target
+    target: dict[str, Any] = field(default_factory=dict)
     output: Any = None
     error: str | None = None
     cause: str | None = None
@@ -541,7 +543,7 @@ class Environment:
             except sfn.exceptions.ExecutionAlreadyExists:
                 started_new = False  # the same object again: at most one execution
             with self._lock:
-                self.executions.append(Execution(execution_arn, bucket, key, started_new))
+                self.executions.append(Execution(execution_arn, bucket, key, started_new, event=event, target=target))
         else:
             self.clients.awslambda.invoke(FunctionName=arn, InvocationType="Event", Payload=json.dumps(event))
 
@@ -570,6 +572,14 @@ class Environment:
         self.clients.s3.put_object(Bucket=bucket, Key=key, Body=body)
         with self._lock:
             return self.executions[before:]
+
+    def redeliver(self, execution: Execution) -> Execution:
+        """Deliver the event that started `execution` once more, as EventBridge's
+        at-least-once delivery may: returns the resulting (deduplicated) execution."""
+        before = len(self.executions)
+        self._deliver_event(execution.target, execution.event)
+        with self._lock:
+            return self.executions[before]
 
     def describe(self, execution: Execution) -> Execution:
         desc = self.clients.stepfunctions.describe_execution(executionArn=execution.arn)
@@ -654,14 +664,17 @@ class Environment:
         return sub
 
     def drain(self, subscription: Subscription) -> list[dict[str, Any]]:
-        """Receive (and delete) everything waiting on a subscribed queue."""
+        """Receive (and delete) everything waiting on a subscribed queue: returns the new
+        messages (`subscription.received` keeps them all)."""
         sqs = self.clients.sqs
+        new: list[dict[str, Any]] = []
         while True:
             got = sqs.receive_message(
                 QueueUrl=subscription.queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
             ).get("Messages", [])
             if not got:
-                return subscription.received
+                return new
+            new.extend(got)
             subscription.received.extend(got)
             sqs.delete_message_batch(
                 QueueUrl=subscription.queue_url,
