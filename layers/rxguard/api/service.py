@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
 from rxguard import screening
 from rxguard.api import nhsa
@@ -49,6 +48,7 @@ from rxguard.repository import HistoryRepository
 
 DECISION: dict[Severity, Decision] = {Severity.HIGH: "block", Severity.MEDIUM: "warn", Severity.LOW: "pass"}
 NOT_MONITORED = "not monitored"
+CHINA = timezone(timedelta(hours=8))  # claim-line times are China time; no DST, no tz database needed
 Shape = Literal["rxguard", "nhsa"]
 CheckBody = DispensingRequest | nhsa.NhsaRequest | nhsa.NhsaEnvelope
 
@@ -80,12 +80,12 @@ class Services:
     check_lines: Checker = _default_checker
     screen_lines: Screener = _default_screener
     default_admdvs: str | None = None
-    clock: Callable[[], datetime] | None = None  # local (China) time, naive
+    clock: Callable[[], datetime] | None = None  # China time, naive (as fee_ocur_time)
 
     def now(self) -> datetime:
         if self.clock is not None:
             return self.clock()
-        return datetime.now(ZoneInfo(self.settings.timezone)).replace(tzinfo=None, microsecond=0)
+        return datetime.now(CHINA).replace(tzinfo=None, microsecond=0)
 
 
 @dataclass

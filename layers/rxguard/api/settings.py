@@ -36,7 +36,6 @@ class ApiSettings(BaseModel):
     callers: dict[str, CallerGrant] = Field(default_factory=dict)
     findings_table: str | None = None  # RXGUARD_FINDINGS_TABLE (DynamoDB store)
     findings_index: str = "ByInstitution"  # RXGUARD_FINDINGS_INDEX
-    timezone: str = "Asia/Shanghai"  # local time of claim lines (fee_ocur_time has no zone)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
