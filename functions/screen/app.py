@@ -1,4 +1,5 @@
-"""Screen handler: one Map item `{batch_id, chunk_key, lines, index}` in, the chunk's summary out."""
+"""Screen handler: one Map item `{batch_id, chunk_key, lines, index}` in, the chunk's summary out;
+or, for the ScreenInstitutions state, `{mode: "institutions", batch_id, chunk_results}`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from rxguard.dynamo import DynamoRepository, ResultStore
 from rxguard.kb import get_knowledge_base
 from rxguard.observability import MetricUnit, logger, metrics, tracer
+from rxguard.workflow.institutions import InstitutionsRequest, screen_institutions
 from rxguard.workflow.screen import ChunkRequest, screen_chunk
 from rxguard.workflow.settings import get_settings, validate_environment
 
@@ -19,13 +21,14 @@ from rxguard.workflow.settings import get_settings, validate_environment
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     settings = get_settings()
-    request = ChunkRequest.model_validate(event)
-    result = screen_chunk(
-        request,
-        results=ResultStore(settings.results_bucket),
-        repo=DynamoRepository(settings.tables, history_days=settings.history_days),  # one per chunk
-        kb=get_knowledge_base(settings.core.rules_dir, settings.core.phase),
-    )
+    results = ResultStore(settings.results_bucket)
+    repo = DynamoRepository(settings.tables, history_days=settings.history_days)  # one per invocation
+    kb = get_knowledge_base(settings.core.rules_dir, settings.core.phase)
+    if event.get("mode") == "institutions":
+        done = screen_institutions(InstitutionsRequest.model_validate(event), results=results, repo=repo, kb=kb)
+        metrics.add_metric(name="InstitutionFindingsNew", unit=MetricUnit.Count, value=done.findings.get("new", 0))
+        return done.model_dump(mode="json")
+    result = screen_chunk(ChunkRequest.model_validate(event), results=results, repo=repo, kb=kb)
     metrics.add_metric(name="LinesScreened", unit=MetricUnit.Count, value=result.lines)
     metrics.add_metric(name="DuplicateLines", unit=MetricUnit.Count, value=result.duplicates)
     metrics.add_metric(name="FindingsNew", unit=MetricUnit.Count, value=result.findings.get("new", 0))

@@ -30,7 +30,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from rxguard.models import ClaimLine, Finding
+from rxguard.engine.institutions import ActivityAggregate
+from rxguard.models import ClaimLine, Finding, InstitutionKind
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 from rxguard.workflow.errors import TransientError
 
@@ -206,23 +207,59 @@ def _epoch(at: datetime) -> int:
     return int(at.timestamp())
 
 
-def institution_month_counts(lines: Sequence[ClaimLine]) -> dict[tuple[str, str], dict[str, float]]:
-    """Counters per (`<admdvs>#<YYYY-MM>`, `institution:<code>` / `prescriber:<code>`) of the given lines."""
-    out: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+ActivityKey = tuple[str, str]  # (period "YYYY-MM", "institution:<code>" | "prescriber:<code>")
+
+
+def activity_units(line: ClaimLine) -> list[ActivityKey]:
+    """The institution-outlier units a monitored line counts for (none for an unmonitored line)."""
+    if not line.monitored:
+        return []
+    period = f"{line.fee_ocur_time:%Y-%m}"
+    units = [(period, f"institution:{line.fixmedins_code}")]
+    if line.bilg_dr_codg:
+        units.append((period, f"prescriber:{line.bilg_dr_codg}"))
+    return units
+
+
+def activity_counts(lines: Sequence[ClaimLine]) -> dict[ActivityKey, dict[str, float]]:
+    """Counters per unit-month of monitored lines: `monitored_lines`, `a:<admdvs>` (the
+    region mix) and, for prescribers, `i:<fixmedins_code>` (where they prescribe)."""
+    out: dict[ActivityKey, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for line in lines:
-        period = f"{line.admdvs or '-'}#{line.fee_ocur_time:%Y-%m}"
-        subjects = [f"institution:{line.fixmedins_code}"]
-        if line.bilg_dr_codg:
-            subjects.append(f"prescriber:{line.bilg_dr_codg}")
-        for subject in subjects:
-            counters = out[(period, subject)]
-            counters["lines"] += 1
-            counters["amount"] += line.det_item_fee_sumamt
-            if line.monitored:
-                counters["monitored_lines"] += 1
-                counters["monitored_amount"] += line.det_item_fee_sumamt
-                counters["monitored_days_supply"] += line.days_supply or 0.0
+        for unit in activity_units(line):
+            counters = out[unit]
+            counters["monitored_lines"] += 1
+            counters[f"a:{line.admdvs or ''}"] += 1
+            if unit[1].startswith("prescriber:"):
+                counters[f"i:{line.fixmedins_code}"] += 1
     return {k: dict(v) for k, v in out.items()}
+
+
+def _most(counts: Mapping[str, float]) -> str | None:
+    """The most frequent value, ties broken by the smallest (the engine's rule)."""
+    if not counts:
+        return None
+    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+
+
+def _activity_from_item(item: Mapping[str, Any]) -> ActivityAggregate | None:
+    subject_type, _, code = item["subject"]["S"].partition(":")
+    lines = int(float(item.get("monitored_lines", {}).get("N", "0")))
+    if lines <= 0 or subject_type not in ("institution", "prescriber"):
+        return None
+    regions = {k[2:]: float(v["N"]) for k, v in item.items() if k.startswith("a:") and "N" in v}
+    places = {k[2:]: float(v["N"]) for k, v in item.items() if k.startswith("i:") and "N" in v}
+    fixmedins_code = code if subject_type == "institution" else (_most(places) or "")
+    return ActivityAggregate(
+        subject_type="institution" if subject_type == "institution" else "prescriber",
+        code=code,
+        period=item["period"]["S"],
+        kind=InstitutionKind.from_code(fixmedins_code),
+        monitored_lines=lines,
+        flagged_lines=tuple(sorted(item.get("flagged", {}).get("SS", []))),
+        fixmedins_code=fixmedins_code,
+        admdvs=_most(regions) or None,
+    )
 
 
 def _finding_item(scope: str, finding: Finding, now: str) -> dict[str, Any]:
@@ -265,6 +302,8 @@ class DynamoRepository(HistoryRepository):
         self.history_days = history_days
         self.max_workers = max_workers
         self._scopes: dict[str, dict[str, Finding]] = {}  # scope -> finding_id -> finding (superseded included)
+        self.known_lines: dict[str, ClaimLine] = {}  # lines seen by this instance (loaded or recorded)
+        self.sale_owner: dict[str, str] = {}  # line_id -> psn_no, from the trace-code sales loaded
 
     # ------------------------------------------------------------ helpers
     def _map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -302,7 +341,10 @@ class DynamoRepository(HistoryRepository):
             return sorted(lines, key=lambda x: (x.fee_ocur_time, x.line_id))
 
         patients = sorted(set(psn_nos))
-        return dict(zip(patients, self._map(one, patients), strict=True))
+        history = dict(zip(patients, self._map(one, patients), strict=True))
+        for lines in history.values():
+            self.known_lines.update((x.line_id, x) for x in lines)
+        return history
 
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
         wanted = sorted(set(codes))
@@ -312,6 +354,7 @@ class DynamoRepository(HistoryRepository):
             for item in self._batch_get(self.tables.trace_codes, keys):
                 code = item["code"]["S"]
                 out[code] = _sales_from_item(code, item)
+                self.sale_owner.update((sale.line_id, sale.psn_no) for sale in out[code])
         return out
 
     def _batch_get(self, table: str, keys: list[dict[str, Any]], attempts: int = 8) -> Iterator[dict[str, Any]]:
@@ -330,8 +373,9 @@ class DynamoRepository(HistoryRepository):
 
     def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
         recorded = [line for line, new in zip(lines, self._map(self._record_one, list(lines)), strict=True) if new]
+        self.known_lines.update((x.line_id, x) for x in lines)
         if self.tables.aggregates and recorded:
-            self.add_aggregates(institution_month_counts(recorded))
+            self.add_aggregates(activity_counts(recorded))
         return recorded
 
     def _record_one(self, line: ClaimLine) -> bool:
@@ -410,27 +454,54 @@ class DynamoRepository(HistoryRepository):
 
         self._map(one, [(k, v) for k, v in counts.items() if v])
 
-    def load_aggregates(self, periods: Collection[str]) -> dict[str, dict[str, dict[str, float]]]:
-        """period -> subject -> counters (one Query per period)."""
+    def update_flags(self, added: Mapping[ActivityKey, set[str]], removed: Mapping[ActivityKey, set[str]]) -> None:
+        """Add / remove line ids in the `flagged` set of unit-months (set semantics: idempotent)."""
+        ops = [("ADD", k, v) for k, v in added.items() if v] + [("DELETE", k, v) for k, v in removed.items() if v]
 
-        def one(period: str) -> dict[str, dict[str, float]]:
+        def one(op: tuple[str, ActivityKey, set[str]]) -> None:
+            verb, (period, subject), ids = op
+            try:
+                self.ddb.update_item(
+                    TableName=self.tables.aggregates,
+                    Key={"period": {"S": period}, "subject": {"S": subject}},
+                    UpdateExpression=f"{verb} flagged :ids",
+                    ExpressionAttributeValues={":ids": {"SS": sorted(ids)}},
+                )
+            except ClientError as exc:
+                raise _transient(exc, "UpdateItem aggregates") from exc
+
+        if self.tables.aggregates:
+            self._map(one, ops)
+
+    def load_activity(self, periods: Collection[str]) -> list[ActivityAggregate]:
+        """Every unit's activity in these months (one Query per month)."""
+        if not self.tables.aggregates:
+            return []
+
+        def one(period: str) -> list[ActivityAggregate]:
             items = self._query_all(
                 TableName=self.tables.aggregates,
                 KeyConditionExpression="#period = :p",
                 ExpressionAttributeNames={"#period": "period"},
                 ExpressionAttributeValues={":p": {"S": period}},
             )
-            return {
-                item["subject"]["S"]: {
-                    k: float(v["N"]) for k, v in item.items() if "N" in v and k not in ("expires_at",)
-                }
-                for item in items
-            }
+            return [a for a in map(_activity_from_item, items) if a is not None]
 
-        wanted = sorted(set(periods))
-        if not self.tables.aggregates:
-            return {p: {} for p in wanted}
-        return dict(zip(wanted, self._map(one, wanted), strict=True))
+        found = [a for group in self._map(one, sorted(set(periods))) for a in group]
+        return sorted(found, key=lambda a: (a.subject_type, a.code, a.period))
+
+    def resolve_lines(self, line_ids: Collection[str]) -> dict[str, ClaimLine]:
+        """The lines with these ids among those seen, loading the history of the patients
+        known to own the others (trace-code sales name them)."""
+        missing = [i for i in line_ids if i not in self.known_lines]
+        owners = sorted({self.sale_owner[i] for i in missing if i in self.sale_owner})
+        if owners:
+            self.load_history(owners)
+        return {i: self.known_lines[i] for i in line_ids if i in self.known_lines}
+
+    def cached_findings(self) -> list[Finding]:
+        """Current findings of every scope this instance loaded or replaced."""
+        return [f for found in self._scopes.values() for f in found.values() if f.status != "superseded"]
 
     # ------------------------------------------------------------ findings
     def _load_scope(self, scope: str) -> dict[str, Finding]:

@@ -225,15 +225,28 @@ def test_same_answers_as_the_in_memory_repository(stack: Stack) -> None:
     assert memory.load_findings(["patient:P1"]) == _repo(stack).load_findings(["patient:P1"])
 
 
-def test_aggregates_count_only_newly_recorded_lines(stack: Stack) -> None:
-    # Given two monitored lines of one institution in March, one unmonitored
-    lines = [make_line("P1", "1"), make_line("P2", "2", units=30), make_line("P3", "3", atc=None, drug="X00")]
+def test_activity_counts_only_newly_recorded_monitored_lines(stack: Stack) -> None:
+    # Given two monitored lines of one institution and prescriber in March, one unmonitored
+    lines = [
+        make_line("P1", "1", bilg_dr_codg="D1"),
+        make_line("P2", "2", units=30, bilg_dr_codg="D1"),
+        make_line("P3", "3", atc=None, drug="X00"),
+    ]
     repo = _repo(stack)
-    # When they are recorded twice
+    # When they are recorded twice and one of them is flagged twice
     repo.record_lines(lines)
     repo.record_lines(lines)
-    # Then the institution's March counters reflect each line once
-    counters = repo.load_aggregates(["310000#2026-03"])["310000#2026-03"]["institution:H31000000001"]
-    assert counters["lines"] == 3
-    assert counters["monitored_lines"] == 2
-    assert counters["amount"] == sum(x.det_item_fee_sumamt for x in lines)
+    unit = ("2026-03", "institution:H31000000001")
+    repo.update_flags({unit: {lines[0].line_id}}, {})
+    repo.update_flags({unit: {lines[0].line_id}}, {})
+    # Then the month's activity counts each monitored line once, for the institution and
+    # the prescriber, with the flagged line once
+    activity = {a.scope: a for a in repo.load_activity(["2026-03"])}
+    assert activity["institution:H31000000001"].monitored_lines == 2
+    assert activity["institution:H31000000001"].flagged_lines == (lines[0].line_id,)
+    assert activity["institution:H31000000001"].admdvs == "310000"
+    assert activity["prescriber:D1"].monitored_lines == 2
+    assert activity["prescriber:D1"].fixmedins_code == "H31000000001"
+    # And removing the flag clears it
+    repo.update_flags({}, {unit: {lines[0].line_id}})
+    assert {a.scope: a for a in repo.load_activity(["2026-03"])}["institution:H31000000001"].flagged_lines == ()

@@ -68,7 +68,9 @@ def finalize_batch(
     chunk_results = state.get("chunk_results")
     expected = [c.chunk_key for c in manifest.chunks] if manifest else []
     missing = missing_chunks(expected, chunk_results if isinstance(chunk_results, list) else [])
-    counts = _count(results, chunk_results if isinstance(chunk_results, list) else [])
+    institutions = state.get("institutions")
+    extra = [institutions.get("result")] if isinstance(institutions, Mapping) else []
+    counts = _count(results, [*(chunk_results if isinstance(chunk_results, list) else []), *extra])
 
     error = _error(state) if request.mode == "failed" else None
     status: Status

@@ -21,6 +21,7 @@ class NotifyRequest(BaseModel):
 
     batch_id: str
     chunk_results: list[Any] = Field(default_factory=list)  # Map output: dicts, or null for a lost item
+    institutions: dict[str, Any] | None = None  # the ScreenInstitutions result
 
 
 def ok_results(chunk_results: Iterable[Any]) -> list[Mapping[str, Any]]:
@@ -55,7 +56,7 @@ def notify_chunks(
 ) -> dict[str, Any]:
     from rxguard.alerts import notify_batch
 
-    todo = findings_to_alert(results, request.chunk_results)
+    todo = findings_to_alert(results, [*request.chunk_results, request.institutions])
     findings = todo.findings
     summary = notify_batch(
         findings,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rxguard.dynamo import ResultStore
+from rxguard.dynamo import DynamoRepository, ResultStore, activity_units
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding, Scene
 from rxguard.observability import logger
-from rxguard.repository import HistoryRepository
+from rxguard.repository import FindingChanges, HistoryRepository
 from rxguard.workflow import naming
 
 
@@ -46,6 +46,7 @@ class ChunkFindings(BaseModel):
     unchanged: int = 0
     institutions: dict[str, str] = Field(default_factory=dict)  # fixmedins_code -> name, for the letters
     evidence_lines: list[ClaimLine] = Field(default_factory=list)  # this chunk's lines cited by new/updated findings
+    activity_periods: list[str] = Field(default_factory=list)  # months whose institution activity changed
 
 
 def screen_chunk(
@@ -57,6 +58,9 @@ def screen_chunk(
     lines = read_chunk(results.get_bytes(request.chunk_key))
     outcome = screen_lines(lines, repo, kb, scene=Scene.POST)
     changes = outcome.changes
+    periods = {period for line in outcome.recorded for period, _ in activity_units(line)}
+    if isinstance(repo, DynamoRepository):  # keep institution activity (the in-memory path derives it)
+        periods |= _update_flags(repo, changes)
     found = ChunkFindings(
         chunk_key=request.chunk_key,
         recorded=len(outcome.recorded),
@@ -67,6 +71,7 @@ def screen_chunk(
         unchanged=changes.unchanged,
         institutions={x.fixmedins_code: x.fixmedins_name for x in lines if x.fixmedins_name},
         evidence_lines=_cited(lines, [*changes.new, *changes.updated]),
+        activity_periods=sorted(periods),
     )
     key = naming.result_key(request.batch_id, request.chunk_key)
     if results.exists(key):  # a retried chunk: keep what the earlier attempt already reported
@@ -87,6 +92,17 @@ def screen_chunk(
         findings=counts,
         result_key=key,
     )
+
+
+def _update_flags(repo: DynamoRepository, changes: FindingChanges) -> set[str]:
+    from rxguard.engine.common import trigger_lines
+    from rxguard.workflow.institutions import flag_deltas
+
+    touched = {i for f in [*changes.new, *changes.updated, *changes.superseded] for i in trigger_lines(f)}
+    lines = repo.resolve_lines(touched)
+    added, removed = flag_deltas(changes, repo.cached_findings(), lines)
+    repo.update_flags(added, removed)
+    return {period for period, _ in [*added, *removed]}
 
 
 def _cited(lines: list[ClaimLine], findings: list[Finding]) -> list[ClaimLine]:
@@ -112,4 +128,5 @@ def _merge(earlier: ChunkFindings, later: ChunkFindings) -> ChunkFindings:
         unchanged=max(0, later.unchanged - len(earlier.new)),
         institutions={**earlier.institutions, **later.institutions},
         evidence_lines=list({x.line_id: x for x in [*earlier.evidence_lines, *later.evidence_lines]}.values()),
+        activity_periods=sorted(set(earlier.activity_periods) | set(later.activity_periods)),
     )

@@ -1,0 +1,118 @@
+"""institution-outlier in the workflow: the DynamoDB path keeps per unit-month activity
+(monitored lines, region and institution mix, the set of flagged lines) and, once a batch's
+chunks are screened, re-evaluates the months it touched (and the following months, whose
+growth compares with them) against all peers of those months.
+
+- `flag_deltas` (per chunk, after screening): which lines became / stopped being flagged
+  (trigger lines of medium/high dispensing findings), by unit-month.
+- `screen_institutions` (the ScreenInstitutions state): evaluate, replace the findings of
+  every unit of those months, keep their findings of other months.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rxguard.dynamo import ActivityKey, DynamoRepository, ResultStore, activity_units
+from rxguard.engine.common import flagged_line_ids, trigger_lines
+from rxguard.engine.institutions import previous_period
+from rxguard.kb import KnowledgeBase
+from rxguard.models import ClaimLine, Finding
+from rxguard.observability import logger
+from rxguard.repository import FindingChanges
+from rxguard.screening import institution_findings
+from rxguard.workflow import naming
+from rxguard.workflow.notify import ok_results
+from rxguard.workflow.screen import ChunkFindings, ChunkResult
+
+INSTITUTIONS = "institutions"  # the pseudo chunk key of the institutions step's result
+
+
+def flag_deltas(
+    changes: FindingChanges, current: Iterable[Finding], lines: Mapping[str, ClaimLine]
+) -> tuple[dict[ActivityKey, set[str]], dict[ActivityKey, set[str]]]:
+    """(added, removed) flagged line ids by unit-month, from a reconciliation's changes.
+    `current` are all current findings of the scopes reconciled (a line stays flagged while
+    any of them blames it); `lines` resolves line ids to lines."""
+    now_flagged = flagged_line_ids(current)
+    touched = {i for f in [*changes.new, *changes.updated, *changes.superseded] for i in trigger_lines(f)}
+    added: dict[ActivityKey, set[str]] = defaultdict(set)
+    removed: dict[ActivityKey, set[str]] = defaultdict(set)
+    for line_id in sorted(touched):
+        line = lines.get(line_id)
+        if line is None:
+            continue
+        target = added if line_id in now_flagged else removed
+        for unit in activity_units(line):
+            target[unit].add(line_id)
+    return dict(added), dict(removed)
+
+
+def next_period(period: str) -> str:
+    year, month = int(period[:4]), int(period[5:7])
+    return f"{year + 1:04d}-01" if month == 12 else f"{year:04d}-{month + 1:02d}"
+
+
+class InstitutionsRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    batch_id: str
+    chunk_results: list[Any] = Field(default_factory=list)
+
+
+def screen_institutions(
+    request: InstitutionsRequest, *, results: ResultStore, repo: DynamoRepository, kb: KnowledgeBase
+) -> ChunkResult:
+    touched: set[str] = set()
+    for entry in ok_results(request.chunk_results):
+        touched.update(ChunkFindings.model_validate(results.get_json(str(entry["result_key"]))).activity_periods)
+    evaluated = touched | {next_period(p) for p in touched}
+    activity = repo.load_activity(evaluated | {previous_period(p) for p in evaluated}) if evaluated else []
+    found = [f for f in institution_findings(activity, kb) if f.figures.get("period") in evaluated]
+    by_scope: dict[str, list[Finding]] = defaultdict(list)
+    for a in activity:
+        if a.period in evaluated:
+            by_scope.setdefault(a.scope, [])
+    for finding in found:
+        by_scope[_scope(finding)].append(finding)
+    current = repo.load_findings(by_scope)
+    changes = FindingChanges()
+    for scope in sorted(by_scope):
+        kept = [f for f in current[scope] if f.figures.get("period") not in evaluated]
+        step = repo.replace_findings(scope, [*kept, *by_scope[scope]])
+        changes.new += step.new
+        changes.updated += step.updated
+        changes.superseded += step.superseded
+        changes.unchanged += step.unchanged
+    out = ChunkFindings(
+        chunk_key=INSTITUTIONS,
+        new=changes.new,
+        updated=changes.updated,
+        superseded=changes.superseded,
+        unchanged=changes.unchanged,
+    )
+    key = naming.result_key(request.batch_id, INSTITUTIONS)
+    results.put_json(key, out.model_dump(mode="json"))
+    counts = {"new": len(out.new), "updated": len(out.updated), "superseded": len(out.superseded)}
+    logger.info(
+        "institutions screened",
+        extra={"batch_id": request.batch_id, "months": sorted(evaluated), "units": len(by_scope), **counts},
+    )
+    return ChunkResult(
+        chunk_key=INSTITUTIONS,
+        lines=0,
+        recorded=0,
+        duplicates=0,
+        findings={**counts, "unchanged": out.unchanged},
+        result_key=key,
+    )
+
+
+def _scope(finding: Finding) -> str:
+    if finding.subject_type == "prescriber":
+        return f"prescriber:{finding.bilg_dr_codg}"
+    return f"institution:{finding.fixmedins_code}"
