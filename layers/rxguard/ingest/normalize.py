@@ -109,6 +109,7 @@ _DIGITS = re.compile(r"\d{1,4}")
 _ADMDVS = re.compile(r"\d{6}")
 _TRACE = re.compile(r"\d{20}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_INVISIBLE = re.compile(r"[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]")
 _SPLIT_TRACE = re.compile(r"[,，;；\s]+")
 _SPLIT_DX = re.compile(r"[;；,，]+")
 # 2025/8/1 9:05:00, 2025-08-01 09:05, 2025.08.01 09:05:00
@@ -191,7 +192,52 @@ def _text(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> str 
         raise ctx.reject(field, MALFORMED, f"{field} contains control characters: {shown}")
     if "\ufffd" in text:
         raise ctx.reject(field, ENCODING, f"{field} holds bytes that are not valid in the file's encoding")
+    if _INVISIBLE.search(text):  # zero-width, BOM, bidi: "P\u200b001" must not pass as another patient
+        raise ctx.reject(field, MALFORMED, f"{field} contains invisible format characters (zero-width, BOM, bidi)")
     return text
+
+
+TEXT_FIELDS = (
+    "feedetl_sn",
+    "fixmedins_code",
+    "psn_no",
+    "med_type",
+    "fee_ocur_time",
+    "med_list_codg",
+    "admdvs",
+    "override_reason",
+    "mdtrt_id",
+    "fixmedins_name",
+    "setl_id",
+    "med_list_name",
+    "sin_dos_dscr",
+    "used_frqu_dscr",
+    "rxno",
+    "bilg_dr_codg",
+)
+_REQUIRED_SET = frozenset(REQUIRED)
+
+
+def _texts(ctx: _Ctx, rec: Mapping[str, Any]) -> dict[str, str | None]:
+    """Every text field, cleaned: the common cases (empty, plain printable text) inline,
+    the rest through `_text`. Hot path: one call a line instead of one a field."""
+    out: dict[str, str | None] = {}
+    get = rec.get
+    for name in TEXT_FIELDS:
+        value = get(name)
+        if type(value) is str:
+            text = value.strip()
+            if text and len(text) <= MAX_TEXT and text.isprintable() and "\ufffd" not in text:
+                out[name] = text
+                continue
+            if not text and name not in _REQUIRED_SET:
+                out[name] = None
+                continue
+        elif value is None and name not in _REQUIRED_SET:
+            out[name] = None
+            continue
+        out[name] = _text(ctx, rec, name, name in _REQUIRED_SET)
+    return out
 
 
 def _number(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> float | None:
@@ -288,9 +334,10 @@ def normalize_record(
     if not KNOWN_FIELDS.issuperset(rec):
         rec = {str(k).strip().lower(): v for k, v in record.items()}
     ctx = _Ctx(file, line, rec)
+    texts = _texts(ctx, rec)
 
-    feedetl_sn = _text(ctx, rec, "feedetl_sn", True)
-    fixmedins_code = _text(ctx, rec, "fixmedins_code", True)
+    feedetl_sn = texts["feedetl_sn"]
+    fixmedins_code = texts["fixmedins_code"]
     assert feedetl_sn is not None and fixmedins_code is not None
     if len(feedetl_sn) > 64:
         raise ctx.reject("feedetl_sn", MALFORMED, f"feedetl_sn is longer than 64 characters: {show(feedetl_sn)}")
@@ -300,16 +347,16 @@ def normalize_record(
             MALFORMED,
             f"fixmedins_code must be a letter then letters/digits (H..., P...): {show(fixmedins_code)}",
         )
-    psn_no = _text(ctx, rec, "psn_no", True)
+    psn_no = texts["psn_no"]
     assert psn_no is not None
     if len(psn_no) > 64:
         raise ctx.reject("psn_no", MALFORMED, "psn_no is longer than 64 characters (value withheld)")
-    med_type = _text(ctx, rec, "med_type", True)
+    med_type = texts["med_type"]
     assert med_type is not None
     if _DIGITS.fullmatch(med_type) is None:
         raise ctx.reject("med_type", MALFORMED, f"med_type must be 1-4 digits (11, 14, 21, 41 ...): {show(med_type)}")
 
-    time_text = _text(ctx, rec, "fee_ocur_time", True)
+    time_text = texts["fee_ocur_time"]
     assert time_text is not None
     fee_ocur_time = parse_time(time_text)
     if fee_ocur_time is None:
@@ -317,7 +364,7 @@ def normalize_record(
             "fee_ocur_time", BAD_TIME, f"fee_ocur_time is not 'YYYY-MM-DD HH:MM:SS' (1990-2100): {show(time_text)}"
         )
 
-    med_list_codg = _text(ctx, rec, "med_list_codg", True)
+    med_list_codg = texts["med_list_codg"]
     assert med_list_codg is not None
     if _DRUG_CODE.fullmatch(med_list_codg) is None:
         raise ctx.reject("med_list_codg", MALFORMED, f"med_list_codg is not a drug code: {show(med_list_codg)}")
@@ -345,7 +392,7 @@ def normalize_record(
     dscg_tkdrug_flag = _flag(ctx, rec, "dscg_tkdrug_flag")
     lt_rx_flag = _flag(ctx, rec, "lt_rx_flag")
 
-    admdvs = _text(ctx, rec, "admdvs", False) or default_admdvs
+    admdvs = texts["admdvs"] or default_admdvs
     if admdvs is not None and _ADMDVS.fullmatch(admdvs) is None:
         raise ctx.reject("admdvs", MALFORMED, f"admdvs must be a 6-digit region code: {show(admdvs)}")
 
@@ -356,7 +403,7 @@ def normalize_record(
     trace_codes = _trace_codes(ctx, rec)
     diagnoses = _diagnoses(ctx, rec)
 
-    override_text = _text(ctx, rec, "override_reason", False)
+    override_text = texts["override_reason"]
     override_reason = None
     if override_text is not None:
         override_reason = OVERRIDE_REASONS.get(override_text.lower())
@@ -367,7 +414,7 @@ def normalize_record(
                 f"override_reason must be lost, travel or dose_change (遗失, 外出, 剂量调整): {show(override_text)}",
             )
 
-    mdtrt_id = _text(ctx, rec, "mdtrt_id", False) or f"{fixmedins_code}:{fee_ocur_time.date().isoformat()}"
+    mdtrt_id = texts["mdtrt_id"] or f"{fixmedins_code}:{fee_ocur_time.date().isoformat()}"
 
     drug = kb.drug(med_list_codg)
     if drug is None:
@@ -382,26 +429,26 @@ def normalize_record(
     values = dict(
         feedetl_sn=feedetl_sn,
         fixmedins_code=fixmedins_code,
-        fixmedins_name=_text(ctx, rec, "fixmedins_name", False),
+        fixmedins_name=texts["fixmedins_name"],
         institution_kind=_KINDS.get(fixmedins_code[0], InstitutionKind.OTHER),  # InstitutionKind.from_code
         admdvs=admdvs,
         psn_no=psn_no,
         mdtrt_id=mdtrt_id,
-        setl_id=_text(ctx, rec, "setl_id", False),
+        setl_id=texts["setl_id"],
         med_type=med_type,
         fee_ocur_time=fee_ocur_time,
         med_list_codg=med_list_codg,
-        med_list_name=_text(ctx, rec, "med_list_name", False),
+        med_list_name=texts["med_list_name"],
         cnt=cnt,
         trdn_flag=trdn_flag,
         pric=pric,
         det_item_fee_sumamt=total,
         quantity_units=quantity_units,
-        sin_dos_dscr=_text(ctx, rec, "sin_dos_dscr", False),
-        used_frqu_dscr=_text(ctx, rec, "used_frqu_dscr", False),
+        sin_dos_dscr=texts["sin_dos_dscr"],
+        used_frqu_dscr=texts["used_frqu_dscr"],
         prd_days=prd_days,
-        rxno=_text(ctx, rec, "rxno", False),
-        bilg_dr_codg=_text(ctx, rec, "bilg_dr_codg", False),
+        rxno=texts["rxno"],
+        bilg_dr_codg=texts["bilg_dr_codg"],
         diagnoses=diagnoses,
         dscg_tkdrug_flag=dscg_tkdrug_flag,
         lt_rx_flag=lt_rx_flag,

@@ -28,6 +28,7 @@ from rxguard.models import ClaimLine, Rejection
 PARTITION_SOURCE_BYTES = 4 * 1024 * 1024  # about this much input per partition
 MAX_PARTITIONS = 256
 PROGRESS_EVERY = 10_000
+FLUSH_EVERY = 4096  # lines buffered across partitions before writing (a few MB)
 _ADMDVS = re.compile(r"\d{6}")
 
 
@@ -150,8 +151,18 @@ def _spill(
     """Pass 1: every accepted line to its patient partition, its line id to a key partition."""
     parts = [(spill / f"p{i}").open("w", encoding="utf-8") for i in range(n_parts)]
     keys = [(spill / f"k{i}").open("w", encoding="utf-8") for i in range(n_parts)]
+    part_rows: list[list[str]] = [[] for _ in range(n_parts)]  # buffered: one write per partition per flush
+    key_rows: list[list[str]] = [[] for _ in range(n_parts)]
+
+    def flush() -> None:
+        for handles, buffers in ((parts, part_rows), (keys, key_rows)):
+            for handle, rows in zip(handles, buffers, strict=True):
+                if rows:
+                    handle.write("".join(rows))
+                    rows.clear()
+
     try:
-        count = 0
+        count = buffered = 0
         for item in reader:
             count += 1
             if progress is not None and count % PROGRESS_EVERY == 0:
@@ -162,11 +173,16 @@ def _spill(
             patient = _patient_key(item.psn_no)
             part = int(patient[:8], 16) % n_parts
             line_id = f"{item.fixmedins_code}/{item.feedetl_sn}"
-            parts[part].write(
+            part_rows[part].append(
                 f"{patient}\t{item.source_line}\t{item.fee_ocur_time.isoformat()}\t{line_id}\t"
                 f"{item.model_dump_json()}\n"
             )
-            keys[zlib.crc32(line_id.encode("utf-8")) % n_parts].write(f"{line_id}\t{item.source_line}\t{part}\n")
+            key_rows[zlib.crc32(line_id.encode("utf-8")) % n_parts].append(f"{line_id}\t{item.source_line}\t{part}\n")
+            buffered += 1
+            if buffered == FLUSH_EVERY:
+                flush()
+                buffered = 0
+        flush()
     finally:
         for handle in parts + keys:
             handle.close()

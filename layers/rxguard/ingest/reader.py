@@ -193,7 +193,7 @@ def _json_kind(text: str) -> str:
     for line in lines[:5]:
         try:
             value = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             continue
         if isinstance(value, dict):
             keys = {str(k).lower() for k in value}
@@ -340,6 +340,9 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
                 record = loads(text)
             except ValueError as exc:
                 yield self._line(line_no, MALFORMED, f"not valid JSON ({exc})")
+                continue
+            except RecursionError:
+                yield self._line(line_no, MALFORMED, "JSON nested too deeply")
                 continue
             if type(record) is not dict:
                 yield self._line(line_no, MALFORMED, f"a JSON {type(record).__name__}, expected an object")
