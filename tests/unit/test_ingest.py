@@ -11,7 +11,15 @@ import pytest
 from rxguard.ingest import LineRejected, normalize_record, read_batch
 from rxguard.ingest.cli import main as validate_main
 from rxguard.models import ClaimLine, InstitutionKind, Rejection
-from tests.unit.ingest_helpers import ENTECAVIR, UNMONITORED, record, write_csv, write_document, write_jsonl
+from tests.unit.ingest_helpers import (
+    ENTECAVIR,
+    UNMONITORED,
+    csv_text,
+    record,
+    write_csv,
+    write_document,
+    write_jsonl,
+)
 
 BATCHES = Path(__file__).resolve().parents[2] / "events" / "batches"
 SAMPLES = {
@@ -323,3 +331,39 @@ def test_every_scenario_line_of_the_samples_readme_is_accepted(kb) -> None:
     accepted = {ln.line_id for name in SAMPLES for ln in _run(BATCHES / name, kb)[0]}
     # Then each listed line is there, accepted
     assert len(listed) > 50 and listed <= accepted
+
+
+def test_exports_as_spreadsheets_write_them(kb, tmp_path: Path) -> None:
+    # Given Excel's "Unicode text" (UTF-16, tabs), a `sep=;` first line, and old-Mac CR line ends
+    recs = [record(), record(feedetl_sn="FD2", fixmedins_name="石家庄仁济医院")]
+    unicode_text = write_csv(tmp_path / "a.txt", recs, encoding="utf-16", sep="\t")
+    sep_line = tmp_path / "b.csv"
+    sep_line.write_text("sep=;\n" + csv_text(recs, sep=";"), encoding="utf-8")
+    old_mac = tmp_path / "c.csv"
+    old_mac.write_bytes(csv_text(recs).replace("\n", "\r").encode("gb18030"))
+    for path in (unicode_text, sep_line, old_mac):
+        # When each is read
+        lines, rejections, reader = _run(path, kb)
+        # Then both lines come out, with the Chinese name intact and nothing else counted
+        assert rejections == [] and reader.lines_read == 2, path.name
+        assert lines[1].fixmedins_name == "石家庄仁济医院"
+    assert _run(sep_line, kb)[0][0].source_line == 3  # physical lines still count the directive
+
+
+def test_spreadsheet_number_and_time_forms(kb) -> None:
+    # Given amounts with a currency sign and thousands separator, and a Chinese date-time
+    line = _norm(kb, cnt="1,000", trdn_flag="1", pric="¥0.66", det_item_fee_sumamt="￥660.00",
+                 fee_ocur_time="2025年9月2日 9:10:00")  # fmt: skip
+    # Then they are read as numbers and a time
+    assert (line.cnt, line.pric, line.det_item_fee_sumamt) == (1000, 0.66, 660)
+    assert line.fee_ocur_time == datetime(2025, 9, 2, 9, 10)
+
+
+def test_document_with_the_list_deeper_down(kb, tmp_path: Path) -> None:
+    # Given a platform message with the fee details under data.input.feedetail
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"code": 0, "data": {"input": {"feedetail": [record()]}}}), encoding="utf-8")
+    # When it is read
+    lines, rejections, _ = _run(path, kb)
+    # Then the list is found
+    assert rejections == [] and [ln.feedetl_sn for ln in lines] == ["FD0001"]

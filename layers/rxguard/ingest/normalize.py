@@ -113,7 +113,9 @@ _INVISIBLE = re.compile(r"[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u
 _SPLIT_TRACE = re.compile(r"[,，;；\s]+")
 _SPLIT_DX = re.compile(r"[;；,，]+")
 # 2025/8/1 9:05:00, 2025-08-01 09:05, 2025.08.01 09:05:00
-_LOOSE_TIME = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})[ T](\d{1,2}):(\d{1,2})(?::(\d{1,2}))?(\.\d+)?")
+_LOOSE_TIME = re.compile(
+    r"(\d{4})[-/.年](\d{1,2})[-/.月](\d{1,2})(?:日\s*|[ T]\s*)(\d{1,2})[:时](\d{1,2})(?:[:分](\d{1,2})秒?)?(\.\d+)?"
+)
 _CHINA = timezone(timedelta(hours=8))
 _KINDS = {
     "H": InstitutionKind.HOSPITAL,
@@ -253,9 +255,12 @@ def _number(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> fl
         return None
     elif type(value) is str:
         try:
-            number = float(value.strip().replace(",", ""))
+            number = float(value)
         except ValueError:
-            raise ctx.reject(field, MALFORMED, f"{field} is not a number: {show(value)}") from None
+            try:  # 1,234.50 / ¥37.20 / ￥37.20 as spreadsheets export them
+                number = float(value.strip().lstrip("¥￥").replace(",", ""))
+            except ValueError:
+                raise ctx.reject(field, MALFORMED, f"{field} is not a number: {show(value)}") from None
     else:
         raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} is a JSON {_json_type(value)}, expected a number")
     if not math.isfinite(number):
@@ -280,7 +285,8 @@ def _flag(ctx: _Ctx, rec: Mapping[str, Any], field: str) -> bool:
 
 
 def parse_time(text: str) -> datetime | None:
-    """`YYYY-MM-DD HH:MM:SS`, ISO 'T', '/' or '.' separators, or YYYYMMDDHHMMSS; China time.
+    """`YYYY-MM-DD HH:MM:SS`, ISO 'T', '/' or '.' separators, 2025年9月2日 9:10:00, or
+    YYYYMMDDHHMMSS; China time.
     Returns None when unreadable. Zone-aware values are converted to China time (UTC+8)."""
     value: datetime | None = None
     if len(text) == 19 and text[4] == "-" and text[10] in " T":

@@ -81,6 +81,7 @@ _MAGIC = (
     (b"\x89PNG", "a PNG image"),
     (b"\xff\xd8\xff", "a JPEG image"),
 )
+_SEP_DIRECTIVE = re.compile(r"sep=.", re.IGNORECASE)
 _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
 
 
@@ -89,6 +90,7 @@ class Sniffed:
     format: str  # "csv" | "jsonl" | "json"
     encoding: str  # "utf-8" | "utf-8-sig" | "gb18030" | "utf-16-le" | "utf-16-be"
     skip: int  # bytes of BOM to skip
+    cr_only: bool = False  # old Mac line ends: lines end with a lone CR
 
 
 def _file_error(file: str, reason: str, message: str) -> Rejection:
@@ -175,14 +177,17 @@ def sniff(path: Path, name: str) -> Sniffed | Rejection:
     text = prefix[skip:].decode(encoding, errors="replace")
     if encoding.startswith("utf-16") and len(prefix) % 2:
         text = text[:-1]
+    cr_only = "\r" in text and "\n" not in text and not encoding.startswith("utf-16")
+    if cr_only:
+        text = text.replace("\r", "\n")
     stripped = text.lstrip()
     if not stripped:  # a megabyte of blank lines, then something: read it as CSV
-        return Sniffed("csv", encoding, skip)
+        return Sniffed("csv", encoding, skip, cr_only)
     if stripped[0] == "[":
-        return Sniffed("json", encoding, skip)
+        return Sniffed("json", encoding, skip, cr_only)
     if stripped[0] == "{":
-        return Sniffed(_json_kind(stripped), encoding, skip)
-    return Sniffed("csv", encoding, skip)
+        return Sniffed(_json_kind(stripped), encoding, skip, cr_only)
+    return Sniffed("csv", encoding, skip, cr_only)
 
 
 def _json_kind(text: str) -> str:
@@ -196,9 +201,11 @@ def _json_kind(text: str) -> str:
         except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             continue
         if isinstance(value, dict):
-            keys = {str(k).lower() for k in value}
-            if "input" in keys or "feedetail" in keys:
-                return "json"
+            keys = {str(k).strip().lower() for k in value}
+            if len(keys & KNOWN_FIELDS) >= 2:
+                return "jsonl"
+            if "input" in keys or "feedetail" in keys or any(isinstance(v, dict | list) for v in value.values()):
+                return "json"  # a one-line document: {"input": ...}, {"data": {"input": ...}}
             return "jsonl"
     return "json"
 
@@ -228,6 +235,21 @@ class _TranscodeToUtf8(io.RawIOBase):
         chunk, self._pending = self._pending[:size], self._pending[size:]
         buffer[: len(chunk)] = chunk
         return len(chunk)
+
+
+class _CrToLf(io.RawIOBase):
+    """Lone-CR line ends as LF (safe in UTF-8 and GB18030: 0x0D is never part of a character)."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._source = source
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._source.read(len(buffer)).replace(b"\r", b"\n")
+        buffer[: len(data)] = data
+        return len(data)
 
 
 class BatchReader(Iterator[ClaimLine | Rejection]):
@@ -324,7 +346,10 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             if sniffed.format == "json":
                 yield from self._json_document(fh, sniffed.encoding)
             else:
-                lines = _physical_lines(fh, sniffed.encoding)
+                source: IO[bytes] = fh
+                if sniffed.cr_only:
+                    source = io.BufferedReader(_CrToLf(fh), 64 * 1024)
+                lines = _physical_lines(source, sniffed.encoding)
                 if sniffed.format == "jsonl":
                     yield from self._json_lines(lines)
                 else:
@@ -359,8 +384,10 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
         header: tuple[str, list[tuple[int, str]], int] | None = None
         best_missing: list[str] = []
         for item in lines:
-            preamble.append(item)
             line_no, text, _ = item
+            if text is not None and _SEP_DIRECTIVE.fullmatch(text.strip()):
+                continue  # Excel's `sep=;` line: metadata, not a claim line
+            preamble.append(item)
             if text is not None:
                 found = _parse_header(text)
                 if isinstance(found, tuple):
@@ -447,17 +474,16 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
 
 
 def _find_items_prefix(fh: IO[bytes], encoding: str) -> str:
-    """The ijson prefix of the claim list: `input.feedetail.item`, `feedetail.item`,
-    `input.item` or `item` (a top-level list); or '!' + why the document is not a batch."""
+    """The ijson prefix of the claim list: the first array at `input.feedetail` (or any
+    path ending in `feedetail`, e.g. `data.input.feedetail`), `input`, or the top level;
+    or '!' + why the document is not a batch."""
     import ijson
 
     stream = io.BufferedReader(_TranscodeToUtf8(fh, encoding), 64 * 1024)
-    wanted = {"": "item", "input.feedetail": "input.feedetail.item", "feedetail": "feedetail.item"}
-    wanted["input"] = "input.item"
     try:
         for prefix, event, _ in ijson.parse(stream):
-            if event == "start_array" and prefix in wanted:
-                return wanted[prefix]
+            if event == "start_array" and (prefix in ("", "input") or prefix.endswith("feedetail")):
+                return f"{prefix}.item" if prefix else "item"
     except ijson.JSONError as exc:
         return f"!not a valid JSON document ({show(str(exc), 80)})"
     return '!a JSON document without a claim list: expected {"input": {"feedetail": [...]}} or a list'
@@ -529,7 +555,7 @@ def _physical_lines(fh: IO[bytes], encoding: str) -> Iterator[tuple[int, str | N
 
 
 def _utf16_lines(fh: IO[bytes], encoding: str) -> Iterator[tuple[int, str | None, str | None]]:
-    reader = io.TextIOWrapper(fh, encoding=encoding, errors="replace", newline="\n")
+    reader = io.TextIOWrapper(fh, encoding=encoding, errors="replace", newline=None)
     line_no = 0
     while True:
         text = reader.readline(MAX_LINE_BYTES + 1)
