@@ -367,3 +367,13 @@ def test_document_with_the_list_deeper_down(kb, tmp_path: Path) -> None:
     lines, rejections, _ = _run(path, kb)
     # Then the list is found
     assert rejections == [] and [ln.feedetl_sn for ln in lines] == ["FD0001"]
+
+
+def test_json_keys_in_other_case_or_chinese(kb) -> None:
+    # Given a JSON record with upper-case and Chinese keys
+    rec = {k.upper(): v for k, v in record().items()}
+    rec["人员编号"] = rec.pop("PSN_NO")
+    # When it is normalized
+    line = normalize_record(rec, kb, file="f.jsonl", line=1)
+    # Then the keys are recognised
+    assert line.psn_no == "31000000000101" and line.feedetl_sn == "FD0001"

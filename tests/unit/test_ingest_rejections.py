@@ -270,3 +270,15 @@ def test_title_rows_before_the_header_are_reported(kb, tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].source_line == 3
     assert [(r.line, r.reason) for r in rejections] == [(1, "malformed")]
     assert reader.lines_read == 2
+
+
+def test_repeated_header_row_is_named(kb, tmp_path: Path) -> None:
+    # Given two exports joined together: the second header sits between the lines
+    text = csv_text([record()]) + csv_text([record(feedetl_sn="FD2")])
+    path = tmp_path / "b.csv"
+    path.write_text(text, encoding="utf-8")
+    # When it is read
+    lines, rejections, _ = _read(path, kb)
+    # Then the repeated header is one clear rejection and both lines are read
+    assert [(r.line, r.reason) for r in rejections] == [(3, "malformed")] and "header" in rejections[0].message
+    assert len(lines) == 2

@@ -88,6 +88,35 @@ OPTIONAL = (
 )
 FIELDS = REQUIRED + OPTIONAL
 KNOWN_FIELDS = frozenset(FIELDS)
+# Chinese column titles as Chinese systems export them, and a few common English variants.
+HEADER_ALIASES: dict[str, str] = {
+    "费用明细流水号": "feedetl_sn",
+    "定点医药机构编号": "fixmedins_code",
+    "定点医药机构名称": "fixmedins_name",
+    "医保区划": "admdvs",
+    "人员编号": "psn_no",
+    "就诊id": "mdtrt_id",
+    "结算id": "setl_id",
+    "医疗类别": "med_type",
+    "费用发生时间": "fee_ocur_time",
+    "医保药品编码": "med_list_codg",
+    "医疗目录编码": "med_list_codg",
+    "药品名称": "med_list_name",
+    "数量": "cnt",
+    "拆零标志": "trdn_flag",
+    "单价": "pric",
+    "明细项目费用总额": "det_item_fee_sumamt",
+    "单次剂量描述": "sin_dos_dscr",
+    "使用频次描述": "used_frqu_dscr",
+    "周期天数": "prd_days",
+    "处方号": "rxno",
+    "开单医生编码": "bilg_dr_codg",
+    "诊断代码": "dise_codg",
+    "出院带药标志": "dscg_tkdrug_flag",
+    "长期处方标志": "lt_rx_flag",
+    "药品追溯码": "drug_trac_codg",
+    "超量原因": "override_reason",
+}
 PERSONAL_FIELDS = frozenset({"psn_no", "certno", "psn_cert_no", "cert_no"})
 
 OVERRIDE_REASONS: dict[str, OverrideReason] = {
@@ -338,7 +367,11 @@ def normalize_record(
     where the record starts (for a JSON document: the element index + 1)."""
     rec: Mapping[str, Any] = record
     if not KNOWN_FIELDS.issuperset(rec):
-        rec = {str(k).strip().lower(): v for k, v in record.items()}
+        renamed: dict[str, Any] = {}
+        for key, value in record.items():
+            name = str(key).strip().lower()
+            renamed.setdefault(HEADER_ALIASES.get(name, name), value)  # Chinese titles too
+        rec = renamed
     ctx = _Ctx(file, line, rec)
     texts = _texts(ctx, rec)
 
@@ -470,8 +503,8 @@ def normalize_record(
         return ClaimLine.model_validate(values)
     except ValidationError as exc:  # a gap in the checks above: still a rejection, never a crash
         err = exc.errors()[0]
-        name = str(err["loc"][0]) if err["loc"] else None
-        raise ctx.reject(name, MALFORMED, f"{name}: {err['msg']}") from None
+        where = str(err["loc"][0]) if err["loc"] else None
+        raise ctx.reject(where, MALFORMED, f"{where}: {err['msg']}") from None
 
 
 def _items(ctx: _Ctx, rec: Mapping[str, Any], field: str, splitter: re.Pattern[str]) -> list[str]:

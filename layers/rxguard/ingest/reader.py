@@ -27,6 +27,7 @@ from rxguard.ingest.normalize import (
     FILE_MISSING,
     FILE_NO_HEADER,
     FILE_NOT_JSON,
+    HEADER_ALIASES,
     KNOWN_FIELDS,
     MALFORMED,
     RAGGED_ROW,
@@ -44,35 +45,6 @@ PREFIX_BYTES = 1024 * 1024  # sniffed for format and encoding
 HEADER_SEARCH_LINES = 10  # a title row or two before the header is tolerated (and reported)
 DELIMITERS = (",", "\t", "|", ";")
 
-# Chinese column titles as Chinese systems export them, and a few common English variants.
-HEADER_ALIASES: dict[str, str] = {
-    "费用明细流水号": "feedetl_sn",
-    "定点医药机构编号": "fixmedins_code",
-    "定点医药机构名称": "fixmedins_name",
-    "医保区划": "admdvs",
-    "人员编号": "psn_no",
-    "就诊id": "mdtrt_id",
-    "结算id": "setl_id",
-    "医疗类别": "med_type",
-    "费用发生时间": "fee_ocur_time",
-    "医保药品编码": "med_list_codg",
-    "医疗目录编码": "med_list_codg",
-    "药品名称": "med_list_name",
-    "数量": "cnt",
-    "拆零标志": "trdn_flag",
-    "单价": "pric",
-    "明细项目费用总额": "det_item_fee_sumamt",
-    "单次剂量描述": "sin_dos_dscr",
-    "使用频次描述": "used_frqu_dscr",
-    "周期天数": "prd_days",
-    "处方号": "rxno",
-    "开单医生编码": "bilg_dr_codg",
-    "诊断代码": "dise_codg",
-    "出院带药标志": "dscg_tkdrug_flag",
-    "长期处方标志": "lt_rx_flag",
-    "药品追溯码": "drug_trac_codg",
-    "超量原因": "override_reason",
-}
 _MAGIC = (
     (b"PK\x03\x04", "a ZIP archive or Excel workbook (.xlsx): export the sheet as CSV"),
     (b"\xd0\xcf\x11\xe0", "an old Excel/Office file (.xls): export the sheet as CSV"),
@@ -432,6 +404,9 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
                 yield self._line(line_no, RAGGED_ROW, f"row has {len(fields)} fields, the header has {width}")
                 continue
             record = {field: fields[index] for index, field in columns}
+            if record.get("feedetl_sn", "").strip().lower() in ("feedetl_sn", "费用明细流水号"):
+                yield self._line(line_no, MALFORMED, "a repeated header row (files joined together?), not a claim line")
+                continue
             yield self._accept(record, line_no)
 
     def _json_document(self, fh: IO[bytes], encoding: str) -> Iterator[ClaimLine | Rejection]:
