@@ -1,6 +1,6 @@
 """Ingestion benchmark: peak memory and speed of `prepare_batch` on 100k and 1,000,000 lines.
 
-    .venv/bin/python -m bench.ingest_memory [--lines 100000 1000000] [--chunk-size 5000]
+    .venv/bin/python -m bench.ingest_memory [--lines 100000 1000000] [--chunk-size 5000] [--format csv|json|both]
 
 Generates CSV batches in a temporary directory, runs `prepare_batch` in a fresh
 subprocess per size (so each peak RSS is its own), and prints peak RSS (ru_maxrss) and
@@ -37,12 +37,14 @@ PRODUCTS = [
 ]
 
 
-def generate(path: Path, lines: int, seed: int = 1) -> int:
-    """Write a CSV batch of `lines` claim lines (about 8 lines a patient); returns its size."""
+def generate(path: Path, lines: int, seed: int = 1, fmt: str = "csv") -> int:
+    """Write a batch of `lines` claim lines (about 8 lines a patient) as CSV or as a platform
+    JSON document (`fmt="json"`); returns its size."""
     rng = random.Random(seed)
     patients = max(1, lines // 8)
+    columns = HEADER.split(",")
     with path.open("w", encoding="utf-8", newline="") as out:
-        out.write(HEADER + "\n")
+        out.write(HEADER + "\n" if fmt == "csv" else '{"infno": "2204", "input": {"feedetail": [\n')
         rows: list[str] = []
         for n in range(lines):
             code, name, price = PRODUCTS[rng.randrange(len(PRODUCTS))]
@@ -55,10 +57,15 @@ def generate(path: Path, lines: int, seed: int = 1) -> int:
                 f"{'41' if inst[0] == 'P' else '11'},2025-10-{day:02d} {hour:02d}:{minute:02d}:00,{code},{name},"
                 f"{cnt},0,{price},{round(cnt * price, 2)},I10,{trace}\n"
             )
+            if fmt == "json":
+                element = dict(zip(columns, rows[-1].rstrip("\n").split(","), strict=True))
+                rows[-1] = ("" if n == 0 else ",\n") + json.dumps(element, ensure_ascii=False)
             if len(rows) == 10_000:
                 out.write("".join(rows))
                 rows.clear()
         out.write("".join(rows))
+        if fmt == "json":
+            out.write("\n]}}\n")
     return path.stat().st_size
 
 
@@ -84,14 +91,15 @@ print(json.dumps({
 """
 
 
-def measure(lines: int, chunk_size: int = 5000) -> dict[str, Any]:
-    """Generate a `lines`-line CSV, run prepare_batch on it in a subprocess, return the figures:
-    lines, file_mb, seconds, lines_per_s, peak_rss_mb (whole process), rss_before_mb
-    (interpreter + knowledge base), chunks."""
+def measure(lines: int, chunk_size: int = 5000, fmt: str = "csv") -> dict[str, Any]:
+    """Generate a `lines`-line batch (CSV, or `fmt="json"` for a platform document), run
+    prepare_batch on it in a subprocess, return the figures: lines, format, file_mb, seconds,
+    lines_per_s, peak_rss_mb (whole process), rss_before_mb (interpreter + knowledge base),
+    chunks."""
     with tempfile.TemporaryDirectory(prefix="rxguard-bench-") as tmp:
-        batch = Path(tmp) / "batch.csv"
+        batch = Path(tmp) / f"batch.{fmt}"
         started = time.perf_counter()
-        size = generate(batch, lines)
+        size = generate(batch, lines, fmt=fmt)
         generated = time.perf_counter() - started
         env_path = [str(ROOT / "layers"), str(ROOT)]
         proc = subprocess.run(
@@ -105,6 +113,7 @@ def measure(lines: int, chunk_size: int = 5000) -> dict[str, Any]:
     figures.update(
         {
             "lines": lines,
+            "format": fmt,
             "file_mb": round(size / 1e6, 1),
             "generate_seconds": round(generated, 1),
             "lines_per_s": round(figures["lines_read"] / figures["seconds"]),
@@ -120,17 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest_memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--chunk-size", type=int, default=5000)
+    parser.add_argument("--format", choices=["csv", "json", "both"], default="csv")
     args = parser.parse_args(argv)
-    print("prepare_batch: peak RSS and speed by file size (CSV, UTF-8)")
-    titles = ("lines", "file MB", "seconds", "lines/s", "peak RSS MB", "start RSS MB", "chunks")
-    widths = (10, 8, 8, 9, 12, 13, 7)
+    print("prepare_batch: peak RSS and speed by file size (UTF-8)")
+    titles = ("format", "lines", "file MB", "seconds", "lines/s", "peak RSS MB", "start RSS MB", "chunks")
+    widths = (6, 10, 8, 8, 9, 12, 13, 7)
     print(" ".join(t.rjust(w) for t, w in zip(titles, widths, strict=True)))
-    for lines in args.lines:
-        f = measure(lines, args.chunk_size)
-        print(
-            f"{f['lines']:>10} {f['file_mb']:>8} {f['seconds']:>8} {f['lines_per_s']:>9} "
-            f"{f['peak_rss_mb']:>12} {f['rss_before_mb']:>13} {f['chunks']:>7}"
-        )
+    for fmt in ("csv", "json") if args.format == "both" else (args.format,):
+        for lines in args.lines:
+            f = measure(lines, args.chunk_size, fmt)
+            print(
+                f"{fmt:>6} {f['lines']:>10} {f['file_mb']:>8} {f['seconds']:>8} {f['lines_per_s']:>9} "
+                f"{f['peak_rss_mb']:>12} {f['rss_before_mb']:>13} {f['chunks']:>7}"
+            )
     return 0
 
 
