@@ -282,3 +282,15 @@ def test_repeated_header_row_is_named(kb, tmp_path: Path) -> None:
     # Then the repeated header is one clear rejection and both lines are read
     assert [(r.line, r.reason) for r in rejections] == [(3, "malformed")] and "header" in rejections[0].message
     assert len(lines) == 2
+
+
+def test_psn_no_not_quoted_from_a_broken_json_document(kb, tmp_path: Path) -> None:
+    # Given a document broken right after a patient number (the parser quotes the input near an error)
+    good = json.dumps(record())
+    path = tmp_path / "d.json"
+    path.write_text('{"input": {"feedetail": [' + good + ', {"psn_no": "' + SECRET_PSN + '" oops', encoding="utf-8")
+    # When it is read
+    _, rejections, _ = _read(path, kb)
+    # Then the rejection says where, but not the number
+    assert [(r.line, r.reason) for r in rejections] == [(2, "malformed")]
+    assert SECRET_PSN not in rejections[0].model_dump_json()

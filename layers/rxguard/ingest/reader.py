@@ -35,7 +35,6 @@ from rxguard.ingest.normalize import (
     TOO_LONG,
     LineRejected,
     normalize_record,
-    show,
 )
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Rejection
@@ -434,18 +433,24 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
                 yield self._accept(element, index)
         except ijson.JSONError as exc:
             if index == 0:  # not one element could be read: the file is not a claim document
-                self.file_error = _file_error(self.name, FILE_NOT_JSON, f"not valid JSON ({show(str(exc), 80)})")
+                self.file_error = _file_error(self.name, FILE_NOT_JSON, f"not valid JSON ({_parse_error(exc)})")
                 yield self.file_error
                 return
             yield self._line(
                 index + 1,
                 MALFORMED,
                 f"(element {index + 1} of the feedetail list) the JSON document is invalid or cut here "
-                f"({show(str(exc), 80)}); the rest of the file is not read",
+                f"({_parse_error(exc)}); the rest of the file is not read",
             )
         if index == 0 and self.lines_read == 0:
             self.file_error = _file_error(self.name, FILE_EMPTY, f"the {prefix[:-5] or 'top-level'} list is empty")
             yield self.file_error
+
+
+def _parse_error(exc: Exception) -> str:
+    """The parser's own words without the snippet of input it quotes (it may hold a psn_no)."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:80]
 
 
 def _find_items_prefix(fh: IO[bytes], encoding: str) -> str:
@@ -460,7 +465,7 @@ def _find_items_prefix(fh: IO[bytes], encoding: str) -> str:
             if event == "start_array" and (prefix in ("", "input") or prefix.endswith("feedetail")):
                 return f"{prefix}.item" if prefix else "item"
     except ijson.JSONError as exc:
-        return f"!not a valid JSON document ({show(str(exc), 80)})"
+        return f"!not a valid JSON document ({_parse_error(exc)})"
     return '!a JSON document without a claim list: expected {"input": {"feedetail": [...]}} or a list'
 
 
