@@ -25,7 +25,7 @@ from rxguard.ingest.reader import BatchReader
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Rejection
 
-PARTITION_SOURCE_BYTES = 4 * 1024 * 1024  # about this much input per partition
+PARTITION_SOURCE_BYTES = 2 * 1024 * 1024  # about this much input per partition (about 12k CSV lines)
 MAX_PARTITIONS = 256
 PROGRESS_EVERY = 10_000
 FLUSH_EVERY = 4096  # lines buffered across partitions before writing (a few MB)
