@@ -294,3 +294,14 @@ def test_psn_no_not_quoted_from_a_broken_json_document(kb, tmp_path: Path) -> No
     # Then the rejection says where, but not the number
     assert [(r.line, r.reason) for r in rejections] == [(2, "malformed")]
     assert SECRET_PSN not in rejections[0].model_dump_json()
+
+
+def test_codes_must_use_ascii_digits(kb, tmp_path: Path) -> None:
+    # Given full-width digits in a trace code and in the region code (they look right on screen)
+    recs = [record(drug_trac_codg="８" * 20), record(feedetl_sn="FD2", admdvs="３１００００")]
+    _, rejections, _ = _read(write_csv(tmp_path / "b.csv", recs), kb)
+    # Then both are malformed, naming the field
+    assert [(r.line, r.field, r.reason) for r in rejections] == [
+        (2, "drug_trac_codg", "malformed"),
+        (3, "admdvs", "malformed"),
+    ]

@@ -134,9 +134,8 @@ _FLAGS: dict[object, bool] = {"": False, "0": False, "1": True, 0: False, 1: Tru
 
 _INSTITUTION = re.compile(r"[A-Za-z][A-Za-z0-9]{1,39}")
 _DRUG_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")
-_DIGITS = re.compile(r"\d{1,4}")
-_ADMDVS = re.compile(r"\d{6}")
-_TRACE = re.compile(r"\d{20}")
+_DIGITS = re.compile(r"[0-9]{1,4}")
+_ADMDVS = re.compile(r"[0-9]{6}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _INVISIBLE = re.compile(r"[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]")
 _SPLIT_TRACE = re.compile(r"[,，;；\s]+")
@@ -510,8 +509,10 @@ def normalize_record(
 def _items(ctx: _Ctx, rec: Mapping[str, Any], field: str, splitter: re.Pattern[str]) -> list[str]:
     """A list field: a separated string (CSV) or a JSON list of strings."""
     value = rec.get(field)
-    if value is None:
+    if value is None or value == "":
         return []
+    if type(value) is str and len(value) <= MAX_TEXT and value.isprintable() and "\ufffd" not in value:
+        return [p for p in splitter.split(value.strip()) if p]  # the common case
     if type(value) is list:
         if not all(type(v) is str or type(v) is int for v in value):
             raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} must be a list of strings")
@@ -526,7 +527,7 @@ def _items(ctx: _Ctx, rec: Mapping[str, Any], field: str, splitter: re.Pattern[s
 def _trace_codes(ctx: _Ctx, rec: Mapping[str, Any]) -> list[str]:
     codes = _items(ctx, rec, "drug_trac_codg", _SPLIT_TRACE)
     for code in codes:
-        if _TRACE.fullmatch(code) is None:
+        if len(code) != 20 or not (code.isascii() and code.isdigit()):
             raise ctx.reject("drug_trac_codg", MALFORMED, f"trace code is not 20 digits: {show(code)}")
     return codes
 

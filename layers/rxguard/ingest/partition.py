@@ -29,7 +29,7 @@ PARTITION_SOURCE_BYTES = 2 * 1024 * 1024  # about this much input per partition 
 MAX_PARTITIONS = 256
 PROGRESS_EVERY = 10_000
 FLUSH_EVERY = 4096  # lines buffered across partitions before writing (a few MB)
-_ADMDVS = re.compile(r"\d{6}")
+_ADMDVS = re.compile(r"[0-9]{6}")
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,48 @@ def _json_kind(text: str) -> str:
     return "json"
 
 
+MAX_JSON_DEPTH = 64  # a claim document needs 4; ijson's cost grows with the square of the depth
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_KEEP = bytes(b for b in range(256) if b not in b'"[]{}')
+
+
+class JsonTooDeep(ValueError):
+    """The JSON document nests deeper than MAX_JSON_DEPTH."""
+
+
+class _DepthGuard:
+    """Nesting depth of a UTF-8 JSON stream fed in blocks; brackets inside strings are
+    ignored. All scanning is done by bytes methods in C (about 1 s per GB)."""
+
+    def __init__(self) -> None:
+        self.depth, self._in_string, self._carry = 0, False, b""
+
+    def feed(self, data: bytes) -> None:
+        buf = self._carry + data
+        run = len(buf) - len(buf.rstrip(b"\\"))
+        self._carry = b"\\" if run % 2 else b""  # an escape cut by the block end
+        if run % 2:
+            buf = buf[:-1]
+        if b"\\" in buf:
+            buf = _ESCAPE.sub(b"", buf)
+        parts = buf.translate(None, _KEEP).split(b'"')
+        outside = b"".join(parts[1::2] if self._in_string else parts[0::2])
+        if (len(parts) - 1) % 2:
+            self._in_string = not self._in_string
+        depth = self.depth
+        if outside.count(b"[") + outside.count(b"{") + depth <= MAX_JSON_DEPTH:  # the usual case
+            self.depth = depth + outside.count(b"[") + outside.count(b"{") - outside.count(b"]") - outside.count(b"}")
+            return
+        for b in outside:
+            if b == 91 or b == 123:
+                depth += 1
+                if depth > MAX_JSON_DEPTH:
+                    raise JsonTooDeep(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            else:
+                depth -= 1
+        self.depth = depth
+
+
 class _TranscodeToUtf8(io.RawIOBase):
     """A binary stream that re-encodes the source to UTF-8 for ijson; undecodable bytes
     become U+FFFD, which normalization rejects as `encoding` for the element holding it."""
@@ -190,6 +232,7 @@ class _TranscodeToUtf8(io.RawIOBase):
         self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
         self._pending = b""
         self._eof = False
+        self._guard = _DepthGuard()  # a nesting bomb is refused before ijson sees it
 
     def readable(self) -> bool:
         return True
@@ -200,9 +243,11 @@ class _TranscodeToUtf8(io.RawIOBase):
             raw = self._source.read(64 * 1024)
             if not raw:
                 self._eof = True
-                self._pending += self._decoder.decode(b"", final=True).encode("utf-8")
+                block = self._decoder.decode(b"", final=True).encode("utf-8")
             else:
-                self._pending += self._decoder.decode(raw).encode("utf-8")
+                block = self._decoder.decode(raw).encode("utf-8")
+            self._guard.feed(block)
+            self._pending += block
         chunk, self._pending = self._pending[:size], self._pending[size:]
         buffer[: len(chunk)] = chunk
         return len(chunk)
@@ -431,7 +476,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
                     )
                     continue
                 yield self._accept(element, index)
-        except ijson.JSONError as exc:
+        except (ijson.JSONError, JsonTooDeep) as exc:
             if index == 0:  # not one element could be read: the file is not a claim document
                 self.file_error = _file_error(self.name, FILE_NOT_JSON, f"not valid JSON ({_parse_error(exc)})")
                 yield self.file_error
@@ -464,7 +509,7 @@ def _find_items_prefix(fh: IO[bytes], encoding: str) -> str:
         for prefix, event, _ in ijson.parse(stream):
             if event == "start_array" and (prefix in ("", "input") or prefix.endswith("feedetail")):
                 return f"{prefix}.item" if prefix else "item"
-    except ijson.JSONError as exc:
+    except (ijson.JSONError, JsonTooDeep) as exc:
         return f"!not a valid JSON document ({_parse_error(exc)})"
     return '!a JSON document without a claim list: expected {"input": {"feedetail": [...]}} or a list'
 
