@@ -107,8 +107,12 @@ def screen_lines(
         scope = f"patient:{psn}"
         merge_changes(outcome.changes, repo.replace_findings(scope, engine.evaluate_patient(psn, timeline)))
         outcome.scopes.append(scope)
+    carrying: dict[str, list[ClaimLine]] = {}  # code -> batch lines with it (not the whole batch per code)
+    for line in batch:
+        for c in line.trace_codes:
+            carrying.setdefault(c, []).append(line)
     for code in codes:
-        code_sales = _sales_with(sales.get(code, ()), code, batch)
+        code_sales = _sales_with(sales.get(code, ()), code, carrying.get(code, ()))
         found = engine.evaluate_trace_code(code, code_sales, known)
         scope = f"trace:{code}"
         merge_changes(outcome.changes, repo.replace_findings(scope, found))
