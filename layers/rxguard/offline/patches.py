@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -120,9 +121,13 @@ class _TableIndex:
         self.groups = groups
 
 
+_versions = itertools.count(1)
+
+
 def _bump(table: Any) -> None:
-    with _index_lock:
-        table._offline_version = getattr(table, "_offline_version", 0) + 1
+    """After a write: a fresh version (never reused, so concurrent writers cannot leave a
+    grouping built between their writes looking current)."""
+    table._offline_version = next(_versions)
 
 
 def _index_candidates(
@@ -194,12 +199,16 @@ def narrow_hash_key_query() -> Iterator[None]:
             _narrow.offer = previous
 
     def put_item(self: Table, *args: Any, **kwargs: Any) -> Any:
-        _bump(self)
-        return original_put(self, *args, **kwargs)
+        try:
+            return original_put(self, *args, **kwargs)
+        finally:
+            _bump(self)
 
     def delete_item(self: Table, *args: Any, **kwargs: Any) -> Any:
-        _bump(self)
-        return original_delete(self, *args, **kwargs)
+        try:
+            return original_delete(self, *args, **kwargs)
+        finally:
+            _bump(self)
 
     def update_item(self: Any, table_name: str, *args: Any, **kwargs: Any) -> Any:
         try:
