@@ -315,9 +315,14 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
         self.rejected_by_reason[rejection.reason] = self.rejected_by_reason.get(rejection.reason, 0) + 1
         return rejection
 
-    def _line(self, line_no: int, reason: str, message: str, field: str | None = None) -> Rejection:
+    def _line(
+        self, line_no: int, reason: str, message: str, field: str | None = None, line_id: str | None = None
+    ) -> Rejection:
+        where = f"line {line_no} ({line_id})" if line_id else f"line {line_no}"
         return self._reject(
-            Rejection(file=self.name, line=line_no, field=field, reason=reason, message=f"line {line_no}: {message}")
+            Rejection(
+                file=self.name, line=line_no, field=field, reason=reason, message=f"{where}: {message}", line_id=line_id
+            )
         )
 
     def _accept(self, record: dict[str, Any], line_no: int) -> ClaimLine | Rejection:
@@ -445,7 +450,12 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             else:
                 fields = text.rstrip("\r\n").split(delimiter)
             if len(fields) != width and (len(fields) < width or any(f.strip() for f in fields[width:])):
-                yield self._line(line_no, RAGGED_ROW, f"row has {len(fields)} fields, the header has {width}")
+                yield self._line(
+                    line_no,
+                    RAGGED_ROW,
+                    f"row has {len(fields)} fields, the header has {width}",
+                    line_id=_readable_line_id(fields, columns),
+                )
                 continue
             record = {field: fields[index] for index, field in columns}
             if record.get("feedetl_sn", "").strip().lower() in ("feedetl_sn", "费用明细流水号"):
@@ -490,6 +500,21 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
         if index == 0 and self.lines_read == 0:
             self.file_error = _file_error(self.name, FILE_EMPTY, f"the {prefix[:-5] or 'top-level'} list is empty")
             yield self.file_error
+
+
+def _readable_line_id(fields: list[str], columns: list[tuple[int, str]]) -> str | None:
+    """`fixmedins_code/feedetl_sn` of a ragged row when both sit where the header says and look right."""
+    where = {name: index for index, name in columns}
+    try:
+        code, sn = fields[where["fixmedins_code"]].strip(), fields[where["feedetl_sn"]].strip()
+    except (KeyError, IndexError):
+        return None
+    if _LINE_ID_PART.fullmatch(code) and _LINE_ID_PART.fullmatch(sn):
+        return f"{code}/{sn}"
+    return None
+
+
+_LINE_ID_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _parse_error(exc: Exception) -> str:
