@@ -210,7 +210,8 @@ def test_rxguard_run_finds_exactly_what_the_engine_finds(tmp_path):
     # Given the sample batches of every format
     files = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".csv", ".jsonl", ".json"))
     # When they run offline through the whole workflow and through the engine alone
-    code = run(files, tmp_path / "out", stdout=io.StringIO(), environment=NO_LETTERS)
+    stdout, progress = io.StringIO(), io.StringIO()
+    code = run(files, tmp_path / "out", stdout=stdout, progress=progress, environment=NO_LETTERS)
     offline = [json.loads(line) for line in (tmp_path / "out" / "findings.jsonl").read_text().splitlines()]
     engine = _engine_findings(files)
     # Then the findings are identical, field by field
@@ -218,3 +219,7 @@ def test_rxguard_run_finds_exactly_what_the_engine_finds(tmp_path):
     assert len(offline) > 0
     assert [f["finding_id"] for f in offline] == [f["finding_id"] for f in engine]
     assert offline == engine
+    # and no patient number reaches the terminal in clear, though the summary names patients
+    printed = stdout.getvalue() + progress.getvalue()
+    assert "First findings (psn_no masked)" in printed and "chunks]" in progress.getvalue()
+    assert not [f["psn_no"] for f in offline if f["psn_no"] and f["psn_no"] in printed]
