@@ -1,0 +1,477 @@
+"""`make bench` = `python -m bench`: one report, Markdown + JSON, with every figure of issue 7.
+
+    python -m bench [--quick] [--out bench/out] [--skip SECTION ...]
+
+Sections (each degrades to "not available: <why>" when its module has not landed or
+fails; the report is always written):
+
+  engine      engine lines/s on one core                      bench.engine.measure()
+  workflow    offline workflow wall time, 10k and 100k lines  bench.workflow.measure(n)
+  cost        DynamoDB units per 1,000 lines and AWS cost per million lines at several
+              batch sizes, with the floor and the target       bench.cost (+ bench.chart)
+  api         check latency p50/p99 and DynamoDB round trips  bench.api.measure()
+  coldstart   import time of each functions/<name>/app.py in a fresh interpreter
+  ingest      peak memory of ingestion, 100k and 1,000,000 lines  bench.ingest_memory.measure(n)
+
+Writes bench/out/bench-<UTC time>.{md,json}, bench/out/latest.{md,json}, copies the
+Markdown to docs/benchmarks.md and draws docs/bench-chart.png. `--quick` uses smaller
+sizes (for a smoke run; the figures are then marked quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+SECTIONS = ("engine", "workflow", "cost", "api", "coldstart", "ingest")
+
+COLD_START_TARGET_MS = 300.0
+CHECK_P99_TARGET_MS = 5.0
+CHECK_ROUND_TRIPS_TARGET = 2
+FLAT_MEMORY_RATIO = 1.25  # peak RSS at 10x the lines may grow at most this much
+
+_COLD_CHILD = """
+import importlib.util, sys, time
+start = time.perf_counter()
+spec = importlib.util.spec_from_file_location("app_under_test", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(time.perf_counter() - start)
+"""
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": memory_gb,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+def section_engine(quick: bool) -> dict[str, Any]:
+    from bench import engine
+
+    figures: dict[str, Any] = engine.measure(patients=600 if quick else 3000, repeats=1 if quick else 3)
+    return figures
+
+
+def section_workflow(quick: bool) -> dict[str, Any]:
+    from bench import workflow
+
+    sizes = (2_000, 10_000) if quick else (10_000, 100_000)
+    runs = {}
+    for n in sizes:
+        runs[str(n)] = workflow.measure(n)
+    return {"runs": runs}
+
+
+def section_cost(quick: bool) -> dict[str, Any]:
+    from bench import cost
+
+    sizes = (1_000, 5_000) if quick else (1_000, 5_000, 20_000)
+    points = []
+    for n in sizes:
+        usage = cost.measure_usage(n)
+        model = cost.cost_per_million(usage)
+        points.append(
+            {
+                "lines": usage.lines,
+                "usd_per_million": model["total_usd_per_million_lines"],
+                "lines_per_s": round(usage.lines / usage.wall_seconds, 1) if usage.wall_seconds else None,
+                "wall_seconds": round(usage.wall_seconds, 1),
+                "status": usage.status,
+                "model": model,
+                "usage": usage.as_dict(),
+            }
+        )
+    largest = max(points, key=lambda p: p["lines"])
+    out: dict[str, Any] = {"points": points, "largest": largest["lines"], **largest["model"]}
+    try:
+        from bench import chart
+
+        floor = cost.floor_per_million(points[-1]["model"]["trace_codes_per_line"])
+        path = chart.render(
+            points,
+            DOCS / "bench-chart.png",
+            floor=floor,
+            target=floor * cost.TARGET_MULTIPLE,
+            title="rxguard: estimated AWS cost per million lines and offline throughput, by batch size",
+        )
+        out["chart"] = str(path.relative_to(ROOT))
+    except Exception as exc:  # the figures stand without the picture
+        out["chart"] = f"not available: {type(exc).__name__}: {exc}"
+    return out
+
+
+def section_api(quick: bool) -> dict[str, Any]:
+    from bench import api
+
+    figures: dict[str, Any] = api.measure(checks=100 if quick else 300)
+    return figures
+
+
+def function_environments() -> dict[str, dict[str, str]]:
+    """Each function's environment as the offline mode resolves template.yaml (Globals
+    merged under the function's own variables), by its CodeUri folder name."""
+    from rxguard.offline import Environment
+
+    env = Environment()  # not entered: nothing is started, only the template is resolved
+    env._plan()
+    out: dict[str, dict[str, str]] = {}
+    for resource in env.resources.values():
+        if resource.get("Type") != "AWS::Serverless::Function":
+            continue
+        settings = env._function_settings(resource.get("Properties") or {})
+        folder = str(settings.get("CodeUri", "")).rstrip("/").rsplit("/", 1)[-1]
+        out[folder] = dict(settings["Environment"]["Variables"])
+    return out
+
+
+def section_coldstart(quick: bool) -> dict[str, Any]:
+    environments = function_environments()
+    base = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": f"{ROOT / 'layers'}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }
+    runs = 3 if quick else 5
+    functions: dict[str, Any] = {}
+    for app in sorted((ROOT / "functions").glob("*/app.py")):
+        env = {**base, **environments.get(app.parent.name, {})}
+        times = []
+        for _ in range(runs):
+            proc = subprocess.run(
+                [sys.executable, "-c", _COLD_CHILD, str(app)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=str(app.parent),
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"{app.relative_to(ROOT)} failed to import: {proc.stderr.strip()[-300:]}")
+            times.append(float(proc.stdout.strip().splitlines()[-1]) * 1000)
+        median = statistics.median(times)
+        functions[app.parent.name] = {
+            "import_ms_median": round(median, 1),
+            "import_ms_max": round(max(times), 1),
+            "runs": runs,
+            "within_target": median <= COLD_START_TARGET_MS,
+        }
+    return {"functions": functions, "target_ms": COLD_START_TARGET_MS}
+
+
+def section_ingest(quick: bool) -> dict[str, Any]:
+    from bench import ingest_memory
+
+    sizes = (20_000, 200_000) if quick else (100_000, 1_000_000)
+    runs = {str(n): ingest_memory.measure(n) for n in sizes}
+    small, large = (runs[str(n)] for n in sizes)
+    growth = large["peak_rss_mb"] / small["peak_rss_mb"] if small.get("peak_rss_mb") else None
+    return {
+        "runs": runs,
+        "peak_growth_at_10x_lines": round(growth, 2) if growth else None,
+        "flat": growth is not None and growth <= FLAT_MEMORY_RATIO,
+    }
+
+
+RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
+    "engine": section_engine,
+    "workflow": section_workflow,
+    "cost": section_cost,
+    "api": section_api,
+    "coldstart": section_coldstart,
+    "ingest": section_ingest,
+}
+
+
+def run_section(name: str, quick: bool) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        figures = RUNNERS[name](quick)
+        result = {"available": True, **figures}
+    except ModuleNotFoundError as exc:
+        result = {"available": False, "why": f"module {exc.name} has not landed"}
+    except Exception as exc:
+        result = {"available": False, "why": f"{type(exc).__name__}: {exc}".strip()[:500]}
+        traceback.print_exc()
+    result["section_seconds"] = round(time.perf_counter() - started, 1)
+    print(f"bench: {name} done in {result['section_seconds']} s", file=sys.stderr, flush=True)
+    return result
+
+
+# --- the Markdown report -----------------------------------------------------------------
+
+
+def _na(section: dict[str, Any]) -> str | None:
+    return None if section.get("available") else f"not available: {section.get('why')}"
+
+
+def _g(d: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if key in d:
+            return d[key]
+    return "?"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    s = report["sections"]
+    out = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` (`python -m bench{' --quick' if report['quick'] else ''}`) on "
+        f"{m['date_utc']} UTC; machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {m['os']}, "
+        f"Python {m['python']}. Offline figures run on moto in one process: they show how the code "
+        "scales and what it asks of AWS, not AWS latencies. How each figure is measured: "
+        "[measurement.md](measurement.md).",
+        "",
+    ]
+    if report["quick"]:
+        out += ["**Quick run: smaller sizes than the issue asks for.**", ""]
+    shortfalls: list[str] = []
+
+    out += ["## Engine throughput (one core)", ""]
+    e = s.get("engine", {})
+    if (na := _na(e)) is not None:
+        out += [na, ""]
+    else:
+        pop = e.get("population", {})
+        out += [
+            "| figure | value |",
+            "|---|---|",
+            f"| engine alone (evaluate_patient over whole timelines) | {_g(e, 'engine_lines_per_s')} lines/s |",
+            f"| screen_lines on an in-memory repository (monthly batches, 5,000-line chunks) | "
+            f"{_g(e, 'screen_lines_per_s')} lines/s |",
+            f"| pre-dispensing check_lines, mean | {_g(e, 'check_ms_mean')} ms |",
+            f"| population | {pop.get('patients', '?')} patients, {pop.get('lines', '?')} lines, "
+            f"{pop.get('months', '?')} months |",
+            "",
+        ]
+
+    out += ["## Offline workflow wall time", ""]
+    w = s.get("workflow", {})
+    if (na := _na(w)) is not None:
+        out += [na, ""]
+    else:
+        out += [
+            "| lines | status | wall s | s per 1k lines | DynamoDB read calls /1k | write calls /1k | handler s |",
+            "|---:|---|---:|---:|---:|---:|---|",
+        ]
+        for n, r in w["runs"].items():
+            handlers = ", ".join(
+                f"{k.replace('Function', '')} {v}" for k, v in (r.get("handler_seconds") or {}).items()
+            )
+            out.append(
+                f"| {int(n):,} | {r.get('status')} | {r.get('wall_seconds')} | {r.get('seconds_per_1000_lines')} | "
+                f"{r.get('dynamodb_reads_per_1000_lines')} | {r.get('dynamodb_writes_per_1000_lines')} | {handlers} |"
+            )
+            if r.get("status") not in ("SUCCEEDED", None):
+                shortfalls.append(f"the offline workflow ended {r.get('status')} on {int(n):,} lines")
+        out.append("")
+
+    out += ["## DynamoDB units and AWS cost per million lines", ""]
+    c = s.get("cost", {})
+    if (na := _na(c)) is not None:
+        out += [na, ""]
+    else:
+        per_k = c["per_1000_lines"]
+        comps = c["components_usd_per_million_lines"]
+        out += [
+            f"Measured on the {c['largest']:,}-line batch ({c['trace_codes_per_line']} trace codes a line); "
+            f"prices: US East list prices read on {c['prices_read_on']} (sources below).",
+            "",
+            "| per 1,000 lines | value |",
+            "|---|---:|",
+            f"| DynamoDB write request units | {per_k['dynamodb_wru']} |",
+            f"| DynamoDB items written | {per_k['dynamodb_items_written']} |",
+            f"| DynamoDB write calls | {per_k['dynamodb_write_calls']} |",
+            f"| DynamoDB read request units | {per_k['dynamodb_rru']} |",
+            f"| DynamoDB read calls | {per_k['dynamodb_read_calls']} |",
+            f"| Lambda GB-seconds | {per_k['lambda_gb_seconds']} |",
+            f"| Step Functions transitions | {per_k['sfn_transitions']} |",
+            f"| SNS publishes | {per_k['sns_publishes']} |",
+            f"| S3 requests | {per_k['s3_requests']} |",
+            "",
+            "| component | USD per million lines |",
+            "|---|---:|",
+        ]
+        out += [f"| {k.replace('_', ' ')} | {v:.4f} |" for k, v in comps.items()]
+        ratio = c["ratio_to_floor"]
+        out += [
+            f"| **total** | **{c['total_usd_per_million_lines']:.4f}** |",
+            f"| floor: one WRU per line and per trace code at {c['trace_codes_per_line']} codes a line | "
+            f"{c['floor_at_measured_codes_usd']:.4f} |",
+            f"| floor at 1.5 codes a line (the issue's figure) | {c['floor_usd_per_million_lines']:.4f} |",
+            f"| target: {c['target_multiple']}x floor | "
+            f"{c['target_multiple'] * c['floor_at_measured_codes_usd']:.4f} |",
+            "",
+            f"Ratio to the floor: **{ratio}x** ({'within' if c['within_target'] else 'ABOVE'} the "
+            f"{c['target_multiple']}x target).",
+            "",
+            "By batch size (the chart):",
+            "",
+            "| lines | status | USD per million lines | offline lines/s | wall s |",
+            "|---:|---|---:|---:|---:|",
+        ]
+        out += [
+            f"| {p['lines']:,} | {p['status']} | {p['usd_per_million']:.4f} | {p['lines_per_s']} | "
+            f"{p['wall_seconds']} |"
+            for p in c["points"]
+        ]
+        out += ["", f"![cost and throughput by batch size](bench-chart.png) ({c.get('chart')})", ""]
+        out += ["Prices:", ""]
+        out += [f"- {k}: ${v['usd']:.10g} per {v['unit']} — {v['source']}" for k, v in c["prices"].items()]
+        out.append("")
+        if not c["within_target"]:
+            top = sorted(comps.items(), key=lambda kv: -kv[1])[:3]
+            shortfalls.append(
+                f"AWS cost is {ratio}x the floor (target {c['target_multiple']}x); largest components: "
+                + ", ".join(f"{k} ${v:.2f}/M" for k, v in top)
+            )
+
+    out += ["## Check API", ""]
+    a = s.get("api", {})
+    if (na := _na(a)) is not None:
+        out += [na, ""]
+    else:
+        out += ["| figure | value |", "|---|---:|"]
+        out += [f"| {k.replace('_', ' ')} | {v} |" for k, v in a.items() if k not in ("available", "section_seconds")]
+        out.append("")
+        p99 = a.get("check_p99_ms_memory")
+        trips = a.get("dynamodb_round_trips_per_check_max")
+        if isinstance(p99, int | float) and p99 > CHECK_P99_TARGET_MS:
+            shortfalls.append(f"check p99 compute {p99} ms > {CHECK_P99_TARGET_MS} ms")
+        if isinstance(trips, int | float) and trips > CHECK_ROUND_TRIPS_TARGET:
+            shortfalls.append(f"a check makes {trips} DynamoDB round trips (target <= {CHECK_ROUND_TRIPS_TARGET})")
+        out += [
+            f"Targets: p99 compute <= {CHECK_P99_TARGET_MS} ms (in-memory figure: the compute without network), "
+            f"<= {CHECK_ROUND_TRIPS_TARGET} DynamoDB round trips per check.",
+            "",
+        ]
+
+    out += ["## Cold-start import time per function", ""]
+    cs = s.get("coldstart", {})
+    if (na := _na(cs)) is not None:
+        out += [na, ""]
+    else:
+        out += ["| function | median ms | max ms | <= 300 ms |", "|---|---:|---:|---|"]
+        for name, f in cs["functions"].items():
+            out.append(
+                f"| {name} | {f['import_ms_median']} | {f['import_ms_max']} | {'yes' if f['within_target'] else 'NO'} |"
+            )
+            if not f["within_target"]:
+                shortfalls.append(f"cold-start import of functions/{name} takes {f['import_ms_median']} ms (> 300)")
+        out += [
+            "",
+            "A fresh interpreter imports `functions/<name>/app.py` with the function's environment from "
+            "template.yaml (as the offline mode resolves it), on this machine, not in Lambda.",
+            "",
+        ]
+
+    out += ["## Ingestion peak memory", ""]
+    ing = s.get("ingest", {})
+    if (na := _na(ing)) is not None:
+        out += [na, ""]
+    else:
+        out += [
+            "| lines | file MB | seconds | lines/s | peak RSS MB | start RSS MB |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for n, r in ing["runs"].items():
+            out.append(
+                f"| {int(n):,} | {r.get('file_mb')} | {r.get('seconds')} | {r.get('lines_per_s')} | "
+                f"{r.get('peak_rss_mb')} | {r.get('rss_before_mb')} |"
+            )
+        out += [
+            "",
+            f"Peak RSS grows {ing['peak_growth_at_10x_lines']}x for 10x the lines: "
+            f"{'flat' if ing['flat'] else 'NOT flat'} (flat = at most {FLAT_MEMORY_RATIO}x).",
+            "",
+        ]
+        if not ing["flat"]:
+            shortfalls.append(f"ingestion peak memory grows {ing['peak_growth_at_10x_lines']}x for 10x the lines")
+
+    out += ["## Where the figures fall short", ""]
+    missing = [f"{name}: {_na(sec)}" for name, sec in s.items() if _na(sec)]
+    if not shortfalls and not missing:
+        out += ["Every measured figure meets its target.", ""]
+    out += [f"- {x}" for x in shortfalls + missing]
+    out.append("")
+    report["shortfalls"] = shortfalls
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--skip", nargs="*", choices=SECTIONS, default=[], help="sections to leave out")
+    parser.add_argument("--only", nargs="*", choices=SECTIONS, default=None, help="run only these sections")
+    parser.add_argument("--no-docs", action="store_true", help="do not copy the report to docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    wanted = [n for n in (args.only or SECTIONS) if n not in args.skip]
+    report: dict[str, Any] = {"machine": machine(), "quick": args.quick, "sections": {}}
+    for name in SECTIONS:
+        if name in wanted:
+            report["sections"][name] = run_section(name, args.quick)
+        else:
+            report["sections"][name] = {"available": False, "why": "skipped on the command line"}
+    markdown = render_markdown(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for stem in (f"bench-{stamp}", "latest"):
+        (args.out / f"{stem}.md").write_text(markdown, encoding="utf-8")
+        (args.out / f"{stem}.json").write_text(
+            json.dumps(report, ensure_ascii=False, indent=1, default=str) + "\n", encoding="utf-8"
+        )
+    if not args.no_docs:
+        shutil.copyfile(args.out / "latest.md", DOCS / "benchmarks.md")
+    print(markdown)
+    print(
+        f"written: {args.out / 'latest.md'}, {args.out / 'latest.json'}"
+        + ("" if args.no_docs else ", docs/benchmarks.md")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
