@@ -377,3 +377,11 @@ def test_json_keys_in_other_case_or_chinese(kb) -> None:
     line = normalize_record(rec, kb, file="f.jsonl", line=1)
     # Then the keys are recognised
     assert line.psn_no == "31000000000101" and line.feedetl_sn == "FD0001"
+
+
+def test_codes_are_upper_cased(kb) -> None:
+    # Given codes typed in lower case
+    line = _norm(kb, fixmedins_code="p31000001", med_list_codg="xj05af10a001")
+    # Then they are the catalogue's codes (the drug is recognised as monitored) and the line id is canonical
+    assert (line.fixmedins_code, line.med_list_codg, line.monitored) == ("P31000001", "XJ05AF10A001", True)
+    assert line.line_id == "P31000001/FD0001" and line.institution_kind is InstitutionKind.PHARMACY

@@ -377,6 +377,7 @@ def normalize_record(
     feedetl_sn = texts["feedetl_sn"]
     fixmedins_code = texts["fixmedins_code"]
     assert feedetl_sn is not None and fixmedins_code is not None
+    fixmedins_code = fixmedins_code.upper()  # codes are upper-case: h31000001 is H31000001
     if len(feedetl_sn) > 64:
         raise ctx.reject("feedetl_sn", MALFORMED, f"feedetl_sn is longer than 64 characters: {show(feedetl_sn)}")
     if _INSTITUTION.fullmatch(fixmedins_code) is None:
@@ -404,6 +405,7 @@ def normalize_record(
 
     med_list_codg = texts["med_list_codg"]
     assert med_list_codg is not None
+    med_list_codg = med_list_codg.upper()
     if _DRUG_CODE.fullmatch(med_list_codg) is None:
         raise ctx.reject("med_list_codg", MALFORMED, f"med_list_codg is not a drug code: {show(med_list_codg)}")
 
