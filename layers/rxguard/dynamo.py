@@ -53,7 +53,7 @@ class RequestCounter:
         self.calls: Counter[str] = Counter()
 
     def hook(self, client: Any) -> Any:
-        client.meta.events.register("before-call.*.*", self._before_call)
+        client.meta.events.register("before-parameter-build.*.*", self._before_call)
         return client
 
     def _before_call(self, model: Any, params: Mapping[str, Any], **_: Any) -> None:
@@ -304,6 +304,11 @@ class DynamoRepository(HistoryRepository):
         self._scopes: dict[str, dict[str, Finding]] = {}  # scope -> finding_id -> finding (superseded included)
         self.known_lines: dict[str, ClaimLine] = {}  # lines seen by this instance (loaded or recorded)
         self.sale_owner: dict[str, str] = {}  # line_id -> psn_no, from the trace-code sales loaded
+        # Scopes that cannot have stored findings: a trace code first sold by this instance
+        # (its item did not exist), a patient whose every stored line this instance recorded.
+        # Their findings are not queried (most scopes of a batch are new).
+        self._fresh_scopes: set[str] = set()
+        self._recorded_ids: set[str] = set()
 
     # ------------------------------------------------------------ helpers
     def _map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -342,8 +347,10 @@ class DynamoRepository(HistoryRepository):
 
         patients = sorted(set(psn_nos))
         history = dict(zip(patients, self._map(one, patients), strict=True))
-        for lines in history.values():
+        for psn_no, lines in history.items():
             self.known_lines.update((x.line_id, x) for x in lines)
+            if lines and all(x.line_id in self._recorded_ids for x in lines):
+                self._fresh_scopes.add(f"patient:{psn_no}")
         return history
 
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
@@ -374,6 +381,7 @@ class DynamoRepository(HistoryRepository):
     def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
         recorded = [line for line, new in zip(lines, self._map(self._record_one, list(lines)), strict=True) if new]
         self.known_lines.update((x.line_id, x) for x in lines)
+        self._recorded_ids.update(x.line_id for x in recorded)
         if self.tables.aggregates and recorded:
             self.add_aggregates(activity_counts(recorded))
         return recorded
@@ -413,6 +421,7 @@ class DynamoRepository(HistoryRepository):
                 ConditionExpression="attribute_not_exists(#code)",
                 ExpressionAttributeNames={"#code": "code"},
             )
+            self._fresh_scopes.add(f"trace:{code}")  # first sale ever: no finding can exist yet
             return
         except ClientError as exc:
             if _error_code(exc) != "ConditionalCheckFailedException":
@@ -516,6 +525,9 @@ class DynamoRepository(HistoryRepository):
 
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
         wanted = sorted(set(scopes))
+        for scope in wanted:
+            if scope in self._fresh_scopes:
+                self._scopes.setdefault(scope, {})
         missing = [s for s in wanted if s not in self._scopes]
         for scope, found in zip(missing, self._map(self._load_scope, missing), strict=True):
             self._scopes[scope] = found
@@ -526,7 +538,7 @@ class DynamoRepository(HistoryRepository):
 
     def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
         if scope not in self._scopes:
-            self._scopes[scope] = self._load_scope(scope)
+            self._scopes[scope] = {} if scope in self._fresh_scopes else self._load_scope(scope)
         current = self._scopes[scope]
         now = datetime.now(UTC).isoformat()
         changes = FindingChanges()

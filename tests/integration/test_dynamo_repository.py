@@ -250,3 +250,43 @@ def test_activity_counts_only_newly_recorded_monitored_lines(stack: Stack) -> No
     # And removing the flag clears it
     repo.update_flags({}, {unit: {lines[0].line_id}})
     assert {a.scope: a for a in repo.load_activity(["2026-03"])}["institution:H31000000001"].flagged_lines == ()
+
+
+class _QueryCounter:
+    """A DynamoDB client that counts Query calls on the findings index."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.findings_queries = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def query(self, **kwargs: Any) -> Any:
+        if kwargs.get("IndexName") == "by_scope":
+            self.findings_queries += 1
+        return self.real.query(**kwargs)
+
+
+def test_findings_of_new_patients_and_new_trace_codes_are_not_queried(stack: Stack) -> None:
+    # Given a patient with a finding already stored, and a chunk with that patient and two new ones
+    code_old, code_new = "81234567890123456789", "81234567890123456790"
+    _repo(stack).record_lines([make_line("P1", "1", trace_codes=[code_old])])
+    _repo(stack).replace_findings("patient:P1", [make_finding(psn_no="P1", evidence=("H1/1",))])
+    chunk = [
+        make_line("P1", "2", time="2026-04-01 09:00:00", trace_codes=[code_old]),
+        make_line("P2", "3", trace_codes=[code_new]),
+        make_line("P3", "4"),
+    ]
+    counting = _QueryCounter(stack.ddb)
+    repo = DynamoRepository(tables_of(stack), counting)
+    # When the chunk is recorded and the findings of its scopes loaded
+    repo.record_lines(chunk)
+    repo.load_history(["P1", "P2", "P3"])
+    scopes = ["patient:P1", "patient:P2", "patient:P3", f"trace:{code_old}", f"trace:{code_new}"]
+    current = repo.load_findings(scopes)
+    # Then only the scopes with a past (P1 and the code sold before) were queried, and
+    # P1's stored finding is there
+    assert counting.findings_queries == 2
+    assert [f.psn_no for f in current["patient:P1"]] == ["P1"]
+    assert current["patient:P2"] == current["patient:P3"] == current[f"trace:{code_new}"] == []
