@@ -81,6 +81,7 @@ class InMemoryRepository(HistoryRepository):
         self.trace_sales: dict[str, list[TraceSale]] = defaultdict(list)
         self.findings: dict[str, Finding] = {}  # by finding_id, superseded included
         self.scope_of: dict[str, str] = {}  # finding_id -> scope
+        self.in_scope: dict[str, set[str]] = defaultdict(set)  # scope -> finding ids (index of scope_of)
         self.reads = 0  # round trips, for benchmarks and the two-round-trip contract
         self.writes = 0
 
@@ -110,10 +111,11 @@ class InMemoryRepository(HistoryRepository):
         self.reads += 1
         wanted = set(scopes)
         out: dict[str, list[Finding]] = {s: [] for s in wanted}
-        for fid, scope in self.scope_of.items():
-            finding = self.findings[fid]
-            if scope in wanted and finding.status != "superseded":
-                out[scope].append(finding)
+        for scope in wanted:
+            for fid in sorted(self.in_scope.get(scope, ())):
+                finding = self.findings[fid]
+                if finding.status != "superseded":
+                    out[scope].append(finding)
         return out
 
     def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
@@ -133,10 +135,14 @@ class InMemoryRepository(HistoryRepository):
                     self.findings[finding.finding_id] = merged
                 else:
                     changes.unchanged += 1
+            previous = self.scope_of.get(finding.finding_id)
+            if previous is not None and previous != scope:
+                self.in_scope[previous].discard(finding.finding_id)
             self.scope_of[finding.finding_id] = scope
-        for fid, owner in self.scope_of.items():
+            self.in_scope[scope].add(finding.finding_id)
+        for fid in sorted(self.in_scope.get(scope, ())):
             old = self.findings[fid]
-            if owner == scope and fid not in current and old.status != "superseded":
+            if fid not in current and old.status != "superseded":
                 gone = old.model_copy(update={"status": "superseded"})
                 self.findings[fid] = gone
                 changes.superseded.append(gone)

@@ -63,17 +63,21 @@ def _dedupe(lines: Iterable[ClaimLine]) -> tuple[list[ClaimLine], list[ClaimLine
     return list(seen.values()), repeated
 
 
-def _sales_with(stored: Sequence[TraceSale], code: str, extra: Iterable[ClaimLine]) -> list[TraceSale]:
-    """Stored sales of a code plus those of `extra` lines not stored yet."""
+def _sales_by_code(lines: Iterable[ClaimLine]) -> dict[str, list[TraceSale]]:
+    """The sales the given lines make, by code (one per line and code)."""
+    out: dict[str, list[TraceSale]] = {}
+    for line in lines:
+        for code in dict.fromkeys(line.trace_codes):
+            out.setdefault(code, []).append(
+                TraceSale(line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code)
+            )
+    return out
+
+
+def _sales_with(stored: Sequence[TraceSale], extra: Sequence[TraceSale]) -> list[TraceSale]:
+    """Stored sales of a code plus those of lines not stored yet."""
     known = {s.line_id for s in stored}
-    out = list(stored)
-    for line in extra:
-        if line.line_id in known:
-            continue
-        for c in line.trace_codes:
-            if c == code:
-                out.append(TraceSale(line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code))
-    return sorted(out)
+    return sorted([*stored, *(s for s in extra if s.line_id not in known)])
 
 
 def screen_lines(
@@ -98,22 +102,15 @@ def screen_lines(
     by_patient: dict[str, list[ClaimLine]] = {}
     for line in batch:
         by_patient.setdefault(line.psn_no, []).append(line)
-    known: dict[str, ClaimLine] = {}
     for psn in patients:
         timeline = list(history.get(psn, ()))
         timeline.extend(by_patient[psn])  # history first: a stored line wins over a resent one
-        for line in timeline:
-            known.setdefault(line.line_id, line)
         scope = f"patient:{psn}"
         merge_changes(outcome.changes, repo.replace_findings(scope, engine.evaluate_patient(psn, timeline)))
         outcome.scopes.append(scope)
-    carrying: dict[str, list[ClaimLine]] = {}  # code -> batch lines with it (not the whole batch per code)
-    for line in batch:
-        for c in line.trace_codes:
-            carrying.setdefault(c, []).append(line)
+    batch_sales = _sales_by_code(batch)  # per code once (not the whole batch per code)
     for code in codes:
-        code_sales = _sales_with(sales.get(code, ()), code, carrying.get(code, ()))
-        found = engine.evaluate_trace_code(code, code_sales, known)
+        found = engine.evaluate_trace_code(code, _sales_with(sales.get(code, ()), batch_sales.get(code, [])))
         scope = f"trace:{code}"
         merge_changes(outcome.changes, repo.replace_findings(scope, found))
         outcome.scopes.append(scope)
@@ -134,16 +131,14 @@ def check_lines(proposed: Sequence[ClaimLine], repo: HistoryRepository, kb: Know
     sales = repo.load_trace_sales(codes) if codes else {}
     engine = engine_for(kb, {Scene.PRE})
     findings: list[Finding] = []
-    known: dict[str, ClaimLine] = {line.line_id: line for line in batch}
     for psn in patients:
         timeline = [line for line in history.get(psn, ()) if line.line_id not in ids]
-        for line in timeline:
-            known.setdefault(line.line_id, line)
         timeline.extend(line for line in batch if line.psn_no == psn)
         findings.extend(engine.evaluate_patient(psn, timeline))
+    batch_sales = _sales_by_code(batch)
     for code in codes:
         stored = [s for s in sales.get(code, ()) if s.line_id not in ids]
-        findings.extend(engine.evaluate_trace_code(code, _sales_with(stored, code, batch), known))
+        findings.extend(engine.evaluate_trace_code(code, _sales_with(stored, batch_sales.get(code, []))))
     for finding in findings:
         for line_id in finding.evidence:
             if line_id in ids:
