@@ -431,6 +431,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             shortfalls.append(f"ingestion peak memory grows {ing['peak_growth_at_10x_lines']}x for 10x the lines")
 
     out += ["## Where the figures fall short", ""]
+    dates = sorted({sec.get("measured_on") for sec in s.values() if sec.get("available") and sec.get("measured_on")})
+    if len(dates) > 1:
+        out += [
+            "Sections were measured in separate runs on this machine: "
+            + ", ".join(f"{name} {sec.get('measured_on')}" for name, sec in s.items() if sec.get("available"))
+            + " (UTC).",
+            "",
+        ]
     missing = [f"{name}: {_na(sec)}" for name, sec in s.items() if _na(sec)]
     if not shortfalls and not missing:
         out += ["Every measured figure meets its target.", ""]
@@ -447,14 +455,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="*", choices=SECTIONS, default=[], help="sections to leave out")
     parser.add_argument("--only", nargs="*", choices=SECTIONS, default=None, help="run only these sections")
     parser.add_argument("--no-docs", action="store_true", help="do not copy the report to docs/benchmarks.md")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        help="a previous report JSON: sections not run now are taken from it (marked with its date)",
+    )
     args = parser.parse_args(argv)
     wanted = [n for n in (args.only or SECTIONS) if n not in args.skip]
+    previous: dict[str, Any] = {}
+    if args.merge:
+        previous = json.loads(args.merge.read_text(encoding="utf-8"))
     report: dict[str, Any] = {"machine": machine(), "quick": args.quick, "sections": {}}
     for name in SECTIONS:
+        earlier = (previous.get("sections") or {}).get(name)
         if name in wanted:
             report["sections"][name] = run_section(name, args.quick)
+        elif earlier and earlier.get("available"):
+            when = earlier.get("measured_on") or previous.get("machine", {}).get("date_utc")
+            report["sections"][name] = {**earlier, "measured_on": when}
         else:
             report["sections"][name] = {"available": False, "why": "skipped on the command line"}
+        report["sections"][name].setdefault("measured_on", report["machine"]["date_utc"])
     markdown = render_markdown(report)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

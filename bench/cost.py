@@ -6,8 +6,8 @@
 One synthetic batch (rxguard.synth, trimmed to the line count) runs through the real
 ClaimBatch state machine and handlers on moto (rxguard.offline.Environment). Every AWS
 call the handlers make through boto3's default session is counted by service and
-operation (a botocore `before-parameter-build` hook, which sees the API parameters); DynamoDB request units are computed from the
-calls themselves (`after-call`): a write costs one WRU per started KB of each item
+operation (a botocore `before-parameter-build` hook, which sees the API parameters);
+DynamoDB request units are computed from the calls themselves: a write costs one WRU per started KB of each item
 written (BatchWriteItem per item, transactions twice), a read one RRU per started 4 KB
 (strongly consistent) or half of that (eventually consistent) of the items returned,
 at least one unit per item or per Query page. Item size = attribute names + values as
@@ -249,24 +249,40 @@ class CallCounter:
 
 
 def synthetic_batch(lines: int, path: Path, seed: int = 11) -> tuple[int, int]:
-    """A JSON Lines batch of exactly `lines` synthetic lines; returns (lines, trace codes)."""
+    """A JSON Lines batch of exactly `lines` synthetic lines; returns (lines, trace codes).
+
+    Whole patients are drawn (in a seeded order) from a population of at least 2,000, so
+    small batches keep the population's mix (about 8% abusive) instead of the generator's
+    per-scenario minimum dominating; the last patient may be cut to hit the count."""
+    import random
+
     from rxguard.kb import get_knowledge_base
     from rxguard.synth import SynthConfig, generate
 
     kb = get_knowledge_base()
-    patients = max(30, lines // 20)
+    patients = max(2000, lines // 20)
     while True:
         records = generate(SynthConfig(patients=patients, seed=seed), kb).records
         if len(records) >= lines:
             break
         patients = int(patients * lines / max(len(records), 1) * 1.1) + 10
-    records = records[:lines]
+    by_patient: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_patient.setdefault(r["psn_no"], []).append(r)
+    order = sorted(by_patient)
+    random.Random(seed).shuffle(order)
+    chosen: list[dict[str, Any]] = []
+    for psn in order:
+        if len(chosen) >= lines:
+            break
+        chosen.extend(by_patient[psn])
+    chosen = sorted(chosen[:lines], key=lambda r: (r["fee_ocur_time"], r["fixmedins_code"], r["feedetl_sn"]))
     codes = 0
     with path.open("w", encoding="utf-8") as fh:
-        for r in records:
+        for r in chosen:
             fh.write(json.dumps({k: v for k, v in r.items() if v != ""}, ensure_ascii=False) + "\n")
             codes += len([c for c in str(r["drug_trac_codg"]).split(",") if c])
-    return len(records), codes
+    return len(chosen), codes
 
 
 def _memory_by_function(env: Any) -> dict[str, int]:

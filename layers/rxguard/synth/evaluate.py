@@ -367,7 +367,9 @@ def evaluate(config: SynthConfig, kb: KnowledgeBase, *, path: str, work_dir: Pat
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rxguard eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--patients", type=int, default=2000, help="population size (default 2000)")
+    parser.add_argument(
+        "--patients", type=int, default=None, help="population size (default 3000 with --engine, 1000 on the workflow)"
+    )
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     parser.add_argument("--months", type=int, default=6, help="calendar months (default 6)")
     mode = parser.add_mutually_exclusive_group()
