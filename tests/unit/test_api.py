@@ -183,7 +183,7 @@ def test_check_without_line_ids_or_time_gets_generated_ones(kb: KnowledgeBase) -
     # Then the line has a generated id and the check time is the service clock
     assert status == 200
     assert answer["lines"][0]["line_id"] == "P4401001/check-1"
-    assert answer["checked_at"] == "2026-03-01T10:00:00"
+    assert answer["checked_at"] == "2026-03-01T10:00:00+08:00"
 
 
 # ------------------------------------------------------------------ checks, national 3101 shape
@@ -274,7 +274,8 @@ def test_format_query_switches_the_answer_shape(kb: KnowledgeBase) -> None:
             "lines[0].det_item_fee_sumamt",
             "invalid_amount_mismatch",
         ),
-        (lambda b: b.update(fixmedins_code="4401-x"), "fixmedins_code", "invalid_malformed"),
+        (lambda b: b.update(fixmedins_code="4401x"), "fixmedins_code", "invalid_field"),
+        (lambda b: b.update(fee_ocur_time="1980-01-01 10:00:00"), "fee_ocur_time", "invalid_bad_time"),
         (lambda b: b["lines"][1].update(feedetl_sn="CHK-001"), "lines[1].feedetl_sn", "duplicate_line"),
         (lambda b: b.update(lines=[]), "lines", "invalid_field"),
     ],

@@ -7,19 +7,31 @@ live in `rxguard.api.nhsa`.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from rxguard.models import OverrideReason, Severity
 
+CHINA = timezone(timedelta(hours=8))
+
+
+def _in_china_time(value: datetime) -> datetime:
+    """Claim-line times carry no zone and are China time: answers say so (RFC 3339 +08:00)."""
+    return value.replace(tzinfo=CHINA) if value.tzinfo is None else value.astimezone(CHINA)
+
+
+ChinaTime = Annotated[datetime, AfterValidator(_in_china_time)]
 Decision = Literal["pass", "warn", "block"]
 ReviewStatus = Literal["confirmed", "dismissed"]
 FindingStatus = Literal["new", "confirmed", "dismissed", "superseded"]
 
 Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/\-]+$")]
 Text = Annotated[str, Field(max_length=200)]
+Institution = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9]{1,39}$")]
+DrugCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,49}$")]
+Diagnosis = Annotated[str, Field(pattern=r"^[A-Za-z0-9.+\-]{1,20}$")]
 
 
 class ProposedLine(BaseModel):
@@ -32,7 +44,7 @@ class ProposedLine(BaseModel):
         description="fee-detail serial number, unique within the institution; required for dispensations, "
         "generated for checks when absent",
     )
-    med_list_codg: Code = Field(description="national drug code (医保药品编码)")
+    med_list_codg: DrugCode = Field(description="national drug code (医保药品编码)")
     med_list_name: Text | None = None
     cnt: float = Field(gt=0, le=100000, description="quantity in packs, or in minimum units when trdn_flag")
     trdn_flag: bool = Field(default=False, description="拆零: cnt is in minimum units")
@@ -43,7 +55,7 @@ class ProposedLine(BaseModel):
     prd_days: float | None = Field(default=None, gt=0, le=3650)
     rxno: Code | None = None
     bilg_dr_codg: Code | None = Field(default=None, description="prescriber")
-    dise_codg: list[Annotated[str, Field(min_length=1, max_length=20)]] = Field(
+    dise_codg: list[Diagnosis] = Field(
         default_factory=list, max_length=50, description="diagnoses of this line (ICD-10), added to the visit's"
     )
     dscg_tkdrug_flag: bool = Field(default=False, description="出院带药 discharge medication")
@@ -60,7 +72,7 @@ class DispensingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     psn_no: Code = Field(description="insured person (人员编号)")
-    fixmedins_code: Code = Field(description="institution (定点医药机构编号); H... hospital, P... pharmacy")
+    fixmedins_code: Institution = Field(description="institution (定点医药机构编号); H... hospital, P... pharmacy")
     fixmedins_name: Text | None = None
     admdvs: Annotated[str, Field(pattern=r"^\d{6}$")] | None = Field(default=None, description="region code")
     mdtrt_id: Code | None = Field(default=None, description="visit id; institution + day when absent")
@@ -69,12 +81,25 @@ class DispensingRequest(BaseModel):
         default="41", description="11 outpatient, 14 chronic outpatient, 41 pharmacy purchase, 21 inpatient"
     )
     fee_ocur_time: datetime | None = Field(
-        default=None, description="local time of the dispensing; now (checks) when absent"
+        default=None,
+        description="time of the dispensing; without a zone it is China time (UTC+8); now when absent (checks)",
     )
-    dise_codg: list[Annotated[str, Field(min_length=1, max_length=20)]] = Field(
+    dise_codg: list[Diagnosis] = Field(
         default_factory=list, max_length=50, description="diagnoses of the visit (ICD-10)"
     )
     lines: list[ProposedLine] = Field(min_length=1, description="drug lines (at most 200 a request)")
+
+
+class DispensedLine(ProposedLine):
+    """A drug line of a completed dispensing: its fee-detail serial number is its identity."""
+
+    feedetl_sn: Code = Field(description="fee-detail serial number, unique within the institution (the line id)")
+
+
+class DispensationRequest(DispensingRequest):
+    """A completed dispensing (rxguard's own shape); recorded idempotently on the line ids."""
+
+    lines: list[DispensedLine] = Field(min_length=1, description="drug lines (at most 200 a request)")  # type: ignore[assignment]
 
 
 class RuleHit(BaseModel):
@@ -108,7 +133,7 @@ class LineResult(BaseModel):
 
 class CheckResponse(BaseModel):
     decision: Decision = Field(description="the worst decision of the lines")
-    checked_at: datetime
+    checked_at: ChinaTime
     lines: list[LineResult]
 
 
@@ -125,7 +150,7 @@ class Review(BaseModel):
     status: ReviewStatus
     reason: str
     reviewer: str
-    reviewed_at: datetime
+    reviewed_at: ChinaTime
 
 
 class FindingView(BaseModel):
@@ -138,7 +163,7 @@ class FindingView(BaseModel):
     fixmedins_code: str | None = None
     bilg_dr_codg: str | None = None
     admdvs: str | None = None
-    occurred_at: datetime
+    occurred_at: ChinaTime
     evidence: list[str]
     figures: dict[str, Any] = Field(default_factory=dict)
     mitigations: list[str] = Field(default_factory=list)

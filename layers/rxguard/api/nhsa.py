@@ -147,7 +147,9 @@ class NhsaData(_Lenient):
 
 
 class NhsaRequest(_Lenient):
-    """3101/3102 input as the `data` node."""
+    """3101/3102 input as the `data` node (nothing beside it: the envelope has `input`)."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
     data: NhsaData
 

@@ -23,6 +23,7 @@ from rxguard.api.access import Caller, identify
 from rxguard.api.errors import ApiError, PayloadTooLarge, from_validation_errors
 from rxguard.api.models import (
     CheckResponse,
+    DispensationRequest,
     DispensationResponse,
     DispensingRequest,
     ErrorResponse,
@@ -47,11 +48,14 @@ API_DESCRIPTION = (
 
 
 def _shape(value: Any) -> str:
-    """Which request shape a body is, by its keys (the national shapes nest under data/input)."""
+    """Which request shape a body is, by its keys: the national envelope has `input`, the
+    national data node `data`, rxguard's shape `lines` (the three are mutually exclusive)."""
     if isinstance(value, dict):
-        if "input" in value and "data" not in value and "lines" not in value:
+        if "lines" in value:
+            return "rxguard"
+        if "input" in value:
             return "nhsa-envelope"
-        if "data" in value and "lines" not in value:
+        if "data" in value:
             return "nhsa"
     elif isinstance(value, nhsa.NhsaEnvelope):
         return "nhsa-envelope"
@@ -66,6 +70,13 @@ CheckBody = Annotated[
     | Annotated[nhsa.NhsaEnvelope, Tag("nhsa-envelope")],
     Discriminator(_shape),
     Body(description="rxguard's dispensing shape, or the national 3101/3102 input (data node or envelope)"),
+]
+DispensationBody = Annotated[
+    Annotated[DispensationRequest, Tag("rxguard")]
+    | Annotated[nhsa.NhsaRequest, Tag("nhsa")]
+    | Annotated[nhsa.NhsaEnvelope, Tag("nhsa-envelope")],
+    Discriminator(_shape),
+    Body(description="rxguard's dispensing shape, or the national 3102 input (data node or envelope)"),
 ]
 AnswerFormat = Annotated[
     Literal["rxguard", "nhsa"] | None,
@@ -133,7 +144,7 @@ def post_check(body: CheckBody, answer_format: AnswerFormat = None) -> CheckResp
     },
     tags=["dispensations"],
 )
-def post_dispensation(body: CheckBody) -> DispensationResponse:
+def post_dispensation(body: DispensationBody) -> DispensationResponse:
     return service.dispense(_services(), body, _caller())
 
 
@@ -243,6 +254,11 @@ def _validation_error(error: RequestValidationError) -> Response[str]:
     return _answer(from_validation_errors(error.errors()))
 
 
+@app.exception_handler(RecursionError)
+def _too_deep(error: RecursionError) -> Response[str]:  # json.loads of a nesting bomb (security helper)
+    return _answer(ApiError("request body is not valid JSON: nested too deeply", None, code="invalid_json"))
+
+
 @app.not_found
 def _not_found(error: NotFoundError) -> Response[str]:
     err = ApiError(f"no route {app.current_event.http_method} {app.current_event.path}", code="no_route")
@@ -265,7 +281,7 @@ def _body_size(event: dict[str, Any]) -> int:
     body = event.get("body") or ""
     if event.get("isBase64Encoded"):
         return len(body) * 3 // 4
-    return len(body.encode("utf-8")) if isinstance(body, str) else len(body)
+    return len(body.encode("utf-8", "surrogatepass")) if isinstance(body, str) else len(body)  # lone \ud800: no crash
 
 
 def handle(event: dict[str, Any], context: Any, services: Services) -> dict[str, Any]:

@@ -118,6 +118,8 @@ def alerts_notifier(kb: KnowledgeBase, sink: Any, settings: Any = None) -> Notif
 
 
 def _time_text(value: datetime) -> str:
+    if value.tzinfo is not None:
+        value = value.astimezone(CHINA)
     return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
