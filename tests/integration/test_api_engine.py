@@ -131,3 +131,16 @@ def test_3101_check_with_the_real_engine_names_the_current_order(kb: KnowledgeBa
         assert violation["sev_deg"] in ("1", "2", "3")
         assert {d["rx_id"] for d in violation["judge_result_detail_dtos"]} == {"RX-0002-01"}
         assert violation["rule_name"] == kb.rule(violation["rule_id"]).name_zh
+
+
+def test_3102_dispensing_records_the_encounter_orders_once(kb: KnowledgeBase) -> None:
+    # Given a 3102 message whose encounter is a single object (as some HIS send it)
+    svc, repo, _ = make(kb)
+    event = load_event("api/dispensation_3102.json")
+    # When it is posted twice
+    first = call(svc, event)
+    again = call(svc, event)
+    # Then its orders are recorded once, under medins_id/rx_id, and the answer is rxguard's dispensing shape
+    assert first["recorded"] == ["H6108001/RX-0001-01", "H6108001/RX-0002-01"]
+    assert again["recorded"] == [] and again["duplicates"] == first["recorded"]
+    assert set(repo.lines) == set(first["recorded"])
