@@ -134,21 +134,43 @@ def test_hospital_spending_does_not_count(kb, engine):
     assert not only(engine.evaluate_patient("P0001", lines), "pharmacy-spend")
 
 
-def test_specialty_drug_within_the_rules_makes_it_informational(kb, engine):
+@pytest.fixture(scope="module")
+def specialty_engine(kb):  # type: ignore[no-untyped-def]
+    """A bureau that exempts high-cost specialty drugs dispensed within the rules."""
+    from rxguard.kb import KnowledgeBase
+
+    rules = dict(kb.rules)
+    rule = rules["pharmacy-spend"]
+    rules["pharmacy-spend"] = rule.model_copy(
+        update={"parameters": {**rule.parameters, "specialty_categories": ["high_cost"]}}
+    )
+    return Engine(KnowledgeBase(drugs=kb.drugs, rules=rules, phase=kb.phase))
+
+
+def test_specialty_drugs_count_by_default(kb, engine):
     # Given a lung-cancer patient buying one box of alectinib (9600 yuan) with the matching diagnosis
     line = make_line(
         kb, drug_code=ALECTINIB, fixmedins_code="P3101001", when="2025-10-02 10:00:00", diagnoses=["C34.1"]
     )
     found = only(engine.evaluate_patient("P0001", [line]), "pharmacy-spend")
+    # Then by default (Shanghai's rule as written) the spending is flagged
+    assert found[0].severity is Severity.MEDIUM
+
+
+def test_specialty_drug_within_the_rules_makes_it_informational_where_configured(kb, specialty_engine):
+    line = make_line(
+        kb, drug_code=ALECTINIB, fixmedins_code="P3101001", when="2025-10-02 10:00:00", diagnoses=["C34.1"]
+    )
+    found = only(specialty_engine.evaluate_patient("P0001", [line]), "pharmacy-spend")
     # Then the finding is low, saying specialty drugs explain the spending
     assert found[0].severity is Severity.LOW and found[0].mitigations == ["specialty_drugs"]
 
 
-def test_specialty_drug_bought_against_the_rules_is_not_excused(kb, engine):
+def test_specialty_drug_bought_against_the_rules_is_not_excused(kb, specialty_engine):
     # Given two boxes of alectinib 5 days apart at two pharmacies (early refill) with the diagnosis
     lines = [
         make_line(kb, drug_code=ALECTINIB, fixmedins_code="P3101001", when="2025-10-02 10:00:00", diagnoses=["C34.1"]),
         make_line(kb, drug_code=ALECTINIB, fixmedins_code="P3101002", when="2025-10-07 10:00:00", diagnoses=["C34.1"]),
     ]
-    found = only(engine.evaluate_patient("P0001", lines), "pharmacy-spend")
+    found = only(specialty_engine.evaluate_patient("P0001", lines), "pharmacy-spend")
     assert found[0].severity is Severity.MEDIUM and not found[0].mitigations

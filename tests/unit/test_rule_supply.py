@@ -242,11 +242,18 @@ def test_same_institution_is_not_cross_institution(kb, engine):
     assert not by_rule(findings, "cross-institution-repeat")
 
 
-@pytest.mark.parametrize(("day", "flagged"), [(21, True), (22, False)])
-def test_cross_institution_boundary_is_a_quarter_of_the_covering_fill(kb, engine, day, flagged):
-    # Given 28 days at A; at B on day 21 the overlap is 7 = 25% of 28, on day 22 it is 6
+@pytest.mark.parametrize(("day", "flagged"), [(25, True), (26, False)])
+def test_cross_institution_boundary_is_three_days(kb, engine, day, flagged):
+    # Given 28 days at A; at B on day 25 the overlap is 3 days, on day 26 it is 2
     findings = engine.evaluate_patient("P0001", [buy(kb, 0), buy(kb, day, inst="P3101002")])
     assert bool(by_rule(findings, "cross-institution-repeat")) is flagged
+
+
+@pytest.mark.parametrize(("day", "flagged"), [(75, True), (76, False)])
+def test_cross_institution_overlap_of_a_long_fill_must_be_a_tenth_of_it(kb, engine, day, flagged):
+    # Given a long-term fill of 84 days at A; at B the overlap must reach 8.4 days
+    lines = [buy(kb, 0, packs=3, lt_rx_flag=True), buy(kb, day, inst="P3101002", lt_rx_flag=True)]
+    assert bool(by_rule(engine.evaluate_patient("P0001", lines), "cross-institution-repeat")) is flagged
 
 
 def test_alternating_pharmacies_on_time_is_not_flagged(kb, engine):

@@ -168,7 +168,7 @@ class MonthlyRules:
     ) -> Finding | None:
         p = self.rules.params("pharmacy-spend", region)
         limit = float(p.get("max_monthly_yuan", 8000))
-        categories = set(p.get("specialty_categories", ["high_cost"]))
+        categories = set(p.get("specialty_categories", []))
         at_pharmacy = [ln for ln in lines if ln.institution_kind is InstitutionKind.PHARMACY]
         total = 0.0
         crossed: ClaimLine | None = None

@@ -341,7 +341,7 @@ class SupplyRules:
     def _cross_institution(self, psn_no: str, fill: Fill, active: list[Fill]) -> Finding | None:
         p = self.rules.params("cross-institution-repeat", fill.admdvs)
         min_days = float(p.get("min_overlap_days", 3))
-        min_fraction = float(p.get("min_overlap_fraction", 0.25))
+        min_fraction = float(p.get("min_overlap_fraction", 0.10))
         covering: list[tuple[Fill, float]] = []
         for other in active:
             if other.fixmedins_code == fill.fixmedins_code:
