@@ -347,6 +347,21 @@ def test_institution_may_check_only_its_own_lines(kb: KnowledgeBase) -> None:
     assert call(svc, unknown)[0] == 403
 
 
+def test_institution_codes_compare_as_normalized(kb: KnowledgeBase) -> None:
+    # Given the pharmacy's request with its code in lower case (ingestion upper-cases codes)
+    svc = services(kb)
+    event = with_body(
+        load_event("api/check.json"), dict(body_of(load_event("api/check.json")), fixmedins_code="p4401001")
+    )
+    # When checked, and its findings listed with a lower-case filter
+    status, answer = call(svc, event)
+    seed(svc, kb)
+    list_status, page = get(svc, "/v1/findings?institution=p4401001", caller=PHARMACY)
+    # Then the grant applies and the line ids use the normalized code
+    assert status == 200 and answer["lines"][0]["line_id"] == "P4401001/CHK-001"
+    assert list_status == 200 and page["items"] and {f["fixmedins_code"] for f in page["items"]} == {"P4401001"}
+
+
 def test_prefix_grant_matches_assumed_role_sessions(kb: KnowledgeBase) -> None:
     callers = {**CALLERS, "arn:aws:sts::123456789012:assumed-role/his-P4401001/*": {"institutions": ["P4401001"]}}
     svc = services(kb, callers=callers)

@@ -52,7 +52,8 @@ def identify(event: Mapping[str, Any], settings: ApiSettings) -> Caller:
     grant = _grant_for(settings.callers, (arn, caller_id))
     if grant is None:
         return Caller(principal, frozenset(), regulator=False, enforced=True)
-    return Caller(principal, frozenset(grant.institutions), grant.regulator, enforced=True)
+    # institution codes compare as the ingestion normalizes them (upper case)
+    return Caller(principal, frozenset(c.upper() for c in grant.institutions), grant.regulator, enforced=True)
 
 
 def _grant_for(callers: Mapping[str, CallerGrant], keys: Iterable[str]) -> CallerGrant | None:
@@ -71,7 +72,7 @@ def _grant_for(callers: Mapping[str, CallerGrant], keys: Iterable[str]) -> Calle
 
 
 def require_institutions(caller: Caller, institutions: Iterable[str]) -> None:
-    for code in sorted(set(institutions)):
+    for code in sorted({c.upper() for c in institutions}):
         if not caller.may_act_for(code):
             raise Forbidden(f"caller may not act for institution {code}", "fixmedins_code")
 
@@ -84,10 +85,10 @@ def require_reviewer(caller: Caller) -> None:
 def readable_institution(caller: Caller, requested: str | None) -> str | None:
     """The institution whose findings a listing may show: None = all (regulators)."""
     if caller.reads_all:
-        return requested
+        return None if requested is None else requested.upper()
     if requested is not None:
         require_institutions(caller, [requested])
-        return requested
+        return requested.upper()
     if len(caller.institutions) == 1:
         return next(iter(caller.institutions))
     if not caller.institutions:

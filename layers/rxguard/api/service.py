@@ -337,8 +337,8 @@ def check(
     """Pre-dispensing check: records nothing; two repository reads at most."""
     now = services.now()
     request_lines = lines_of(body, now, require_sn=False)
-    require_institutions(caller, {str(r.record.get("fixmedins_code", "")) for r in request_lines})
     claims = normalize(request_lines, services)
+    require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     hits = services.check_lines(claims, services.repo, services.kb)
     answered = [(c, r) for c, r in zip(claims, request_lines, strict=True) if r.answer]
     shape = answer_as or ("rxguard" if isinstance(body, DispensingRequest) else "nhsa")
@@ -353,8 +353,8 @@ def dispense(services: Services, body: CheckBody, caller: Caller) -> Dispensatio
     """Record a completed dispensing in real time (scene "in")."""
     now = services.now()
     request_lines = lines_of(body, now, require_sn=True)
-    require_institutions(caller, {str(r.record.get("fixmedins_code", "")) for r in request_lines})
     claims = normalize(request_lines, services)
+    require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     outcome = services.screen_lines(claims, services.repo, services.kb, scene=Scene.IN)
     recorded = {line.line_id for line in outcome.recorded}
     new_findings = list(outcome.changes.new)
