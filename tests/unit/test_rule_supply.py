@@ -293,3 +293,10 @@ def test_documented_example_of_docs_rules(kb, engine):
         ("early-refill", "2025-10-11", "medium"),
         ("early-refill", "2025-10-13", "high"),
     ]
+
+
+def test_a_visit_id_reused_for_months_does_not_merge_monthly_refills(kb, engine):
+    # Given a hospital that reuses one visit id for a chronic-disease registration period
+    lines = [buy(kb, 28 * i, inst="H3101001", med_type="14", mdtrt_id="REG-2025") for i in range(4)]
+    # When evaluated / Then the four monthly boxes are four fills, none over quantity
+    assert engine.evaluate_patient("P0001", lines) == []

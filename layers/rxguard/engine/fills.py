@@ -1,7 +1,7 @@
 """Fills: the dispensings of one ingredient that the supply rules reason about.
 
 A fill is every monitored line of one patient for one ATC ingredient at one institution
-in one visit (same `mdtrt_id`) or on one day: the lines of one dispensing count once,
+in one visit (same `mdtrt_id`, lines at most a day apart) or on one day: the lines of one dispensing count once,
 whatever the number of lines or products. Its days of supply are the sum of the lines'
 days at the label maximum daily dose (the fewest days it can last), and it covers
 [day, day + days). Inpatient ward lines (med_type 2x without the discharge flag) are
@@ -98,7 +98,7 @@ def build_fills(timeline: Sequence[ClaimLine], kb: KnowledgeBase) -> dict[str, l
 
 
 def _components(items: list[tuple[ClaimLine, Drug]]) -> list[list[tuple[ClaimLine, Drug]]]:
-    """Group lines that share a visit id or a day (union-find over a handful of lines)."""
+    """Group lines that share a day, or a visit id within a day (union-find, lines in time order)."""
     if len(items) == 1:
         return [items]
     parent = list(range(len(items)))
@@ -109,12 +109,19 @@ def _components(items: list[tuple[ClaimLine, Drug]]) -> list[list[tuple[ClaimLin
             i = parent[i]
         return i
 
-    first_of: dict[object, int] = {}
+    by_day: dict[int, int] = {}
+    last_of_visit: dict[str, tuple[int, int]] = {}  # visit id -> (day, index) of its latest line
     for i, (line, _) in enumerate(items):
-        for key in (("v", line.mdtrt_id), ("d", line.fee_ocur_time.toordinal())):
-            j = first_of.setdefault(key, i)
-            if j != i:
-                parent[root(i)] = root(j)
+        day = line.fee_ocur_time.toordinal()
+        j = by_day.setdefault(day, i)
+        if j != i:
+            parent[root(i)] = root(j)
+        # a visit id joins lines a day apart at most: some systems reuse one id for a
+        # whole registration period, which must not turn months of refills into one fill
+        seen = last_of_visit.get(line.mdtrt_id)
+        if seen is not None and day - seen[0] <= 1:
+            parent[root(i)] = root(seen[1])
+        last_of_visit[line.mdtrt_id] = (day, i)
     groups: dict[int, list[tuple[ClaimLine, Drug]]] = {}
     for i, item in enumerate(items):
         groups.setdefault(root(i), []).append(item)
