@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from datetime import date
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.shared.json_encoder import Encoder
 from pydantic import Discriminator, Tag
 
 from rxguard.api import nhsa, service
@@ -95,7 +97,11 @@ ERRORS: dict[int, Any] = {
     422: _error_content("Not used: validation errors are answered with 400"),
 }
 
-app = APIGatewayRestResolver(enable_validation=True)
+# UTF-8 JSON (Chinese names and explanations as characters, not \u escapes: half the bytes)
+app = APIGatewayRestResolver(
+    enable_validation=True,
+    serializer=partial(json.dumps, separators=(",", ":"), ensure_ascii=False, cls=Encoder),
+)
 
 
 def _services() -> Services:
