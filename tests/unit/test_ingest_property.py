@@ -62,7 +62,6 @@ def test_header_then_arbitrary_rows(rows: list[str]) -> None:
         # When it is read
         _, reader = _check(data)
         # Then each row that is not blank (whitespace or only commas) is exactly one line read
-        assert reader.file_error is None  # type: ignore[attr-defined]
         expected = 0
         for raw in data.split(b"\n")[1:]:
             try:
@@ -72,6 +71,9 @@ def test_header_then_arbitrary_rows(rows: list[str]) -> None:
                 continue
             expected += bool(line.strip() and line.strip(", \t\r\n"))
         assert reader.lines_read == expected  # type: ignore[attr-defined]
+        # and only a header without any line is rejected whole (as empty)
+        error = reader.file_error  # type: ignore[attr-defined]
+        assert (error.reason if error else None) == (None if expected else "empty")
 
 
 json_value = st.recursive(

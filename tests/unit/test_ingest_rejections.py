@@ -226,6 +226,8 @@ WHOLE_FILE_CASES: list[tuple[str, bytes, str]] = [
     ("broken json", b'{"input": {"feedetail": [', "not_json"),
     ("json without list", b'{"input": {"other": 1}}', "not_json"),
     ("empty feedetail", b'{"input": {"feedetail": []}}', "empty"),
+    ("header only", csv_text([]).encode(), "empty"),
+    ("header and blank rows", (csv_text([]) + ",,,,\n\n").encode(), "empty"),
     ("not json at all", b"[this is not json", "not_json"),
 ]
 

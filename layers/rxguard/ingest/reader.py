@@ -462,6 +462,9 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
                 yield self._line(line_no, MALFORMED, "a repeated header row (files joined together?), not a claim line")
                 continue
             yield self._accept(record, line_no)
+        if self.lines_read == 0:  # like an empty feedetail list: nothing to screen
+            self.file_error = _file_error(self.name, FILE_EMPTY, "has a header row but no claim lines")
+            yield self.file_error
 
     def _json_document(self, fh: IO[bytes], encoding: str) -> Iterator[ClaimLine | Rejection]:
         import ijson  # only JSON documents need it; decimals come as Decimal (use_float overflows on big ints)
