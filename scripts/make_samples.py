@@ -285,7 +285,7 @@ def build() -> Batch:
     s = b.scenario(
         "excess-quantity",
         "Excess quantity on one line: 60 days of zolpidem (an acute, controlled hypnotic; 7 days allowed)",
-        "over-quantity (high)",
+        "over-quantity (high); 60 days on hand also exceed the stock allowed (cumulative-oversupply)",
     )
     b.add("sh", psn("310000", 203), "H31000003", at(44, 15, 10), ZOLPIDEM, 6, dx="G47.0", scenario=s)
 
