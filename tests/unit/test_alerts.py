@@ -199,3 +199,16 @@ def test_every_message_validates_against_the_published_schema(kb) -> None:  # ty
         validator.validate(json.loads(message.body_json()))
     broken = json.loads(sink.alerts[0].body_json()) | {"schema_version": "2"}
     assert not validator.is_valid(broken)
+
+
+def test_a_lambda_without_a_pseudonym_key_is_warned(caplog) -> None:  # type: ignore[no-untyped-def]
+    # Given a Lambda environment without RXGUARD_PSEUDONYM_KEY, and one with it
+    # When the settings are read
+    with caplog.at_level("WARNING", logger="rxguard.alerts.settings"):
+        AlertSettings.from_env({"AWS_LAMBDA_FUNCTION_NAME": "notify"})
+        warned = len(caplog.records)
+        AlertSettings.from_env({"AWS_LAMBDA_FUNCTION_NAME": "notify", "RXGUARD_PSEUDONYM_KEY": "k" * 32})
+
+    # Then only the first is warned that its pseudonyms are reversible
+    assert warned == 1 and len(caplog.records) == 1
+    assert "RXGUARD_PSEUDONYM_KEY" in caplog.records[0].getMessage()

@@ -7,6 +7,7 @@ result to `notify_batch`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from datetime import date
@@ -18,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rxguard.models import Finding, Severity
 
 DEV_PSEUDONYM_KEY = "rxguard-offline-pseudonym-key"  # offline/tests only; deployments set their own
+
+logger = logging.getLogger(__name__)
 
 
 class AlertSettingsError(ValueError):
@@ -104,4 +107,10 @@ class AlertSettings(BaseModel):
             value = env.get(var, "").strip()
             if value:
                 values[field] = [v.strip() for v in value.split(",") if v.strip()] if is_list else value
-        return cls._validate(values, "environment" if source == "RXGUARD_ALERTS_CONFIG" else source)
+        settings = cls._validate(values, "environment" if source == "RXGUARD_ALERTS_CONFIG" else source)
+        if settings.pseudonym_key == DEV_PSEUDONYM_KEY and env.get("AWS_LAMBDA_FUNCTION_NAME"):
+            logger.warning(
+                "RXGUARD_PSEUDONYM_KEY is not set: alert pseudonyms use the public offline key and can be "
+                "reversed by trying patient numbers; set a secret key of 16+ characters"
+            )
+        return settings
