@@ -387,10 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         path = "engine"
         print("note: rxguard.offline is not available; screening with the engine in memory instead", file=sys.stderr)
-    config = SynthConfig(patients=args.patients, seed=args.seed, months=args.months)
-    print(
-        f"rxguard eval: {args.patients} patients, seed {args.seed}, {args.months} months, path: {path}", file=sys.stderr
-    )
+    patients = args.patients or (3000 if path == "engine" else 1000)
+    config = SynthConfig(patients=patients, seed=args.seed, months=args.months)
+    print(f"rxguard eval: {patients} patients, seed {args.seed}, {args.months} months, path: {path}", file=sys.stderr)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         result = evaluate(config, kb, path=path, work_dir=args.keep)

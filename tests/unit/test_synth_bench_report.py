@@ -1,0 +1,107 @@
+"""The `make bench` aggregator: sections that fail or have not landed degrade to
+"not available: <why>", and the report names every figure that misses its target."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import bench.__main__ as report
+
+
+def _machine() -> dict[str, Any]:
+    return {"cpu": "test cpu", "cores": 2, "memory_gb": 4, "os": "Linux", "python": "3.12", "date_utc": "2026-11-23"}
+
+
+def test_a_section_whose_module_is_missing_or_fails_degrades(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given one section whose module has not landed and one that raises
+    def missing(quick: bool) -> dict[str, Any]:
+        raise ModuleNotFoundError("No module named 'bench.nothing'", name="bench.nothing")
+
+    def broken(quick: bool) -> dict[str, Any]:
+        raise RuntimeError("moto exploded")
+
+    monkeypatch.setitem(report.RUNNERS, "engine", missing)
+    monkeypatch.setitem(report.RUNNERS, "api", broken)
+    # When they run
+    engine, api = report.run_section("engine", True), report.run_section("api", True)
+    # Then each says why, and the report renders both as not available
+    assert engine["available"] is False and engine["why"] == "module bench.nothing has not landed"
+    assert api["available"] is False and "moto exploded" in api["why"]
+    sections = {name: {"available": False, "why": "skipped"} for name in report.SECTIONS}
+    sections.update(engine=engine, api=api)
+    text = report.render_markdown({"machine": _machine(), "quick": True, "sections": sections})
+    assert "not available: module bench.nothing has not landed" in text
+    assert "not available: RuntimeError: moto exploded" in text
+
+
+def _cost(total: float, floor: float) -> dict[str, Any]:
+    return {
+        "available": True,
+        "largest": 20000,
+        "trace_codes_per_line": 1.5,
+        "prices_read_on": "2026-11-23",
+        "per_1000_lines": dict.fromkeys(
+            (
+                "dynamodb_wru",
+                "dynamodb_items_written",
+                "dynamodb_write_calls",
+                "dynamodb_rru",
+                "dynamodb_read_calls",
+                "lambda_gb_seconds",
+                "sfn_transitions",
+                "sns_publishes",
+                "s3_requests",
+            ),
+            1.0,
+        ),
+        "components_usd_per_million_lines": {"dynamodb_writes": total * 0.7, "s3_put": total * 0.3},
+        "total_usd_per_million_lines": total,
+        "floor_at_measured_codes_usd": floor,
+        "floor_usd_per_million_lines": floor,
+        "ratio_to_floor": round(total / floor, 2),
+        "target_multiple": 1.25,
+        "within_target": total <= 1.25 * floor,
+        "points": [
+            {"lines": 20000, "status": "SUCCEEDED", "usd_per_million": total, "lines_per_s": 50, "wall_seconds": 400}
+        ],
+        "prices": {
+            "dynamodb_wru": {"usd": 6.25e-7, "unit": "WRU", "source": "https://aws.amazon.com/dynamodb/pricing/"}
+        },
+        "chart": "docs/bench-chart.png",
+    }
+
+
+def test_shortfalls_name_the_cost_ratio_and_slow_cold_starts() -> None:
+    # Given a cost 3x the floor and one function importing in 900 ms
+    sections: dict[str, Any] = {name: {"available": False, "why": "skipped"} for name in report.SECTIONS}
+    sections["cost"] = _cost(total=4.8, floor=1.6)
+    sections["coldstart"] = {
+        "available": True,
+        "functions": {
+            "screen": {"import_ms_median": 900.0, "import_ms_max": 950.0, "within_target": False},
+            "api": {"import_ms_median": 120.0, "import_ms_max": 130.0, "within_target": True},
+        },
+    }
+    data = {"machine": _machine(), "quick": False, "sections": sections}
+    # When the report renders
+    text = report.render_markdown(data)
+    # Then the shortfalls say which figures miss and by how much, and the met ones are not listed
+    assert "AWS cost is 3.0x the floor (target 1.25x)" in text
+    assert "dynamodb_writes $3.36/M" in text
+    assert "cold-start import of functions/screen takes 900.0 ms" in text
+    assert "functions/api takes" not in text
+    assert data["shortfalls"] and len(data["shortfalls"]) == 2
+
+
+def test_a_cost_within_target_is_not_a_shortfall() -> None:
+    # Given a cost at 1.1x the floor
+    sections: dict[str, Any] = {name: {"available": False, "why": "skipped"} for name in report.SECTIONS}
+    sections["cost"] = _cost(total=1.76, floor=1.6)
+    data = {"machine": _machine(), "quick": False, "sections": sections}
+    # When the report renders
+    text = report.render_markdown(data)
+    # Then the cost is reported within target and not listed as a shortfall
+    assert "within the 1.25x target" in text
+    assert not data["shortfalls"]
