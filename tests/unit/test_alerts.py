@@ -212,3 +212,14 @@ def test_a_lambda_without_a_pseudonym_key_is_warned(caplog) -> None:  # type: ig
     # Then only the first is warned that its pseudonyms are reversible
     assert warned == 1 and len(caplog.records) == 1
     assert "RXGUARD_PSEUDONYM_KEY" in caplog.records[0].getMessage()
+
+
+def test_muting_an_unknown_rule_is_an_error_naming_it(kb) -> None:  # type: ignore[no-untyped-def]
+    # Given settings muting a misspelt rule id
+    settings = AlertSettings(letters_enabled=False, mute_low_rules=frozenset({"frequent-visit"}))
+
+    # When a batch is notified, Then the error names the field and the unknown id, and nothing is sent
+    sink = InMemorySink()
+    with pytest.raises(AlertSettingsError, match=r"mute_low_rules: unknown rule id\(s\) frequent-visit "):
+        notify_batch([make_finding("frequent-visits", "low")], batch_id="b1", kb=kb, sink=sink, settings=settings)
+    assert sink.alerts == []

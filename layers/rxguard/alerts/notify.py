@@ -10,7 +10,7 @@ from datetime import date
 from pydantic import BaseModel, Field
 
 from rxguard.alerts import messages
-from rxguard.alerts.settings import AlertSettings
+from rxguard.alerts.settings import AlertSettings, AlertSettingsError
 from rxguard.alerts.sink import NotificationSink
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding
@@ -68,6 +68,12 @@ def notify_batch(
     the letters when the caller has them.
     """
     settings = settings or AlertSettings()
+    unknown = sorted(settings.mute_low_rules - set(kb.rules))
+    if unknown:  # a misspelt rule id would silently leave its findings unmuted
+        raise AlertSettingsError(
+            f"alert settings: field mute_low_rules: unknown rule id(s) {', '.join(unknown)} "
+            f"(the rule base has {', '.join(sorted(kb.rules))})"
+        )
     key = settings.pseudonym_key
     summary = NotifySummary(batch_id=batch_id, findings=len(findings))
     names = institution_names or {}
