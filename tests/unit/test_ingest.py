@@ -385,3 +385,13 @@ def test_codes_are_upper_cased(kb) -> None:
     # Then they are the catalogue's codes (the drug is recognised as monitored) and the line id is canonical
     assert (line.fixmedins_code, line.med_list_codg, line.monitored) == ("P31000001", "XJ05AF10A001", True)
     assert line.line_id == "P31000001/FD0001" and line.institution_kind is InstitutionKind.PHARMACY
+
+
+def test_bad_default_region_is_refused_up_front(kb, tmp_path: Path, capsys) -> None:
+    # Given a default region that is not a 6-digit code
+    path = write_csv(tmp_path / "b.csv", [record(admdvs="")])
+    # When the batch is read or validated with it, Then it is refused before any line is judged
+    with pytest.raises(ValueError, match="default_admdvs"):
+        read_batch(path, kb, default_admdvs="31")
+    assert validate_main([str(path), "--default-admdvs", "31"]) == 2
+    assert "6-digit" in capsys.readouterr().err

@@ -38,6 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env()
     kb = get_knowledge_base(settings.rules_dir, args.phase or settings.phase)
     default_admdvs = args.default_admdvs or settings.default_admdvs
+    if default_admdvs is not None and not (len(default_admdvs) == 6 and default_admdvs.isdigit()):
+        print(
+            f"rxguard validate: --default-admdvs must be a 6-digit region code, not {default_admdvs!r}", file=sys.stderr
+        )
+        return 2
     failed = 0
     totals = {"lines_read": 0, "accepted": 0, "rejected": 0}
     for path in args.files:

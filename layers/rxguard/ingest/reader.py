@@ -286,6 +286,10 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
         default_admdvs: str | None = None,
         dedupe: bool = True,
     ) -> None:
+        if default_admdvs is not None and not (
+            len(default_admdvs) == 6 and default_admdvs.isascii() and default_admdvs.isdigit()
+        ):
+            raise ValueError(f"default_admdvs must be a 6-digit region code, not {default_admdvs!r}")
         self.path = Path(path)
         self.name = name or self.path.name
         self.kb = kb
