@@ -56,10 +56,11 @@ def measure(lines: int, *, letters: bool = True, timeout: float = 7200.0) -> dic
         batch = Path(tmp) / f"synthetic-{lines}.jsonl"
         synthetic_batch(lines, batch)
         with open(os.devnull, "w") as sink, Environment(handler_output=sink, base_environment=environment) as env:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             (execution,) = env.drop(batch)
             env.wait([execution], timeout=timeout, poll=0.5)
             wall = time.perf_counter() - started
+            cpu = time.process_time() - cpu_started  # all threads of this process: meaningful on a busy machine
             requests = env.dynamodb_requests()
             by_operation = dict(sorted(env.requests.items()))
             seconds_by_function: dict[str, float] = {}
@@ -73,6 +74,8 @@ def measure(lines: int, *, letters: bool = True, timeout: float = 7200.0) -> dic
         "letters": letters,
         "wall_seconds": round(wall, 1),
         "seconds_per_1000_lines": round(wall * per_k, 2),
+        "cpu_seconds": round(cpu, 1),
+        "cpu_seconds_per_1000_lines": round(cpu * per_k, 2),
         "dynamodb_reads": requests["reads"],
         "dynamodb_writes": requests["writes"],
         "dynamodb_reads_per_1000_lines": round(requests["reads"] * per_k, 1),
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(size, letters=letters)
         print(
             f"{result['lines']:>8} lines  {result['status']:<9}  {result['wall_seconds']:>8.1f} s  "
-            f"({result['seconds_per_1000_lines']} s/1k)  DynamoDB reads {result['dynamodb_reads_per_1000_lines']}/1k, "
+            f"({result['seconds_per_1000_lines']} s/1k, CPU {result['cpu_seconds_per_1000_lines']} s/1k)  "
+            f"DynamoDB reads {result['dynamodb_reads_per_1000_lines']}/1k, "
             f"writes {result['dynamodb_writes_per_1000_lines']}/1k"
         )
         print("    " + json.dumps(result, ensure_ascii=False), flush=True)
