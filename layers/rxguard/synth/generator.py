@@ -92,6 +92,7 @@ LEGIT_OVERLAP_DAYS = 1.0  # at most this overlap of coverage across institutions
 LEGIT_STOCK_MARGIN = 12.0  # stock on hand stays this far below allowed + tolerance
 LEGIT_SPEND_CAP = 7600.0  # yuan a month at pharmacies
 LEGIT_VISITS_CAP = 13  # outpatient visits a month
+MAX_PACKS_PER_LINE = 30  # larger quantities are split over lines of one visit
 PRODUCT_PREFIX = "81"  # trace codes: 2 + 5 product digits + 13 serial digits = 20
 
 
@@ -273,6 +274,17 @@ class _Builder:
         codes: Sequence[str] | None = None,
         dose: tuple[str, str, float] | None = None,
     ) -> dict[str, Any]:
+        if isinstance(item, Drug) and cnt > MAX_PACKS_PER_LINE and codes is None:
+            # a large quantity is billed on several lines of the same visit (HIS practice)
+            record: dict[str, Any] = {}
+            while cnt > 0:
+                part = min(cnt, MAX_PACKS_PER_LINE)
+                record = self.line(
+                    psn, inst, t, item, part, med_type=med_type, doctor=doctor, dx=dx, lt=lt,
+                    discharge=discharge, override=override, dose=dose,
+                )  # fmt: skip
+                cnt -= part
+            return record
         inst.counter += 1
         mdtrt = self.visit_id(psn, inst, t, med_type)
         if isinstance(item, Drug):
@@ -284,7 +296,7 @@ class _Builder:
             code, name, price = item.code, item.name, item.price
             codes = codes or []
         total = round(cnt * price, 2)
-        record: dict[str, Any] = {
+        record = {
             "feedetl_sn": f"{t:%Y%m%d}{inst.counter:08d}",
             "fixmedins_code": inst.code,
             "fixmedins_name": inst.name,
@@ -876,19 +888,27 @@ class _Builder:
             t = t + timedelta(days=gap)
 
     def stockpile(self, p: Patient, drug: Drug) -> None:
-        """Fills every 5-10 days rotating over three pharmacies for two months."""
+        """Fills of about a month's supply every 5-10 days, rotating over three pharmacies,
+        until the stock on hand (at the maximum dose) is well past allowed + tolerance."""
         rng = self.rng
         shops = rng.sample(self.pharmacies, 3)
         pack_days = drug.days_supply(drug.units_per_pack)
-        packs = max(1, math.floor(28 / pack_days))
-        t = self.start + timedelta(days=rng.uniform(5, max(6, (self.end - self.start).days - 70)))
+        packs = max(1, round(28 / pack_days))
+        days = packs * pack_days
+        target = self.allowed_days(drug, False, False) + 30 + 20
+        t = self.start + timedelta(days=rng.uniform(5, max(6, (self.end - self.start).days - 90)))
         dx = drug.restricted_indications[0] if drug.restricted_indications else "I10"
-        for i in range(rng.randint(6, 9)):
+        stock, fills, gap = 0.0, 0, 0.0
+        while fills < 14 and (fills < 6 or stock < target):
             if t >= self.end:
                 break
             when = self.when(t)
-            self.line(p.psn_no, shops[i % 3], when, drug, packs, med_type="41", dx=[dx])
-            t = t + timedelta(days=rng.uniform(5, 10))
+            stock = max(0.0, stock - gap) + days
+            self.line(p.psn_no, shops[fills % 3], when, drug, packs, med_type="41", dx=[dx])
+            fills += 1
+            gap = float(rng.randint(5, 10))
+            t = t + timedelta(days=gap)
+        p.notes.append(f"{fills} fills of {drug.generic_name_en} at three pharmacies, stock {stock:.0f} days")
 
     def frequent_visits(self, p: Patient, home: Institution) -> None:
         """16-22 outpatient visits in a month, at two hospitals (never three a day)."""
