@@ -227,7 +227,7 @@ class SupplyRules:
             "days_supplied": num(fill.days),
             "allowed_days": num(allowed),
             "limit_basis": basis,
-            "ratio": num(ratio),
+            "ratio": num(ratio) if allowed else None,
             "max_daily_dose": fill.drug.max_daily_dose,
             "max_daily_dose_unit": fill.drug.max_daily_dose_unit,
             "trigger_lines": fill.line_ids,
