@@ -888,12 +888,12 @@ class _Builder:
             t = t + timedelta(days=gap)
 
     def stockpile(self, p: Patient, drug: Drug) -> None:
-        """Fills of about a month's supply every 5-10 days, rotating over three pharmacies,
+        """Fills of up to 28 days' supply every few days, rotating over three pharmacies,
         until the stock on hand (at the maximum dose) is well past allowed + tolerance."""
         rng = self.rng
         shops = rng.sample(self.pharmacies, 3)
         pack_days = drug.days_supply(drug.units_per_pack)
-        packs = max(1, round(28 / pack_days))
+        packs = max(1, math.floor(28 / pack_days))  # each fill within the per-prescription limit
         days = packs * pack_days
         target = self.allowed_days(drug, False, False) + 30 + 20
         t = self.start + timedelta(days=rng.uniform(5, max(6, (self.end - self.start).days - 90)))
@@ -906,7 +906,7 @@ class _Builder:
             stock = max(0.0, stock - gap) + days
             self.line(p.psn_no, shops[fills % 3], when, drug, packs, med_type="41", dx=[dx])
             fills += 1
-            gap = float(rng.randint(5, 10))
+            gap = float(rng.randint(3, max(4, int(days // 3))))
             t = t + timedelta(days=gap)
         p.notes.append(f"{fills} fills of {drug.generic_name_en} at three pharmacies, stock {stock:.0f} days")
 
