@@ -114,11 +114,33 @@ def run(
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
-    state, executions, _ = run([SAMPLE], tmp_path_factory.mktemp("clean"))
+def clean_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Snapshot, str]:
+    tmp = tmp_path_factory.mktemp("clean")
+    state, executions, _ = run([SAMPLE], tmp)
     assert [e.status for e in executions] == ["SUCCEEDED"]
     assert state["findings"] and state["purchases"], "the sample must produce findings for the comparison to mean much"
-    return state
+    return state, (tmp / "functions.log").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def clean(clean_run: tuple[Snapshot, str]) -> Snapshot:
+    return clean_run[0]
+
+
+def test_a_whole_workflow_run_logs_no_patient_number_or_trace_code(clean_run: tuple[Snapshot, str]) -> None:
+    # Given every psn_no and trace code of the sample batch
+    from rxguard.ingest import read_batch
+    from rxguard.kb import get_knowledge_base
+    from rxguard.models import ClaimLine
+
+    lines = [x for x in read_batch(SAMPLE, get_knowledge_base()) if isinstance(x, ClaimLine)]
+    secrets = {x.psn_no for x in lines} | {c for x in lines for c in x.trace_codes}
+    # When the whole workflow ran on it (Prepare, Screen, Notify, Finalize: everything they logged)
+    log = clean_run[1]
+    # Then the functions did log, and none of those identifiers appears in their output
+    assert len(log.splitlines()) > 4 and secrets
+    leaked = sorted(s for s in secrets if s in log)
+    assert leaked == [], f"{len(leaked)} identifiers in the function logs"
 
 
 def test_throttled_dynamodb_calls_are_retried_to_the_clean_result(clean: Snapshot, tmp_path: Path) -> None:
