@@ -690,7 +690,7 @@ class BatchStore:
             ":st": {"S": status},
             ":fin": {"S": now.isoformat()},
             ":rk": {"S": report_key},
-            ":rep": {"S": json.dumps(report, ensure_ascii=False, separators=(",", ":"), default=str)[:300_000]},
+            ":rep": {"S": _bounded_json(report)},
         }
         try:
             self.ddb.update_item(
@@ -702,6 +702,12 @@ class BatchStore:
             )
         except ClientError as exc:
             raise _transient(exc, "UpdateItem batches") from exc
+
+
+def _bounded_json(data: Mapping[str, Any], limit: int = 300_000) -> str:
+    """JSON for an item attribute; whole or a marker (an item is at most 400 KB)."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+    return text if len(text.encode("utf-8")) <= limit else json.dumps({"truncated": True, "status": data.get("status")})
 
 
 # ---------------------------------------------------------------- results bucket
