@@ -238,6 +238,23 @@ class RedactionFilter(logging.Filter):
         return True
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def neutralise_csv_cell(value: object) -> str:
+    """A cell for a CSV a person may open in a spreadsheet: text that a spreadsheet would
+    run as a formula (=, +, -, @, tab, CR at the start, full-width forms too) gets a
+    leading apostrophe, so `=cmd|' /C calc'!A0` is shown, never executed. Plain numbers
+    (`-12.5`) are left as they are. Claim data keep the original text; only exports use this."""
+    text = "" if value is None else str(value)
+    if text.startswith(_FORMULA_START):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
+
+
 _DEFAULT: Redactor | None = None
 
 
@@ -259,5 +276,6 @@ __all__ = [
     "install_log_redaction",
     "mask",
     "mask_certificate",
+    "neutralise_csv_cell",
     "redacting_serializer",
 ]
