@@ -112,16 +112,19 @@ class Pseudonymizer:
 
 def mask(value: str, *, head: int = 3, tail: int = 4, fill: str = "*") -> str:
     """Display mask: keep `head` leading and `tail` trailing characters, never more than
-    two fifths of the value in total (a short value is masked entirely)."""
+    a third of the value in total (a short value is masked entirely)."""
     n = len(value)
-    if head + tail > n * 2 // 5:
+    if head + tail > n // 3:
         head, tail = 0, 0
     return value[:head] + fill * (n - head - tail) + (value[n - tail :] if tail else "")
 
 
 def mask_certificate(cert_no: str) -> str:
-    """`110101199003071234` -> `110***********1234` (region prefix and check digits kept)."""
-    return mask(cert_no, head=3, tail=4)
+    """`110101199003071234` -> `110***********1234`: the display form of ID numbers (province
+    prefix and last 4 kept, birth date and sequence hidden); other lengths as `mask()`."""
+    if len(cert_no) in (15, 18):
+        return cert_no[:3] + "*" * (len(cert_no) - 7) + cert_no[-4:]
+    return mask(cert_no)
 
 
 class Redactor:

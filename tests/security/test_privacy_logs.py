@@ -182,13 +182,14 @@ def test_any_id_number_or_psn_in_free_text_is_redacted(
     assert f"={psn};" not in out and f"patient:{psn}" not in out
 
 
-def test_mask_keeps_at_most_two_fifths_of_the_value() -> None:
+def test_mask_keeps_at_most_a_third_of_the_value() -> None:
     # Given an ID number and a short value
     # When masked for display
     # Then the region prefix and the last 4 characters remain, and a short value is fully hidden
     assert mask_certificate(CERT) == "110" + "*" * 11 + "002X"
     assert mask("P123") == "****"
     assert mask("ABCDEFGHIJKL", head=1, tail=1) == "A**********L"
+    assert mask("ABCDEFGHIJ", head=0, tail=4) == "**********"  # 4 of 10 would be more than a third
 
 
 def test_the_project_logger_redacts() -> None:
