@@ -285,3 +285,38 @@ def test_a_copy_of_a_screened_file_under_another_key_records_nothing_new(stack: 
     assert sum(r["duplicates"] for r in results) == copy_state["accepted"]
     assert sum(r["findings"]["new"] for r in results) == 0
     assert stack.ddb.scan(TableName=stack.table("FindingsTable"), Select="COUNT")["Count"] == findings
+
+
+def test_a_chunk_retried_after_dying_mid_way_still_hands_its_findings_to_notify(stack: Stack, kb: Any) -> None:
+    # Given a prepared batch and a results store that fails writing the first chunk's results
+    # file once (the Lambda died after reconciling findings, before reporting them)
+    from conftest import tables_of
+
+    from rxguard.dynamo import DynamoRepository, ResultStore
+    from rxguard.workflow.notify import findings_to_alert
+    from rxguard.workflow.screen import ChunkRequest, screen_chunk
+
+    state = prepare(stack, drop(stack, BATCH.read_bytes()))
+    chunk = state["chunks"][1]
+
+    class DiesOnce(ResultStore):
+        died = False
+
+        def put_json(self, key: str, data: Any) -> str:
+            if "/results/" in key and not DiesOnce.died:
+                DiesOnce.died = True
+                raise TimeoutError("Task timed out")
+            return super().put_json(key, data)
+
+    request = ChunkRequest(batch_id=state["batch_id"], chunk_key=chunk["chunk_key"], lines=chunk["lines"])
+    store = DiesOnce(stack.results_bucket, stack.s3)
+    with pytest.raises(TimeoutError):
+        screen_chunk(request, results=store, repo=DynamoRepository(tables_of(stack), stack.ddb), kb=kb)
+    stored = {item["finding_id"]["S"] for item in stack.ddb.scan(TableName=stack.table("FindingsTable"))["Items"]}
+    # When the Map retries the chunk
+    result = screen_chunk(request, results=store, repo=DynamoRepository(tables_of(stack), stack.ddb), kb=kb)
+    # Then nothing is new any more, but the findings the dead attempt stored reach Notify
+    todo = findings_to_alert(store, [result.model_dump()])
+    assert stored
+    assert result.findings["new"] == 0
+    assert {f.finding_id for f in todo.findings} == stored

@@ -43,7 +43,7 @@ def findings_to_alert(results: ResultStore, chunk_results: Sequence[Any]) -> ToA
     out = ToAlert()
     for entry in ok_results(chunk_results):
         found = ChunkFindings.model_validate(results.get_json(str(entry["result_key"])))
-        for finding in [*found.new, *found.updated]:
+        for finding in [*found.new, *found.updated, *found.recovered]:
             by_id[finding.finding_id] = finding
         out.institutions.update(found.institutions)
         out.lines.update({x.line_id: x for x in found.evidence_lines})

@@ -47,6 +47,9 @@ class ChunkFindings(BaseModel):
     institutions: dict[str, str] = Field(default_factory=dict)  # fixmedins_code -> name, for the letters
     evidence_lines: list[ClaimLine] = Field(default_factory=list)  # this chunk's lines cited by new/updated findings
     activity_periods: list[str] = Field(default_factory=list)  # months whose institution activity changed
+    # A retry after an attempt that reconciled but never wrote this file: the current findings
+    # citing the chunk's lines, for Notify (alerts are once-only, so nothing is announced twice)
+    recovered: list[Finding] = Field(default_factory=list)
 
 
 def screen_chunk(
@@ -55,12 +58,25 @@ def screen_chunk(
     from rxguard.ingest import read_chunk
     from rxguard.screening import screen_lines
 
+    key = naming.result_key(request.batch_id, request.chunk_key)
+    started = f"{key}.started"
+    lost = results.exists(started) and not results.exists(key)  # an earlier attempt died mid-way
+    if not lost:
+        results.put_bytes(started, b"", "text/plain")
     lines = read_chunk(results.get_bytes(request.chunk_key))
     outcome = screen_lines(lines, repo, kb, scene=Scene.POST)
     changes = outcome.changes
+    recovered: list[Finding] = []
+    if lost:
+        ids = {x.line_id for x in lines}
+        listed = {f.finding_id for f in [*changes.new, *changes.updated, *changes.superseded]}
+        current = [f for found in repo.load_findings(outcome.scopes).values() for f in found]
+        recovered = sorted(
+            (f for f in current if f.finding_id not in listed and ids & set(f.evidence)), key=lambda f: f.finding_id
+        )
     periods = {period for line in outcome.recorded for period, _ in activity_units(line)}
     if isinstance(repo, DynamoRepository):  # keep institution activity (the in-memory path derives it)
-        periods |= _update_flags(repo, changes)
+        periods |= _update_flags(repo, changes, recovered)
     found = ChunkFindings(
         chunk_key=request.chunk_key,
         recorded=len(outcome.recorded),
@@ -70,10 +86,10 @@ def screen_chunk(
         superseded=list(changes.superseded),
         unchanged=changes.unchanged,
         institutions={x.fixmedins_code: x.fixmedins_name for x in lines if x.fixmedins_name},
-        evidence_lines=_cited(lines, [*changes.new, *changes.updated]),
+        evidence_lines=_cited(lines, [*changes.new, *changes.updated, *recovered]),
         activity_periods=sorted(periods),
+        recovered=recovered,
     )
-    key = naming.result_key(request.batch_id, request.chunk_key)
     if results.exists(key):  # a retried chunk: keep what the earlier attempt already reported
         found = _merge(ChunkFindings.model_validate(results.get_json(key)), found)
     results.put_json(key, found.model_dump(mode="json"))
@@ -94,10 +110,14 @@ def screen_chunk(
     )
 
 
-def _update_flags(repo: DynamoRepository, changes: FindingChanges) -> set[str]:
+def _update_flags(repo: DynamoRepository, changes: FindingChanges, recovered: list[Finding] | None = None) -> set[str]:
+    """Flag changes of the chunk's reconciliation; after a lost attempt, the recovered
+    findings are treated as changed too (set ADD/DELETE is idempotent)."""
     from rxguard.engine.common import trigger_lines
     from rxguard.workflow.institutions import flag_deltas
 
+    if recovered:
+        changes = FindingChanges(new=changes.new, updated=[*changes.updated, *recovered], superseded=changes.superseded)
     touched = {i for f in [*changes.new, *changes.updated, *changes.superseded] for i in trigger_lines(f)}
     lines = repo.resolve_lines(touched)
     added, removed = flag_deltas(changes, repo.cached_findings(), lines)
@@ -129,4 +149,5 @@ def _merge(earlier: ChunkFindings, later: ChunkFindings) -> ChunkFindings:
         institutions={**earlier.institutions, **later.institutions},
         evidence_lines=list({x.line_id: x for x in [*earlier.evidence_lines, *later.evidence_lines]}.values()),
         activity_periods=sorted(set(earlier.activity_periods) | set(later.activity_periods)),
+        recovered=union(earlier.recovered, later.recovered),
     )
