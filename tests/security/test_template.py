@@ -88,6 +88,8 @@ def test_every_topic_and_queue_and_log_group_uses_the_data_key() -> None:
         assert refers_to_key(props(group).get("KmsKeyId")), name
         assert props(group).get("RetentionInDays"), name
     assert refers_to_key(TEMPLATE["Globals"]["Function"]["KmsKeyArn"])
+    # and the functions log to the declared group (not Lambda's default group, kept forever)
+    assert TEMPLATE["Globals"]["Function"]["LoggingConfig"]["LogGroup"] == {"Ref": "FunctionLogGroup"}
 
 
 def test_retention_is_enforced_by_ttl_and_lifecycle() -> None:
