@@ -296,7 +296,16 @@ class DynamoRepository(HistoryRepository):
         *,
         history_days: int = 400,
         max_workers: int = 8,
+        writer: str | None = None,
     ) -> None:
+        """`writer` names the unit of work (a chunk of a batch: `<batch>-<index>`, no `#`).
+        With it, each purchase item remembers its writer, and the writer's activity
+        counters are one item per unit-month written whole, so a retried chunk (even one
+        that died after recording lines) counts each of its lines exactly once. Without it
+        (the API's dispensations), counters are incremented with ADD."""
+        if writer is not None and "#" in writer:
+            raise ValueError("DynamoRepository writer must not contain '#'")
+        self.writer = writer
         self.tables = tables
         self.ddb = dynamodb_client if dynamodb_client is not None else client("dynamodb")
         self.history_days = history_days
@@ -379,34 +388,47 @@ class DynamoRepository(HistoryRepository):
         raise TransientError(f"BatchGetItem {table}: keys still unprocessed after {attempts} attempts")
 
     def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
-        recorded = [line for line, new in zip(lines, self._map(self._record_one, list(lines)), strict=True) if new]
+        outcome = self._map(self._record_one, list(lines))
+        recorded = [line for line, (new, _) in zip(lines, outcome, strict=True) if new]
         self.known_lines.update((x.line_id, x) for x in lines)
         self._recorded_ids.update(x.line_id for x in recorded)
-        if self.tables.aggregates and recorded:
+        if self.tables.aggregates and self.writer is not None:
+            owned = [line for line, (new, mine) in zip(lines, outcome, strict=True) if new or mine]
+            self.put_contribution(activity_counts(owned))
+        elif self.tables.aggregates and recorded:
             self.add_aggregates(activity_counts(recorded))
         return recorded
 
-    def _record_one(self, line: ClaimLine) -> bool:
+    def _record_one(self, line: ClaimLine) -> tuple[bool, bool]:
+        """(newly recorded, recorded earlier by this same writer)."""
         # Trace-code sales first, the purchase last: the purchase item is the commit marker,
         # so a retry after a crash in between re-puts the sales (idempotent) and then the line.
         for code in line.trace_codes:
             self._record_sale(code, line)
+        item: dict[str, Any] = {
+            "psn_no": {"S": line.psn_no},
+            "sk": {"S": purchase_sort_key(line)},
+            "d": {"S": encode_line(line)},
+            "expires_at": {"N": self._expires(line.fee_ocur_time)},
+        }
+        extra: dict[str, Any] = {}
+        if self.writer is not None:
+            item["w"] = {"S": self.writer}
+            extra["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         try:
             self.ddb.put_item(
                 TableName=self.tables.purchases,
-                Item={
-                    "psn_no": {"S": line.psn_no},
-                    "sk": {"S": purchase_sort_key(line)},
-                    "d": {"S": encode_line(line)},
-                    "expires_at": {"N": self._expires(line.fee_ocur_time)},
-                },
+                Item=item,
                 ConditionExpression="attribute_not_exists(psn_no)",
+                **extra,
             )
         except ClientError as exc:
             if _error_code(exc) == "ConditionalCheckFailedException":
-                return False  # already recorded: a retried chunk or a re-dropped file
+                # already recorded: a retried chunk or a re-dropped file
+                old: dict[str, Any] = dict(exc.response.get("Item") or {})  # type: ignore[call-overload]
+                return False, self.writer is not None and old.get("w", {}).get("S") == self.writer
             raise _transient(exc, "PutItem purchases") from exc
-        return True
+        return True, False
 
     def _record_sale(self, code: str, line: ClaimLine) -> None:
         sale = f"{line.fee_ocur_time.isoformat()}|{line.psn_no}|{line.fixmedins_code}"
@@ -463,6 +485,24 @@ class DynamoRepository(HistoryRepository):
 
         self._map(one, [(k, v) for k, v in counts.items() if v])
 
+    def put_contribution(self, counts: Mapping[ActivityKey, Mapping[str, float]]) -> None:
+        """This writer's counters, one item per unit-month (`<subject>#<writer>`), written
+        whole: idempotent however often the chunk runs."""
+
+        def one(entry: tuple[ActivityKey, Mapping[str, float]]) -> None:
+            (period, subject), counters = entry
+            item: dict[str, Any] = {
+                "period": {"S": period},
+                "subject": {"S": f"{subject}#{self.writer}"},
+                **{name: {"N": repr(float(value))} for name, value in counters.items()},
+            }
+            try:
+                self.ddb.put_item(TableName=self.tables.aggregates, Item=item)
+            except ClientError as exc:
+                raise _transient(exc, "PutItem aggregates") from exc
+
+        self._map(one, [(k, v) for k, v in counts.items() if v])
+
     def update_flags(self, added: Mapping[ActivityKey, set[str]], removed: Mapping[ActivityKey, set[str]]) -> None:
         """Add / remove line ids in the `flagged` set of unit-months (set semantics: idempotent)."""
         ops = [("ADD", k, v) for k, v in added.items() if v] + [("DELETE", k, v) for k, v in removed.items() if v]
@@ -494,7 +534,19 @@ class DynamoRepository(HistoryRepository):
                 ExpressionAttributeNames={"#period": "period"},
                 ExpressionAttributeValues={":p": {"S": period}},
             )
-            return [a for a in map(_activity_from_item, items) if a is not None]
+            merged: dict[str, dict[str, Any]] = {}
+            for item in items:
+                subject = item["subject"]["S"].split("#", 1)[0]
+                into = merged.setdefault(subject, {"period": item["period"], "subject": {"S": subject}})
+                for name, value in item.items():
+                    if name in ("period", "subject"):
+                        continue
+                    if "N" in value:
+                        total = float(into.get(name, {"N": "0"})["N"]) + float(value["N"])
+                        into[name] = {"N": repr(total)}
+                    elif "SS" in value:
+                        into[name] = {"SS": sorted(set(into.get(name, {"SS": []})["SS"]) | set(value["SS"]))}
+            return [a for a in map(_activity_from_item, merged.values()) if a is not None]
 
         found = [a for group in self._map(one, sorted(set(periods))) for a in group]
         return sorted(found, key=lambda a: (a.subject_type, a.code, a.period))

@@ -66,8 +66,8 @@ def test_a_purchase_item_fits_one_write_unit(stack: Stack) -> None:
     )
     # When it is encoded as a purchase item
     size = sum(len(x.encode()) for x in ("psn_no", line.psn_no, "sk", purchase_sort_key(line), "d", encode_line(line)))
-    # Then the item (names + values + the TTL number) stays below 1 KB: one write unit
-    assert size + len("expires_at") + 21 < 1024
+    # Then the item (names + values + the TTL number + the writer) stays below 1 KB: one write unit
+    assert size + len("expires_at") + 21 + len("w") + len("0123456789abcdef-9999") < 1024
 
 
 def test_each_new_line_costs_one_write_and_a_repeat_one_failed_conditional_write(stack: Stack) -> None:
@@ -290,3 +290,18 @@ def test_findings_of_new_patients_and_new_trace_codes_are_not_queried(stack: Sta
     assert counting.findings_queries == 2
     assert [f.psn_no for f in current["patient:P1"]] == ["P1"]
     assert current["patient:P2"] == current["patient:P3"] == current[f"trace:{code_new}"] == []
+
+
+def test_a_chunk_that_died_after_recording_counts_its_lines_once_when_retried(stack: Stack) -> None:
+    # Given a chunk whose first attempt recorded its lines but died before its activity counters
+    lines = [make_line(f"P{i}", str(i), bilg_dr_codg="D1") for i in range(4)]
+    dead = DynamoRepository(tables_of(stack), stack.ddb, writer="batchA-0")
+    for line in lines:
+        dead._record_one(line)
+    # When the chunk is retried (same writer), retried again, and the lines re-sent by another batch
+    DynamoRepository(tables_of(stack), stack.ddb, writer="batchA-0").record_lines(lines)
+    DynamoRepository(tables_of(stack), stack.ddb, writer="batchA-0").record_lines(lines)
+    DynamoRepository(tables_of(stack), stack.ddb, writer="batchB-0").record_lines(lines)
+    # Then the month's activity counts each line exactly once, for the institution and the prescriber
+    activity = {a.scope: a.monitored_lines for a in _repo(stack).load_activity(["2026-03"])}
+    assert activity == {"institution:H31000000001": 4, "prescriber:D1": 4}
