@@ -178,3 +178,18 @@ def test_every_checkov_skip_in_the_template_has_a_comment() -> None:
     for name, resource in RESOURCES.items():
         for skip in ((resource.get("Metadata") or {}).get("checkov") or {}).get("skip", []):
             assert skip["id"].startswith("CKV_") and len(skip.get("comment", "")) > 20, (name, skip)
+
+
+def test_only_notify_and_the_api_may_delete_in_the_results_bucket() -> None:
+    # Given the S3 policy templates that allow DeleteObject / PutLifecycleConfiguration
+    broad = {"S3CrudPolicy", "S3WritePolicy", "S3FullAccessPolicy"}
+    # When the functions' policies are read
+    deleters = {
+        name
+        for name, fn in of_type("AWS::Serverless::Function").items()
+        for policy in props(fn).get("Policies") or []
+        if isinstance(policy, dict) and broad & policy.keys()
+    }
+    # Then only the functions that remove their once-only markers hold them (the alerts sink
+    # deletes a marker when a publish fails); Prepare, Screen and Finalize only read and put
+    assert deleters <= {"NotifyFunction", "ApiFunction"}
