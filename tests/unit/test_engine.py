@@ -182,3 +182,17 @@ def test_finding_scopes(kb):
 def test_screen_lines_refuses_the_pre_scene(kb):
     with pytest.raises(ValueError, match="check_lines"):
         screen_lines([buy(kb, 0)], InMemoryRepository(), kb, scene=Scene.PRE)
+
+
+def test_a_parameter_of_the_wrong_kind_fails_naming_the_rule_and_field(kb):
+    from rxguard.kb import KnowledgeBaseError
+
+    rule = kb.rule("early-refill")
+    bad = with_rule(kb, "early-refill", parameters={**rule.parameters, "used_fraction": "three quarters"})
+    with pytest.raises(KnowledgeBaseError, match=r"early-refill.*parameters\.used_fraction"):
+        Engine(bad)
+    regional = with_rule(
+        kb, "pharmacy-spend", region_overrides={"310000": RegionOverride(parameters={"max_monthly_yuan": "8k"})}
+    )
+    with pytest.raises(KnowledgeBaseError, match=r"region_overrides\.310000\.parameters\.max_monthly_yuan"):
+        Engine(regional)

@@ -184,3 +184,69 @@ def flagged_line_ids(findings: Iterable[Finding]) -> set[str]:
         if finding.rule_id in DISPENSING_RULES and finding.severity != Severity.LOW:
             out.update(trigger_lines(finding))
     return out
+
+
+# The parameters each rule reads, with their kinds; checked once when an engine is built so
+# a typo in rules.yaml fails with the rule and the field instead of mid-screening.
+_NUMBER, _FLAG, _LIST = "number", "boolean", "list"
+PARAMETERS: dict[str, dict[str, str]] = {
+    "over-quantity": {
+        "acute_max_days": _NUMBER,
+        "chronic_max_days": _NUMBER,
+        "long_term_max_days": _NUMBER,
+        "discharge_max_days": _NUMBER,
+        "pack_allowance": _FLAG,
+        "tolerance": _NUMBER,
+        "high_ratio": _NUMBER,
+    },
+    "early-refill": {
+        "used_fraction": _NUMBER,
+        "carry_tolerance_days": _NUMBER,
+        "grace_days": _NUMBER,
+        "high_used_fraction": _NUMBER,
+    },
+    "cumulative-oversupply": {
+        "acute_allowed_days": _NUMBER,
+        "chronic_allowed_days": _NUMBER,
+        "long_term_allowed_days": _NUMBER,
+        "discharge_allowed_days": _NUMBER,
+        "pack_allowance": _FLAG,
+        "tolerance_days": _NUMBER,
+    },
+    "cross-institution-repeat": {"min_overlap_days": _NUMBER, "min_overlap_fraction": _NUMBER},
+    "frequent-visits": {"min_visits": _NUMBER, "outpatient_med_types": _LIST, "chronic_med_types": _LIST},
+    "multi-hospital-days": {"min_hospitals_per_day": _NUMBER, "min_days": _NUMBER},
+    "pharmacy-spend": {"max_monthly_yuan": _NUMBER, "specialty_categories": _LIST},
+    "trace-code-reuse": {},
+    "indication-mismatch": {"lookback_days": _NUMBER},
+    "institution-outlier": {
+        "min_lines": _NUMBER,
+        "min_flag_share": _NUMBER,
+        "peer_multiple": _NUMBER,
+        "growth_multiple": _NUMBER,
+        "min_growth_lines": _NUMBER,
+    },
+}
+
+
+def check_parameters(rules: Iterable[RuleDefinition], file: str = "rules.yaml") -> None:
+    """Raise KnowledgeBaseError naming the rule and field for a parameter of the wrong kind
+    (defaults and region overrides). Unknown parameters are allowed (documentation)."""
+    from rxguard.kb import KnowledgeBaseError
+
+    for rule in rules:
+        kinds = PARAMETERS.get(rule.id, {})
+        sources = [("parameters", rule.parameters)] + [
+            (f"region_overrides.{code}.parameters", o.parameters) for code, o in rule.region_overrides.items()
+        ]
+        for where, params in sources:
+            for name, value in params.items():
+                kind = kinds.get(name)
+                ok = (
+                    kind is None
+                    or (kind == _NUMBER and isinstance(value, int | float) and not isinstance(value, bool))
+                    or (kind == _FLAG and isinstance(value, bool))
+                    or (kind == _LIST and isinstance(value, list))
+                )
+                if not ok:
+                    raise KnowledgeBaseError(file, rule.id, f"{where}.{name}", f"expected a {kind}, got {value!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from rxguard.engine.common import RuleSet, flagged_line_ids
+from rxguard.engine.common import RuleSet, check_parameters, flagged_line_ids
 from rxguard.engine.fills import build_fills
 from rxguard.engine.indication import IndicationRule
 from rxguard.engine.institutions import ActivityAggregate, activity_from_lines, evaluate_activity
@@ -35,6 +35,7 @@ class Engine:
 
     def __init__(self, kb: KnowledgeBase, scenes: Collection[Scene] | None = None) -> None:
         self.kb = kb
+        check_parameters(kb.rules.values())
         self.rules = RuleSet(kb, scenes)
         self._supply = SupplyRules(self.rules)
         self._monthly = MonthlyRules(self.rules, kb)
