@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Any
 
 
-def render(points: Sequence[dict[str, Any]], out: Path, *, floor: float, target: float, title: str) -> Path:
+def render(
+    points: Sequence[dict[str, Any]],
+    out: Path,
+    *,
+    floor: float,
+    target: float,
+    title: str,
+    codes_per_line: float | None = None,
+    floor_15: float | None = None,
+) -> Path:
     """`points`: dicts with `lines`, `usd_per_million`, `lines_per_s` (and optionally the
     components). Writes a PNG with cost (left axis, with the floor and the target) and
     throughput (right axis) against batch size."""
@@ -21,7 +30,10 @@ def render(points: Sequence[dict[str, Any]], out: Path, *, floor: float, target:
     xs = [p["lines"] for p in points]
     fig, left = plt.subplots(figsize=(8, 4.5), dpi=110)
     left.plot(xs, [p["usd_per_million"] for p in points], "o-", color="tab:blue", label="estimated AWS cost")
-    left.axhline(floor, color="tab:green", linestyle="--", label=f"floor ${floor:.2f}/M (DynamoDB writes)")
+    at = f" at {codes_per_line:.2f} codes/line" if codes_per_line is not None else ""
+    left.axhline(floor, color="tab:green", linestyle="--", label=f"floor ${floor:.2f}/M (DynamoDB writes{at})")
+    if floor_15 is not None:
+        left.axhline(floor_15, color="tab:gray", linestyle="-.", label=f"floor at 1.5 codes/line ${floor_15:.2f}/M")
     left.axhline(target, color="tab:orange", linestyle=":", label=f"target {target / floor:.2f}x floor")
     left.set_xscale("log")
     left.set_xlabel("lines in the batch (log scale)")
