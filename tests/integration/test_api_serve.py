@@ -127,3 +127,34 @@ def test_schemathesis_finds_no_server_error(kb: Any) -> None:
     # Then no request caused a server error, an undocumented status or an answer off its schema
     assert failures == []
     assert statuses.get(200, 0) > 0 and statuses.get(400, 0) > 0, statuses
+
+
+def test_serve_enforces_grants_with_the_caller_header() -> None:
+    # Given `rxguard serve --callers` with the sample grants
+    args = [sys.executable, "-m", "rxguard.cli", "serve", "--port", "0", "--memory", "--max-seconds", "40"]
+    args += ["--callers", str(ROOT / "events/api/callers.json")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT)])}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        base = proc.stdout.readline().split("listening on ", 1)[1].split()[0]
+        body = json.dumps(json.loads(load_event("api/check.json")["body"])).encode()
+
+        def post(caller: str | None) -> int:
+            headers = {"Content-Type": "application/json", **({"X-Rxguard-Caller": caller} if caller else {})}
+            request = urllib.request.Request(base + "/v1/checks", data=body, method="POST", headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as error:
+                return int(error.code)
+
+        # When the pharmacy, the hospital and nobody post the pharmacy's check
+        # Then only the pharmacy (and a regulator) may
+        assert post("arn:aws:iam::123456789012:user/his-P4401001") == 200
+        assert post("arn:aws:iam::123456789012:role/bureau-auditor") == 200
+        assert post("arn:aws:iam::123456789012:user/his-H6108001") == 403
+        assert post(None) == 403
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
