@@ -262,6 +262,9 @@ def _activity_from_item(item: Mapping[str, Any]) -> ActivityAggregate | None:
     )
 
 
+FINDING_RETENTION = timedelta(days=1826)  # 5 years after the line that triggered it (case-file retention)
+
+
 def _finding_item(scope: str, finding: Finding, now: str) -> dict[str, Any]:
     body = finding.model_dump(mode="json", exclude={"status"})
     item: dict[str, Any] = {
@@ -273,6 +276,7 @@ def _finding_item(scope: str, finding: Finding, now: str) -> dict[str, Any]:
         "occurred_at": {"S": finding.occurred_at.isoformat()},
         "updated_at": {"S": now},
         "body": {"S": json.dumps(body, ensure_ascii=False, separators=(",", ":"))},
+        "expires_at": {"N": str(_epoch(finding.occurred_at + FINDING_RETENTION))},  # TTL (docs/security.md)
     }
     if finding.fixmedins_code:
         item["fixmedins_code"] = {"S": finding.fixmedins_code}

@@ -96,7 +96,7 @@ def test_retention_is_enforced_by_ttl_and_lifecycle() -> None:
     # Given the documented retention (docs/security.md "What is stored where, and for how long")
     tables = of_type("AWS::DynamoDB::Table")
     # Then history tables expire items by TTL
-    for name in ("PurchasesTable", "TraceCodesTable", "AggregatesTable", "IdempotencyTable"):
+    for name in ("PurchasesTable", "TraceCodesTable", "AggregatesTable", "IdempotencyTable", "FindingsTable"):
         assert props(tables[name])["TimeToLiveSpecification"]["Enabled"] is True, name
     # and buckets expire by lifecycle rule
     results = {r["Id"]: r for r in props(RESOURCES["ResultsBucket"])["LifecycleConfiguration"]["Rules"]}
@@ -193,3 +193,50 @@ def test_only_notify_and_the_api_may_delete_in_the_results_bucket() -> None:
     # Then only the functions that remove their once-only markers hold them (the alerts sink
     # deletes a marker when a publish fails); Prepare, Screen and Finalize only read and put
     assert deleters <= {"NotifyFunction", "ApiFunction"}
+
+
+def test_stored_findings_carry_their_expiry_five_years_after_the_line() -> None:
+    # Given the findings table as the template declares it, on moto
+    from datetime import UTC, datetime, timedelta
+
+    import boto3
+    from moto import mock_aws
+
+    from rxguard.dynamo import DynamoRepository, TableNames
+    from rxguard.models import Finding, Severity
+
+    table = props(RESOURCES["FindingsTable"])
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    at = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+    finding = Finding(
+        finding_id=Finding.make_id("over-quantity", "patient:P1", ["H1/1"]),
+        rule_id="over-quantity",
+        rule_version=1,
+        severity=Severity.HIGH,
+        subject_type="patient",
+        psn_no="P1",
+        fixmedins_code="H1",
+        occurred_at=at,
+        evidence=["H1/1"],
+        explanation_zh="说明",
+        explanation_en="explanation",
+    )
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(
+            TableName="findings",
+            AttributeDefinitions=table["AttributeDefinitions"],
+            KeySchema=table["KeySchema"],
+            GlobalSecondaryIndexes=[
+                {k: v for k, v in g.items() if k in ("IndexName", "KeySchema", "Projection")}
+                for g in table["GlobalSecondaryIndexes"]
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        # When the workflow's repository stores the finding
+        DynamoRepository(TableNames(purchases="p", trace_codes="t", findings="findings"), ddb).replace_findings(
+            "patient:P1", [finding]
+        )
+        (item,) = ddb.scan(TableName="findings")["Items"]
+    # Then the item expires (TTL attribute) 1826 days after the line that triggered it
+    assert int(item["expires_at"]["N"]) == int((at + timedelta(days=1826)).timestamp())
