@@ -264,3 +264,19 @@ def test_an_institution_can_neither_read_nor_review_another_institutions_finding
     assert review_status in (403, 404)
     assert _get(svc, f"/v1/findings/{theirs.finding_id}", HOSPITAL)[0] == 200
     assert svc.store.get(theirs.finding_id).status == "new"  # type: ignore[attr-defined]
+
+
+def test_a_deployment_without_grants_fails_closed(kb: KnowledgeBase) -> None:
+    # Given the API settings of a deployment that set no RXGUARD_API_AUTH and no callers
+    settings = ApiSettings.from_env({})
+    repo = InMemoryRepository()
+    svc = Services(
+        kb=kb, repo=repo, store=InMemoryFindingsStore(repo), settings=settings, check_lines=NoFindings(),
+        clock=lambda: datetime(2026, 3, 1, 10, 0, 0),
+    )  # fmt: skip
+    # When a signed caller (the regulator's role of the samples) lists findings or posts a check
+    listing, _ = _get(svc, "/v1/findings", AUDITOR)
+    check, _ = _call(svc, _post("api/check.json", json.loads(load_event("api/check.json")["body"])))
+    # Then both are refused: no grant, no access (never "open" by default)
+    assert settings.auth_mode == "enforce"
+    assert (listing, check) == (403, 403)
