@@ -240,3 +240,14 @@ def test_stored_findings_carry_their_expiry_five_years_after_the_line() -> None:
         (item,) = ddb.scan(TableName="findings")["Items"]
     # Then the item expires (TTL attribute) 1826 days after the line that triggered it
     assert int(item["expires_at"]["N"]) == int((at + timedelta(days=1826)).timestamp())
+
+
+def test_the_pseudonym_key_comes_from_secrets_manager_never_from_the_template() -> None:
+    # Given the functions' environment
+    variable = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["RXGUARD_PSEUDONYM_KEY"]
+    # Then the key is a deploy-time dynamic reference to the named secret (or absent offline),
+    # never a literal value in the template
+    condition, value, otherwise = variable["Fn::If"]
+    assert condition == "HasPseudonymKeySecret" and otherwise == {"Ref": "AWS::NoValue"}
+    assert value == {"Fn::Sub": "{{resolve:secretsmanager:${PseudonymKeySecret}:SecretString}}"}
+    assert TEMPLATE["Parameters"]["PseudonymKeySecret"]["Default"] == ""
