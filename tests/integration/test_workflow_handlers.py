@@ -226,7 +226,6 @@ def _messages(stack: Stack, url: str) -> list[dict[str, Any]]:
         out.extend(got["Messages"])
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_notify_alerts_each_finding_once_however_often_it_runs(stack: Stack) -> None:
     # Given a screened chunk with a new high-severity finding
     batch_id = "0123456789abcdef0123456789abcdef01234567"
