@@ -213,7 +213,39 @@ def section_coldstart(quick: bool) -> dict[str, Any]:
             # judged on CPU time: wall time on a shared, loaded machine mostly measures the queue
             "within_target": cpu_median <= COLD_START_TARGET_MS,
         }
-    return {"functions": functions, "target_ms": COLD_START_TARGET_MS}
+    worst = max(functions, key=lambda k: functions[k]["import_cpu_ms_median"]) if functions else None
+    heaviest: list[dict[str, Any]] = []
+    if worst is not None:
+        app = ROOT / "functions" / worst / "app.py"
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", _COLD_CHILD, str(app)],
+            env={**base, **environments.get(worst, {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=str(app.parent),
+        )
+        heaviest = heaviest_imports(proc.stderr)
+    return {"functions": functions, "target_ms": COLD_START_TARGET_MS, "heaviest_imports": heaviest, "profiled": worst}
+
+
+def heaviest_imports(importtime: str, top: int = 4) -> list[dict[str, Any]]:
+    """Third-party and layer packages with the largest cumulative import time (-X importtime)."""
+    best: dict[str, int] = {}
+    for line in importtime.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.split("|", 2)
+        try:
+            micros = int(cumulative.strip())
+        except ValueError:
+            continue
+        package = name.strip().split(".")[0]
+        if package in ("app_under_test", "encodings", "site") or not package:
+            continue
+        best[package] = max(best.get(package, 0), micros)
+    ranked = sorted(best.items(), key=lambda kv: -kv[1])[:top]
+    return [{"package": k, "cumulative_ms": round(v / 1000, 1)} for k, v in ranked]
 
 
 def section_ingest(quick: bool) -> dict[str, Any]:
@@ -394,9 +426,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append("")
         if not c["within_target"]:
             top = sorted(comps.items(), key=lambda kv: -kv[1])[:3]
+            writes_ratio = comps["dynamodb_writes"] / c["floor_at_measured_codes_usd"]
             shortfalls.append(
                 f"AWS cost is {ratio}x the floor (target {c['target_multiple']}x); largest components: "
                 + ", ".join(f"{k} ${v:.2f}/M" for k, v in top)
+                + f". Why: DynamoDB writes alone are {writes_ratio:.2f}x the floor ({per_k['dynamodb_wru']} WRU "
+                f"per 1,000 lines against {1000 * (1 + c['trace_codes_per_line']):.0f} for one per line and per "
+                "code: findings, aggregates and batch records add the rest); Lambda compute is the handlers' "
+                "time on moto, where every DynamoDB call costs moto's Python time instead of a network round "
+                "trip, and Notify renders PDF letters; S3 PUTs are mostly letters"
             )
 
     out += ["## Check API", ""]
@@ -410,7 +448,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         p99 = a.get("check_p99_ms_memory")
         trips = a.get("dynamodb_round_trips_per_check_max")
         if isinstance(p99, int | float) and p99 > CHECK_P99_TARGET_MS:
-            shortfalls.append(f"check p99 compute {p99} ms > {CHECK_P99_TARGET_MS} ms")
+            shortfalls.append(
+                f"check p99 compute {p99} ms > {CHECK_P99_TARGET_MS} ms (p50 {a.get('check_p50_ms_memory')} ms; "
+                "measured in one process on a shared, loaded machine: the tail includes waits for a core)"
+            )
         if isinstance(trips, int | float) and trips > CHECK_ROUND_TRIPS_TARGET:
             shortfalls.append(f"a check makes {trips} DynamoDB round trips (target <= {CHECK_ROUND_TRIPS_TARGET})")
         out += [
@@ -436,6 +477,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
             if not f["within_target"]:
                 shortfalls.append(f"cold-start import of functions/{name} takes {cpu} ms of CPU (> 300)")
+        slow = [n for n, f in cs["functions"].items() if not f["within_target"]]
+        if slow and cs.get("heaviest_imports"):
+            heavy = ", ".join(f"{h['package']} {h['cumulative_ms']} ms" for h in cs["heaviest_imports"][:3])
+            shortfalls.append(
+                f"why the imports are slow (python -X importtime on functions/{cs.get('profiled')}, wall): {heavy}; "
+                "Powertools' Tracer imports the X-Ray SDK even with tracing disabled"
+            )
         out += [
             "",
             "A fresh interpreter imports `functions/<name>/app.py` with the function's environment from "
@@ -444,6 +492,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             "the wait for a core (both are shown).",
             "",
         ]
+        if cs.get("heaviest_imports"):
+            out += [
+                f"Where the time goes (`python -X importtime`, functions/{cs.get('profiled')}, wall ms, "
+                "nested imports included): "
+                + ", ".join(f"{h['package']} {h['cumulative_ms']}" for h in cs["heaviest_imports"])
+                + ".",
+                "",
+            ]
 
     out += ["## Ingestion peak memory", ""]
     ing = s.get("ingest", {})
