@@ -105,3 +105,28 @@ def test_a_cost_within_target_is_not_a_shortfall() -> None:
     # Then the cost is reported within target and not listed as a shortfall
     assert "within the 1.25x target" in text
     assert not data["shortfalls"]
+
+
+def test_merging_reports_takes_each_section_once_and_combines_workflow_sizes() -> None:
+    # Given two earlier reports: one with the 10k workflow run and the engine, one with the 100k run
+    first = {
+        "machine": {"date_utc": "2026-11-23 20:00"},
+        "sections": {
+            "engine": {"available": True, "engine_lines_per_s": 1},
+            "workflow": {"available": True, "runs": {"10000": {"wall_seconds": 1}}},
+            "api": {"available": False, "why": "skipped"},
+        },
+    }
+    second = {
+        "machine": {"date_utc": "2026-11-23 21:00"},
+        "sections": {
+            "engine": {"available": True, "engine_lines_per_s": 2},
+            "workflow": {"available": True, "runs": {"100000": {"wall_seconds": 9}}},
+        },
+    }
+    # When merged
+    merged = report.merge_reports([first, second])["sections"]
+    # Then the first report's sections win, workflow sizes are combined, unavailable ones are dropped
+    assert merged["engine"]["engine_lines_per_s"] == 1 and merged["engine"]["measured_on"] == "2026-11-23 20:00"
+    assert set(merged["workflow"]["runs"]) == {"10000", "100000"}
+    assert "api" not in merged
