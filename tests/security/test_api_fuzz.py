@@ -143,6 +143,7 @@ def test_one_hostile_value_anywhere_in_a_valid_request_never_gives_500(
         "null",
         '"just a string"',
         "\ud800" * 3,
+        '{"psn_no": "' + "x" * 300_000 + '"}',
     ],
     ids=[
         "deep-array",
@@ -155,6 +156,7 @@ def test_one_hostile_value_anywhere_in_a_valid_request_never_gives_500(
         "null",
         "string",
         "lone-surrogate",
+        "oversized",
     ],
 )
 @pytest.mark.parametrize("name", POSTS)
