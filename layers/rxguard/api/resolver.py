@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import date
-from functools import partial
+from functools import cache, partial
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
@@ -305,6 +305,7 @@ def handle(event: dict[str, Any], context: Any, services: Services) -> dict[str,
     return app.resolve(event, context)
 
 
+@cache
 def openapi_json() -> str:
     """The OpenAPI document (checked in as openapi.json; served at /v1/openapi.json)."""
     from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn  # slow import: only here
