@@ -357,7 +357,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "| lines | status | wall s | s per 1k lines | DynamoDB read calls /1k | write calls /1k | handler s |",
             "|---:|---|---:|---:|---:|---:|---|",
         ]
-        for n, r in w["runs"].items():
+        for n, r in sorted(w["runs"].items(), key=lambda kv: int(kv[0])):
             handlers = ", ".join(
                 f"{k.replace('Function', '')} {v}" for k, v in (r.get("handler_seconds") or {}).items()
             )
