@@ -38,11 +38,12 @@ def render(
     left.set_xscale("log")
     left.set_xlabel("lines in the batch (log scale)")
     left.set_ylabel("USD per million lines")
-    left.set_ylim(bottom=0)
+    top = max([p["usd_per_million"] for p in points] + [floor, target, floor_15 or 0.0])
+    left.set_ylim(0, top * 1.2)
     right = left.twinx()
     right.plot(xs, [p["lines_per_s"] for p in points], "s-", color="tab:red", label="offline throughput")
     right.set_ylabel("lines per second (offline, moto, one process)")
-    right.set_ylim(bottom=0)
+    right.set_ylim(0, max(p["lines_per_s"] or 0 for p in points) * 1.2 or 1)
     handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     labels = left.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
     left.legend(handles, labels, loc="upper center", fontsize=8, bbox_to_anchor=(0.5, -0.16), ncol=2)
