@@ -454,11 +454,17 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             else:
                 fields = text.rstrip("\r\n").split(delimiter)
             if len(fields) != width and (len(fields) < width or any(f.strip() for f in fields[width:])):
-                yield self._line(
-                    line_no,
-                    RAGGED_ROW,
-                    f"row has {len(fields)} fields, the header has {width}",
-                    line_id=_readable_line_id(fields, columns),
+                # The line id goes in the record, not the message: in a ragged row the columns
+                # may be shifted, and what sits where feedetl_sn belongs may be a psn_no.
+                yield self._reject(
+                    Rejection(
+                        file=self.name,
+                        line=line_no,
+                        field=None,
+                        reason=RAGGED_ROW,
+                        message=f"line {line_no}: row has {len(fields)} fields, the header has {width}",
+                        line_id=_readable_line_id(fields, columns),
+                    )
                 )
                 continue
             record = {field: fields[index] for index, field in columns}
