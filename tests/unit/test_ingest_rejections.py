@@ -152,6 +152,20 @@ def test_too_long_field_in_a_json_document(kb, tmp_path: Path) -> None:
     assert [(r.line, r.field, r.reason) for r in rejections] == [(1, "fixmedins_name", "too_long")]
 
 
+def test_a_line_with_many_trace_codes_is_accepted(kb, tmp_path: Path) -> None:
+    # Given a hospital line of 60 packs, one 20-digit trace code each (1,259 characters),
+    # and one whose code list is beyond the field cap
+    codes = [f"{81000000000000000000 + i}" for i in range(60)]
+    many = record(cnt="60", det_item_fee_sumamt="1116", drug_trac_codg=",".join(codes))
+    huge = record(feedetl_sn="FD2", drug_trac_codg=",".join(codes * 14))  # 17,639 characters
+    path = write_csv(tmp_path / "b.csv", [many, huge])
+    # When it is read
+    lines, rejections, _ = _read(path, kb)
+    # Then every code of the first is kept, and the second is too_long on that field
+    assert [ln.trace_codes for ln in lines] == [codes]
+    assert [(r.line, r.field, r.reason) for r in rejections] == [(3, "drug_trac_codg", "too_long")]
+
+
 def test_json_lines_bad_lines(kb, tmp_path: Path) -> None:
     # Given JSON Lines with an object in a scalar field, a list, broken JSON, and a good line
     path = tmp_path / "b.jsonl"

@@ -55,6 +55,9 @@ LINE_REASONS = (
 
 AMOUNT_TOLERANCE = 0.01  # yuan: rounding of cnt x pric to the fen
 MAX_TEXT = 1000  # characters in one text field
+# drug_trac_codg lists one 20-digit code per pack or unit sold: a 500-pack hospital line
+# is ~10,500 characters. The line caps (64 KiB) still bound it.
+MAX_TEXT_BY_FIELD = {"drug_trac_codg": 16_000, "dise_codg": 4000}
 MAX_CNT = 1_000_000.0  # an implausible quantity is a data error, not a purchase
 
 REQUIRED = (
@@ -215,8 +218,9 @@ def _text(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> str 
         if required:
             raise ctx.reject(field, MISSING, f"{field} is required")
         return None
-    if len(text) > MAX_TEXT:
-        raise ctx.reject(field, TOO_LONG, f"{field} has {len(text)} characters (at most {MAX_TEXT})")
+    limit = MAX_TEXT_BY_FIELD.get(field, MAX_TEXT)
+    if len(text) > limit:
+        raise ctx.reject(field, TOO_LONG, f"{field} has {len(text)} characters (at most {limit})")
     if _CONTROL.search(text):
         shown = "(value withheld)" if field in PERSONAL_FIELDS else show(text)
         raise ctx.reject(field, MALFORMED, f"{field} contains control characters: {shown}")
