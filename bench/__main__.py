@@ -482,7 +482,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             heavy = ", ".join(f"{h['package']} {h['cumulative_ms']} ms" for h in cs["heaviest_imports"][:3])
             shortfalls.append(
                 f"why the imports are slow (python -X importtime on functions/{cs.get('profiled')}, wall): {heavy}; "
-                "Powertools' Tracer imports the X-Ray SDK even with tracing disabled"
+                "pydantic, botocore and Powertools are needed by every handler; the X-Ray SDK is not imported "
+                "with the default XRayTracing=PassThrough (Active adds about 140-290 ms)"
             )
         out += [
             "",
