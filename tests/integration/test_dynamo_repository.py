@@ -305,3 +305,21 @@ def test_a_chunk_that_died_after_recording_counts_its_lines_once_when_retried(st
     # Then the month's activity counts each line exactly once, for the institution and the prescriber
     activity = {a.scope: a.monitored_lines for a in _repo(stack).load_activity(["2026-03"])}
     assert activity == {"institution:H31000000001": 4, "prescriber:D1": 4}
+
+
+def test_a_chunks_counters_are_packed_into_few_items_and_read_back_whole(stack: Stack) -> None:
+    # Given two chunks whose monitored lines name 300 prescribers in one month
+    first = [make_line(f"P{i}", f"a{i}", bilg_dr_codg=f"D{i:03d}") for i in range(300)]
+    second = [make_line(f"Q{i}", f"b{i}", bilg_dr_codg=f"D{i:03d}") for i in range(0, 300, 2)]
+    # When each chunk records its lines (twice, as a retry would)
+    for writer, lines in (("batchA-0", first), ("batchA-1", second), ("batchA-1", second)):
+        DynamoRepository(tables_of(stack), stack.ddb, writer=writer).record_lines(lines)
+    # Then each writer's 301 unit counters sit in one item (write units are billed per item)
+    items = stack.ddb.scan(TableName=tables_of(stack).aggregates)["Items"]
+    assert len(items) == 2
+    # And the month's activity adds both chunks per unit, every line once
+    activity = {a.scope: a.monitored_lines for a in _repo(stack).load_activity(["2026-03"])}
+    assert activity["institution:H31000000001"] == 450
+    assert activity["prescriber:D000"] == 2
+    assert activity["prescriber:D001"] == 1
+    assert len(activity) == 301
