@@ -320,9 +320,17 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
         return rejection
 
     def _line(
-        self, line_no: int, reason: str, message: str, field: str | None = None, line_id: str | None = None
+        self,
+        line_no: int,
+        reason: str,
+        message: str,
+        field: str | None = None,
+        line_id: str | None = None,
+        *,
+        quote_line_id: bool = True,
     ) -> Rejection:
-        where = f"line {line_no} ({line_id})" if line_id else f"line {line_no}"
+        """A line rejection; `quote_line_id=False` keeps the id in the record, out of the message."""
+        where = f"line {line_no} ({line_id})" if line_id and quote_line_id else f"line {line_no}"
         return self._reject(
             Rejection(
                 file=self.name, line=line_no, field=field, reason=reason, message=f"{where}: {message}", line_id=line_id
@@ -456,15 +464,12 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             if len(fields) != width and (len(fields) < width or any(f.strip() for f in fields[width:])):
                 # The line id goes in the record, not the message: in a ragged row the columns
                 # may be shifted, and what sits where feedetl_sn belongs may be a psn_no.
-                yield self._reject(
-                    Rejection(
-                        file=self.name,
-                        line=line_no,
-                        field=None,
-                        reason=RAGGED_ROW,
-                        message=f"line {line_no}: row has {len(fields)} fields, the header has {width}",
-                        line_id=_readable_line_id(fields, columns),
-                    )
+                yield self._line(
+                    line_no,
+                    RAGGED_ROW,
+                    f"row has {len(fields)} fields, the header has {width}",
+                    line_id=_readable_line_id(fields, columns),
+                    quote_line_id=False,
                 )
                 continue
             record = {field: fields[index] for index, field in columns}
