@@ -20,6 +20,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.shared.functions import resolve_truthy_env_var_choice
 
 from rxguard.privacy import install_log_redaction
 
@@ -47,9 +48,9 @@ class DisabledTracer:
 
 
 def tracing_disabled(env: dict[str, str] | os._Environ[str] | None = None) -> bool:
-    """POWERTOOLS_TRACE_DISABLED as Powertools reads it (true/1/yes/on)."""
+    """POWERTOOLS_TRACE_DISABLED read exactly as Powertools' Tracer reads it."""
     value = (os.environ if env is None else env).get("POWERTOOLS_TRACE_DISABLED", "false")
-    return value.strip().lower() in ("1", "true", "yes", "on", "y", "t")
+    return resolve_truthy_env_var_choice(env=value)
 
 
 def _make_tracer() -> Any:
