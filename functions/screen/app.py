@@ -24,7 +24,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     results = ResultStore(settings.results_bucket)
     kb = get_knowledge_base(settings.core.rules_dir, settings.core.phase)
     writer = f"{event.get('batch_id', '')[:16]}-{event.get('index', 0)}"  # a chunk's lines count once for it
-    repo = DynamoRepository(settings.tables, history_days=settings.history_days, writer=writer)
+    repo = DynamoRepository(settings.tables, history_days=settings.history_days, writer=writer, buffered=True)
     if event.get("mode") == "institutions":
         done = screen_institutions(InstitutionsRequest.model_validate(event), results=results, repo=repo, kb=kb)
         metrics.add_metric(name="InstitutionFindingsNew", unit=MetricUnit.Count, value=done.findings.get("new", 0))

@@ -66,6 +66,9 @@ def stores(env: Environment) -> Iterator[tuple[FindingsStore, FindingsStore, Dyn
     ddb = env.clients.dynamodb
     for item in ddb.scan(TableName=table, ProjectionExpression="finding_id")["Items"]:  # a clean table per test
         ddb.delete_item(TableName=table, Key={"finding_id": item["finding_id"]})
+    purchases = env.name("PurchasesTable")  # and no patient head keeping a copy of the deleted findings
+    for item in ddb.scan(TableName=purchases, ProjectionExpression="psn_no, sk")["Items"]:
+        ddb.delete_item(TableName=purchases, Key={"psn_no": item["psn_no"], "sk": item["sk"]})
     findings = make_findings()
     memory_repo = InMemoryRepository()
     seed(memory_repo, findings)

@@ -22,6 +22,7 @@ from typing import Any
 import boto3
 import pytest
 
+from rxguard.dynamo import scan_purchases, scan_trace_codes
 from rxguard.offline import Environment
 from rxguard.offline.environment import REGION
 
@@ -49,8 +50,8 @@ def snapshot(env: Environment) -> Snapshot:
         if f["status"] != "superseded"
     }
     return {
-        "purchases": sorted((p["psn_no"], p["sk"]) for p in env.scan_table("PurchasesTable")),
-        "trace_codes": sorted(t["code"] for t in env.scan_table("TraceCodesTable")),
+        "purchases": scan_purchases(env.clients.dynamodb, env.name("PurchasesTable")),
+        "trace_codes": scan_trace_codes(env.clients.dynamodb, env.name("TraceCodesTable")),
         "findings": current,
     }
 

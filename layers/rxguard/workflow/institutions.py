@@ -88,6 +88,7 @@ def screen_institutions(
         changes.updated += step.updated
         changes.superseded += step.superseded
         changes.unchanged += step.unchanged
+    repo.flush()
     out = ChunkFindings(
         chunk_key=INSTITUTIONS,
         new=changes.new,
