@@ -128,6 +128,28 @@ def item_size(item: Mapping[str, Any]) -> int:
     return sum(len(name.encode("utf-8")) + attribute_size(value) for name, value in item.items())
 
 
+def _projected(names: tuple[str, ...] | None, keys: tuple[str, ...]) -> Any:
+    """Size of an item's copy in a secondary index: its key attributes and the table's key,
+    plus the projected attributes (None: ALL); 0 when the item lacks an index key (sparse)."""
+
+    def size(item: Mapping[str, Any]) -> int:
+        if any(k not in item for k in keys):
+            return 0
+        kept = item if names is None else {k: v for k, v in item.items() if k in (*keys, "finding_id", *names)}
+        return item_size(kept)
+
+    return size
+
+
+# FindingsTable's secondary indexes (template.yaml): by_scope projects ALL, by_institution
+# INCLUDE rule_id, severity, status, scope. Each write of an item with the index key writes
+# the index too, billed like a table write of the projected size.
+GSI_FINDINGS = {
+    "by_scope": _projected(None, ("scope",)),
+    "by_institution": _projected(("rule_id", "severity", "status", "scope"), ("fixmedins_code", "occurred_at")),
+}
+
+
 def write_units(size: int) -> int:
     return max(1, math.ceil(size / 1024))
 

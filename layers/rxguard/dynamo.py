@@ -316,7 +316,7 @@ HEAD_SK = "h"
 ARCHIVE_PREFIX = "m#"
 REGISTRY_PK = "~writers"  # the registry partition of PurchasesTable (a psn_no never starts with "~")
 REGISTRY_WINDOW = timedelta(minutes=20)  # longer than the Screen Lambda's timeout
-REGISTRY_MARGIN = timedelta(seconds=60)  # eventually consistent reads and clock skew
+REGISTRY_MARGIN = timedelta(seconds=5)  # clock skew between Lambdas (pack reads are strongly consistent)
 TRACE_BUCKET_TAIL = 7  # a bucket is a code without its last 7 characters
 
 
@@ -700,10 +700,10 @@ class DynamoRepository(HistoryRepository):
             }
         return out
 
-    def _ensure_patients(self, psn_nos: Collection[str]) -> None:
+    def _ensure_patients(self, psn_nos: Collection[str], consistent: bool = False) -> None:
         missing = sorted(p for p in set(psn_nos) if p not in self._patients)
         if missing:
-            for psn, found in self._read_patients(missing).items():
+            for psn, found in self._read_patients(missing, consistent).items():
                 self._patients[psn] = found
                 self.known_lines.update(found.lines)
 
@@ -855,8 +855,8 @@ class DynamoRepository(HistoryRepository):
         buckets = sorted({trace_bucket(c) for x in lines for c in x.trace_codes})
         # announce first, then read: a writer registering later sees this one (docs/storage-aws.md)
         self._register({_hash("p:" + p) for p in patients} | {_hash(b) for b in buckets})
-        self._ensure_patients(patients)
-        self._ensure_buckets(buckets)
+        self._ensure_patients(patients, consistent=True)
+        self._ensure_buckets(buckets, consistent=True)
         outcome: list[tuple[bool, bool]] = []
         for line in lines:
             found = self._patients[line.psn_no]

@@ -9,6 +9,7 @@ default boto3 session, created lazily after the hook is registered).
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -182,7 +183,7 @@ def test_partially_applied_batch_write_is_completed(clean: Snapshot, tmp_path: P
         if op != "BatchWriteItem" or seen["n"]:
             return None
         seen["n"] += 1
-        items = json.loads(_body(params))["RequestItems"]
+        items = _from_wire(json.loads(_body(params))["RequestItems"])
         table, requests = next(iter(items.items()))
         client = raw.client("dynamodb")
         client.batch_write_item(RequestItems={table: requests[:1]})
@@ -200,6 +201,17 @@ def test_partially_applied_batch_write_is_completed(clean: Snapshot, tmp_path: P
         pytest.fail("the workflow issued no BatchWriteItem: this fault is not exercised (update the test)")
     assert [e.status for e in executions] == ["SUCCEEDED"], [e.cause for e in executions]
     assert state == clean
+
+
+def _from_wire(value: Any) -> Any:
+    """DynamoDB JSON as sent (binary values base64 text) back to what boto3 takes (bytes)."""
+    if isinstance(value, dict):
+        if set(value) == {"B"} and isinstance(value["B"], str):
+            return {"B": base64.b64decode(value["B"])}
+        return {k: _from_wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_wire(v) for v in value]
+    return value
 
 
 class Crash(Exception):
