@@ -1,7 +1,7 @@
 """The logic behind the routes: no HTTP, no boto3.
 
 A request (rxguard shape or national 3101/3102 shape) becomes claim-line records in the
-contract of DESIGN.md, normalized by the same `normalize_record` as the batch path, then:
+contract of docs/design.md, normalized by the same `normalize_record` as the batch path, then:
 - checks: `screening.check_lines` (history + trace codes in two reads, no writes);
 - dispensations: `screening.screen_lines(scene=IN)` (conditional writes on the line id:
   a later settlement batch with the same lines counts nothing twice), new findings to
