@@ -31,9 +31,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from rxguard.engine.institutions import ActivityAggregate
+from rxguard.errors import TransientError
 from rxguard.models import ClaimLine, Finding, InstitutionKind
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
-from rxguard.workflow.errors import TransientError
 
 # ---------------------------------------------------------------- request counting
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from rxguard.dynamo import ActivityKey, DynamoRepository, ResultStore, activity_units
 from rxguard.engine.common import flagged_line_ids, trigger_lines
@@ -26,10 +23,7 @@ from rxguard.observability import logger
 from rxguard.repository import FindingChanges
 from rxguard.screening import institution_findings
 from rxguard.workflow import naming
-from rxguard.workflow.notify import ok_results
-from rxguard.workflow.screen import ChunkFindings, ChunkResult
-
-INSTITUTIONS = "institutions"  # the pseudo chunk key of the institutions step's result
+from rxguard.workflow.contract import INSTITUTIONS, ChunkFindings, ChunkResult, InstitutionsRequest, ok_results
 
 
 def flag_deltas(
@@ -55,13 +49,6 @@ def flag_deltas(
 def next_period(period: str) -> str:
     year, month = int(period[:4]), int(period[5:7])
     return f"{year + 1:04d}-01" if month == 12 else f"{year:04d}-{month + 1:02d}"
-
-
-class InstitutionsRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    batch_id: str
-    chunk_results: list[Any] = Field(default_factory=list)
 
 
 def screen_institutions(
