@@ -45,6 +45,7 @@ from rxguard.api.store import FindingQuery, FindingsStore
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding, Scene, Severity
 from rxguard.repository import HistoryRepository
+from rxguard.scope import Scope
 
 DECISION: dict[Severity, Decision] = {Severity.HIGH: "block", Severity.MEDIUM: "warn", Severity.LOW: "pass"}
 NOT_MONITORED = "not monitored"
@@ -366,7 +367,7 @@ def dispense(services: Services, body: CheckBody, caller: Caller) -> Dispensatio
             first = min(line.line_id for line in claims)
             batch_id = f"api-{now:%Y%m%d}-{first}".replace("/", "_")
             alerts_sent = services.notify(to_alert, batch_id, {c.line_id: c for c in claims})
-    scopes = {f"patient:{c.psn_no}" for c in claims} | {f"trace:{code}" for c in claims for code in c.trace_codes}
+    scopes = {Scope.patient(c.psn_no) for c in claims} | {Scope.trace(code) for c in claims for code in c.trace_codes}
     current = services.repo.load_findings(scopes)
     by_line: dict[str, list[Finding]] = {}
     for findings in current.values():

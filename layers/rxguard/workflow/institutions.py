@@ -21,6 +21,7 @@ from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding
 from rxguard.observability import logger
 from rxguard.repository import FindingChanges
+from rxguard.scope import Scope
 from rxguard.screening import institution_findings
 from rxguard.workflow import naming
 from rxguard.workflow.contract import INSTITUTIONS, ChunkFindings, ChunkResult, InstitutionsRequest, ok_results
@@ -65,7 +66,7 @@ def screen_institutions(
         if a.period in evaluated:
             by_scope.setdefault(a.scope, [])
     for finding in found:
-        by_scope[_scope(finding)].append(finding)
+        by_scope[Scope.of(finding)].append(finding)
     current = repo.load_findings(by_scope)
     changes = FindingChanges()
     for scope in sorted(by_scope):
@@ -97,9 +98,3 @@ def screen_institutions(
         findings={**counts, "unchanged": out.unchanged},
         result_key=key,
     )
-
-
-def _scope(finding: Finding) -> str:
-    if finding.subject_type == "prescriber":
-        return f"prescriber:{finding.bilg_dr_codg}"
-    return f"institution:{finding.fixmedins_code}"
