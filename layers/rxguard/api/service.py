@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Literal
 
 from rxguard import screening
+from rxguard.alerts import notify_batch
 from rxguard.api import nhsa
 from rxguard.api.access import (
     Caller,
@@ -43,6 +44,7 @@ from rxguard.api.models import (
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore
 from rxguard.kb import KnowledgeBase
+from rxguard.letters import issue_letters
 from rxguard.models import ClaimLine, Finding, Scene, Severity
 from rxguard.repository import HistoryRepository
 from rxguard.scope import Scope
@@ -103,12 +105,18 @@ class RequestLine:
 def alerts_notifier(kb: KnowledgeBase, sink: Any, settings: Any = None) -> Notifier:
     """Findings of a dispensing -> the alerts topic, as the batch's Notify step does (each
     finding is alerted at most once, however often it is passed)."""
-    from rxguard.alerts import notify_batch
 
     def notify(findings: Sequence[Finding], batch_id: str, lines: Mapping[str, ClaimLine]) -> int:
         names = {line.fixmedins_code: line.fixmedins_name for line in lines.values() if line.fixmedins_name}
         summary = notify_batch(
-            findings, batch_id=batch_id, kb=kb, sink=sink, settings=settings, institution_names=names, lines=lines
+            findings,
+            batch_id=batch_id,
+            kb=kb,
+            sink=sink,
+            settings=settings,
+            institution_names=names,
+            lines=lines,
+            letters=issue_letters,
         )
         return summary.alerts_published
 

@@ -7,8 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rxguard.alerts import notify_batch
 from rxguard.dynamo import ResultStore
 from rxguard.kb import KnowledgeBase
+from rxguard.letters import issue_letters
 from rxguard.models import ClaimLine, Finding
 from rxguard.observability import logger
 from rxguard.workflow.contract import ChunkFindings, NotifyRequest, ok_results
@@ -39,8 +41,6 @@ def findings_to_alert(results: ResultStore, chunk_results: Sequence[Any]) -> ToA
 def notify_chunks(
     request: NotifyRequest, *, results: ResultStore, kb: KnowledgeBase, sink: Any, alert_settings: Any = None
 ) -> dict[str, Any]:
-    from rxguard.alerts import notify_batch
-
     todo = findings_to_alert(results, [*request.chunk_results, request.institutions])
     findings = todo.findings
     summary = notify_batch(
@@ -51,6 +51,7 @@ def notify_chunks(
         settings=alert_settings,
         institution_names=todo.institutions,
         lines=todo.lines,
+        letters=issue_letters,
     )
     out = _as_dict(summary)
     out.setdefault("findings", len(findings))
