@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "kb": ("rxguard.kb_cli", "main", "knowledge base: rxguard kb import CSV [--out rules/drugs.json]"),
     "serve": ("rxguard.offline.serve", "main", "serve the check API on localhost over moto"),
     "synth": ("rxguard.synth.cli", "main", "generate a synthetic population with ground truth"),
-    "eval": ("rxguard.synth.evaluate", "main", "precision/recall of the rules on a synthetic population"),
+    "eval": ("rxguard.offline.evaluate", "main", "precision/recall of the rules on a synthetic population"),
 }
 
 
