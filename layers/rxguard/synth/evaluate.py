@@ -41,6 +41,7 @@ from rxguard.ingest import read_batch
 from rxguard.kb import KnowledgeBase, get_knowledge_base
 from rxguard.models import ClaimLine
 from rxguard.repository import InMemoryRepository
+from rxguard.scope import Scope
 from rxguard.synth.generator import SynthConfig, generate
 from rxguard.synth.output import write_population
 
@@ -170,9 +171,9 @@ def score(findings: Iterable[dict[str, Any]], labels: dict[str, Any]) -> dict[st
             if f.get("psn_no"):
                 trace_patients.add(f["psn_no"])
         elif kind == "prescriber":
-            subject = f"prescriber:{f.get('bilg_dr_codg')}"
+            subject = Scope.prescriber(str(f.get("bilg_dr_codg")))
         else:
-            subject = f"institution:{f.get('fixmedins_code')}"
+            subject = Scope.institution(str(f.get("fixmedins_code")))
         if subject is None:
             continue
         (flagged if severity in FLAGGING else low_only)[rule].add(subject)
@@ -184,8 +185,8 @@ def score(findings: Iterable[dict[str, Any]], labels: dict[str, Any]) -> dict[st
         for rule in info["rules"]:
             truth[rule].add(psn)
     truth["trace-code-reuse"] = set(labels["trace_codes"]["reused"])
-    truth["institution-outlier"] = {f"institution:{c}" for c, i in labels["institutions"].items() if i["outlier"]} | {
-        f"prescriber:{c}" for c, i in labels["prescribers"].items() if i["outlier"]
+    truth["institution-outlier"] = {Scope.institution(c) for c, i in labels["institutions"].items() if i["outlier"]} | {
+        Scope.prescriber(c) for c, i in labels["prescribers"].items() if i["outlier"]
     }
 
     rules: dict[str, Any] = {}
