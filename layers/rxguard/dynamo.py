@@ -34,9 +34,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from rxguard.engine.institutions import ActivityAggregate
+from rxguard.errors import TransientError
 from rxguard.models import ClaimLine, Finding, InstitutionKind
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
-from rxguard.workflow.errors import TransientError
+from rxguard.scope import Scope
 
 # ---------------------------------------------------------------- request counting
 
@@ -233,9 +234,9 @@ def activity_units(line: ClaimLine) -> list[ActivityKey]:
     if not line.monitored:
         return []
     period = f"{line.fee_ocur_time:%Y-%m}"
-    units = [(period, f"institution:{line.fixmedins_code}")]
+    units: list[ActivityKey] = [(period, Scope.institution(line.fixmedins_code))]
     if line.bilg_dr_codg:
-        units.append((period, f"prescriber:{line.bilg_dr_codg}"))
+        units.append((period, Scope.prescriber(line.bilg_dr_codg)))
     return units
 
 
@@ -248,7 +249,7 @@ def activity_counts(lines: Sequence[ClaimLine]) -> dict[ActivityKey, dict[str, f
             counters = out[unit]
             counters["monitored_lines"] += 1
             counters[f"a:{line.admdvs or ''}"] += 1
-            if unit[1].startswith("prescriber:"):
+            if Scope.parse(unit[1]).kind == "prescriber":
                 counters[f"i:{line.fixmedins_code}"] += 1
     return {k: dict(v) for k, v in out.items()}
 
@@ -261,7 +262,8 @@ def _most(counts: Mapping[str, float]) -> str | None:
 
 
 def _activity_from_item(item: Mapping[str, Any]) -> ActivityAggregate | None:
-    subject_type, _, code = item["subject"]["S"].partition(":")
+    subject = Scope.parse(item["subject"]["S"])
+    subject_type, code = subject.kind, subject.key
     lines = int(float(item.get("monitored_lines", {}).get("N", "0")))
     if lines <= 0 or subject_type not in ("institution", "prescriber"):
         return None
@@ -885,7 +887,7 @@ class DynamoRepository(HistoryRepository):
                 bucket = self._buckets[trace_bucket(code)]
                 sales = bucket.sales.setdefault(code, {})
                 if not sales:
-                    self._fresh_scopes.add(f"trace:{code}")  # first sale ever: no finding can exist yet
+                    self._fresh_scopes.add(Scope.trace(code))  # first sale ever: no finding can exist yet
                 if line.line_id not in sales:
                     sale = f"{line.fee_ocur_time.isoformat()}|{line.psn_no}|{line.fixmedins_code}"
                     sales[line.line_id] = sale
@@ -1040,8 +1042,9 @@ class DynamoRepository(HistoryRepository):
     def _scope_findings(self, scope: str) -> dict[str, Finding]:
         """The stored findings of a scope (superseded included), from the patient's head
         when it keeps them, else from the by_scope index (cached)."""
-        if scope.startswith("patient:"):
-            psn = scope.removeprefix("patient:")
+        parsed = Scope.parse(scope)
+        if parsed.kind == "patient":
+            psn = parsed.key
             self._ensure_patients([psn])
             pp = self._patients[psn]
             if pp.findings is None:
@@ -1053,11 +1056,12 @@ class DynamoRepository(HistoryRepository):
 
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
         wanted = sorted(set(scopes))
-        self._ensure_patients([s.removeprefix("patient:") for s in wanted if s.startswith("patient:")])
-        queried = [s for s in wanted if not s.startswith("patient:") and s not in self._scopes]
-        queried += [s for s in wanted if s.startswith("patient:") and self._patients[s[8:]].findings is None]
+        patients = {s: Scope.parse(s).key for s in wanted if Scope.parse(s).kind == "patient"}
+        self._ensure_patients(list(patients.values()))
+        queried = [s for s in wanted if s not in patients and s not in self._scopes]
+        queried += [s for s, p in patients.items() if self._patients[p].findings is None]
         for scope, found in zip(queried, self._map(self._scope_findings, queried), strict=True):
-            if not scope.startswith("patient:"):
+            if scope not in patients:
                 self._scopes[scope] = found
         return {
             s: sorted((f for f in self._scope_findings(s).values() if f.status != "superseded"), key=_fid)
@@ -1091,8 +1095,8 @@ class DynamoRepository(HistoryRepository):
         changes.new.extend(fresh)
         for f in [*fresh, *changes.updated, *changes.superseded]:
             current[f.finding_id] = f
-        if scope.startswith("patient:") and (fresh or changes.updated or changes.superseded):
-            self._heads_to_flush.add(scope.removeprefix("patient:"))
+        if Scope.parse(scope).kind == "patient" and (fresh or changes.updated or changes.superseded):
+            self._heads_to_flush.add(Scope.parse(scope).key)
         if not self.buffered or len(self._pending_puts) >= 500:
             self._flush_writes()
         return changes
@@ -1367,7 +1371,7 @@ def scan_purchases(ddb: Any, table: str) -> list[tuple[str, str]]:
         for item in page["Items"]:
             if item["psn_no"]["S"] != REGISTRY_PK:
                 items[item["psn_no"]["S"]][item["sk"]["S"]] = item
-    out = []
+    out: list[tuple[str, str]] = []
     for psn, by_sk in items.items():
         out.extend((psn, line_id) for line_id in DynamoRepository._assemble_static(psn, by_sk).lines)
     return sorted(out)
