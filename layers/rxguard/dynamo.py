@@ -1030,14 +1030,20 @@ class DynamoRepository(HistoryRepository):
 
     # ------------------------------------------------------------ findings
     def _load_scope(self, scope: str) -> dict[str, Finding]:
-        items = self._query_all(
-            TableName=self.tables.findings,
-            IndexName="by_scope",
-            KeyConditionExpression="#scope = :s",
-            ExpressionAttributeNames={"#scope": "scope"},
-            ExpressionAttributeValues={":s": {"S": scope}},
-        )
-        return {f.finding_id: f for f in map(_finding_from_item, items)}
+        """A scope's findings: their ids from `by_scope` (keys only: its copies would cost a
+        write unit per finding write), then the items in batches."""
+        keys = [
+            {"finding_id": item["finding_id"]}
+            for item in self._query_all(
+                TableName=self.tables.findings,
+                IndexName="by_scope",
+                KeyConditionExpression="#scope = :s",
+                ExpressionAttributeNames={"#scope": "scope"},
+                ExpressionAttributeValues={":s": {"S": scope}},
+            )
+        ]
+        items = self._batch_get(self.tables.findings, keys) if keys else []
+        return {f.finding_id: f for f in map(_finding_from_item, items) if f.finding_id}
 
     def _scope_findings(self, scope: str) -> dict[str, Finding]:
         """The stored findings of a scope (superseded included), from the patient's head
