@@ -201,13 +201,24 @@ def _projected(names: tuple[str, ...] | None, keys: tuple[str, ...]) -> Any:
     return size
 
 
-# FindingsTable's secondary indexes (template.yaml): by_scope projects ALL, by_institution
-# INCLUDE rule_id, severity, status, scope. Each write of an item with the index key writes
-# the index too, billed like a table write of the projected size.
-GSI_FINDINGS = {
-    "by_scope": _projected(None, ("scope",)),
-    "by_institution": _projected(("rule_id", "severity", "status", "scope"), ("fixmedins_code", "occurred_at")),
-}
+def _gsi_of(logical_id: str) -> dict[str, Any]:
+    """A table's secondary indexes as template.yaml declares them: name -> projected size.
+    Each write of an item carrying the index key writes the index too, billed like a table
+    write of the projected size (at least one unit)."""
+    from rxguard.offline.cfn import load_template
+
+    table = load_template(ROOT / "template.yaml")["Resources"][logical_id]["Properties"]
+    out = {}
+    for gsi in table.get("GlobalSecondaryIndexes", []):
+        keys = tuple(k["AttributeName"] for k in gsi["KeySchema"])
+        projection = gsi.get("Projection", {})
+        kind = projection.get("ProjectionType", "KEYS_ONLY")
+        names = None if kind == "ALL" else tuple(projection.get("NonKeyAttributes", []))
+        out[gsi["IndexName"]] = _projected(names, keys)
+    return out
+
+
+GSI_FINDINGS = _gsi_of("FindingsTable")
 
 
 def write_units(size: int) -> int:

@@ -430,8 +430,10 @@ class DynamoRepository(HistoryRepository):
         written whole, so a retried chunk counts each of its lines exactly once. Without
         it (the API's dispensations), counters are incremented with ADD.
 
-        `buffered`: new findings and the heads' copies of findings are written at
-        `flush()` (in batches across scopes) instead of at each `replace_findings`."""
+        `buffered`: new findings, the patients' packs and their copies of findings are
+        written at `flush()` (in batches across scopes, one write per patient) instead of
+        at each `record_lines` / `replace_findings`; the caller must call `flush()`
+        (screen_lines does)."""
         if writer is not None and "#" in writer:
             raise ValueError("DynamoRepository writer must not contain '#'")
         self.writer = writer
@@ -449,6 +451,7 @@ class DynamoRepository(HistoryRepository):
         self._scopes: dict[str, dict[str, Finding]] = {}  # non-patient scopes: finding_id -> finding
         self._pending_puts: dict[str, tuple[str, Finding]] = {}  # finding_id -> (scope, new finding) to write
         self._heads_to_flush: set[str] = set()  # patients whose kept findings changed
+        self._lines_to_flush: set[str] = set()  # patients with lines recorded, not written yet (buffered)
         self.known_lines: dict[str, ClaimLine] = {}  # lines seen by this instance (loaded or recorded)
         self.sale_owner: dict[str, str] = {}  # line_id -> psn_no, from the trace-code sales loaded
         self._fresh_scopes: set[str] = set()  # trace scopes first sold here: no finding can exist
@@ -580,9 +583,12 @@ class DynamoRepository(HistoryRepository):
                 raise _transient(exc, "PutItem registry") from exc
 
     def _flush_writes(self) -> None:
+        """Findings first, then the packs (a pack is the commit marker of its lines: a crash
+        in between leaves lines unrecorded, and the retried chunk recomputes)."""
         self._flush_findings()
-        heads = sorted(self._heads_to_flush)
+        heads = sorted(self._heads_to_flush | self._lines_to_flush)
         self._heads_to_flush.clear()
+        self._lines_to_flush.clear()
         if heads:
             for psn in heads:
                 self._patients[psn].dirty.add(HEAD_SK)
@@ -896,7 +902,10 @@ class DynamoRepository(HistoryRepository):
                     self.sale_owner[line.line_id] = line.psn_no
         contended = self._contended()
         self._write_buckets([(self._buckets[k], added) for k, added in sorted(touched.items())], contended)
-        self._write_patients([self._patients[p] for p in patients], contended=contended)
+        if self.buffered:  # one write per patient at flush(), with its findings
+            self._lines_to_flush.update(p for p in patients if self._patients[p].dirty)
+        else:
+            self._write_patients([self._patients[p] for p in patients], contended=contended)
         recorded = [line for line, (new, _) in zip(lines, outcome, strict=True) if new]
         self.known_lines.update((x.line_id, x) for x in lines)
         if self.tables.aggregates and self.writer is not None:
