@@ -330,6 +330,10 @@ class SqliteRepository(HistoryRepository):
 
     def __init__(self, state: State) -> None:
         self.state = state
+        # The lines this instance recorded in its last record_lines call: screen_lines reads
+        # them back at once with the patients' history, so they are not decoded again
+        # (lines are never changed once stored, so a line id always means the same line).
+        self._recent: dict[str, ClaimLine] = {}
 
     # ------------------------------------------------------------ lines
     def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
@@ -372,6 +376,7 @@ class SqliteRepository(HistoryRepository):
                     for code in dict.fromkeys(line.trace_codes)
                 ],
             )
+        self._recent = {line.line_id: line for line in fresh}
         return fresh
 
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
@@ -379,12 +384,14 @@ class SqliteRepository(HistoryRepository):
         if not out:
             return out
         rows = self.state.read(
-            "SELECT psn_no, body FROM lines WHERE psn_no IN (SELECT value FROM json_each(?)) "
+            "SELECT psn_no, line_id, body FROM lines WHERE psn_no IN (SELECT value FROM json_each(?)) "
             "ORDER BY psn_no, t, line_id",
             (_ids(out),),
         )
-        for psn_no, body in rows:
-            out[psn_no].append(decode_line(body))
+        recent = self._recent
+        for psn_no, line_id, body in rows:
+            known = recent.get(line_id)
+            out[psn_no].append(known if known is not None else decode_line(body))
         return out
 
     def load_lines(self, line_ids: Collection[str]) -> dict[str, ClaimLine]:
