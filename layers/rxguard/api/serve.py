@@ -1,21 +1,30 @@
-"""`rxguard serve`: the check API on localhost, for curl and an HIS developer's tests.
+"""`rxguard serve`: the check API on this machine, for a bureau's own servers, curl and an
+HIS developer's tests, served by waitress (a production WSGI server: a thread pool behind
+an event loop, so a slow client never stalls the others).
 
-By default it runs over the same moto resources as `rxguard run` (`rxguard.offline.
-Environment`: every resource of template.yaml) and hands each HTTP request, translated
-into an API Gateway REST proxy event, to the real handler `functions/api/app.py` through
-the offline Lambda router. `--memory` skips moto and serves the resolver over an
-in-memory repository (fastest start).
+    rxguard serve [--state DIR] [--port 8080] [--host 127.0.0.1] [--callers callers.json]
+                  [--threads 8] [--max-seconds N]
+    rxguard serve --simulate-aws ...   the real Lambda handler over moto (as on AWS)
+    rxguard serve --memory ...         an empty in-memory repository (fastest start)
+
+By default (`--state DIR`, default `out/state`, the state `make run` / `rxguard run` keeps)
+the API runs over the SQLite state of `rxguard.local.state`: the findings a batch run
+wrote are listed and reviewed here, and a dispensation posted here is history for the
+next batch; both may run at once (docs/state.md). `--simulate-aws` keeps the former
+behaviour: every resource of template.yaml in moto and each request, as an API Gateway
+REST proxy event, handed to the real handler `functions/api/app.py`.
+
+Paths under `/v1/` are the API. Other paths go to the console (`rxguard.console.app`,
+`console_app(services)`) when it is installed, else they answer 404 as the API does.
 
 Local-only conveniences: the header `X-Rxguard-Caller: <principal ARN>` plays the SigV4
 identity (requestContext.identity.userArn); without `--callers FILE` every caller may do
 everything (auth "open"). Request bodies are bounded (`max_body_bytes`, 413 beyond).
-
-    rxguard serve [--port 8080] [--host 127.0.0.1] [--memory] [--callers callers.json]
-                  [--max-seconds N]
 """
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import json
 import sys
@@ -24,15 +33,21 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from rxguard.api.settings import ApiSettings
+from rxguard.config import Settings
+from rxguard.local.state import State, StateError
+
+if TYPE_CHECKING:
+    from rxguard.api.service import Services
 
 Invoke = Callable[[dict[str, Any]], dict[str, Any]]
 CALLER_HEADER = "X-Rxguard-Caller"
+DEFAULT_STATE = Path("out/state")  # where `make run` keeps it
+LINE_CACHE = 200_000  # decoded history lines kept by serve (checks re-read the same patients)
 
 
 def proxy_event(
@@ -75,62 +90,9 @@ def answer_headers(answer: dict[str, Any]) -> dict[str, str]:
     return headers
 
 
-def make_handler(invoke: Invoke, max_body_bytes: int) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "rxguard-serve/1"
-        protocol_version = "HTTP/1.1"
-
-        def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
-            self.send_response(status)
-            for key, value in headers.items():
-                if key.lower() not in ("content-length", "connection"):
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _error(self, status: int, code: str, message: str) -> None:
-            body = json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
-            self.close_connection = True
-            self._send(status, {"Content-Type": "application/json", "Connection": "close"}, body)
-
-        def _handle(self) -> None:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                self._error(400, "bad_request", "Content-Length is not a number")
-                return
-            if length > max_body_bytes:
-                self._error(413, "too_large", f"request body larger than {max_body_bytes} bytes")
-                return
-            raw = self.rfile.read(length) if length > 0 else b""
-            try:
-                text = raw.decode("utf-8") if raw else None
-            except UnicodeDecodeError:
-                self._error(400, "invalid_encoding", "request body is not UTF-8")
-                return
-            headers = {k: v for k, v in self.headers.items()}
-            event = proxy_event(self.command, self.path, headers, text, self.client_address[0])
-            answer = invoke(event)
-            if "statusCode" not in answer:  # the handler failed: a Lambda error payload
-                self._error(502, "handler_error", str(answer.get("errorType", "handler error")))
-                return
-            out_headers = answer_headers(answer)
-            body = answer.get("body") or ""
-            data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-            self._send(int(answer["statusCode"]), out_headers, data)
-
-        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
-
-        def log_message(self, format: str, *args: Any) -> None:
-            # method, path and status only: bodies and query strings may carry patient ids
-            sys.stderr.write(f"{self.log_date_time_string()} {self.command} {urlsplit(self.path).path} {args[1]}\n")
-
-    return Handler
-
-
 def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., Any]:
-    """The same translation as a WSGI app (in-process HTTP for schemathesis and tests)."""
+    """HTTP to an API Gateway REST proxy event and back, as a WSGI app (what waitress
+    serves; in-process HTTP for schemathesis and tests)."""
     from http import HTTPStatus
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -145,7 +107,8 @@ def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., 
             headers["Content-Type"] = environ["CONTENT_TYPE"]
         target = environ.get("PATH_INFO", "/") + (f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else "")
         text = raw.decode("utf-8", errors="replace") if raw else None
-        answer = invoke(proxy_event(environ["REQUEST_METHOD"], target, headers, text))
+        source_ip = str(environ.get("REMOTE_ADDR") or "127.0.0.1")
+        answer = invoke(proxy_event(environ["REQUEST_METHOD"], target, headers, text, source_ip))
         status = int(answer.get("statusCode", 502))
         out = answer.get("body") or ""
         start_response(
@@ -157,16 +120,74 @@ def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., 
     return app
 
 
-def memory_invoke(settings: ApiSettings) -> Invoke:
-    from rxguard.api.resolver import handle
+def memory_services(settings: ApiSettings) -> Services:
     from rxguard.api.service import Services
     from rxguard.api.store import InMemoryFindingsStore
     from rxguard.kb import get_knowledge_base
     from rxguard.repository import InMemoryRepository
 
     repo = InMemoryRepository()
-    services = Services(kb=get_knowledge_base(), repo=repo, store=InMemoryFindingsStore(repo), settings=settings)
-    return lambda event: handle(event, None, services)
+    return Services(kb=get_knowledge_base(), repo=repo, store=InMemoryFindingsStore(repo), settings=settings)
+
+
+def local_services(state: State, settings: ApiSettings, core: Settings | None = None) -> Services:
+    """The API's services over the local state: the SQLite repository (checks read it,
+    dispensations go through `screening.screen_lines` on it, as a batch's lines do) and
+    the SQLite findings store. No alerts topic here: `alerts_sent` is null."""
+    from rxguard.api.service import Services
+    from rxguard.kb import get_knowledge_base
+
+    core = core or Settings.from_env()
+    return Services(
+        kb=get_knowledge_base(core.rules_dir, core.phase),
+        repo=state.repository(line_cache=LINE_CACHE),
+        store=state.findings_store(),
+        settings=settings,
+        default_admdvs=core.default_admdvs,
+    )
+
+
+def services_invoke(services: Services) -> Invoke:
+    """The resolver in this process. Powertools' resolver keeps the current request on the
+    app object, so requests are resolved one at a time (the work is CPU-bound under the
+    GIL anyway); waitress's threads still read, parse and write every connection at once."""
+    from rxguard.api.resolver import handle
+
+    lock = threading.Lock()
+
+    def invoke(event: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            return handle(event, None, services)
+
+    return invoke
+
+
+def memory_invoke(settings: ApiSettings) -> Invoke:
+    return services_invoke(memory_services(settings))
+
+
+def site_app(services: Services | None, invoke: Invoke, max_body_bytes: int) -> Callable[..., Any]:
+    """The WSGI app of serve: `/v1/...` to the API, other paths to the console when it is
+    installed (`rxguard.console.app.console_app(services)`), else to the API (404)."""
+    api = wsgi_app(invoke, max_body_bytes)
+    console = None
+    if services is not None:
+        try:
+            from rxguard.console.app import console_app  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            console = None
+        else:
+            console = console_app(services)
+    if console is None:
+        return api
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO") or "/"
+        if path == "/v1" or path.startswith("/v1/"):
+            return api(environ, start_response)
+        return console(environ, start_response)
+
+    return app
 
 
 def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> Invoke:
@@ -190,11 +211,19 @@ def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> Invoke:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rxguard serve", description="serve the check API on localhost")
+    parser = argparse.ArgumentParser(prog="rxguard serve", description="serve the check API on this machine")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed)")
-    parser.add_argument("--memory", action="store_true", help="in-memory repository instead of moto")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--state", type=Path, metavar="DIR", help=f"state directory shared with `rxguard run` (default {DEFAULT_STATE})"
+    )
+    mode.add_argument(
+        "--simulate-aws", action="store_true", help="the real Lambda handler over moto (template.yaml's resources)"
+    )
+    mode.add_argument("--memory", action="store_true", help="an empty in-memory repository")
     parser.add_argument("--callers", type=Path, help="JSON {principal: {institutions, regulator}}: enforce access")
+    parser.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")
     parser.add_argument("--max-seconds", type=float, default=None, help="stop by itself after this many seconds")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
@@ -203,18 +232,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         {"auth_mode": "enforce" if callers is not None else "open", "callers": callers or {}}
     )
     with ExitStack() as stack:
-        invoke = memory_invoke(settings) if args.memory else moto_invoke(stack, callers)
-        server = HTTPServer((args.host, args.port), make_handler(invoke, settings.max_body_bytes))
-        stack.callback(server.server_close)
-        host, port = str(server.server_address[0]), int(server.server_address[1])
-        mode = "in-memory" if args.memory else "moto"
-        print(f"rxguard serve: listening on http://{host}:{port} ({mode})", flush=True)
+        services: Services | None = None
+        if args.simulate_aws:
+            invoke, where = moto_invoke(stack, callers), "moto (--simulate-aws)"
+        elif args.memory:
+            services = memory_services(settings)
+            invoke, where = services_invoke(services), "in-memory"
+        else:
+            directory = args.state or DEFAULT_STATE
+            try:
+                state = stack.enter_context(State.open(directory))
+            except StateError as exc:
+                print(f"rxguard serve: {exc}", file=sys.stderr)
+                return 1
+            services = local_services(state, settings)
+            invoke, where = services_invoke(services), f"state {state.path}"
+        from waitress.server import create_server  # local serving only: not in the Lambda layer
+
+        app = site_app(services, invoke, settings.max_body_bytes)
+        server = create_server(
+            app,
+            host=args.host,
+            port=args.port,
+            threads=max(1, args.threads),
+            max_request_body_size=settings.max_body_bytes * 4,  # the app answers 413 in JSON below 4x
+            ident="rxguard-serve",
+        )
+        host, port = args.host, int(server.effective_port)
+        print(f"rxguard serve: listening on http://{host}:{port} ({where})", flush=True)
         if args.max_seconds is not None:
-            timer = threading.Timer(args.max_seconds, server.shutdown)
+            timer = threading.Timer(args.max_seconds, _thread.interrupt_main)
             timer.daemon = True
             timer.start()
+            stack.callback(timer.cancel)
         with suppress(KeyboardInterrupt):
-            server.serve_forever(poll_interval=0.2)
+            server.run()
+        server.close()
     print("rxguard serve: stopped", flush=True)
     return 0
 

@@ -268,8 +268,8 @@ class State:
         return int(self.read("PRAGMA user_version")[0][0])
 
     # ------------------------------------------------------------ adapters
-    def repository(self) -> SqliteRepository:
-        return SqliteRepository(self)
+    def repository(self, *, line_cache: int = 0) -> SqliteRepository:
+        return SqliteRepository(self, line_cache=line_cache)
 
     def findings_store(self) -> SqliteFindingsStore:
         return SqliteFindingsStore(self)
@@ -328,12 +328,16 @@ class SqliteRepository(HistoryRepository):
     """`HistoryRepository` on the state database: same semantics as the in-memory and
     DynamoDB repositories (tests/contract/)."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, *, line_cache: int = 0) -> None:
+        """`line_cache`: how many decoded lines to keep across calls (a long-lived reader
+        such as serve, which re-reads the same patients' histories); 0 keeps only the
+        lines of the last `record_lines` call. Lines never change once stored, so a line id
+        always means the same line and a cached line is never stale."""
         self.state = state
-        # The lines this instance recorded in its last record_lines call: screen_lines reads
-        # them back at once with the patients' history, so they are not decoded again
-        # (lines are never changed once stored, so a line id always means the same line).
-        self._recent: dict[str, ClaimLine] = {}
+        self._recent: dict[str, ClaimLine] = {}  # screen_lines reads them back at once
+        self._cache: dict[str, ClaimLine] = {}  # insertion order: the oldest goes first
+        self._cache_size = max(0, line_cache)
+        self._cache_lock = threading.Lock()
 
     # ------------------------------------------------------------ lines
     def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
@@ -388,10 +392,20 @@ class SqliteRepository(HistoryRepository):
             "ORDER BY psn_no, t, line_id",
             (_ids(out),),
         )
-        recent = self._recent
+        recent, cache = self._recent, self._cache
+        decoded: list[ClaimLine] = []
         for psn_no, line_id, body in rows:
-            known = recent.get(line_id)
-            out[psn_no].append(known if known is not None else decode_line(body))
+            known = recent.get(line_id) or cache.get(line_id)
+            if known is None:
+                known = decode_line(body)
+                decoded.append(known)
+            out[psn_no].append(known)
+        if decoded and self._cache_size:
+            with self._cache_lock:
+                for line in decoded:
+                    cache[line.line_id] = line
+                while len(cache) > self._cache_size:
+                    del cache[next(iter(cache))]
         return out
 
     def load_lines(self, line_ids: Collection[str]) -> dict[str, ClaimLine]:
