@@ -3,7 +3,7 @@ HIS developer's tests, served by waitress (a production WSGI server: a thread po
 an event loop, so a slow client never stalls the others).
 
     rxguard serve [--state DIR] [--port 8080] [--host 127.0.0.1] [--callers callers.json]
-                  [--threads 8] [--max-seconds N]
+                  [--workers N] [--threads 8] [--max-seconds N]
     rxguard serve --simulate-aws ...   the real Lambda handler over moto (as on AWS)
     rxguard serve --memory ...         an empty in-memory repository (fastest start)
 
@@ -27,8 +27,12 @@ from __future__ import annotations
 import _thread
 import argparse
 import json
+import os
+import signal
+import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
@@ -210,6 +214,10 @@ def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> Invoke:
     return invoke
 
 
+def _default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rxguard serve", description="serve the check API on this machine")
     parser.add_argument("--host", default="127.0.0.1")
@@ -223,7 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     mode.add_argument("--memory", action="store_true", help="an empty in-memory repository")
     parser.add_argument("--callers", type=Path, help="JSON {principal: {institutions, regulator}}: enforce access")
-    parser.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")
+    parser.add_argument("--threads", type=int, default=8, help="waitress threads per worker process (default 8)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the port, --state only (default: the cores, at most 4; elsewhere 1)",
+    )
     parser.add_argument("--max-seconds", type=float, default=None, help="stop by itself after this many seconds")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
@@ -233,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with ExitStack() as stack:
         services: Services | None = None
+        workers = 1
         if args.simulate_aws:
             invoke, where = moto_invoke(stack, callers), "moto (--simulate-aws)"
         elif args.memory:
@@ -247,29 +262,115 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             services = local_services(state, settings)
             invoke, where = services_invoke(services), f"state {state.path}"
-        from waitress.server import create_server  # local serving only: not in the Lambda layer
-
+            workers = args.workers or _default_workers()
+            if not hasattr(os, "fork"):
+                workers = 1
+            if workers > 1:
+                state.close()  # no SQLite connection may cross a fork: each worker opens its own
+                where += f", {workers} workers"
         app = site_app(services, invoke, settings.max_body_bytes)
-        server = create_server(
-            app,
-            host=args.host,
-            port=args.port,
-            threads=max(1, args.threads),
-            max_request_body_size=settings.max_body_bytes * 4,  # the app answers 413 in JSON below 4x
-            ident="rxguard-serve",
-        )
-        host, port = args.host, int(server.effective_port)
-        print(f"rxguard serve: listening on http://{host}:{port} ({where})", flush=True)
-        if args.max_seconds is not None:
-            timer = threading.Timer(args.max_seconds, _thread.interrupt_main)
-            timer.daemon = True
-            timer.start()
-            stack.callback(timer.cancel)
-        with suppress(KeyboardInterrupt):
-            server.run()
-        server.close()
+        listener = socket.create_server((args.host, args.port), backlog=1024)
+        stack.callback(listener.close)
+        port = int(listener.getsockname()[1])
+        print(f"rxguard serve: listening on http://{args.host}:{port} ({where})", flush=True)
+        if workers > 1:
+            _prefork(app, listener, workers, args.threads, settings, args.max_seconds)
+        else:
+            _serve(app, listener, args.threads, settings, args.max_seconds)
     print("rxguard serve: stopped", flush=True)
     return 0
+
+
+def _serve(
+    app: Callable[..., Any], listener: socket.socket, threads: int, settings: ApiSettings, max_seconds: float | None
+) -> None:
+    """waitress on an already listening socket, in this process, until interrupted."""
+    from waitress.server import create_server  # local serving only: not in the Lambda layer
+
+    server = create_server(
+        app,
+        sockets=[listener],
+        threads=max(1, threads),
+        max_request_body_size=settings.max_body_bytes * 4,  # the app answers 413 in JSON below 4x
+        ident="rxguard-serve",
+    )
+    timer = None
+    if max_seconds is not None:
+        timer = threading.Timer(max_seconds, _thread.interrupt_main)
+        timer.daemon = True
+        timer.start()
+    with suppress(KeyboardInterrupt):
+        server.run()
+    if timer is not None:
+        timer.cancel()
+    server.close()
+
+
+def _prefork(
+    app: Callable[..., Any],
+    listener: socket.socket,
+    workers: int,
+    threads: int,
+    settings: ApiSettings,
+    max_seconds: float | None,
+) -> None:
+    """Pre-fork: `workers` processes serve the one listening socket (the kernel hands each
+    connection to one of them), so checks use every core; the resolver and the engine are
+    Python, one request at a time per process. The parent waits, passes SIGTERM / SIGINT
+    on, and stops them after `max_seconds`; a worker whose parent is gone stops itself."""
+    parent = os.getpid()
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker
+            code = 0
+            try:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGTERM, lambda *_: _thread.interrupt_main())
+                threading.Thread(target=_orphan_watch, args=(parent,), daemon=True).start()
+                _serve(app, listener, threads, settings, None)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def stop(*_: object) -> None:
+        for child in children:
+            with suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    timer = None
+    if max_seconds is not None:
+        timer = threading.Timer(max_seconds, stop)
+        timer.daemon = True
+        timer.start()
+    try:
+        for child in children:
+            while True:
+                try:
+                    os.waitpid(child, 0)
+                    break
+                except ChildProcessError:
+                    break
+                except InterruptedError:
+                    continue
+    finally:
+        if timer is not None:
+            timer.cancel()
+        stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _orphan_watch(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    _thread.interrupt_main()
 
 
 if __name__ == "__main__":

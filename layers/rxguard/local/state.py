@@ -387,19 +387,30 @@ class SqliteRepository(HistoryRepository):
         out: dict[str, list[ClaimLine]] = {p: [] for p in psn_nos}
         if not out:
             return out
+        # the ids first, from the index alone; then the bodies of the lines not decoded yet
         rows = self.state.read(
-            "SELECT psn_no, line_id, body FROM lines WHERE psn_no IN (SELECT value FROM json_each(?)) "
+            "SELECT psn_no, line_id FROM lines WHERE psn_no IN (SELECT value FROM json_each(?)) "
             "ORDER BY psn_no, t, line_id",
             (_ids(out),),
         )
         recent, cache = self._recent, self._cache
+        known: dict[str, ClaimLine] = {}
+        for _, line_id in rows:
+            line = recent.get(line_id) or cache.get(line_id)
+            if line is not None:
+                known[line_id] = line
         decoded: list[ClaimLine] = []
-        for psn_no, line_id, body in rows:
-            known = recent.get(line_id) or cache.get(line_id)
-            if known is None:
-                known = decode_line(body)
-                decoded.append(known)
-            out[psn_no].append(known)
+        if len(known) < len(rows):
+            missing = [line_id for _, line_id in rows if line_id not in known]
+            for line_id, body in self.state.read(
+                "SELECT line_id, body FROM lines WHERE line_id IN (SELECT value FROM json_each(?))", (_ids(missing),)
+            ):
+                known[line_id] = line = decode_line(body)
+                decoded.append(line)
+        for psn_no, line_id in rows:
+            line = known.get(line_id)
+            if line is not None:  # (a line purged between the two reads is left out)
+                out[psn_no].append(line)
         if decoded and self._cache_size:
             with self._cache_lock:
                 for line in decoded:
