@@ -555,6 +555,16 @@ class SqliteRepository(HistoryRepository):
         rows = self.state.read("SELECT status, body FROM findings WHERE finding_id = ?", (finding_id,))
         return _decode_finding(rows[0][1], rows[0][0]) if rows else None
 
+    def get_findings(self, finding_ids: Collection[str]) -> dict[str, Finding]:
+        """Stored findings by id, superseded included (one query)."""
+        if not finding_ids:
+            return {}
+        rows = self.state.read(
+            "SELECT finding_id, status, body FROM findings WHERE finding_id IN (SELECT value FROM json_each(?))",
+            (_ids(finding_ids),),
+        )
+        return {fid: _decode_finding(body, status) for fid, status, body in rows}
+
     def all_current_findings(self) -> list[Finding]:
         """Every current finding, by finding_id (the run's findings.jsonl)."""
         rows = self.state.read("SELECT status, body FROM findings WHERE status != 'superseded' ORDER BY finding_id")
@@ -807,13 +817,19 @@ class SqliteBatchStore:
 # ---------------------------------------------------------------- alert outbox
 
 
-class SqliteOutbox:
+try:  # the Outbox interface (helper "orchestrator") may not be in this tree yet
+    from rxguard.alerts.outbox import Outbox as _OutboxBase  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - until rxguard.alerts.outbox lands
+    _OutboxBase = object  # type: ignore[assignment,misc,unused-ignore]
+
+
+class SqliteOutbox(_OutboxBase):  # type: ignore[misc,valid-type,unused-ignore]
     """The alert outbox (`rxguard.alerts.outbox.Outbox`) on the state database: entries
     are recorded in one transaction before publishing, listed in recording order while
     pending, and marked sent after the sink acknowledged them."""
 
-    def __init__(self, state: State) -> None:
-        self.state = state
+    def __init__(self, state: State | str | os.PathLike[str]) -> None:
+        self.state = state if isinstance(state, State) else State.open(state)
 
     def record(self, entries: Sequence[Any]) -> list[Any]:
         fresh = []
