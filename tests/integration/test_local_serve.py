@@ -167,3 +167,33 @@ def test_serve_answers_over_http_while_a_batch_writes_the_same_state(tmp_path: P
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_paths_outside_v1_go_to_the_console_when_it_is_installed(
+    tmp_path: Path, monkeypatch: Any, kb: KnowledgeBase
+) -> None:
+    import types
+
+    # Given a console module offering console_app(services) (stands in for rxguard.console.app)
+    seen: list[Any] = []
+
+    def console_app(services: Any) -> Any:
+        seen.append(services)
+
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps({"console": environ["PATH_INFO"]}).encode()]
+
+        return app
+
+    fake = types.ModuleType("rxguard.console.app")
+    fake.console_app = console_app  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "rxguard.console.app", fake)
+    # When serve's app is built over a state and asked for console and API paths
+    client = serve_app(tmp_path)
+    # Then /v1/... is the API, everything else the console, built over the same services
+    assert client("GET", "/")[1] == {"console": "/"}
+    assert client("GET", "/findings/abc")[1] == {"console": "/findings/abc"}
+    status, rules = client("GET", "/v1/rules")
+    assert status == 200 and {r["id"] for r in rules["rules"]} == set(kb.rules)
+    assert len(seen) == 1 and seen[0].store is not None
