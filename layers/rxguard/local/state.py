@@ -22,12 +22,13 @@ import os
 import sqlite3
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from time import monotonic, sleep
+from typing import Any, TypeVar
 
 from rxguard.api.errors import Conflict, InvalidField, NotFound
 from rxguard.api.models import FindingView, Review, ReviewStatus
@@ -40,6 +41,9 @@ from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 STATE_FILE = "state.db"
 SCHEMA_VERSION = 1
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before StateBusy
+_FIRST_WAIT = 0.0001  # first sleep while the lock is taken (seconds), doubled up to _MAX_WAIT
+_MAX_WAIT = 0.005
+_T = TypeVar("_T")
 
 
 class StateError(RuntimeError):
@@ -184,9 +188,12 @@ class State:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             conn.execute("PRAGMA cache_size=-65536")  # 64 MB page cache per connection
             conn.execute("PRAGMA temp_store=MEMORY")
+            # From here on a busy lock is retried by `_retrying` (short, growing sleeps from
+            # 0.1 ms): SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms, far longer than
+            # the sub-millisecond transactions of another worker hold the lock.
+            conn.execute("PRAGMA busy_timeout=0")
         except sqlite3.OperationalError as exc:
             raise self._error(exc, "open") from exc
         except sqlite3.DatabaseError as exc:
@@ -221,14 +228,30 @@ class State:
             )
         return StateError(f"{self.path}: {what} failed: {exc}")
 
+    def _retrying(self, func: Callable[[], _T], what: str) -> _T:
+        """`func()`, retried while the database is busy, up to `busy_timeout` seconds."""
+        deadline: float | None = None
+        delay = _FIRST_WAIT
+        while True:
+            try:
+                return func()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise self._error(exc, what) from exc
+                now = monotonic()
+                if deadline is None:
+                    deadline = now + self.busy_timeout
+                if now >= deadline:
+                    raise self._error(exc, what) from exc
+                sleep(min(delay, deadline - now))
+                delay = min(delay * 2, _MAX_WAIT)
+
     @contextmanager
     def write(self, what: str = "write") -> Iterator[sqlite3.Connection]:
-        """One write transaction holding the write lock from its start (BEGIN IMMEDIATE)."""
+        """One write transaction holding the write lock from its start (BEGIN IMMEDIATE);
+        waits for the lock up to `busy_timeout` seconds, then raises StateBusy."""
         conn = self.connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise self._error(exc, what) from exc
+        self._retrying(lambda: conn.execute("BEGIN IMMEDIATE"), what)
         try:
             yield conn
         except BaseException:
@@ -241,10 +264,8 @@ class State:
             raise self._error(exc, what) from exc
 
     def read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
-        try:
-            return self.connection().execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise self._error(exc, "read") from exc
+        conn = self.connection()
+        return self._retrying(lambda: conn.execute(sql, params).fetchall(), "read")
 
     def _migrate(self) -> None:
         known = max(MIGRATIONS)
