@@ -266,9 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not hasattr(os, "fork"):
                 workers = 1
             if workers > 1:
-                state.close()  # no SQLite connection may cross a fork: each worker opens its own
                 where += f", {workers} workers"
         app = site_app(services, invoke, settings.max_body_bytes)
+        if workers > 1:
+            state.close()  # no SQLite connection may cross a fork (console reads too): each worker opens its own
         listener = socket.create_server((args.host, args.port), backlog=1024)
         stack.callback(listener.close)
         port = int(listener.getsockname()[1])
