@@ -4,7 +4,7 @@ arguments, so the CLI stays a table of contents:
     rxguard run FILE... --out DIR     the whole workflow offline (moto), the main job
     rxguard validate FILE...          ingestion only: accepted / rejected by reason
     rxguard kb import CSV             import a monitored-drug catalogue into rules/
-    rxguard serve                     the check API on localhost over moto
+    rxguard serve                     the check API over the local state (waitress)
     rxguard synth                     a synthetic population with ground truth
     rxguard eval                      detection quality on a synthetic population
 """
@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("rxguard.offline.cli", "main", "run the whole workflow offline on moto: rxguard run FILE... --out DIR"),
     "validate": ("rxguard.ingest.cli", "main", "validate claim batches and summarise accepted/rejected lines"),
     "kb": ("rxguard.kb_cli", "main", "knowledge base: rxguard kb import CSV [--out rules/drugs.json]"),
-    "serve": ("rxguard.api.serve", "main", "serve the check API on localhost over moto"),
+    "serve": ("rxguard.api.serve", "main", "serve the check API: rxguard serve [--state DIR | --simulate-aws]"),
     "synth": ("rxguard.synth.cli", "main", "generate a synthetic population with ground truth"),
     "eval": ("rxguard.synth.evaluate", "main", "precision/recall of the rules on a synthetic population"),
 }
