@@ -39,7 +39,6 @@ from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 
 STATE_FILE = "state.db"
-SCHEMA_VERSION = 1
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before StateBusy
 _FIRST_WAIT = 0.0001  # first sleep while the lock is taken (seconds), doubled up to _MAX_WAIT
 _MAX_WAIT = 0.005
@@ -142,8 +141,17 @@ CREATE TABLE counters (
 );
 """
 
+# v2: numbers kept per key (a letter's document number given again on a retry; first writer wins)
+_SCHEMA_V2 = """
+CREATE TABLE kept_numbers (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
 # version reached -> the script that reaches it from the version before (run in one transaction)
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 def _ts(at: datetime) -> str:
@@ -309,6 +317,19 @@ class State:
                 "ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
                 (name,),
             ).fetchone()
+        return int(row[0])
+
+    def kept(self, name: str) -> int | None:
+        """The number kept under `name` (`rxguard.letters.numbers.NumberKeeper`), or None."""
+        rows = self.read("SELECT value FROM kept_numbers WHERE name = ?", (name,))
+        return int(rows[0][0]) if rows else None
+
+    def keep(self, name: str, value: int) -> int:
+        """Keep `value` under `name` unless one is kept already (first writer wins, across
+        processes); return the number kept."""
+        with self.write("keep a number") as conn:
+            conn.execute("INSERT OR IGNORE INTO kept_numbers (name, value) VALUES (?, ?)", (name, value))
+            row = conn.execute("SELECT value FROM kept_numbers WHERE name = ?", (name,)).fetchone()
         return int(row[0])
 
 
