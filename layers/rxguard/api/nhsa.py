@@ -145,6 +145,13 @@ def _as_list(value: Any) -> Any:
     return value
 
 
+def _code_text(value: Any) -> Any:
+    """A dictionary code as text: 1 and "1" alike (HIS systems send either)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value.strip() if isinstance(value, str) else value
+
+
 def _flag(value: Any) -> Any:
     value = _blank_is_none(value)
     if value is None:
@@ -256,7 +263,9 @@ class NhsaEnvelope(_Lenient):
 
 class NhsaWarn(_Lenient):
     warn_rslt_id: Id = Field(description="提醒结果标识: the jr_id a 3101/3102 answer gave")
-    dspo_way: Literal["1", "2"] = Field(description="处理方式: 1 继续执行, 2 返回修改")
+    dspo_way: Annotated[Literal["1", "2"], BeforeValidator(_code_text)] = Field(
+        description="处理方式: 1 继续执行, 2 返回修改"
+    )
     dspo_way_rea: OptText = Field(default=None, description="处理原因: required when dspo_way is 1")
 
 

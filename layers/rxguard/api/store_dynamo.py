@@ -120,7 +120,9 @@ class DynamoFindingsStore(FindingsStore):
         item = items.get(WARNING_PREFIX + finding_id)
         if item is None or "warning" not in item:
             return None
-        return Finding.model_validate_json(item["warning"]["S"]), _disposition(items.get(DISPOSITION_PREFIX + finding_id))
+        return Finding.model_validate_json(item["warning"]["S"]), _disposition(
+            items.get(DISPOSITION_PREFIX + finding_id)
+        )
 
     def get(self, finding_id: str) -> FindingView | None:
         found = self._get_many([finding_id]).get(finding_id)
