@@ -231,3 +231,24 @@ def test_a_bad_dictionary_fails_naming_file_and_field(tmp_path: Path) -> None:
     bad.write_text("sev_deg: {high: {code: '1', name_zh: x}}\ntrig_scen: {}\nrules: {}\n", encoding="utf-8")
     with pytest.raises(nhsa.NationalDictionaryError, match=r"national\.yaml: .*other_behaviour"):
         nhsa.load_dictionary(bad)
+
+
+def test_a_continued_warning_becomes_the_dispensed_lines_override(kb: KnowledgeBase) -> None:
+    svc = make(kb)
+    record_first_fill(svc)
+    # Given a 3101 check warned the metformin order RX-1 and the prescriber continued: travel
+    _, answer = request(svc, "POST", "/v1/checks", check_3101(rule_ids=["early-refill"]))
+    jr_id = answer["output"]["result"][0]["jr_id"]
+    warns = [{"warn_rslt_id": jr_id, "dspo_way": "1", "dspo_way_rea": "患者出差，外出备药"}]
+    assert request(svc, "POST", "/v1/dispositions", {"data": {"warns": warns}})[0] == 200
+    # When the order is dispensed (3102, the same rx_id)
+    body = check_3101()
+    body["input"]["data"]["patient_dtos"][0]["fsi_encounter_dtos"][0]["fsi_order_dtos"].pop()
+    status, done = request(svc, "POST", "/v1/dispensations", body)
+    assert status == 200, done
+    # Then the line was recorded with the prescriber's reason as its override (travel)
+    stored = svc.repo.load_history([PSN])[PSN]  # type: ignore[attr-defined]
+    line = next(ln for ln in stored if ln.feedetl_sn == "RX-1")
+    assert line.override_reason == "travel"
+    hits = {h["rule_id"]: h for h in done["lines"][0]["hits"]}
+    assert any(m.startswith("override_reason") for m in hits["early-refill"]["mitigations"])

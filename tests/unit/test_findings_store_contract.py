@@ -142,3 +142,22 @@ def test_unknown_ids_are_not_found(adapter: tuple[FindingsStore, HistoryReposito
     assert store.get("0" * 32) is None
     with pytest.raises(NotFound):
         store.dispose("0" * 32, disposition("modify"))
+
+
+def test_a_continued_warning_gives_its_lines_the_reason_until_modified(
+    adapter: tuple[FindingsStore, HistoryRepository],
+) -> None:
+    store, _ = adapter
+    # Given a warning on a proposed line (evidence: a history line and the proposed one)
+    warning = finding("early-refill", "SYN5", "P4401002/RX-1").model_copy(
+        update={"evidence": ["P4401001/FD-1", "P4401002/RX-1"]}
+    )
+    store.record_warnings([warning], AT, answered=["P4401002/RX-1"])
+    assert store.continued_reasons(["P4401002/RX-1"]) == {}
+    # When the prescriber continues with a reason
+    store.dispose(warning.finding_id, disposition("continue", "出差备药"))
+    # Then the proposed line (not the history line) carries the reason
+    assert store.continued_reasons(["P4401002/RX-1", "P4401001/FD-1", "X/Y"]) == {"P4401002/RX-1": "出差备药"}
+    # And a later "modify" withdraws it
+    store.dispose(warning.finding_id, disposition("modify"))
+    assert store.continued_reasons(["P4401002/RX-1"]) == {}

@@ -47,7 +47,7 @@ from rxguard.api.models import (
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore
 from rxguard.kb import KnowledgeBase
-from rxguard.models import ClaimLine, Finding, Scene, Severity
+from rxguard.models import ClaimLine, Finding, OverrideReason, Scene, Severity
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 
 DECISION: dict[Severity, Decision] = {Severity.HIGH: "block", Severity.MEDIUM: "warn", Severity.LOW: "pass"}
@@ -60,6 +60,13 @@ EVIDENCE_CAP = 20  # evidence line ids in an answer (the finding keeps them all;
 # Rules a dispenser can wait out: the fill passes once enough of the earlier supply is used.
 WAITABLE_RULES = frozenset({"early-refill", "cumulative-oversupply", "cross-institution-repeat"})
 NEXT_FILL_HORIZON_DAYS = 400  # beyond this, waiting is not the answer (next_fill_on null)
+# A continued warning's reason (3103 dspo_way_rea, free text) -> the line's override reason,
+# by the first matching words; a reason matching none is counted in the figures only.
+OVERRIDE_WORDS: tuple[tuple[OverrideReason, tuple[str, ...]], ...] = (
+    ("lost", ("遗失", "丢失", "被盗", "损坏", "lost")),
+    ("travel", ("外出", "出差", "旅行", "出国", "返乡", "探亲", "备药", "travel")),
+    ("dose_change", ("剂量", "加量", "增量", "调整用量", "dose")),
+)
 
 # (lines, repo, kb[, scenes=...]) -> findings by proposed line id
 Checker = Callable[..., dict[str, list[Finding]]]
@@ -549,7 +556,7 @@ def check(
     advice = advise(services, [c for c, _ in answered], hits, reads, run, allowed, claims)
     warnings = {f.finding_id: f for c, _ in answered for f in hits.get(c.line_id, [])}
     if warnings:
-        services.store.record_warnings(list(warnings.values()), now)
+        services.store.record_warnings(list(warnings.values()), now, [c.line_id for c, _ in answered])
     shape = answer_as or ("rxguard" if isinstance(body, DispensingRequest) else "nhsa")
     if shape == "nhsa":
         task_id = next((r.task_id for r in request_lines if r.task_id), None) or f"rxguard-{now:%Y%m%d%H%M%S}"
@@ -558,12 +565,34 @@ def check(
     return CheckResponse(decision=worst([r.decision for r in results]), checked_at=now, lines=results)
 
 
+def override_of(reason: str) -> OverrideReason | None:
+    text = reason.lower()
+    for override, words in OVERRIDE_WORDS:
+        if any(word in text for word in words):
+            return override
+    return None
+
+
+def with_prescriber_overrides(services: Services, claims: list[ClaimLine]) -> list[ClaimLine]:
+    """A line dispensed after its prescriber continued past a warning (3103) carries the
+    reason as its override, unless the line states one itself: the override-frequency rule
+    counts it and, within its cap, the supply rules weigh it (one store read)."""
+    open_lines = [c.line_id for c in claims if c.override_reason is None]
+    reasons = services.store.continued_reasons(open_lines) if open_lines else {}
+    out = []
+    for claim in claims:
+        override = override_of(reasons[claim.line_id]) if claim.line_id in reasons else None
+        out.append(claim.model_copy(update={"override_reason": override}) if override else claim)
+    return out
+
+
 def dispense(services: Services, body: CheckBody, caller: Caller) -> DispensationResponse:
     """Record a completed dispensing in real time (scene "in")."""
     now = services.now()
     request_lines = lines_of(body, now, require_sn=True)
     claims = normalize(request_lines, services)
     require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
+    claims = with_prescriber_overrides(services, claims)
     outcome = services.screen_lines(claims, services.repo, services.kb, scene=Scene.IN)
     recorded = {line.line_id for line in outcome.recorded}
     new_findings = list(outcome.changes.new)

@@ -95,11 +95,20 @@ class FindingsStore(ABC):
         warnings continued and modified by prescribers (rules with none may be absent)."""
 
     @abstractmethod
-    def record_warnings(self, findings: Sequence[Finding], at: datetime) -> None:
+    def record_warnings(self, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()) -> None:
         """Keep the findings a check answered, by finding_id (the jr_id), so that `get` and
-        `dispose` find them. A warning is not a current finding: `query` never lists it and
-        nothing alerts or writes letters from it. Recording the same id again replaces it
-        (its disposition stays). Adapters may expire warnings (DynamoDB: 90 days TTL)."""
+        `dispose` find them, with the line ids the check answered for among each one's
+        evidence (`answered`: the proposed lines, not the history). A warning is not a
+        current finding: `query` never lists it and nothing alerts or writes letters from
+        it. Recording the same id again replaces it (its disposition stays). Adapters may
+        expire warnings (DynamoDB: 90 days TTL)."""
+
+    @abstractmethod
+    def continued_reasons(self, line_ids: Collection[str]) -> dict[str, str]:
+        """For each given line id that a check answered with a warning the prescriber then
+        continued past (3103 dspo_way 1), the reason given; lines without one are absent.
+        A later "modify" of that warning withdraws it. The dispensation of the line reads
+        this: the prescriber's reason is the line's override (feeds override-frequency)."""
 
     @abstractmethod
     def dispose(self, finding_id: str, disposition: Disposition) -> FindingView:
@@ -140,6 +149,7 @@ class InMemoryFindingsStore(FindingsStore):
         self.repo = repo
         self.reviews: dict[str, Review] = {}
         self.warnings: dict[str, Finding] = {}
+        self.warning_lines: dict[str, list[str]] = {}  # jr_id -> the answered lines among its evidence
         self.dispositions: dict[str, tuple[str, Disposition]] = {}  # finding_id -> (rule_id, disposition)
 
     def _view(self, finding: Finding, recorded: bool = True) -> FindingView:
@@ -195,9 +205,21 @@ class InMemoryFindingsStore(FindingsStore):
             slot[2 if disposition.action == "continue" else 3] += 1
         return {rule: RuleFigures(*slot) for rule, slot in counts.items()}
 
-    def record_warnings(self, findings: Sequence[Finding], at: datetime) -> None:
+    def record_warnings(self, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()) -> None:
         for finding in findings:
             self.warnings[finding.finding_id] = finding
+            self.warning_lines[finding.finding_id] = [i for i in finding.evidence if i in set(answered)]
+
+    def continued_reasons(self, line_ids: Collection[str]) -> dict[str, str]:
+        wanted = set(line_ids)
+        out: dict[str, str] = {}
+        for finding_id, (_, disposition) in sorted(self.dispositions.items(), key=lambda e: e[1][1].disposed_at):
+            if disposition.action != "continue" or not disposition.reason:
+                continue
+            for line_id in self.warning_lines.get(finding_id, ()):
+                if line_id in wanted:
+                    out[line_id] = disposition.reason
+        return out
 
     def dispose(self, finding_id: str, disposition: Disposition) -> FindingView:
         recorded = self.repo.findings.get(finding_id)

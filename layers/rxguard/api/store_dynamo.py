@@ -12,7 +12,9 @@ What the API adds, in the same table, under keys that carry neither `scope` nor
   `GET /v1/rules`;
 - `warning#<jr_id>`: a finding a check answered (JSON in `warning`, not `body`, so no scan
   lists it; `expires_at` 90 days);
-- `disposition#<finding_id>`: the prescriber's handling (3103), one item, replaced.
+- `disposition#<finding_id>`: the prescriber's handling (3103), one item, replaced;
+- `continued#<line_id>`: the reason of a continued warning, per line the check answered
+  (the dispensation of the line reads it as the line's override; `expires_at` as the warning).
 A disposition is one `TransactWriteItems`: the disposition item and the counters (moved
 when a disposition changes).
 A review is one `TransactWriteItems`: the finding's `status` (conditional: it exists and
@@ -46,6 +48,7 @@ REVIEW_PREFIX = "review#"
 STATS_PREFIX = "stats#"
 WARNING_PREFIX = "warning#"
 DISPOSITION_PREFIX = "disposition#"
+CONTINUED_PREFIX = "continued#"
 WARNING_TTL = timedelta(days=90)
 BY_INSTITUTION = "by_institution"
 BY_SCOPE = "by_scope"
@@ -67,6 +70,11 @@ def _disposition(item: Mapping[str, Any] | None) -> Disposition | None:
         disposer=item["disposer"]["S"],
         disposed_at=datetime.fromisoformat(item["disposed_at"]["S"]),
     )
+
+
+def _lines_attr(finding: Finding, answered: Collection[str]) -> dict[str, Any]:
+    lines = [i for i in finding.evidence if i in set(answered)]
+    return {"lines": {"SS": lines}} if lines else {}
 
 
 def _review(item: Mapping[str, Any] | None) -> Review | None:
@@ -115,13 +123,16 @@ class DynamoFindingsStore(FindingsStore):
                 )
         return out
 
-    def _warning(self, finding_id: str) -> tuple[Finding, Disposition | None] | None:
+    def _warning(self, finding_id: str) -> tuple[Finding, Disposition | None, list[str]] | None:
+        """A warning, its disposition and the lines the check answered for."""
         items = self._batch_get([WARNING_PREFIX + finding_id, DISPOSITION_PREFIX + finding_id])
         item = items.get(WARNING_PREFIX + finding_id)
         if item is None or "warning" not in item:
             return None
-        return Finding.model_validate_json(item["warning"]["S"]), _disposition(
-            items.get(DISPOSITION_PREFIX + finding_id)
+        return (
+            Finding.model_validate_json(item["warning"]["S"]),
+            _disposition(items.get(DISPOSITION_PREFIX + finding_id)),
+            sorted(item.get("lines", {}).get("SS", [])),
         )
 
     def get(self, finding_id: str) -> FindingView | None:
@@ -132,6 +143,11 @@ class DynamoFindingsStore(FindingsStore):
         if warning is None:
             return None
         return view(warning[0], None, warning[1]).model_copy(update={"recorded": False})
+
+    def continued_reasons(self, line_ids: Collection[str]) -> dict[str, str]:
+        """One BatchGetItem on `continued#<line_id>` (written by `dispose`)."""
+        items = self._batch_get([CONTINUED_PREFIX + i for i in sorted(set(line_ids))])
+        return {key[len(CONTINUED_PREFIX) :]: item["reason"]["S"] for key, item in items.items() if "reason" in item}
 
     def query(self, query: FindingQuery, limit: int, token: str | None = None) -> tuple[list[FindingView], str | None]:
         if query.institution is not None:
@@ -346,7 +362,7 @@ class DynamoFindingsStore(FindingsStore):
         return view(finding.model_copy(update={"status": status}), review, disposition)
 
     # ------------------------------------------------------------ warnings and dispositions
-    def record_warnings(self, findings: Sequence[Finding], at: datetime) -> None:
+    def record_warnings(self, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()) -> None:
         """BatchWriteItem (25 a request; a check answers a handful: one round trip),
         unprocessed items retried. No `scope` or `fixmedins_code` attribute, so no index
         and no listing sees a warning."""
@@ -359,6 +375,7 @@ class DynamoFindingsStore(FindingsStore):
                         "rule_id": {"S": finding.rule_id},
                         "warning": {"S": finding.model_dump_json()},  # not `body`: scans list findings by it
                         "expires_at": {"N": expires},
+                        **_lines_attr(finding, answered),
                     }
                 }
             }
@@ -377,13 +394,14 @@ class DynamoFindingsStore(FindingsStore):
 
     def dispose(self, finding_id: str, disposition: Disposition) -> FindingView:
         recorded = self._get_many([finding_id]).get(finding_id)
+        lines: list[str] = []
         if recorded is not None:
             finding, review, previous = recorded
         else:
             warning = self._warning(finding_id)
             if warning is None:
                 raise NotFound("no such finding or warning", "finding_id")
-            (finding, previous), review = warning, None
+            (finding, previous, lines), review = warning, None
         item: dict[str, Any] = {
             "finding_id": {"S": DISPOSITION_PREFIX + finding_id},
             "rule_id": {"S": finding.rule_id},
@@ -400,6 +418,14 @@ class DynamoFindingsStore(FindingsStore):
         if previous is not None:
             delta[previous.action] -= 1
         items: list[dict[str, Any]] = [{"Put": {"TableName": self.table, "Item": item}}]
+        expires = str(int((disposition.disposed_at + WARNING_TTL).timestamp()))
+        for line_id in lines[:90]:  # a transaction holds 100 items; a check answers a few lines
+            key = {"finding_id": {"S": CONTINUED_PREFIX + line_id}}
+            if disposition.action == "continue" and disposition.reason:
+                mark = {**key, "reason": {"S": disposition.reason}, "expires_at": {"N": expires}}
+                items.append({"Put": {"TableName": self.table, "Item": mark}})
+            elif previous is not None and previous.action == "continue":
+                items.append({"Delete": {"TableName": self.table, "Key": key}})
         if any(delta.values()):
             items.append(
                 {
