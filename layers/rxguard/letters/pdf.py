@@ -35,12 +35,14 @@ from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import (
+    BaseDocTemplate,
     Flowable,
+    Frame,
     HRFlowable,
     KeepTogether,
     PageBreak,
+    PageTemplate,
     Paragraph,
-    SimpleDocTemplate,
     Spacer,
     Table,
     TableStyle,
@@ -258,7 +260,7 @@ class Seal(Flowable):
     def draw(self) -> None:
         c = self.canv
         radius = 21 * mm  # a 42 mm bureau seal
-        x = self.avail_width - 4 * CHAR - 4 * CHAR  # over the signature, 4 characters from the right margin
+        x = self.avail_width - 4 * CHAR - len(self.text) * CHAR / 2  # centred on the signature (4 characters in)
         y = 1.5 * LINE_PITCH  # the name and the date below the centre
         c.saveState()
         c.setStrokeColor(SEAL_RED)
@@ -481,7 +483,7 @@ def html_to_pdf(html: str, *, font_path: Path | None = None, author: str = "", s
     faces = register_faces(font_path)
     root, title = parse_html(html)
     buffer = io.BytesIO()
-    doc = SimpleDocTemplate(
+    doc = BaseDocTemplate(
         buffer,
         pagesize=A4,
         leftMargin=28 * mm,
@@ -513,7 +515,10 @@ def html_to_pdf(html: str, *, font_path: Path | None = None, author: str = "", s
             canvas.drawString(doc.leftMargin + 14, y, text)
         canvas.restoreState()
 
-    doc.build(story, onFirstPage=page_number, onLaterPages=page_number)
+    # no frame padding: the text block is exactly 156 mm wide, as the grid needs
+    frame = Frame(doc.leftMargin, doc.bottomMargin, doc.width, doc.height, 0, 0, 0, 0, id="text")
+    doc.addPageTemplates([PageTemplate(id="page", frames=[frame], onPage=page_number)])
+    doc.build(story)
     return buffer.getvalue()
 
 
