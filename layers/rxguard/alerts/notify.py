@@ -6,6 +6,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import date
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -55,6 +56,8 @@ def notify_batch(
     issued_on: date | None = None,
     institution_names: Mapping[str, str] | None = None,
     lines: Mapping[str, ClaimLine] | None = None,
+    counters: Any = None,
+    keeper: Any = None,
 ) -> NotifySummary:
     """Publish the batch's notifications through `sink`; safe to call again for a retry.
 
@@ -65,7 +68,9 @@ def notify_batch(
       announced on the letters topic (`settings.letters_enabled`).
     Superseded findings and muted low-severity ones are left out. `institution_names`
     (fixmedins_code -> name) and `lines` (line_id -> ClaimLine, the evidence lines) enrich
-    the letters when the caller has them.
+    the letters when the caller has them. `counters` (a `rxguard.letters.CounterStore`,
+    e.g. the local SQLite state) and `keeper` number the letters; by default the DynamoDB
+    CountersTable of `settings.counters_table`, else a counter of this process.
     """
     settings = settings or AlertSettings()
     unknown = sorted(settings.mute_low_rules - set(kb.rules))
@@ -128,6 +133,8 @@ def notify_batch(
             issued_on=issued_on or date.today(),
             institution_names=names,
             lines=lines or {},
+            counters=counters,
+            keeper=keeper,
         )
         summary.letters_issued = len(summary.letters)
         summary.letters_announced = sum(1 for ref in summary.letters if ref.announced)

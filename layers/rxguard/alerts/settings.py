@@ -54,6 +54,7 @@ class AlertSettings(BaseModel):
     letter_period: Literal["month", "quarter", "year"] = "month"  # one letter per addressee per period
     letter_table_rows: int = Field(default=15, ge=1)  # findings in a letter's table; all go to the CSV annex
     person_file: Path | None = None  # CSV psn_no,name,address[,postcode]: patient letters (none without it)
+    counters_table: str | None = None  # DynamoDB CountersTable of the letter numbers (RXGUARD_COUNTERS_TABLE)
 
     def muted(self, finding: Finding) -> bool:
         if finding.severity is not Severity.LOW:
@@ -108,6 +109,7 @@ class AlertSettings(BaseModel):
             ("font_path", "RXGUARD_LETTER_FONT", False),
             ("letter_period", "RXGUARD_LETTER_PERIOD", False),
             ("person_file", "RXGUARD_PERSON_FILE", False),
+            ("counters_table", "RXGUARD_COUNTERS_TABLE", False),
         ):
             value = env.get(var, "").strip()
             if value:

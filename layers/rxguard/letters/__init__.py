@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from rxguard.letters.context import LetterContext, Person, annex_csv, build_letter, period_of
-from rxguard.letters.numbers import CounterStore, InMemoryCounterStore, NumberBook, NumberKeeper
+from rxguard.letters.numbers import (
+    CounterStore,
+    InMemoryCounterStore,
+    NumberBook,
+    NumberKeeper,
+    counters_from_settings,
+)
 
 if TYPE_CHECKING:
     from rxguard.alerts.notify import LetterRef
@@ -83,7 +89,7 @@ def letter_groups(
         period = period_of(f.occurred_at, settings.letter_period)
         if f.fixmedins_code:
             by_institution[(f.fixmedins_code, period)].append(f)
-        if settings.patient_letters and persons and f.subject_type == "patient" and f.psn_no in persons:
+        if settings.patient_letters and persons and f.subject_type == "patient" and f.psn_no and f.psn_no in persons:
             by_patient[(f.psn_no, period)].append(f)
     groups: list[Group] = [
         ("institution", code, period, group) for (code, period), group in sorted(by_institution.items())
@@ -128,7 +134,7 @@ def issue_letters(
 
     if persons is None and settings.person_file is not None:
         persons = load_persons(settings.person_file)
-    book = NumberBook(counters or _PROCESS_COUNTERS, keeper)
+    book = NumberBook(counters or counters_from_settings(settings.counters_table) or _PROCESS_COUNTERS, keeper)
     refs: list[LetterRef] = []
     index_rows: list[dict[str, object]] = []
     for addressee_type, subject, period, group in letter_groups(findings, settings, persons):

@@ -150,3 +150,12 @@ class NumberBook:
 def document_number(abbr: str, year: int, serial: int) -> str:
     """`医保监函〔2026〕12号`: year in full in 六角括号, the serial without padding (GB/T 9704)."""
     return f"{abbr}〔{year}〕{serial}号"
+
+
+def counters_from_settings(counters_table: str | None) -> CounterStore | None:
+    """The DynamoDB counter store of a deployment (RXGUARD_COUNTERS_TABLE), else None."""
+    if not counters_table:
+        return None
+    from rxguard.dynamo import client
+
+    return DynamoCounterStore(counters_table, client("dynamodb"))
