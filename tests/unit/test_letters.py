@@ -103,8 +103,8 @@ def pdf_text(data: bytes) -> str:
 
 def issue(sink: InMemorySink, kb, counters=None, settings=None, findings=None) -> object:  # type: ignore[no-untyped-def]
     return notify_batch(
-        findings or FINDINGS, batch_id="b-2026-03", kb=kb, sink=sink, issued_on=ISSUED, institution_names=NAMES, lines=LINES,
-        counters=counters or InMemoryCounterStore(), settings=settings,
+        findings or FINDINGS, batch_id="b-2026-03", kb=kb, sink=sink, issued_on=ISSUED, institution_names=NAMES,
+        lines=LINES, counters=counters or InMemoryCounterStore(), settings=settings,
     )  # fmt: skip
 
 

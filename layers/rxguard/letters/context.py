@@ -316,10 +316,12 @@ def _figures(figures: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def clean_text(text: str, kb: KnowledgeBase) -> str:
-    """The engine's Chinese explanation with our rule ids named in Chinese."""
+    """The engine's Chinese explanation as a letter says it: our rule ids named in Chinese,
+    ISO dates (2026-01-07) and months (2026-01) in Chinese form."""
     for rule_id, rule in kb.rules.items():
         text = re.sub(rf"{re.escape(rule_id)}(?: ?v\d+)?", rule.name_zh, text)
-    return text
+    text = re.sub(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)", lambda m: f"{int(m[1])}年{int(m[2])}月{int(m[3])}日", text)
+    return re.sub(r"(?<![\d-])(\d{4})-(\d{2})(?![\d-])", lambda m: f"{int(m[1])}年{int(m[2])}月", text)
 
 
 def _evidence(finding: Finding, lines: Mapping[str, ClaimLine], names: Mapping[str, str], cap: int) -> list[str]:
