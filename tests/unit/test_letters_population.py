@@ -4,6 +4,7 @@ as percentages) and Chinese line breaking holds on every line of every page."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from datetime import date
@@ -112,7 +113,7 @@ def test_no_line_starts_with_closing_punctuation_and_no_word_is_broken(
     for key, pdf in pdfs.items():
         segments = runs(htmls[key])
         for page in page_lines(pdf):
-            for previous, line in zip(page, page[1:], strict=False):
+            for previous, line in itertools.pairwise(page):
                 joint = re.sub(r"\s+", "", previous[-3:] + line[:3])
                 if not any(joint in seg for seg in segments):
                     continue  # a break the template makes (paragraph, cell, <br>), not a wrap
