@@ -73,9 +73,11 @@ def test_drain_marks_sent_only_what_the_sink_took_and_the_next_drain_finishes(ou
     # Given three pending messages and a sink that fails on the second
     outbox.record([_entry(1), _entry(2), _entry(3)])
     delivered: list[str] = []
+    down = [True]
 
     def flaky(entry: OutboxEntry) -> None:
-        if entry.message_id == _entry(2).message_id and len(delivered) == 1:
+        if entry.message_id == _entry(2).message_id and down[0]:
+            down[0] = False
             raise ConnectionError("sink down")
         delivered.append(entry.message_id)
 
