@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from rxguard.alerts.schema import AlertMessage
@@ -52,6 +52,11 @@ class Outbox(ABC):
     def mark_sent(self, message_ids: Iterable[str]) -> None:
         """Mark these messages sent (unknown ids are ignored; marking twice is harmless)."""
 
+    def recorded(self, message_ids: Collection[str]) -> set[str]:
+        """Which of these ids were ever recorded (sent or pending). Optional: adapters that
+        cannot answer raise NotImplementedError and callers fall back on what they know."""
+        raise NotImplementedError
+
 
 @dataclass
 class InMemoryOutbox(Outbox):
@@ -74,6 +79,10 @@ class InMemoryOutbox(Outbox):
     def pending(self) -> list[OutboxEntry]:
         with self._lock:
             return [e for mid, e in self._entries.items() if mid not in self._sent]
+
+    def recorded(self, message_ids: Collection[str]) -> set[str]:
+        with self._lock:
+            return {mid for mid in message_ids if mid in self._entries}
 
     def mark_sent(self, message_ids: Iterable[str]) -> None:
         with self._lock:
