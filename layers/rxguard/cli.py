@@ -1,7 +1,8 @@
 """`rxguard` command line. Each subcommand lives in its own module and parses its own
 arguments, so the CLI stays a table of contents:
 
-    rxguard run FILE... --out DIR     the whole workflow offline (moto), the main job
+    rxguard run FILE... --out DIR     the main job: screen files against a persistent local state
+                                      (--state DIR, default OUT/state; --simulate-aws: the ASL on moto)
     rxguard validate FILE...          ingestion only: accepted / rejected by reason
     rxguard kb import CSV             import a monitored-drug catalogue into rules/
     rxguard serve                     the check API on localhost over moto
@@ -17,7 +18,11 @@ from collections.abc import Callable, Sequence
 
 # subcommand -> (module, function, one-line help); the function takes argv and returns an exit code
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "run": ("rxguard.offline.cli", "main", "run the whole workflow offline on moto: rxguard run FILE... --out DIR"),
+    "run": (
+        "rxguard.local.cli",
+        "main",
+        "screen claim batches: rxguard run FILE... --out DIR [--state DIR] [--simulate-aws: the ASL on moto]",
+    ),
     "validate": ("rxguard.ingest.cli", "main", "validate claim batches and summarise accepted/rejected lines"),
     "kb": ("rxguard.kb_cli", "main", "knowledge base: rxguard kb import CSV [--out rules/drugs.json]"),
     "serve": ("rxguard.api.serve", "main", "serve the check API on localhost over moto"),
