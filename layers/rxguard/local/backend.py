@@ -149,31 +149,40 @@ class SqliteBackend(Backend):
     """The persistent state under a directory (`rxguard.local.state`, SQLite in WAL mode)."""
 
     def __init__(self, directory: Path) -> None:
-        import importlib
+        from rxguard.local.state import State
 
-        sqlite_state: Any = importlib.import_module("rxguard.local.state")
         self.directory = Path(directory)
-        self.state = sqlite_state.State.open(self.directory)
+        self.state = State.open(self.directory)
         self.location = str(self.directory.resolve())
         self.spec = BackendSpec("sqlite", str(self.directory))
+        self._batches = self.state.batches()
+        self._outbox = self.state.outbox()
 
     def repository(self, writer: str | None = None) -> HistoryRepository:
         return self.state.repository()
 
     def batch_records(self) -> BatchStore:
-        return self.state.batches
+        return self._batches  # type: ignore[return-value]  # BatchStore semantics, not its class
 
     def outbox(self) -> Outbox:
-        return self.state.outbox
+        return self._outbox  # type: ignore[return-value]
 
     def findings(self, finding_ids: Collection[str]) -> dict[str, Finding]:
-        return self.state.findings_by_id(finding_ids)
+        wanted = sorted(set(finding_ids))
+        out: dict[str, Finding] = {}
+        repo = self.state.repository()
+        for start in range(0, len(wanted), 500):
+            for fid in wanted[start : start + 500]:
+                found = repo.get_finding(fid)
+                if found is not None:
+                    out[fid] = found
+        return out
 
     def current_findings(self) -> Iterator[Finding]:
-        return self.state.current_findings()
+        return iter(self.state.repository().all_current_findings())
 
     def running_batches(self) -> list[dict[str, Any]]:
-        return self.state.batches.running()
+        return [b for b in self._batches.all() if b.get("status") == "RUNNING"]
 
     def close(self) -> None:
         self.state.close()

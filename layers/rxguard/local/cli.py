@@ -107,6 +107,7 @@ def run(
                     workers=workers,
                     progress=shown,
                     crash_after_chunks=crash_after_chunks,
+                    log_path=str(out / "logs" / "run.log"),
                 )
                 result = orchestrator.run(files)
             findings = [f.model_dump(mode="json") for f in backend.current_findings()]

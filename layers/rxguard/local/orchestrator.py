@@ -90,7 +90,12 @@ class WorkerContext:
 _WORKER: dict[str, WorkerContext] = {}
 
 
-def _init_worker(spec: BackendSpec, results_root: str, rules_dir: str | None, phase: str) -> None:
+def _init_worker(spec: BackendSpec, results_root: str, rules_dir: str | None, phase: str, log: str | None) -> None:
+    if log is not None:  # the steps' JSON logs go where the run's go, not to the terminal
+        from rxguard.observability import logger
+
+        handler: Any = logger.registered_handler
+        handler.setStream(open(log, "a", encoding="utf-8"))  # noqa: SIM115 - lives as long as the worker
     _WORKER["ctx"] = WorkerContext(
         kb=get_knowledge_base(Path(rules_dir) if rules_dir else None, Phase(phase)),
         backend=open_backend(spec),
@@ -219,6 +224,7 @@ class LocalOrchestrator:
     workers: int = 1
     progress: Progress = field(default_factory=Progress)
     steps: StepLog = field(default_factory=list)
+    log_path: str | None = None  # where worker processes write the steps' logs
     crash_after_chunks: int | None = None  # tests: die (os._exit) once this many chunks are screened
     _chunks_done: int = 0
 
@@ -281,7 +287,7 @@ class LocalOrchestrator:
                 max_workers=self.workers,
                 mp_context=get_context("spawn"),  # no SQLite connection crosses a fork
                 initializer=_init_worker,
-                initargs=(spec, str(self.results.root), rules_dir, self.settings.phase.value),
+                initargs=(spec, str(self.results.root), rules_dir, self.settings.phase.value, self.log_path),
             )
         _WORKER["ctx"] = WorkerContext(kb=self.kb, backend=self.backend, results=self.results)
         return InProcess()
