@@ -56,8 +56,12 @@ class Backend(ABC):
         """Every current (not superseded) finding, by finding_id."""
 
     @abstractmethod
+    def all_batches(self) -> list[dict[str, Any]]:
+        """Every batch record (`batch_id`, `execution_id`, `status`, `source`, ...)."""
+
     def running_batches(self) -> list[dict[str, Any]]:
-        """Batch records still RUNNING (with `batch_id`, `execution_id`, `started_at`)."""
+        """Batch records still RUNNING."""
+        return [b for b in self.all_batches() if b.get("status") == "RUNNING"]
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release connections."""
@@ -135,8 +139,8 @@ class MemoryBackend(Backend):
     def current_findings(self) -> Iterator[Finding]:
         return iter(self.repo.all_current_findings())
 
-    def running_batches(self) -> list[dict[str, Any]]:
-        return [dict(v) for v in self.batches.items.values() if v.get("status") == "RUNNING"]
+    def all_batches(self) -> list[dict[str, Any]]:
+        return [b for b in map(self.batches.get, self.batches.items) if b is not None]
 
 
 def open_backend(spec: BackendSpec) -> Backend:
@@ -181,8 +185,8 @@ class SqliteBackend(Backend):
     def current_findings(self) -> Iterator[Finding]:
         return iter(self.state.repository().all_current_findings())
 
-    def running_batches(self) -> list[dict[str, Any]]:
-        return [b for b in self._batches.all() if b.get("status") == "RUNNING"]
+    def all_batches(self) -> list[dict[str, Any]]:
+        return self._batches.all()
 
     def close(self) -> None:
         self.state.close()

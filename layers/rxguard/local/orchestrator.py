@@ -15,6 +15,7 @@ import hashlib
 import os
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -227,6 +228,7 @@ class LocalOrchestrator:
     log_path: str | None = None  # where worker processes write the steps' logs
     crash_after_chunks: int | None = None  # tests: die (os._exit) once this many chunks are screened
     _chunks_done: int = 0
+    run_id: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
     # -------------------------------------------------------------- the run
     def run(self, files: Sequence[Path]) -> RunResult:
@@ -234,9 +236,10 @@ class LocalOrchestrator:
         interrupted = self.mark_interrupted()
         batches = self._name(files)
         inputs = InputFiles({b.key: b.path for b in batches})
+        seen = self._known_contents()
         with self._pool() as pool:
             for batch in batches:
-                self._screen_batch(batch, inputs, pool)
+                self._screen_batch(batch, inputs, pool, seen)
         sink = OutboxSink(self.backend.outbox(), LocalObjects(self.out))
         for batch in batches:
             if batch.status == "SCREENED":
@@ -269,6 +272,15 @@ class LocalOrchestrator:
             store.finish(batch_id, "FAILED", report, naming.report_key(batch_id), datetime.now(UTC))
             done.append(batch_id)
         return done
+
+    def _release_partial(self, batch_id: str) -> None:
+        """A PARTIAL batch given again is screened again (its missing chunks, the rest
+        counts once): its record becomes FAILED, which Prepare's claim takes over."""
+        store = self.backend.batch_records()
+        record = store.get(batch_id)
+        if record is not None and record.get("status") == "PARTIAL":
+            report = {**(record.get("report") or {}), "status": "FAILED", "rerun": "given again after PARTIAL"}
+            store.finish(batch_id, "FAILED", report, str(record.get("report_key") or ""), datetime.now(UTC))
 
     def _name(self, files: Sequence[Path]) -> list[BatchRun]:
         used: set[str] = set()
@@ -306,13 +318,26 @@ class LocalOrchestrator:
         )
 
     # -------------------------------------------------------------- steps
-    def _screen_batch(self, batch: BatchRun, inputs: InputFiles, pool: Executor) -> None:
-        ref = S3ObjectRef(
-            bucket=LOCAL_BUCKET, key=batch.key, etag=file_digest(batch.path), size=batch.path.stat().st_size
-        )
+    def _known_contents(self) -> dict[str, str]:
+        """Content digest -> the name a file of that content was screened under (batches
+        not FAILED): the same bytes under another name are the same batch."""
+        known: dict[str, str] = {}
+        for record in self.backend.all_batches():
+            source = record.get("source") or {}
+            if record.get("status") != "FAILED" and source.get("bucket") == LOCAL_BUCKET and source.get("etag"):
+                known.setdefault(str(source["etag"]), str(source["key"]))
+        return known
+
+    def _screen_batch(self, batch: BatchRun, inputs: InputFiles, pool: Executor, seen: dict[str, str]) -> None:
+        digest = file_digest(batch.path)
+        name = seen.setdefault(digest, batch.key)  # the name its content was first screened under
+        if name != batch.key:
+            inputs.files[name] = batch.path.resolve()
+        ref = S3ObjectRef(bucket=LOCAL_BUCKET, key=name, etag=digest, size=batch.path.stat().st_size)
         batch.batch_id = naming.batch_id_for(ref)
-        execution_id = f"local:{os.getpid()}:{int(time.time())}:{naming.execution_name(ref)}"
+        execution_id = f"local:{self.run_id}:{naming.execution_name(ref)}"
         request = PrepareRequest(source=ref, execution_id=execution_id)
+        self._release_partial(batch.batch_id)
         try:
             prepared = prepare_object(
                 request,
@@ -421,7 +446,7 @@ class LocalOrchestrator:
             mode="failed" if failed else "complete",
             batch_id=batch.batch_id or None,
             state=batch.state,
-            execution_id=f"local:{os.getpid()}",
+            execution_id=f"local:{self.run_id}",
         )
         result = finalize_batch(
             request,
@@ -445,22 +470,28 @@ class LocalOrchestrator:
         from rxguard.alerts.messages import correction
 
         gone: dict[str, tuple[str, Finding]] = {}
+        born: set[str] = set()  # new in this run: notified only if still current, so never alerted
         for batch in batches:
             for entry in ok_results(batch.state.get("chunk_results") or []) + ok_results(
                 [(batch.state.get("institutions") or {}).get("result")]
             ):
                 found = ChunkFindings.model_validate(self.results.get_json(str(entry["result_key"])))
+                born.update(f.finding_id for f in found.new)
                 for f in found.superseded:
                     gone[f.finding_id] = (batch.batch_id, f)
         if not gone:
             return 0
         stored = self.backend.findings(list(gone))
-        still_gone = {i: v for i, v in gone.items() if (s := stored.get(i)) is not None and s.status == "superseded"}
+        still_gone = {
+            i: v
+            for i, v in gone.items()
+            if i not in born and (s := stored.get(i)) is not None and s.status == "superseded"
+        }
         outbox = self.backend.outbox()
         alert_ids = {f"finding/{i}": i for i in still_gone}
         try:
             alerted = {alert_ids[m] for m in outbox.recorded(list(alert_ids))}
-        except NotImplementedError:  # fall back on the alert rule: high findings were alerted
+        except (NotImplementedError, AttributeError):  # fall back on the alert rule: high findings were alerted
             alerted = {
                 i
                 for i, (_, f) in still_gone.items()
