@@ -114,7 +114,9 @@ def test_a_file_given_again_is_recognised_and_changes_nothing(tmp_path: Path, no
     # Then each is recognised, nothing is published and the findings are the same
     report = json.loads((out / "report.json").read_text())
     assert code == 0
-    assert {b["status"] for b in report["batches"]} == {"DUPLICATE"}, [(b["key"], b["status"], b["report"]) for b in report["batches"]]
+    assert {b["status"] for b in report["batches"]} == {"DUPLICATE"}, [
+        (b["key"], b["status"], b["report"]) for b in report["batches"]
+    ]
     assert "ALREADY PROCESSED" in stdout.getvalue()
     assert _lines(out / "findings.jsonl") == before
     assert _lines(out / "alerts.jsonl") == [] and _lines(out / "rejected.jsonl") == []
