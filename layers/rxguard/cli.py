@@ -19,16 +19,28 @@ from collections.abc import Callable, Sequence
 # subcommand -> (module, function, one-line help); the function takes argv and returns an exit code
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": (
-        "rxguard.local.cli",
-        "main",
+        "rxguard.cli",
+        "run",
         "screen claim batches: rxguard run FILE... --out DIR [--state DIR] [--simulate-aws: the ASL on moto]",
     ),
     "validate": ("rxguard.ingest.cli", "main", "validate claim batches and summarise accepted/rejected lines"),
     "kb": ("rxguard.kb_cli", "main", "knowledge base: rxguard kb import CSV [--out rules/drugs.json]"),
-    "serve": ("rxguard.api.serve", "main", "serve the check API on localhost over moto"),
+    "serve": ("rxguard.offline.serve", "main", "serve the check API on localhost over moto"),
     "synth": ("rxguard.synth.cli", "main", "generate a synthetic population with ground truth"),
-    "eval": ("rxguard.synth.evaluate", "main", "precision/recall of the rules on a synthetic population"),
+    "eval": ("rxguard.offline.evaluate", "main", "precision/recall of the rules on a synthetic population"),
 }
+
+
+def run(argv: Sequence[str]) -> int:
+    """`rxguard run`: the local deployment, or with --simulate-aws the real ASL on moto."""
+    args = list(argv)
+    if "--simulate-aws" in args:
+        from rxguard.offline import cli as offline
+
+        return offline.main([a for a in args if a != "--simulate-aws"])
+    from rxguard.local import cli as local
+
+    return local.main(args)
 
 
 def _usage() -> str:

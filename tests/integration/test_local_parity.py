@@ -16,12 +16,17 @@ from pydantic import BaseModel
 from rxguard.local.backend import SqliteBackend
 from rxguard.local.cli import run
 from rxguard.offline import Environment
-from rxguard.workflow.finalize import FinalizeRequest, FinalizeResult
-from rxguard.workflow.institutions import InstitutionsRequest
+from rxguard.workflow.contract import (
+    ChunkRequest,
+    ChunkResult,
+    FinalizeRequest,
+    FinalizeResult,
+    InstitutionsRequest,
+    NotifyRequest,
+    PrepareOutput,
+    PrepareRequest,
+)
 from rxguard.workflow.naming import S3ObjectRef
-from rxguard.workflow.notify import NotifyRequest
-from rxguard.workflow.prepare import PrepareOutput, PrepareRequest
-from rxguard.workflow.screen import ChunkRequest, ChunkResult
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "events" / "batches" / "03_yulin_bom.csv"

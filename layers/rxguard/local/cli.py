@@ -1,6 +1,6 @@
 """`rxguard run FILE... --state DIR --out DIR`: screen claim batches against a persistent
-local state (docs/local.md); `rxguard run --simulate-aws FILE... --out DIR` runs the
-real ASL on moto instead (docs/offline.md).
+local state (docs/local.md). (`rxguard run --simulate-aws FILE... --out DIR` runs the
+real ASL on moto instead: rxguard.cli sends it to rxguard.offline.cli, docs/offline.md.)
 
 Writes DIR/findings.jsonl (every current finding of the state), rejected.jsonl,
 report.json, alerts.jsonl, letters.jsonl, letters/ and logs/run.log; prints per batch
@@ -48,10 +48,6 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
-    if "--simulate-aws" in args_in:  # the AWS-faithful path: the real ASL on moto
-        from rxguard.offline import cli as offline
-
-        return offline.main([a for a in args_in if a != "--simulate-aws"])
     try:
         args = _parse(args_in)
     except SystemExit as exc:
@@ -213,6 +209,27 @@ def _progress(stream: TextIO | None) -> Iterator[Progress]:
 
 
 # ------------------------------------------------------------------ output
+def mask_psn(psn_no: str | None) -> str:
+    """First 2 + *** + last 2 (short numbers entirely masked), as `rxguard run --simulate-aws` prints them."""
+    if not psn_no:
+        return "-"
+    return psn_no[:2] + "***" + psn_no[-2:] if len(psn_no) >= 8 else "***"
+
+
+def _width(text: str) -> int:
+    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)  # CJK characters take two columns
+
+
+def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> list[str]:
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(_width(r[i]) for r in cells) for i in range(len(header))]
+
+    def fmt(row: Sequence[str]) -> str:
+        return "  ".join(c + " " * (w - _width(c)) for c, w in zip(row, widths, strict=True)).rstrip()
+
+    return [fmt(cells[0]), "  ".join("-" * w for w in widths), *[fmt(r) for r in cells[1:]]]
+
+
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as fh:
         for row in rows:
@@ -274,8 +291,6 @@ def _report(
 def _summary(
     result: RunResult, findings: Sequence[dict[str, Any]], report: dict[str, Any], out: Path, stream: TextIO
 ) -> None:
-    from rxguard.offline.cli import _table, mask_psn
-
     rows = []
     for b in result.batches:
         r = b.report or {}

@@ -35,13 +35,25 @@ from rxguard.local.objects import InputFiles, LocalObjects
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 from rxguard.workflow import naming
+from rxguard.workflow.contract import (
+    ChunkFindings,
+    ChunkRequest,
+    ChunkResult,
+    FinalizeRequest,
+    FinalizeResult,
+    InstitutionsRequest,
+    NotifyRequest,
+    PrepareOutput,
+    PrepareRequest,
+    ok_results,
+)
 from rxguard.workflow.errors import TransientError
-from rxguard.workflow.finalize import FinalizeRequest, FinalizeResult, finalize_batch
-from rxguard.workflow.institutions import InstitutionsRequest, screen_institutions
+from rxguard.workflow.finalize import finalize_batch
+from rxguard.workflow.institutions import screen_institutions
 from rxguard.workflow.naming import S3ObjectRef
-from rxguard.workflow.notify import NotifyRequest, notify_chunks, ok_results
-from rxguard.workflow.prepare import PrepareOutput, PrepareRequest, prepare_object
-from rxguard.workflow.screen import ChunkFindings, ChunkRequest, ChunkResult, screen_chunk
+from rxguard.workflow.notify import notify_chunks
+from rxguard.workflow.prepare import prepare_object
+from rxguard.workflow.screen import screen_chunk
 from rxguard.workflow.settings import WorkflowSettings
 
 LOCAL_BUCKET = "local"  # the "bucket" of a local file: the batch id hashes bucket, name and content
