@@ -8,7 +8,6 @@ from typing import Any
 
 from rxguard import claimline
 
-
 ENTECAVIR = "XJ05AF10A001"  # 28 tablets of 0.5 mg a pack, label maximum 1 mg a day (rules/drugs.json)
 UNMONITORED = "XJ01CA04B001"  # not in the catalogue
 

@@ -517,10 +517,10 @@ def _items(ctx: _Ctx, rec: Mapping[str, Any], field: str, splitter: re.Pattern[s
             else:
                 parts.append(str(v))
         return [p for p in parts if p]
-    text = _text(ctx, rec, field, False)
-    if text is None:
+    other = _text(ctx, rec, field, False)
+    if other is None:
         return []
-    return [p for p in splitter.split(text) if p]
+    return [p for p in splitter.split(other) if p]
 
 
 def _trace_codes(ctx: _Ctx, rec: Mapping[str, Any]) -> list[str]:
