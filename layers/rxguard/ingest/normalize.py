@@ -43,6 +43,7 @@ FILE_EMPTY = "empty"
 FILE_BINARY = "binary"
 FILE_NO_HEADER = "no_header"
 FILE_NOT_JSON = "not_json"
+FILE_SEVERAL_LISTS = "several_lists"  # a JSON document with more than one non-empty claim list
 
 LINE_REASONS = (
     MISSING,
