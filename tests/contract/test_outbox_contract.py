@@ -16,10 +16,7 @@ from rxguard.alerts.schema import AlertMessage
 
 def _sqlite(tmp: Path) -> Outbox:
     state = importlib.import_module("rxguard.local.state")
-    factory = getattr(state, "SqliteOutbox", None)
-    if factory is None:
-        pytest.skip("rxguard.local.state has no SqliteOutbox in this tree")
-    return factory(tmp / "state.sqlite")  # type: ignore[no-any-return]
+    return state.State.open(tmp / "state").outbox()  # type: ignore[no-any-return]
 
 
 ADAPTERS: dict[str, Callable[[Path], Outbox]] = {"memory": lambda _tmp: InMemoryOutbox()}
