@@ -273,7 +273,7 @@ def format_watch(report: dict[str, Any], limit: int = 20) -> str:
                 ", ".join(sorted({r["code"] for r in d["reasons"]})) or "-",
             )
         )
-    widths = defaultdict(int)
+    widths: dict[int, int] = defaultdict(int)
     for row in rows:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], _width(cell))
