@@ -43,6 +43,7 @@ from rxguard.api.models import (
 )
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore
+from rxguard.ingest.normalize import LineRejected, normalize_record
 from rxguard.kb import KnowledgeBase
 from rxguard.letters import issue_letters
 from rxguard.models import ClaimLine, Finding, Scene, Severity
@@ -214,8 +215,6 @@ def _request_field(line: RequestLine, record_field: str | None) -> str:
 
 def normalize(lines: Sequence[RequestLine], services: Services) -> list[ClaimLine]:
     """Normalize with the batch path's own rules; a bad line is a 400 naming the field."""
-    from rxguard.ingest.normalize import LineRejected, normalize_record
-
     if len(lines) > services.settings.max_lines:
         raise PayloadTooLarge(f"{len(lines)} drug lines in one request; at most {services.settings.max_lines}", None)
     out: list[ClaimLine] = []

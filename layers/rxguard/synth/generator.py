@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import rxguard.synth.catalogue as cat
 from rxguard.kb import Drug, KnowledgeBase
-from rxguard.synth import catalogue as cat
 from rxguard.synth.catalogue import Condition, Item
 
 # Field order of the written files (docs/design.md "Claim-line format").
