@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,3 +183,31 @@ def test_cli_writes_json_and_names_a_missing_state(
     bad.write_text("rules:\n  - id: early-refill\n    severity: catastrophic\n", encoding="utf-8")
     assert backtest_main(["--state", str(state_dir), "--rules", str(bad)]) == 1
     assert "early-refill" in capsys.readouterr().err
+
+
+def test_backtest_route_answers_regulators_and_names_bad_fields(state_dir: Path, kb: KnowledgeBase) -> None:
+    from rxguard.planning.backtest import state_planner
+    from tests.conftest import load_event
+    from tests.unit.test_api import AUDITOR, PHARMACY, call, services, with_body
+
+    svc = services(kb)
+    event = load_event("api/backtest.json")
+
+    def as_caller(arn: str, body: Any) -> dict[str, Any]:
+        out = with_body(event, body)
+        out["requestContext"] = {**out.get("requestContext", {}), "identity": {"userArn": arn}}
+        return out
+
+    trial = {"rules": [{"id": "early-refill", "parameters": {"used_fraction": 0.3}}]}
+    status, body = call(svc, as_caller(AUDITOR, trial))
+    assert status == 409 and "rxguard serve --state" in body["error"]["message"]  # no stored history here
+    svc.planner = state_planner(state_dir, kb, workers=1)
+    status, body = call(svc, as_caller(PHARMACY, trial))
+    assert status == 403
+    status, body = call(svc, as_caller(AUDITOR, trial))
+    assert status == 200, body
+    assert body["rules"]["early-refill"]["removed"] > 0
+    status, body = call(svc, as_caller(AUDITOR, {"rules": [{"id": "early-refill", "severity": "catastrophic"}]}))
+    assert status == 400 and body["error"]["field"] == "rules.early-refill.severity"
+    status, body = call(svc, as_caller(AUDITOR, {"rules": [], "since": "2025-13"}))
+    assert status == 400

@@ -219,3 +219,15 @@ def phase_plan(
             "reviewed_dismissed": dismissed,
         }
     return out
+
+
+def state_planner(state_dir: str | Path, kb: KnowledgeBase, workers: int | None = None) -> Any:
+    """The API's planner (`rxguard.api.service.Planner`) over a local state: rule entries as
+    in rules.yaml, merged over `kb`'s, backtested on the state's history."""
+    from rxguard.planning.history import overlay_rule_entries
+
+    def plan(entries: list[dict[str, Any]], since: str | None) -> dict[str, Any]:
+        trial = overlay_rule_entries(kb, {"rules": entries}, "request")
+        return backtest(state_dir, trial, since=since, workers=workers).as_json()
+
+    return plan
