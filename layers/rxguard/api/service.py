@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Literal
 
-from rxguard import screening
+from rxguard import claimline, screening
 from rxguard.alerts import notify_batch
 from rxguard.api import nhsa
 from rxguard.api.access import (
@@ -38,6 +38,7 @@ from rxguard.api.models import (
     FindingsPage,
     FindingView,
     LineResult,
+    ProposedLine,
     ReviewRequest,
     RuleHit,
     RulesResponse,
@@ -100,11 +101,12 @@ class Services:
 
 @dataclass
 class RequestLine:
-    """One drug line of a request, as a claim-line record, with where it came from."""
+    """One drug line of a request as a claim-line record (contract field -> value), with the
+    request path each field came from (`lines[0].cnt`, `psn_no`, `data.patient_dtos[0].patn_id`)."""
 
     record: dict[str, object]
-    path: str  # "lines[0]" or "data.patient_dtos[0].fsi_encounter_dtos[0].fsi_order_dtos[1]"
-    fields: Mapping[str, str]  # record field -> request field (relative to path; "../" = parent)
+    path: str  # the line: "lines[0]" or "data.patient_dtos[0].fsi_encounter_dtos[0].fsi_order_dtos[1]"
+    sources: Mapping[str, str]  # contract field -> request field path
     answer: bool = True  # False: context only (a 3101 order with curr_drord_flag 0)
     task_id: str | None = None
 
@@ -145,8 +147,18 @@ def lines_of(body: CheckBody, now: datetime, *, require_sn: bool) -> list[Reques
     return _nhsa_lines(body, now)
 
 
+# rxguard's request shape speaks the contract's names: a field of the line, else of the visit.
+_LINE_FIELDS = tuple(name for name in claimline.COLUMNS if name in ProposedLine.model_fields)
+_VISIT_FIELDS = tuple(
+    name for name in claimline.COLUMNS if name in DispensingRequest.model_fields and name not in _LINE_FIELDS
+)
+
+
 def _rxguard_lines(body: DispensingRequest, now: datetime, *, require_sn: bool) -> list[RequestLine]:
     time = _time_text(body.fee_ocur_time or now)
+    visit: dict[str, object] = {name: getattr(body, name) for name in _VISIT_FIELDS}
+    visit["fee_ocur_time"] = time
+    visit_sources = {name: name for name in _VISIT_FIELDS}
     out = []
     for i, line in enumerate(body.lines):
         path = f"lines[{i}]"
@@ -154,48 +166,13 @@ def _rxguard_lines(body: DispensingRequest, now: datetime, *, require_sn: bool) 
             raise InvalidField(
                 f"{path}.feedetl_sn is required to record a dispensing", f"{path}.feedetl_sn", code="missing_field"
             )
-        total = line.det_item_fee_sumamt
-        if total is None:
-            total = round(line.cnt * line.pric, 2)
-        record: dict[str, object] = {
-            "feedetl_sn": line.feedetl_sn or f"check-{i + 1}",
-            "fixmedins_code": body.fixmedins_code,
-            "fixmedins_name": body.fixmedins_name,
-            "admdvs": body.admdvs,
-            "psn_no": body.psn_no,
-            "mdtrt_id": body.mdtrt_id,
-            "setl_id": body.setl_id,
-            "med_type": body.med_type,
-            "fee_ocur_time": time,
-            "med_list_codg": line.med_list_codg,
-            "med_list_name": line.med_list_name,
-            "cnt": line.cnt,
-            "trdn_flag": line.trdn_flag,
-            "pric": line.pric,
-            "det_item_fee_sumamt": total,
-            "sin_dos_dscr": line.sin_dos_dscr,
-            "used_frqu_dscr": line.used_frqu_dscr,
-            "prd_days": line.prd_days,
-            "rxno": line.rxno,
-            "bilg_dr_codg": line.bilg_dr_codg,
-            "dise_codg": [*body.dise_codg, *line.dise_codg],
-            "dscg_tkdrug_flag": line.dscg_tkdrug_flag,
-            "lt_rx_flag": line.lt_rx_flag,
-            "override_reason": line.override_reason,
-            "drug_trac_codg": line.drug_trac_codg,
-        }
-        visit_fields = (
-            "fixmedins_code",
-            "fixmedins_name",
-            "admdvs",
-            "psn_no",
-            "mdtrt_id",
-            "setl_id",
-            "med_type",
-            "fee_ocur_time",
-        )
-        fields = {f: f"../{f}" for f in visit_fields}
-        out.append(RequestLine({k: v for k, v in record.items() if v is not None}, path, fields))
+        record: dict[str, object] = {**visit, **{name: getattr(line, name) for name in _LINE_FIELDS}}
+        record["feedetl_sn"] = line.feedetl_sn or f"check-{i + 1}"
+        if line.det_item_fee_sumamt is None:
+            record["det_item_fee_sumamt"] = round(line.cnt * line.pric, 2)
+        record["dise_codg"] = [*body.dise_codg, *line.dise_codg]
+        sources = {**visit_sources, **{name: f"{path}.{name}" for name in _LINE_FIELDS}}
+        out.append(RequestLine({k: v for k, v in record.items() if v is not None}, path, sources))
     return out
 
 
@@ -208,15 +185,15 @@ def _nhsa_lines(body: nhsa.NhsaRequest | nhsa.NhsaEnvelope, now: datetime) -> li
             for o, order in enumerate(encounter.fsi_order_dtos):
                 path = f"{prefix}.patient_dtos[{p}].fsi_encounter_dtos[{e}].fsi_order_dtos[{o}]"
                 record, fields = nhsa.order_record(patient, encounter, order, _time_text(now))
-                out.append(RequestLine(record, path, fields, answer=order.curr_drord_flag != "0", task_id=task_id))
+                sources = {name: nhsa.resolve_field(path, fields.get(name, name)) for name in claimline.COLUMNS}
+                out.append(RequestLine(record, path, sources, answer=order.curr_drord_flag != "0", task_id=task_id))
     return out
 
 
 def _request_field(line: RequestLine, record_field: str | None) -> str:
     if record_field is None:
         return line.path
-    relative = line.fields.get(record_field, record_field)
-    return nhsa.resolve_field(line.path, relative) if relative.startswith("../") else f"{line.path}.{relative}"
+    return line.sources.get(record_field, f"{line.path}.{record_field}")
 
 
 def normalize(lines: Sequence[RequestLine], services: Services) -> list[ClaimLine]:
