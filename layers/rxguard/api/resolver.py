@@ -25,6 +25,8 @@ from rxguard.api.access import Caller, identify, require_grant
 from rxguard.api.errors import ApiError, PayloadTooLarge, from_validation_errors
 from rxguard.api.guard import request_guard, with_json_content_type
 from rxguard.api.models import (
+    BacktestRequest,
+    BacktestResponse,
     CheckResponse,
     DispensationRequest,
     DispensationResponse,
@@ -239,6 +241,23 @@ def patch_finding(finding_id: FindingId, review: Annotated[ReviewRequest, Body()
 def get_rules() -> RulesResponse:
     require_grant(_caller())  # a principal with no grant gets 403 (docs/security.md)
     return service.rules(_services())
+
+
+@app.post(
+    "/v1/backtests",
+    summary="Try a rule change on the stored history (regulators; writes nothing)",
+    description="Re-evaluates the stored history with the given rules merged over today's and compares, "
+    "per rule: findings added, removed and changed in severity, patients and institutions affected, reviewed "
+    "findings that would flip with a precision estimate, and the spending cited (docs/planning.md).",
+    tags=["planning"],
+    responses={
+        400: _error_content("A rule entry is invalid: the field is named"),
+        403: _error_content("Only regulators run backtests"),
+        409: _error_content("No stored history to re-evaluate (not a local state)"),
+    },
+)
+def post_backtest(body: BacktestRequest) -> BacktestResponse:
+    return service.backtest(_services(), _caller(), body)
 
 
 @app.get("/v1/openapi.json", include_in_schema=False)

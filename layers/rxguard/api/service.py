@@ -27,8 +27,10 @@ from rxguard.api.access import (
     require_institutions,
     require_reviewer,
 )
-from rxguard.api.errors import InvalidField, NotFound, PayloadTooLarge
+from rxguard.api.errors import Conflict, InvalidField, NotFound, PayloadTooLarge
 from rxguard.api.models import (
+    BacktestRequest,
+    BacktestResponse,
     CheckResponse,
     Decision,
     DispensationResponse,
@@ -45,7 +47,7 @@ from rxguard.api.models import (
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore
 from rxguard.ingest.normalize import LineRejected, normalize_record
-from rxguard.kb import KnowledgeBase
+from rxguard.kb import KnowledgeBase, KnowledgeBaseError
 from rxguard.letters import issue_letters
 from rxguard.models import ClaimLine, Finding, Scene, Severity
 from rxguard.repository import HistoryRepository
@@ -61,6 +63,9 @@ Checker = Callable[[Sequence[ClaimLine], HistoryRepository, KnowledgeBase], dict
 Screener = Callable[..., Any]  # screening.screen_lines(lines, repo, kb, scene=...) -> ScreenOutcome
 # (new and updated findings, batch id, the request's lines by id) -> alerts published
 Notifier = Callable[[Sequence[Finding], str, Mapping[str, ClaimLine]], int]
+# (rule entries as in rules.yaml, since YYYY-MM) -> the backtest report (docs/planning.md); the
+# composition root wires one where a stored history can be re-evaluated (rxguard serve --state)
+Planner = Callable[[list[dict[str, Any]], str | None], dict[str, Any]]
 
 
 def _default_checker(
@@ -86,6 +91,7 @@ class Services:
     screen_lines: Screener = _default_screener
     default_admdvs: str | None = None
     clock: Callable[[], datetime] | None = None  # China time, naive (as fee_ocur_time)
+    planner: Planner | None = None  # backtests over the stored history
 
     def now(self) -> datetime:
         if self.clock is not None:
@@ -413,6 +419,18 @@ def review_finding(services: Services, caller: Caller, finding_id: str, review: 
         raise NotFound("no such finding", "finding_id")
     reviewer = review.reviewer or caller.principal
     return services.store.review(finding_id, review.status, review.reason, reviewer, services.now())
+
+
+def backtest(services: Services, caller: Caller, body: BacktestRequest) -> BacktestResponse:
+    """Try a rule change on the stored history (regulators only; writes nothing)."""
+    require_reviewer(caller)
+    if services.planner is None:
+        raise Conflict("backtests need a stored history to re-evaluate: rxguard serve --state DIR", "rules")
+    try:
+        report = services.planner(body.rules, body.since)
+    except KnowledgeBaseError as exc:
+        raise InvalidField(str(exc), f"rules.{exc.entry}.{exc.field}" if exc.entry and exc.field else "rules") from exc
+    return BacktestResponse.model_validate(report)
 
 
 def rules(services: Services) -> RulesResponse:
