@@ -1,6 +1,6 @@
 """The domain models shared by every part of rxguard.
 
-`ClaimLine` is the normalized form of one claim line (DESIGN.md "Claim-line format"),
+`ClaimLine` is the normalized form of one claim line (docs/design.md "Claim-line format"),
 `Rejection` the record of a line that could not be normalized, `Finding` the output of
 a rule. Everything else (ingestion, engine, repositories, API, letters) speaks these.
 """
@@ -80,6 +80,7 @@ class ClaimLine(BaseModel):
     dscg_tkdrug_flag: bool = False
     lt_rx_flag: bool = False
     override_reason: OverrideReason | None = None
+    init_feedetl_sn: str | None = None  # reversal (退费): feedetl_sn of the original line it cancels, same institution
     trace_codes: list[str] = Field(default_factory=list)
     # Knowledge-base facts resolved at normalization time (None for unmonitored drugs).
     monitored: bool = False

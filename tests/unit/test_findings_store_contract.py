@@ -15,6 +15,7 @@ from rxguard.api.models import Disposition
 from rxguard.api.store import FindingQuery, FindingsStore, InMemoryFindingsStore
 from rxguard.models import Finding, Severity
 from rxguard.repository import HistoryRepository, InMemoryRepository
+from rxguard.scope import Scope
 from tests.conftest import ROOT
 
 AT = datetime(2026, 3, 5, 10, 0)
@@ -22,7 +23,7 @@ AT = datetime(2026, 3, 5, 10, 0)
 
 def finding(rule: str, psn: str, line: str) -> Finding:
     return Finding(
-        finding_id=Finding.make_id(rule, f"patient:{psn}", [line]),
+        finding_id=Finding.make_id(rule, Scope.patient(psn), [line]),
         rule_id=rule,
         rule_version=1,
         severity=Severity.MEDIUM,
@@ -111,8 +112,8 @@ def test_disposing_again_replaces_and_moves_the_counts(adapter: tuple[FindingsSt
     store, repo = adapter
     recorded = finding("over-quantity", "SYN2", "P4401001/FD-9")
     other = finding("over-quantity", "SYN3", "P4401001/FD-10")
-    repo.replace_findings("patient:SYN2", [recorded])
-    repo.replace_findings("patient:SYN3", [other])
+    repo.replace_findings(Scope.patient("SYN2"), [recorded])
+    repo.replace_findings(Scope.patient("SYN3"), [other])
     # Given a recorded finding continued, then modified; another modified
     store.dispose(recorded.finding_id, disposition("continue", "剂量调整"))
     store.dispose(recorded.finding_id, disposition("modify"))
@@ -131,7 +132,7 @@ def test_a_recorded_finding_takes_precedence_over_a_warning(adapter: tuple[Findi
     warning = finding("early-refill", "SYN4", "P4401001/FD-1")
     store.record_warnings([warning], AT)
     # When the dispensing is recorded and the same finding is produced
-    repo.replace_findings("patient:SYN4", [warning.model_copy(update={"figures": {"days": 3}})])
+    repo.replace_findings(Scope.patient("SYN4"), [warning.model_copy(update={"figures": {"days": 3}})])
     got = store.get(warning.finding_id)
     # Then GET shows the recorded finding
     assert got is not None and got.recorded is True and got.figures == {"days": 3}

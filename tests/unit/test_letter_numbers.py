@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rxguard.dynamo import DynamoCounterStore
 from rxguard.letters.numbers import (
-    DynamoCounterStore,
     InMemoryCounterStore,
     JsonNumberKeeper,
     NumberBook,

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from datetime import date, datetime
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 
@@ -16,12 +17,13 @@ import pytest
 from pypdf import PdfReader
 
 from rxguard.alerts import AlertSettings, InMemorySink, notify_batch, pseudonym
-from rxguard.letters import letter_groups, load_persons
+from rxguard.letters import issue_letters, letter_groups, load_persons
 from rxguard.letters.context import Person, add_working_days, build_letter
 from rxguard.letters.numbers import InMemoryCounterStore
 from rxguard.letters.pdf import LetterRenderError, html_to_pdf
 from rxguard.letters.render import render_html
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
+from rxguard.scope import Scope
 
 PSN_A = "31010019800101001X"
 PSN_B = "310101197702020022"
@@ -64,7 +66,7 @@ LINES = {
 
 def finding(rule_id: str, severity: str, psn: str, evidence: list[str], institution: str = HOSPITAL) -> Finding:
     return Finding(
-        finding_id=Finding.make_id(rule_id, f"patient:{psn}", evidence),
+        finding_id=Finding.make_id(rule_id, Scope.patient(psn), evidence),
         rule_id=rule_id,
         rule_version=1,
         severity=Severity(severity),
@@ -104,7 +106,7 @@ def pdf_text(data: bytes) -> str:
 def issue(sink: InMemorySink, kb, counters=None, settings=None, findings=None) -> object:  # type: ignore[no-untyped-def]
     return notify_batch(
         findings or FINDINGS, batch_id="b-2026-03", kb=kb, sink=sink, issued_on=ISSUED, institution_names=NAMES,
-        lines=LINES, counters=counters or InMemoryCounterStore(), settings=settings,
+        lines=LINES, letters=partial(issue_letters, counters=counters or InMemoryCounterStore()), settings=settings,
     )  # fmt: skip
 
 
@@ -252,7 +254,7 @@ def test_letter_numbers_are_sequential_per_bureau_and_year_and_kept_per_letter(k
     other = [f.model_copy(update={"fixmedins_code": PHARMACY}) for f in FINDINGS]
     second = notify_batch(
         other, batch_id="b2", kb=kb, sink=sink, issued_on=ISSUED, institution_names=NAMES, lines=LINES,
-        counters=counters,
+        letters=partial(issue_letters, counters=counters),
     )  # fmt: skip
     # Then the numbers run 1, 2 in the formal shape (no padding, 六角括号)
     numbers = [r.number for r in [*first.letters, *second.letters]]  # type: ignore[attr-defined]
@@ -292,7 +294,7 @@ def test_a_long_table_is_capped_and_every_finding_goes_to_the_csv_annex(kb) -> N
     sink = InMemorySink()
     summary = notify_batch(
         many, batch_id="b", kb=kb, sink=sink, issued_on=ISSUED, institution_names=NAMES, lines=LINES,
-        settings=AlertSettings(letter_table_rows=5), counters=InMemoryCounterStore(),
+        settings=AlertSettings(letter_table_rows=5), letters=partial(issue_letters, counters=InMemoryCounterStore()),
     )  # fmt: skip
     (ref,) = summary.letters  # type: ignore[attr-defined]
     # Then the letter shows 5 rows and says where the other 7 are
@@ -397,7 +399,7 @@ def test_a_finding_longer_than_a_page_is_split_across_pages(kb) -> None:  # type
     lines = {ln.line_id: ln for ln in many}
     evidence = sorted(lines)
     big = Finding(
-        finding_id=Finding.make_id("institution-outlier", f"institution:{HOSPITAL}", evidence),
+        finding_id=Finding.make_id("institution-outlier", Scope.institution(HOSPITAL), evidence),
         rule_id="institution-outlier",
         rule_version=1,
         severity=Severity.HIGH,
@@ -412,7 +414,15 @@ def test_a_finding_longer_than_a_page_is_split_across_pages(kb) -> None:  # type
     sink = InMemorySink()
 
     # When its letter is issued with every evidence line listed
-    notify_batch([big], batch_id="big", kb=kb, sink=sink, settings=AlertSettings(letter_evidence_cap=40), lines=lines)
+    notify_batch(
+        [big],
+        batch_id="big",
+        kb=kb,
+        sink=sink,
+        settings=AlertSettings(letter_evidence_cap=40),
+        lines=lines,
+        letters=issue_letters,
+    )
 
     # Then the PDF spans pages (the table row splits) and still lists the last evidence line
     data = sink.documents[f"letters/2026-03/institution-{HOSPITAL}-2026-03.pdf"][0]

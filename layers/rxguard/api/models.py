@@ -1,6 +1,6 @@
 """Request and response models of the API (the OpenAPI document is generated from them).
 
-Field names follow the claim-line contract (DESIGN.md, national interfaces 2204/3505), so
+Field names follow the claim-line contract (docs/design.md, national interfaces 2204/3505), so
 an HIS that uploads fee details speaks the same words here. The national 3101/3102 shapes
 live in `rxguard.api.nhsa`.
 """
@@ -227,6 +227,27 @@ class ReviewRequest(BaseModel):
     reviewer: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
         default=None, description="defaults to the caller's identity"
     )
+
+
+class BacktestRequest(BaseModel):
+    """A rule change to try on the stored history (docs/planning.md): entries as in
+    rules/rules.yaml, each merged over today's definition of its id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=50)]
+    since: Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] | None = None
+
+
+class BacktestResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    since: str | None = None
+    lines: int
+    findings_before: int
+    findings_after: int
+    rules: dict[str, dict[str, Any]]
+    totals: dict[str, int]
 
 
 class RuleView(BaseModel):

@@ -40,6 +40,7 @@ from rxguard.api.models import Disposition, FindingView, Review, ReviewStatus
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore, RuleFigures, decode_token, encode_token, view
 from rxguard.models import Finding
+from rxguard.scope import Scope
 
 if TYPE_CHECKING:
     from rxguard.api.service import Services
@@ -171,7 +172,7 @@ class DynamoFindingsStore(FindingsStore):
             parts.append("#st <> :sup")
         if query.psn_no is not None:
             names["#scope"] = "scope"
-            values[":scope"] = {"S": f"patient:{query.psn_no}"}
+            values[":scope"] = {"S": str(Scope.patient(query.psn_no))}
             parts.append("#scope = :scope")
         return parts
 
@@ -253,7 +254,7 @@ class DynamoFindingsStore(FindingsStore):
             "IndexName": BY_SCOPE,
             "KeyConditionExpression": "#scope = :scope",
             "ExpressionAttributeNames": {"#scope": "scope"},
-            "ExpressionAttributeValues": {":scope": {"S": f"patient:{query.psn_no}"}},
+            "ExpressionAttributeValues": {":scope": {"S": str(Scope.patient(str(query.psn_no)))}},
         }
         while True:
             answer = self.ddb.query(**kwargs)
@@ -464,7 +465,7 @@ def aws_services(settings: ApiSettings | None = None) -> Services:
     from rxguard.alerts.aws import AwsNotificationSink
     from rxguard.alerts.settings import AlertSettings
     from rxguard.api.service import Services, alerts_notifier
-    from rxguard.dynamo import DynamoRepository, client
+    from rxguard.dynamo import DynamoCounterStore, DynamoRepository, client
     from rxguard.kb import get_knowledge_base
     from rxguard.workflow.settings import get_settings
 
@@ -477,7 +478,9 @@ def aws_services(settings: ApiSettings | None = None) -> Services:
         sink = AwsNotificationSink(
             client("sns"), client("s3"), workflow.alerts_topic_arn, workflow.letters_topic_arn, workflow.results_bucket
         )
-        notify = alerts_notifier(kb, sink, AlertSettings.from_env())
+        alert_settings = AlertSettings.from_env()
+        counters = DynamoCounterStore(alert_settings.counters_table, ddb) if alert_settings.counters_table else None
+        notify = alerts_notifier(kb, sink, alert_settings, counters)
     return Services(
         kb=kb,
         repo=DynamoRepository(workflow.tables, ddb, history_days=workflow.history_days),  # one per request

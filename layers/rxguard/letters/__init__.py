@@ -14,23 +14,16 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from rxguard.alerts.messages import letter_announcement
+from rxguard.alerts.notify import LetterRef
+from rxguard.alerts.settings import AlertSettings
+from rxguard.alerts.sink import NotificationSink
+from rxguard.kb import KnowledgeBase
 from rxguard.letters.context import LetterContext, Person, annex_csv, build_letter, period_of
-from rxguard.letters.numbers import (
-    CounterStore,
-    InMemoryCounterStore,
-    NumberBook,
-    NumberKeeper,
-    counters_from_settings,
-)
-
-if TYPE_CHECKING:
-    from rxguard.alerts.notify import LetterRef
-    from rxguard.alerts.settings import AlertSettings
-    from rxguard.alerts.sink import NotificationSink
-    from rxguard.kb import KnowledgeBase
-    from rxguard.models import ClaimLine, Finding
+from rxguard.letters.numbers import CounterStore, InMemoryCounterStore, NumberBook, NumberKeeper
+from rxguard.models import ClaimLine, Finding
 
 __all__ = [
     "CounterStore",
@@ -100,6 +93,7 @@ def letter_groups(
 
 def render_letter(letter: LetterContext, settings: AlertSettings) -> tuple[str, bytes]:
     """(HTML, PDF bytes) of one letter."""
+    # Deferred: jinja2 and reportlab cost ~0.28 s CPU to import, paid only by a process that renders.
     from rxguard.letters.pdf import html_to_pdf
     from rxguard.letters.render import render_html
 
@@ -126,15 +120,14 @@ def issue_letters(
     period; returns them and the URI of `letters/<batch_id>/index.json` (None when none).
 
     Numbers come from `counters` (atomic; kept per letter key by `keeper` or the counter
-    store itself), so a retry or a repeated run gives a letter the same number. A retry
-    skips the letters an earlier attempt announced, re-renders the others under the same
-    keys, and announces nothing twice."""
-    from rxguard.alerts.messages import letter_announcement
-    from rxguard.alerts.notify import LetterRef
-
+    store itself; deployments wire theirs with functools.partial: the DynamoDB
+    CountersTable, the local SQLite state), so a retry or a repeated run gives a letter the
+    same number. A retry skips the letters an earlier attempt announced (so a run cut short
+    by a timeout resumes where it stopped), re-renders the others under the same keys, and
+    announces nothing twice."""
     if persons is None and settings.person_file is not None:
         persons = load_persons(settings.person_file)
-    book = NumberBook(counters or counters_from_settings(settings.counters_table) or _PROCESS_COUNTERS, keeper)
+    book = NumberBook(counters or _PROCESS_COUNTERS, keeper)
     refs: list[LetterRef] = []
     index_rows: list[dict[str, object]] = []
     for addressee_type, subject, period, group in letter_groups(findings, settings, persons):

@@ -2,7 +2,8 @@
 
 `机关代字〔年份〕序号号`: one series per 代字 per year, numbered from 1. The counter is a
 `CounterStore` (`next_counter(name) -> int`, atomic): in memory here, DynamoDB
-(`DynamoCounterStore`: UpdateItem ADD on the CountersTable), or the local SQLite state
+(`rxguard.dynamo.DynamoCounterStore`: UpdateItem ADD on the CountersTable; the letters
+never import the AWS SDK, the composition roots wire it), or the local SQLite state
 (`next_counter`). `NumberBook` makes numbering idempotent: the number given to a letter's
 key (addressee + period) is kept and given again on a retry; only a key without one takes
 the next value. Keeping needs `kept(name)` / `keep(name, value)` (first writer wins); a
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -84,49 +85,6 @@ class JsonNumberKeeper:
             return data[name]
 
 
-class DynamoCounterStore:
-    """Counters on the CountersTable (key `name`, number `value`): one UpdateItem ADD per
-    number (atomic, no read), kept numbers as conditional puts (first writer wins)."""
-
-    def __init__(self, table: str, dynamodb_client: Any) -> None:
-        self.table = table
-        self.ddb = dynamodb_client
-
-    def next_counter(self, name: str) -> int:
-        answer = self.ddb.update_item(
-            TableName=self.table,
-            Key={"name": {"S": name}},
-            UpdateExpression="ADD #v :one",
-            ExpressionAttributeNames={"#v": "value"},
-            ExpressionAttributeValues={":one": {"N": "1"}},
-            ReturnValues="UPDATED_NEW",
-        )
-        return int(answer["Attributes"]["value"]["N"])
-
-    def kept(self, name: str) -> int | None:
-        item = self.ddb.get_item(TableName=self.table, Key={"name": {"S": name}}, ConsistentRead=True).get("Item")
-        return None if not item or "value" not in item else int(item["value"]["N"])
-
-    def keep(self, name: str, value: int) -> int:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.ddb.put_item(
-                TableName=self.table,
-                Item={"name": {"S": name}, "value": {"N": str(value)}},
-                ConditionExpression="attribute_not_exists(#n)",
-                ExpressionAttributeNames={"#n": "name"},
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
-            kept = self.kept(name)
-            if kept is None:  # deleted between the two calls: cannot happen without an operator
-                raise
-            return kept
-        return value
-
-
 class NumberBook:
     """Numbers per series (代字 + year), kept per letter key."""
 
@@ -150,12 +108,3 @@ class NumberBook:
 def document_number(abbr: str, year: int, serial: int) -> str:
     """`医保监函〔2026〕12号`: year in full in 六角括号, the serial without padding (GB/T 9704)."""
     return f"{abbr}〔{year}〕{serial}号"
-
-
-def counters_from_settings(counters_table: str | None) -> CounterStore | None:
-    """The DynamoDB counter store of a deployment (RXGUARD_COUNTERS_TABLE), else None."""
-    if not counters_table:
-        return None
-    from rxguard.dynamo import client
-
-    return DynamoCounterStore(counters_table, client("dynamodb"))

@@ -3,30 +3,18 @@ alerts module alerts each finding at most once, however often this runs)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from rxguard.alerts import notify_batch
 from rxguard.dynamo import ResultStore
 from rxguard.kb import KnowledgeBase
+from rxguard.letters import issue_letters
 from rxguard.models import ClaimLine, Finding
 from rxguard.observability import logger
-from rxguard.workflow.screen import ChunkFindings
-
-
-class NotifyRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    batch_id: str
-    chunk_results: list[Any] = Field(default_factory=list)  # Map output: dicts, or null for a lost item
-    institutions: dict[str, Any] | None = None  # the ScreenInstitutions result
-
-
-def ok_results(chunk_results: Iterable[Any]) -> list[Mapping[str, Any]]:
-    """The Map results of chunks that were screened (null and `ok: false` entries left out)."""
-    return [r for r in chunk_results if isinstance(r, Mapping) and r.get("ok") is True and r.get("result_key")]
+from rxguard.workflow.contract import ChunkFindings, NotifyRequest, ok_results
 
 
 @dataclass
@@ -51,13 +39,35 @@ def findings_to_alert(results: ResultStore, chunk_results: Sequence[Any]) -> ToA
     return out
 
 
-def notify_chunks(
-    request: NotifyRequest, *, results: ResultStore, kb: KnowledgeBase, sink: Any, alert_settings: Any = None
-) -> dict[str, Any]:
-    from rxguard.alerts import notify_batch
+def settled(findings: Sequence[Finding], current: Callable[[Collection[str]], Mapping[str, Finding]]) -> list[Finding]:
+    """The findings as stored now: those superseded since their chunk reported them are
+    left out, the others take their stored figures and status."""
+    stored = current([f.finding_id for f in findings])
+    out = []
+    for finding in findings:
+        now = stored.get(finding.finding_id)
+        if now is not None and now.status != "superseded":
+            out.append(now)
+    return out
 
+
+def notify_chunks(
+    request: NotifyRequest,
+    *,
+    results: ResultStore,
+    kb: KnowledgeBase,
+    sink: Any,
+    alert_settings: Any = None,
+    current: Callable[[Collection[str]], Mapping[str, Finding]] | None = None,
+    counters: Any = None,
+) -> dict[str, Any]:
+    """`current` (finding ids -> stored findings), when given, re-reads each finding before
+    it is alerted: the local orchestrator notifies after every batch of a run is screened,
+    so a finding a later file superseded is neither alerted nor cited (docs/local.md).
+    `counters` (a `rxguard.letters.CounterStore`: the DynamoDB CountersTable, the local
+    state) numbers the letters (docs/letters.md)."""
     todo = findings_to_alert(results, [*request.chunk_results, request.institutions])
-    findings = todo.findings
+    findings = todo.findings if current is None else settled(todo.findings, current)
     summary = notify_batch(
         findings,
         batch_id=request.batch_id,
@@ -66,6 +76,7 @@ def notify_chunks(
         settings=alert_settings,
         institution_names=todo.institutions,
         lines=todo.lines,
+        letters=partial(issue_letters, counters=counters) if counters is not None else issue_letters,
     )
     out = _as_dict(summary)
     out.setdefault("findings", len(findings))
