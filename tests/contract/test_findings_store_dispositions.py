@@ -1,22 +1,18 @@
-"""The FindingsStore contract for warnings and dispositions (3101 jr_id, 3103), run over
-every adapter: the in-memory store and the DynamoDB store (moto, the FindingsTable's key
-schema from template.yaml). Helper "state" adds the SQLite store to ADAPTERS."""
+"""The FindingsStore contract for warnings and dispositions (3101 jr_id, 3103; docs/api.md),
+run over every adapter (`backend`: memory, SQLite state, DynamoDB on moto)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
 import pytest
-import yaml
+from contract_helpers import Backend
 
 from rxguard.api.errors import NotFound
 from rxguard.api.models import Disposition
-from rxguard.api.store import FindingQuery, FindingsStore, InMemoryFindingsStore
+from rxguard.api.store import FindingQuery
 from rxguard.models import Finding, Severity
-from rxguard.repository import HistoryRepository, InMemoryRepository
 from rxguard.scope import Scope
-from tests.conftest import ROOT
 
 AT = datetime(2026, 3, 5, 10, 0)
 
@@ -43,52 +39,8 @@ def disposition(action: str, reason: str | None = None) -> Disposition:
     )
 
 
-def _memory() -> Iterator[tuple[FindingsStore, HistoryRepository]]:
-    repo = InMemoryRepository()
-    yield InMemoryFindingsStore(repo), repo
-
-
-def _dynamodb() -> Iterator[tuple[FindingsStore, HistoryRepository]]:
-    import boto3
-    from moto import mock_aws
-
-    from rxguard.api.store_dynamo import DynamoFindingsStore
-    from rxguard.dynamo import DynamoRepository, TableNames
-
-    class _Loader(yaml.SafeLoader):
-        pass
-
-    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)  # CloudFormation tags: not needed here
-    template = yaml.load((ROOT / "template.yaml").read_text(encoding="utf-8"), Loader=_Loader)
-    props = template["Resources"]["FindingsTable"]["Properties"]
-    with mock_aws():
-        ddb = boto3.client("dynamodb", region_name="us-east-1")
-        ddb.create_table(
-            TableName="findings",
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=props["AttributeDefinitions"],
-            KeySchema=props["KeySchema"],
-            GlobalSecondaryIndexes=props["GlobalSecondaryIndexes"],
-        )
-        tables = TableNames(
-            purchases="purchases", trace_codes="trace", findings="findings", batches="batches", aggregates="agg"
-        )
-        yield DynamoFindingsStore("findings", ddb), DynamoRepository(tables, ddb)
-
-
-ADAPTERS: dict[str, Callable[[], Iterator[tuple[FindingsStore, HistoryRepository]]]] = {
-    "memory": _memory,
-    "dynamodb": _dynamodb,
-}
-
-
-@pytest.fixture(params=sorted(ADAPTERS))
-def adapter(request: pytest.FixtureRequest) -> Iterator[tuple[FindingsStore, HistoryRepository]]:
-    yield from ADAPTERS[request.param]()
-
-
-def test_a_warning_is_fetched_disposed_and_never_listed(adapter: tuple[FindingsStore, HistoryRepository]) -> None:
-    store, _ = adapter
+def test_a_warning_is_fetched_disposed_and_never_listed(backend: Backend) -> None:
+    store = backend.store
     warning = finding("early-refill", "SYN1", "P4401001/check-1")
     # Given a check answered this warning
     store.record_warnings([warning], AT)
@@ -108,8 +60,8 @@ def test_a_warning_is_fetched_disposed_and_never_listed(adapter: tuple[FindingsS
     assert (figures.continued, figures.modified, figures.continue_rate) == (1, 0, 1.0)
 
 
-def test_disposing_again_replaces_and_moves_the_counts(adapter: tuple[FindingsStore, HistoryRepository]) -> None:
-    store, repo = adapter
+def test_disposing_again_replaces_and_moves_the_counts(backend: Backend) -> None:
+    store, repo = backend.store, backend.repo()
     recorded = finding("over-quantity", "SYN2", "P4401001/FD-9")
     other = finding("over-quantity", "SYN3", "P4401001/FD-10")
     repo.replace_findings(Scope.patient("SYN2"), [recorded])
@@ -127,8 +79,8 @@ def test_disposing_again_replaces_and_moves_the_counts(adapter: tuple[FindingsSt
     assert items[0].recorded is True and items[0].disposition is not None and items[0].disposition.action == "modify"
 
 
-def test_a_recorded_finding_takes_precedence_over_a_warning(adapter: tuple[FindingsStore, HistoryRepository]) -> None:
-    store, repo = adapter
+def test_a_recorded_finding_takes_precedence_over_a_warning(backend: Backend) -> None:
+    store, repo = backend.store, backend.repo()
     warning = finding("early-refill", "SYN4", "P4401001/FD-1")
     store.record_warnings([warning], AT)
     # When the dispensing is recorded and the same finding is produced
@@ -138,17 +90,17 @@ def test_a_recorded_finding_takes_precedence_over_a_warning(adapter: tuple[Findi
     assert got is not None and got.recorded is True and got.figures == {"days": 3}
 
 
-def test_unknown_ids_are_not_found(adapter: tuple[FindingsStore, HistoryRepository]) -> None:
-    store, _ = adapter
+def test_unknown_ids_are_not_found(backend: Backend) -> None:
+    store = backend.store
     assert store.get("0" * 32) is None
     with pytest.raises(NotFound):
         store.dispose("0" * 32, disposition("modify"))
 
 
 def test_a_continued_warning_gives_its_lines_the_reason_until_modified(
-    adapter: tuple[FindingsStore, HistoryRepository],
+    backend: Backend,
 ) -> None:
-    store, _ = adapter
+    store = backend.store
     # Given a warning on a proposed line (evidence: a history line and the proposed one)
     warning = finding("early-refill", "SYN5", "P4401002/RX-1").model_copy(
         update={"evidence": ["P4401001/FD-1", "P4401002/RX-1"]}
