@@ -102,8 +102,9 @@ def severity_risk(findings: Sequence[FindingView]) -> Risk:
     patient risk score until rxguard.engine.risk lands)."""
     worst = max((SEVERITY_RANK[f.severity.value] for f in findings), default=0)
     open_ = sum(1 for f in findings if f.status == "new")
-    score = min(100.0, worst * 40 + min(open_, 10) * 2)
-    return Risk(score, {"worst_severity": worst, "open_findings": open_}, "severity")
+    rules = len({f.rule_id for f in findings})
+    score = worst * 30 + min(open_, 20) * 1.5 + min(rules, 5) * 2  # at most 60 + 30 + 10
+    return Risk(score, {"worst_severity": worst, "open_findings": open_, "rules": rules}, "severity")
 
 
 def risk_of(findings: Sequence[FindingView]) -> Risk:
@@ -201,6 +202,7 @@ class Fill:
     flagged_by: list[str] = field(default_factory=list)  # rule ids whose findings blame this line
     reversal: bool = False  # negative quantity: cancels (part of) an earlier line
     reversed_line: str | None = None
+    lane: int = 0  # sub-row within the ingredient's row: overlapping fills sit side by side, not on top
 
 
 @dataclass
@@ -209,6 +211,7 @@ class Timeline:
     unmonitored: list[ClaimLine]
     institutions: list[str]
     ingredients: list[str]
+    lanes: dict[str, int] = field(default_factory=dict)  # ingredient -> number of sub-rows
 
 
 def ingredient_of(line: ClaimLine, services: Services, lang: str) -> str:
@@ -253,15 +256,23 @@ def timeline(services: Services, psn_no: str, findings: Sequence[FindingView], l
     for group in by_ingredient.values():
         group.sort(key=lambda x: (x.start, x.line.line_id))
         covered_until: datetime | None = None
+        lane_ends: list[datetime] = []
         for fill in group:
             if covered_until is not None and fill.start < covered_until:
                 fill.overlap_days = round((min(covered_until, fill.end) - fill.start).total_seconds() / 86400, 1)
             covered_until = fill.end if covered_until is None else max(covered_until, fill.end)
+            free = next((i for i, end in enumerate(lane_ends) if end <= fill.start), None)
+            if free is None:
+                lane_ends.append(fill.end)
+                free = len(lane_ends) - 1
+            lane_ends[free] = fill.end
+            fill.lane = free
     return Timeline(
         fills=fills,
         unmonitored=unmonitored,
         institutions=sorted({f.line.fixmedins_code for f in fills}),
         ingredients=sorted(by_ingredient) + sorted({f.ingredient for f in fills if f.reversal} - set(by_ingredient)),
+        lanes={name: 1 + max((f.lane for f in group), default=0) for name, group in by_ingredient.items()},
     )
 
 
@@ -269,6 +280,7 @@ def timeline_chart(tl: Timeline) -> dict[str, Any]:
     """The data of the Rx graph (console.js draws it with an ECharts custom series)."""
     return {
         "ingredients": tl.ingredients,
+        "lanes": [tl.lanes.get(name, 1) for name in tl.ingredients],
         "institutions": tl.institutions,
         "fills": [
             {
@@ -283,6 +295,7 @@ def timeline_chart(tl: Timeline) -> dict[str, Any]:
                 "reversal": f.reversal,
                 "override": f.line.override_reason,
                 "flagged": f.flagged_by,
+                "lane": f.lane,
             }
             for f in tl.fills
         ],

@@ -73,9 +73,12 @@
     if (!chart) return;
     function renderFill(params, api) {
       var row = api.value(0), a = api.coord([api.value(1), row]), b = api.coord([api.value(2), row]);
-      var h = api.size([0, 1])[1] * 0.55, cs = params.coordSys;
+      var band = api.size([0, 1])[1] * 0.8, lanes = d.lanes[row] || 1, lane = api.value(7);
+      var h = Math.max(Math.min(band / lanes - 2, 22), 3), pitch = h + 2;
+      var top = a[1] - (lanes * pitch) / 2 + lane * pitch, cs = params.coordSys;
+      a = [a[0], top + h / 2];
       var shape = echarts.graphic.clipRectByRect(
-        { x: a[0], y: a[1] - h / 2, width: Math.max(b[0] - a[0], 3), height: h },
+        { x: a[0], y: top, width: Math.max(b[0] - a[0], 3), height: h },
         { x: cs.x, y: cs.y, width: cs.width, height: cs.height });
       if (!shape) return;
       var overlap = api.value(3) > 0, early = api.value(4) === 1, reversal = api.value(5) === 1;
@@ -94,7 +97,7 @@
         itemStyle: { color: PALETTE[i % PALETTE.length] },
         data: d.fills.filter(function (f) { return f.institution === code; }).map(function (f) {
           return { value: [f.row, Date.parse(f.start), Date.parse(f.end), f.overlap, f.early ? 1 : 0, f.reversal ? 1 : 0,
-                           f.override ? 1 : 0], fill: f };
+                           f.override ? 1 : 0, f.lane], fill: f };
         })
       };
     });
@@ -113,7 +116,8 @@
         if (f.flagged.length) lines.push(f.flagged.join(", "));
         return lines.map(function (s) { return echarts.format.encodeHTML(s); }).join("<br>");
       } },
-      xAxis: { type: "time", axisLabel: { formatter: "{yyyy}-{MM}-{dd}" } },
+      xAxis: { type: "time", axisLabel: { hideOverlap: true,
+        formatter: { year: "{yyyy}", month: "{yyyy}-{MM}", day: "{MM}-{dd}", hour: "{MM}-{dd}" } } },
       yAxis: { type: "category", data: d.ingredients, inverse: true, axisTick: { show: false } },
       dataZoom: [{ type: "inside", filterMode: "weakFilter" }],
       series: series
