@@ -43,7 +43,7 @@ eval: venv
 	$(VENV)/bin/rxguard eval
 
 kb: venv  ## re-import the reference catalogue
-	$(VENV)/bin/rxguard kb import ../shared/reference/monitored_drugs.csv
+	$(VENV)/bin/rxguard kb import rules/reference/monitored_drugs.csv
 
 clean:
 	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache .aws-sam

@@ -1,6 +1,6 @@
 """moto fixtures for the workflow's integration tests. Tables and buckets are created from
 template.yaml's own definitions (key schemas, indexes), so the template and the tests
-cannot drift (STYLE.md)."""
+cannot drift (docs/style.md)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from moto import mock_aws
 
 from rxguard.alerts import AlertSettings, notify_batch
 from rxguard.alerts.aws import AwsNotificationSink
+from rxguard.letters import issue_letters
 from rxguard.models import Finding, Severity
 from rxguard.offline.cfn import Resolver, load_template
 
@@ -145,7 +146,15 @@ def test_filter_policies_deliver_each_subscriber_its_messages_once(env: Env, kb)
     settings = AlertSettings()
 
     # When the batch is notified
-    notify_batch(FINDINGS, batch_id="b1", kb=kb, sink=env.sink, settings=settings, issued_on=date(2026, 3, 20))
+    notify_batch(
+        FINDINGS,
+        batch_id="b1",
+        kb=kb,
+        sink=env.sink,
+        settings=settings,
+        issued_on=date(2026, 3, 20),
+        letters=issue_letters,
+    )
 
     # Then inspectors get every high finding, of every region, and nothing else
     inspectors = env.drain("InspectorsAlertSubscription")
@@ -169,14 +178,18 @@ def test_filter_policies_deliver_each_subscriber_its_messages_once(env: Env, kb)
 
 def test_a_retried_batch_sends_no_duplicates_and_rewrites_the_same_letters(env: Env, kb) -> None:  # type: ignore[no-untyped-def]
     # Given a batch notified once (every subscriber drained)
-    first = notify_batch(FINDINGS, batch_id="b1", kb=kb, sink=env.sink, issued_on=date(2026, 3, 20))
+    first = notify_batch(
+        FINDINGS, batch_id="b1", kb=kb, sink=env.sink, issued_on=date(2026, 3, 20), letters=issue_letters
+    )
     for name in EXAMPLES:
         env.drain(name)
     keys = sorted(o["Key"] for o in env.s3.list_objects_v2(Bucket=BUCKET, Prefix="letters/b1/")["Contents"])
     index = json.loads(env.s3.get_object(Bucket=BUCKET, Key="letters/b1/index.json")["Body"].read())
 
     # When the batch is retried (Step Functions retry or a re-run)
-    second = notify_batch(FINDINGS, batch_id="b1", kb=kb, sink=env.sink, issued_on=date(2026, 3, 20))
+    second = notify_batch(
+        FINDINGS, batch_id="b1", kb=kb, sink=env.sink, issued_on=date(2026, 3, 20), letters=issue_letters
+    )
 
     # Then no subscriber receives anything again
     assert {name: env.drain(name) for name in EXAMPLES} == {name: [] for name in EXAMPLES}

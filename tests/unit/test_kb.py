@@ -12,7 +12,7 @@ import pytest
 from rxguard.kb import KnowledgeBaseError, Phase, import_catalogue, load_knowledge_base
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE = ROOT.parent / "shared" / "reference" / "monitored_drugs.csv"
+REFERENCE = ROOT / "rules" / "reference" / "monitored_drugs.csv"
 RULE_IDS = {
     "over-quantity",
     "early-refill",

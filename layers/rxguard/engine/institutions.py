@@ -27,6 +27,7 @@ from typing import Literal
 from rxguard.engine.common import RuleSet, higher, make_finding, num
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding, InstitutionKind
+from rxguard.scope import Scope
 
 EVIDENCE_CAP = 1000
 
@@ -45,8 +46,8 @@ class ActivityAggregate:
     admdvs: str | None = None
 
     @property
-    def scope(self) -> str:
-        return f"{self.subject_type}:{self.code}"
+    def scope(self) -> Scope:
+        return Scope(self.subject_type, self.code)
 
 
 def _period(line: ClaimLine) -> str:

@@ -3,7 +3,7 @@
 Starts the environment of `template.yaml`, subscribes local queues to the alerts and
 letters topics (and one per example filtered subscription of the template), drops each
 file into the ingest bucket under the EventBridge rule's prefix, shows progress on
-stderr, waits, then writes the output contract of DESIGN.md:
+stderr, waits, then writes the output contract of docs/design.md:
 
     DIR/findings.jsonl   every current finding, sorted by finding_id
     DIR/rejected.jsonl   every rejected line: file, line, field, reason, message
