@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import types
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -244,3 +245,34 @@ def test_english_cookie(app: Any) -> None:
     assert status == 303 and headers["Location"] == "/rules" and "rxguard_lang=en" in headers["Set-Cookie"]
     assert "<h1>Rules</h1>" in call(app, "/rules", HTTP_COOKIE="rxguard_lang=en")[2]
     assert call(app, "/lang?to=en&next=//evil.test")[1]["Location"] == "/"
+
+
+def test_the_console_reads_the_sqlite_state(kb: Any, tmp_path: Path) -> None:
+    from rxguard import screening
+    from rxguard.ingest import read_batch
+    from rxguard.local.state import State
+    from rxguard.models import ClaimLine
+
+    state = State.open(tmp_path / "state")
+    repo, store = state.repository(), state.findings_store()
+    path = BATCHES[0]
+    lines = [x for x in read_batch(path, kb) if isinstance(x, ClaimLine)]
+    screening.screen_lines(lines, repo, kb)
+    now = datetime(2026, 3, 1, 12, 0)
+    state.batches().claim("sha256:abc", "exec-1", {"file": path.name}, now)
+    report = {"lines_read": 12, "accepted": len(lines), "rejected": 12 - len(lines), "chunks": {"total": 1, "ok": 1}}
+    state.batches().finish("sha256:abc", "PARTIAL", report, "report.json", now)
+    services = Services(kb=kb, repo=repo, store=store, settings=ApiSettings(auth_mode="open"))
+    app = console_app(services, pseudonymizer=KEY)  # sources found from the repository
+    current = repo.all_current_findings()
+    assert current
+    assert f"共 {len(current)} 条线索" in call(app, "/")[2]
+    batches = call(app, "/batches")[2]
+    assert "sha256:abc" in batches and "部分成功" in batches and path.name in batches
+    code = next(f.fixmedins_code for f in current if f.fixmedins_code)
+    status, _, body = call(app, f"/institutions/{code}")
+    assert status == 200 and 'id="funnel-chart"' in body
+    fid = current[0].finding_id
+    call(app, f"/findings/{fid}/review", method="POST", form={"status": "confirmed", "reason": "ok"})
+    assert store.get(fid).status == "confirmed"  # written to the SQLite state
+    state.close()

@@ -158,6 +158,54 @@ class RepositoryActivity:
         return activity_from_lines(self.repo.lines.values(), flagged_line_ids(current), self.kb)
 
 
+class StateBatches:
+    """Batch records of the SQLite state (rxguard.local.state: the `batches` table, each
+    with its Finalize report); rejected lines from the report's `rejected_key` file."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def _records(self) -> list[tuple[BatchRecord, dict[str, Any]]]:
+        out = []
+        for row in self.state.batches().all():
+            report = dict(row.get("report") or {})
+            report.setdefault("batch_id", row["batch_id"])
+            report["status"] = row.get("status") or report.get("status")
+            report.setdefault("started_at", row.get("started_at"))
+            report.setdefault("finished_at", row.get("finished_at"))
+            source = row.get("source") or {}
+            report.setdefault("file", source.get("file") or source.get("key") or source.get("name"))
+            out.append((BatchRecord.from_report(report), report))
+        return out
+
+    def batches(self) -> list[BatchRecord]:
+        records = [record for record, _ in self._records()]
+        return sorted(records, key=lambda b: (b.started_at or "", b.batch_id), reverse=True)
+
+    def rejections(self, batch_id: str) -> list[Rejection] | None:
+        from pathlib import Path
+
+        from rxguard.ingest import read_rejections
+
+        for record, report in self._records():
+            if record.batch_id == batch_id:
+                key = report.get("rejected_key")
+                path = Path(str(key)) if key else None
+                return read_rejections(path) if path is not None and path.is_file() else []
+        return None
+
+
+class StateActivity:
+    """Monthly activity of the SQLite state (`SqliteRepository.load_activity` over every month it holds)."""
+
+    def __init__(self, repo: Any) -> None:
+        self.repo = repo
+
+    def activity(self) -> list[ActivityAggregate]:
+        periods = [row[0] for row in self.repo.state.read("SELECT DISTINCT period FROM lines WHERE monitored = 1")]
+        return list(self.repo.load_activity(periods))
+
+
 @dataclass
 class ConsoleSources:
     """Everything optional the console reads; absent sources show an explanatory note."""
@@ -170,5 +218,12 @@ class ConsoleSources:
 
     @classmethod
     def for_repository(cls, repo: HistoryRepository, kb: KnowledgeBase) -> ConsoleSources:
-        activity = RepositoryActivity(repo, kb) if isinstance(repo, InMemoryRepository) else None
-        return cls(batches=MemoryBatches(), letters=MemoryLetters(), activity=activity)
+        """In memory: computed activity and empty batch and letter lists (filled by
+        rxguard.console.demo). The SQLite state (a repository with `.state` and
+        `load_activity`): its batch records and activity."""
+        if isinstance(repo, InMemoryRepository):
+            return cls(batches=MemoryBatches(), letters=MemoryLetters(), activity=RepositoryActivity(repo, kb))
+        state = getattr(repo, "state", None)
+        if state is not None and hasattr(repo, "load_activity") and hasattr(state, "batches"):
+            return cls(batches=StateBatches(state), letters=None, activity=StateActivity(repo))
+        return cls()
