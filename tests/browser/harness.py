@@ -3,7 +3,7 @@
 The state: a synthetic population (rxguard.synth, three monthly files) and the sample
 batches (one of which has rejected lines), screened by the domain's own ingestion and
 engine into the in-memory services (rxguard.console.demo). The server: the API and the
-console mounted in one WSGI app (paths under /v1/ to the API, as `rxguard serve`), in a
+console mounted in one WSGI app (paths under /v1/ to the API, as `rxguard serve` mounts them), in a
 threaded wsgiref server on a free loopback port.
 
 Chromium is Debian's (/usr/bin/chromium): Playwright never downloads a browser here.
@@ -87,7 +87,8 @@ class Site:
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    from rxguard.api.serve import memory_invoke, wsgi_app
+    from rxguard.api.resolver import handle
+    from rxguard.api.serve import wsgi_app
     from rxguard.api.service import Services
     from rxguard.api.settings import ApiSettings
     from rxguard.api.store import InMemoryFindingsStore
@@ -114,7 +115,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     sources = ConsoleSources.for_repository(repo, kb)
     screen_files(services, sources, files)
     console = console_app(services, sources, pseudonymizer=Pseudonymizer("browser-tests-key-0123456789"))
-    app = mount(wsgi_app(memory_invoke(settings, services)), console)
+    app = mount(wsgi_app(lambda event: handle(event, None, services)), console)
     server = make_server("127.0.0.1", 0, app, server_class=_Threading, handler_class=_Quiet)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()

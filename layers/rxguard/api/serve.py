@@ -75,11 +75,7 @@ def answer_headers(answer: dict[str, Any]) -> dict[str, str]:
     return headers
 
 
-def make_handler(
-    invoke: Invoke, max_body_bytes: int, console: Callable[..., Any] | None = None
-) -> type[BaseHTTPRequestHandler]:
-    """`console`: a WSGI app (rxguard.console) answering every path not under /v1/."""
-
+def make_handler(invoke: Invoke, max_body_bytes: int) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "rxguard-serve/1"
         protocol_version = "HTTP/1.1"
@@ -113,9 +109,6 @@ def make_handler(
             except UnicodeDecodeError:
                 self._error(400, "invalid_encoding", "request body is not UTF-8")
                 return
-            if console is not None and not urlsplit(self.path).path.startswith("/v1/"):
-                self._wsgi(console, raw)
-                return
             headers = {k: v for k, v in self.headers.items()}
             event = proxy_event(self.command, self.path, headers, text, self.client_address[0])
             answer = invoke(event)
@@ -126,32 +119,6 @@ def make_handler(
             body = answer.get("body") or ""
             data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
             self._send(int(answer["statusCode"]), out_headers, data)
-
-        def _wsgi(self, app: Callable[..., Any], raw: bytes) -> None:
-            import io
-
-            parts = urlsplit(self.path)
-            address: Any = self.server.server_address
-            environ: dict[str, Any] = {
-                "REQUEST_METHOD": self.command,
-                "PATH_INFO": parts.path,
-                "QUERY_STRING": parts.query,
-                "CONTENT_LENGTH": str(len(raw)),
-                "CONTENT_TYPE": self.headers.get("Content-Type") or "",
-                "SERVER_NAME": str(address[0]),
-                "SERVER_PORT": str(address[1]),
-                "wsgi.input": io.BytesIO(raw),
-                "wsgi.url_scheme": "http",
-            }
-            for key, value in self.headers.items():
-                environ["HTTP_" + key.upper().replace("-", "_")] = value
-            reply: dict[str, Any] = {}
-
-            def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
-                reply["status"], reply["headers"] = int(status.split()[0]), dict(headers)
-
-            body = b"".join(app(environ, start_response))
-            self._send(reply["status"], reply["headers"], body)
 
         do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
 
@@ -190,20 +157,15 @@ def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., 
     return app
 
 
-def memory_services(settings: ApiSettings) -> Any:
+def memory_invoke(settings: ApiSettings) -> Invoke:
+    from rxguard.api.resolver import handle
     from rxguard.api.service import Services
     from rxguard.api.store import InMemoryFindingsStore
     from rxguard.kb import get_knowledge_base
     from rxguard.repository import InMemoryRepository
 
     repo = InMemoryRepository()
-    return Services(kb=get_knowledge_base(), repo=repo, store=InMemoryFindingsStore(repo), settings=settings)
-
-
-def memory_invoke(settings: ApiSettings, services: Any = None) -> Invoke:
-    from rxguard.api.resolver import handle
-
-    services = services or memory_services(settings)
+    services = Services(kb=get_knowledge_base(), repo=repo, store=InMemoryFindingsStore(repo), settings=settings)
     return lambda event: handle(event, None, services)
 
 
@@ -234,7 +196,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true", help="in-memory repository instead of moto")
     parser.add_argument("--callers", type=Path, help="JSON {principal: {institutions, regulator}}: enforce access")
     parser.add_argument("--max-seconds", type=float, default=None, help="stop by itself after this many seconds")
-    parser.add_argument("--screen", type=Path, nargs="*", default=[], help="with --memory: claim files to screen first")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
     callers = json.loads(args.callers.read_text(encoding="utf-8")) if args.callers else None
@@ -242,19 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         {"auth_mode": "enforce" if callers is not None else "open", "callers": callers or {}}
     )
     with ExitStack() as stack:
-        console = None
-        if args.memory:  # the console (docs/console.md) reads the same in-memory services as the API
-            from rxguard.console import ConsoleSources, console_app
-            from rxguard.console.demo import screen_files
-
-            services = memory_services(settings)
-            sources = ConsoleSources.for_repository(services.repo, services.kb)
-            screen_files(services, sources, args.screen)
-            invoke = memory_invoke(settings, services)
-            console = console_app(services, sources)
-        else:
-            invoke = moto_invoke(stack, callers)
-        server = HTTPServer((args.host, args.port), make_handler(invoke, settings.max_body_bytes, console))
+        invoke = memory_invoke(settings) if args.memory else moto_invoke(stack, callers)
+        server = HTTPServer((args.host, args.port), make_handler(invoke, settings.max_body_bytes))
         stack.callback(server.server_close)
         host, port = str(server.server_address[0]), int(server.server_address[1])
         mode = "in-memory" if args.memory else "moto"
