@@ -276,3 +276,18 @@ def test_the_console_reads_the_sqlite_state(kb: Any, tmp_path: Path) -> None:
     call(app, f"/findings/{fid}/review", method="POST", form={"status": "confirmed", "reason": "ok"})
     assert store.get(fid).status == "confirmed"  # written to the SQLite state
     state.close()
+
+
+def test_static_site_for_cloudfront_has_the_docs_and_only_local_references(tmp_path: Path) -> None:
+    from rxguard.console.static_build import build
+
+    files = build(tmp_path)
+    index = (tmp_path / "docs" / "index.html").read_text(encoding="utf-8")
+    assert json.loads((tmp_path / "docs" / "openapi.json").read_text()) == json.loads(
+        (ROOT / "openapi.json").read_text(encoding="utf-8")
+    )
+    for ref in ("/static/vendor/swagger-ui/swagger-ui-bundle.js", "/static/docs.js", "/docs/openapi.json"):
+        assert ref in index
+        assert (tmp_path / ref.lstrip("/")).is_file()
+    assert "http://" not in index and "https://" not in index
+    assert (tmp_path / "static" / "vendor" / "licenses" / "echarts-LICENSE.txt") in files
