@@ -58,9 +58,10 @@ _ENV = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def moto_ddb() -> Iterator[Any]:
-    """One moto DynamoDB for the session (tables are fresh per test)."""
+    """One moto DynamoDB per module (tables are fresh per test). Not per session: a mock
+    left running would leak its tables into the suites that start their own."""
     import boto3
     from moto import mock_aws
 

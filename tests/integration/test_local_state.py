@@ -19,6 +19,7 @@ import pytest
 from rxguard.engine import activity_from_lines, flagged_line_ids
 from rxguard.local.state import STATE_FILE, State, StateBusy, StateError, content_batch_id
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
+from rxguard.scope import Scope
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +52,7 @@ def line(
 
 def finding(rule: str, psn: str, trigger: list[str], severity: Severity = Severity.HIGH) -> Finding:
     return Finding(
-        finding_id=Finding.make_id(rule, f"patient:{psn}", trigger),
+        finding_id=Finding.make_id(rule, Scope.patient(psn), trigger),
         rule_id=rule,
         rule_version=1,
         severity=severity,

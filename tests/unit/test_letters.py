@@ -18,6 +18,7 @@ from rxguard.letters.context import add_working_days, build_letter, letter_numbe
 from rxguard.letters.pdf import LetterRenderError, html_to_pdf
 from rxguard.letters.render import render_html
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
+from rxguard.scope import Scope
 
 PSN_A = "31010019800101001X"
 PSN_B = "310101197702020022"
@@ -60,7 +61,7 @@ LINES = {
 
 def finding(rule_id: str, severity: str, psn: str, evidence: list[str], institution: str = HOSPITAL) -> Finding:
     return Finding(
-        finding_id=Finding.make_id(rule_id, f"patient:{psn}", evidence),
+        finding_id=Finding.make_id(rule_id, Scope.patient(psn), evidence),
         rule_id=rule_id,
         rule_version=1,
         severity=Severity(severity),
@@ -313,7 +314,7 @@ def test_a_finding_longer_than_a_page_is_split_across_pages(kb) -> None:  # type
     lines = {ln.line_id: ln for ln in many}
     evidence = sorted(lines)
     big = Finding(
-        finding_id=Finding.make_id("institution-outlier", f"institution:{HOSPITAL}", evidence),
+        finding_id=Finding.make_id("institution-outlier", Scope.institution(HOSPITAL), evidence),
         rule_id="institution-outlier",
         rule_version=1,
         severity=Severity.HIGH,

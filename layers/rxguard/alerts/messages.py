@@ -223,6 +223,41 @@ def letter_announcement(
     )
 
 
+def correction(finding: Finding, *, batch_id: str, reason: str, key: str) -> AlertMessage:
+    """Withdraws the alert of a finding that is no longer current (superseded by later
+    lines, or withdrawn). Id `correction/<finding_id>/<batch_id>`: once per batch that
+    withdrew it; subscribers match it to the alert `finding/<finding_id>`."""
+    body = {
+        "schema_version": SCHEMA_VERSION,
+        "message_type": "correction",
+        "batch_id": batch_id,
+        "corrects": f"finding/{finding.finding_id}",
+        "finding_id": finding.finding_id,
+        "rule_id": finding.rule_id,
+        "severity": finding.severity.value,
+        "subject_type": finding.subject_type,
+        "psn_pseudonym": pseudonym(finding.psn_no, key) if finding.psn_no else None,
+        "fixmedins_code": finding.fixmedins_code,
+        "status": finding.status,
+        "reason": reason,
+    }
+    return AlertMessage(
+        message_id=f"correction/{finding.finding_id}/{batch_id}",
+        message_type="correction",
+        subject=_ascii(f"[rxguard] correction {finding.rule_id} {finding.fixmedins_code or ''}".strip()),
+        body=body,
+        attributes={
+            "message_type": "correction",
+            "severity": finding.severity.value,
+            "rule_id": finding.rule_id,
+            "region": finding.admdvs or "",
+            "institution_id": finding.fixmedins_code or "",
+            "subject_type": finding.subject_type,
+            "batch_id": batch_id,
+        },
+    )
+
+
 def _ascii(text: str) -> str:
     clean = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
     return clean[:99]

@@ -9,7 +9,7 @@ Rules:
 - an institution submits checks and dispensings for its own fixmedins_code only;
 - an institution reads its own findings only (fixmedins_code of the finding);
 - a regulator (bureau) reads every finding and reviews (PATCH) them;
-- everyone authenticated reads the rule base and its precision figures.
+- every granted caller reads the rule base and its precision figures (no grant: 403).
 """
 
 from __future__ import annotations
@@ -82,6 +82,12 @@ def require_institutions(caller: Caller, institutions: Iterable[str]) -> None:
     for code in sorted({c.upper() for c in institutions}):
         if not caller.may_act_for(code):
             raise Forbidden(f"caller may not act for institution {code}", "fixmedins_code")
+
+
+def require_grant(caller: Caller) -> None:
+    """Any grant at all (an institution or the regulator's): an unknown principal gets 403."""
+    if caller.enforced and not caller.regulator and not caller.institutions:
+        raise Forbidden("caller is not granted any institution")
 
 
 def require_reviewer(caller: Caller) -> None:

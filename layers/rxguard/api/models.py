@@ -188,6 +188,27 @@ class ReviewRequest(BaseModel):
     )
 
 
+class BacktestRequest(BaseModel):
+    """A rule change to try on the stored history (docs/planning.md): entries as in
+    rules/rules.yaml, each merged over today's definition of its id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=50)]
+    since: Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] | None = None
+
+
+class BacktestResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    since: str | None = None
+    lines: int
+    findings_before: int
+    findings_after: int
+    rules: dict[str, dict[str, Any]]
+    totals: dict[str, int]
+
+
 class RuleView(BaseModel):
     id: str
     version: int

@@ -21,9 +21,12 @@ from aws_lambda_powertools.shared.json_encoder import Encoder
 from pydantic import Discriminator, Tag
 
 from rxguard.api import nhsa, service
-from rxguard.api.access import Caller, identify
+from rxguard.api.access import Caller, identify, require_grant
 from rxguard.api.errors import ApiError, PayloadTooLarge, from_validation_errors
+from rxguard.api.guard import request_guard, with_json_content_type
 from rxguard.api.models import (
+    BacktestRequest,
+    BacktestResponse,
     CheckResponse,
     DispensationRequest,
     DispensationResponse,
@@ -94,6 +97,7 @@ ERRORS: dict[int, Any] = {
     400: _error_content("Bad request: the error names the field"),
     403: _error_content("The caller may not act for this institution"),
     413: _error_content("Body larger than the limit, or too many drug lines"),
+    415: _error_content("The body is not JSON (Content-Type)"),
     422: _error_content("Not used: validation errors are answered with 400"),
 }
 
@@ -167,14 +171,14 @@ def post_dispensation(body: DispensationBody) -> DispensationResponse:
     tags=["findings"],
 )
 def get_findings(
-    institution: Annotated[str | None, Query(max_length=64, description="fixmedins_code")] = None,
-    patient: Annotated[str | None, Query(max_length=64, description="psn_no")] = None,
-    rule: Annotated[str | None, Query(max_length=64, description="rule id")] = None,
+    institution: Annotated[str | None, Query(min_length=1, max_length=64, description="fixmedins_code")] = None,
+    patient: Annotated[str | None, Query(min_length=1, max_length=64, description="psn_no")] = None,
+    rule: Annotated[str | None, Query(min_length=1, max_length=64, description="rule id")] = None,
     status: Annotated[FindingStatus | None, Query(description="default: every current finding")] = None,
     date_from: Annotated[date | None, Query(description="occurred on or after (YYYY-MM-DD)")] = None,
     date_to: Annotated[date | None, Query(description="occurred on or before (YYYY-MM-DD)")] = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
-    next_token: Annotated[str | None, Query(max_length=2048)] = None,
+    next_token: Annotated[str | None, Query(min_length=1, max_length=2048)] = None,
 ) -> FindingsPage:
     return service.list_findings(
         _services(),
@@ -235,7 +239,25 @@ def patch_finding(finding_id: FindingId, review: Annotated[ReviewRequest, Body()
     tags=["rules"],
 )
 def get_rules() -> RulesResponse:
+    require_grant(_caller())  # a principal with no grant gets 403 (docs/security.md)
     return service.rules(_services())
+
+
+@app.post(
+    "/v1/backtests",
+    summary="Try a rule change on the stored history (regulators; writes nothing)",
+    description="Re-evaluates the stored history with the given rules merged over today's and compares, "
+    "per rule: findings added, removed and changed in severity, patients and institutions affected, reviewed "
+    "findings that would flip with a precision estimate, and the spending cited (docs/planning.md).",
+    tags=["planning"],
+    responses={
+        400: _error_content("A rule entry is invalid: the field is named"),
+        403: _error_content("Only regulators run backtests"),
+        409: _error_content("No stored history to re-evaluate (not a local state)"),
+    },
+)
+def post_backtest(body: BacktestRequest) -> BacktestResponse:
+    return service.backtest(_services(), _caller(), body)
 
 
 @app.get("/v1/openapi.json", include_in_schema=False)
@@ -290,17 +312,25 @@ def _body_size(event: dict[str, Any]) -> int:
     return len(body.encode("utf-8", "surrogatepass")) if isinstance(body, str) else len(body)  # lone \ud800: no crash
 
 
+def _refused(error: ApiError) -> dict[str, Any]:
+    """An answer given before the resolver runs (the body is never parsed)."""
+    return {
+        "statusCode": error.status,
+        "headers": {"Content-Type": content_types.APPLICATION_JSON},
+        "body": json.dumps(error.body(), ensure_ascii=False),
+        "isBase64Encoded": False,
+    }
+
+
 def handle(event: dict[str, Any], context: Any, services: Services) -> dict[str, Any]:
     """Resolve one API Gateway REST proxy event with these services."""
     limit = services.settings.max_body_bytes
     if _body_size(event) > limit:
-        error = PayloadTooLarge(f"request body larger than {limit} bytes", None)
-        return {
-            "statusCode": error.status,
-            "headers": {"Content-Type": content_types.APPLICATION_JSON},
-            "body": json.dumps(error.body()),
-            "isBase64Encoded": False,
-        }
+        return _refused(PayloadTooLarge(f"request body larger than {limit} bytes", None))
+    refused = request_guard(event)  # JSON only, numbers of bounded size
+    if refused is not None:
+        return _refused(refused)
+    event = with_json_content_type(event)
     app.append_context(services=services, caller=identify(event, services.settings))
     return app.resolve(event, context)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Literal
 
-from rxguard import screening
+from rxguard import claimline, screening
 from rxguard.alerts import notify_batch
 from rxguard.api import nhsa
 from rxguard.api.access import (
@@ -27,8 +27,10 @@ from rxguard.api.access import (
     require_institutions,
     require_reviewer,
 )
-from rxguard.api.errors import InvalidField, NotFound, PayloadTooLarge
+from rxguard.api.errors import Conflict, InvalidField, NotFound, PayloadTooLarge
 from rxguard.api.models import (
+    BacktestRequest,
+    BacktestResponse,
     CheckResponse,
     Decision,
     DispensationResponse,
@@ -36,6 +38,7 @@ from rxguard.api.models import (
     FindingsPage,
     FindingView,
     LineResult,
+    ProposedLine,
     ReviewRequest,
     RuleHit,
     RulesResponse,
@@ -43,7 +46,8 @@ from rxguard.api.models import (
 )
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore
-from rxguard.kb import KnowledgeBase
+from rxguard.ingest.normalize import LineRejected, normalize_record
+from rxguard.kb import KnowledgeBase, KnowledgeBaseError
 from rxguard.letters import issue_letters
 from rxguard.models import ClaimLine, Finding, Scene, Severity
 from rxguard.repository import HistoryRepository
@@ -59,6 +63,9 @@ Checker = Callable[[Sequence[ClaimLine], HistoryRepository, KnowledgeBase], dict
 Screener = Callable[..., Any]  # screening.screen_lines(lines, repo, kb, scene=...) -> ScreenOutcome
 # (new and updated findings, batch id, the request's lines by id) -> alerts published
 Notifier = Callable[[Sequence[Finding], str, Mapping[str, ClaimLine]], int]
+# (rule entries as in rules.yaml, since YYYY-MM) -> the backtest report (docs/planning.md); the
+# composition root wires one where a stored history can be re-evaluated (rxguard serve --state)
+Planner = Callable[[list[dict[str, Any]], str | None], dict[str, Any]]
 
 
 def _default_checker(
@@ -84,6 +91,7 @@ class Services:
     screen_lines: Screener = _default_screener
     default_admdvs: str | None = None
     clock: Callable[[], datetime] | None = None  # China time, naive (as fee_ocur_time)
+    planner: Planner | None = None  # backtests over the stored history
 
     def now(self) -> datetime:
         if self.clock is not None:
@@ -93,11 +101,12 @@ class Services:
 
 @dataclass
 class RequestLine:
-    """One drug line of a request, as a claim-line record, with where it came from."""
+    """One drug line of a request as a claim-line record (contract field -> value), with the
+    request path each field came from (`lines[0].cnt`, `psn_no`, `data.patient_dtos[0].patn_id`)."""
 
     record: dict[str, object]
-    path: str  # "lines[0]" or "data.patient_dtos[0].fsi_encounter_dtos[0].fsi_order_dtos[1]"
-    fields: Mapping[str, str]  # record field -> request field (relative to path; "../" = parent)
+    path: str  # the line: "lines[0]" or "data.patient_dtos[0].fsi_encounter_dtos[0].fsi_order_dtos[1]"
+    sources: Mapping[str, str]  # contract field -> request field path
     answer: bool = True  # False: context only (a 3101 order with curr_drord_flag 0)
     task_id: str | None = None
 
@@ -138,8 +147,18 @@ def lines_of(body: CheckBody, now: datetime, *, require_sn: bool) -> list[Reques
     return _nhsa_lines(body, now)
 
 
+# rxguard's request shape speaks the contract's names: a field of the line, else of the visit.
+_LINE_FIELDS = tuple(name for name in claimline.COLUMNS if name in ProposedLine.model_fields)
+_VISIT_FIELDS = tuple(
+    name for name in claimline.COLUMNS if name in DispensingRequest.model_fields and name not in _LINE_FIELDS
+)
+
+
 def _rxguard_lines(body: DispensingRequest, now: datetime, *, require_sn: bool) -> list[RequestLine]:
     time = _time_text(body.fee_ocur_time or now)
+    visit: dict[str, object] = {name: getattr(body, name) for name in _VISIT_FIELDS}
+    visit["fee_ocur_time"] = time
+    visit_sources = {name: name for name in _VISIT_FIELDS}
     out = []
     for i, line in enumerate(body.lines):
         path = f"lines[{i}]"
@@ -147,48 +166,13 @@ def _rxguard_lines(body: DispensingRequest, now: datetime, *, require_sn: bool) 
             raise InvalidField(
                 f"{path}.feedetl_sn is required to record a dispensing", f"{path}.feedetl_sn", code="missing_field"
             )
-        total = line.det_item_fee_sumamt
-        if total is None:
-            total = round(line.cnt * line.pric, 2)
-        record: dict[str, object] = {
-            "feedetl_sn": line.feedetl_sn or f"check-{i + 1}",
-            "fixmedins_code": body.fixmedins_code,
-            "fixmedins_name": body.fixmedins_name,
-            "admdvs": body.admdvs,
-            "psn_no": body.psn_no,
-            "mdtrt_id": body.mdtrt_id,
-            "setl_id": body.setl_id,
-            "med_type": body.med_type,
-            "fee_ocur_time": time,
-            "med_list_codg": line.med_list_codg,
-            "med_list_name": line.med_list_name,
-            "cnt": line.cnt,
-            "trdn_flag": line.trdn_flag,
-            "pric": line.pric,
-            "det_item_fee_sumamt": total,
-            "sin_dos_dscr": line.sin_dos_dscr,
-            "used_frqu_dscr": line.used_frqu_dscr,
-            "prd_days": line.prd_days,
-            "rxno": line.rxno,
-            "bilg_dr_codg": line.bilg_dr_codg,
-            "dise_codg": [*body.dise_codg, *line.dise_codg],
-            "dscg_tkdrug_flag": line.dscg_tkdrug_flag,
-            "lt_rx_flag": line.lt_rx_flag,
-            "override_reason": line.override_reason,
-            "drug_trac_codg": line.drug_trac_codg,
-        }
-        visit_fields = (
-            "fixmedins_code",
-            "fixmedins_name",
-            "admdvs",
-            "psn_no",
-            "mdtrt_id",
-            "setl_id",
-            "med_type",
-            "fee_ocur_time",
-        )
-        fields = {f: f"../{f}" for f in visit_fields}
-        out.append(RequestLine({k: v for k, v in record.items() if v is not None}, path, fields))
+        record: dict[str, object] = {**visit, **{name: getattr(line, name) for name in _LINE_FIELDS}}
+        record["feedetl_sn"] = line.feedetl_sn or f"check-{i + 1}"
+        if line.det_item_fee_sumamt is None:
+            record["det_item_fee_sumamt"] = round(line.cnt * line.pric, 2)
+        record["dise_codg"] = [*body.dise_codg, *line.dise_codg]
+        sources = {**visit_sources, **{name: f"{path}.{name}" for name in _LINE_FIELDS}}
+        out.append(RequestLine({k: v for k, v in record.items() if v is not None}, path, sources))
     return out
 
 
@@ -201,21 +185,19 @@ def _nhsa_lines(body: nhsa.NhsaRequest | nhsa.NhsaEnvelope, now: datetime) -> li
             for o, order in enumerate(encounter.fsi_order_dtos):
                 path = f"{prefix}.patient_dtos[{p}].fsi_encounter_dtos[{e}].fsi_order_dtos[{o}]"
                 record, fields = nhsa.order_record(patient, encounter, order, _time_text(now))
-                out.append(RequestLine(record, path, fields, answer=order.curr_drord_flag != "0", task_id=task_id))
+                sources = {name: nhsa.resolve_field(path, fields.get(name, name)) for name in claimline.COLUMNS}
+                out.append(RequestLine(record, path, sources, answer=order.curr_drord_flag != "0", task_id=task_id))
     return out
 
 
 def _request_field(line: RequestLine, record_field: str | None) -> str:
     if record_field is None:
         return line.path
-    relative = line.fields.get(record_field, record_field)
-    return nhsa.resolve_field(line.path, relative) if relative.startswith("../") else f"{line.path}.{relative}"
+    return line.sources.get(record_field, f"{line.path}.{record_field}")
 
 
 def normalize(lines: Sequence[RequestLine], services: Services) -> list[ClaimLine]:
     """Normalize with the batch path's own rules; a bad line is a 400 naming the field."""
-    from rxguard.ingest.normalize import LineRejected, normalize_record
-
     if len(lines) > services.settings.max_lines:
         raise PayloadTooLarge(f"{len(lines)} drug lines in one request; at most {services.settings.max_lines}", None)
     out: list[ClaimLine] = []
@@ -437,6 +419,18 @@ def review_finding(services: Services, caller: Caller, finding_id: str, review: 
         raise NotFound("no such finding", "finding_id")
     reviewer = review.reviewer or caller.principal
     return services.store.review(finding_id, review.status, review.reason, reviewer, services.now())
+
+
+def backtest(services: Services, caller: Caller, body: BacktestRequest) -> BacktestResponse:
+    """Try a rule change on the stored history (regulators only; writes nothing)."""
+    require_reviewer(caller)
+    if services.planner is None:
+        raise Conflict("backtests need a stored history to re-evaluate: rxguard serve --state DIR", "rules")
+    try:
+        report = services.planner(body.rules, body.since)
+    except KnowledgeBaseError as exc:
+        raise InvalidField(str(exc), f"rules.{exc.entry}.{exc.field}" if exc.entry and exc.field else "rules") from exc
+    return BacktestResponse.model_validate(report)
 
 
 def rules(services: Services) -> RulesResponse:
