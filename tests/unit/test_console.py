@@ -3,6 +3,7 @@ the funnel plot's limits, the timeline's overlaps, the risk seam and the audit."
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import logging
@@ -291,3 +292,44 @@ def test_static_site_for_cloudfront_has_the_docs_and_only_local_references(tmp_p
         assert (tmp_path / ref.lstrip("/")).is_file()
     assert "http://" not in index and "https://" not in index
     assert (tmp_path / "static" / "vendor" / "licenses" / "echarts-LICENSE.txt") in files
+
+
+def test_a_backtest_from_the_rules_page_runs_on_the_stored_history(kb: Any, tmp_path: Path) -> None:
+    from rxguard import screening
+    from rxguard.ingest import read_batch
+    from rxguard.local.state import State
+    from rxguard.models import ClaimLine
+    from rxguard.planning.backtest import state_planner
+
+    folder = tmp_path / "state"
+    state = State.open(folder)
+    repo = state.repository()
+    for path in BATCHES:
+        screening.screen_lines([x for x in read_batch(path, kb) if isinstance(x, ClaimLine)], repo, kb)
+    before = [f for f in repo.all_current_findings() if f.rule_id == "early-refill"]
+    assert before
+    services = Services(
+        kb=kb,
+        repo=repo,
+        store=state.findings_store(),
+        settings=ApiSettings(auth_mode="open"),
+        planner=state_planner(folder, kb, workers=1),
+    )
+    app = console_app(services, pseudonymizer=KEY)
+    status, _, page = call(app, "/rules/early-refill/backtest")
+    assert status == 200 and '"used_fraction": 0.75' in html.unescape(page)
+    # a looser rule (the previous supply may be 99% unused): early refills can only disappear
+    form = {"parameters": json.dumps({**kb.rules["early-refill"].parameters, "used_fraction": 0.01})}
+    status, _, page = call(app, "/rules/early-refill/backtest", method="POST", form=form)
+    assert status == 200
+    assert f'<dd id="findings-before">{len(repo.all_current_findings())}</dd>' in page
+    after = int(page.split('<dd id="findings-after">')[1].split("<")[0])
+    assert after < len(repo.all_current_findings())
+    assert len(repo.all_current_findings()) == len(state.repository().all_current_findings())  # nothing written
+    bad = call(app, "/rules/early-refill/backtest", method="POST", form={"parameters": "{not json"})
+    assert bad[0] == 400 and "parameters" in bad[2]
+    no_planner = console_app(
+        Services(kb=kb, repo=repo, store=state.findings_store(), settings=ApiSettings(auth_mode="open"))
+    )
+    assert "rxguard serve --state DIR" in call(no_planner, "/rules/early-refill/backtest")[2]
+    state.close()

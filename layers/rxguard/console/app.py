@@ -155,6 +155,8 @@ class Console:
             ("GET", re.compile(r"^/patients/(?P<token>p-[0-9a-f]{20})$"), self.patient),
             ("GET", re.compile(r"^/institutions/(?P<code>[A-Za-z0-9]{1,40})$"), self.institution),
             ("GET", re.compile(r"^/rules$"), self.rules),
+            ("GET", re.compile(r"^/rules/(?P<rid>[a-z][a-z0-9-]{0,63})/backtest$"), self.backtest),
+            ("POST", re.compile(r"^/rules/(?P<rid>[a-z][a-z0-9-]{0,63})/backtest$"), self.backtest),
             ("GET", re.compile(r"^/batches$"), self.batches),
             ("GET", re.compile(r"^/batches/(?P<bid>[^/]{1,200})/rejected\.csv$"), self.rejected_csv),
             ("GET", re.compile(r"^/docs/?$"), self.docs),
@@ -469,6 +471,41 @@ class Console:
         }
         return self.render(
             request, "rules.html", caller=caller, rows=rows, months=months, chart=json.dumps(chart, ensure_ascii=False)
+        )
+
+    def backtest(self, request: Request, rid: str) -> Response:
+        """Try new parameters of one rule on the stored history (POST /v1/backtests's logic)."""
+        from rxguard.api.models import BacktestRequest
+        from rxguard.api.service import backtest
+
+        caller = self.caller(request)
+        require_reviewer(caller)
+        rule = self.services.kb.rules.get(rid)
+        if rule is None:
+            raise NotFound("no such rule", "rule")
+        params_text = json.dumps(rule.parameters, ensure_ascii=False, indent=1)
+        since = None
+        report = None
+        if request.method == "POST":
+            params_text = request.field("parameters") or "{}"
+            since = request.field("since")
+            try:
+                params = json.loads(params_text)
+            except json.JSONDecodeError as exc:
+                raise InvalidField(f"parameters is not JSON: {exc.msg} (line {exc.lineno})", "parameters") from exc
+            if not isinstance(params, dict):
+                raise InvalidField("parameters must be a JSON object", "parameters")
+            body = BacktestRequest.model_validate({"rules": [{"id": rid, "parameters": params}], "since": since})
+            report = backtest(self.services, caller, body).model_dump()
+        return self.render(
+            request,
+            "backtest.html",
+            caller=caller,
+            rule=rule,
+            params_text=params_text,
+            since=since or "",
+            report=report,
+            available=getattr(self.services, "planner", None) is not None,
         )
 
     def batches(self, request: Request) -> Response:

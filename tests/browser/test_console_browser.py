@@ -269,3 +269,15 @@ def test_keyboard_reaches_the_filters_and_a_finding(visit: Visit, site: Site) ->
     fid = page.locator("#queue tbody tr.qrow.current").get_attribute("data-fid")
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(f"/findings/{fid}$"))
+
+
+def test_rules_page_offers_a_backtest_entry(visit: Visit, site: Site) -> None:
+    page = visit.page
+    page.goto("/rules")
+    page.locator("#rule-early-refill a.backtest").click()
+    page.wait_for_url(re.compile(r"/rules/early-refill/backtest$"))
+    assert "used_fraction" in page.locator("#parameters").input_value()
+    # the in-memory state has no stored history to re-evaluate: the page says so, the button is off
+    assert "rxguard serve --state DIR" in page.locator(".notice").inner_text()
+    assert page.locator(".backtest-form button").is_disabled()
+    _only_local(visit, site)
