@@ -281,3 +281,51 @@ def test_rules_page_offers_a_backtest_entry(visit: Visit, site: Site) -> None:
     assert "rxguard serve --state DIR" in page.locator(".notice").inner_text()
     assert page.locator(".backtest-form button").is_disabled()
     _only_local(visit, site)
+
+
+CONTRAST_JS = """
+() => {
+  function rgb(s) { const m = s.match(/[\\d.]+/g); return m ? m.map(Number) : [0, 0, 0, 0]; }
+  function lum(c) {
+    const [r, g, b] = c.slice(0, 3).map(v => {
+      v /= 255;
+      return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  }
+  function background(el) {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length < 4 || c[3] > 0.5) return c;
+    }
+    return [255, 255, 255];
+  }
+  const out = [];
+  const selector = "h1, h2, p, th, td, a, button, label, legend, .sev, .status, .tag, .small, .muted, dt, dd";
+  for (const el of document.querySelectorAll(selector)) {
+    if (!el.offsetParent || !el.textContent.trim() || el.closest(".skip")) continue;
+    const fg = lum(rgb(getComputedStyle(el).color)), bg = lum(background(el));
+    const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+    out.push([ratio, el.tagName + "." + el.className, el.textContent.trim().slice(0, 20)]);
+  }
+  return out;
+}
+"""
+
+
+def test_text_contrast_meets_wcag_aa_on_every_page(visit: Visit, site: Site) -> None:
+    page = visit.page
+    finding = next(f for f in _current(site) if f.psn_no and f.fixmedins_code)
+    for path in [
+        "/",
+        "/rules",
+        "/batches",
+        f"/findings/{finding.finding_id}",
+        f"/institutions/{finding.fixmedins_code}",
+    ]:
+        page.goto(path)
+        measured = page.evaluate(CONTRAST_JS)
+        assert len(measured) > 20, path
+        low = [m for m in measured if m[0] < 4.5]
+        assert low == [], (path, low[:5])
+        assert min(m[0] for m in measured) < 10  # coloured text was measured, not only black on white
