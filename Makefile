@@ -27,6 +27,7 @@ e2e: venv
 lint: venv
 	$(VENV)/bin/ruff check layers functions tests bench scripts
 	$(VENV)/bin/ruff format --check layers functions tests bench scripts
+	cd layers && ../$(VENV)/bin/lint-imports --config ../.importlinter --no-cache
 
 types: venv
 	$(VENV)/bin/mypy

@@ -10,6 +10,7 @@ from typing import Any
 from rxguard.api.store import FindingsStore
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
 from rxguard.repository import HistoryRepository
+from rxguard.scope import Scope
 
 
 @dataclass
@@ -66,7 +67,7 @@ def make_finding(
     rule_id: str = "early-refill", psn_no: str = "P0001", evidence: tuple[str, ...] = ("H1/1",), **extra: Any
 ) -> Finding:
     return Finding(
-        finding_id=Finding.make_id(rule_id, f"patient:{psn_no}", list(evidence)),
+        finding_id=Finding.make_id(rule_id, Scope.patient(psn_no), list(evidence)),
         rule_id=rule_id,
         rule_version=1,
         severity=extra.pop("severity", Severity.HIGH),

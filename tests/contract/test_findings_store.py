@@ -15,6 +15,7 @@ from rxguard.api.errors import Conflict, InvalidField, NotFound
 from rxguard.api.models import Review
 from rxguard.api.store import FindingQuery, FindingsStore, view
 from rxguard.models import Finding, Severity
+from rxguard.scope import Scope
 
 RULES = ["early-refill", "over-quantity", "trace-code-reuse"]
 INSTITUTIONS = ["P4401001", "P4401002", "H6108001"]
@@ -29,7 +30,7 @@ def make_findings() -> list[tuple[str, Finding]]:
         line = f"{INSTITUTIONS[i % 3]}/L{i}"
         rule = RULES[i % 3]
         found = Finding(
-            finding_id=Finding.make_id(rule, f"patient:{patient}", [line]),
+            finding_id=Finding.make_id(rule, Scope.patient(patient), [line]),
             rule_id=rule,
             rule_version=1,
             severity=Severity.MEDIUM,
@@ -41,7 +42,7 @@ def make_findings() -> list[tuple[str, Finding]]:
             explanation_zh="说明",
             explanation_en="explanation",
         )
-        out.append((f"patient:{patient}", found))
+        out.append((Scope.patient(patient), found))
     return out
 
 

@@ -19,6 +19,7 @@ from rxguard.alerts.aws import AwsNotificationSink
 from rxguard.letters import issue_letters
 from rxguard.models import Finding, Severity
 from rxguard.offline.cfn import Resolver, load_template
+from rxguard.scope import Scope
 
 ROOT = Path(__file__).resolve().parents[2]
 # The example subscriptions of template.yaml: logical id -> (endpoint parameter, topic).
@@ -99,7 +100,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
 def make(rule_id: str, severity: str, institution: str, admdvs: str, psn: str) -> Finding:
     evidence = [f"{institution}/{rule_id}-1"]
     return Finding(
-        finding_id=Finding.make_id(rule_id, f"patient:{psn}", evidence),
+        finding_id=Finding.make_id(rule_id, Scope.patient(psn), evidence),
         rule_id=rule_id,
         rule_version=1,
         severity=Severity(severity),

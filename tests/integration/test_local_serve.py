@@ -15,10 +15,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from rxguard.api.serve import local_services, services_invoke, site_app
+from rxguard.api.serve import services_invoke, site_app
 from rxguard.api.settings import ApiSettings
 from rxguard.ingest import read_batch
 from rxguard.kb import KnowledgeBase
+from rxguard.local.serve import local_services
 from rxguard.local.state import State
 from rxguard.models import ClaimLine, Scene
 from rxguard.screening import screen_lines
@@ -161,6 +162,9 @@ def test_serve_answers_over_http_while_a_batch_writes_the_same_state(tmp_path: P
                 get("/v1/findings?limit=5")
         # Then serve lists every finding the batches wrote, from its own process
         after = get("/v1/findings?limit=500")["items"]
+        # And the console is mounted at / (the page, not the API's 404)
+        with urllib.request.urlopen(base + "/", timeout=30) as response:
+            assert response.status == 200 and "text/html" in response.headers["Content-Type"]
         assert before == []
         assert sorted(f["finding_id"] for f in after) == sorted(f.finding_id for f in repo.all_current_findings())
         assert after
@@ -169,12 +173,8 @@ def test_serve_answers_over_http_while_a_batch_writes_the_same_state(tmp_path: P
         proc.wait(timeout=20)
 
 
-def test_paths_outside_v1_go_to_the_console_when_it_is_installed(
-    tmp_path: Path, monkeypatch: Any, kb: KnowledgeBase
-) -> None:
-    import types
-
-    # Given a console module offering console_app(services) (stands in for rxguard.console.app)
+def test_paths_outside_v1_go_to_the_console(tmp_path: Path, kb: KnowledgeBase) -> None:
+    # Given a console factory (stands in for rxguard.console.app.console_app)
     seen: list[Any] = []
 
     def console_app(services: Any) -> Any:
@@ -186,14 +186,12 @@ def test_paths_outside_v1_go_to_the_console_when_it_is_installed(
 
         return app
 
-    fake = types.ModuleType("rxguard.console.app")
-    fake.console_app = console_app  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "rxguard.console.app", fake)
-    # When serve's app is built over a state and asked for console and API paths
-    client = serve_app(tmp_path)
+    # When serve's app is built over a state with it and asked for console and API paths
+    services = local_services(State.open(tmp_path), ApiSettings(auth_mode="open"))
+    client = Client(site_app(services, services_invoke(services), 256 * 1024, console_app))
     # Then /v1/... is the API, everything else the console, built over the same services
     assert client("GET", "/")[1] == {"console": "/"}
     assert client("GET", "/findings/abc")[1] == {"console": "/findings/abc"}
     status, rules = client("GET", "/v1/rules")
     assert status == 200 and {r["id"] for r in rules["rules"]} == set(kb.rules)
-    assert len(seen) == 1 and seen[0].store is not None
+    assert seen == [services]

@@ -27,6 +27,7 @@ from rxguard.local.state import (
     content_batch_id,
 )
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
+from rxguard.scope import Scope
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +60,7 @@ def line(
 
 def finding(rule: str, psn: str, trigger: list[str], severity: Severity = Severity.HIGH) -> Finding:
     return Finding(
-        finding_id=Finding.make_id(rule, f"patient:{psn}", trigger),
+        finding_id=Finding.make_id(rule, Scope.patient(psn), trigger),
         rule_id=rule,
         rule_version=1,
         severity=severity,

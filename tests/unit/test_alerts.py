@@ -12,6 +12,7 @@ import pytest
 from rxguard.alerts import AlertSettings, AlertSettingsError, InMemorySink, notify_batch, pseudonym
 from rxguard.letters import issue_letters
 from rxguard.models import Finding, Severity
+from rxguard.scope import Scope
 
 NO_LETTERS = AlertSettings(letters_enabled=False)
 
@@ -28,7 +29,7 @@ def make_finding(
 ) -> Finding:
     evidence = [f"{institution}/{line}"]
     return Finding(
-        finding_id=Finding.make_id(rule_id, f"patient:{psn_no}", evidence),
+        finding_id=Finding.make_id(rule_id, Scope.patient(psn_no), evidence),
         rule_id=rule_id,
         rule_version=1,
         severity=Severity(severity),

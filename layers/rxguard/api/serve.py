@@ -15,7 +15,12 @@ behaviour: every resource of template.yaml in moto and each request, as an API G
 REST proxy event, handed to the real handler `functions/api/app.py`.
 
 Paths under `/v1/` are the API. Other paths go to the console (`rxguard.console.app`,
-`console_app(services)`) when it is installed, else they answer 404 as the API does.
+`console_app(services)`) when it is wired in, else they answer 404 as the API does.
+
+This module is the HTTP side (the API layer); the state, the console and the moto harness
+sit above the API, so `rxguard.offline.serve` (the `rxguard serve` entry point) hands
+`main` what builds them: `local` (rxguard.local.serve.open_local), `console`
+(rxguard.console.app.console_app) and `moto` (rxguard.offline.serve.moto_invoke).
 
 Local-only conveniences: the header `X-Rxguard-Caller: <principal ARN>` plays the SigV4
 identity (requestContext.identity.userArn); without `--callers FILE` every caller may do
@@ -36,22 +41,36 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from rxguard.api.service import Services
 from rxguard.api.settings import ApiSettings
-from rxguard.config import Settings
-from rxguard.local.state import State, StateError
-
-if TYPE_CHECKING:
-    from rxguard.api.service import Services
 
 Invoke = Callable[[dict[str, Any]], dict[str, Any]]
+WsgiApp = Callable[..., Any]
 CALLER_HEADER = "X-Rxguard-Caller"
 DEFAULT_STATE = Path("out/state")  # where `make run` keeps it
-LINE_CACHE = 200_000  # decoded history lines kept by serve (checks re-read the same patients)
+
+
+@dataclass
+class LocalSite:
+    """The API's services over a local state, as the layer above builds them."""
+
+    services: Services
+    where: str  # for people: the state's file
+    close: Callable[[], None]  # release the state's connections (before forking workers, at exit)
+
+
+# (state directory, API settings) -> the site; raises with a message for people when the state cannot be opened
+LocalOpener = Callable[[Path, ApiSettings], LocalSite]
+ConsoleFactory = Callable[[Services], WsgiApp]  # rxguard.console.app.console_app
+# Builds the moto-backed invoke (rxguard.offline.serve): the offline harness sits above the
+# API, so it hands this in rather than the API importing it.
+MotoInvoke = Callable[[ExitStack, "dict[str, Any] | None"], Invoke]
 
 
 def proxy_event(
@@ -125,30 +144,12 @@ def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., 
 
 
 def memory_services(settings: ApiSettings) -> Services:
-    from rxguard.api.service import Services
     from rxguard.api.store import InMemoryFindingsStore
     from rxguard.kb import get_knowledge_base
     from rxguard.repository import InMemoryRepository
 
     repo = InMemoryRepository()
     return Services(kb=get_knowledge_base(), repo=repo, store=InMemoryFindingsStore(repo), settings=settings)
-
-
-def local_services(state: State, settings: ApiSettings, core: Settings | None = None) -> Services:
-    """The API's services over the local state: the SQLite repository (checks read it,
-    dispensations go through `screening.screen_lines` on it, as a batch's lines do) and
-    the SQLite findings store. No alerts topic here: `alerts_sent` is null."""
-    from rxguard.api.service import Services
-    from rxguard.kb import get_knowledge_base
-
-    core = core or Settings.from_env()
-    return Services(
-        kb=get_knowledge_base(core.rules_dir, core.phase),
-        repo=state.repository(line_cache=LINE_CACHE),
-        store=state.findings_store(),
-        settings=settings,
-        default_admdvs=core.default_admdvs,
-    )
 
 
 def services_invoke(services: Services) -> Invoke:
@@ -170,55 +171,36 @@ def memory_invoke(settings: ApiSettings) -> Invoke:
     return services_invoke(memory_services(settings))
 
 
-def site_app(services: Services | None, invoke: Invoke, max_body_bytes: int) -> Callable[..., Any]:
-    """The WSGI app of serve: `/v1/...` to the API, other paths to the console when it is
-    installed (`rxguard.console.app.console_app(services)`), else to the API (404)."""
+def site_app(
+    services: Services | None, invoke: Invoke, max_body_bytes: int, console: ConsoleFactory | None = None
+) -> WsgiApp:
+    """The WSGI app of serve: `/v1/...` to the API, other paths to the console when one is
+    given (`console(services)`), else to the API (404)."""
     api = wsgi_app(invoke, max_body_bytes)
-    console = None
-    if services is not None:
-        try:
-            from rxguard.console.app import console_app  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            console = None
-        else:
-            console = console_app(services)
-    if console is None:
+    if console is None or services is None:
         return api
+    pages = console(services)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         path = environ.get("PATH_INFO") or "/"
         if path == "/v1" or path.startswith("/v1/"):
             return api(environ, start_response)
-        return console(environ, start_response)
+        return pages(environ, start_response)
 
     return app
-
-
-def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> Invoke:
-    """The real handler behind the offline Lambda router, over the template's resources."""
-    from rxguard.offline import Environment
-
-    base = {"RXGUARD_API_AUTH": "enforce" if callers is not None else "open"}
-    if callers is not None:
-        base["RXGUARD_API_CALLERS"] = json.dumps(callers)
-    env = stack.enter_context(Environment(base_environment=base))
-    route = env.router.route_for(env.name("ApiFunction"))
-    if route is None:
-        raise SystemExit("rxguard serve: template.yaml has no ApiFunction to serve")
-
-    def invoke(event: dict[str, Any]) -> dict[str, Any]:
-        payload, _ = env.router.invoke(route, event)
-        answer: dict[str, Any] = json.loads(payload)
-        return answer
-
-    return invoke
 
 
 def _default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    moto: MotoInvoke | None = None,
+    local: LocalOpener | None = None,
+    console: ConsoleFactory | None = None,
+) -> int:
     parser = argparse.ArgumentParser(prog="rxguard serve", description="serve the check API on this machine")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed)")
@@ -245,31 +227,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = ApiSettings.model_validate(
         {"auth_mode": "enforce" if callers is not None else "open", "callers": callers or {}}
     )
+    if args.simulate_aws and moto is None:
+        parser.error("--simulate-aws runs through `rxguard serve` (rxguard.offline.serve)")
+    if not (args.simulate_aws or args.memory) and local is None:
+        parser.error("the state runs through `rxguard serve` (rxguard.offline.serve); use --memory here")
     with ExitStack() as stack:
         services: Services | None = None
+        site: LocalSite | None = None
         workers = 1
         if args.simulate_aws:
-            invoke, where = moto_invoke(stack, callers), "moto (--simulate-aws)"
+            assert moto is not None
+            invoke, where = moto(stack, callers), "moto (--simulate-aws)"
         elif args.memory:
             services = memory_services(settings)
             invoke, where = services_invoke(services), "in-memory"
         else:
-            directory = args.state or DEFAULT_STATE
+            assert local is not None
             try:
-                state = stack.enter_context(State.open(directory))
-            except StateError as exc:
+                site = local(args.state or DEFAULT_STATE, settings)
+            except Exception as exc:
                 print(f"rxguard serve: {exc}", file=sys.stderr)
                 return 1
-            services = local_services(state, settings)
-            invoke, where = services_invoke(services), f"state {state.path}"
+            stack.callback(site.close)
+            services = site.services
+            invoke, where = services_invoke(services), site.where
             workers = args.workers or _default_workers()
             if not hasattr(os, "fork"):
                 workers = 1
             if workers > 1:
                 where += f", {workers} workers"
-        app = site_app(services, invoke, settings.max_body_bytes)
-        if workers > 1:
-            state.close()  # no SQLite connection may cross a fork (console reads too): each worker opens its own
+        app = site_app(services, invoke, settings.max_body_bytes, console)
+        if site is not None and workers > 1:
+            site.close()  # no SQLite connection may cross a fork (console reads too): each worker opens its own
         listener = socket.create_server((args.host, args.port), backlog=1024)
         stack.callback(listener.close)
         port = int(listener.getsockname()[1])

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from rxguard.dynamo import BatchStore, ResultStore
+from rxguard.ingest import prepare_batch
 from rxguard.kb import KnowledgeBase
 from rxguard.observability import logger
 from rxguard.workflow import naming
@@ -30,8 +31,6 @@ def prepare_object(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     workdir: Path | None = None,
 ) -> PrepareOutput:
-    from rxguard.ingest import prepare_batch  # the ingest package is heavy; loaded when needed
-
     ref = request.source
     batch_id = naming.batch_id_for(ref)
     claim = batches.claim(batch_id, request.execution_id, ref.as_dict(), now())
@@ -42,7 +41,7 @@ def prepare_object(
         )
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        local = Path(tmp) / (Path(ref.key).name or "batch")
+        local = Path(tmp) / "object"  # S3 keys are opaque ids, never local file names (`incoming/..`, 1,024 bytes)
         _download(ingest, ref, local)
         out_dir = Path(tmp) / "out"
         out_dir.mkdir()

@@ -4,20 +4,21 @@ records lines idempotently and reconciles findings), keep the changes for Notify
 from __future__ import annotations
 
 from rxguard.dynamo import DynamoRepository, ResultStore, activity_units
+from rxguard.engine.common import trigger_lines
+from rxguard.ingest import read_chunk
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding, Scene
 from rxguard.observability import logger
 from rxguard.repository import FindingChanges, HistoryRepository
+from rxguard.screening import screen_lines
 from rxguard.workflow import naming
 from rxguard.workflow.contract import ChunkFindings, ChunkRequest, ChunkResult
+from rxguard.workflow.institutions import flag_deltas
 
 
 def screen_chunk(
     request: ChunkRequest, *, results: ResultStore, repo: HistoryRepository, kb: KnowledgeBase
 ) -> ChunkResult:
-    from rxguard.ingest import read_chunk
-    from rxguard.screening import screen_lines
-
     key = naming.result_key(request.batch_id, request.chunk_key)
     started = f"{key}.started"
     lost = results.exists(started) and not results.exists(key)  # an earlier attempt died mid-way
@@ -73,9 +74,6 @@ def screen_chunk(
 def _update_flags(repo: DynamoRepository, changes: FindingChanges, recovered: list[Finding] | None = None) -> set[str]:
     """Flag changes of the chunk's reconciliation; after a lost attempt, the recovered
     findings are treated as changed too (set ADD/DELETE is idempotent)."""
-    from rxguard.engine.common import trigger_lines
-    from rxguard.workflow.institutions import flag_deltas
-
     if recovered:
         changes = FindingChanges(new=changes.new, updated=[*changes.updated, *recovered], superseded=changes.superseded)
     touched = {i for f in [*changes.new, *changes.updated, *changes.superseded] for i in trigger_lines(f)}
