@@ -821,7 +821,8 @@ class SqliteFindingsStore(FindingsStore):
             after_t, after_id = payload.get("t"), payload.get("id")
             if not isinstance(after_t, str) or not isinstance(after_id, str):
                 raise InvalidField("next_token is not a token this API issued", "next_token")
-            where.append("(f.occurred_at < ? OR (f.occurred_at = ? AND f.finding_id > ?))")
+            # the `<=` bound lets the index start at the page's place instead of the newest finding
+            where.append("f.occurred_at <= ? AND (f.occurred_at < ? OR f.finding_id > ?)")
             params += [after_t, after_t, after_id]
         rows = self.state.read(
             f"{_VIEW_SELECT} WHERE {' AND '.join(where)} ORDER BY f.occurred_at DESC, f.finding_id LIMIT ?",
