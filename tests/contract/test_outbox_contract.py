@@ -15,20 +15,11 @@ from rxguard.alerts.schema import AlertMessage
 
 
 def _sqlite(tmp: Path) -> Outbox:
-    state = importlib.import_module("rxguard.local.state")
-    factory = getattr(state, "SqliteOutbox", None)
-    if factory is None:
-        pytest.skip("rxguard.local.state has no SqliteOutbox in this tree")
-    return factory(tmp / "state.sqlite")  # type: ignore[no-any-return]
+    state = importlib.import_module("rxguard.local.state").State.open(tmp / "state")
+    return state.outbox()  # type: ignore[no-any-return]
 
 
-ADAPTERS: dict[str, Callable[[Path], Outbox]] = {"memory": lambda _tmp: InMemoryOutbox()}
-try:
-    _HAS_STATE = importlib.util.find_spec("rxguard.local.state") is not None
-except ModuleNotFoundError:  # no rxguard.local package in this tree
-    _HAS_STATE = False
-if _HAS_STATE:
-    ADAPTERS["sqlite"] = _sqlite
+ADAPTERS: dict[str, Callable[[Path], Outbox]] = {"memory": lambda _tmp: InMemoryOutbox(), "sqlite": _sqlite}
 
 
 @pytest.fixture(params=sorted(ADAPTERS))
