@@ -8,6 +8,8 @@ arguments, so the CLI stays a table of contents:
     rxguard serve                     the check API on localhost over moto
     rxguard synth                     a synthetic population with ground truth
     rxguard eval                      detection quality on a synthetic population
+    rxguard watch --state DIR         drug watch: candidates for the monitored list
+    rxguard backtest --state DIR ...  a rule change (or each phase's list) tried on the stored history
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("rxguard.offline.serve", "main", "serve the check API on localhost over moto"),
     "synth": ("rxguard.synth.cli", "main", "generate a synthetic population with ground truth"),
     "eval": ("rxguard.offline.evaluate", "main", "precision/recall of the rules on a synthetic population"),
+    "watch": ("rxguard.planning.cli", "watch_main", "rank drugs for the monitored list: rxguard watch --state DIR"),
+    "backtest": (
+        "rxguard.planning.cli",
+        "backtest_main",
+        "try rules on the stored history: rxguard backtest --state DIR --rules NEW.yaml | --phases",
+    ),
 }
 
 

@@ -15,8 +15,8 @@ from rxguard.alerts.schema import AlertMessage
 
 
 def _sqlite(tmp: Path) -> Outbox:
-    state = importlib.import_module("rxguard.local.state").State.open(tmp / "state")
-    return state.outbox()  # type: ignore[no-any-return]
+    state = importlib.import_module("rxguard.local.state")
+    return state.State.open(tmp / "state").outbox()  # type: ignore[no-any-return]
 
 
 ADAPTERS: dict[str, Callable[[Path], Outbox]] = {"memory": lambda _tmp: InMemoryOutbox(), "sqlite": _sqlite}
