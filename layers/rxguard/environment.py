@@ -72,13 +72,7 @@ class HistoryEnvironment(HandlerEnvironment):
 
     @property
     def tables(self) -> TableNames:
-        return TableNames(
-            purchases=self.purchases_table,
-            trace_codes=self.trace_codes_table,
-            findings=self.findings_table,
-            batches=self.batches_table,
-            aggregates=self.aggregates_table,
-        )
+        return TableNames.of(self)
 
 
 class ScreenEnvironment(HistoryEnvironment):

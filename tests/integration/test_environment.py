@@ -10,28 +10,19 @@ import pytest
 import yaml
 from conftest import _TagTolerantLoader
 
-from rxguard.environment import (
-    ApiEnvironment,
-    FinalizeEnvironment,
-    HandlerEnvironment,
-    NotifyEnvironment,
-    PrepareEnvironment,
-    ScreenEnvironment,
-    init_environment_variables,
-    parse_environment,
-)
+from rxguard import environment as envs
 from tests.conftest import ROOT
 
-MODELS: dict[str, type[HandlerEnvironment]] = {
-    "PrepareFunction": PrepareEnvironment,
-    "ScreenFunction": ScreenEnvironment,
-    "NotifyFunction": NotifyEnvironment,
-    "FinalizeFunction": FinalizeEnvironment,
-    "ApiFunction": ApiEnvironment,
+MODELS: dict[str, type[envs.HandlerEnvironment]] = {
+    "PrepareFunction": envs.PrepareEnvironment,
+    "ScreenFunction": envs.ScreenEnvironment,
+    "NotifyFunction": envs.NotifyEnvironment,
+    "FinalizeFunction": envs.FinalizeEnvironment,
+    "ApiFunction": envs.ApiEnvironment,
 }
 
 
-def _required(model: type[HandlerEnvironment]) -> set[str]:
+def _required(model: type[envs.HandlerEnvironment]) -> set[str]:
     return {str(f.alias) for f in model.model_fields.values() if f.is_required()}
 
 
@@ -49,21 +40,23 @@ def test_template_gives_each_function_what_its_model_requires(function: str) -> 
 
 def test_each_model_requires_only_what_its_function_uses() -> None:
     # Finalize needs no history table; Screen does; Notify needs the topics
-    assert _required(FinalizeEnvironment) == {"RXGUARD_RESULTS_BUCKET", "RXGUARD_BATCHES_TABLE"}
-    assert "RXGUARD_PURCHASES_TABLE" in _required(ScreenEnvironment)
-    assert "RXGUARD_PURCHASES_TABLE" not in _required(PrepareEnvironment)
-    assert {"RXGUARD_ALERTS_TOPIC_ARN", "RXGUARD_LETTERS_TOPIC_ARN"} <= _required(NotifyEnvironment)
-    assert not {"RXGUARD_ALERTS_TOPIC_ARN", "RXGUARD_LETTERS_TOPIC_ARN"} & _required(ApiEnvironment)
+    assert _required(envs.FinalizeEnvironment) == {"RXGUARD_RESULTS_BUCKET", "RXGUARD_BATCHES_TABLE"}
+    assert "RXGUARD_PURCHASES_TABLE" in _required(envs.ScreenEnvironment)
+    assert "RXGUARD_PURCHASES_TABLE" not in _required(envs.PrepareEnvironment)
+    assert {"RXGUARD_ALERTS_TOPIC_ARN", "RXGUARD_LETTERS_TOPIC_ARN"} <= _required(envs.NotifyEnvironment)
+    assert not {"RXGUARD_ALERTS_TOPIC_ARN", "RXGUARD_LETTERS_TOPIC_ARN"} & _required(envs.ApiEnvironment)
 
 
 def test_a_missing_variable_is_named_and_empty_counts_as_missing() -> None:
     env = {"RXGUARD_RESULTS_BUCKET": "results", "RXGUARD_PURCHASES_TABLE": "", "RXGUARD_CHUNK_SIZE": "100"}
     with pytest.raises(ValueError, match="ScreenEnvironment") as caught:
-        parse_environment(ScreenEnvironment, env)
+        envs.parse_environment(envs.ScreenEnvironment, env)
     assert "RXGUARD_PURCHASES_TABLE" in str(caught.value) and "RXGUARD_FINDINGS_TABLE" in str(caught.value)
     with pytest.raises(ValueError, match="RXGUARD_CHUNK_SIZE"):
-        parse_environment(FinalizeEnvironment, {**env, "RXGUARD_BATCHES_TABLE": "b", "RXGUARD_CHUNK_SIZE": "0"})
-    finalize = parse_environment(FinalizeEnvironment, {**env, "RXGUARD_BATCHES_TABLE": "b"})
+        envs.parse_environment(
+            envs.FinalizeEnvironment, {**env, "RXGUARD_BATCHES_TABLE": "b", "RXGUARD_CHUNK_SIZE": "0"}
+        )
+    finalize = envs.parse_environment(envs.FinalizeEnvironment, {**env, "RXGUARD_BATCHES_TABLE": "b"})
     assert (finalize.batches_table, finalize.core.chunk_size) == ("b", 100)
 
 
@@ -73,7 +66,7 @@ def test_the_handler_stops_before_any_work_when_its_environment_is_incomplete(
     # Given a handler whose environment lacks the batches table
     calls: list[Any] = []
 
-    @init_environment_variables(model=FinalizeEnvironment)  # the first of bootstrap.entry's decorators
+    @envs.init_environment_variables(model=envs.FinalizeEnvironment)  # the first of bootstrap.entry's decorators
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         calls.append(event)
         return {}

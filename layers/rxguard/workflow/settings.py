@@ -57,10 +57,4 @@ class WorkflowSettings(BaseModel):
     def tables(self) -> TableNames:
         if not (self.purchases_table and self.trace_codes_table and self.findings_table):
             raise ValueError("workflow settings: the history tables (RXGUARD_PURCHASES_TABLE, ...) are not set")
-        return TableNames(
-            purchases=self.purchases_table,
-            trace_codes=self.trace_codes_table,
-            findings=self.findings_table,
-            batches=self.batches_table,
-            aggregates=self.aggregates_table,
-        )
+        return TableNames.of(self)
