@@ -53,19 +53,20 @@ def make_line(
 def make_finding(
     rule_id: str = "early-refill", psn_no: str = "P0001", evidence: tuple[str, ...] = ("H1/1",), **extra: Any
 ) -> Finding:
-    return Finding(
-        finding_id=Finding.make_id(rule_id, Scope.patient(psn_no), list(evidence)),
-        rule_id=rule_id,
-        rule_version=1,
-        severity=extra.pop("severity", Severity.HIGH),
-        subject_type="patient",
-        psn_no=psn_no,
-        fixmedins_code=extra.pop("fixmedins_code", "H31000000001"),
-        admdvs="310000",
-        occurred_at=extra.pop("occurred_at", datetime(2026, 3, 1, 9)),
-        evidence=sorted(evidence),
-        figures=extra.pop("figures", {"days_early": 10}),
-        explanation_zh="提前购药",
-        explanation_en="early refill",
-        **extra,
-    )
+    """A patient finding with its deterministic id; any field may be given in `extra`."""
+    fields: dict[str, Any] = {
+        "finding_id": Finding.make_id(rule_id, Scope.patient(psn_no), list(evidence)),
+        "rule_id": rule_id,
+        "rule_version": 1,
+        "severity": Severity.HIGH,
+        "subject_type": "patient",
+        "psn_no": psn_no,
+        "fixmedins_code": "H31000000001",
+        "admdvs": "310000",
+        "occurred_at": datetime(2026, 3, 1, 9),
+        "evidence": sorted(evidence),
+        "figures": {"days_early": 10},
+        "explanation_zh": "提前购药",
+        "explanation_en": "early refill",
+    }
+    return Finding.model_validate({**fields, **extra})
