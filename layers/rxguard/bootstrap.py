@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
 
-from rxguard.dynamo import BatchStore, DynamoRepository, ResultStore, client
+from rxguard.dynamo import BatchStore, DynamoCounterStore, DynamoRepository, ResultStore, client
 from rxguard.environment import (
     ApiEnvironment,
     FinalizeEnvironment,
@@ -55,6 +55,7 @@ from rxguard.workflow.settings import WorkflowSettings
 
 if TYPE_CHECKING:
     from rxguard.alerts.aws import AwsNotificationSink
+    from rxguard.alerts.settings import AlertSettings
     from rxguard.api.service import Services
     from rxguard.api.settings import ApiSettings
 
@@ -167,11 +168,22 @@ def notify(env: NotifyEnvironment) -> Callable[[NotifyRequest], dict[str, Any]]:
     results, kb = ResultStore(env.results_bucket), knowledge_base(env)
 
     def run(request: NotifyRequest) -> dict[str, Any]:
+        alerts = AlertSettings.from_env()
         return notify_chunks(
-            request, results=results, kb=kb, sink=aws_sink(env), alert_settings=AlertSettings.from_env()
+            request,
+            results=results,
+            kb=kb,
+            sink=aws_sink(env),
+            alert_settings=alerts,
+            counters=letter_counters(alerts),
         )
 
     return run
+
+
+def letter_counters(alerts: AlertSettings) -> DynamoCounterStore | None:
+    """The letter numbers' counters (docs/letters.md): the DynamoDB CountersTable when configured."""
+    return DynamoCounterStore(alerts.counters_table, client("dynamodb")) if alerts.counters_table else None
 
 
 def finalize(env: FinalizeEnvironment) -> Callable[[FinalizeRequest], FinalizeResult]:
@@ -197,7 +209,8 @@ def api_services(env: ApiEnvironment, settings: ApiSettings | None = None) -> Se
     ddb = client("dynamodb")
     notifier = None
     if env.alerts_topic_arn and env.letters_topic_arn:
-        notifier = alerts_notifier(kb, aws_sink(env), AlertSettings.from_env())
+        alerts = AlertSettings.from_env()
+        notifier = alerts_notifier(kb, aws_sink(env), alerts, letter_counters(alerts))
     return Services(
         kb=kb,
         repo=DynamoRepository(env.tables, ddb, history_days=env.history_days),  # one per request
