@@ -7,7 +7,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from rxguard.alerts.settings import AlertSettings
-from rxguard.dynamo import ResultStore, client
+from rxguard.dynamo import DynamoCounterStore, ResultStore, client
 from rxguard.kb import get_knowledge_base
 from rxguard.observability import MetricUnit, logger, metrics, tracer
 from rxguard.workflow.contract import NotifyRequest
@@ -35,12 +35,15 @@ def _sink() -> Any:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     settings = get_settings()
     request = NotifyRequest.model_validate(event)
+    alert_settings = AlertSettings.from_env()
+    table = alert_settings.counters_table  # letter numbers (docs/letters.md)
     summary = notify_chunks(
         request,
         results=ResultStore(settings.results_bucket),
         kb=get_knowledge_base(settings.core.rules_dir, settings.core.phase),
         sink=_sink(),
-        alert_settings=AlertSettings.from_env(),
+        alert_settings=alert_settings,
+        counters=DynamoCounterStore(table, client("dynamodb")) if table else None,
     )
     metrics.add_metric(name="FindingsNotified", unit=MetricUnit.Count, value=int(summary.get("findings", 0)))
     return summary

@@ -854,3 +854,47 @@ class ResultStore:
             for chunk in answer["Body"].iter_chunks(1 << 20):
                 out.write(chunk)
         return path
+
+
+# ---------------------------------------------------------------- letter numbers (rxguard.letters.numbers)
+
+
+class DynamoCounterStore:
+    """Counters on the CountersTable (key `name`, number `value`): one UpdateItem ADD per
+    number (atomic, no read), kept numbers as conditional puts (first writer wins)."""
+
+    def __init__(self, table: str, dynamodb_client: Any) -> None:
+        self.table = table
+        self.ddb = dynamodb_client
+
+    def next_counter(self, name: str) -> int:
+        answer = self.ddb.update_item(
+            TableName=self.table,
+            Key={"name": {"S": name}},
+            UpdateExpression="ADD #v :one",
+            ExpressionAttributeNames={"#v": "value"},
+            ExpressionAttributeValues={":one": {"N": "1"}},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(answer["Attributes"]["value"]["N"])
+
+    def kept(self, name: str) -> int | None:
+        item = self.ddb.get_item(TableName=self.table, Key={"name": {"S": name}}, ConsistentRead=True).get("Item")
+        return None if not item or "value" not in item else int(item["value"]["N"])
+
+    def keep(self, name: str, value: int) -> int:
+        try:
+            self.ddb.put_item(
+                TableName=self.table,
+                Item={"name": {"S": name}, "value": {"N": str(value)}},
+                ConditionExpression="attribute_not_exists(#n)",
+                ExpressionAttributeNames={"#n": "name"},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            kept = self.kept(name)
+            if kept is None:  # deleted between the two calls: cannot happen without an operator
+                raise
+            return kept
+        return value

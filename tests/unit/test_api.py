@@ -550,6 +550,7 @@ def test_checked_in_openapi_document_is_the_generated_one() -> None:
         "/v1/backtests",
         "/v1/checks",
         "/v1/dispensations",
+        "/v1/dispositions",
         "/v1/findings",
         "/v1/findings/{finding_id}",
         "/v1/rules",

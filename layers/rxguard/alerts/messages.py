@@ -188,6 +188,7 @@ def letter_announcement(
     locations: Mapping[str, str],
     issued_on: str,
     response_due: str,
+    message_id: str | None = None,
 ) -> AlertMessage:
     regions = sorted({f.admdvs for f in findings if f.admdvs})
     severity = max_severity(findings)
@@ -207,7 +208,7 @@ def letter_announcement(
         "locations": dict(sorted(locations.items())),
     }
     return AlertMessage(
-        message_id=f"letter/{batch_id}/{letter_id}",
+        message_id=message_id or f"letter/{batch_id}/{letter_id}",
         message_type="letter",
         subject=_ascii(f"[rxguard] letter {letter_id} ({len(findings)} findings)"),
         body=body,

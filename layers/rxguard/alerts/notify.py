@@ -89,7 +89,9 @@ def notify_batch(
       and no issuer this raises AlertSettingsError before publishing anything.
     Superseded findings and muted low-severity ones are left out. `institution_names`
     (fixmedins_code -> name) and `lines` (line_id -> ClaimLine, the evidence lines) enrich
-    the letters when the caller has them.
+    the letters when the caller has them. `counters` (a `rxguard.letters.CounterStore`,
+    e.g. the local SQLite state) and `keeper` number the letters; by default the DynamoDB
+    CountersTable of `settings.counters_table`, else a counter of this process.
     """
     settings = settings or AlertSettings()
     unknown = sorted(settings.mute_low_rules - set(kb.rules))

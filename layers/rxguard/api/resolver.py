@@ -31,6 +31,8 @@ from rxguard.api.models import (
     DispensationRequest,
     DispensationResponse,
     DispensingRequest,
+    DispositionRequest,
+    DispositionResponse,
     ErrorResponse,
     FindingsPage,
     FindingStatus,
@@ -82,6 +84,31 @@ DispensationBody = Annotated[
     | Annotated[nhsa.NhsaEnvelope, Tag("nhsa-envelope")],
     Discriminator(_shape),
     Body(description="rxguard's dispensing shape, or the national 3102 input (data node or envelope)"),
+]
+
+
+def _disposition_shape(value: Any) -> str:
+    """3103 shapes by their keys: `dispositions` rxguard's, `input` the envelope, `data` the node."""
+    if isinstance(value, dict):
+        if "dispositions" in value:
+            return "rxguard"
+        if "input" in value:
+            return "nhsa-envelope"
+        if "data" in value:
+            return "nhsa"
+    elif isinstance(value, nhsa.NhsaDispositionEnvelope):
+        return "nhsa-envelope"
+    elif isinstance(value, nhsa.NhsaDispositionRequest):
+        return "nhsa"
+    return "rxguard"
+
+
+DispositionBody = Annotated[
+    Annotated[DispositionRequest, Tag("rxguard")]
+    | Annotated[nhsa.NhsaDispositionRequest, Tag("nhsa")]
+    | Annotated[nhsa.NhsaDispositionEnvelope, Tag("nhsa-envelope")],
+    Discriminator(_disposition_shape),
+    Body(description="rxguard's disposition shape, or the national 3103 input (data node or envelope)"),
 ]
 AnswerFormat = Annotated[
     Literal["rxguard", "nhsa"] | None,
@@ -158,6 +185,27 @@ def post_dispensation(body: DispensationBody) -> DispensationResponse:
     return service.dispense(_services(), body, _caller())
 
 
+@app.post(
+    "/v1/dispositions",
+    summary="Record prescribers' handling of warnings (3103): continue with a reason, or modify",
+    description="warn_rslt_id / finding_id is the jr_id a check or dispensation answered. dspo_way 1 (continue) "
+    "requires dspo_way_rea. Disposing again replaces the earlier disposition. Feeds GET /v1/rules' continue and "
+    "modify rates.",
+    responses={
+        200: {
+            "description": "the findings or warnings with their dispositions",
+            "content": {content_types.APPLICATION_JSON: {"model": DispositionResponse | nhsa.NhsaDispositionResponse}},
+        },
+        404: _error_content("No such finding or warning"),
+        **ERRORS,
+    },
+    tags=["dispositions"],
+)
+def post_disposition(body: DispositionBody) -> DispositionResponse | nhsa.NhsaDispositionResponse:
+    answer: DispositionResponse | nhsa.NhsaDispositionResponse = service.dispose(_services(), body, _caller())
+    return answer
+
+
 @app.get(
     "/v1/findings",
     summary="Findings, newest first, paginated",
@@ -199,7 +247,7 @@ FindingId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 
 @app.get(
     "/v1/findings/<finding_id>",
-    summary="One finding with its review",
+    summary="One finding with its review and disposition; also a warning a check answered (its jr_id)",
     responses={
         200: {"description": "the finding", "content": {content_types.APPLICATION_JSON: {"model": FindingView}}},
         404: _error_content("No such finding"),
@@ -231,7 +279,8 @@ def patch_finding(finding_id: FindingId, review: Annotated[ReviewRequest, Body()
 
 @app.get(
     "/v1/rules",
-    summary="The rule base with each rule's review figures (confirmed, dismissed, precision)",
+    summary="The rule base with each rule's review figures (confirmed, dismissed, precision) and "
+    "prescribers' continue and modify rates",
     responses={
         200: {"description": "the rules", "content": {content_types.APPLICATION_JSON: {"model": RulesResponse}}},
         **ERRORS,

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rxguard.api.errors import Conflict, InvalidField, NotFound
-from rxguard.api.models import FindingView, Review, ReviewStatus
+from rxguard.api.models import Disposition, FindingView, Review, ReviewStatus
 from rxguard.api.store import FindingQuery, FindingsStore, RuleFigures, decode_token, encode_token, view
 from rxguard.engine.common import DISPENSING_RULES, trigger_lines
 from rxguard.engine.institutions import ActivityAggregate
@@ -609,11 +609,90 @@ def _day_start(day: date) -> str:
     return _ts(datetime.combine(day, time.min))
 
 
+# Warnings and dispositions (3101 jr_id, 3103; docs/api.md), added with the API's
+# dispositions: created if missing rather than by a numbered migration, so that they add to
+# a state of any version (helper "state" may fold them into the next migration).
+_DISPOSITION_TABLES = """
+CREATE TABLE IF NOT EXISTS warnings (
+    finding_id TEXT PRIMARY KEY,
+    rule_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    lines TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dispositions (
+    finding_id TEXT PRIMARY KEY,
+    rule_id TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS continued_lines (
+    line_id TEXT NOT NULL,
+    finding_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (line_id, finding_id)
+);
+"""
+
+
 class SqliteFindingsStore(FindingsStore):
     """The API's findings store on the state database (same answers as the in-memory store)."""
 
     def __init__(self, state: State) -> None:
         self.state = state
+        with state.write("create the dispositions tables") as conn:
+            for statement in _DISPOSITION_TABLES.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    def _disposition(self, finding_id: str) -> Disposition | None:
+        rows = self.state.read("SELECT body FROM dispositions WHERE finding_id = ?", (finding_id,))
+        return Disposition.model_validate_json(rows[0][0]) if rows else None
+
+    def record_warnings(self, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()) -> None:
+        wanted = set(answered)
+        with self.state.write("record a check's warnings") as conn:
+            for finding in findings:
+                lines = [i for i in finding.evidence if i in wanted]
+                conn.execute(
+                    "INSERT OR REPLACE INTO warnings (finding_id, rule_id, body, lines, recorded_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (finding.finding_id, finding.rule_id, finding.model_dump_json(), json.dumps(lines), at.isoformat()),
+                )
+
+    def dispose(self, finding_id: str, disposition: Disposition) -> FindingView:
+        rows = self.state.read(f"{_VIEW_SELECT} WHERE f.finding_id = ?", (finding_id,))
+        recorded = _view_row(rows[0]) if rows else None
+        lines: list[str] = []
+        if recorded is None:
+            rows = self.state.read("SELECT body, lines FROM warnings WHERE finding_id = ?", (finding_id,))
+            if not rows:
+                raise NotFound("no such finding or warning", "finding_id")
+            finding = Finding.model_validate_json(rows[0][0])
+            lines = json.loads(rows[0][1])
+        else:
+            finding = Finding.model_validate(recorded.model_dump(exclude={"review", "disposition", "recorded"}))
+        with self.state.write("dispose of a warning") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO dispositions (finding_id, rule_id, body) VALUES (?, ?, ?)",
+                (finding_id, finding.rule_id, disposition.model_dump_json()),
+            )
+            conn.execute("DELETE FROM continued_lines WHERE finding_id = ?", (finding_id,))
+            if disposition.action == "continue" and disposition.reason:
+                conn.executemany(
+                    "INSERT INTO continued_lines (line_id, finding_id, reason) VALUES (?, ?, ?)",
+                    [(line_id, finding_id, disposition.reason) for line_id in lines],
+                )
+        if recorded is not None:
+            return recorded.model_copy(update={"disposition": disposition})
+        return view(finding, None, disposition).model_copy(update={"recorded": False})
+
+    def continued_reasons(self, line_ids: Collection[str]) -> dict[str, str]:
+        rows = self.state.read(
+            "SELECT line_id, reason FROM continued_lines WHERE line_id IN (SELECT value FROM json_each(?))"
+            " ORDER BY finding_id",
+            (_ids(line_ids),),
+        )
+        return {line_id: reason for line_id, reason in rows}
 
     def query(self, query: FindingQuery, limit: int, token: str | None = None) -> tuple[list[FindingView], str | None]:
         where: list[str] = []
@@ -652,11 +731,32 @@ class SqliteFindingsStore(FindingsStore):
         next_token = None
         if len(rows) > limit:
             next_token = encode_token({"t": page[-1][2], "id": page[-1][3]})
-        return [_view_row(row) for row in page], next_token
+        disposed = dict(
+            self.state.read(
+                "SELECT finding_id, body FROM dispositions WHERE finding_id IN (SELECT value FROM json_each(?))",
+                (_ids([row[3] for row in page]),),
+            )
+        )
+        views = [_view_row(row) for row in page]
+        return [
+            v.model_copy(update={"disposition": Disposition.model_validate_json(disposed[v.finding_id])})
+            if v.finding_id in disposed
+            else v
+            for v in views
+        ], next_token
 
     def get(self, finding_id: str) -> FindingView | None:
         rows = self.state.read(f"{_VIEW_SELECT} WHERE f.finding_id = ?", (finding_id,))
-        return _view_row(rows[0]) if rows else None
+        disposition = self._disposition(finding_id)
+        if rows:
+            found = _view_row(rows[0])
+            return found.model_copy(update={"disposition": disposition}) if disposition else found
+        warning = self.state.read("SELECT body FROM warnings WHERE finding_id = ?", (finding_id,))
+        if not warning:
+            return None
+        return view(Finding.model_validate_json(warning[0][0]), None, disposition).model_copy(
+            update={"recorded": False}
+        )
 
     def review(self, finding_id: str, status: ReviewStatus, reason: str, reviewer: str, at: datetime) -> FindingView:
         with self.state.write("review a finding") as conn:
@@ -681,9 +781,15 @@ class SqliteFindingsStore(FindingsStore):
             "GROUP BY rule_id, status",
             (_ids(rule_ids),),
         ):
-            slot = counts.setdefault(rule_id, [0, 0])
+            slot = counts.setdefault(rule_id, [0, 0, 0, 0])
             slot[0 if status == "confirmed" else 1] += int(n)
-        return {rule: RuleFigures(c, d) for rule, (c, d) in counts.items()}
+        for rule_id, body in self.state.read(
+            "SELECT rule_id, body FROM dispositions WHERE rule_id IN (SELECT value FROM json_each(?))",
+            (_ids(rule_ids),),
+        ):
+            slot = counts.setdefault(rule_id, [0, 0, 0, 0])
+            slot[2 if Disposition.model_validate_json(body).action == "continue" else 3] += 1
+        return {rule: RuleFigures(*slot) for rule, slot in counts.items()}
 
 
 _VIEW_SELECT = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from rxguard.alerts import notify_batch
@@ -58,10 +59,13 @@ def notify_chunks(
     sink: Any,
     alert_settings: Any = None,
     current: Callable[[Collection[str]], Mapping[str, Finding]] | None = None,
+    counters: Any = None,
 ) -> dict[str, Any]:
     """`current` (finding ids -> stored findings), when given, re-reads each finding before
     it is alerted: the local orchestrator notifies after every batch of a run is screened,
-    so a finding a later file superseded is neither alerted nor cited (docs/local.md)."""
+    so a finding a later file superseded is neither alerted nor cited (docs/local.md).
+    `counters` (a `rxguard.letters.CounterStore`: the DynamoDB CountersTable, the local
+    state) numbers the letters (docs/letters.md)."""
     todo = findings_to_alert(results, [*request.chunk_results, request.institutions])
     findings = todo.findings if current is None else settled(todo.findings, current)
     summary = notify_batch(
@@ -72,7 +76,7 @@ def notify_chunks(
         settings=alert_settings,
         institution_names=todo.institutions,
         lines=todo.lines,
-        letters=issue_letters,
+        letters=partial(issue_letters, counters=counters) if counters is not None else issue_letters,
     )
     out = _as_dict(summary)
     out.setdefault("findings", len(findings))
