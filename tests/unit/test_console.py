@@ -333,3 +333,22 @@ def test_a_backtest_from_the_rules_page_runs_on_the_stored_history(kb: Any, tmp_
     )
     assert "rxguard serve --state DIR" in call(no_planner, "/rules/early-refill/backtest")[2]
     state.close()
+
+
+def test_dispositions_give_continue_and_modify_rates_and_show_on_the_finding(app: Any, state: Any) -> None:
+    from rxguard.api.models import Disposition
+
+    services, _ = state
+    rule = "cross-institution-repeat"
+    two = [f for f in services.repo.all_current_findings() if f.rule_id == rule][:2]
+    assert len(two) == 2
+    at = datetime(2026, 3, 1, 9, 0)
+    services.store.dispose(
+        two[0].finding_id, Disposition(action="continue", reason="外出", disposer="D1", disposed_at=at)
+    )
+    services.store.dispose(two[1].finding_id, Disposition(action="modify", disposer="D2", disposed_at=at))
+    page = call(app, "/rules")[2]
+    row = page.split(f'id="rule-{rule}"')[1].split("</tr>")[0]
+    assert "50.0% / 50.0%" in row and "(n=2)" in row
+    finding = call(app, f"/findings/{two[0].finding_id}")[2]
+    assert "继续执行" in finding and "外出" in finding and 'id="disposition"' in finding
