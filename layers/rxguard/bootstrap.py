@@ -7,7 +7,8 @@ and the tests. Nothing else constructs clients; the logic receives what it uses.
 
 Each builder takes the handler's environment model and returns the logic function with
 its dependencies bound (the handler only parses the event and records metrics), or, for
-the API, the `Services` the resolver injects into its routes (`app.append_context`).
+the API, the `Services` the resolver injects into its routes (`app.append_context`): on
+AWS (`api_services`) and over the local state (`local_api_services`, `open_local`).
 
     entry(PrepareEnvironment, correlation_id_path="execution_name")
 
@@ -24,10 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
 
+from rxguard.config import Settings
 from rxguard.dynamo import BatchStore, DynamoCounterStore, DynamoRepository, ResultStore, client
 from rxguard.environment import (
     ApiEnvironment,
@@ -40,7 +43,6 @@ from rxguard.environment import (
 )
 from rxguard.kb import KnowledgeBase, get_knowledge_base
 from rxguard.observability import logger, metrics, tracer
-from rxguard.repository import InMemoryRepository
 from rxguard.workflow.contract import (
     ChunkRequest,
     ChunkResult,
@@ -56,8 +58,10 @@ from rxguard.workflow.settings import WorkflowSettings
 if TYPE_CHECKING:
     from rxguard.alerts.aws import AwsNotificationSink
     from rxguard.alerts.settings import AlertSettings
+    from rxguard.api.serve import LocalSite
     from rxguard.api.service import Services
     from rxguard.api.settings import ApiSettings
+    from rxguard.local.state import State
 
 IDEMPOTENCY = IdempotencyConfig(expires_after_seconds=6 * 3600)  # Prepare: one result per (object, execution)
 
@@ -221,10 +225,34 @@ def api_services(env: ApiEnvironment, settings: ApiSettings | None = None) -> Se
     )
 
 
-def memory_api_services(settings: ApiSettings, kb: KnowledgeBase | None = None) -> Services:
-    """The API's services over an in-memory repository (`rxguard serve --memory`, tests)."""
-    from rxguard.api.service import Services
-    from rxguard.api.store import InMemoryFindingsStore
+# ------------------------------------------------------------------ the local runtime
 
-    repo = InMemoryRepository()
-    return Services(kb=kb or get_knowledge_base(), repo=repo, store=InMemoryFindingsStore(repo), settings=settings)
+LINE_CACHE = 200_000  # decoded history lines kept by `rxguard serve --state` (checks re-read the same patients)
+
+
+def local_api_services(state: State, settings: ApiSettings, core: Settings | None = None) -> Services:
+    """The API's services over the local state (`rxguard serve --state DIR`): checks read the
+    stored history, a dispensation is screened on the same repository as a batch's lines (so
+    it is history for the next batch), findings are listed and reviewed in the state the runs
+    write. No alerts topic here: `alerts_sent` is null (the batch runs write the alerts)."""
+    from rxguard.api.service import Services
+
+    core = core or Settings.from_env()
+    return Services(
+        kb=get_knowledge_base(core.rules_dir, core.phase),
+        repo=state.repository(line_cache=LINE_CACHE),
+        store=state.findings_store(),
+        settings=settings,
+        default_admdvs=core.default_admdvs,
+    )
+
+
+def open_local(directory: Path, settings: ApiSettings) -> LocalSite:
+    """Open (creating) the state under `directory` and build the API's services over it, for
+    `rxguard.api.serve.main` (handed by `rxguard.offline.serve`); a state that cannot be
+    opened raises `rxguard.local.state.StateError` naming the file."""
+    from rxguard.api.serve import LocalSite
+    from rxguard.local.state import State
+
+    state = State.open(directory)
+    return LocalSite(services=local_api_services(state, settings), where=f"state {state.path}", close=state.close)

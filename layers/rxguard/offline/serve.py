@@ -1,6 +1,6 @@
 """`rxguard serve`: the entry point. The HTTP side is `rxguard.api.serve`; this module sits
 above the API, the local state and the console, and hands `serve.main` what builds them:
-the state's services (`rxguard.local.serve.open_local`, the default `--state DIR`), the
+the state's services (`rxguard.bootstrap.open_local`, the default `--state DIR`), the
 console (`rxguard.console.app.console_app`, mounted outside `/v1/`) and, for
 `--simulate-aws`, the check API's real Lambda handler behind the offline Lambda router over
 every resource of template.yaml (`moto_invoke`)."""
@@ -39,8 +39,8 @@ def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> serve.Invok
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`rxguard serve [...]` (arguments: rxguard.api.serve)."""
+    from rxguard.bootstrap import open_local
     from rxguard.console.app import console_app
-    from rxguard.local.serve import open_local
 
     return serve.main(argv, moto=moto_invoke, local=open_local, console=console_app)
 
