@@ -1,5 +1,5 @@
-"""Claim lines and findings as plain values, for tests of every kind (one maker each, so
-the storage, workflow and contract tests build the same shapes)."""
+"""Claim lines and findings as plain values, and the template's tables, for tests of every
+kind (one maker each, so the storage, workflow and contract tests build the same shapes)."""
 
 from __future__ import annotations
 
@@ -70,3 +70,17 @@ def make_finding(
         "explanation_en": "early refill",
     }
     return Finding.model_validate({**fields, **extra})
+
+
+def create_table(ddb: Any, name: str, props: dict[str, Any]) -> None:
+    """A DynamoDB table named `name` from a template.yaml table's Properties (key schema,
+    attributes, billing, indexes): the tests' tables cannot drift from the template's."""
+    kwargs: dict[str, Any] = {
+        "TableName": name,
+        "AttributeDefinitions": props["AttributeDefinitions"],
+        "KeySchema": props["KeySchema"],
+        "BillingMode": props["BillingMode"],
+    }
+    if props.get("GlobalSecondaryIndexes"):
+        kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+    ddb.create_table(**kwargs)

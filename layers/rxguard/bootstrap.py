@@ -3,7 +3,7 @@ in-memory fakes) and wires them into the logic, for the Lambda handlers, `rxguar
 and the tests. Nothing else constructs clients; the logic receives what it uses.
 
     step = bootstrap.prepare(env)            # env: rxguard.environment.PrepareEnvironment
-    output = step(PrepareRequest(...))       # the workflow step with its stores, kb and settings
+    output = step(contract.PrepareRequest(...))       # the workflow step with its stores, kb and settings
 
 Each builder takes the handler's environment model and returns the logic function with
 its dependencies bound (the handler only parses the event and records metrics), or, for
@@ -43,16 +43,7 @@ from rxguard.environment import (
 )
 from rxguard.kb import KnowledgeBase, get_knowledge_base
 from rxguard.observability import logger, metrics, tracer
-from rxguard.workflow.contract import (
-    ChunkRequest,
-    ChunkResult,
-    FinalizeRequest,
-    FinalizeResult,
-    InstitutionsRequest,
-    NotifyRequest,
-    PrepareOutput,
-    PrepareRequest,
-)
+from rxguard.workflow import contract
 from rxguard.workflow.settings import WorkflowSettings
 
 if TYPE_CHECKING:
@@ -89,7 +80,7 @@ def knowledge_base(env: HandlerEnvironment) -> KnowledgeBase:
 
 
 @lru_cache(maxsize=4)
-def _idempotent_prepare(idempotency_table: str | None) -> Callable[..., PrepareOutput]:
+def _idempotent_prepare(idempotency_table: str | None) -> Callable[..., contract.PrepareOutput]:
     """prepare_object, made idempotent per (object, execution) when an idempotency table is configured."""
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer, idempotent_function
     from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
@@ -99,23 +90,23 @@ def _idempotent_prepare(idempotency_table: str | None) -> Callable[..., PrepareO
     if not idempotency_table:
         return prepare_object
     store = DynamoDBPersistenceLayer(table_name=idempotency_table, boto3_client=client("dynamodb"))
-    made: Callable[..., PrepareOutput] = idempotent_function(
+    made: Callable[..., contract.PrepareOutput] = idempotent_function(
         data_keyword_argument="request",
         persistence_store=store,
         config=IDEMPOTENCY,
-        output_serializer=PydanticSerializer(model=PrepareOutput),
+        output_serializer=PydanticSerializer(model=contract.PrepareOutput),
     )(prepare_object)
     return made
 
 
-def prepare(env: PrepareEnvironment) -> Callable[[PrepareRequest], PrepareOutput]:
+def prepare(env: PrepareEnvironment) -> Callable[[contract.PrepareRequest], contract.PrepareOutput]:
     step = _idempotent_prepare(env.idempotency_table)
     results, batches, kb = ResultStore(env.results_bucket), BatchStore(env.batches_table), knowledge_base(env)
     # the steps' settings (chunking, ingest bounds ...) through their own parser, now that the
     # model has validated what Prepare needs
     settings = WorkflowSettings.from_env()
 
-    def run(request: PrepareRequest) -> PrepareOutput:
+    def run(request: contract.PrepareRequest) -> contract.PrepareOutput:
         return step(
             request=request,
             ingest=ResultStore(request.source.bucket),
@@ -133,24 +124,24 @@ def _screen_repository(env: ScreenEnvironment, batch_id: str, index: int) -> Dyn
     return DynamoRepository(env.tables, history_days=env.history_days, writer=writer)
 
 
-def screen(env: ScreenEnvironment) -> Callable[[ChunkRequest], ChunkResult]:
+def screen(env: ScreenEnvironment) -> Callable[[contract.ChunkRequest], contract.ChunkResult]:
     from rxguard.workflow.screen import screen_chunk
 
     results, kb = ResultStore(env.results_bucket), knowledge_base(env)
 
-    def run(request: ChunkRequest) -> ChunkResult:
+    def run(request: contract.ChunkRequest) -> contract.ChunkResult:
         repo = _screen_repository(env, request.batch_id, request.index)
         return screen_chunk(request, results=results, repo=repo, kb=kb)
 
     return run
 
 
-def institutions(env: ScreenEnvironment) -> Callable[[InstitutionsRequest], ChunkResult]:
+def institutions(env: ScreenEnvironment) -> Callable[[contract.InstitutionsRequest], contract.ChunkResult]:
     from rxguard.workflow.institutions import screen_institutions
 
     results, kb = ResultStore(env.results_bucket), knowledge_base(env)
 
-    def run(request: InstitutionsRequest) -> ChunkResult:
+    def run(request: contract.InstitutionsRequest) -> contract.ChunkResult:
         repo = _screen_repository(env, request.batch_id, 0)
         return screen_institutions(request, results=results, repo=repo, kb=kb)
 
@@ -165,13 +156,13 @@ def aws_sink(env: NotifyEnvironment | ApiEnvironment) -> AwsNotificationSink:
     )
 
 
-def notify(env: NotifyEnvironment) -> Callable[[NotifyRequest], dict[str, Any]]:
+def notify(env: NotifyEnvironment) -> Callable[[contract.NotifyRequest], dict[str, Any]]:
     from rxguard.alerts.settings import AlertSettings
     from rxguard.workflow.notify import notify_chunks
 
     results, kb = ResultStore(env.results_bucket), knowledge_base(env)
 
-    def run(request: NotifyRequest) -> dict[str, Any]:
+    def run(request: contract.NotifyRequest) -> dict[str, Any]:
         alerts = AlertSettings.from_env()
         return notify_chunks(
             request,
@@ -190,7 +181,7 @@ def letter_counters(alerts: AlertSettings) -> DynamoCounterStore | None:
     return DynamoCounterStore(alerts.counters_table, client("dynamodb")) if alerts.counters_table else None
 
 
-def finalize(env: FinalizeEnvironment) -> Callable[[FinalizeRequest], FinalizeResult]:
+def finalize(env: FinalizeEnvironment) -> Callable[[contract.FinalizeRequest], contract.FinalizeResult]:
     from rxguard.workflow.finalize import finalize_batch
 
     results, batches = ResultStore(env.results_bucket), BatchStore(env.batches_table)
