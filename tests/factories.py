@@ -3,7 +3,11 @@ kind (one maker each, so the storage, workflow and contract tests build the same
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
@@ -84,3 +88,13 @@ def create_table(ddb: Any, name: str, props: dict[str, Any]) -> None:
     if props.get("GlobalSecondaryIndexes"):
         kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
     ddb.create_table(**kwargs)
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, str]]) -> Path:
+    """Claim lines (dicts of one CSV header) written back as a UTF-8 CSV batch at `path`."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+    return path
