@@ -11,9 +11,12 @@ import json
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from rxguard.api import serve
+from rxguard.api.serve import LocalSite
+from rxguard.api.settings import ApiSettings
 
 
 def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> serve.Invoke:
@@ -37,12 +40,22 @@ def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> serve.Invok
     return invoke
 
 
+def open_local_with_planner(directory: Path, settings: ApiSettings) -> LocalSite:
+    """The state's services, with backtests (`POST /v1/backtests`) over the same state."""
+    from rxguard.local.serve import open_local
+    from rxguard.planning.backtest import state_planner
+
+    site = open_local(directory, settings)
+    site.services.planner = state_planner(directory, site.services.kb)
+    return site
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`rxguard serve [...]` (arguments: rxguard.api.serve)."""
     from rxguard.bootstrap import open_local
     from rxguard.console.app import console_app
 
-    return serve.main(argv, moto=moto_invoke, local=open_local, console=console_app)
+    return serve.main(argv, moto=moto_invoke, local=open_local_with_planner, console=console_app)
 
 
 if __name__ == "__main__":
