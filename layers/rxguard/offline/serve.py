@@ -42,7 +42,7 @@ def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> serve.Invok
 
 def open_local_with_planner(directory: Path, settings: ApiSettings) -> LocalSite:
     """The state's services, with backtests (`POST /v1/backtests`) over the same state."""
-    from rxguard.local.serve import open_local
+    from rxguard.bootstrap import open_local
     from rxguard.planning.backtest import state_planner
 
     site = open_local(directory, settings)
@@ -52,7 +52,6 @@ def open_local_with_planner(directory: Path, settings: ApiSettings) -> LocalSite
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`rxguard serve [...]` (arguments: rxguard.api.serve)."""
-    from rxguard.bootstrap import open_local
     from rxguard.console.app import console_app
 
     return serve.main(argv, moto=moto_invoke, local=open_local_with_planner, console=console_app)
