@@ -1,6 +1,6 @@
 """`rxguard serve`: the entry point. The HTTP side is `rxguard.api.serve`; this module sits
 above the API, the local state and the console, and hands `serve.main` what builds them:
-the state's services (`rxguard.local.serve.open_local`, the default `--state DIR`), the
+the state's services (`rxguard.bootstrap.open_local`, the default `--state DIR`), the
 console (`rxguard.console.app.console_app`, mounted outside `/v1/`) and, for
 `--simulate-aws`, the check API's real Lambda handler behind the offline Lambda router over
 every resource of template.yaml (`moto_invoke`)."""
@@ -42,7 +42,7 @@ def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> serve.Invok
 
 def open_local_with_planner(directory: Path, settings: ApiSettings) -> LocalSite:
     """The state's services, with backtests (`POST /v1/backtests`) over the same state."""
-    from rxguard.local.serve import open_local
+    from rxguard.bootstrap import open_local
     from rxguard.planning.backtest import state_planner
 
     site = open_local(directory, settings)
