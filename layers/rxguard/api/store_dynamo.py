@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from rxguard.api.errors import Conflict, InvalidField, NotFound
-from rxguard.api.models import Disposition, FindingView, Review, ReviewStatus
+from rxguard.api.models import Disposition, FindingView, Review, ReviewStatus, SubscriptionView
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore, RuleFigures, decode_token, encode_token, view
+from rxguard.api.subscriptions import Subscriptions, mask_endpoint
 from rxguard.models import Finding
 from rxguard.scope import Scope
 
@@ -459,6 +460,80 @@ class DynamoFindingsStore(FindingsStore):
         return out
 
 
+class AwsSubscriptions(Subscriptions):
+    """Subscriptions as SNS subscriptions of the alerts and letters topics, the filter
+    policy on the message attributes; the id is the last part of the subscription ARN."""
+
+    def __init__(self, sns_client: Any, topics: Mapping[str, str]) -> None:
+        self.sns = sns_client
+        self.topics = dict(topics)  # "alerts" / "letters" -> topic ARN
+
+    def subscribe(
+        self, topic: str, protocol: str, endpoint: str, policy: Mapping[str, list[Any]], owner: str
+    ) -> SubscriptionView:
+        attributes = {"FilterPolicyScope": "MessageAttributes"}
+        if policy:
+            attributes["FilterPolicy"] = json.dumps(policy, ensure_ascii=False, sort_keys=True)
+        if protocol == "sqs":
+            attributes["RawMessageDelivery"] = "true"  # the JSON body as the queue message
+        answer = self.sns.subscribe(
+            TopicArn=self.topics[topic],
+            Protocol=protocol,
+            Endpoint=endpoint,
+            Attributes=attributes,
+            ReturnSubscriptionArn=True,
+        )
+        arn = answer["SubscriptionArn"]
+        return SubscriptionView(
+            subscription_id=arn.rsplit(":", 1)[-1],
+            topic=topic,
+            protocol=protocol,
+            endpoint=mask_endpoint(protocol, endpoint),
+            filter_policy=dict(policy),
+            pending_confirmation=protocol in ("email", "https"),
+        )
+
+    def _arns(self) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for topic, topic_arn in sorted(self.topics.items()):
+            kwargs: dict[str, Any] = {"TopicArn": topic_arn}
+            while True:
+                answer = self.sns.list_subscriptions_by_topic(**kwargs)
+                out += [(topic, s) for s in answer.get("Subscriptions", [])]
+                if not answer.get("NextToken"):
+                    break
+                kwargs["NextToken"] = answer["NextToken"]
+        return out
+
+    def list(self) -> list[SubscriptionView]:
+        views = []
+        for topic, sub in self._arns():
+            arn = sub["SubscriptionArn"]
+            pending = not arn.startswith("arn:")
+            policy: dict[str, Any] = {}
+            if not pending:
+                attributes = self.sns.get_subscription_attributes(SubscriptionArn=arn).get("Attributes", {})
+                policy = json.loads(attributes.get("FilterPolicy") or "{}")
+            views.append(
+                SubscriptionView(
+                    subscription_id="pending" if pending else arn.rsplit(":", 1)[-1],
+                    topic=topic,
+                    protocol=sub["Protocol"],
+                    endpoint=mask_endpoint(sub["Protocol"], sub["Endpoint"]),
+                    filter_policy=policy,
+                    pending_confirmation=pending,
+                )
+            )
+        return views
+
+    def delete(self, subscription_id: str) -> bool:
+        for _, sub in self._arns():
+            if sub["SubscriptionArn"].rsplit(":", 1)[-1] == subscription_id:
+                self.sns.unsubscribe(SubscriptionArn=sub["SubscriptionArn"])
+                return True
+        return False
+
+
 def aws_services(settings: ApiSettings | None = None) -> Services:
     """The services of the Lambda function (and of `rxguard serve`, inside the offline
     environment): DynamoDB history and findings, alerts on SNS + S3."""
@@ -474,7 +549,10 @@ def aws_services(settings: ApiSettings | None = None) -> Services:
     kb = get_knowledge_base(workflow.core.rules_dir, workflow.core.phase)
     ddb = client("dynamodb")
     notify = None
+    subscriptions = None
     if workflow.alerts_topic_arn and workflow.letters_topic_arn:
+        topics = {"alerts": workflow.alerts_topic_arn, "letters": workflow.letters_topic_arn}
+        subscriptions = AwsSubscriptions(client("sns"), topics)
         sink = AwsNotificationSink(
             client("sns"), client("s3"), workflow.alerts_topic_arn, workflow.letters_topic_arn, workflow.results_bucket
         )
@@ -488,6 +566,7 @@ def aws_services(settings: ApiSettings | None = None) -> Services:
         settings=api,
         notify=notify,
         default_admdvs=workflow.core.default_admdvs,
+        subscriptions=subscriptions,
     )
 
 
