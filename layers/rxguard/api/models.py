@@ -132,7 +132,7 @@ class RuleHit(BaseModel):
     evidence: list[str] = Field(
         description="line ids fixmedins_code/feedetl_sn, the proposed ones included; at most the first 20"
     )
-    evidence_total: int = Field(description="how many evidence lines the finding has (evidence shows at most 20)")
+    evidence_count: int = Field(description="how many evidence lines the finding has (evidence shows at most 20)")
     figures: dict[str, Any] = Field(default_factory=dict)
     mitigations: list[str] = Field(default_factory=list)
     finding_id: str = Field(description="the jr_id: GET /v1/findings/{id} answers it, POST /v1/dispositions uses it")
