@@ -20,7 +20,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -143,6 +143,11 @@ class TableNames:
     findings: str
     batches: str | None = None
     aggregates: str | None = None
+
+    @classmethod
+    def of(cls, settings: Any) -> TableNames:
+        """From settings naming each table `<name>_table` (the workflow's, a handler's environment)."""
+        return cls(**{f.name: getattr(settings, f"{f.name}_table") for f in fields(cls)})
 
 
 # ClaimLine field -> short attribute name in the compact JSON body of a purchase item.

@@ -19,13 +19,7 @@ def _sqlite(tmp: Path) -> Outbox:
     return state.State.open(tmp / "state").outbox()  # type: ignore[no-any-return]
 
 
-ADAPTERS: dict[str, Callable[[Path], Outbox]] = {"memory": lambda _tmp: InMemoryOutbox()}
-try:
-    _HAS_STATE = importlib.util.find_spec("rxguard.local.state") is not None
-except ModuleNotFoundError:  # no rxguard.local package in this tree
-    _HAS_STATE = False
-if _HAS_STATE:
-    ADAPTERS["sqlite"] = _sqlite
+ADAPTERS: dict[str, Callable[[Path], Outbox]] = {"memory": lambda _tmp: InMemoryOutbox(), "sqlite": _sqlite}
 
 
 @pytest.fixture(params=sorted(ADAPTERS))

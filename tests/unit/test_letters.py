@@ -24,6 +24,7 @@ from rxguard.letters.pdf import LetterRenderError, html_to_pdf
 from rxguard.letters.render import render_html
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
 from rxguard.scope import Scope
+from tests.factories import make_finding
 
 PSN_A = "31010019800101001X"
 PSN_B = "310101197702020022"
@@ -65,17 +66,13 @@ LINES = {
 
 
 def finding(rule_id: str, severity: str, psn: str, evidence: list[str], institution: str = HOSPITAL) -> Finding:
-    return Finding(
-        finding_id=Finding.make_id(rule_id, Scope.patient(psn), evidence),
-        rule_id=rule_id,
-        rule_version=1,
+    return make_finding(
+        rule_id,
+        psn,
+        tuple(evidence),
         severity=Severity(severity),
-        subject_type="patient",
-        psn_no=psn,
         fixmedins_code=institution,
-        admdvs="310000",
         occurred_at=LINES[evidence[-1]].fee_ocur_time,
-        evidence=sorted(evidence),
         figures={"days_supply": 84.0, "allowed_days": 30},
         explanation_zh=f"{rule_id} 疑点说明",
         explanation_en=f"{rule_id} explanation",

@@ -31,19 +31,15 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, time, timedelta
 from time import sleep
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from rxguard.api.errors import Conflict, InvalidField, NotFound
 from rxguard.api.models import Disposition, FindingView, Review, ReviewStatus
-from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore, RuleFigures, decode_token, encode_token, view
 from rxguard.models import Finding
 from rxguard.scope import Scope
-
-if TYPE_CHECKING:
-    from rxguard.api.service import Services
 
 REVIEW_PREFIX = "review#"
 STATS_PREFIX = "stats#"
@@ -457,39 +453,3 @@ class DynamoFindingsStore(FindingsStore):
                 modified=int(item.get("modified", {}).get("N", "0")),
             )
         return out
-
-
-def aws_services(settings: ApiSettings | None = None) -> Services:
-    """The services of the Lambda function (and of `rxguard serve`, inside the offline
-    environment): DynamoDB history and findings, alerts on SNS + S3."""
-    from rxguard.alerts.aws import AwsNotificationSink
-    from rxguard.alerts.settings import AlertSettings
-    from rxguard.api.service import Services, alerts_notifier
-    from rxguard.dynamo import DynamoCounterStore, DynamoRepository, client
-    from rxguard.kb import get_knowledge_base
-    from rxguard.workflow.settings import get_settings
-
-    workflow = get_settings()
-    api = settings or api_settings()
-    kb = get_knowledge_base(workflow.core.rules_dir, workflow.core.phase)
-    ddb = client("dynamodb")
-    notify = None
-    if workflow.alerts_topic_arn and workflow.letters_topic_arn:
-        sink = AwsNotificationSink(
-            client("sns"), client("s3"), workflow.alerts_topic_arn, workflow.letters_topic_arn, workflow.results_bucket
-        )
-        alert_settings = AlertSettings.from_env()
-        counters = DynamoCounterStore(alert_settings.counters_table, ddb) if alert_settings.counters_table else None
-        notify = alerts_notifier(kb, sink, alert_settings, counters)
-    return Services(
-        kb=kb,
-        repo=DynamoRepository(workflow.tables, ddb, history_days=workflow.history_days),  # one per request
-        store=DynamoFindingsStore(workflow.findings_table, ddb),
-        settings=api,
-        notify=notify,
-        default_admdvs=workflow.core.default_admdvs,
-    )
-
-
-def api_settings() -> ApiSettings:
-    return ApiSettings.from_env()  # microseconds: parsed per request, so tests may change it

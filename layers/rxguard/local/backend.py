@@ -169,7 +169,7 @@ class SqliteBackend(Backend):
         return self._batches  # type: ignore[return-value]  # BatchStore semantics, not its class
 
     def outbox(self) -> Outbox:
-        return self._outbox  # type: ignore[return-value]
+        return self._outbox
 
     def findings(self, finding_ids: Collection[str]) -> dict[str, Finding]:
         wanted = sorted(set(finding_ids))
