@@ -48,6 +48,14 @@ class Backend(ABC):
     def outbox(self) -> Outbox: ...
 
     @abstractmethod
+    def counters(self) -> Any:
+        """The letters' number counters (`rxguard.letters.CounterStore`: next_counter(name))."""
+
+    def number_keeper(self) -> Any:
+        """Where letter numbers are kept per letter key (`rxguard.letters.NumberKeeper`)."""
+        return self.counters()
+
+    @abstractmethod
     def findings(self, finding_ids: Collection[str]) -> dict[str, Finding]:
         """Stored findings by id (superseded included)."""
 
@@ -133,6 +141,13 @@ class MemoryBackend(Backend):
     def outbox(self) -> Outbox:
         return self._outbox
 
+    def counters(self) -> Any:
+        from rxguard.letters.numbers import InMemoryCounterStore
+
+        if not hasattr(self, "_counters"):
+            self._counters = InMemoryCounterStore()
+        return self._counters
+
     def findings(self, finding_ids: Collection[str]) -> dict[str, Finding]:
         return {i: self.repo.findings[i] for i in finding_ids if i in self.repo.findings}
 
@@ -170,6 +185,18 @@ class SqliteBackend(Backend):
 
     def outbox(self) -> Outbox:
         return self._outbox  # type: ignore[return-value]
+
+    def counters(self) -> Any:
+        return self.state
+
+    def number_keeper(self) -> Any:
+        """Letter numbers kept per letter key (the same letter keeps its number on a re-run)."""
+        kept = getattr(self.state, "kept", None)
+        if kept is not None:
+            return self.state
+        from rxguard.letters.numbers import JsonNumberKeeper
+
+        return JsonNumberKeeper(self.directory / "letter-numbers.json")
 
     def findings(self, finding_ids: Collection[str]) -> dict[str, Finding]:
         wanted = sorted(set(finding_ids))

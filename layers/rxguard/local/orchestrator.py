@@ -148,9 +148,14 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     repo = ctx.backend.repository(writer=f"{batch_id[:16]}-t{part}")
     engine = engine_for(ctx.kb, RECORDING_SCENES)
     sales = repo.load_trace_sales(codes) if codes else {}
-    changes = FindingChanges()
-    for code in codes:
-        merge_changes(changes, repo.replace_findings(f"trace:{code}", engine.evaluate_trace_code(code, sales[code])))
+    by_scope = {f"trace:{code}": engine.evaluate_trace_code(code, sales[code]) for code in codes}
+    replace_many = getattr(repo, "replace_many", None)  # the SQLite state: one transaction for them all
+    if replace_many is not None:
+        changes = replace_many(by_scope)
+    else:
+        changes = FindingChanges()
+        for scope, found_now in by_scope.items():
+            merge_changes(changes, repo.replace_findings(scope, found_now))
     cited = {i for f in [*changes.new, *changes.updated] for i in f.evidence}
     owners = sorted({s.psn_no for found in sales.values() for s in found if s.line_id in cited})
     lines = [x for h in (repo.load_history(owners) if owners else {}).values() for x in h if x.line_id in cited]
@@ -238,6 +243,8 @@ class LocalOrchestrator:
     progress: Progress = field(default_factory=Progress)
     steps: StepLog = field(default_factory=list)
     log_path: str | None = None  # where worker processes write the steps' logs
+    pdf: str = "parallel"  # letters' PDFs: "parallel" after Notify, "inline" in Notify, "on-demand" (HTML only)
+    pdf_jobs: list[tuple[str, str]] = field(default_factory=list)
     crash_after_chunks: int | None = None  # tests: die (os._exit) once this many chunks are screened
     _chunks_done: int = 0
     run_id: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
@@ -258,6 +265,8 @@ class LocalOrchestrator:
                 self._notify(batch, sink)
             if batch.status in ("SCREENED", "ERROR"):
                 self._finalize(batch)
+        if self.pdf == "parallel":
+            self.render_pdfs()
         corrections = self._corrections(batches)
         alerts, letters = deliver_pending(self.backend.outbox(), self.out)
         cpu = time.process_time() - cpu0 + _children_cpu()
@@ -445,12 +454,52 @@ class LocalOrchestrator:
                 sink=sink,
                 alert_settings=self.alert_settings,
                 current=self.backend.findings,
+                letters=self._letters(),
             )
         except Exception as exc:  # Notify's Catch -> RecordFailure
             self._fail(batch, batch.state, exc)
             return
         self._log("Notify", request, summary)
         batch.state["notify"] = {"summary": summary}
+
+    def _letters(self) -> Callable[..., Any]:
+        """The letter issuer: numbers from the state's counters; HTML now, the PDF of each
+        letter queued for `render_pdfs` (in parallel after Notify, or on demand)."""
+        from functools import partial
+
+        from rxguard.letters import issue_letters, render_letter
+
+        def html_now(letter: Any, settings: AlertSettings) -> tuple[str, bytes | None]:
+            from rxguard.letters.render import render_html
+
+            if self.pdf == "inline":
+                return render_letter(letter, settings)
+            html = render_html(letter, settings.templates_dir)
+            stem = f"letters/{letter.period_key}/{letter.letter_id}"
+            self.pdf_jobs.append((stem, letter.number))
+            return html, None
+
+        return partial(
+            issue_letters, counters=self.backend.counters(), keeper=self.backend.number_keeper(), render=html_now
+        )
+
+    def render_pdfs(self) -> int:
+        """Render the queued letters' PDFs from their stored HTML (over the pool)."""
+        jobs, self.pdf_jobs = self.pdf_jobs, []
+        if not jobs:
+            return 0
+        settings = self.alert_settings
+        args = [
+            (
+                str(self.out / f"{stem}.html"),
+                str(self.out / f"{stem}.pdf"),
+                str(settings.font_path or ""),
+                settings.issuer_name_zh,
+                number,
+            )
+            for stem, number in jobs
+        ]
+        return render_pdf_files(args, self.workers)
 
     def _finalize(self, batch: BatchRun) -> None:
         failed = batch.status == "ERROR"
@@ -577,6 +626,27 @@ def deliver_pending(outbox: Outbox, out: Path) -> tuple[list[dict[str, Any]], li
         for fh in files.values():
             fh.close()
     return written["alerts"], written["letters"]
+
+
+def render_pdf_files(jobs: Sequence[tuple[str, str, str, str, str]], workers: int) -> int:
+    """Render letters' PDFs from their HTML over `workers` processes; returns how many."""
+    if not jobs:
+        return 0
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            return sum(pool.map(render_pdf_file, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    return sum(map(render_pdf_file, jobs))
+
+
+def render_pdf_file(job: tuple[str, str, str, str, str]) -> int:
+    """One letter's PDF from its HTML (a worker process: reportlab loads once per worker)."""
+    from rxguard.letters.pdf import html_to_pdf
+
+    html_path, pdf_path, font_path, author, subject = job
+    html = Path(html_path).read_text(encoding="utf-8")
+    pdf = html_to_pdf(html, font_path=Path(font_path) if font_path else None, author=author, subject=subject)
+    LocalObjects(Path(pdf_path).parent).put_bytes(Path(pdf_path).name, pdf, "application/pdf")
+    return 1
 
 
 def file_digest(path: Path) -> str:
