@@ -554,7 +554,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "| ratio to engine | findings | letters | PDF CPU s a letter |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for n, r in loc["runs"].items():
+        for r in loc["runs"].values():
             out.append(
                 f"| {int(r['lines']):,} | {r['cpu_seconds']} | {r['wall_seconds']} | {r['lines_per_cpu_s']:,} | "
                 f"{r['lines_per_s_on_cores']:,} | {r['peak_rss_mb']} | {r['engine_lines_per_cpu_s']:,} | "
