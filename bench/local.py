@@ -76,11 +76,19 @@ def make_batch(lines: int, directory: Path, seed: int = 7) -> Path:
 
 def _children(cmd: list[str], timeout: float) -> tuple[subprocess.CompletedProcess[str], float, float, float]:
     """Run `cmd` as a child of a small helper interpreter, so RUSAGE_CHILDREN counts only
-    it and its workers: (process, CPU seconds, wall seconds, peak RSS MB)."""
+    it and its workers (the helper is their subreaper: the forkserver and its workers,
+    orphaned when the run exits, are waited by it too): (process, CPU seconds, wall
+    seconds, peak RSS MB of the largest process)."""
     helper = (
-        "import json, resource, subprocess, sys, time\n"
+        "import ctypes, json, os, resource, subprocess, sys, time\n"
+        "ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphaned workers come back to us\n"
         "t = time.monotonic()\n"
         "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "while True:\n"
+        "    try:\n"
+        "        os.wait()\n"
+        "    except ChildProcessError:\n"
+        "        break\n"
         "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
         "print(json.dumps({'rc': p.returncode, 'out': p.stdout[-4000:], 'err': p.stderr[-4000:],"
         " 'cpu': u.ru_utime + u.ru_stime, 'wall': time.monotonic() - t, 'rss': u.ru_maxrss / 1024}))\n"

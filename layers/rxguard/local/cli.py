@@ -95,7 +95,7 @@ def render_pdfs_on_demand(argv: Sequence[str]) -> int:
         for html in sorted((args.out / "letters").rglob("*.html"))
         if not html.with_suffix(".pdf").exists()
     ]
-    done = render_pdf_files(jobs, max(1, args.workers))
+    done, _ = render_pdf_files(jobs, max(1, args.workers))
     print(f"{done} PDF letter(s) rendered under {args.out / 'letters'}")
     return EXIT_OK
 

@@ -182,6 +182,18 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
+_PRELOAD = ["rxguard.local.orchestrator", "rxguard.local.state", "rxguard.ingest", "rxguard.screening"]
+
+
+def worker_context() -> Any:
+    """Worker processes fork from a small server process that imported the domain once
+    (forkserver): no SQLite connection or thread of this process crosses a fork, and a
+    worker does not pay the ~1 s of imports a spawned interpreter would."""
+    context = get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return context
+
+
 class InProcess(Executor):
     """A one-worker "pool" in this process (tests, the memory backend, --workers 1)."""
 
@@ -245,6 +257,7 @@ class LocalOrchestrator:
     log_path: str | None = None  # where worker processes write the steps' logs
     pdf: str = "parallel"  # letters' PDFs: "parallel" after Notify, "inline" in Notify, "on-demand" (HTML only)
     pdf_jobs: list[tuple[str, str]] = field(default_factory=list)
+    worker_cpu_seconds: float = 0.0  # CPU of the worker processes' tasks
     crash_after_chunks: int | None = None  # tests: die (os._exit) once this many chunks are screened
     _chunks_done: int = 0
     run_id: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
@@ -269,7 +282,7 @@ class LocalOrchestrator:
             self.render_pdfs()
         corrections = self._corrections(batches)
         alerts, letters = deliver_pending(self.backend.outbox(), self.out)
-        cpu = time.process_time() - cpu0 + _children_cpu()
+        cpu = time.process_time() - cpu0 + self.worker_cpu_seconds
         return RunResult(
             batches,
             alerts,
@@ -318,7 +331,7 @@ class LocalOrchestrator:
         if self.workers > 1 and spec is not None:
             return ProcessPoolExecutor(
                 max_workers=self.workers,
-                mp_context=get_context("spawn"),  # no SQLite connection crosses a fork
+                mp_context=worker_context(),
                 initializer=_init_worker,
                 initargs=(spec, str(self.results.root), rules_dir, self.settings.phase.value, self.log_path),
             )
@@ -408,12 +421,13 @@ class LocalOrchestrator:
             {"batch_id": prepared.batch_id, "chunk_key": c.chunk_key, "lines": c.lines, "index": i}
             for i, c in enumerate(prepared.chunks)
         ]
-        futures = {pool.submit(screen_one, e): n for n, e in enumerate(events)}
+        futures = {pool.submit(timed, screen_one, e): n for n, e in enumerate(events)}
         results: list[dict[str, Any] | None] = [None] * len(events)
         codes: set[str] = set()
         for future in as_completed(futures):
             n = futures[future]
-            output, deferred = future.result()
+            (output, deferred), cpu, pid = future.result()
+            self._worker_cpu(cpu, pid)
             results[n] = output
             codes.update(deferred)
             self._log(
@@ -430,13 +444,20 @@ class LocalOrchestrator:
         for code in sorted(codes):
             groups[int(hashlib.blake2b(code.encode(), digest_size=4).hexdigest(), 16) % parts].append(code)
         settled = [
-            pool.submit(settle_traces, {"batch_id": prepared.batch_id, "part": p, "codes": g})
+            pool.submit(timed, settle_traces, {"batch_id": prepared.batch_id, "part": p, "codes": g})
             for p, g in enumerate(groups)
             if g
         ]
         out: list[dict[str, Any]] = [r for r in results if r is not None]
-        out += [f.result() for f in settled]
+        for future in settled:
+            output, cpu, pid = future.result()
+            self._worker_cpu(cpu, pid)
+            out.append(output)
         return out
+
+    def _worker_cpu(self, cpu: float, pid: int) -> None:
+        if pid != os.getpid():  # in this process it is in process_time() already
+            self.worker_cpu_seconds += cpu
 
     def _notify(self, batch: BatchRun, sink: NotificationSink) -> None:
         if batch.skip_notify:
@@ -499,7 +520,9 @@ class LocalOrchestrator:
             )
             for stem, number in jobs
         ]
-        return render_pdf_files(args, self.workers)
+        done, cpu = render_pdf_files(args, self.workers)
+        self.worker_cpu_seconds += cpu
+        return done
 
     def _finalize(self, batch: BatchRun) -> None:
         failed = batch.status == "ERROR"
@@ -628,14 +651,25 @@ def deliver_pending(outbox: Outbox, out: Path) -> tuple[list[dict[str, Any]], li
     return written["alerts"], written["letters"]
 
 
-def render_pdf_files(jobs: Sequence[tuple[str, str, str, str, str]], workers: int) -> int:
-    """Render letters' PDFs from their HTML over `workers` processes; returns how many."""
+def render_pdf_files(jobs: Sequence[tuple[str, str, str, str, str]], workers: int) -> tuple[int, float]:
+    """Render letters' PDFs from their HTML over `workers` processes; returns how many and
+    the CPU seconds the worker processes spent."""
     if not jobs:
-        return 0
+        return 0, 0.0
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            return sum(pool.map(render_pdf_file, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
-    return sum(map(render_pdf_file, jobs))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context()) as pool:
+            size = max(1, len(jobs) // (4 * workers))
+            done = list(pool.map(timed, [render_pdf_file] * len(jobs), jobs, chunksize=size))
+        return sum(r for r, _, _ in done), sum(c for _, c, pid in done if pid != os.getpid())
+    return sum(map(render_pdf_file, jobs)), 0.0
+
+
+def timed(fn: Callable[[Any], Any], arg: Any) -> tuple[Any, float, int]:
+    """`fn(arg)` with the CPU seconds it took and the process that ran it (a worker's CPU
+    is not in this process's counters: the orchestrator adds it up)."""
+    start = time.process_time()
+    result = fn(arg)
+    return result, time.process_time() - start, os.getpid()
 
 
 def render_pdf_file(job: tuple[str, str, str, str, str]) -> int:
@@ -655,13 +689,6 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _children_cpu() -> float:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def iter_findings_json(backend: Backend) -> Iterator[dict[str, Any]]:
