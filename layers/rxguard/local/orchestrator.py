@@ -189,6 +189,13 @@ def worker_context() -> Any:
     """Worker processes fork from a small server process that imported the domain once
     (forkserver): no SQLite connection or thread of this process crosses a fork, and a
     worker does not pay the ~1 s of imports a spawned interpreter would."""
+    import rxguard
+
+    # the server is a fresh interpreter: it must import this rxguard, not another on its path
+    layer = str(Path(rxguard.__file__).resolve().parents[1])
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if layer not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([layer, *[p for p in paths if p]])
     context = get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
     return context
