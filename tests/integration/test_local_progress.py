@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "events" / "batches" / "01_shanghai_his_utf8.csv"
 
 
-def test_the_progress_shows_lines_read_and_screened_with_a_rate_and_an_eta() -> None:
-    # Given a progress display on a (captured) terminal stream
+def test_the_progress_shows_lines_read_and_screened_with_a_rate_and_an_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a progress display on a (captured) terminal stream of 200 columns
+    monkeypatch.setenv("COLUMNS", "200")
     stream = io.StringIO()
     shown = RichProgress(stream)
     # When a batch is read and half of it screened
