@@ -270,6 +270,13 @@ def test_the_console_reads_the_sqlite_state(kb: Any, tmp_path: Path) -> None:
     assert f"共 {len(current)} 条线索" in call(app, "/")[2]
     batches = call(app, "/batches")[2]
     assert "sha256:abc" in batches and "部分成功" in batches and path.name in batches
+    # the local run keeps the rejected lines under the state folder: the download finds them
+    kept = tmp_path / "state" / "results" / "batches" / "sha256:abc" / "rejected.jsonl"
+    kept.parent.mkdir(parents=True)
+    bad = Rejection(file=path.name, line=7, field="cnt", reason="not_positive", message="cnt is 0", line_id=None)
+    kept.write_text(bad.model_dump_json() + "\n", encoding="utf-8")
+    csv_text = call(app, "/batches/sha256:abc/rejected.csv")[2]
+    assert csv_text.lstrip("\ufeff").splitlines()[1] == f"{path.name},7,cnt,not_positive,cnt is 0,"
     code = next(f.fixmedins_code for f in current if f.fixmedins_code)
     status, _, body = call(app, f"/institutions/{code}")
     assert status == 200 and 'id="funnel-chart"' in body
@@ -333,3 +340,22 @@ def test_a_backtest_from_the_rules_page_runs_on_the_stored_history(kb: Any, tmp_
     )
     assert "rxguard serve --state DIR" in call(no_planner, "/rules/early-refill/backtest")[2]
     state.close()
+
+
+def test_dispositions_give_continue_and_modify_rates_and_show_on_the_finding(app: Any, state: Any) -> None:
+    from rxguard.api.models import Disposition
+
+    services, _ = state
+    rule = "cross-institution-repeat"
+    two = [f for f in services.repo.all_current_findings() if f.rule_id == rule][:2]
+    assert len(two) == 2
+    at = datetime(2026, 3, 1, 9, 0)
+    services.store.dispose(
+        two[0].finding_id, Disposition(action="continue", reason="外出", disposer="D1", disposed_at=at)
+    )
+    services.store.dispose(two[1].finding_id, Disposition(action="modify", disposer="D2", disposed_at=at))
+    page = call(app, "/rules")[2]
+    row = page.split(f'id="rule-{rule}"')[1].split("</tr>")[0]
+    assert "50.0% / 50.0%" in row and "(n=2)" in row
+    finding = call(app, f"/findings/{two[0].finding_id}")[2]
+    assert "继续执行" in finding and "外出" in finding and 'id="disposition"' in finding

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from rxguard.api.access import Caller, identify, readable_institution, require_finding_access, require_reviewer
-from rxguard.api.errors import ApiError, Forbidden, InvalidField, NotFound
+from rxguard.api.errors import ApiError, Conflict, Forbidden, InvalidField, NotFound
 from rxguard.api.models import FindingView
 from rxguard.api.service import Services
 from rxguard.api.store import FindingQuery
@@ -346,8 +346,9 @@ class Console:
             raise InvalidField(translate("review.need_reason", request.lang), "reason")
         if len(reason) > 1000:
             raise InvalidField("reason is longer than 1000 characters", "reason")
-        for fid in fids:
-            self._finding(caller, fid)  # access and existence before any write
+        for fid in fids:  # access, existence and state of every finding before any write
+            if self._finding(caller, fid).status == "superseded":
+                raise Conflict("the finding is superseded: the rules no longer produce it", "status")
         for fid in fids:
             self.services.store.review(fid, status, reason, caller.principal, self.services.now())  # type: ignore[arg-type]
         return len(fids)
@@ -361,9 +362,8 @@ class Console:
         if not fids:
             raise InvalidField(translate("review.need_selection", request.lang), "finding_id")
         n = self._review(request, caller, fids)
-        sep = "&" if "?" in back else "?"
-        back = re.sub(r"([?&])done=\d+&?", r"\1", back).rstrip("?&")
-        raise Redirect(f"{back}{sep if '?' in back else '?'}done={n}")
+        back = re.sub(r"([?&])done=\d+(&|$)", r"\1", back).rstrip("?&")  # the notice of an earlier review
+        raise Redirect(f"{back}{'&' if '?' in back else '?'}done={n}")
 
     def review_one(self, request: Request, fid: str) -> Response:
         caller = self.caller(request)

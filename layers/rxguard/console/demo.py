@@ -86,19 +86,19 @@ def screen_files(services: Services, sources: ConsoleSources, files: Sequence[Pa
 
 
 def _letters(services: Services, letters: MemoryLetters, batch_id: str) -> None:
-    """The letters Notify would send for the current findings (grouping and numbering by
-    the letters package's own rules; nothing is rendered)."""
+    """The letters Notify would send for the current findings (grouped by the letters
+    package's own rule: one per institution and period; nothing is rendered)."""
     from rxguard.letters import letter_groups
 
     assert isinstance(services.repo, InMemoryRepository)
     settings = AlertSettings()
     today = date.today().isoformat()
-    for addressee, subject, group in letter_groups(services.repo.all_current_findings(), settings):
-        digest = hashlib.sha256(f"{addressee}:{subject}".encode()).hexdigest()[:8].upper()
+    for addressee, subject, period, group in letter_groups(services.repo.all_current_findings(), settings):
+        digest = hashlib.sha256(f"{addressee}:{subject}:{period}".encode()).hexdigest()[:8].upper()
         warning = any(f.severity.value == "high" for f in group)
         letters.add(
             LetterRecord(
-                letter_id=f"institution-{subject}" if addressee == "institution" else f"patient-{digest.lower()}",
+                letter_id=f"institution-{subject}-{period[0]}" if addressee == "institution" else f"patient-{digest}",
                 number=f"医保监{'警' if warning else '提'}〔{today[:4]}〕{digest}号",
                 kind_zh="警示函" if warning else "提醒函",
                 addressee_type=addressee,

@@ -84,6 +84,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     "finding.mitigations": ("减轻因素", "Mitigations"),
     "finding.same_patient": ("同一参保人的其他线索", "Other findings of the same patient"),
     "finding.same_institution": ("同一机构的其他线索", "Other findings of the same institution"),
+    "finding.disposition": ("医生处置（3103）", "Prescriber's disposition (3103)"),
+    "finding.disposition_action": ("处置方式", "Action"),
+    "finding.disposer": ("处置人", "By"),
+    "disposition.continue": ("继续执行", "continued"),
+    "disposition.modify": ("返回修改", "modified"),
     "finding.letters": ("引用本线索的函件", "Letters citing this finding"),
     "finding.no_letters": ("尚无函件引用本线索。", "No letter cites this finding yet."),
     "finding.review": ("审核", "Review"),
@@ -160,8 +165,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "rules.per_month": ("每月线索数", "Findings per month"),
     "rules.dispositions": ("继续执行 / 返回修改", "Continue / modify"),
     "rules.dispositions_note": (
-        "医生处置（3103 接口）接入后显示继续执行率与返回修改率。",
-        "Continue and modify rates appear once doctors' dispositions (interface 3103) are recorded.",
+        "继续执行率 / 返回修改率来自医生对预警的处置（3103 接口）；继续执行率高提示预警疲劳或规则过严。",
+        "Continue / modify rates come from prescribers' dispositions of warnings (interface 3103); a high continue "
+        "rate points to alert fatigue or a rule set too tight.",
     ),
     "rules.backtest_note": (
         "规则回测接入后，可在此对历史数据试运行新参数。",

@@ -422,11 +422,23 @@ class RuleRow:
     dismissed: int
     open: int
     per_month: dict[str, int]
+    continued: int = 0  # prescribers' dispositions (3103): continued past the warning
+    modified: int = 0  # ... or changed the prescription
 
     @property
     def precision(self) -> float | None:
         reviewed = self.confirmed + self.dismissed
         return None if reviewed == 0 else self.confirmed / reviewed
+
+    @property
+    def continue_rate(self) -> float | None:
+        disposed = self.continued + self.modified
+        return None if disposed == 0 else self.continued / disposed
+
+    @property
+    def modify_rate(self) -> float | None:
+        disposed = self.continued + self.modified
+        return None if disposed == 0 else self.modified / disposed
 
 
 def rule_rows(services: Services, findings: Sequence[FindingView]) -> tuple[list[RuleRow], list[str]]:
@@ -453,6 +465,8 @@ def rule_rows(services: Services, findings: Sequence[FindingView]) -> tuple[list
                 dismissed=fig.dismissed if fig else 0,
                 open=open_[rule.id],
                 per_month={m: per[rule.id][m] for m in months},
+                continued=getattr(fig, "continued", 0) if fig else 0,
+                modified=getattr(fig, "modified", 0) if fig else 0,
             )
         )
     return rows, months

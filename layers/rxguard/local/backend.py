@@ -48,14 +48,6 @@ class Backend(ABC):
     def outbox(self) -> Outbox: ...
 
     @abstractmethod
-    def counters(self) -> Any:
-        """The letters' number counters (`rxguard.letters.CounterStore`: next_counter(name))."""
-
-    def number_keeper(self) -> Any:
-        """Where letter numbers are kept per letter key (`rxguard.letters.NumberKeeper`)."""
-        return self.counters()
-
-    @abstractmethod
     def findings(self, finding_ids: Collection[str]) -> dict[str, Finding]:
         """Stored findings by id (superseded included)."""
 
@@ -66,6 +58,11 @@ class Backend(ABC):
     @abstractmethod
     def all_batches(self) -> list[dict[str, Any]]:
         """Every batch record (`batch_id`, `execution_id`, `status`, `source`, ...)."""
+
+    def letter_counters(self) -> Any:
+        """The letters' document numbers (`rxguard.letters.CounterStore` with kept numbers),
+        None for a counter of this process (the in-memory backend)."""
+        return None
 
     def running_batches(self) -> list[dict[str, Any]]:
         """Batch records still RUNNING."""
@@ -141,13 +138,6 @@ class MemoryBackend(Backend):
     def outbox(self) -> Outbox:
         return self._outbox
 
-    def counters(self) -> Any:
-        from rxguard.letters.numbers import InMemoryCounterStore
-
-        if not hasattr(self, "_counters"):
-            self._counters = InMemoryCounterStore()
-        return self._counters
-
     def findings(self, finding_ids: Collection[str]) -> dict[str, Finding]:
         return {i: self.repo.findings[i] for i in finding_ids if i in self.repo.findings}
 
@@ -183,20 +173,11 @@ class SqliteBackend(Backend):
     def batch_records(self) -> BatchStore:
         return self._batches  # type: ignore[return-value]  # BatchStore semantics, not its class
 
+    def letter_counters(self) -> Any:
+        return self.state  # next_counter, kept, keep: numbers run on across runs (docs/letters.md)
+
     def outbox(self) -> Outbox:
-        return self._outbox  # type: ignore[return-value]
-
-    def counters(self) -> Any:
-        return self.state
-
-    def number_keeper(self) -> Any:
-        """Letter numbers kept per letter key (the same letter keeps its number on a re-run)."""
-        kept = getattr(self.state, "kept", None)
-        if kept is not None:
-            return self.state
-        from rxguard.letters.numbers import JsonNumberKeeper
-
-        return JsonNumberKeeper(self.directory / "letter-numbers.json")
+        return self._outbox
 
     def findings(self, finding_ids: Collection[str]) -> dict[str, Finding]:
         wanted = sorted(set(finding_ids))

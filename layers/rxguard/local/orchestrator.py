@@ -507,9 +507,8 @@ class LocalOrchestrator:
             self.pdf_jobs.append((stem, letter.number))
             return html, None
 
-        return partial(
-            issue_letters, counters=self.backend.counters(), keeper=self.backend.number_keeper(), render=html_now
-        )
+        counters = self.backend.letter_counters()  # None: numbers of this process (the memory backend)
+        return partial(issue_letters, counters=counters, render=html_now)
 
     def render_pdfs(self) -> int:
         """Render the queued letters' PDFs from their stored HTML (over the pool)."""
