@@ -29,11 +29,13 @@ from rxguard.alerts.schema import AlertMessage
 from rxguard.alerts.settings import AlertSettings
 from rxguard.alerts.sink import NotificationSink
 from rxguard.config import Settings
+from rxguard.errors import TransientError
 from rxguard.kb import KnowledgeBase, Phase, get_knowledge_base
 from rxguard.local.backend import Backend, BackendSpec, open_backend
 from rxguard.local.objects import InputFiles, LocalObjects
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
+from rxguard.scope import Scope
 from rxguard.workflow import naming
 from rxguard.workflow.contract import (
     ChunkFindings,
@@ -47,7 +49,6 @@ from rxguard.workflow.contract import (
     PrepareRequest,
     ok_results,
 )
-from rxguard.workflow.errors import TransientError
 from rxguard.workflow.finalize import finalize_batch
 from rxguard.workflow.institutions import screen_institutions
 from rxguard.workflow.naming import S3ObjectRef
@@ -150,7 +151,7 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     sales = repo.load_trace_sales(codes) if codes else {}
     changes = FindingChanges()
     for code in codes:
-        merge_changes(changes, repo.replace_findings(f"trace:{code}", engine.evaluate_trace_code(code, sales[code])))
+        merge_changes(changes, repo.replace_findings(Scope.trace(code), engine.evaluate_trace_code(code, sales[code])))
     cited = {i for f in [*changes.new, *changes.updated] for i in f.evidence}
     owners = sorted({s.psn_no for found in sales.values() for s in found if s.line_id in cited})
     lines = [x for h in (repo.load_history(owners) if owners else {}).values() for x in h if x.line_id in cited]
