@@ -34,6 +34,7 @@ from rxguard.config import Settings
 from rxguard.dynamo import BatchStore, DynamoCounterStore, DynamoRepository, ResultStore, client
 from rxguard.environment import (
     ApiEnvironment,
+    DigestEnvironment,
     FinalizeEnvironment,
     HandlerEnvironment,
     NotifyEnvironment,
@@ -152,7 +153,7 @@ def institutions(env: ScreenEnvironment) -> Callable[[contract.InstitutionsReque
     return run
 
 
-def aws_sink(env: NotifyEnvironment | ApiEnvironment) -> AwsNotificationSink:
+def aws_sink(env: NotifyEnvironment | ApiEnvironment | DigestEnvironment) -> AwsNotificationSink:
     from rxguard.alerts.aws import AwsNotificationSink
 
     return AwsNotificationSink(
@@ -180,6 +181,42 @@ def notify(env: NotifyEnvironment) -> Callable[[contract.NotifyRequest], dict[st
     return run
 
 
+def digest(env: DigestEnvironment) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The scheduled digests (EventBridge Scheduler `{"cadence": "daily" | "weekly"[, "on"]}`):
+    the window's findings from the FindingsTable, the digests published once each."""
+    from datetime import date, datetime, timedelta, timezone
+
+    from rxguard.alerts.digests import Cadence, periodic_digests, previous, window
+    from rxguard.alerts.settings import AlertSettings
+    from rxguard.api.store import FindingQuery
+    from rxguard.api.store_dynamo import DynamoFindingsStore
+    from rxguard.models import Finding
+
+    kb = knowledge_base(env)
+    store = DynamoFindingsStore(env.findings_table, client("dynamodb"))
+
+    def run(event: dict[str, Any]) -> dict[str, Any]:
+        cadence: Cadence = "weekly" if event.get("cadence") == "weekly" else "daily"
+        today = datetime.now(timezone(timedelta(hours=8))).date()  # China time
+        on = date.fromisoformat(event["on"]) if event.get("on") else previous(cadence, today)
+        start, end, period, _ = window(cadence, on)
+        findings: list[Finding] = []
+        token = None
+        while True:  # the regulators' listing of the window (a Scan with the date filter)
+            page, token = store.query(FindingQuery(date_from=start, date_to=end), 500, token)
+            findings += [
+                Finding.model_validate(v.model_dump(exclude={"review", "disposition", "recorded"})) for v in page
+            ]
+            if token is None:
+                break
+        messages = periodic_digests(findings, cadence=cadence, on=on, kb=kb, settings=AlertSettings.from_env())
+        sink = aws_sink(env)
+        published = sum(1 for message in messages if sink.publish_alert(message))
+        return {"period": period, "findings": len(findings), "digests": len(messages), "published": published}
+
+    return run
+
+
 def letter_counters(alerts: AlertSettings) -> DynamoCounterStore | None:
     """The letter numbers' counters (docs/letters.md): the DynamoDB CountersTable when configured."""
     return DynamoCounterStore(alerts.counters_table, client("dynamodb")) if alerts.counters_table else None
@@ -202,14 +239,17 @@ def api_services(env: ApiEnvironment, settings: ApiSettings | None = None) -> Se
     from rxguard.alerts.settings import AlertSettings
     from rxguard.api.service import Services, alerts_notifier
     from rxguard.api.settings import ApiSettings
-    from rxguard.api.store_dynamo import DynamoFindingsStore
+    from rxguard.api.store_dynamo import AwsSubscriptions, DynamoFindingsStore
 
     kb = knowledge_base(env)
     ddb = client("dynamodb")
     notifier = None
+    subscriptions = None
     if env.alerts_topic_arn and env.letters_topic_arn:
         alerts = AlertSettings.from_env()
         notifier = alerts_notifier(kb, aws_sink(env), alerts, letter_counters(alerts))
+        topics = {"alerts": env.alerts_topic_arn, "letters": env.letters_topic_arn}
+        subscriptions = AwsSubscriptions(client("sns"), topics)
     return Services(
         kb=kb,
         repo=DynamoRepository(env.tables, ddb, history_days=env.history_days),  # one per request
@@ -217,6 +257,7 @@ def api_services(env: ApiEnvironment, settings: ApiSettings | None = None) -> Se
         settings=settings or ApiSettings.from_env(),  # microseconds: per request, so tests may change it
         notify=notifier,
         default_admdvs=env.default_admdvs,
+        subscriptions=subscriptions,
     )
 
 

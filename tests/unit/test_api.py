@@ -554,6 +554,8 @@ def test_checked_in_openapi_document_is_the_generated_one() -> None:
         "/v1/findings",
         "/v1/findings/{finding_id}",
         "/v1/rules",
+        "/v1/subscriptions",
+        "/v1/subscriptions/{subscription_id}",
     }
 
 

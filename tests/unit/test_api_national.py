@@ -177,7 +177,7 @@ def test_next_fill_on_is_the_first_day_the_fill_passes_and_the_previous_fill_is_
         fired = {h["rule_id"] for h in later["lines"][0]["hits"]} & waitable
         assert (not fired) is passes, (day, fired)
     # And evidence is bounded, with its total
-    assert len(refill["evidence"]) <= 20 and refill["evidence_total"] >= len(refill["evidence"])
+    assert len(refill["evidence"]) <= 20 and refill["evidence_count"] >= len(refill["evidence"])
 
 
 def test_over_quantity_has_no_next_fill_day(kb: KnowledgeBase) -> None:

@@ -39,6 +39,9 @@ from rxguard.api.models import (
     FindingView,
     ReviewRequest,
     RulesResponse,
+    SubscriptionRequest,
+    SubscriptionsResponse,
+    SubscriptionView,
 )
 from rxguard.api.service import Services
 
@@ -307,6 +310,63 @@ def get_rules() -> RulesResponse:
 )
 def post_backtest(body: BacktestRequest) -> BacktestResponse:
     return service.backtest(_services(), _caller(), body)
+
+
+@app.post(
+    "/v1/subscriptions",
+    summary="Subscribe an email, SMS, https, queue or function endpoint to alerts or letters, with filters",
+    description="Creates an SNS subscription whose filter policy keeps the messages of a region prefix, "
+    "institutions, rules (our ids or the platform's codes), severities and message types. Email and SMS "
+    "subscribers receive Chinese text; queues and functions the JSON body. Institutions subscribe to their own.",
+    responses={
+        200: {
+            "description": "the subscription",
+            "content": {content_types.APPLICATION_JSON: {"model": SubscriptionView}},
+        },
+        404: _error_content("Subscriptions are not configured"),
+        **ERRORS,
+    },
+    tags=["subscriptions"],
+)
+def post_subscription(body: Annotated[SubscriptionRequest, Body()]) -> SubscriptionView:
+    return service.subscribe(_services(), _caller(), body)
+
+
+@app.get(
+    "/v1/subscriptions",
+    summary="The subscriptions the caller may see, with their filter policies",
+    responses={
+        200: {
+            "description": "the subscriptions",
+            "content": {content_types.APPLICATION_JSON: {"model": SubscriptionsResponse}},
+        },
+        404: _error_content("Subscriptions are not configured"),
+        **ERRORS,
+    },
+    tags=["subscriptions"],
+)
+def get_subscriptions() -> SubscriptionsResponse:
+    return service.list_subscriptions(_services(), _caller())
+
+
+SubscriptionId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+
+
+@app.delete(
+    "/v1/subscriptions/<subscription_id>",
+    summary="Remove a subscription",
+    responses={
+        200: {
+            "description": "the subscription removed",
+            "content": {content_types.APPLICATION_JSON: {"model": SubscriptionsResponse}},
+        },
+        404: _error_content("No such subscription"),
+        **ERRORS,
+    },
+    tags=["subscriptions"],
+)
+def delete_subscription(subscription_id: SubscriptionId) -> SubscriptionsResponse:
+    return service.unsubscribe(_services(), _caller(), subscription_id)
 
 
 @app.get("/v1/openapi.json", include_in_schema=False)

@@ -145,11 +145,18 @@ def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., 
 
 def memory_services(settings: ApiSettings) -> Services:
     from rxguard.api.store import InMemoryFindingsStore
+    from rxguard.api.subscriptions import InMemorySubscriptions
     from rxguard.kb import get_knowledge_base
     from rxguard.repository import InMemoryRepository
 
     repo = InMemoryRepository()
-    return Services(kb=get_knowledge_base(), repo=repo, store=InMemoryFindingsStore(repo), settings=settings)
+    return Services(
+        kb=get_knowledge_base(),
+        repo=repo,
+        store=InMemoryFindingsStore(repo),
+        settings=settings,
+        subscriptions=InMemorySubscriptions(),
+    )
 
 
 def services_invoke(services: Services) -> Invoke:

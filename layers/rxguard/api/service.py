@@ -12,6 +12,7 @@ medium -> warn, low -> pass (the hit is still reported, as information).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -48,9 +49,13 @@ from rxguard.api.models import (
     RuleHit,
     RulesResponse,
     RuleView,
+    SubscriptionRequest,
+    SubscriptionsResponse,
+    SubscriptionView,
 )
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore
+from rxguard.api.subscriptions import Subscriptions, filter_policy
 from rxguard.ingest.normalize import LineRejected, normalize_record
 from rxguard.kb import KnowledgeBase, KnowledgeBaseError
 from rxguard.letters import issue_letters
@@ -110,6 +115,7 @@ class Services:
     default_admdvs: str | None = None
     clock: Callable[[], datetime] | None = None  # China time, naive (as fee_ocur_time)
     national: nhsa.NationalDictionary = field(default_factory=nhsa.dictionary)
+    subscriptions: Subscriptions | None = None  # SNS subscriptions (POST/GET/DELETE /v1/subscriptions)
     planner: Planner | None = None  # backtests over the stored history
 
     def now(self) -> datetime:
@@ -390,7 +396,7 @@ def _hit(finding: Finding, kb: KnowledgeBase, line_id: str | None = None, advice
         explanation_zh=finding.explanation_zh,
         explanation_en=finding.explanation_en,
         evidence=_bounded(finding.evidence, line_id),
-        evidence_total=len(finding.evidence),
+        evidence_count=len(finding.evidence),
         figures=dict(finding.figures),
         mitigations=list(finding.mitigations),
         finding_id=finding.finding_id,
@@ -791,3 +797,59 @@ def dispose(
             ]
         )
     )
+
+
+# ------------------------------------------------------------------ subscriptions
+
+
+ENDPOINTS = {
+    "email": re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+    "sms": re.compile(r"^\+\d{8,15}$"),
+    "https": re.compile(r"^https://[^\s]+$"),
+    "sqs": re.compile(r"^arn:aws[a-z-]*:sqs:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]+$"),
+    "lambda": re.compile(r"^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[A-Za-z0-9_-]+(:[A-Za-z0-9_$-]+)?$"),
+}
+
+
+def _subscriptions(services: Services) -> Subscriptions:
+    if services.subscriptions is None:
+        raise NotFound("subscriptions are not configured in this deployment", None)
+    return services.subscriptions
+
+
+def _own(caller: Caller, view: SubscriptionView) -> bool:
+    wanted = view.filter_policy.get("institution_id") or []
+    return caller.reviews or (bool(wanted) and set(wanted) <= set(caller.institutions))
+
+
+def subscribe(services: Services, caller: Caller, request: SubscriptionRequest) -> SubscriptionView:
+    """An SNS subscription with the filter policy of the request. Regulators subscribe to
+    anything; an institution only to its own institutions' messages."""
+    gateway = _subscriptions(services)
+    if not ENDPOINTS[request.protocol].match(request.endpoint):
+        raise InvalidField(f"endpoint is not a valid {request.protocol} endpoint", "endpoint")
+    if not caller.reviews:
+        if not request.filters.institutions:
+            raise InvalidField("filters.institutions is required: name your own institution(s)", "filters.institutions")
+        require_institutions(caller, request.filters.institutions)
+    national = services.national
+
+    def resolve(value: str) -> str | None:
+        rule_id = national.resolve_rule(value)
+        return rule_id if rule_id in services.kb.rules else None
+
+    policy = filter_policy(request, resolve)
+    return gateway.subscribe(request.topic, request.protocol, request.endpoint, policy, caller.principal)
+
+
+def list_subscriptions(services: Services, caller: Caller) -> SubscriptionsResponse:
+    return SubscriptionsResponse(items=[v for v in _subscriptions(services).list() if _own(caller, v)])
+
+
+def unsubscribe(services: Services, caller: Caller, subscription_id: str) -> SubscriptionsResponse:
+    gateway = _subscriptions(services)
+    found = next((v for v in gateway.list() if v.subscription_id == subscription_id), None)
+    if found is None or not _own(caller, found):
+        raise NotFound("no such subscription", "subscription_id")
+    gateway.delete(subscription_id)
+    return SubscriptionsResponse(items=[found])

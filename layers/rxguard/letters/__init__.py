@@ -8,6 +8,7 @@ announced on the letters topic."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections import defaultdict
@@ -132,7 +133,15 @@ def issue_letters(
     index_rows: list[dict[str, object]] = []
     for addressee_type, subject, period, group in letter_groups(findings, settings, persons):
         key_subject = subject if addressee_type == "institution" else f"p:{subject}"
-        serial = book.number(settings.issuer_abbr_zh, issued_on.year, f"{period[0]}/{key_subject}")
+        base = f"{period[0]}/{key_subject}"
+        # The first set of findings lettered for this addressee and period is the letter; a
+        # later batch of the same period with other findings gets a supplementary letter
+        # (its own number), and a retry with the same findings the same letter again.
+        digest = hashlib.sha256("\x1f".join(sorted(f.finding_id for f in group)).encode()).hexdigest()
+        set_hash = int(digest[:12], 16)
+        supplement = book.keeper.keep(f"letter-set#{settings.issuer_abbr_zh}#{base}", set_hash) != set_hash
+        key = f"{base}#{digest[:12]}" if supplement else base
+        serial = book.number(settings.issuer_abbr_zh, issued_on.year, key)
         letter = build_letter(
             addressee_type,
             subject,
@@ -146,6 +155,7 @@ def issue_letters(
             serial=serial,
             period=period,
             person=(persons or {}).get(subject) if addressee_type == "patient" else None,
+            supplement=supplement,
         )
         stem = f"letters/{letter.period_key}/{letter.letter_id}"
         message_id = f"letter/{letter.period_key}/{letter.letter_id}"

@@ -446,6 +446,7 @@ class LocalOrchestrator:
                 sink=sink,
                 alert_settings=self.alert_settings,
                 current=self.backend.findings,
+                counters=self.backend.letter_counters(),
             )
         except Exception as exc:  # Notify's Catch -> RecordFailure
             self._fail(batch, batch.state, exc)
