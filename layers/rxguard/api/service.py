@@ -44,7 +44,7 @@ from rxguard.api.models import (
 )
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore
-from rxguard.ingest.normalize import LineRejected, normalize_record
+from rxguard.ingest.normalize import LineRejected, TimeWindow, normalize_record
 from rxguard.kb import KnowledgeBase
 from rxguard.letters import issue_letters
 from rxguard.models import ClaimLine, Finding, Scene, Severity
@@ -190,17 +190,43 @@ def _request_field(line: RequestLine, record_field: str | None) -> str:
     return line.sources.get(record_field, f"{line.path}.{record_field}")
 
 
-def normalize(lines: Sequence[RequestLine], services: Services) -> list[ClaimLine]:
-    """Normalize with the batch path's own rules; a bad line is a 400 naming the field."""
-    if len(lines) > services.settings.max_lines:
-        raise PayloadTooLarge(f"{len(lines)} drug lines in one request; at most {services.settings.max_lines}", None)
+def _work(line: RequestLine) -> int:
+    codes = line.record.get("drug_trac_codg")
+    if isinstance(codes, list):
+        return 1 + len(codes)
+    return 1 + (len(codes) // 21 + 1 if isinstance(codes, str) and codes else 0)
+
+
+def normalize(lines: Sequence[RequestLine], services: Services, *, recording: bool = False) -> list[ClaimLine]:
+    """Normalize with the batch path's own rules; a bad line is a 400 naming the field. A line
+    recorded (`recording`) more than late_hours after it happened is marked late (received_at)."""
+    settings = services.settings
+    if len(lines) > settings.max_lines:
+        raise PayloadTooLarge(f"{len(lines)} drug lines in one request; at most {settings.max_lines}", None)
+    work = sum(_work(line) for line in lines)
+    if work > settings.max_work:
+        raise PayloadTooLarge(
+            f"{len(lines)} drug lines with {work - len(lines)} trace codes in one request: at most "
+            f"{settings.max_work} lines + codes, so the answer fits the timeout; split the dispensing",
+            None,
+        )
+    now = services.now()
+    window = TimeWindow.around(now, history_days=settings.history_days, skew_minutes=settings.clock_skew_minutes)
+    late_after = timedelta(hours=settings.late_hours)
     out: list[ClaimLine] = []
     seen: dict[str, str] = {}
     for i, line in enumerate(lines):
         try:
             claim = normalize_record(
-                line.record, services.kb, file="request", line=i + 1, default_admdvs=services.default_admdvs
+                line.record,
+                services.kb,
+                file="request",
+                line=i + 1,
+                default_admdvs=services.default_admdvs,
+                window=window,
             )
+            if recording and now - claim.fee_ocur_time > late_after:
+                claim = claim.model_copy(update={"received_at": now})
         except LineRejected as exc:
             rejection = exc.rejection
             field_name = _request_field(line, rejection.field)
@@ -338,7 +364,7 @@ def dispense(services: Services, body: CheckBody, caller: Caller) -> Dispensatio
     """Record a completed dispensing in real time (scene "in")."""
     now = services.now()
     request_lines = lines_of(body, now, require_sn=True)
-    claims = normalize(request_lines, services)
+    claims = normalize(request_lines, services, recording=True)
     require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     outcome = services.screen_lines(claims, services.repo, services.kb, scene=Scene.IN)
     recorded = {line.line_id for line in outcome.recorded}

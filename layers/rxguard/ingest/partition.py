@@ -20,7 +20,7 @@ from hashlib import blake2b
 from pathlib import Path
 from typing import IO, Any
 
-from rxguard.ingest.normalize import DUPLICATE
+from rxguard.ingest.normalize import DUPLICATE, TimeWindow
 from rxguard.ingest.reader import BatchReader
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Rejection
@@ -92,6 +92,7 @@ def prepare_batch(
     name: str | None = None,
     default_admdvs: str | None = None,
     progress: Callable[[int], None] | None = None,
+    window: TimeWindow | None = None,
 ) -> PrepareResult:
     """Validate and normalize a batch; write `out_dir/chunk-NNNNN.jsonl` (whole patients,
     sorted by (fee_ocur_time, line_id), about `chunk_size` lines each) and
@@ -105,7 +106,7 @@ def prepare_batch(
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("chunk-*.jsonl"):
         old.unlink()
-    reader = BatchReader(path, kb, name=name, default_admdvs=default_admdvs, dedupe=False)
+    reader = BatchReader(path, kb, name=name, default_admdvs=default_admdvs, dedupe=False, window=window)
     try:
         size = path.stat().st_size
     except OSError:

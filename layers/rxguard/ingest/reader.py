@@ -35,6 +35,7 @@ from rxguard.ingest.normalize import (
     REQUIRED,
     TOO_LONG,
     LineRejected,
+    TimeWindow,
     normalize_record,
 )
 from rxguard.kb import KnowledgeBase
@@ -443,6 +444,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
         name: str | None = None,
         default_admdvs: str | None = None,
         dedupe: bool = True,
+        window: TimeWindow | None = None,
     ) -> None:
         if default_admdvs is not None and not (
             len(default_admdvs) == 6 and default_admdvs.isascii() and default_admdvs.isdigit()
@@ -452,6 +454,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
         self.name = name or self.path.name
         self.kb = kb
         self.default_admdvs = default_admdvs
+        self.window = window  # when a dispensing may plausibly have happened (None: 1990-2100 only)
         self.format: str | None = None
         self.encoding: str | None = None
         self.delimiter: str | None = None
@@ -494,7 +497,9 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
 
     def _accept(self, record: dict[str, Any], line_no: int) -> ClaimLine | Rejection:
         try:
-            claim = normalize_record(record, self.kb, file=self.name, line=line_no, default_admdvs=self.default_admdvs)
+            claim = normalize_record(
+                record, self.kb, file=self.name, line=line_no, default_admdvs=self.default_admdvs, window=self.window
+            )
         except LineRejected as exc:
             rejection = exc.rejection
             if self.format == "json":

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from rxguard.dynamo import BatchStore, ResultStore
-from rxguard.ingest import prepare_batch
+from rxguard.ingest import TimeWindow, prepare_batch
 from rxguard.kb import KnowledgeBase
 from rxguard.observability import logger
 from rxguard.workflow import naming
@@ -52,6 +52,9 @@ def prepare_object(
             chunk_size=settings.core.chunk_size,
             name=ref.key,
             default_admdvs=settings.core.default_admdvs,
+            window=TimeWindow.around(
+                now(), history_days=settings.max_line_age_days or None, skew_minutes=settings.clock_skew_minutes
+            ),
         )
         chunks = []
         for index, info in enumerate(result.chunks):
