@@ -323,6 +323,7 @@ def aws_services(settings: ApiSettings | None = None) -> Services:
     environment): DynamoDB history and findings, alerts on SNS + S3."""
     from rxguard.alerts.aws import AwsNotificationSink
     from rxguard.alerts.settings import AlertSettings
+    from rxguard.api.audit import DynamoAuditLog
     from rxguard.api.service import Services, alerts_notifier
     from rxguard.dynamo import DynamoRepository, client
     from rxguard.kb import get_knowledge_base
@@ -345,6 +346,7 @@ def aws_services(settings: ApiSettings | None = None) -> Services:
         settings=api,
         notify=notify,
         default_admdvs=workflow.core.default_admdvs,
+        audit=DynamoAuditLog(api.audit_table, ddb) if api.audit_table else None,
     )
 
 
