@@ -111,7 +111,7 @@ def _record(row: tuple[str, ...]) -> AccessRecord:
         caller=caller,
         institution=institution,
         patient=patient,
-        action=action,  # type: ignore[arg-type]
+        action=action,
         decision=decision,
         detail=detail,
     )
