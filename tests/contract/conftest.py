@@ -23,6 +23,7 @@ from contract_helpers import Backend
 
 from rxguard.api.store import InMemoryFindingsStore
 from rxguard.repository import InMemoryRepository
+from tests.factories import create_table
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ["memory", "sqlite", "dynamo"]
@@ -89,15 +90,7 @@ def _dynamo_tables(ddb: Any) -> Any:
     for logical_id in ("PurchasesTable", "TraceCodesTable", "FindingsTable", "AggregatesTable"):
         props = _table_props(logical_id)
         name = f"contract-{logical_id}-{suffix}"
-        kwargs: dict[str, Any] = {
-            "TableName": name,
-            "AttributeDefinitions": props["AttributeDefinitions"],
-            "KeySchema": props["KeySchema"],
-            "BillingMode": props["BillingMode"],
-        }
-        if props.get("GlobalSecondaryIndexes"):
-            kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
-        ddb.create_table(**kwargs)
+        create_table(ddb, name, props)
         names[logical_id] = name
     return TableNames(
         purchases=names["PurchasesTable"],

@@ -28,6 +28,7 @@ class Caller:
     institutions: frozenset[str]
     regulator: bool
     enforced: bool  # False in "open" mode (offline serve, tests): everything allowed
+    patient_ids: bool = False  # the grant shows patient numbers in clear (console); never in open mode
 
     def may_act_for(self, institution: str) -> bool:
         return not self.enforced or self.regulator or institution in self.institutions
@@ -53,7 +54,13 @@ def identify(event: Mapping[str, Any], settings: ApiSettings) -> Caller:
     if grant is None:
         return Caller(principal, frozenset(), regulator=False, enforced=True)
     # institution codes compare as the ingestion normalizes them (upper case)
-    return Caller(principal, frozenset(c.upper() for c in grant.institutions), grant.regulator, enforced=True)
+    return Caller(
+        principal,
+        frozenset(c.upper() for c in grant.institutions),
+        grant.regulator,
+        enforced=True,
+        patient_ids=grant.patient_ids,
+    )
 
 
 def _grant_for(callers: Mapping[str, CallerGrant], keys: Iterable[str]) -> CallerGrant | None:

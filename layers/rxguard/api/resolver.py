@@ -26,16 +26,23 @@ from rxguard.api.audit import AuditPage
 from rxguard.api.errors import ApiError, PayloadTooLarge, from_validation_errors
 from rxguard.api.guard import request_guard, with_json_content_type
 from rxguard.api.models import (
+    BacktestRequest,
+    BacktestResponse,
     CheckResponse,
     DispensationRequest,
     DispensationResponse,
     DispensingRequest,
+    DispositionRequest,
+    DispositionResponse,
     ErrorResponse,
     FindingsPage,
     FindingStatus,
     FindingView,
     ReviewRequest,
     RulesResponse,
+    SubscriptionRequest,
+    SubscriptionsResponse,
+    SubscriptionView,
 )
 from rxguard.api.service import Services
 
@@ -81,6 +88,31 @@ DispensationBody = Annotated[
     | Annotated[nhsa.NhsaEnvelope, Tag("nhsa-envelope")],
     Discriminator(_shape),
     Body(description="rxguard's dispensing shape, or the national 3102 input (data node or envelope)"),
+]
+
+
+def _disposition_shape(value: Any) -> str:
+    """3103 shapes by their keys: `dispositions` rxguard's, `input` the envelope, `data` the node."""
+    if isinstance(value, dict):
+        if "dispositions" in value:
+            return "rxguard"
+        if "input" in value:
+            return "nhsa-envelope"
+        if "data" in value:
+            return "nhsa"
+    elif isinstance(value, nhsa.NhsaDispositionEnvelope):
+        return "nhsa-envelope"
+    elif isinstance(value, nhsa.NhsaDispositionRequest):
+        return "nhsa"
+    return "rxguard"
+
+
+DispositionBody = Annotated[
+    Annotated[DispositionRequest, Tag("rxguard")]
+    | Annotated[nhsa.NhsaDispositionRequest, Tag("nhsa")]
+    | Annotated[nhsa.NhsaDispositionEnvelope, Tag("nhsa-envelope")],
+    Discriminator(_disposition_shape),
+    Body(description="rxguard's disposition shape, or the national 3103 input (data node or envelope)"),
 ]
 AnswerFormat = Annotated[
     Literal["rxguard", "nhsa"] | None,
@@ -157,6 +189,27 @@ def post_dispensation(body: DispensationBody) -> DispensationResponse:
     return service.dispense(_services(), body, _caller())
 
 
+@app.post(
+    "/v1/dispositions",
+    summary="Record prescribers' handling of warnings (3103): continue with a reason, or modify",
+    description="warn_rslt_id / finding_id is the jr_id a check or dispensation answered. dspo_way 1 (continue) "
+    "requires dspo_way_rea. Disposing again replaces the earlier disposition. Feeds GET /v1/rules' continue and "
+    "modify rates.",
+    responses={
+        200: {
+            "description": "the findings or warnings with their dispositions",
+            "content": {content_types.APPLICATION_JSON: {"model": DispositionResponse | nhsa.NhsaDispositionResponse}},
+        },
+        404: _error_content("No such finding or warning"),
+        **ERRORS,
+    },
+    tags=["dispositions"],
+)
+def post_disposition(body: DispositionBody) -> DispositionResponse | nhsa.NhsaDispositionResponse:
+    answer: DispositionResponse | nhsa.NhsaDispositionResponse = service.dispose(_services(), body, _caller())
+    return answer
+
+
 @app.get(
     "/v1/findings",
     summary="Findings, newest first, paginated",
@@ -198,7 +251,7 @@ FindingId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 
 @app.get(
     "/v1/findings/<finding_id>",
-    summary="One finding with its review",
+    summary="One finding with its review and disposition; also a warning a check answered (its jr_id)",
     responses={
         200: {"description": "the finding", "content": {content_types.APPLICATION_JSON: {"model": FindingView}}},
         404: _error_content("No such finding"),
@@ -230,7 +283,8 @@ def patch_finding(finding_id: FindingId, review: Annotated[ReviewRequest, Body()
 
 @app.get(
     "/v1/rules",
-    summary="The rule base with each rule's review figures (confirmed, dismissed, precision)",
+    summary="The rule base with each rule's review figures (confirmed, dismissed, precision) and "
+    "prescribers' continue and modify rates",
     responses={
         200: {"description": "the rules", "content": {content_types.APPLICATION_JSON: {"model": RulesResponse}}},
         **ERRORS,
@@ -272,6 +326,80 @@ def get_audit(
         limit=limit,
         next_token=next_token,
     )
+
+
+@app.post(
+    "/v1/backtests",
+    summary="Try a rule change on the stored history (regulators; writes nothing)",
+    description="Re-evaluates the stored history with the given rules merged over today's and compares, "
+    "per rule: findings added, removed and changed in severity, patients and institutions affected, reviewed "
+    "findings that would flip with a precision estimate, and the spending cited (docs/planning.md).",
+    tags=["planning"],
+    responses={
+        400: _error_content("A rule entry is invalid: the field is named"),
+        403: _error_content("Only regulators run backtests"),
+        409: _error_content("No stored history to re-evaluate (not a local state)"),
+    },
+)
+def post_backtest(body: BacktestRequest) -> BacktestResponse:
+    return service.backtest(_services(), _caller(), body)
+
+
+@app.post(
+    "/v1/subscriptions",
+    summary="Subscribe an email, SMS, https, queue or function endpoint to alerts or letters, with filters",
+    description="Creates an SNS subscription whose filter policy keeps the messages of a region prefix, "
+    "institutions, rules (our ids or the platform's codes), severities and message types. Email and SMS "
+    "subscribers receive Chinese text; queues and functions the JSON body. Institutions subscribe to their own.",
+    responses={
+        200: {
+            "description": "the subscription",
+            "content": {content_types.APPLICATION_JSON: {"model": SubscriptionView}},
+        },
+        404: _error_content("Subscriptions are not configured"),
+        **ERRORS,
+    },
+    tags=["subscriptions"],
+)
+def post_subscription(body: Annotated[SubscriptionRequest, Body()]) -> SubscriptionView:
+    return service.subscribe(_services(), _caller(), body)
+
+
+@app.get(
+    "/v1/subscriptions",
+    summary="The subscriptions the caller may see, with their filter policies",
+    responses={
+        200: {
+            "description": "the subscriptions",
+            "content": {content_types.APPLICATION_JSON: {"model": SubscriptionsResponse}},
+        },
+        404: _error_content("Subscriptions are not configured"),
+        **ERRORS,
+    },
+    tags=["subscriptions"],
+)
+def get_subscriptions() -> SubscriptionsResponse:
+    return service.list_subscriptions(_services(), _caller())
+
+
+SubscriptionId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+
+
+@app.delete(
+    "/v1/subscriptions/<subscription_id>",
+    summary="Remove a subscription",
+    responses={
+        200: {
+            "description": "the subscription removed",
+            "content": {content_types.APPLICATION_JSON: {"model": SubscriptionsResponse}},
+        },
+        404: _error_content("No such subscription"),
+        **ERRORS,
+    },
+    tags=["subscriptions"],
+)
+def delete_subscription(subscription_id: SubscriptionId) -> SubscriptionsResponse:
+    return service.unsubscribe(_services(), _caller(), subscription_id)
 
 
 @app.get("/v1/openapi.json", include_in_schema=False)
