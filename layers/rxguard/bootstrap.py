@@ -237,6 +237,7 @@ def api_services(env: ApiEnvironment, settings: ApiSettings | None = None) -> Se
     DynamoDB history and findings, alerts on SNS + S3 when both topics are configured."""
     # the API's models alone cost ~0.09 s CPU to import
     from rxguard.alerts.settings import AlertSettings
+    from rxguard.api.audit import DynamoAuditLog
     from rxguard.api.service import Services, alerts_notifier
     from rxguard.api.settings import ApiSettings
     from rxguard.api.store_dynamo import AwsSubscriptions, DynamoFindingsStore
@@ -250,14 +251,16 @@ def api_services(env: ApiEnvironment, settings: ApiSettings | None = None) -> Se
         notifier = alerts_notifier(kb, aws_sink(env), alerts, letter_counters(alerts))
         topics = {"alerts": env.alerts_topic_arn, "letters": env.letters_topic_arn}
         subscriptions = AwsSubscriptions(client("sns"), topics)
+    settings = settings or ApiSettings.from_env()  # microseconds: per request, so tests may change it
     return Services(
         kb=kb,
         repo=DynamoRepository(env.tables, ddb, history_days=env.history_days),  # one per request
         store=DynamoFindingsStore(env.findings_table, ddb),
-        settings=settings or ApiSettings.from_env(),  # microseconds: per request, so tests may change it
+        settings=settings,
         notify=notifier,
         default_admdvs=env.default_admdvs,
         subscriptions=subscriptions,
+        audit=DynamoAuditLog(settings.audit_table, ddb) if settings.audit_table else None,
     )
 
 
@@ -272,6 +275,7 @@ def local_api_services(state: State, settings: ApiSettings, core: Settings | Non
     it is history for the next batch), findings are listed and reviewed in the state the runs
     write. No alerts topic here: `alerts_sent` is null (the batch runs write the alerts)."""
     from rxguard.api.service import Services
+    from rxguard.local.audit import SqliteAuditLog
 
     core = core or Settings.from_env()
     return Services(
@@ -280,6 +284,7 @@ def local_api_services(state: State, settings: ApiSettings, core: Settings | Non
         store=state.findings_store(),
         settings=settings,
         default_admdvs=core.default_admdvs,
+        audit=SqliteAuditLog(state.path),  # table access_audit of the same state DB file
     )
 
 

@@ -70,7 +70,9 @@ def _sales_by_code(lines: Iterable[ClaimLine]) -> dict[str, list[TraceSale]]:
     for line in lines:
         for code in dict.fromkeys(line.trace_codes):
             out.setdefault(code, []).append(
-                TraceSale(line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code)
+                TraceSale(
+                    line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code, bool(line.received_at)
+                )
             )
     return out
 
