@@ -22,7 +22,7 @@ import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from hashlib import blake2b
@@ -33,9 +33,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from rxguard.engine.institutions import ActivityAggregate
+from rxguard.engine.institutions import ActivityAggregate, aggregate_from_counts
 from rxguard.errors import TransientError
-from rxguard.models import ClaimLine, Finding, InstitutionKind
+from rxguard.models import ClaimLine, Finding
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 from rxguard.scope import Scope
 
@@ -147,6 +147,11 @@ class TableNames:
     batches: str | None = None
     aggregates: str | None = None
 
+    @classmethod
+    def of(cls, settings: Any) -> TableNames:
+        """From settings naming each table `<name>_table` (the workflow's, a handler's environment)."""
+        return cls(**{f.name: getattr(settings, f"{f.name}_table") for f in fields(cls)})
+
 
 # ClaimLine field -> short attribute name in the compact JSON body of a purchase item.
 # psn_no is the partition key and is not repeated; fields at their default are left out.
@@ -254,32 +259,15 @@ def activity_counts(lines: Sequence[ClaimLine]) -> dict[ActivityKey, dict[str, f
     return {k: dict(v) for k, v in out.items()}
 
 
-def _most(counts: Mapping[str, float]) -> str | None:
-    """The most frequent value, ties broken by the smallest (the engine's rule)."""
-    if not counts:
-        return None
-    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
-
-
 def _activity_from_item(item: Mapping[str, Any]) -> ActivityAggregate | None:
     subject = Scope.parse(item["subject"]["S"])
-    subject_type, code = subject.kind, subject.key
     lines = int(float(item.get("monitored_lines", {}).get("N", "0")))
-    if lines <= 0 or subject_type not in ("institution", "prescriber"):
+    if lines <= 0 or subject.kind not in ("institution", "prescriber"):
         return None
     regions = {k[2:]: float(v["N"]) for k, v in item.items() if k.startswith("a:") and "N" in v}
     places = {k[2:]: float(v["N"]) for k, v in item.items() if k.startswith("i:") and "N" in v}
-    fixmedins_code = code if subject_type == "institution" else (_most(places) or "")
-    return ActivityAggregate(
-        subject_type="institution" if subject_type == "institution" else "prescriber",
-        code=code,
-        period=item["period"]["S"],
-        kind=InstitutionKind.from_code(fixmedins_code),
-        monitored_lines=lines,
-        flagged_lines=tuple(sorted(item.get("flagged", {}).get("SS", []))),
-        fixmedins_code=fixmedins_code,
-        admdvs=_most(regions) or None,
-    )
+    flagged = item.get("flagged", {}).get("SS", [])
+    return aggregate_from_counts(subject, item["period"]["S"], regions, flagged, places, monitored_lines=lines)
 
 
 FINDING_RETENTION = timedelta(days=1826)  # 5 years after the line that triggered it (case-file retention)
@@ -1399,3 +1387,47 @@ def scan_trace_codes(ddb: Any, table: str) -> list[str]:
         for item in page["Items"]:
             codes.update(code for code, sales in _bucket_from_item(item).sales.items() if sales)
     return sorted(codes)
+
+
+# ---------------------------------------------------------------- letter numbers (rxguard.letters.numbers)
+
+
+class DynamoCounterStore:
+    """Counters on the CountersTable (key `name`, number `value`): one UpdateItem ADD per
+    number (atomic, no read), kept numbers as conditional puts (first writer wins)."""
+
+    def __init__(self, table: str, dynamodb_client: Any) -> None:
+        self.table = table
+        self.ddb = dynamodb_client
+
+    def next_counter(self, name: str) -> int:
+        answer = self.ddb.update_item(
+            TableName=self.table,
+            Key={"name": {"S": name}},
+            UpdateExpression="ADD #v :one",
+            ExpressionAttributeNames={"#v": "value"},
+            ExpressionAttributeValues={":one": {"N": "1"}},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(answer["Attributes"]["value"]["N"])
+
+    def kept(self, name: str) -> int | None:
+        item = self.ddb.get_item(TableName=self.table, Key={"name": {"S": name}}, ConsistentRead=True).get("Item")
+        return None if not item or "value" not in item else int(item["value"]["N"])
+
+    def keep(self, name: str, value: int) -> int:
+        try:
+            self.ddb.put_item(
+                TableName=self.table,
+                Item={"name": {"S": name}, "value": {"N": str(value)}},
+                ConditionExpression="attribute_not_exists(#n)",
+                ExpressionAttributeNames={"#n": "name"},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            kept = self.kept(name)
+            if kept is None:  # deleted between the two calls: cannot happen without an operator
+                raise
+            return kept
+        return value

@@ -80,6 +80,7 @@ class ClaimLine(BaseModel):
     dscg_tkdrug_flag: bool = False
     lt_rx_flag: bool = False
     override_reason: OverrideReason | None = None
+    init_feedetl_sn: str | None = None  # reversal (退费): feedetl_sn of the original line it cancels, same institution
     trace_codes: list[str] = Field(default_factory=list)
     # Knowledge-base facts resolved at normalization time (None for unmonitored drugs).
     monitored: bool = False
@@ -88,6 +89,9 @@ class ClaimLine(BaseModel):
     # Where the line came from.
     source_file: str | None = None
     source_line: int | None = None
+    # A late line (recorded through the API more than late_hours after fee_ocur_time): when it
+    # arrived, China time. A finding it causes names its institution, not an earlier seller.
+    received_at: datetime | None = None
 
     @property
     def line_id(self) -> str:

@@ -31,6 +31,7 @@ class TraceSale:
     code: str
     psn_no: str
     fixmedins_code: str
+    late: bool = field(default=False, compare=False)  # the line arrived late (ClaimLine.received_at)
 
 
 @dataclass
@@ -105,7 +106,9 @@ class InMemoryRepository(HistoryRepository):
             self.lines[line.line_id] = line
             self.by_patient[line.psn_no].append(line)
             for code in line.trace_codes:
-                sale = TraceSale(line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code)
+                sale = TraceSale(
+                    line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code, bool(line.received_at)
+                )
                 self.trace_sales[code].append(sale)
             recorded.append(line)
         return recorded

@@ -15,6 +15,7 @@ import pytest
 from rxguard.dynamo import scan_purchases, scan_trace_codes
 from rxguard.offline import Environment
 from rxguard.offline.cli import main, run
+from tests.factories import write_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "events" / "batches"
@@ -120,15 +121,8 @@ def _split_by_time(source: Path, tmp: Path) -> tuple[Path, Path]:
     rows = list(csv.DictReader(io.StringIO(source.read_text(encoding="utf-8-sig"))))
     rows.sort(key=lambda r: r["fee_ocur_time"])
     half = len(rows) // 2
-    paths = []
-    for name, part in (("early.csv", rows[:half]), ("late.csv", rows[half:])):
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(part)
-        (tmp / name).write_text(buffer.getvalue(), encoding="utf-8")
-        paths.append(tmp / name)
-    return paths[0], paths[1]
+    first, second = ((tmp / name, part) for name, part in (("early.csv", rows[:half]), ("late.csv", rows[half:])))
+    return write_csv(*first), write_csv(*second)
 
 
 def _findings_after(batches: list[Path], tmp: Path) -> list[dict]:

@@ -19,7 +19,7 @@ from rxguard.alerts.aws import AwsNotificationSink
 from rxguard.letters import issue_letters
 from rxguard.models import Finding, Severity
 from rxguard.offline.cfn import Resolver, load_template
-from rxguard.scope import Scope
+from tests.factories import make_finding
 
 ROOT = Path(__file__).resolve().parents[2]
 # The example subscriptions of template.yaml: logical id -> (endpoint parameter, topic).
@@ -98,18 +98,14 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
 
 
 def make(rule_id: str, severity: str, institution: str, admdvs: str, psn: str) -> Finding:
-    evidence = [f"{institution}/{rule_id}-1"]
-    return Finding(
-        finding_id=Finding.make_id(rule_id, Scope.patient(psn), evidence),
-        rule_id=rule_id,
-        rule_version=1,
+    return make_finding(
+        rule_id,
+        psn,
+        (f"{institution}/{rule_id}-1",),
         severity=Severity(severity),
-        subject_type="patient",
-        psn_no=psn,
         fixmedins_code=institution,
         admdvs=admdvs,
         occurred_at=datetime(2026, 3, 2, 10),
-        evidence=evidence,
         figures={"days_supply": 90.0},
         explanation_zh="疑点",
         explanation_en="finding",
@@ -168,7 +164,7 @@ def test_filter_policies_deliver_each_subscriber_its_messages_once(env: Env, kb)
         [("finding", TRACE.finding_id), ("digest", HOSPITAL)]
     )
     letters = env.drain("InstitutionLettersSubscription")
-    assert [json.loads(m["Body"])["letter_id"] for m in letters] == [f"institution-{HOSPITAL}"]
+    assert [json.loads(m["Body"])["letter_id"] for m in letters] == [f"institution-{HOSPITAL}-2026-03"]
     # And the region (prefix 31: Shanghai) gets its high alert and its two institutions' digests
     assert kinds(env.drain("RegionAlertSubscription")) == sorted(
         [("finding", TRACE.finding_id), ("digest", HOSPITAL), ("digest", "H310104009")]
@@ -184,7 +180,7 @@ def test_a_retried_batch_sends_no_duplicates_and_rewrites_the_same_letters(env: 
     )
     for name in EXAMPLES:
         env.drain(name)
-    keys = sorted(o["Key"] for o in env.s3.list_objects_v2(Bucket=BUCKET, Prefix="letters/b1/")["Contents"])
+    keys = sorted(o["Key"] for o in env.s3.list_objects_v2(Bucket=BUCKET, Prefix="letters/")["Contents"])
     index = json.loads(env.s3.get_object(Bucket=BUCKET, Key="letters/b1/index.json")["Body"].read())
 
     # When the batch is retried (Step Functions retry or a re-run)
@@ -197,8 +193,8 @@ def test_a_retried_batch_sends_no_duplicates_and_rewrites_the_same_letters(env: 
     assert second.alerts_published == 0 and second.digests_published == 0
     assert second.alerts_duplicate == first.alerts_published
     # And the letters are the same objects, not rendered again: one PDF and one HTML per
-    # addressee, and the index lists each with its findings
-    again = sorted(o["Key"] for o in env.s3.list_objects_v2(Bucket=BUCKET, Prefix="letters/b1/")["Contents"])
+    # addressee and period (letters/<period>/), and the index lists each with its findings
+    again = sorted(o["Key"] for o in env.s3.list_objects_v2(Bucket=BUCKET, Prefix="letters/")["Contents"])
     assert again == keys
     assert not any(ref.rendered or ref.announced for ref in second.letters)
     assert len(keys) == 2 * len(first.letters) + 1  # + index.json

@@ -26,6 +26,7 @@ import pytest
 from rxguard.dynamo import scan_purchases, scan_trace_codes
 from rxguard.offline import Environment
 from rxguard.offline.environment import REGION
+from tests.factories import write_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "events" / "batches" / "03_yulin_bom.csv"  # refills across institutions: several findings
@@ -260,15 +261,8 @@ def _interleave(source: Path, tmp: Path) -> tuple[Path, Path]:
     """Two batches of the same patients: odd and even rows of the sample."""
     text = source.read_text(encoding="utf-8-sig")
     rows = list(csv.DictReader(io.StringIO(text)))
-    paths = []
-    for name, part in (("odd.csv", rows[0::2]), ("even.csv", rows[1::2])):
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(part)
-        (tmp / name).write_text(buffer.getvalue(), encoding="utf-8")
-        paths.append(tmp / name)
-    return paths[0], paths[1]
+    first, second = ((tmp / name, part) for name, part in (("odd.csv", rows[0::2]), ("even.csv", rows[1::2])))
+    return write_csv(*first), write_csv(*second)
 
 
 def test_two_executions_on_the_same_patients_at_once_give_the_clean_result(clean: Snapshot, tmp_path: Path) -> None:

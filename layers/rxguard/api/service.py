@@ -12,13 +12,18 @@ medium -> warn, low -> pass (the hit is still reported, as information).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import logging
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
+from functools import partial
 from typing import Any, Literal
 
-from rxguard import screening
+from rxguard import claimline, screening
 from rxguard.alerts import notify_batch
+from rxguard.alerts.schema import pseudonym
 from rxguard.api import nhsa
 from rxguard.api.access import (
     Caller,
@@ -27,45 +32,75 @@ from rxguard.api.access import (
     require_institutions,
     require_reviewer,
 )
-from rxguard.api.errors import InvalidField, NotFound, PayloadTooLarge
+from rxguard.api.audit import AccessRecord, Action, AuditLog, AuditPage, AuditQuery, InMemoryAuditLog
+from rxguard.api.errors import Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge
 from rxguard.api.models import (
+    BacktestRequest,
+    BacktestResponse,
     CheckResponse,
     Decision,
     DispensationResponse,
     DispensingRequest,
+    Disposition,
+    DispositionRequest,
+    DispositionResponse,
     FindingsPage,
     FindingView,
     LineResult,
+    PreviousFill,
+    ProposedLine,
     ReviewRequest,
     RuleHit,
     RulesResponse,
     RuleView,
+    SubscriptionRequest,
+    SubscriptionsResponse,
+    SubscriptionView,
 )
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore
-from rxguard.ingest.normalize import LineRejected, normalize_record
-from rxguard.kb import KnowledgeBase
+from rxguard.api.subscriptions import Subscriptions, filter_policy
+from rxguard.ingest.normalize import LineRejected, TimeWindow, normalize_record
+from rxguard.kb import KnowledgeBase, KnowledgeBaseError
 from rxguard.letters import issue_letters
-from rxguard.models import ClaimLine, Finding, Scene, Severity
-from rxguard.repository import HistoryRepository
+from rxguard.models import ClaimLine, Finding, OverrideReason, Scene, Severity
+from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 from rxguard.scope import Scope
 
 DECISION: dict[Severity, Decision] = {Severity.HIGH: "block", Severity.MEDIUM: "warn", Severity.LOW: "pass"}
 NOT_MONITORED = "not monitored"
-CHINA = timezone(timedelta(hours=8))  # claim-line times are China time; no DST, no tz database needed
+CHINA = timezone(timedelta(hours=8))
+logger = logging.getLogger("rxguard.api")  # not observability's: Powertools objects read the environment at import
+_PSEUDONYM = re.compile(r"p-[0-9a-f]{20}")  # claim-line times are China time; no DST, no tz database needed
 Shape = Literal["rxguard", "nhsa"]
 CheckBody = DispensingRequest | nhsa.NhsaRequest | nhsa.NhsaEnvelope
+DispositionBody = DispositionRequest | nhsa.NhsaDispositionRequest | nhsa.NhsaDispositionEnvelope
+EVIDENCE_CAP = 20  # evidence line ids in an answer (the finding keeps them all; GET shows them)
+# Rules a dispenser can wait out: the fill passes once enough of the earlier supply is used.
+WAITABLE_RULES = frozenset({"early-refill", "cumulative-oversupply", "cross-institution-repeat"})
+NEXT_FILL_HORIZON_DAYS = 400  # beyond this, waiting is not the answer (next_fill_on null)
+# A continued warning's reason (3103 dspo_way_rea, free text) -> the line's override reason,
+# by the first matching words; a reason matching none is counted in the figures only.
+OVERRIDE_WORDS: tuple[tuple[OverrideReason, tuple[str, ...]], ...] = (
+    ("lost", ("遗失", "丢失", "被盗", "损坏", "lost")),
+    ("travel", ("外出", "出差", "旅行", "出国", "返乡", "探亲", "备药", "travel")),
+    ("dose_change", ("剂量", "加量", "增量", "调整用量", "dose")),
+)
 
-Checker = Callable[[Sequence[ClaimLine], HistoryRepository, KnowledgeBase], dict[str, list[Finding]]]
+# (lines, repo, kb[, scenes=...]) -> findings by proposed line id
+Checker = Callable[..., dict[str, list[Finding]]]
 Screener = Callable[..., Any]  # screening.screen_lines(lines, repo, kb, scene=...) -> ScreenOutcome
 # (new and updated findings, batch id, the request's lines by id) -> alerts published
 Notifier = Callable[[Sequence[Finding], str, Mapping[str, ClaimLine]], int]
+# (rule entries as in rules.yaml, since YYYY-MM) -> the backtest report (docs/planning.md); the
+# composition root wires one where a stored history can be re-evaluated (rxguard serve --state)
+Planner = Callable[[list[dict[str, Any]], str | None], dict[str, Any]]
 
 
 def _default_checker(
-    lines: Sequence[ClaimLine], repo: HistoryRepository, kb: KnowledgeBase
+    lines: Sequence[ClaimLine], repo: HistoryRepository, kb: KnowledgeBase, **kwargs: Any
 ) -> dict[str, list[Finding]]:
-    return screening.check_lines(lines, repo, kb)
+    return screening.check_lines(lines, repo, kb, **kwargs)
 
 
 def _default_screener(lines: Sequence[ClaimLine], repo: HistoryRepository, kb: KnowledgeBase, scene: Scene) -> Any:
@@ -85,6 +120,10 @@ class Services:
     screen_lines: Screener = _default_screener
     default_admdvs: str | None = None
     clock: Callable[[], datetime] | None = None  # China time, naive (as fee_ocur_time)
+    audit: AuditLog | None = field(default_factory=InMemoryAuditLog)  # access audit (docs/security.md)
+    national: nhsa.NationalDictionary = field(default_factory=nhsa.dictionary)
+    subscriptions: Subscriptions | None = None  # SNS subscriptions (POST/GET/DELETE /v1/subscriptions)
+    planner: Planner | None = None  # backtests over the stored history
 
     def now(self) -> datetime:
         if self.clock is not None:
@@ -94,18 +133,21 @@ class Services:
 
 @dataclass
 class RequestLine:
-    """One drug line of a request, as a claim-line record, with where it came from."""
+    """One drug line of a request as a claim-line record (contract field -> value), with the
+    request path each field came from (`lines[0].cnt`, `psn_no`, `data.patient_dtos[0].patn_id`)."""
 
     record: dict[str, object]
-    path: str  # "lines[0]" or "data.patient_dtos[0].fsi_encounter_dtos[0].fsi_order_dtos[1]"
-    fields: Mapping[str, str]  # record field -> request field (relative to path; "../" = parent)
+    path: str  # the line: "lines[0]" or "data.patient_dtos[0].fsi_encounter_dtos[0].fsi_order_dtos[1]"
+    sources: Mapping[str, str]  # contract field -> request field path
     answer: bool = True  # False: context only (a 3101 order with curr_drord_flag 0)
     task_id: str | None = None
 
 
-def alerts_notifier(kb: KnowledgeBase, sink: Any, settings: Any = None) -> Notifier:
+def alerts_notifier(kb: KnowledgeBase, sink: Any, settings: Any = None, counters: Any = None) -> Notifier:
     """Findings of a dispensing -> the alerts topic, as the batch's Notify step does (each
-    finding is alerted at most once, however often it is passed)."""
+    finding is alerted at most once, however often it is passed). `counters` numbers the
+    letters (`rxguard.letters.CounterStore`; the DynamoDB CountersTable on AWS)."""
+    letters = partial(issue_letters, counters=counters) if counters is not None else issue_letters
 
     def notify(findings: Sequence[Finding], batch_id: str, lines: Mapping[str, ClaimLine]) -> int:
         names = {line.fixmedins_code: line.fixmedins_name for line in lines.values() if line.fixmedins_name}
@@ -117,7 +159,7 @@ def alerts_notifier(kb: KnowledgeBase, sink: Any, settings: Any = None) -> Notif
             settings=settings,
             institution_names=names,
             lines=lines,
-            letters=issue_letters,
+            letters=letters,
         )
         return summary.alerts_published
 
@@ -139,8 +181,18 @@ def lines_of(body: CheckBody, now: datetime, *, require_sn: bool) -> list[Reques
     return _nhsa_lines(body, now)
 
 
+# rxguard's request shape speaks the contract's names: a field of the line, else of the visit.
+_LINE_FIELDS = tuple(name for name in claimline.COLUMNS if name in ProposedLine.model_fields)
+_VISIT_FIELDS = tuple(
+    name for name in claimline.COLUMNS if name in DispensingRequest.model_fields and name not in _LINE_FIELDS
+)
+
+
 def _rxguard_lines(body: DispensingRequest, now: datetime, *, require_sn: bool) -> list[RequestLine]:
     time = _time_text(body.fee_ocur_time or now)
+    visit: dict[str, object] = {name: getattr(body, name) for name in _VISIT_FIELDS}
+    visit["fee_ocur_time"] = time
+    visit_sources = {name: name for name in _VISIT_FIELDS}
     out = []
     for i, line in enumerate(body.lines):
         path = f"lines[{i}]"
@@ -148,48 +200,13 @@ def _rxguard_lines(body: DispensingRequest, now: datetime, *, require_sn: bool) 
             raise InvalidField(
                 f"{path}.feedetl_sn is required to record a dispensing", f"{path}.feedetl_sn", code="missing_field"
             )
-        total = line.det_item_fee_sumamt
-        if total is None:
-            total = round(line.cnt * line.pric, 2)
-        record: dict[str, object] = {
-            "feedetl_sn": line.feedetl_sn or f"check-{i + 1}",
-            "fixmedins_code": body.fixmedins_code,
-            "fixmedins_name": body.fixmedins_name,
-            "admdvs": body.admdvs,
-            "psn_no": body.psn_no,
-            "mdtrt_id": body.mdtrt_id,
-            "setl_id": body.setl_id,
-            "med_type": body.med_type,
-            "fee_ocur_time": time,
-            "med_list_codg": line.med_list_codg,
-            "med_list_name": line.med_list_name,
-            "cnt": line.cnt,
-            "trdn_flag": line.trdn_flag,
-            "pric": line.pric,
-            "det_item_fee_sumamt": total,
-            "sin_dos_dscr": line.sin_dos_dscr,
-            "used_frqu_dscr": line.used_frqu_dscr,
-            "prd_days": line.prd_days,
-            "rxno": line.rxno,
-            "bilg_dr_codg": line.bilg_dr_codg,
-            "dise_codg": [*body.dise_codg, *line.dise_codg],
-            "dscg_tkdrug_flag": line.dscg_tkdrug_flag,
-            "lt_rx_flag": line.lt_rx_flag,
-            "override_reason": line.override_reason,
-            "drug_trac_codg": line.drug_trac_codg,
-        }
-        visit_fields = (
-            "fixmedins_code",
-            "fixmedins_name",
-            "admdvs",
-            "psn_no",
-            "mdtrt_id",
-            "setl_id",
-            "med_type",
-            "fee_ocur_time",
-        )
-        fields = {f: f"../{f}" for f in visit_fields}
-        out.append(RequestLine({k: v for k, v in record.items() if v is not None}, path, fields))
+        record: dict[str, object] = {**visit, **{name: getattr(line, name) for name in _LINE_FIELDS}}
+        record["feedetl_sn"] = line.feedetl_sn or f"check-{i + 1}"
+        if line.det_item_fee_sumamt is None:
+            record["det_item_fee_sumamt"] = round(line.cnt * line.pric, 2)
+        record["dise_codg"] = [*body.dise_codg, *line.dise_codg]
+        sources = {**visit_sources, **{name: f"{path}.{name}" for name in _LINE_FIELDS}}
+        out.append(RequestLine({k: v for k, v in record.items() if v is not None}, path, sources))
     return out
 
 
@@ -202,28 +219,54 @@ def _nhsa_lines(body: nhsa.NhsaRequest | nhsa.NhsaEnvelope, now: datetime) -> li
             for o, order in enumerate(encounter.fsi_order_dtos):
                 path = f"{prefix}.patient_dtos[{p}].fsi_encounter_dtos[{e}].fsi_order_dtos[{o}]"
                 record, fields = nhsa.order_record(patient, encounter, order, _time_text(now))
-                out.append(RequestLine(record, path, fields, answer=order.curr_drord_flag != "0", task_id=task_id))
+                sources = {name: nhsa.resolve_field(path, fields.get(name, name)) for name in claimline.COLUMNS}
+                out.append(RequestLine(record, path, sources, answer=order.curr_drord_flag != "0", task_id=task_id))
     return out
 
 
 def _request_field(line: RequestLine, record_field: str | None) -> str:
     if record_field is None:
         return line.path
-    relative = line.fields.get(record_field, record_field)
-    return nhsa.resolve_field(line.path, relative) if relative.startswith("../") else f"{line.path}.{relative}"
+    return line.sources.get(record_field, f"{line.path}.{record_field}")
 
 
-def normalize(lines: Sequence[RequestLine], services: Services) -> list[ClaimLine]:
-    """Normalize with the batch path's own rules; a bad line is a 400 naming the field."""
-    if len(lines) > services.settings.max_lines:
-        raise PayloadTooLarge(f"{len(lines)} drug lines in one request; at most {services.settings.max_lines}", None)
+def _work(line: RequestLine) -> int:
+    codes = line.record.get("drug_trac_codg")
+    if isinstance(codes, list):
+        return 1 + len(codes)
+    return 1 + (len(codes) // 21 + 1 if isinstance(codes, str) and codes else 0)
+
+
+def normalize(lines: Sequence[RequestLine], services: Services, *, recording: bool = False) -> list[ClaimLine]:
+    """Normalize with the batch path's own rules; a bad line is a 400 naming the field. A line
+    recorded (`recording`) more than late_hours after it happened is marked late (received_at)."""
+    settings = services.settings
+    if len(lines) > settings.max_lines:
+        raise PayloadTooLarge(f"{len(lines)} drug lines in one request; at most {settings.max_lines}", None)
+    work = sum(_work(line) for line in lines)
+    if work > settings.max_work:
+        raise PayloadTooLarge(
+            f"{len(lines)} drug lines with {work - len(lines)} trace codes in one request: at most "
+            f"{settings.max_work} lines + codes, so the answer fits the timeout; split the dispensing",
+            None,
+        )
+    now = services.now()
+    window = TimeWindow.around(now, history_days=settings.history_days, skew_minutes=settings.clock_skew_minutes)
+    late_after = timedelta(hours=settings.late_hours)
     out: list[ClaimLine] = []
     seen: dict[str, str] = {}
     for i, line in enumerate(lines):
         try:
             claim = normalize_record(
-                line.record, services.kb, file="request", line=i + 1, default_admdvs=services.default_admdvs
+                line.record,
+                services.kb,
+                file="request",
+                line=i + 1,
+                default_admdvs=services.default_admdvs,
+                window=window,
             )
+            if recording and now - claim.fee_ocur_time > late_after:
+                claim = claim.model_copy(update={"received_at": now})
         except LineRejected as exc:
             rejection = exc.rejection
             field_name = _request_field(line, rejection.field)
@@ -256,8 +299,126 @@ def worst(decisions: Sequence[Decision]) -> Decision:
     return max(decisions, key=lambda d: order[d], default="pass")
 
 
-def _hit(finding: Finding, kb: KnowledgeBase) -> RuleHit:
+class _CachedReads(HistoryRepository):
+    """The history a check reads, read once: the next-fill search re-checks a line on later
+    days without reading again, and the previous fill is looked up in what was read."""
+
+    def __init__(self, repo: HistoryRepository) -> None:
+        self.repo = repo
+        self.history: dict[str, list[ClaimLine]] = {}
+        self.sales: dict[str, list[TraceSale]] = {}
+        self.lines: dict[str, ClaimLine] = {}
+
+    def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
+        missing = sorted(set(psn_nos) - self.history.keys())
+        if missing:
+            loaded = self.repo.load_history(missing)
+            for psn in missing:
+                self.history[psn] = list(loaded.get(psn, ()))
+                self.lines.update((line.line_id, line) for line in self.history[psn])
+        return {p: self.history[p] for p in psn_nos}
+
+    def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
+        missing = sorted(set(codes) - self.sales.keys())
+        if missing:
+            loaded = self.repo.load_trace_sales(missing)
+            for code in missing:
+                self.sales[code] = list(loaded.get(code, ()))
+        return {c: self.sales[c] for c in codes}
+
+    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+        raise NotImplementedError("a check records nothing")
+
+    def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
+        return self.repo.load_findings(scopes)
+
+    def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
+        raise NotImplementedError("a check records nothing")
+
+
+@dataclass
+class Advice:
+    """What a dispenser acts on, per answered line: when the fill would pass, and the fill
+    each supply finding compares with."""
+
+    next_fill_on: dict[str, date | None] = field(default_factory=dict)  # line id -> day (None: waiting fails)
+    previous: dict[tuple[str, str], PreviousFill] = field(default_factory=dict)  # (line id, finding id) -> fill
+
+
+def _previous_fill(line: ClaimLine, finding: Finding, known: Mapping[str, ClaimLine]) -> PreviousFill | None:
+    """The latest evidence line of the same ingredient before `line` (another line)."""
+    earlier = [
+        known[i]
+        for i in finding.evidence
+        if i != line.line_id
+        and i in known
+        and known[i].fee_ocur_time <= line.fee_ocur_time
+        and (known[i].atc_code or known[i].med_list_codg) == (line.atc_code or line.med_list_codg)
+    ]
+    if not earlier:
+        return None
+    prev = max(earlier, key=lambda ln: (ln.fee_ocur_time, ln.line_id))
+    return PreviousFill(
+        line_id=prev.line_id,
+        dispensed_on=prev.fee_ocur_time.date(),
+        quantity=prev.cnt,
+        days_supply=None if prev.days_supply is None else round(prev.days_supply, 2),
+        fixmedins_code=prev.fixmedins_code,
+        fixmedins_name=prev.fixmedins_name,
+        prescriber=prev.bilg_dr_codg,
+        med_list_codg=prev.med_list_codg,
+        med_list_name=prev.med_list_name,
+    )
+
+
+def advise(
+    services: Services,
+    claims: Sequence[ClaimLine],
+    hits: Mapping[str, list[Finding]],
+    reads: _CachedReads,
+    check: Callable[[Sequence[ClaimLine]], dict[str, list[Finding]]],
+    allowed: Collection[str] | None,
+    context: Sequence[ClaimLine] = (),
+) -> Advice:
+    """next_fill_on: the first day (bisection over 1..NEXT_FILL_HORIZON_DAYS days later)
+    on which the line, re-checked against the same history with the other lines of the
+    request, draws no finding of a waitable rule; None when even the horizon does not
+    help. Supply findings are monotone in the waiting time (more of the earlier supply is
+    used), which makes bisection exact; the answer is re-checked once."""
+    advice = Advice()
+    known = {**reads.lines, **{c.line_id: c for c in claims}}
+    for claim in claims:
+        waitable = [f for f in hits.get(claim.line_id, []) if f.rule_id in WAITABLE_RULES]
+        for finding in waitable:
+            prev = _previous_fill(claim, finding, known)
+            if prev is not None:
+                advice.previous[(claim.line_id, finding.finding_id)] = prev
+        if not waitable:
+            continue
+        others = [c for c in (context or claims) if c.psn_no == claim.psn_no and c.line_id != claim.line_id]
+
+        def passes(days: int, claim: ClaimLine = claim, others: list[ClaimLine] = others) -> bool:
+            moved = claim.model_copy(update={"fee_ocur_time": claim.fee_ocur_time + timedelta(days=days)})
+            found = check([*others, moved]).get(claim.line_id, [])
+            return not any(f.rule_id in WAITABLE_RULES and (allowed is None or f.rule_id in allowed) for f in found)
+
+        if not passes(NEXT_FILL_HORIZON_DAYS):
+            advice.next_fill_on[claim.line_id] = None
+            continue
+        low, high = 0, NEXT_FILL_HORIZON_DAYS  # fails at low (today), passes at high
+        while high - low > 1:
+            middle = (low + high) // 2
+            if passes(middle):
+                high = middle
+            else:
+                low = middle
+        advice.next_fill_on[claim.line_id] = claim.fee_ocur_time.date() + timedelta(days=high)
+    return advice
+
+
+def _hit(finding: Finding, kb: KnowledgeBase, line_id: str | None = None, advice: Advice | None = None) -> RuleHit:
     rule = kb.rules.get(finding.rule_id)
+    waitable = finding.rule_id in WAITABLE_RULES and advice is not None and line_id is not None
     return RuleHit(
         rule_id=finding.rule_id,
         rule_version=finding.rule_version,
@@ -267,14 +428,29 @@ def _hit(finding: Finding, kb: KnowledgeBase) -> RuleHit:
         decision=DECISION[finding.severity],
         explanation_zh=finding.explanation_zh,
         explanation_en=finding.explanation_en,
-        evidence=list(finding.evidence),
+        evidence=_bounded(finding.evidence, line_id),
+        evidence_count=len(finding.evidence),
         figures=dict(finding.figures),
         mitigations=list(finding.mitigations),
         finding_id=finding.finding_id,
+        next_fill_on=advice.next_fill_on.get(line_id) if waitable and advice and line_id else None,
+        previous_fill=advice.previous.get((line_id, finding.finding_id)) if advice and line_id else None,
     )
 
 
-def line_result(line: ClaimLine, findings: Sequence[Finding], kb: KnowledgeBase) -> LineResult:
+def _bounded(evidence: Sequence[str], line_id: str | None) -> list[str]:
+    """At most EVIDENCE_CAP ids, the answered line always among them."""
+    if len(evidence) <= EVIDENCE_CAP:
+        return list(evidence)
+    head = list(evidence[:EVIDENCE_CAP])
+    if line_id is not None and line_id in evidence and line_id not in head:
+        head[-1] = line_id
+    return head
+
+
+def line_result(
+    line: ClaimLine, findings: Sequence[Finding], kb: KnowledgeBase, advice: Advice | None = None
+) -> LineResult:
     ordered = sorted(findings, key=lambda f: (-f.severity.rank, f.rule_id, f.finding_id))
     notes = [] if line.monitored else [NOT_MONITORED]
     return LineResult(
@@ -285,9 +461,14 @@ def line_result(line: ClaimLine, findings: Sequence[Finding], kb: KnowledgeBase)
         monitored=line.monitored,
         days_supply=None if line.days_supply is None else round(line.days_supply, 2),
         decision=decision_of(ordered),
+        next_fill_on=advice.next_fill_on.get(line.line_id) if advice else None,
         notes=notes,
-        hits=[_hit(f, kb) for f in ordered],
+        hits=[_hit(f, kb, line.line_id, advice) for f in ordered],
     )
+
+
+def _date_zh(day: date) -> str:
+    return f"{day.year}年{day.month}月{day.day}日"
 
 
 def nhsa_response(
@@ -295,8 +476,11 @@ def nhsa_response(
     hits: Mapping[str, list[Finding]],
     kb: KnowledgeBase,
     task_id: str,
+    national: nhsa.NationalDictionary | None = None,
+    advice: Advice | None = None,
 ) -> nhsa.NhsaResponse:
     """One violation per finding, with a detail per answered order it names."""
+    national = national or nhsa.dictionary()
     by_finding: dict[str, tuple[Finding, list[ClaimLine]]] = {}
     for line, _ in answered:
         for finding in hits.get(line.line_id, []):
@@ -306,14 +490,21 @@ def nhsa_response(
     for finding, lines in sorted(by_finding.values(), key=lambda e: (-e[0].severity.rank, e[0].rule_id)):
         rule = kb.rules.get(finding.rule_id)
         basis = (rule.legal_basis_zh if rule else "") or (rule.name_zh if rule else finding.rule_id)
-        evidence = "；证据明细：" + "、".join(finding.evidence)
+        shown = _bounded(finding.evidence, lines[0].line_id)
+        more = len(finding.evidence) - len(shown)
+        evidence = "；证据明细：" + "、".join(shown) + (f"等{len(finding.evidence)}条" if more else "")
         first = lines[0]
+        content = finding.explanation_zh
+        next_on = advice.next_fill_on.get(first.line_id) if advice and finding.rule_id in WAITABLE_RULES else None
+        if next_on is not None:
+            content += f"；最早可于{_date_zh(next_on)}购药"
+        prev = advice.previous.get((first.line_id, finding.finding_id)) if advice else None
         result.append(
             nhsa.NhsaViolation(
                 jr_id=finding.finding_id,
                 rule_id=finding.rule_id,
                 rule_name=rule.name_zh if rule else finding.rule_id,
-                vola_cont=nhsa.truncate(finding.explanation_zh),
+                vola_cont=nhsa.truncate(content),
                 patn_id=first.psn_no,
                 mdtrt_id=first.mdtrt_id,
                 judge_result_detail_dtos=[
@@ -327,10 +518,15 @@ def nhsa_response(
                     for ln in lines
                 ],
                 vola_amt=round(sum(ln.det_item_fee_sumamt for ln in lines), 2),
-                sev_deg=nhsa.SEV_DEG[finding.severity],
+                sev_deg=national.sev_deg_of(finding.severity),
                 vola_evid=nhsa.truncate(basis + evidence),
-                vola_bhvr_type=nhsa.behaviour_type(finding.rule_id),
+                vola_bhvr_type=national.behaviour_type(finding.rule_id),
                 task_id=task_id,
+                next_fill_on=next_on.isoformat() if next_on else None,
+                prev_fill_date=prev.dispensed_on.isoformat() if prev else None,
+                prev_fill_cnt=prev.quantity if prev else None,
+                prev_fill_medins_id=prev.fixmedins_code if prev else None,
+                prev_fill_dr_codg=prev.prescriber if prev else None,
             )
         )
     return nhsa.NhsaResponse(output=nhsa.NhsaOutput(result=result))
@@ -339,30 +535,191 @@ def nhsa_response(
 # ------------------------------------------------------------------ operations
 
 
+def _utc(services: Services) -> datetime:
+    return services.now().replace(tzinfo=CHINA).astimezone(UTC)
+
+
+def _audit(
+    services: Services,
+    caller: Caller,
+    action: Action,
+    patients: Sequence[str | None],
+    decision: str,
+    *,
+    institution: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """Record an access per patient (pseudonymised), or one without a patient."""
+    if services.audit is None:
+        return
+    at = _utc(services)
+    key = services.settings.pseudonym_key
+    acting = institution or (next(iter(sorted(caller.institutions))) if len(caller.institutions) == 1 else None)
+    services.audit.record(
+        [
+            AccessRecord(
+                at=at,
+                caller=caller.principal,
+                institution=acting,
+                patient=pseudonym(p, key) if p else None,
+                action=action,
+                decision=decision,
+                detail=detail,
+            )
+            for p in (patients or [None])
+        ]
+    )
+
+
+@contextmanager
+def _audited(
+    services: Services, caller: Caller, action: Action, claims: Sequence[ClaimLine], *, patient: str | None = None
+) -> Iterator[None]:
+    """A refused access is recorded too (decision `denied`), then refused."""
+    try:
+        yield
+    except (Forbidden, NotFound):
+        patients = sorted({c.psn_no for c in claims} | ({patient} if patient else set()))
+        _audit(services, caller, action, patients, "denied")
+        raise
+
+
+def _audit_lines(
+    services: Services, caller: Caller, action: Action, claims: Sequence[ClaimLine], hits: Mapping[str, list[Finding]]
+) -> None:
+    """One record per patient with the answer's decision; then the stranger alert."""
+    if services.audit is None:
+        return
+    by_patient: dict[str, list[Decision]] = {}
+    for claim in claims:
+        by_patient.setdefault(claim.psn_no, []).append(decision_of(hits.get(claim.line_id, [])))
+    institutions = sorted({c.fixmedins_code for c in claims})
+    for psn_no, decisions in sorted(by_patient.items()):
+        _audit(
+            services, caller, action, [psn_no], worst(decisions), institution=institutions[0] if institutions else None
+        )
+    if action == "check":
+        _stranger_alert(services, caller)
+
+
+def _stranger_alert(services: Services, caller: Caller) -> None:
+    """A caller that checked `audit_stranger_limit` patients it never dispensed to within the
+    window raises an alert: one `alert` record per window, and a warning for the alarm."""
+    assert services.audit is not None
+    settings = services.settings
+    since = _utc(services) - timedelta(hours=settings.audit_window_hours)
+    count, alerted = services.audit.strangers(caller.principal, since)
+    if count < settings.audit_stranger_limit or alerted:
+        return
+    detail = (
+        f"{count} patients checked within {settings.audit_window_hours:g} h without a dispensation "
+        f"(limit {settings.audit_stranger_limit})"
+    )
+    _audit(services, caller, "alert", [], "alert", detail=detail)
+    logger.warning(
+        "access audit alert: a caller checks patients it never dispensed to",
+        extra={"caller": caller.principal, "patients": count},
+    )
+
+
+def _selection(services: Services, body: CheckBody) -> tuple[set[str] | None, Scene]:
+    """The rules a 3101 request asks for (`rule_ids`: ours or the platform's codes) and the
+    scene of its trigger (`trig_scen`); a bad value is a 400 naming it."""
+    if isinstance(body, DispensingRequest):
+        return None, Scene.PRE
+    data, prefix = nhsa.nhsa_data(body)
+    national = services.national
+    scene = national.scene_of(data.trig_scen)
+    if scene is None:
+        known = "、".join(sorted(national.trig_scen, key=lambda c: (len(c), c)))
+        raise InvalidField(
+            f"{prefix}.trig_scen: unknown trigger scene {data.trig_scen!r} (known: {known})", f"{prefix}.trig_scen"
+        )
+    if not data.rule_ids:
+        return None, scene
+    allowed: set[str] = set()
+    for i, value in enumerate(data.rule_ids):
+        rule_id = national.resolve_rule(str(value))
+        if rule_id is None or rule_id not in services.kb.rules:
+            raise InvalidField(
+                f"{prefix}.rule_ids[{i}]: unknown rule {value!r} (our rule ids and the codes of rules/national.yaml)",
+                f"{prefix}.rule_ids[{i}]",
+                code="unknown_rule",
+            )
+        allowed.add(rule_id)
+    return allowed, scene
+
+
 def check(
     services: Services, body: CheckBody, caller: Caller, answer_as: Shape | None = None
 ) -> CheckResponse | nhsa.NhsaResponse:
-    """Pre-dispensing check: records nothing; two repository reads at most."""
+    """Pre-dispensing check: records no line; history read once. The findings answered
+    are kept as warnings (their jr_id can be fetched and disposed)."""
     now = services.now()
+    allowed, scene = _selection(services, body)
     request_lines = lines_of(body, now, require_sn=False)
     claims = normalize(request_lines, services)
-    require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
+    with _audited(services, caller, "check", claims):
+        require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     hits = services.check_lines(claims, services.repo, services.kb)
+    _audit_lines(services, caller, "check", claims, hits)
+    require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
+    reads = _CachedReads(services.repo)
+
+    def run(lines: Sequence[ClaimLine]) -> dict[str, list[Finding]]:
+        if scene is Scene.PRE:
+            found = services.check_lines(lines, reads, services.kb)
+        else:
+            found = services.check_lines(lines, reads, services.kb, scenes=(scene,))
+        if allowed is None:
+            return found
+        return {line_id: [f for f in fs if f.rule_id in allowed] for line_id, fs in found.items()}
+
+    hits = run(claims)
     answered = [(c, r) for c, r in zip(claims, request_lines, strict=True) if r.answer]
+    advice = advise(services, [c for c, _ in answered], hits, reads, run, allowed, claims)
+    warnings = {f.finding_id: f for c, _ in answered for f in hits.get(c.line_id, [])}
+    if warnings:
+        services.store.record_warnings(list(warnings.values()), now, [c.line_id for c, _ in answered])
     shape = answer_as or ("rxguard" if isinstance(body, DispensingRequest) else "nhsa")
     if shape == "nhsa":
         task_id = next((r.task_id for r in request_lines if r.task_id), None) or f"rxguard-{now:%Y%m%d%H%M%S}"
-        return nhsa_response(answered, hits, services.kb, task_id)
-    results = [line_result(c, hits.get(c.line_id, []), services.kb) for c, _ in answered]
+        return nhsa_response(answered, hits, services.kb, task_id, services.national, advice)
+    results = [line_result(c, hits.get(c.line_id, []), services.kb, advice) for c, _ in answered]
     return CheckResponse(decision=worst([r.decision for r in results]), checked_at=now, lines=results)
+
+
+def override_of(reason: str) -> OverrideReason | None:
+    text = reason.lower()
+    for override, words in OVERRIDE_WORDS:
+        if any(word in text for word in words):
+            return override
+    return None
+
+
+def with_prescriber_overrides(services: Services, claims: list[ClaimLine]) -> list[ClaimLine]:
+    """A line dispensed after its prescriber continued past a warning (3103) carries the
+    reason as its override, unless the line states one itself: the override-frequency rule
+    counts it and, within its cap, the supply rules weigh it (one store read)."""
+    open_lines = [c.line_id for c in claims if c.override_reason is None]
+    reasons = services.store.continued_reasons(open_lines) if open_lines else {}
+    out = []
+    for claim in claims:
+        override = override_of(reasons[claim.line_id]) if claim.line_id in reasons else None
+        out.append(claim.model_copy(update={"override_reason": override}) if override else claim)
+    return out
 
 
 def dispense(services: Services, body: CheckBody, caller: Caller) -> DispensationResponse:
     """Record a completed dispensing in real time (scene "in")."""
     now = services.now()
     request_lines = lines_of(body, now, require_sn=True)
+    claims = normalize(request_lines, services, recording=True)
+    with _audited(services, caller, "dispensation", claims):
+        require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     claims = normalize(request_lines, services)
     require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
+    claims = with_prescriber_overrides(services, claims)
     outcome = services.screen_lines(claims, services.repo, services.kb, scene=Scene.IN)
     recorded = {line.line_id for line in outcome.recorded}
     new_findings = list(outcome.changes.new)
@@ -382,6 +739,7 @@ def dispense(services: Services, body: CheckBody, caller: Caller) -> Dispensatio
             for line_id in finding.evidence:
                 by_line.setdefault(line_id, []).append(finding)
     results = [line_result(c, by_line.get(c.line_id, []), services.kb) for c in claims]
+    _audit_lines(services, caller, "dispensation", claims, by_line)
     return DispensationResponse(
         decision=worst([r.decision for r in results]),
         recorded=sorted(recorded),
@@ -409,8 +767,10 @@ def list_findings(
         raise InvalidField("date_to is before date_from", "date_to")
     if rule is not None and rule not in services.kb.rules:
         raise InvalidField(f"unknown rule {rule!r}", "rule")
+    with _audited(services, caller, "findings", [], patient=patient):
+        readable = readable_institution(caller, institution)
     query = FindingQuery(
-        institution=readable_institution(caller, institution),
+        institution=readable,
         psn_no=patient,
         rule_id=rule,
         status=status,
@@ -418,6 +778,13 @@ def list_findings(
         date_to=date_to,
     )
     items, token = services.store.query(query, limit or services.settings.page_size, next_token)
+    _audit(
+        services,
+        caller,
+        "findings",
+        sorted({i.psn_no for i in items if i.psn_no} | ({patient} if patient else set())),
+        "allowed",
+    )
     return FindingsPage(items=items, next_token=token)
 
 
@@ -425,7 +792,9 @@ def get_finding(services: Services, caller: Caller, finding_id: str) -> FindingV
     found = services.store.get(finding_id)
     if found is None:
         raise NotFound("no such finding", "finding_id")
-    require_finding_access(caller, found.fixmedins_code)
+    with _audited(services, caller, "finding", [], patient=found.psn_no):
+        require_finding_access(caller, found.fixmedins_code)
+    _audit(services, caller, "finding", [found.psn_no] if found.psn_no else [], "allowed", detail=finding_id)
     return found
 
 
@@ -436,6 +805,18 @@ def review_finding(services: Services, caller: Caller, finding_id: str, review: 
         raise NotFound("no such finding", "finding_id")
     reviewer = review.reviewer or caller.principal
     return services.store.review(finding_id, review.status, review.reason, reviewer, services.now())
+
+
+def backtest(services: Services, caller: Caller, body: BacktestRequest) -> BacktestResponse:
+    """Try a rule change on the stored history (regulators only; writes nothing)."""
+    require_reviewer(caller)
+    if services.planner is None:
+        raise Conflict("backtests need a stored history to re-evaluate: rxguard serve --state DIR", "rules")
+    try:
+        report = services.planner(body.rules, body.since)
+    except KnowledgeBaseError as exc:
+        raise InvalidField(str(exc), f"rules.{exc.entry}.{exc.field}" if exc.entry and exc.field else "rules") from exc
+    return BacktestResponse.model_validate(report)
 
 
 def rules(services: Services) -> RulesResponse:
@@ -459,6 +840,185 @@ def rules(services: Services) -> RulesResponse:
                 confirmed=confirmed,
                 dismissed=dismissed,
                 precision=None if confirmed + dismissed == 0 else round(confirmed / (confirmed + dismissed), 4),
+                continued=fig.continued if fig else 0,
+                modified=fig.modified if fig else 0,
+                continue_rate=None if fig is None or fig.continue_rate is None else round(fig.continue_rate, 4),
+                modify_rate=None if fig is None or fig.continue_rate is None else round(1 - fig.continue_rate, 4),
             )
         )
     return RulesResponse(rules=out)
+
+
+def read_audit(
+    services: Services,
+    caller: Caller,
+    *,
+    principal: str | None,
+    patient: str | None,
+    date_from: date | None,
+    date_to: date | None,
+    limit: int | None,
+    next_token: str | None,
+) -> AuditPage:
+    """The access log, for the regulator only. `patient` is a psn_no or its pseudonym."""
+    require_reviewer(caller)
+    if services.audit is None:
+        raise NotFound("no access audit is configured for this deployment", None)
+    if date_from and date_to and date_to < date_from:
+        raise InvalidField("date_to is before date_from", "date_to")
+    token = None
+    if patient is not None:
+        token = patient if _PSEUDONYM.fullmatch(patient) else pseudonym(patient, services.settings.pseudonym_key)
+    query = AuditQuery(
+        caller=principal,
+        patient=token,
+        since=datetime.combine(date_from, datetime.min.time(), CHINA).astimezone(UTC) if date_from else None,
+        until=datetime.combine(date_to, datetime.max.time(), CHINA).astimezone(UTC) if date_to else None,
+    )
+    items, more = services.audit.query(query, limit or services.settings.page_size, next_token)
+    return AuditPage(items=items, next_token=more)
+
+
+# ------------------------------------------------------------------ dispositions (3103)
+
+
+@dataclass(frozen=True)
+class _Item:
+    finding_id: str
+    action: Literal["continue", "modify"]
+    reason: str | None
+    path: str  # the request field of the item, e.g. "input.data.warns[0]"
+    id_field: str
+    reason_field: str
+
+
+def _disposition_items(body: DispositionBody) -> tuple[list[_Item], str | None, Shape]:
+    if isinstance(body, DispositionRequest):
+        items = [
+            _Item(d.finding_id, d.action, d.reason, f"dispositions[{i}]", "finding_id", "reason")
+            for i, d in enumerate(body.dispositions)
+        ]
+        return items, body.warn_type, "rxguard"
+    if isinstance(body, nhsa.NhsaDispositionEnvelope):
+        data, prefix = body.input.data, "input.data"
+    else:
+        data, prefix = body.data, "data"
+    items = [
+        _Item(
+            w.warn_rslt_id,
+            "continue" if w.dspo_way == "1" else "modify",
+            w.dspo_way_rea,
+            f"{prefix}.warns[{i}]",
+            "warn_rslt_id",
+            "dspo_way_rea",
+        )
+        for i, w in enumerate(data.warns)
+    ]
+    return items, data.warn_type, "nhsa"
+
+
+def dispose(
+    services: Services, body: DispositionBody, caller: Caller
+) -> DispositionResponse | nhsa.NhsaDispositionResponse:
+    """Store prescribers' handling of warnings. Every item is checked before any is stored:
+    a continue without a reason is a 400 naming the reason field; an id that is neither a
+    recorded finding nor a warning a check answered (or not the caller's) is a 404 naming
+    the id field."""
+    items, warn_type, shape = _disposition_items(body)
+    for item in items:
+        if item.action == "continue" and not (item.reason or "").strip():
+            field_name = f"{item.path}.{item.reason_field}"
+            raise InvalidField(
+                f"{field_name} is required when the prescriber continues (dspo_way 1 继续执行)",
+                field_name,
+                code="missing_field",
+            )
+    found: list[FindingView] = []
+    for item in items:
+        current = services.store.get(item.finding_id)
+        field_name = f"{item.path}.{item.id_field}"
+        if current is None:
+            raise NotFound(f"{field_name}: no finding or warning {item.finding_id}", field_name)
+        try:
+            require_finding_access(caller, current.fixmedins_code)
+        except NotFound as exc:
+            raise NotFound(f"{field_name}: no finding or warning {item.finding_id}", field_name) from exc
+        found.append(current)
+    now = services.now()
+    views = [
+        services.store.dispose(
+            item.finding_id,
+            Disposition(
+                action=item.action, reason=item.reason, warn_type=warn_type, disposer=caller.principal, disposed_at=now
+            ),
+        )
+        for item in items
+    ]
+    if shape == "rxguard":
+        return DispositionResponse(items=views)
+    return nhsa.NhsaDispositionResponse(
+        output=nhsa.NhsaDispositionOutput(
+            result=[
+                nhsa.NhsaDispositionResult(
+                    warn_rslt_id=v.finding_id, dspo_way="1" if item.action == "continue" else "2", rule_id=v.rule_id
+                )
+                for v, item in zip(views, items, strict=True)
+            ]
+        )
+    )
+
+
+# ------------------------------------------------------------------ subscriptions
+
+
+ENDPOINTS = {
+    "email": re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+    "sms": re.compile(r"^\+\d{8,15}$"),
+    "https": re.compile(r"^https://[^\s]+$"),
+    "sqs": re.compile(r"^arn:aws[a-z-]*:sqs:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]+$"),
+    "lambda": re.compile(r"^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[A-Za-z0-9_-]+(:[A-Za-z0-9_$-]+)?$"),
+}
+
+
+def _subscriptions(services: Services) -> Subscriptions:
+    if services.subscriptions is None:
+        raise NotFound("subscriptions are not configured in this deployment", None)
+    return services.subscriptions
+
+
+def _own(caller: Caller, view: SubscriptionView) -> bool:
+    wanted = view.filter_policy.get("institution_id") or []
+    return caller.reviews or (bool(wanted) and set(wanted) <= set(caller.institutions))
+
+
+def subscribe(services: Services, caller: Caller, request: SubscriptionRequest) -> SubscriptionView:
+    """An SNS subscription with the filter policy of the request. Regulators subscribe to
+    anything; an institution only to its own institutions' messages."""
+    gateway = _subscriptions(services)
+    if not ENDPOINTS[request.protocol].match(request.endpoint):
+        raise InvalidField(f"endpoint is not a valid {request.protocol} endpoint", "endpoint")
+    if not caller.reviews:
+        if not request.filters.institutions:
+            raise InvalidField("filters.institutions is required: name your own institution(s)", "filters.institutions")
+        require_institutions(caller, request.filters.institutions)
+    national = services.national
+
+    def resolve(value: str) -> str | None:
+        rule_id = national.resolve_rule(value)
+        return rule_id if rule_id in services.kb.rules else None
+
+    policy = filter_policy(request, resolve)
+    return gateway.subscribe(request.topic, request.protocol, request.endpoint, policy, caller.principal)
+
+
+def list_subscriptions(services: Services, caller: Caller) -> SubscriptionsResponse:
+    return SubscriptionsResponse(items=[v for v in _subscriptions(services).list() if _own(caller, v)])
+
+
+def unsubscribe(services: Services, caller: Caller, subscription_id: str) -> SubscriptionsResponse:
+    gateway = _subscriptions(services)
+    found = next((v for v in gateway.list() if v.subscription_id == subscription_id), None)
+    if found is None or not _own(caller, found):
+        raise NotFound("no such subscription", "subscription_id")
+    gateway.delete(subscription_id)
+    return SubscriptionsResponse(items=[found])

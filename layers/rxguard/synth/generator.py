@@ -28,37 +28,12 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import rxguard.synth.catalogue as cat
+from rxguard import claimline as contract
 from rxguard.kb import Drug, KnowledgeBase
 from rxguard.synth.catalogue import Condition, Item
 
-# Field order of the written files (docs/design.md "Claim-line format").
-FIELDS = (
-    "feedetl_sn",
-    "fixmedins_code",
-    "fixmedins_name",
-    "admdvs",
-    "psn_no",
-    "mdtrt_id",
-    "setl_id",
-    "med_type",
-    "fee_ocur_time",
-    "med_list_codg",
-    "med_list_name",
-    "cnt",
-    "trdn_flag",
-    "pric",
-    "det_item_fee_sumamt",
-    "sin_dos_dscr",
-    "used_frqu_dscr",
-    "prd_days",
-    "rxno",
-    "bilg_dr_codg",
-    "dise_codg",
-    "dscg_tkdrug_flag",
-    "lt_rx_flag",
-    "override_reason",
-    "drug_trac_codg",
-)
+# Field order of the written files: the claim-line contract's columns (docs/ingest.md).
+FIELDS = contract.COLUMNS
 
 # Abusive scenarios and the rules each must trigger (patient level).
 SCENARIOS: dict[str, tuple[str, ...]] = {
@@ -322,6 +297,7 @@ class _Builder:
             "lt_rx_flag": int(lt),
             "override_reason": override or "",
             "drug_trac_codg": ",".join(codes),
+            "init_feedetl_sn": "",
         }
         if isinstance(item, Drug) and inst.kind == "hospital":
             self.rx += 1
