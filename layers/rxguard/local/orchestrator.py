@@ -29,11 +29,13 @@ from rxguard.alerts.schema import AlertMessage
 from rxguard.alerts.settings import AlertSettings
 from rxguard.alerts.sink import NotificationSink
 from rxguard.config import Settings
+from rxguard.errors import TransientError
 from rxguard.kb import KnowledgeBase, Phase, get_knowledge_base
 from rxguard.local.backend import Backend, BackendSpec, open_backend
 from rxguard.local.objects import InputFiles, LocalObjects
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
+from rxguard.scope import Scope
 from rxguard.workflow import naming
 from rxguard.workflow.contract import (
     ChunkFindings,
@@ -47,7 +49,6 @@ from rxguard.workflow.contract import (
     PrepareRequest,
     ok_results,
 )
-from rxguard.workflow.errors import TransientError
 from rxguard.workflow.finalize import finalize_batch
 from rxguard.workflow.institutions import screen_institutions
 from rxguard.workflow.naming import S3ObjectRef
@@ -148,7 +149,7 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     repo = ctx.backend.repository(writer=f"{batch_id[:16]}-t{part}")
     engine = engine_for(ctx.kb, RECORDING_SCENES)
     sales = repo.load_trace_sales(codes) if codes else {}
-    by_scope = {f"trace:{code}": engine.evaluate_trace_code(code, sales[code]) for code in codes}
+    by_scope = {str(Scope.trace(code)): engine.evaluate_trace_code(code, sales[code]) for code in codes}
     replace_many = getattr(repo, "replace_many", None)  # the SQLite state: one transaction for them all
     if replace_many is not None:
         changes = replace_many(by_scope)
