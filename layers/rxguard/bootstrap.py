@@ -43,7 +43,6 @@ from rxguard.environment import (
     init_environment_variables,
 )
 from rxguard.kb import KnowledgeBase, get_knowledge_base
-from rxguard.observability import logger, metrics, tracer
 from rxguard.workflow import contract
 from rxguard.workflow.settings import WorkflowSettings
 
@@ -62,6 +61,11 @@ Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 def entry(model: type[HandlerEnvironment], *, correlation_id_path: str) -> Callable[[Handler], Handler]:
     """The decorators of a Lambda handler, outermost first (docs/style.md)."""
+
+    # Powertools reads its settings (service, namespace) when rxguard.observability is first
+    # imported (docs/style.md): a handler module's import loads it, never this module's, so
+    # a process that imports the composition root first (tests, `rxguard serve`) keeps them.
+    from rxguard.observability import logger, metrics, tracer
 
     def decorate(handler: Handler) -> Handler:
         wrapped = tracer.capture_lambda_handler(capture_response=False)(handler)
@@ -122,7 +126,9 @@ def prepare(env: PrepareEnvironment) -> Callable[[contract.PrepareRequest], cont
 
 def _screen_repository(env: ScreenEnvironment, batch_id: str, index: int) -> DynamoRepository:
     writer = f"{batch_id[:16]}-{index}"  # a chunk's lines count once for it in the packed activity
-    return DynamoRepository(env.tables, history_days=env.history_days, writer=writer)
+    return DynamoRepository(
+        env.tables, history_days=env.history_days, writer=writer, buffered=True
+    )  # flush(): screen_lines
 
 
 def screen(env: ScreenEnvironment) -> Callable[[contract.ChunkRequest], contract.ChunkResult]:
@@ -233,6 +239,7 @@ def api_services(env: ApiEnvironment, settings: ApiSettings | None = None) -> Se
     DynamoDB history and findings, alerts on SNS + S3 when both topics are configured."""
     # the API's models alone cost ~0.09 s CPU to import
     from rxguard.alerts.settings import AlertSettings
+    from rxguard.api.audit import DynamoAuditLog
     from rxguard.api.service import Services, alerts_notifier
     from rxguard.api.settings import ApiSettings
     from rxguard.api.store_dynamo import AwsSubscriptions, DynamoFindingsStore
@@ -246,14 +253,16 @@ def api_services(env: ApiEnvironment, settings: ApiSettings | None = None) -> Se
         notifier = alerts_notifier(kb, aws_sink(env), alerts, letter_counters(alerts))
         topics = {"alerts": env.alerts_topic_arn, "letters": env.letters_topic_arn}
         subscriptions = AwsSubscriptions(client("sns"), topics)
+    settings = settings or ApiSettings.from_env()  # microseconds: per request, so tests may change it
     return Services(
         kb=kb,
         repo=DynamoRepository(env.tables, ddb, history_days=env.history_days),  # one per request
         store=DynamoFindingsStore(env.findings_table, ddb),
-        settings=settings or ApiSettings.from_env(),  # microseconds: per request, so tests may change it
+        settings=settings,
         notify=notifier,
         default_admdvs=env.default_admdvs,
         subscriptions=subscriptions,
+        audit=DynamoAuditLog(settings.audit_table, ddb) if settings.audit_table else None,
     )
 
 
@@ -268,6 +277,7 @@ def local_api_services(state: State, settings: ApiSettings, core: Settings | Non
     it is history for the next batch), findings are listed and reviewed in the state the runs
     write. No alerts topic here: `alerts_sent` is null (the batch runs write the alerts)."""
     from rxguard.api.service import Services
+    from rxguard.local.audit import SqliteAuditLog
 
     core = core or Settings.from_env()
     return Services(
@@ -276,6 +286,7 @@ def local_api_services(state: State, settings: ApiSettings, core: Settings | Non
         store=state.findings_store(),
         settings=settings,
         default_admdvs=core.default_admdvs,
+        audit=SqliteAuditLog(state.path),  # table access_audit of the same state DB file
     )
 
 

@@ -31,6 +31,7 @@ class TraceSale:
     code: str
     psn_no: str
     fixmedins_code: str
+    late: bool = field(default=False, compare=False)  # the line arrived late (ClaimLine.received_at)
 
 
 @dataclass
@@ -69,6 +70,11 @@ class HistoryRepository(ABC):
         on finding_id), update changed ones, mark the missing ones superseded. Reviews
         (confirmed / dismissed) of a finding that is produced again are kept."""
 
+    def flush(self) -> None:  # noqa: B027 - optional hook, a no-op for unbuffered adapters
+        """Write whatever the adapter buffered (the DynamoDB one batches new findings across
+        scopes). `screen_lines` calls it at the end; a caller of `replace_findings` outside
+        it calls it when done."""
+
 
 class InMemoryRepository(HistoryRepository):
     """A dict-backed repository with the same semantics as the DynamoDB one."""
@@ -100,7 +106,9 @@ class InMemoryRepository(HistoryRepository):
             self.lines[line.line_id] = line
             self.by_patient[line.psn_no].append(line)
             for code in line.trace_codes:
-                sale = TraceSale(line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code)
+                sale = TraceSale(
+                    line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code, bool(line.received_at)
+                )
                 self.trace_sales[code].append(sale)
             recorded.append(line)
         return recorded

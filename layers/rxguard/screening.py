@@ -70,7 +70,9 @@ def _sales_by_code(lines: Iterable[ClaimLine]) -> dict[str, list[TraceSale]]:
     for line in lines:
         for code in dict.fromkeys(line.trace_codes):
             out.setdefault(code, []).append(
-                TraceSale(line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code)
+                TraceSale(
+                    line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code, bool(line.received_at)
+                )
             )
     return out
 
@@ -115,6 +117,7 @@ def screen_lines(
         scope = Scope.trace(code)
         merge_changes(outcome.changes, repo.replace_findings(scope, found))
         outcome.scopes.append(scope)
+    repo.flush()
     return outcome
 
 
@@ -178,4 +181,5 @@ def replace_institution_findings(
     changes = FindingChanges()
     for scope in sorted(grouped):
         merge_changes(changes, repo.replace_findings(scope, grouped[scope]))
+    repo.flush()
     return changes

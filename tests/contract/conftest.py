@@ -122,3 +122,32 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             DynamoFindingsStore(tables.findings, ddb),
             ordered_scan=False,
         )
+
+
+@pytest.fixture(params=BACKENDS)
+def audit_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """The API's access audit over each backend (rxguard.api.audit.AuditLog)."""
+    if request.param == "memory":
+        from rxguard.api.audit import InMemoryAuditLog
+
+        yield InMemoryAuditLog()
+    elif request.param == "sqlite":
+        from rxguard.local.audit import SqliteAuditLog
+        from rxguard.local.state import State
+
+        with State.open(tmp_path / "state"):  # the audit table lives in the state DB file, beside the state's
+            yield SqliteAuditLog(tmp_path / "state")
+    else:
+        from rxguard.api.audit import DynamoAuditLog
+
+        ddb = request.getfixturevalue("moto_ddb")
+        props = _table_props("AuditTable")
+        name = f"contract-AuditTable-{next(_COUNTER)}"
+        ddb.create_table(
+            TableName=name,
+            AttributeDefinitions=props["AttributeDefinitions"],
+            KeySchema=props["KeySchema"],
+            BillingMode=props["BillingMode"],
+            GlobalSecondaryIndexes=props["GlobalSecondaryIndexes"],
+        )
+        yield DynamoAuditLog(name, ddb)

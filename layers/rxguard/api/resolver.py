@@ -22,6 +22,7 @@ from pydantic import Discriminator, Tag
 
 from rxguard.api import nhsa, service
 from rxguard.api.access import Caller, identify, require_grant
+from rxguard.api.audit import AuditPage
 from rxguard.api.errors import ApiError, PayloadTooLarge, from_validation_errors
 from rxguard.api.guard import request_guard, with_json_content_type
 from rxguard.api.models import (
@@ -293,6 +294,38 @@ def patch_finding(finding_id: FindingId, review: Annotated[ReviewRequest, Body()
 def get_rules() -> RulesResponse:
     require_grant(_caller())  # a principal with no grant gets 403 (docs/security.md)
     return service.rules(_services())
+
+
+@app.get(
+    "/v1/audit",
+    summary="The access audit: every check and history read (regulator only)",
+    description="Who (caller, institution) read or checked which patient (a keyed pseudonym), when, and the "
+    "decision; `alert` records name callers that checked many patients they never dispensed to.",
+    responses={
+        200: {"description": "a page of the log", "content": {content_types.APPLICATION_JSON: {"model": AuditPage}}},
+        404: _error_content("No access audit is configured for this deployment"),
+        **ERRORS,
+    },
+    tags=["audit"],
+)
+def get_audit(
+    caller: Annotated[str | None, Query(min_length=1, max_length=2048, description="principal")] = None,
+    patient: Annotated[str | None, Query(min_length=1, max_length=64, description="psn_no or its pseudonym")] = None,
+    date_from: Annotated[date | None, Query(description="on or after (YYYY-MM-DD, China time)")] = None,
+    date_to: Annotated[date | None, Query(description="on or before (YYYY-MM-DD, China time)")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+    next_token: Annotated[str | None, Query(min_length=1, max_length=2048)] = None,
+) -> AuditPage:
+    return service.read_audit(
+        _services(),
+        _caller(),
+        principal=caller,
+        patient=patient,
+        date_from=date_from,
+        date_to=date_to,
+        limit=limit,
+        next_token=next_token,
+    )
 
 
 @app.post(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from rxguard.engine.common import RuleSet, higher, lower, make_finding, num, text
+from rxguard.engine.common import RuleSet, higher, lower, make_finding, num, submitter, text
 from rxguard.engine.fills import Fill
 from rxguard.models import Finding, Severity
 
@@ -325,7 +325,12 @@ class SupplyRules:
             subject_type="patient",
             subject=f"patient:{psn_no}",
             psn_no=psn_no,
-            fixmedins_code=fill.fixmedins_code,
+            fixmedins_code=submitter(
+                fill.fixmedins_code,
+                any(line.received_at for line in fill.lines),
+                prev.fixmedins_code,
+                any(line.received_at for line in prev.lines),
+            ),
             bilg_dr_codg=fill.lines[0].bilg_dr_codg,
             admdvs=fill.admdvs,
             occurred_at=fill.time,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from rxguard.engine.common import RuleSet, make_finding
+from rxguard.engine.common import RuleSet, make_finding, submitter
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import TraceSale
@@ -58,7 +58,7 @@ class TraceRule:
             subject_type="trace_code",
             subject=f"trace:{code}",
             psn_no=sale.psn_no,
-            fixmedins_code=sale.fixmedins_code,
+            fixmedins_code=submitter(sale.fixmedins_code, sale.late, first.fixmedins_code, first.late),
             occurred_at=sale.time,
             evidence=[first.line_id, sale.line_id],
             figures={
