@@ -661,9 +661,6 @@ def check(
     claims = normalize(request_lines, services)
     with _audited(services, caller, "check", claims):
         require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
-    hits = services.check_lines(claims, services.repo, services.kb)
-    _audit_lines(services, caller, "check", claims, hits)
-    require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     reads = _CachedReads(services.repo)
 
     def run(lines: Sequence[ClaimLine]) -> dict[str, list[Finding]]:
@@ -675,7 +672,8 @@ def check(
             return found
         return {line_id: [f for f in fs if f.rule_id in allowed] for line_id, fs in found.items()}
 
-    hits = run(claims)
+    hits = run(claims)  # the history read once: the next-fill search below reuses it
+    _audit_lines(services, caller, "check", claims, hits)
     answered = [(c, r) for c, r in zip(claims, request_lines, strict=True) if r.answer]
     advice = advise(services, [c for c, _ in answered], hits, reads, run, allowed, claims)
     warnings = {f.finding_id: f for c, _ in answered for f in hits.get(c.line_id, [])}
