@@ -13,7 +13,7 @@ violation per rule hit with `judge_result_detail_dtos` naming the orders (`rx_id
 
 Dictionary values we answer with (the platform leaves them to the local dictionary):
 - `sev_deg`: "1" high (明确违规, block), "2" medium (高度可疑, warn), "3" low (提示, pass)
-- `vola_bhvr_type`: see `BEHAVIOUR_TYPE` (our rule families)
+- `vola_bhvr_type`: the behaviour code each rule module declares (rxguard.engine.rules)
 - `vola_amt_stas`: "1" computed (the amount of the orders the rule names)
 - `vola_item_type`: "1" drug order
 """
@@ -24,23 +24,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from rxguard.engine.rules import behaviour_code
 from rxguard.models import Severity
 
 SEV_DEG: dict[Severity, str] = {Severity.HIGH: "1", Severity.MEDIUM: "2", Severity.LOW: "3"}
-
-BEHAVIOUR_TYPE: dict[str, str] = {
-    "over-quantity": "11",  # 超量开药
-    "early-refill": "12",  # 提前购药
-    "cumulative-oversupply": "13",  # 累计超量囤药
-    "cross-institution-repeat": "14",  # 跨机构重复购药
-    "frequent-visits": "21",  # 就医频次异常
-    "multi-hospital-days": "22",  # 单日多院就诊
-    "pharmacy-spend": "23",  # 药店配药金额异常
-    "trace-code-reuse": "31",  # 追溯码重复销售（倒卖回流）
-    "indication-mismatch": "41",  # 超限定支付范围
-    "institution-outlier": "51",  # 机构/医师异常
-}
-OTHER_BEHAVIOUR = "99"
 
 
 def _blank_is_none(value: Any) -> Any:
@@ -272,7 +259,7 @@ def resolve_field(order_path: str, relative: str) -> str:
 
 
 def behaviour_type(rule_id: str) -> str:
-    return BEHAVIOUR_TYPE.get(rule_id, OTHER_BEHAVIOUR)
+    return behaviour_code(rule_id)
 
 
 def truncate(text: str, limit: int = 500) -> str:

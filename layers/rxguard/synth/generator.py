@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from rxguard.engine.rules import scenario_rules
 from rxguard.kb import Drug, KnowledgeBase
 from rxguard.synth import catalogue as cat
 from rxguard.synth.catalogue import Condition, Item
@@ -60,18 +61,20 @@ FIELDS = (
     "drug_trac_codg",
 )
 
-# Abusive scenarios and the rules each must trigger (patient level).
-SCENARIOS: dict[str, tuple[str, ...]] = {
-    "over-quantity": ("over-quantity",),
-    "early-refill": ("early-refill",),
-    "stockpiling": ("cumulative-oversupply", "cross-institution-repeat", "early-refill"),
-    "frequent-visits": ("frequent-visits",),
-    "hospital-hopping": ("multi-hospital-days",),
-    "pharmacy-spend": ("pharmacy-spend",),
-    "indication-mismatch": ("indication-mismatch",),
-    "pill-mill": ("over-quantity",),
-    "trace-reseller": (),  # judged per trace code, not per patient
-}
+# Abusive scenarios, in generation order; the rules each must trigger (patient level) are
+# declared by the rule modules (`Rule.scenarios`), read from the rule catalogue.
+PATTERNS = (
+    "over-quantity",
+    "early-refill",
+    "stockpiling",
+    "frequent-visits",
+    "hospital-hopping",
+    "pharmacy-spend",
+    "indication-mismatch",
+    "pill-mill",
+    "trace-reseller",  # judged per trace code, not per patient
+)
+SCENARIOS: dict[str, tuple[str, ...]] = scenario_rules(PATTERNS)
 
 LEGIT_PROFILES: dict[str, float] = {
     "chronic": 0.46,

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from rxguard.dynamo import ActivityKey, DynamoRepository, ResultStore, activity_units
-from rxguard.engine.common import flagged_line_ids, trigger_lines
+from rxguard.engine import flagged_line_ids, trigger_lines
 from rxguard.engine.institutions import previous_period
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding

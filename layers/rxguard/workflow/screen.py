@@ -113,7 +113,7 @@ def screen_chunk(
 def _update_flags(repo: DynamoRepository, changes: FindingChanges, recovered: list[Finding] | None = None) -> set[str]:
     """Flag changes of the chunk's reconciliation; after a lost attempt, the recovered
     findings are treated as changed too (set ADD/DELETE is idempotent)."""
-    from rxguard.engine.common import trigger_lines
+    from rxguard.engine import trigger_lines
     from rxguard.workflow.institutions import flag_deltas
 
     if recovered:
