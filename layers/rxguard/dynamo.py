@@ -450,7 +450,7 @@ class DynamoRepository(HistoryRepository):
         return True, False
 
     def _record_sale(self, code: str, line: ClaimLine) -> None:
-        sale = f"{line.fee_ocur_time.isoformat()}|{line.psn_no}|{line.fixmedins_code}"
+        sale = TraceSale.of(line, code).encode()
         try:
             self.ddb.put_item(
                 TableName=self.tables.trace_codes,
@@ -707,8 +707,7 @@ class DynamoRepository(HistoryRepository):
 def _sales_from_item(code: str, item: Mapping[str, Any]) -> list[TraceSale]:
     sales = []
     for line_id, value in item.get("s", {}).get("M", {}).items():
-        time_text, psn_no, fixmedins_code = value["S"].split("|", 2)
-        sales.append(TraceSale(datetime.fromisoformat(time_text), line_id, code, psn_no, fixmedins_code))
+        sales.append(TraceSale.decode(code, line_id, value["S"]))
     return sorted(sales)
 
 

@@ -80,6 +80,7 @@ class ClaimLine(BaseModel):
     dscg_tkdrug_flag: bool = False
     lt_rx_flag: bool = False
     override_reason: OverrideReason | None = None
+    init_feedetl_sn: str | None = None  # reversal (退费): feedetl_sn of the original line it cancels, same institution
     trace_codes: list[str] = Field(default_factory=list)
     # Knowledge-base facts resolved at normalization time (None for unmonitored drugs).
     monitored: bool = False
@@ -97,6 +98,11 @@ class ClaimLine(BaseModel):
     @property
     def day(self) -> date:
         return self.fee_ocur_time.date()
+
+    @property
+    def reverses(self) -> str | None:
+        """For a reversal (退费) line, the line id of the original line it cancels."""
+        return f"{self.fixmedins_code}/{self.init_feedetl_sn}" if self.init_feedetl_sn else None
 
 
 class Rejection(BaseModel):

@@ -68,9 +68,7 @@ def _sales_by_code(lines: Iterable[ClaimLine]) -> dict[str, list[TraceSale]]:
     out: dict[str, list[TraceSale]] = {}
     for line in lines:
         for code in dict.fromkeys(line.trace_codes):
-            out.setdefault(code, []).append(
-                TraceSale(line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code)
-            )
+            out.setdefault(code, []).append(TraceSale.of(line, code))
     return out
 
 

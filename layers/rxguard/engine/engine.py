@@ -10,6 +10,7 @@ from rxguard.engine.common import RuleSet
 from rxguard.engine.fills import build_fills
 from rxguard.engine.institutions import ActivityAggregate, activity_from_lines
 from rxguard.engine.monthly import MonthlyRules
+from rxguard.engine.reversals import net_reversals
 from rxguard.engine.rules import CATALOGUE, Rule, check_definitions, flagged_line_ids
 from rxguard.engine.rules.cross_institution_repeat import CrossInstitutionRepeat
 from rxguard.engine.rules.cumulative_oversupply import CumulativeOversupply
@@ -70,7 +71,7 @@ class Engine:
 
     def evaluate_patient(self, psn_no: str, timeline: Sequence[ClaimLine]) -> list[Finding]:
         """Every patient-scope finding over the patient's whole timeline (any order in)."""
-        lines = normalize_timeline(psn_no, timeline)
+        lines = net_reversals(normalize_timeline(psn_no, timeline))
         if not lines:
             return []
         findings = self._supply.evaluate(psn_no, build_fills(lines, self.kb))

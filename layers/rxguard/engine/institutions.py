@@ -51,7 +51,7 @@ def activity_from_lines(
     doc: dict[tuple[str, str], list[ClaimLine]] = {}
     seen: set[str] = set()
     for line in lines:
-        if line.line_id in seen or kb.drug(line.med_list_codg) is None:
+        if line.line_id in seen or line.reverses is not None or kb.drug(line.med_list_codg) is None:
             continue
         seen.add(line.line_id)
         period = _period(line)

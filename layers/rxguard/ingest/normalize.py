@@ -88,6 +88,7 @@ OPTIONAL = (
     "lt_rx_flag",
     "drug_trac_codg",
     "override_reason",
+    "init_feedetl_sn",
 )
 FIELDS = REQUIRED + OPTIONAL
 KNOWN_FIELDS = frozenset(FIELDS)
@@ -119,6 +120,7 @@ HEADER_ALIASES: dict[str, str] = {
     "长期处方标志": "lt_rx_flag",
     "药品追溯码": "drug_trac_codg",
     "超量原因": "override_reason",
+    "原费用明细流水号": "init_feedetl_sn",
 }
 PERSONAL_FIELDS = frozenset({"psn_no", "certno", "psn_cert_no", "cert_no"})
 
@@ -240,6 +242,7 @@ TEXT_FIELDS = (
     "med_list_codg",
     "admdvs",
     "override_reason",
+    "init_feedetl_sn",
     "mdtrt_id",
     "fixmedins_name",
     "setl_id",
@@ -417,14 +420,24 @@ def normalize_record(
     pric = _number(ctx, rec, "pric", True)
     total = _number(ctx, rec, "det_item_fee_sumamt", True)
     assert cnt is not None and pric is not None and total is not None
-    if cnt <= 0:
-        raise ctx.reject("cnt", NOT_POSITIVE, f"cnt must be > 0 (refunds are not claim lines): {cnt:g}")
-    if cnt > MAX_CNT:
+    init_feedetl_sn = texts["init_feedetl_sn"]
+    if init_feedetl_sn is not None and len(init_feedetl_sn) > 64:
+        raise ctx.reject(
+            "init_feedetl_sn", MALFORMED, f"init_feedetl_sn is longer than 64 characters: {show(init_feedetl_sn)}"
+        )
+    reversal = init_feedetl_sn is not None and cnt < 0  # 退费: negative, naming the original line
+    if cnt <= 0 and not reversal:
+        raise ctx.reject(
+            "cnt", NOT_POSITIVE, f"cnt must be > 0 (a refund is negative and names init_feedetl_sn): {cnt:g}"
+        )
+    if abs(cnt) > MAX_CNT:
         raise ctx.reject("cnt", MALFORMED, f"cnt {cnt:g} is implausible (at most {MAX_CNT:g})")
     if pric < 0:
         raise ctx.reject("pric", NOT_POSITIVE, f"pric must be >= 0: {pric:g}")
-    if total < 0:
+    if total < 0 and not reversal:
         raise ctx.reject("det_item_fee_sumamt", NOT_POSITIVE, f"det_item_fee_sumamt must be >= 0: {total:g}")
+    if reversal and total > 0:
+        raise ctx.reject("det_item_fee_sumamt", MALFORMED, f"a refund's det_item_fee_sumamt must be <= 0: {total:g}")
     if abs(total - cnt * pric) > AMOUNT_TOLERANCE + 1e-9:
         raise ctx.reject(
             "det_item_fee_sumamt",
@@ -497,6 +510,7 @@ def normalize_record(
         dscg_tkdrug_flag=dscg_tkdrug_flag,
         lt_rx_flag=lt_rx_flag,
         override_reason=override_reason,
+        init_feedetl_sn=init_feedetl_sn if reversal else None,
         trace_codes=trace_codes,
         monitored=drug is not None,
         atc_code=atc_code,

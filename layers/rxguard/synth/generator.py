@@ -59,6 +59,7 @@ FIELDS = (
     "lt_rx_flag",
     "override_reason",
     "drug_trac_codg",
+    "init_feedetl_sn",
 )
 
 # Abusive scenarios, in generation order; the rules each must trigger (patient level) are
@@ -87,6 +88,8 @@ LEGIT_PROFILES: dict[str, float] = {
     "high-spend": 0.02,
     "override": 0.016,
     "max-dose": 0.02,
+    "refund": 0.02,  # a purchase refunded (退费) and bought again; the returned pack resold to another patient
+    "split-pack": 0.01,  # one pack sold in parts (拆零) to two patients under one trace code
 }
 
 # Margins that keep legitimate purchases clearly inside the rules (in days at the label maximum dose).
@@ -325,6 +328,7 @@ class _Builder:
             "lt_rx_flag": int(lt),
             "override_reason": override or "",
             "drug_trac_codg": ",".join(codes),
+            "init_feedetl_sn": "",
         }
         if isinstance(item, Drug) and inst.kind == "hospital":
             self.rx += 1
@@ -345,6 +349,36 @@ class _Builder:
         self.line(psn, inst, t, reg, 1, med_type=med_type, doctor=doctor, dx=dx)
         if self.rng.random() < 0.25:
             self.line(psn, inst, t, self.rng.choice(cat.LAB_TESTS), 1, med_type=med_type, doctor=doctor, dx=dx)
+
+    def reversal(self, original: dict[str, Any], t: datetime, codes: Sequence[str] | None = None) -> dict[str, Any]:
+        """A refund (退费) of the whole `original` line at `t`: negative quantity and amount,
+        naming the original line; it lists the trace codes of the packs that come back."""
+        inst = next(
+            i for i in [*self.hospitals, *self.pharmacies, self.pill_mill] if i and i.code == original["fixmedins_code"]
+        )
+        inst.counter += 1
+        record = {
+            **original,
+            "feedetl_sn": f"{t:%Y%m%d}{inst.counter:08d}",
+            "fee_ocur_time": t.strftime("%Y-%m-%d %H:%M:%S"),
+            "cnt": -original["cnt"],
+            "det_item_fee_sumamt": -original["det_item_fee_sumamt"],
+            "drug_trac_codg": ",".join(codes if codes is not None else original["drug_trac_codg"].split(",")),
+            "init_feedetl_sn": original["feedetl_sn"],
+        }
+        if inst.kind == "pharmacy":
+            self.spend[(original["psn_no"], original["fee_ocur_time"][:7])] -= original["det_item_fee_sumamt"]
+        self.records.append(record)
+        return record
+
+    def split_sale(self, psn: str, inst: Institution, t: datetime, drug: Drug, units: int, code: str) -> dict[str, Any]:
+        """A split-pack sale (拆零, trdn_flag=1): `units` minimum units of the pack `code`."""
+        record = self.line(psn, inst, t, drug, 1, med_type="41", codes=[code])
+        unit_price = round(record["pric"] / drug.units_per_pack, 4)
+        total = round(units * unit_price, 2)
+        self.spend[(psn, f"{t:%Y-%m}")] += total - record["det_item_fee_sumamt"]
+        record.update(cnt=units, trdn_flag=1, pric=unit_price, det_item_fee_sumamt=total)
+        return record
 
     # --- the ledger (legitimate purchases stay clearly inside the rules) ----------------
 
@@ -553,6 +587,10 @@ class _Builder:
             self.pharmacy_spending(p, pharmacy, rng.uniform(4800, 7000), months=rng.choice((1, 2)))
         elif profile == "override":
             self.override(p, home, doctor)
+        elif profile == "refund":
+            self.refund(p, home, doctor)
+        elif profile == "split-pack":
+            self.split_pack(p)
         if profile not in ("dialysis",):
             self.acute_episodes(p, rate=0.25 if profile != "acute" else 0.6)
         if profile in ("chronic", "multi-pharmacy", "long-term-rx", "max-dose", "discharge") and rng.random() < 0.1:
@@ -749,6 +787,82 @@ class _Builder:
         self.ledger[(p.psn_no, drug.atc_code)].days = 0.0
         self.chronic_course(p, regimen, first=resume, end=self.end, home=home, doctor=doctor)
         p.notes.append(f"one documented purchase with override reason {reason}")
+
+    def refund(self, p: Patient, home: Institution, doctor: str) -> None:
+        """A chronic patient buys at a pharmacy, has the purchase refunded (退费) the same or
+        the next day, and buys at the home hospital two or three days later; the returned
+        packs go back on the shelf and are sold to another patient (their codes again)."""
+        rng = self.rng
+        regimen = self.regimen(1, hospital_only=False)
+        if not regimen:
+            return
+        span = (self.end - self.start).days
+        split = self.start + timedelta(days=rng.uniform(min(50, span / 3), max(span / 3 + 1, span - 50)))
+        self.chronic_course(p, regimen, first=self.first_day(), end=split, home=home, doctor=doctor)
+        item = regimen[0]
+        drug: Drug = item["drug"]
+        held = self.ledger.get((p.psn_no, drug.atc_code))
+        if held is None or held.days <= 0:
+            return
+        when = self.when(datetime.fromordinal(int(held.day + math.ceil(0.9 * held.days))))
+        shop = self.pharmacy()
+        pack_days = drug.days_supply(drug.units_per_pack)
+        packs = max(1, math.floor(28 / pack_days))
+        if not self.fits(p.psn_no, drug, when.toordinal(), shop, packs, self.allowed_days(drug, False, False)):
+            return
+        dx = [item["condition"].dx]
+        codes = self.trace_codes(drug, packs)
+        bought = self.line(p.psn_no, shop, when, drug, packs, med_type="41", dx=dx, codes=codes)
+        back = when + timedelta(hours=rng.uniform(1, 20))
+        self.reversal(bought, back)
+        again = self.when(back + timedelta(days=rng.randint(2, 3)))
+        allowed = self.allowed_days(drug, False, False)
+        if self.fits(p.psn_no, drug, again.toordinal(), home, packs, allowed):
+            self.outpatient(p.psn_no, home, again, "11", doctor, dx)
+            self.line(p.psn_no, home, again, drug, packs, med_type="11", doctor=doctor, dx=dx)
+            self.record_fill(p.psn_no, drug, again.toordinal(), home, packs, allowed)
+            real_days = packs * drug.units_per_pack / item["daily_units"]
+            item["until"] = again + timedelta(days=real_days)
+            self.chronic_course(p, regimen, first=again + timedelta(days=real_days * 0.6), end=self.end, home=home,
+                                doctor=doctor)  # fmt: skip
+        p.notes.append(f"a purchase of {drug.generic_name_en} refunded, then bought again")
+        buyer = self.new_patient("refund-buyer", True)
+        resold = self.when(back + timedelta(days=rng.uniform(3, 15)))
+        if resold < self.end:
+            self.line(buyer.psn_no, shop, resold, drug, packs, med_type="41", dx=dx, codes=codes)
+            self.record_fill(buyer.psn_no, drug, resold.toordinal(), shop, packs, allowed)
+            buyer.notes.append("bought packs another patient had returned (refunded)")
+
+    def split_pack(self, p: Patient) -> None:
+        """One pack sold in parts (拆零) under its trace code: part to this patient, the rest
+        to another a few days later; the parts add up to the pack."""
+        rng = self.rng
+        pool = sorted(
+            (
+                d
+                for d in self.drug_of.values()
+                if d.units_per_pack >= 14 and d.unit_price_yuan < 500 and not d.restricted_indications
+            ),
+            key=lambda d: d.drug_code,
+        )
+        drug = rng.choice(pool)
+        shop = self.pharmacy()
+        code = self.trace_codes(drug, 1)[0]
+        first = self.when(self.start + timedelta(days=rng.uniform(0, (self.end - self.start).days - 20)))
+        part = rng.randint(drug.units_per_pack // 4, drug.units_per_pack // 2)
+        other = self.new_patient("split-pack", True)
+        for who, units, t in (
+            (p, part, first),
+            (other, drug.units_per_pack - part, first + timedelta(days=rng.uniform(1, 10))),
+        ):
+            allowed = self.allowed_days(drug, False, False)
+            if drug.days_supply(units) > allowed or (who.psn_no, drug.atc_code) in self.ledger:
+                continue
+            when = self.when(t)
+            self.split_sale(who.psn_no, shop, when, drug, units, code)
+            days = drug.days_supply(units)
+            self.ledger[(who.psn_no, drug.atc_code)] = _Held(when.toordinal(), days, shop.code, days, allowed)
+            who.notes.append(f"{units} of the {drug.units_per_pack} units of one pack of {drug.generic_name_en} (拆零)")
 
     # --- abusive scenarios --------------------------------------------------------------
 

@@ -39,7 +39,10 @@ class TraceCodeReuse(Rule):
         return [self.finding(hit) for hit in self.evaluate(code, sales)]
 
     def evaluate(self, code: str, sales: Sequence[TraceSale]) -> list[Hit]:
-        """Hits of one code from its sales."""
+        """Hits of one code from its sales, in time order. The pack is out from its first
+        sale until a reversal returns it; a split-pack sale (拆零) joins the sales holding
+        the pack while their units stay within one pack; any other sale while the pack is
+        out is a resale. A sale later cancelled by a reversal is no finding."""
         if not self.enabled or not sales:
             return []
         first_sale: dict[str, TraceSale] = {}
@@ -50,12 +53,48 @@ class TraceCodeReuse(Rule):
         if len(first_sale) < 2:
             return []
         ordered = sorted(first_sale.values())
-        first = ordered[0]
+        cancelled = {s.returns for s in ordered if s.returns}
+        holders: list[TraceSale] = []  # the sales the pack is out with (several: a split pack)
+        units = 0.0
+        number = 0
         out: list[Hit] = []
-        for number, sale in enumerate(ordered[1:], start=2):
-            if self.active(sale.time.date(), None):
-                out.append(self._sold_again(code, first, sale, number))
+        for sale in ordered:
+            if sale.returns is not None:
+                kept = [h for h in holders if h.line_id != sale.returns]
+                if len(kept) != len(holders):
+                    holders, units = kept, sum(self._units(h) for h in kept)
+                continue
+            number += 1
+            if not holders:
+                holders, units = [sale], self._units(sale)
+                continue
+            if self._fits(holders, units, sale):
+                holders.append(sale)
+                units += self._units(sale)
+                continue
+            if sale.line_id not in cancelled and self.active(sale.time.date(), None):
+                out.append(self._sold_again(code, holders[0], sale, number))
         return out
+
+    def _pack(self, sale: TraceSale) -> float | None:
+        drug = self.kb.drugs.get(sale.drug_code) if sale.drug_code else None
+        return float(drug.units_per_pack) if drug is not None else None
+
+    def _units(self, sale: TraceSale) -> float:
+        """Minimum units of the pack a sale takes (a whole pack unless split)."""
+        pack = self._pack(sale)
+        if sale.split_units is None or pack is None:
+            return float("inf")
+        return sale.split_units
+
+    def _fits(self, holders: list[TraceSale], units: float, sale: TraceSale) -> bool:
+        """A split sale of the same product that keeps the pack's units within the pack."""
+        pack = self._pack(sale)
+        if pack is None or sale.split_units is None:
+            return False
+        if any(h.drug_code != sale.drug_code or h.split_units is None for h in holders):
+            return False
+        return units + sale.split_units <= pack + 1e-9
 
     def _sold_again(self, code: str, first: TraceSale, sale: TraceSale, number: int) -> Hit:
         return Hit(
