@@ -226,8 +226,9 @@ def _merge_activity(merged: dict[str, dict[str, Any]], period: Any, subject: str
 
 
 def activity_units(line: ClaimLine) -> list[ActivityKey]:
-    """The institution-outlier units a monitored line counts for (none for an unmonitored line)."""
-    if not line.monitored:
+    """The institution-outlier units a monitored line counts for (none for an unmonitored line
+    or a reversal, which is not a dispensing)."""
+    if not line.monitored or line.reverses is not None:
         return []
     period = f"{line.fee_ocur_time:%Y-%m}"
     units = [(period, f"institution:{line.fixmedins_code}")]
