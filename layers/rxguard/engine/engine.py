@@ -20,6 +20,7 @@ from rxguard.engine.rules.indication_mismatch import IndicationMismatch
 from rxguard.engine.rules.institution_outlier import InstitutionOutlier
 from rxguard.engine.rules.multi_hospital_days import MultiHospitalDays
 from rxguard.engine.rules.over_quantity import OverQuantity
+from rxguard.engine.rules.override_frequency import OverrideFrequency
 from rxguard.engine.rules.pharmacy_spend import PharmacySpend
 from rxguard.engine.rules.trace_code_reuse import TraceCodeReuse
 from rxguard.engine.supply import SupplyRules
@@ -56,6 +57,7 @@ class Engine:
             self._rule(EarlyRefill),
             self._rule(CrossInstitutionRepeat),
             self._rule(CumulativeOversupply),
+            self._rule(OverrideFrequency),
         )
         self._monthly = MonthlyRules(
             self._rule(FrequentVisits), self._rule(MultiHospitalDays), self._rule(PharmacySpend)

@@ -1,4 +1,5 @@
-"""The walk the supply rules share: over-quantity, early-refill, cross-institution-repeat,
+"""The walk the supply rules share: override-frequency (first: it decides which override
+reasons are honoured), over-quantity, early-refill, cross-institution-repeat,
 cumulative-oversupply (their decisions and texts are in engine/rules/).
 
 It walks each ingredient's fills in time order and keeps the stock on hand: the supply
@@ -17,6 +18,7 @@ from rxguard.engine.rules.cross_institution_repeat import CrossInstitutionRepeat
 from rxguard.engine.rules.cumulative_oversupply import CumulativeOversupply, Episode
 from rxguard.engine.rules.early_refill import EarlyRefill
 from rxguard.engine.rules.over_quantity import OverQuantity
+from rxguard.engine.rules.override_frequency import OverrideFrequency
 from rxguard.models import Finding
 
 
@@ -27,11 +29,13 @@ class SupplyRules:
         early_refill: EarlyRefill,
         cross_institution: CrossInstitutionRepeat,
         cumulative: CumulativeOversupply,
+        overrides: OverrideFrequency,
     ) -> None:
         self.over_quantity = over_quantity
         self.early_refill = early_refill
         self.cross_institution = cross_institution
         self.cumulative = cumulative
+        self.overrides = overrides
 
     def evaluate(self, psn_no: str, fills_by_atc: dict[str, list[Fill]]) -> list[Finding]:
         out: list[Finding] = []
@@ -46,6 +50,8 @@ class SupplyRules:
             if hit is not None:
                 out.append(rule.finding(hit))
 
+        for hit in self.overrides.evaluate(psn_no, atc, fills):  # first: it decides which overrides hold
+            emit(self.overrides, hit)
         queue: list[list[Any]] = []  # [fill, remaining days], oldest first
         active: list[Fill] = []  # earlier fills whose own coverage has not ended
         prev: Fill | None = None

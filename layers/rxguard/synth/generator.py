@@ -74,6 +74,7 @@ PATTERNS = (
     "indication-mismatch",
     "pill-mill",
     "trace-reseller",  # judged per trace code, not per patient
+    "override-abuse",
 )
 SCENARIOS: dict[str, tuple[str, ...]] = scenario_rules(PATTERNS)
 
@@ -946,6 +947,10 @@ class _Builder:
             self.mismatch(p)
         elif scenario == "trace-reseller":
             self.reseller(p)
+        elif scenario == "override-abuse":
+            drug = self.pick_drug(chronic=True)
+            self.baseline(p, exclude={drug.atc_code})
+            self.override_abuse(p, drug)
 
     def excess_fills(
         self,
@@ -1026,6 +1031,22 @@ class _Builder:
             gap = float(rng.randint(3, max(4, int(days // 3))))
             t = t + timedelta(days=gap)
         p.notes.append(f"{fills} fills of {drug.generic_name_en} at three pharmacies, stock {stock:.0f} days")
+
+    def override_abuse(self, p: Patient, drug: Drug) -> None:
+        """7-8 fills of up to 28 days, 3-6 days apart at two pharmacies, each declaring an
+        override reason (travel, lost): the pattern of issue 13 (every answer was pass)."""
+        rng = self.rng
+        shops = rng.sample(self.pharmacies, 2)
+        pack_days = drug.days_supply(drug.units_per_pack)
+        packs = max(1, math.floor(28 / pack_days))
+        dx = drug.restricted_indications[0] if drug.restricted_indications else "I10"
+        t = self.start + timedelta(days=rng.uniform(5, max(6, (self.end - self.start).days - 60)))
+        n = rng.randint(7, 8)
+        for i in range(n):
+            reason = rng.choice(("travel", "travel", "lost"))
+            self.line(p.psn_no, shops[i % 2], self.when(t), drug, packs, med_type="41", dx=[dx], override=reason)
+            t += timedelta(days=rng.randint(3, 6))
+        p.notes.append(f"{n} fills of {drug.generic_name_en} with override reasons, 3-6 days apart")
 
     def frequent_visits(self, p: Patient, home: Institution) -> None:
         """16-22 outpatient visits in a month, at two hospitals (never three a day)."""

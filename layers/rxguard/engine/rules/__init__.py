@@ -19,6 +19,7 @@ from rxguard.engine.rules.indication_mismatch import IndicationMismatch
 from rxguard.engine.rules.institution_outlier import InstitutionOutlier
 from rxguard.engine.rules.multi_hospital_days import MultiHospitalDays
 from rxguard.engine.rules.over_quantity import OverQuantity
+from rxguard.engine.rules.override_frequency import OverrideFrequency
 from rxguard.engine.rules.pharmacy_spend import PharmacySpend
 from rxguard.engine.rules.trace_code_reuse import TraceCodeReuse
 from rxguard.kb import KnowledgeBaseError, RuleDefinition
@@ -37,6 +38,7 @@ CATALOGUE: Mapping[str, type[Rule]] = {
         TraceCodeReuse,
         IndicationMismatch,
         InstitutionOutlier,
+        OverrideFrequency,
     )
 }
 RULE_IDS: tuple[str, ...] = tuple(CATALOGUE)

@@ -85,7 +85,10 @@ def allowed_days(
 
 def mitigate(severity: Severity, fill: Fill, mitigations: list[str], notes: list[str] | None = None) -> Severity:
     """Override reasons make a supply finding informational; discharge lowers it a step.
-    Appends the mitigation codes, and the notes the explanation mentions."""
+    Appends the mitigation codes, and the notes the explanation mentions. An override beyond
+    override-frequency's limit is not honoured (and the text says so)."""
+    if fill.override_excess and notes is not None:
+        notes.append(f"override_excess:{fill.override_excess}")
     if fill.override:
         mitigations.append(f"override_reason:{fill.override}")
         if notes is not None:
@@ -107,6 +110,14 @@ def mitigation_text(note: str) -> tuple[str, str] | None:
         return (
             f"该次配药申报了特殊原因“{reason_zh}”，仅作提示。",
             f"The dispensing declares the override reason '{reason_en}': informational only.",
+        )
+    if note.startswith("override_excess:"):
+        reason = note.split(":", 1)[1]
+        reason_zh, reason_en = OVERRIDE.get(reason, (reason, reason))
+        return (
+            f"该次配药申报的特殊原因“{reason_zh}”已超过规定期限内允许的次数，不再降低风险等级。",
+            f"The dispensing declares the override reason '{reason_en}', but beyond the number of overrides "
+            "allowed in the period: it no longer lowers the severity.",
         )
     if note == "discharge":
         return "该次为出院带药，风险等级下调。", "It is discharge medication, so the severity is lowered."

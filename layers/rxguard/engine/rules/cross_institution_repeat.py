@@ -24,7 +24,7 @@ class CrossInstitutionRepeat(Rule):
     subject_type = "patient"
     behaviour_code = "14"  # 跨机构重复购药
     dispensing = True
-    scenarios = ("stockpiling",)
+    scenarios = ("stockpiling", "override-abuse")
     Parameters = CrossInstitutionRepeatParameters
 
     def evaluate(self, psn_no: str, fill: Fill, active: list[Fill]) -> Hit | None:

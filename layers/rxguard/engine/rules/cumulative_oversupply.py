@@ -46,7 +46,7 @@ class CumulativeOversupply(Rule):
     subject_type = "patient"
     behaviour_code = "13"  # 累计超量囤药
     dispensing = True
-    scenarios = ("stockpiling",)
+    scenarios = ("stockpiling", "override-abuse")
     Parameters = CumulativeOversupplyParameters
 
     def step(

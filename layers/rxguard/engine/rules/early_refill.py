@@ -35,7 +35,7 @@ class EarlyRefill(Rule):
     subject_type = "patient"
     behaviour_code = "12"  # 提前购药
     dispensing = True
-    scenarios = ("early-refill", "stockpiling")
+    scenarios = ("early-refill", "stockpiling", "override-abuse")
     Parameters = EarlyRefillParameters
 
     def evaluate(self, psn_no: str, fill: Fill, prev: Fill, stock_before: float) -> Hit | None:
