@@ -16,12 +16,15 @@ from rxguard.engine.rules.cross_institution_repeat import CrossInstitutionRepeat
 from rxguard.engine.rules.cumulative_oversupply import CumulativeOversupply
 from rxguard.engine.rules.early_refill import EarlyRefill
 from rxguard.engine.rules.frequent_visits import FrequentVisits
+from rxguard.engine.rules.identity_misuse import IdentityMisuse
 from rxguard.engine.rules.indication_mismatch import IndicationMismatch
 from rxguard.engine.rules.institution_outlier import InstitutionOutlier
 from rxguard.engine.rules.multi_hospital_days import MultiHospitalDays
+from rxguard.engine.rules.multi_provider import MultiProvider
 from rxguard.engine.rules.over_quantity import OverQuantity
 from rxguard.engine.rules.override_frequency import OverrideFrequency
 from rxguard.engine.rules.pharmacy_spend import PharmacySpend
+from rxguard.engine.rules.therapeutic_duplication import TherapeuticDuplication
 from rxguard.engine.rules.trace_code_reuse import TraceCodeReuse
 from rxguard.engine.supply import SupplyRules
 from rxguard.kb import KnowledgeBase
@@ -65,6 +68,9 @@ class Engine:
         self._indication = self._rule(IndicationMismatch)
         self._trace = self._rule(TraceCodeReuse)
         self._outlier = self._rule(InstitutionOutlier)
+        self._duplication = self._rule(TherapeuticDuplication)
+        self._providers = self._rule(MultiProvider)
+        self._identity = self._rule(IdentityMisuse)
 
     def _rule(self, cls: type[_R]) -> _R:
         rule = self.catalogue[cls.id]
@@ -76,7 +82,11 @@ class Engine:
         lines = net_reversals(normalize_timeline(psn_no, timeline))
         if not lines:
             return []
-        findings = self._supply.evaluate(psn_no, build_fills(lines, self.kb))
+        fills = build_fills(lines, self.kb)
+        findings = self._supply.evaluate(psn_no, fills)  # first: it settles which override reasons hold
+        findings.extend(self._duplication.finding(h) for h in self._duplication.evaluate(psn_no, fills))
+        findings.extend(self._providers.finding(h) for h in self._providers.evaluate(psn_no, lines))
+        findings.extend(self._identity.finding(h) for h in self._identity.evaluate(psn_no, lines))
         findings.extend(self._indication.findings(psn_no, lines))
         findings.extend(self._trace.within_line_findings(psn_no, lines))
         findings.extend(self._monthly.evaluate(psn_no, lines, flagged_line_ids(findings)))

@@ -15,12 +15,15 @@ from rxguard.engine.rules.cross_institution_repeat import CrossInstitutionRepeat
 from rxguard.engine.rules.cumulative_oversupply import CumulativeOversupply
 from rxguard.engine.rules.early_refill import EarlyRefill
 from rxguard.engine.rules.frequent_visits import FrequentVisits
+from rxguard.engine.rules.identity_misuse import IdentityMisuse
 from rxguard.engine.rules.indication_mismatch import IndicationMismatch
 from rxguard.engine.rules.institution_outlier import InstitutionOutlier
 from rxguard.engine.rules.multi_hospital_days import MultiHospitalDays
+from rxguard.engine.rules.multi_provider import MultiProvider
 from rxguard.engine.rules.over_quantity import OverQuantity
 from rxguard.engine.rules.override_frequency import OverrideFrequency
 from rxguard.engine.rules.pharmacy_spend import PharmacySpend
+from rxguard.engine.rules.therapeutic_duplication import TherapeuticDuplication
 from rxguard.engine.rules.trace_code_reuse import TraceCodeReuse
 from rxguard.kb import KnowledgeBaseError, RuleDefinition
 from rxguard.models import Finding, Severity
@@ -39,6 +42,9 @@ CATALOGUE: Mapping[str, type[Rule]] = {
         IndicationMismatch,
         InstitutionOutlier,
         OverrideFrequency,
+        TherapeuticDuplication,
+        MultiProvider,
+        IdentityMisuse,
     )
 }
 RULE_IDS: tuple[str, ...] = tuple(CATALOGUE)
