@@ -75,6 +75,9 @@ PATTERNS = (
     "pill-mill",
     "trace-reseller",  # judged per trace code, not per patient
     "override-abuse",
+    "doctor-shopping",
+    "duplication",
+    "card-sharing",
 )
 SCENARIOS: dict[str, tuple[str, ...]] = scenario_rules(PATTERNS)
 
@@ -91,6 +94,8 @@ LEGIT_PROFILES: dict[str, float] = {
     "max-dose": 0.02,
     "refund": 0.02,  # a purchase refunded (退费) and bought again; the returned pack resold to another patient
     "split-pack": 0.01,  # one pack sold in parts (拆零) to two patients under one trace code
+    "therapy-switch": 0.02,  # one drug replaced by another of its class when mostly used
+    "traveller": 0.02,  # purchases in another province, on other days than at home
 }
 
 # Margins that keep legitimate purchases clearly inside the rules (in days at the label maximum dose).
@@ -183,6 +188,8 @@ class _Builder:
         self.trace_resellers: dict[str, list[str]] = {}
         self.product: dict[str, str] = {}
         self.rx = 0
+        self.classes: dict[str, set[str]] = defaultdict(set)  # psn -> ATC-4 classes bought
+        self.remote: list[Institution] = []  # out-of-town institutions (travellers, shared cards)
         drugs = kb.monitored
         self.drug_of = drugs
         self.conditions = [
@@ -212,6 +219,12 @@ class _Builder:
             self.pharmacies.append(
                 Institution(f"P{admdvs}{i + 1:04d}", name, "pharmacy", admdvs, size=rng.uniform(0.5, 2.0))
             )
+        self.remote = [
+            Institution("H3301020001", "杭州市第一人民医院", "hospital", "330102", doctors=["D3301020001001"]),
+            Institution("P3302030001", "宁波海曙大药房", "pharmacy", "330203"),
+            Institution("P1101050001", "北京朝阳大药房", "pharmacy", "110105"),
+            Institution("P3205050001", "苏州高新区大药房", "pharmacy", "320505"),
+        ]
         mill = Institution(f"H310113{n_h + 1:04d}", "康泰民营门诊部", "hospital", "310113", size=0.3, outlier=True)
         mill.doctors = [f"D310113{n_h + 1:04d}001", f"D310113{n_h + 1:04d}002"]
         self.bad_doctor = mill.doctors[0]
@@ -331,6 +344,8 @@ class _Builder:
             "drug_trac_codg": ",".join(codes),
             "init_feedetl_sn": "",
         }
+        if isinstance(item, Drug):
+            self.classes[psn].add(item.atc_code[:5])
         if isinstance(item, Drug) and inst.kind == "hospital":
             self.rx += 1
             record["rxno"] = f"RX{self.rx:010d}"
@@ -429,9 +444,10 @@ class _Builder:
         max_dose: bool = False,
         lt_only: bool = False,
         avoid_dx: Sequence[str] = (),
+        avoid_classes: Sequence[str] = (),
     ) -> list[Any]:
-        """Chronic conditions and one drug per condition (distinct ingredients), with the
-        patient's real daily dose in minimum units."""
+        """Chronic conditions and one drug per condition (distinct ATC level-4 classes: no
+        therapeutic duplication), with the patient's real daily dose in minimum units."""
         rng = self.rng
         pool = [
             c
@@ -446,17 +462,17 @@ class _Builder:
             if c not in chosen:
                 chosen.append(c)
         out = []
-        atcs: set[str] = set()
+        atcs: set[str] = set(avoid_classes)
         for c in chosen:
             options = [
                 self.drug_of[d]
                 for d in c.drugs
-                if self.drug_of[d].atc_code not in atcs and (not lt_only or self.drug_of[d].long_term_rx_eligible)
+                if self.drug_of[d].atc_code[:5] not in atcs and (not lt_only or self.drug_of[d].long_term_rx_eligible)
             ]
             if not options:
                 continue
             drug = rng.choice(options)
-            atcs.add(drug.atc_code)
+            atcs.add(drug.atc_code[:5])
             ratio = 1.0 if max_dose else min(1.0, max(0.15, drug.ddd / drug.max_daily_dose * rng.uniform(0.6, 1.6)))
             daily_units = ratio * drug.max_daily_dose / drug.strength
             out.append({"condition": c, "drug": drug, "daily_units": daily_units, "until": None})
@@ -592,14 +608,21 @@ class _Builder:
             self.refund(p, home, doctor)
         elif profile == "split-pack":
             self.split_pack(p)
+        elif profile == "therapy-switch":
+            self.therapy_switch(p, home, doctor)
+        elif profile == "traveller":
+            regimen = self.regimen(rng.choice((1, 2)), hospital_only=False)
+            self.chronic_course(p, regimen, first=self.first_day(), end=self.end, home=home, doctor=doctor)
         if profile not in ("dialysis",):
             self.acute_episodes(p, rate=0.25 if profile != "acute" else 0.6)
         if profile in ("chronic", "multi-pharmacy", "long-term-rx", "max-dose", "discharge") and rng.random() < 0.1:
             self.hospital_only_course(p)
+        if profile == "traveller":
+            self.travel(p)
 
     def hospital_only_course(self, p: Patient) -> None:
         """A specialty drug (cancer, transplant, rheumatology) dispensed at a hospital every month."""
-        regimen = self.regimen(1, hospital_only=True)
+        regimen = self.regimen(1, hospital_only=True, avoid_classes=sorted(self.classes[p.psn_no]))
         if not regimen:
             return
         home = self.hospital()
@@ -618,6 +641,7 @@ class _Builder:
 
     def acute_episodes(self, p: Patient, rate: float) -> None:
         rng = self.rng
+        usual = (self.hospital(), self.pharmacy())
         t = self.start
         while True:
             t = t + timedelta(days=rng.expovariate(rate / 30))
@@ -625,7 +649,8 @@ class _Builder:
                 return
             _, dx, code, packs = rng.choice(cat.ACUTE_EPISODES)
             use_pharmacy = rng.random() < 0.35
-            inst = self.pharmacy() if use_pharmacy else self.hospital()
+            # people mostly return to their usual pharmacy and clinic for a new episode
+            inst = usual[use_pharmacy] if rng.random() < 0.9 else (self.pharmacy() if use_pharmacy else self.hospital())
             when = self.when(t)
             if not use_pharmacy and self.month_visits(p.psn_no, when) >= LEGIT_VISITS_CAP - 1:
                 continue
@@ -875,7 +900,7 @@ class _Builder:
         regimen = [
             r
             for r in self.regimen(self.rng.choice((1, 2)), hospital_only=False, avoid_dx=avoid_dx)
-            if r["drug"].atc_code not in (exclude or set())
+            if r["drug"].atc_code[:5] not in {e[:5] for e in (exclude or set())}
         ]
         if regimen:
             pharmacies = [self.pharmacy()]
@@ -923,7 +948,7 @@ class _Builder:
             assert self.pill_mill is not None
             drugs = [self.pick_drug(chronic=True, excess=True)]
             drugs.append(self.pick_drug(chronic=rng.random() < 0.5, exclude=[drugs[0].drug_code], excess=True))
-            drugs = [d for i, d in enumerate(drugs) if d.atc_code not in {x.atc_code for x in drugs[:i]}]
+            drugs = [d for i, d in enumerate(drugs) if d.atc_code[:5] not in {x.atc_code[:5] for x in drugs[:i]}]
             self.baseline(p, pharmacy_only=True, exclude={d.atc_code for d in drugs})
             self.excess_fills(p, drugs, self.pill_mill, self.bad_doctor, rng.randint(2, 4), ramp=True)
         elif scenario == "early-refill":
@@ -947,6 +972,17 @@ class _Builder:
             self.mismatch(p)
         elif scenario == "trace-reseller":
             self.reseller(p)
+        elif scenario == "doctor-shopping":
+            drug = self.pick_drug(chronic=True)
+            self.baseline(p, pharmacy_only=True, exclude={drug.atc_code})
+            self.doctor_shopping(p, drug)
+        elif scenario == "duplication":
+            first, second = self.class_pair()
+            self.baseline(p, exclude={first.atc_code})
+            self.duplicate(p, first, second)
+        elif scenario == "card-sharing":
+            self.baseline(p, pharmacy_only=True)
+            self.share_card(p)
         elif scenario == "override-abuse":
             drug = self.pick_drug(chronic=True)
             self.baseline(p, exclude={drug.atc_code})
@@ -1031,6 +1067,111 @@ class _Builder:
             gap = float(rng.randint(3, max(4, int(days // 3))))
             t = t + timedelta(days=gap)
         p.notes.append(f"{fills} fills of {drug.generic_name_en} at three pharmacies, stock {stock:.0f} days")
+
+    def class_pair(self) -> tuple[Drug, Drug]:
+        """Two chronic, unrestricted ingredients of one ATC level-4 class (two statins ...)."""
+        classes: dict[str, list[Drug]] = defaultdict(list)
+        for d in sorted(self.drug_of.values(), key=lambda d: d.drug_code):
+            usable = d.chronic and not d.restricted_indications and d.days_supply(d.units_per_pack) >= 3
+            if usable and all(x.atc_code != d.atc_code for x in classes[d.atc_code[:5]]):
+                classes[d.atc_code[:5]].append(d)
+        pairs = sorted(k for k, v in classes.items() if len(v) >= 2)
+        first, second = self.rng.sample(classes[self.rng.choice(pairs)], 2)
+        return first, second
+
+    def monthly_packs(self, drug: Drug) -> tuple[int, float]:
+        """Packs of up to 28 days at the label maximum, and their days."""
+        pack_days = drug.days_supply(drug.units_per_pack)
+        packs = max(1, math.floor(28 / pack_days))
+        return packs, packs * pack_days
+
+    def doctor_shopping(self, p: Patient, drug: Drug) -> None:
+        """One fill a month of normal size, each at another hospital from another doctor
+        (5 hospitals): no supply rule fires, the providers do."""
+        rng = self.rng
+        packs, days = self.monthly_packs(drug)
+        span = (self.end - self.start).days
+        t = self.start + timedelta(days=rng.uniform(0, max(1, span - 4 * days - 5)))
+        dx = "I10"
+        for h in rng.sample(self.hospitals, 5):
+            when = self.when(t)
+            doctor = rng.choice(h.doctors)
+            self.outpatient(p.psn_no, h, when, "11", doctor, [dx])
+            self.line(p.psn_no, h, when, drug, packs, med_type="11", doctor=doctor, dx=[dx])
+            t += timedelta(days=days - rng.uniform(0.2, 1.5))
+        p.notes.append(f"{drug.generic_name_en} from five hospitals and five doctors, one fill a month")
+
+    def duplicate(self, p: Patient, first: Drug, second: Drug) -> None:
+        """Two ingredients of one class bought side by side every month, at a hospital and
+        at a pharmacy (3-4 months): each alone is a normal treatment."""
+        rng = self.rng
+        home, shop = self.hospital(), self.pharmacy()
+        doctor = rng.choice(home.doctors)
+        span = (self.end - self.start).days
+        t = self.start + timedelta(days=rng.uniform(0, max(1, span - 120)))
+        for _ in range(rng.randint(3, 4)):
+            for drug, inst, lag in ((first, home, 0.0), (second, shop, rng.uniform(2, 9))):
+                packs, _ = self.monthly_packs(drug)
+                when = self.when(t + timedelta(days=lag))
+                if inst is home:
+                    self.outpatient(p.psn_no, home, when, "11", doctor, ["I10"])
+                self.line(p.psn_no, inst, when, drug, packs, med_type="11" if inst is home else "41",
+                          doctor=doctor if inst is home else None, dx=["I10"])  # fmt: skip
+            t += timedelta(days=28 + rng.uniform(0, 2))
+        p.notes.append(f"{first.generic_name_en} and {second.generic_name_en} ({first.atc_code[:5]}) side by side")
+
+    def share_card(self, p: Patient) -> None:
+        """The card used in two places in an impossible time, once or twice: Shanghai and
+        another province within 4 hours, or two cities of one province within an hour."""
+        rng = self.rng
+        hangzhou, ningbo = self.remote[0], self.remote[1]
+        span = (self.end - self.start).days
+        for _ in range(rng.randint(1, 2)):
+            day = self.start + timedelta(days=rng.uniform(0, span - 1))
+            t1 = self.when(day, 8, 14)
+            if rng.random() < 0.5:
+                first, second, gap = self.pharmacy(), rng.choice(self.remote), rng.uniform(0.5, 3.5)
+            else:
+                first, second, gap = hangzhou, ningbo, rng.uniform(0.2, 0.8)
+            self.line(p.psn_no, first, t1, rng.choice(self.unmonitored), 1, med_type="41")
+            t2 = t1 + timedelta(hours=gap)
+            self.line(p.psn_no, second, t2, rng.choice(self.unmonitored), 1, med_type="41")
+            p.notes.append(f"card used at {first.code} and {second.code} {gap:.1f} hours apart")
+
+    def travel(self, p: Patient) -> None:
+        """Purchases in another province on days with no line at home the day before or after."""
+        rng = self.rng
+        mine = sorted(
+            datetime.strptime(r["fee_ocur_time"], "%Y-%m-%d %H:%M:%S") for r in self.records if r["psn_no"] == p.psn_no
+        )
+        span = (self.end - self.start).days
+        for _ in range(rng.randint(1, 3)):
+            day = self.start + timedelta(days=rng.uniform(0, span - 1))
+            when = self.when(day)
+            if any(abs((when - t).total_seconds()) < 30 * 3600 for t in mine):
+                continue
+            self.line(p.psn_no, rng.choice(self.remote[2:]), when, rng.choice(self.unmonitored), 1, med_type="41")
+            mine.append(when)
+            p.notes.append(f"bought at {when:%Y-%m-%d} away from home")
+
+    def therapy_switch(self, p: Patient, home: Institution, doctor: str) -> None:
+        """A drug replaced by another of its class at the regular refill (the old supply
+        mostly used), sometimes with the reason dose_change."""
+        rng = self.rng
+        first, second = self.class_pair()
+        t = self.first_day()
+        switch_at = rng.randint(2, 4)
+        for i in range(6):
+            drug = first if i < switch_at else second
+            packs, days = self.monthly_packs(drug)
+            when = self.when(t)
+            if when >= self.end:
+                break
+            self.outpatient(p.psn_no, home, when, "11", doctor, ["I10"])
+            reason = "dose_change" if i == switch_at and rng.random() < 0.5 else None
+            self.line(p.psn_no, home, when, drug, packs, med_type="11", doctor=doctor, dx=["I10"], override=reason)
+            t += timedelta(days=days * rng.uniform(0.9, 1.05))
+        p.notes.append(f"switched from {first.generic_name_en} to {second.generic_name_en}")
 
     def override_abuse(self, p: Patient, drug: Drug) -> None:
         """7-8 fills of up to 28 days, 3-6 days apart at two pharmacies, each declaring an
