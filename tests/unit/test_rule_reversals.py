@@ -98,7 +98,9 @@ def test_refunds_net_out_of_pharmacy_spending_and_visits(kb):
     assert engine.evaluate_patient("P1", [*lines, back]) == []
     # Given 15 outpatient visits in a month, one of them wholly refunded: 14 visits remain
     visits = [
-        make_line(kb, drug_code=None, psn_no="P2", fixmedins_code="H3101001", when=days_later(T0, d), feedetl_sn=f"V{d}")
+        make_line(
+            kb, drug_code=None, psn_no="P2", fixmedins_code="H3101001", when=days_later(T0, d), feedetl_sn=f"V{d}"
+        )
         for d in range(15)
     ]
     assert "frequent-visits" in {f.rule_id for f in engine.evaluate_patient("P2", visits)}

@@ -98,6 +98,8 @@ LEGIT_PROFILES: dict[str, float] = {
     "traveller": 0.02,  # purchases in another province, on other days than at home
 }
 
+PAIRED_PROFILES = frozenset({"refund", "split-pack"})
+
 # Margins that keep legitimate purchases clearly inside the rules (in days at the label maximum dose).
 LEGIT_USED_FRACTION = 0.85  # a refill comes after at least this share of the previous supply
 LEGIT_OVERLAP_DAYS = 1.0  # at most this overlap of coverage across institutions
@@ -186,6 +188,7 @@ class _Builder:
         self.code_serial = 0
         self.trace_sales: dict[str, list[str]] = {}  # reused code -> line ids
         self.trace_resellers: dict[str, list[str]] = {}
+        self.trace_legit: dict[str, dict[str, list[str]]] = {"returned": {}, "split": {}}  # codes on several lines
         self.product: dict[str, str] = {}
         self.rx = 0
         self.classes: dict[str, set[str]] = defaultdict(set)  # psn -> ATC-4 classes bought
@@ -818,6 +821,11 @@ class _Builder:
         """A chronic patient buys at a pharmacy, has the purchase refunded (退费) the same or
         the next day, and buys at the home hospital two or three days later; the returned
         packs go back on the shelf and are sold to another patient (their codes again)."""
+        buyer = self.new_patient("refund-buyer", True)
+        self.refund_story(p, buyer, home, doctor)
+        self.acute_episodes(buyer, rate=0.3)
+
+    def refund_story(self, p: Patient, buyer: Patient, home: Institution, doctor: str) -> None:
         rng = self.rng
         regimen = self.regimen(1, hospital_only=False)
         if not regimen:
@@ -840,7 +848,9 @@ class _Builder:
         codes = self.trace_codes(drug, packs)
         bought = self.line(p.psn_no, shop, when, drug, packs, med_type="41", dx=dx, codes=codes)
         back = when + timedelta(hours=rng.uniform(1, 20))
-        self.reversal(bought, back)
+        returned = self.reversal(bought, back)
+        for code in codes:
+            self.trace_legit["returned"][code] = [_line_id(bought), _line_id(returned)]
         again = self.when(back + timedelta(days=rng.randint(2, 3)))
         allowed = self.allowed_days(drug, False, False)
         if self.fits(p.psn_no, drug, again.toordinal(), home, packs, allowed):
@@ -852,11 +862,12 @@ class _Builder:
             self.chronic_course(p, regimen, first=again + timedelta(days=real_days * 0.6), end=self.end, home=home,
                                 doctor=doctor)  # fmt: skip
         p.notes.append(f"a purchase of {drug.generic_name_en} refunded, then bought again")
-        buyer = self.new_patient("refund-buyer", True)
         resold = self.when(back + timedelta(days=rng.uniform(3, 15)))
         if resold < self.end:
-            self.line(buyer.psn_no, shop, resold, drug, packs, med_type="41", dx=dx, codes=codes)
+            again_sold = self.line(buyer.psn_no, shop, resold, drug, packs, med_type="41", dx=dx, codes=codes)
             self.record_fill(buyer.psn_no, drug, resold.toordinal(), shop, packs, allowed)
+            for code in codes:
+                self.trace_legit["returned"][code].append(_line_id(again_sold))
             buyer.notes.append("bought packs another patient had returned (refunded)")
 
     def split_pack(self, p: Patient) -> None:
@@ -885,10 +896,12 @@ class _Builder:
             if drug.days_supply(units) > allowed or (who.psn_no, drug.atc_code) in self.ledger:
                 continue
             when = self.when(t)
-            self.split_sale(who.psn_no, shop, when, drug, units, code)
+            part_sale = self.split_sale(who.psn_no, shop, when, drug, units, code)
+            self.trace_legit["split"].setdefault(code, []).append(_line_id(part_sale))
             days = drug.days_supply(units)
             self.ledger[(who.psn_no, drug.atc_code)] = _Held(when.toordinal(), days, shop.code, days, allowed)
             who.notes.append(f"{units} of the {drug.units_per_pack} units of one pack of {drug.generic_name_en} (拆零)")
+        self.acute_episodes(other, rate=0.3)
 
     # --- abusive scenarios --------------------------------------------------------------
 
@@ -1286,7 +1299,13 @@ class _Builder:
         plan: list[tuple[bool, str]] = [(False, s) for s, k in per.items() for _ in range(k)]
         profiles = list(LEGIT_PROFILES)
         weights = [LEGIT_PROFILES[x] for x in profiles]
-        plan += [(True, rng.choices(profiles, weights=weights)[0]) for _ in range(n_legit)]
+        slots = n_legit
+        while slots > 0:  # a paired profile brings a second legitimate patient (the buyer, the other half)
+            what = rng.choices(profiles, weights=weights)[0]
+            cost = 2 if what in PAIRED_PROFILES else 1
+            if cost <= slots:
+                plan.append((True, what))
+                slots -= cost
         rng.shuffle(plan)
         # the pill mill also serves a few legitimate patients, with its second doctor
         for legit, what in plan:
@@ -1308,6 +1327,11 @@ class _Builder:
         for code, sales in list(self.trace_sales.items()):
             if not all(s in kept for s in sales):
                 del self.trace_sales[code]
+        for group in self.trace_legit.values():
+            for code, sales in list(group.items()):
+                group[code] = [s for s in sales if s in kept]
+                if len(group[code]) < 2:
+                    del group[code]
 
     def pill_mill_regulars(self, count: int) -> None:
         assert self.pill_mill is not None
@@ -1374,8 +1398,15 @@ class _Builder:
             "trace_codes": {
                 "reused": {code: sales for code, sales in sorted(self.trace_sales.items())},
                 "resellers": {k: v for k, v in sorted(self.trace_resellers.items())},
+                # legitimately on several lines: refunded packs back on the shelf, split packs (拆零)
+                "returned": dict(sorted(self.trace_legit["returned"].items())),
+                "split": dict(sorted(self.trace_legit["split"].items())),
             },
         }
+
+
+def _line_id(record: dict[str, Any]) -> str:
+    return f"{record['fixmedins_code']}/{record['feedetl_sn']}"
 
 
 def until_is_past(until: datetime | None, when: datetime) -> bool:
