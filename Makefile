@@ -27,6 +27,7 @@ e2e: venv
 lint: venv
 	$(VENV)/bin/ruff check layers functions tests bench scripts
 	$(VENV)/bin/ruff format --check layers functions tests bench scripts
+	cd layers && ../$(VENV)/bin/lint-imports --config ../.importlinter --no-cache
 
 types: venv
 	$(VENV)/bin/mypy
@@ -43,7 +44,7 @@ eval: venv
 	$(VENV)/bin/rxguard eval
 
 kb: venv  ## re-import the reference catalogue
-	$(VENV)/bin/rxguard kb import ../shared/reference/monitored_drugs.csv
+	$(VENV)/bin/rxguard kb import rules/reference/monitored_drugs.csv
 
 clean:
 	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache .aws-sam

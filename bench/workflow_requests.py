@@ -74,8 +74,8 @@ def measure(lines: int) -> dict[str, Any]:
     from rxguard.kb import get_knowledge_base
     from rxguard.offline.patches import narrow_hash_key_query
     from rxguard.screening import screen_lines
-    from rxguard.workflow.institutions import InstitutionsRequest, screen_institutions
-    from rxguard.workflow.screen import ChunkFindings
+    from rxguard.workflow.contract import ChunkFindings, InstitutionsRequest
+    from rxguard.workflow.institutions import screen_institutions
     from tests.integration.conftest import TABLES, _create_table, template_resources
 
     logging.getLogger("moto").setLevel(logging.CRITICAL)

@@ -13,7 +13,7 @@ EVENTS = ROOT / "events"
 
 
 def load_event(name: str) -> Any:
-    """Load a sample event from events/ (STYLE.md: one helper for every test)."""
+    """Load a sample event from events/ (docs/style.md: one helper for every test)."""
     return json.loads((EVENTS / name).read_text(encoding="utf-8"))
 
 

@@ -9,7 +9,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from rxguard.dynamo import BatchStore, ResultStore
 from rxguard.observability import MetricUnit, logger, metrics, tracer
-from rxguard.workflow.finalize import FinalizeRequest, finalize_batch
+from rxguard.workflow.contract import FinalizeRequest
+from rxguard.workflow.finalize import finalize_batch
 from rxguard.workflow.settings import get_settings, validate_environment
 
 _STATUS_METRIC = {"SUCCEEDED": "BatchesSucceeded", "PARTIAL": "BatchesPartial", "FAILED": "BatchesFailed"}

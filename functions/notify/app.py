@@ -10,7 +10,8 @@ from rxguard.alerts.settings import AlertSettings
 from rxguard.dynamo import ResultStore, client
 from rxguard.kb import get_knowledge_base
 from rxguard.observability import MetricUnit, logger, metrics, tracer
-from rxguard.workflow.notify import NotifyRequest, notify_chunks
+from rxguard.workflow.contract import NotifyRequest
+from rxguard.workflow.notify import notify_chunks
 from rxguard.workflow.settings import get_settings, validate_environment
 
 

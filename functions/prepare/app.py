@@ -16,8 +16,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from rxguard.dynamo import BatchStore, ResultStore, client
 from rxguard.kb import get_knowledge_base
 from rxguard.observability import MetricUnit, logger, metrics, tracer
+from rxguard.workflow.contract import PrepareOutput, PrepareRequest
 from rxguard.workflow.naming import S3ObjectRef
-from rxguard.workflow.prepare import PrepareOutput, PrepareRequest, prepare_object
+from rxguard.workflow.prepare import prepare_object
 from rxguard.workflow.settings import get_settings, validate_environment
 
 IDEMPOTENCY = IdempotencyConfig(expires_after_seconds=6 * 3600)

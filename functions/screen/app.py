@@ -10,8 +10,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from rxguard.dynamo import DynamoRepository, ResultStore
 from rxguard.kb import get_knowledge_base
 from rxguard.observability import MetricUnit, logger, metrics, tracer
-from rxguard.workflow.institutions import InstitutionsRequest, screen_institutions
-from rxguard.workflow.screen import ChunkRequest, screen_chunk
+from rxguard.workflow.contract import ChunkRequest, InstitutionsRequest
+from rxguard.workflow.institutions import screen_institutions
+from rxguard.workflow.screen import screen_chunk
 from rxguard.workflow.settings import get_settings, validate_environment
 
 

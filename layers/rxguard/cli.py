@@ -20,9 +20,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("rxguard.offline.cli", "main", "run the whole workflow offline on moto: rxguard run FILE... --out DIR"),
     "validate": ("rxguard.ingest.cli", "main", "validate claim batches and summarise accepted/rejected lines"),
     "kb": ("rxguard.kb_cli", "main", "knowledge base: rxguard kb import CSV [--out rules/drugs.json]"),
-    "serve": ("rxguard.api.serve", "main", "serve the check API on localhost over moto"),
+    "serve": ("rxguard.offline.serve", "main", "serve the check API on localhost over moto"),
     "synth": ("rxguard.synth.cli", "main", "generate a synthetic population with ground truth"),
-    "eval": ("rxguard.synth.evaluate", "main", "precision/recall of the rules on a synthetic population"),
+    "eval": ("rxguard.offline.evaluate", "main", "precision/recall of the rules on a synthetic population"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Settings parsed once from the environment (STYLE.md: logic never reads os.environ).
+"""Settings parsed once from the environment (docs/style.md: logic never reads os.environ).
 
 Handlers and the CLI call `Settings.from_env()` and pass the result down.
 """

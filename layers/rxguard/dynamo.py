@@ -31,9 +31,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from rxguard.engine.institutions import ActivityAggregate
+from rxguard.errors import TransientError
 from rxguard.models import ClaimLine, Finding, InstitutionKind
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
-from rxguard.workflow.errors import TransientError
+from rxguard.scope import Scope
 
 # ---------------------------------------------------------------- request counting
 
@@ -231,9 +232,9 @@ def activity_units(line: ClaimLine) -> list[ActivityKey]:
     if not line.monitored or line.reverses is not None:
         return []
     period = f"{line.fee_ocur_time:%Y-%m}"
-    units = [(period, f"institution:{line.fixmedins_code}")]
+    units: list[ActivityKey] = [(period, Scope.institution(line.fixmedins_code))]
     if line.bilg_dr_codg:
-        units.append((period, f"prescriber:{line.bilg_dr_codg}"))
+        units.append((period, Scope.prescriber(line.bilg_dr_codg)))
     return units
 
 
@@ -246,7 +247,7 @@ def activity_counts(lines: Sequence[ClaimLine]) -> dict[ActivityKey, dict[str, f
             counters = out[unit]
             counters["monitored_lines"] += 1
             counters[f"a:{line.admdvs or ''}"] += 1
-            if unit[1].startswith("prescriber:"):
+            if Scope.parse(unit[1]).kind == "prescriber":
                 counters[f"i:{line.fixmedins_code}"] += 1
     return {k: dict(v) for k, v in out.items()}
 
@@ -259,7 +260,8 @@ def _most(counts: Mapping[str, float]) -> str | None:
 
 
 def _activity_from_item(item: Mapping[str, Any]) -> ActivityAggregate | None:
-    subject_type, _, code = item["subject"]["S"].partition(":")
+    subject = Scope.parse(item["subject"]["S"])
+    subject_type, code = subject.kind, subject.key
     lines = int(float(item.get("monitored_lines", {}).get("N", "0")))
     if lines <= 0 or subject_type not in ("institution", "prescriber"):
         return None
@@ -379,7 +381,7 @@ class DynamoRepository(HistoryRepository):
         for psn_no, lines in history.items():
             self.known_lines.update((x.line_id, x) for x in lines)
             if lines and all(x.line_id in self._recorded_ids for x in lines):
-                self._fresh_scopes.add(f"patient:{psn_no}")
+                self._fresh_scopes.add(Scope.patient(psn_no))
         return history
 
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
@@ -463,7 +465,7 @@ class DynamoRepository(HistoryRepository):
                 ConditionExpression="attribute_not_exists(#code)",
                 ExpressionAttributeNames={"#code": "code"},
             )
-            self._fresh_scopes.add(f"trace:{code}")  # first sale ever: no finding can exist yet
+            self._fresh_scopes.add(Scope.trace(code))  # first sale ever: no finding can exist yet
             return
         except ClientError as exc:
             if _error_code(exc) != "ConditionalCheckFailedException":

@@ -1,7 +1,7 @@
 """Knowledge base (monitored drugs) and rule base (rule definitions), as data in `rules/`.
 
 - `rules/drugs.json`: the drug catalogue, produced by `rxguard kb import CSV` from a
-  bureau's list (ours from ../shared/reference/monitored_drugs.csv). Never hand-edited.
+  bureau's list (ours: rules/reference/monitored_drugs.csv). Never hand-edited.
 - `rules/rules.yaml`: the rule definitions, hand-edited by the bureau.
 
 Both are validated by pydantic at load time; a bad file raises `KnowledgeBaseError`
@@ -323,7 +323,7 @@ def _assign_phases(rows: list[dict[str, Any]]) -> None:
 
 
 def import_catalogue(csv_path: Path, out_path: Path) -> list[Drug]:
-    """Import a bureau's monitored-drug CSV (columns of ../shared/reference/README.md,
+    """Import a bureau's monitored-drug CSV (columns of rules/reference/README.md,
     optional `phase`) into `drugs.json`. Deterministic: the same CSV gives the same file."""
     name = str(csv_path)
     with csv_path.open(encoding="utf-8-sig", newline="") as handle:

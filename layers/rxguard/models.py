@@ -1,6 +1,6 @@
 """The domain models shared by every part of rxguard.
 
-`ClaimLine` is the normalized form of one claim line (DESIGN.md "Claim-line format"),
+`ClaimLine` is the normalized form of one claim line (docs/design.md "Claim-line format"),
 `Rejection` the record of a line that could not be normalized, `Finding` the output of
 a rule. Everything else (ingestion, engine, repositories, API, letters) speaks these.
 """

@@ -1,4 +1,4 @@
-"""The single Powertools Logger, Tracer and Metrics of rxguard (STYLE.md: nothing else
+"""The single Powertools Logger, Tracer and Metrics of rxguard (docs/style.md: nothing else
 creates them). Service name and metrics namespace come from POWERTOOLS_SERVICE_NAME and
 POWERTOOLS_METRICS_NAMESPACE (template.yaml Globals).
 

@@ -7,10 +7,8 @@ boto3: only the DynamoDB implementation does.
 
 Reconciliation unit ("scope"): the findings of one scope are a deterministic function
 of all lines known for it, so storing them is a replace, and late or repeated batches
-converge to the same set (order independence):
-- `patient:<psn_no>`        patient rules (quantity, refills, stock, visits, spend, indication)
-- `trace:<code>`            trace-code reuse, across patients and institutions
-- `institution:<code>`      institution/prescriber outliers
+converge to the same set (order independence). Scopes are `rxguard.scope.Scope` values
+(patient, trace code, institution, prescriber), stored as their text.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from rxguard.engine import ActivityAggregate, Engine, activity_from_lines, findi
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding, Scene
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
+from rxguard.scope import Scope
 
 # Scenes that record lines: the stored findings cover the rules of all of them, so they
 # do not depend on which scene happened to record a line.
@@ -42,7 +43,7 @@ class ScreenOutcome:
     recorded: list[ClaimLine] = field(default_factory=list)  # newly recorded lines
     duplicates: list[ClaimLine] = field(default_factory=list)  # already recorded (or repeated in the input)
     changes: FindingChanges = field(default_factory=FindingChanges)
-    scopes: list[str] = field(default_factory=list)  # scopes re-evaluated
+    scopes: list[Scope] = field(default_factory=list)  # scopes re-evaluated
 
 
 def merge_changes(into: FindingChanges, more: FindingChanges) -> None:
@@ -103,13 +104,13 @@ def screen_lines(
     for psn in patients:
         timeline = list(history.get(psn, ()))
         timeline.extend(by_patient[psn])  # history first: a stored line wins over a resent one
-        scope = f"patient:{psn}"
+        scope = Scope.patient(psn)
         merge_changes(outcome.changes, repo.replace_findings(scope, engine.evaluate_patient(psn, timeline)))
         outcome.scopes.append(scope)
     batch_sales = _sales_by_code(batch)  # per code once (not the whole batch per code)
     for code in codes:
         found = engine.evaluate_trace_code(code, _sales_with(sales.get(code, ()), batch_sales.get(code, [])))
-        scope = f"trace:{code}"
+        scope = Scope.trace(code)
         merge_changes(outcome.changes, repo.replace_findings(scope, found))
         outcome.scopes.append(scope)
     return outcome

@@ -1,6 +1,6 @@
 """moto fixtures for the workflow's integration tests. Tables and buckets are created from
 template.yaml's own definitions (key schemas, indexes), so the template and the tests
-cannot drift (STYLE.md)."""
+cannot drift (docs/style.md)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import boto3
 import pytest
 import yaml
 from moto import mock_aws
+
+from rxguard.scope import Scope
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -186,7 +188,7 @@ def make_finding(
     from rxguard.models import Finding, Severity
 
     return Finding(
-        finding_id=Finding.make_id(rule_id, f"patient:{psn_no}", list(evidence)),
+        finding_id=Finding.make_id(rule_id, Scope.patient(psn_no), list(evidence)),
         rule_id=rule_id,
         rule_version=1,
         severity=extra.pop("severity", Severity.HIGH),

@@ -16,8 +16,10 @@ from moto import mock_aws
 
 from rxguard.alerts import AlertSettings, notify_batch
 from rxguard.alerts.aws import AwsNotificationSink
+from rxguard.letters import issue_letters
 from rxguard.models import Finding, Severity
 from rxguard.offline.cfn import Resolver, load_template
+from rxguard.scope import Scope
 
 ROOT = Path(__file__).resolve().parents[2]
 # The example subscriptions of template.yaml: logical id -> (endpoint parameter, topic).
@@ -98,7 +100,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
 def make(rule_id: str, severity: str, institution: str, admdvs: str, psn: str) -> Finding:
     evidence = [f"{institution}/{rule_id}-1"]
     return Finding(
-        finding_id=Finding.make_id(rule_id, f"patient:{psn}", evidence),
+        finding_id=Finding.make_id(rule_id, Scope.patient(psn), evidence),
         rule_id=rule_id,
         rule_version=1,
         severity=Severity(severity),
@@ -145,7 +147,15 @@ def test_filter_policies_deliver_each_subscriber_its_messages_once(env: Env, kb)
     settings = AlertSettings()
 
     # When the batch is notified
-    notify_batch(FINDINGS, batch_id="b1", kb=kb, sink=env.sink, settings=settings, issued_on=date(2026, 3, 20))
+    notify_batch(
+        FINDINGS,
+        batch_id="b1",
+        kb=kb,
+        sink=env.sink,
+        settings=settings,
+        issued_on=date(2026, 3, 20),
+        letters=issue_letters,
+    )
 
     # Then inspectors get every high finding, of every region, and nothing else
     inspectors = env.drain("InspectorsAlertSubscription")
@@ -169,14 +179,18 @@ def test_filter_policies_deliver_each_subscriber_its_messages_once(env: Env, kb)
 
 def test_a_retried_batch_sends_no_duplicates_and_rewrites_the_same_letters(env: Env, kb) -> None:  # type: ignore[no-untyped-def]
     # Given a batch notified once (every subscriber drained)
-    first = notify_batch(FINDINGS, batch_id="b1", kb=kb, sink=env.sink, issued_on=date(2026, 3, 20))
+    first = notify_batch(
+        FINDINGS, batch_id="b1", kb=kb, sink=env.sink, issued_on=date(2026, 3, 20), letters=issue_letters
+    )
     for name in EXAMPLES:
         env.drain(name)
     keys = sorted(o["Key"] for o in env.s3.list_objects_v2(Bucket=BUCKET, Prefix="letters/b1/")["Contents"])
     index = json.loads(env.s3.get_object(Bucket=BUCKET, Key="letters/b1/index.json")["Body"].read())
 
     # When the batch is retried (Step Functions retry or a re-run)
-    second = notify_batch(FINDINGS, batch_id="b1", kb=kb, sink=env.sink, issued_on=date(2026, 3, 20))
+    second = notify_batch(
+        FINDINGS, batch_id="b1", kb=kb, sink=env.sink, issued_on=date(2026, 3, 20), letters=issue_letters
+    )
 
     # Then no subscriber receives anything again
     assert {name: env.drain(name) for name in EXAMPLES} == {name: [] for name in EXAMPLES}

@@ -1,5 +1,6 @@
-"""DynamoRepository on moto: conditional writes, batched reads with retries, findings
-reconciliation, and the same semantics as the in-memory repository."""
+"""DynamoRepository on moto, what is particular to DynamoDB: items and write units,
+batched reads and writes with retries, activity counters. The semantics shared with the
+in-memory and SQLite repositories are the contract of tests/contract/."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Any
 from conftest import Stack, make_finding, make_line, tables_of
 
 from rxguard.dynamo import REQUESTS, DynamoRepository, encode_line, purchase_sort_key
-from rxguard.repository import InMemoryRepository
 
 
 def _repo(stack: Stack, **kwargs: Any) -> DynamoRepository:
@@ -37,20 +37,6 @@ def test_recording_the_same_lines_twice_counts_them_once(stack: Stack) -> None:
     assert _count_items(stack, stack.table("TraceCodesTable")) == 1
     sales = repo.load_trace_sales(["81234567890123456789"])["81234567890123456789"]
     assert [s.line_id for s in sales] == [lines[0].line_id]
-
-
-def test_history_round_trips_every_field_in_time_order(stack: Stack) -> None:
-    # Given a patient's lines recorded out of time order
-    late = make_line("P1", "2", time="2026-04-01 08:00:00", lt_rx_flag=True, override_reason="travel")
-    early = make_line("P1", "1", time="2026-03-01 08:00:00", trace_codes=["81234567890123456780"])
-    other = make_line("P9", "7")
-    repo = _repo(stack)
-    repo.record_lines([late, early, other])
-    # When the history is loaded for one patient and an unknown one
-    history = repo.load_history(["P1", "P404"])
-    # Then the lines come back identical, in time order, and the unknown patient is empty
-    assert history["P1"] == [early, late]
-    assert history["P404"] == []
 
 
 def test_a_purchase_item_fits_one_write_unit(stack: Stack) -> None:
@@ -82,25 +68,6 @@ def test_each_new_line_costs_one_write_and_a_repeat_one_failed_conditional_write
     # Then exactly one PutItem per line was sent, and no read
     assert REQUESTS.snapshot().get("dynamodb.PutItem") == 20
     assert REQUESTS.dynamodb_reads == 0
-
-
-def test_a_trace_code_sold_twice_keeps_both_sales_once(stack: Stack) -> None:
-    # Given one code sold by a hospital to P1 and later by a pharmacy to P2
-    code = "81234567890123456789"
-    a = make_line("P1", "1", trace_codes=[code])
-    b = make_line("P2", "9", fixmedins_code="P31000000009", time="2026-03-05 10:00:00", trace_codes=[code])
-    repo = _repo(stack)
-    # When both are recorded, and the second again
-    repo.record_lines([a])
-    repo.record_lines([b])
-    repo.record_lines([b])
-    # Then the code has exactly two sales, in time order, with who sold it to whom
-    sales = repo.load_trace_sales([code, "00000000000000000000"])
-    assert [(s.line_id, s.psn_no, s.fixmedins_code) for s in sales[code]] == [
-        (a.line_id, "P1", a.fixmedins_code),
-        (b.line_id, "P2", "P31000000009"),
-    ]
-    assert sales["00000000000000000000"] == []
 
 
 class _Flaky:
@@ -148,81 +115,6 @@ def test_unprocessed_keys_and_items_are_retried(stack: Stack) -> None:
     assert all(len(sales[c]) == 1 for c in codes)
     assert len(changes.new) == 4
     assert len(_repo(stack).load_findings(["patient:P0001"])["patient:P0001"]) == 4
-
-
-def test_findings_are_inserted_updated_superseded_and_reviews_kept(stack: Stack) -> None:
-    # Given two findings of a patient, one of them confirmed by a reviewer
-    keep = make_finding(evidence=("H1/1",))
-    drop = make_finding(evidence=("H1/2",))
-    _repo(stack).replace_findings("patient:P0001", [keep, drop])
-    stack.ddb.update_item(
-        TableName=stack.table("FindingsTable"),
-        Key={"finding_id": {"S": keep.finding_id}},
-        UpdateExpression="SET #s = :c",
-        ExpressionAttributeNames={"#s": "status"},
-        ExpressionAttributeValues={":c": {"S": "confirmed"}},
-    )
-    # When the scope is re-evaluated: `keep` again with new figures, `drop` no longer produced
-    changed = keep.model_copy(update={"figures": {"days_early": 12}})
-    changes = _repo(stack).replace_findings("patient:P0001", [changed])
-    # Then `keep` is updated and stays confirmed, `drop` is superseded (kept, not deleted)
-    assert [f.finding_id for f in changes.updated] == [keep.finding_id]
-    assert changes.updated[0].status == "confirmed"
-    assert [(f.finding_id, f.status) for f in changes.superseded] == [(drop.finding_id, "superseded")]
-    current = _repo(stack).load_findings(["patient:P0001"])["patient:P0001"]
-    assert [(f.finding_id, f.status, f.figures) for f in current] == [
-        (keep.finding_id, "confirmed", {"days_early": 12})
-    ]
-    assert _repo(stack).get_finding(drop.finding_id).status == "superseded"  # type: ignore[union-attr]
-
-
-def test_replacing_with_the_same_findings_changes_nothing(stack: Stack) -> None:
-    # Given a scope with two findings
-    findings = [make_finding(evidence=("H1/1",)), make_finding("over-quantity", evidence=("H1/3",))]
-    _repo(stack).replace_findings("patient:P0001", findings)
-    # When the same findings are produced again (a retried chunk)
-    changes = _repo(stack).replace_findings("patient:P0001", findings)
-    # Then nothing is new, updated or superseded
-    assert (changes.new, changes.updated, changes.superseded, changes.unchanged) == ([], [], [], 2)
-
-
-def test_same_answers_as_the_in_memory_repository(stack: Stack) -> None:
-    # Given the same sequence of operations on both repositories
-    memory = InMemoryRepository()
-    dynamo = _repo(stack)
-    code = "81234567890123456789"
-    batches = [
-        [make_line("P1", "1", trace_codes=[code]), make_line("P2", "2")],
-        [
-            make_line("P1", "1", trace_codes=[code]),
-            make_line("P3", "3", time="2026-02-01 08:00:00", trace_codes=[code]),
-        ],
-    ]
-    rounds = [
-        [make_finding(evidence=("H1/1",)), make_finding(evidence=("H1/2",))],
-        [make_finding(evidence=("H1/1",), figures={"days_early": 3}), make_finding(evidence=("H1/9",))],
-        [],
-    ]
-    # When lines are recorded and a scope's findings replaced round after round
-    recorded = [
-        ([x.line_id for x in memory.record_lines(b)], [x.line_id for x in dynamo.record_lines(b)]) for b in batches
-    ]
-    changes = []
-    for findings in rounds:
-        a = memory.replace_findings("patient:P1", findings)
-        b = _repo(stack).replace_findings("patient:P1", findings)
-        changes.append((a, b))
-    # Then every answer is the same
-    assert all(m == d for m, d in recorded)
-    assert memory.load_history(["P1", "P2", "P3"]) == dynamo.load_history(["P1", "P2", "P3"])
-    assert memory.load_trace_sales([code]) == dynamo.load_trace_sales([code])
-    for a, b in changes:
-        key = lambda f: f.finding_id  # noqa: E731
-        assert sorted(a.new, key=key) == sorted(b.new, key=key)
-        assert sorted(a.updated, key=key) == sorted(b.updated, key=key)
-        assert sorted(a.superseded, key=key) == sorted(b.superseded, key=key)
-        assert a.unchanged == b.unchanged
-    assert memory.load_findings(["patient:P1"]) == _repo(stack).load_findings(["patient:P1"])
 
 
 def test_activity_counts_only_newly_recorded_monitored_lines(stack: Stack) -> None:

@@ -125,7 +125,7 @@ def _finalize(state: dict[str, Any], mode: str = "complete") -> dict[str, Any]:
 def _screened(stack: Stack, batch_id: str, chunk_key: str, findings: list[Any]) -> dict[str, Any]:
     """A Map result as ScreenChunk returns it, with its results file."""
     from rxguard.workflow import naming
-    from rxguard.workflow.screen import ChunkFindings
+    from rxguard.workflow.contract import ChunkFindings
 
     key = naming.result_key(batch_id, chunk_key)
     body = ChunkFindings(chunk_key=chunk_key, recorded=5, new=findings).model_dump_json()
@@ -292,8 +292,9 @@ def test_a_chunk_retried_after_dying_mid_way_still_hands_its_findings_to_notify(
     from conftest import tables_of
 
     from rxguard.dynamo import DynamoRepository, ResultStore
+    from rxguard.workflow.contract import ChunkRequest
     from rxguard.workflow.notify import findings_to_alert
-    from rxguard.workflow.screen import ChunkRequest, screen_chunk
+    from rxguard.workflow.screen import screen_chunk
 
     state = prepare(stack, drop(stack, BATCH.read_bytes()))
     chunk = state["chunks"][1]

@@ -147,7 +147,7 @@ def test_institutions_step_finds_the_outlier_and_supersedes_it_when_flags_clear(
     flagged = {x.line_id for x in lines if x.quantity_units == 3000}
     repo.update_flags({("2026-03", "institution:H31000000001"): flagged}, {})
     batch_id = "0" * 40
-    from rxguard.workflow.screen import ChunkFindings
+    from rxguard.workflow.contract import ChunkFindings
 
     key = f"batches/{batch_id}/results/00000.json"
     stack.s3.put_object(

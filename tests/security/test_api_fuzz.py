@@ -23,6 +23,7 @@ from rxguard.api.store import InMemoryFindingsStore
 from rxguard.kb import KnowledgeBase
 from rxguard.models import Finding, Severity
 from rxguard.repository import InMemoryRepository
+from rxguard.scope import Scope
 from tests.conftest import ROOT, load_event
 
 CALLERS = json.loads((ROOT / "events/api/callers.json").read_text(encoding="utf-8"))
@@ -189,7 +190,7 @@ def _seed(svc: Services) -> dict[str, Finding]:
     for inst, psn, day in [("P4401001", "SHARED01", 1), ("H6108001", "SHARED01", 2), ("H6108001", "ONLYH01", 3)]:
         evidence = [f"{inst}/S{day}"]
         f = Finding(
-            finding_id=Finding.make_id("early-refill", f"patient:{psn}", evidence),
+            finding_id=Finding.make_id("early-refill", Scope.patient(psn), evidence),
             rule_id="early-refill",
             rule_version=1,
             severity=Severity.HIGH,

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from rxguard.alerts import AlertSettings, AlertSettingsError, InMemorySink, notify_batch, pseudonym
+from rxguard.letters import issue_letters
 from rxguard.models import Finding, Severity
+from rxguard.scope import Scope
 
 NO_LETTERS = AlertSettings(letters_enabled=False)
 
@@ -27,7 +29,7 @@ def make_finding(
 ) -> Finding:
     evidence = [f"{institution}/{line}"]
     return Finding(
-        finding_id=Finding.make_id(rule_id, f"patient:{psn_no}", evidence),
+        finding_id=Finding.make_id(rule_id, Scope.patient(psn_no), evidence),
         rule_id=rule_id,
         rule_version=1,
         severity=Severity(severity),
@@ -189,7 +191,7 @@ def test_every_message_validates_against_the_published_schema(kb) -> None:  # ty
     sink = InMemorySink()
 
     # When notified
-    notify_batch(findings, batch_id="b1", kb=kb, sink=sink)
+    notify_batch(findings, batch_id="b1", kb=kb, sink=sink, letters=issue_letters)
 
     # Then every body validates, all three kinds are there, and a body of another version does not
     validator = jsonschema.Draft202012Validator(schema)
@@ -223,3 +225,12 @@ def test_muting_an_unknown_rule_is_an_error_naming_it(kb) -> None:  # type: igno
     with pytest.raises(AlertSettingsError, match=r"mute_low_rules: unknown rule id\(s\) frequent-visit "):
         notify_batch([make_finding("frequent-visits", "low")], batch_id="b1", kb=kb, sink=sink, settings=settings)
     assert sink.alerts == []
+
+
+def test_letters_enabled_without_an_issuer_fails_before_publishing(kb) -> None:  # type: ignore[no-untyped-def]
+    # Given letters enabled (the default) and a caller that wired no letter issuer
+    sink = InMemorySink()
+    # When notified, Then it fails naming the missing wiring, and nothing was published
+    with pytest.raises(AlertSettingsError, match="no letter issuer"):
+        notify_batch([make_finding("trace-code-reuse", "high")], batch_id="b1", kb=kb, sink=sink)
+    assert sink.alerts == [] and sink.letters == []

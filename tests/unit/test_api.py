@@ -23,6 +23,7 @@ from rxguard.api.store import InMemoryFindingsStore
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding, Severity
 from rxguard.repository import HistoryRepository, InMemoryRepository
+from rxguard.scope import Scope
 from tests.conftest import ROOT, load_event
 
 CALLERS = json.loads((ROOT / "events/api/callers.json").read_text(encoding="utf-8"))
@@ -35,7 +36,7 @@ def finding(rule_id: str, severity: Severity, lines: Sequence[ClaimLine], **extr
     evidence = sorted(line.line_id for line in lines)
     first = lines[0]
     return Finding(
-        finding_id=Finding.make_id(rule_id, f"patient:{first.psn_no}", evidence),
+        finding_id=Finding.make_id(rule_id, Scope.patient(first.psn_no), evidence),
         rule_id=rule_id,
         rule_version=1,
         severity=severity,

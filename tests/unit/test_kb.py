@@ -13,7 +13,7 @@ from rxguard.engine.rules import RULE_IDS
 from rxguard.kb import KnowledgeBaseError, Phase, import_catalogue, load_knowledge_base
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE = ROOT.parent / "shared" / "reference" / "monitored_drugs.csv"
+REFERENCE = ROOT / "rules" / "reference" / "monitored_drugs.csv"
 
 
 def test_catalogue_holds_every_reference_row(kb):

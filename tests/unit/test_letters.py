@@ -13,11 +13,12 @@ import pytest
 from pypdf import PdfReader
 
 from rxguard.alerts import AlertSettings, InMemorySink, notify_batch, pseudonym
-from rxguard.letters import letter_groups
+from rxguard.letters import issue_letters, letter_groups
 from rxguard.letters.context import add_working_days, build_letter, letter_number
 from rxguard.letters.pdf import LetterRenderError, html_to_pdf
 from rxguard.letters.render import render_html
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
+from rxguard.scope import Scope
 
 PSN_A = "31010019800101001X"
 PSN_B = "310101197702020022"
@@ -60,7 +61,7 @@ LINES = {
 
 def finding(rule_id: str, severity: str, psn: str, evidence: list[str], institution: str = HOSPITAL) -> Finding:
     return Finding(
-        finding_id=Finding.make_id(rule_id, f"patient:{psn}", evidence),
+        finding_id=Finding.make_id(rule_id, Scope.patient(psn), evidence),
         rule_id=rule_id,
         rule_version=1,
         severity=Severity(severity),
@@ -90,7 +91,15 @@ def pdf_text(data: bytes) -> str:
 
 def issue(sink: InMemorySink, kb, **kw) -> object:  # type: ignore[no-untyped-def]
     return notify_batch(
-        FINDINGS, batch_id="b-2026-03", kb=kb, sink=sink, issued_on=ISSUED, institution_names=NAMES, lines=LINES, **kw
+        FINDINGS,
+        batch_id="b-2026-03",
+        kb=kb,
+        sink=sink,
+        issued_on=ISSUED,
+        institution_names=NAMES,
+        lines=LINES,
+        letters=issue_letters,
+        **kw,
     )
 
 
@@ -305,7 +314,7 @@ def test_a_finding_longer_than_a_page_is_split_across_pages(kb) -> None:  # type
     lines = {ln.line_id: ln for ln in many}
     evidence = sorted(lines)
     big = Finding(
-        finding_id=Finding.make_id("institution-outlier", f"institution:{HOSPITAL}", evidence),
+        finding_id=Finding.make_id("institution-outlier", Scope.institution(HOSPITAL), evidence),
         rule_id="institution-outlier",
         rule_version=1,
         severity=Severity.HIGH,
@@ -320,7 +329,15 @@ def test_a_finding_longer_than_a_page_is_split_across_pages(kb) -> None:  # type
     sink = InMemorySink()
 
     # When its letter is issued with every evidence line listed
-    notify_batch([big], batch_id="big", kb=kb, sink=sink, settings=AlertSettings(letter_evidence_cap=40), lines=lines)
+    notify_batch(
+        [big],
+        batch_id="big",
+        kb=kb,
+        sink=sink,
+        settings=AlertSettings(letter_evidence_cap=40),
+        lines=lines,
+        letters=issue_letters,
+    )
 
     # Then the PDF spans pages and still lists the last evidence line
     reader = PdfReader(BytesIO(sink.documents[f"letters/big/institution-{HOSPITAL}.pdf"][0]))

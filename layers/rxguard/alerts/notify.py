@@ -6,10 +6,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import date
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-from rxguard.alerts import messages
+from rxguard.alerts.messages import NO_INSTITUTION, digest, finding_alert
 from rxguard.alerts.settings import AlertSettings, AlertSettingsError
 from rxguard.alerts.sink import NotificationSink
 from rxguard.kb import KnowledgeBase
@@ -27,6 +28,26 @@ class LetterRef(BaseModel):
     locations: dict[str, str]  # format (pdf, html) -> URI
     announced: bool  # False when an earlier attempt announced it already
     rendered: bool = True  # False when a retry found it announced and did not render it again
+
+
+class LetterIssuer(Protocol):
+    """Renders, stores and announces a batch's letters (`rxguard.letters.issue_letters`).
+
+    The letters sit above the alerts (they build on the alert schema, settings and sink), so
+    the alerts receive the issuer from whoever wires them instead of importing the letters."""
+
+    def __call__(
+        self,
+        findings: Sequence[Finding],
+        *,
+        batch_id: str,
+        kb: KnowledgeBase,
+        sink: NotificationSink,
+        settings: AlertSettings,
+        issued_on: date,
+        institution_names: Mapping[str, str],
+        lines: Mapping[str, ClaimLine],
+    ) -> tuple[list[LetterRef], str | None]: ...
 
 
 class NotifySummary(BaseModel):
@@ -55,6 +76,7 @@ def notify_batch(
     issued_on: date | None = None,
     institution_names: Mapping[str, str] | None = None,
     lines: Mapping[str, ClaimLine] | None = None,
+    letters: LetterIssuer | None = None,
 ) -> NotifySummary:
     """Publish the batch's notifications through `sink`; safe to call again for a retry.
 
@@ -62,7 +84,9 @@ def notify_batch(
       message id `finding/<finding_id>`: published once ever, whichever batch brings it;
     - one digest per institution of the batch, id `digest/<batch_id>/<institution>`;
     - letters (提醒函/警示函) per institution and per patient, stored through the sink and
-      announced on the letters topic (`settings.letters_enabled`).
+      announced on the letters topic (`settings.letters_enabled`) by `letters`, the
+      issuer the caller wires in (`rxguard.letters.issue_letters`); with letters enabled
+      and no issuer this raises AlertSettingsError before publishing anything.
     Superseded findings and muted low-severity ones are left out. `institution_names`
     (fixmedins_code -> name) and `lines` (line_id -> ClaimLine, the evidence lines) enrich
     the letters when the caller has them.
@@ -74,6 +98,8 @@ def notify_batch(
             f"alert settings: field mute_low_rules: unknown rule id(s) {', '.join(unknown)} "
             f"(the rule base has {', '.join(sorted(kb.rules))})"
         )
+    if settings.letters_enabled and letters is None:
+        raise AlertSettingsError("alert settings: letters_enabled, but no letter issuer was wired (letters=...)")
     key = settings.pseudonym_key
     summary = NotifySummary(batch_id=batch_id, findings=len(findings))
     names = institution_names or {}
@@ -90,18 +116,18 @@ def notify_batch(
     for finding in active:
         if finding.severity.rank < settings.alert_min_severity.rank:
             continue
-        message = messages.finding_alert(finding, batch_id=batch_id, kb=kb, key=key)
+        message = finding_alert(finding, batch_id=batch_id, kb=kb, key=key)
         if sink.publish_alert(message):
             summary.alerts_published += 1
         else:
             summary.alerts_duplicate += 1
-        alerted[finding.fixmedins_code or messages.NO_INSTITUTION].append(finding.finding_id)
+        alerted[finding.fixmedins_code or NO_INSTITUTION].append(finding.finding_id)
 
     by_institution: dict[str, list[Finding]] = defaultdict(list)
     for finding in active:
-        by_institution[finding.fixmedins_code or messages.NO_INSTITUTION].append(finding)
+        by_institution[finding.fixmedins_code or NO_INSTITUTION].append(finding)
     for institution, group in sorted(by_institution.items()):
-        message = messages.digest(
+        message = digest(
             institution,
             group,
             batch_id=batch_id,
@@ -116,10 +142,8 @@ def notify_batch(
         else:
             summary.digests_duplicate += 1
 
-    if settings.letters_enabled:
-        from rxguard.letters import issue_letters  # the letters need jinja2 and reportlab: import on use
-
-        summary.letters, summary.letters_index = issue_letters(
+    if settings.letters_enabled and letters is not None:
+        summary.letters, summary.letters_index = letters(
             active,
             batch_id=batch_id,
             kb=kb,

@@ -1,6 +1,6 @@
 """Request and response models of the API (the OpenAPI document is generated from them).
 
-Field names follow the claim-line contract (DESIGN.md, national interfaces 2204/3505), so
+Field names follow the claim-line contract (docs/design.md, national interfaces 2204/3505), so
 an HIS that uploads fee details speaks the same words here. The national 3101/3102 shapes
 live in `rxguard.api.nhsa`.
 """

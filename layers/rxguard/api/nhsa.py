@@ -198,7 +198,7 @@ def nhsa_data(body: NhsaRequest | NhsaEnvelope) -> tuple[NhsaData, str]:
 def order_record(
     patient: NhsaPatient, encounter: NhsaEncounter, order: NhsaOrder, fallback_time: str
 ) -> tuple[dict[str, object], dict[str, str]]:
-    """One order as a claim-line record (DESIGN.md field names) and, for errors, the 3101
+    """One order as a claim-line record (docs/design.md field names) and, for errors, the 3101
     field each record field came from (relative to the order, or "../" for the visit)."""
     diagnoses = [d.dise_codg for d in encounter.fsi_diagnose_dtos if d.dise_codg]
     if encounter.dscg_main_dise_codg:

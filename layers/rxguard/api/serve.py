@@ -1,9 +1,9 @@
 """`rxguard serve`: the check API on localhost, for curl and an HIS developer's tests.
 
 By default it runs over the same moto resources as `rxguard run` (`rxguard.offline.
-Environment`: every resource of template.yaml) and hands each HTTP request, translated
-into an API Gateway REST proxy event, to the real handler `functions/api/app.py` through
-the offline Lambda router. `--memory` skips moto and serves the resolver over an
+Environment`: every resource of template.yaml, wired in by `rxguard.offline.serve`) and
+hands each HTTP request, translated into an API Gateway REST proxy event, to the real
+handler `functions/api/app.py` through the offline Lambda router. `--memory` skips moto and serves the resolver over an
 in-memory repository (fastest start).
 
 Local-only conveniences: the header `X-Rxguard-Caller: <principal ARN>` plays the SigV4
@@ -29,7 +29,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from rxguard.api.resolver import handle
+from rxguard.api.service import Services
 from rxguard.api.settings import ApiSettings
+from rxguard.api.store import InMemoryFindingsStore
+from rxguard.kb import get_knowledge_base
+from rxguard.repository import InMemoryRepository
 
 Invoke = Callable[[dict[str, Any]], dict[str, Any]]
 CALLER_HEADER = "X-Rxguard-Caller"
@@ -158,38 +163,17 @@ def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., 
 
 
 def memory_invoke(settings: ApiSettings) -> Invoke:
-    from rxguard.api.resolver import handle
-    from rxguard.api.service import Services
-    from rxguard.api.store import InMemoryFindingsStore
-    from rxguard.kb import get_knowledge_base
-    from rxguard.repository import InMemoryRepository
-
     repo = InMemoryRepository()
     services = Services(kb=get_knowledge_base(), repo=repo, store=InMemoryFindingsStore(repo), settings=settings)
     return lambda event: handle(event, None, services)
 
 
-def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> Invoke:
-    """The real handler behind the offline Lambda router, over the template's resources."""
-    from rxguard.offline import Environment
-
-    base = {"RXGUARD_API_AUTH": "enforce" if callers is not None else "open"}
-    if callers is not None:
-        base["RXGUARD_API_CALLERS"] = json.dumps(callers)
-    env = stack.enter_context(Environment(base_environment=base))
-    route = env.router.route_for(env.name("ApiFunction"))
-    if route is None:
-        raise SystemExit("rxguard serve: template.yaml has no ApiFunction to serve")
-
-    def invoke(event: dict[str, Any]) -> dict[str, Any]:
-        payload, _ = env.router.invoke(route, event)
-        answer: dict[str, Any] = json.loads(payload)
-        return answer
-
-    return invoke
+# Builds the moto-backed invoke (rxguard.offline.serve): the offline harness sits above the
+# API, so it hands this in rather than the API importing it.
+MotoInvoke = Callable[[ExitStack, "dict[str, Any] | None"], Invoke]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, moto: MotoInvoke | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rxguard serve", description="serve the check API on localhost")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed)")
@@ -202,8 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = ApiSettings.model_validate(
         {"auth_mode": "enforce" if callers is not None else "open", "callers": callers or {}}
     )
+    if not args.memory and moto is None:
+        parser.error("the moto mode runs through `rxguard serve` (rxguard.offline.serve); use --memory here")
     with ExitStack() as stack:
-        invoke = memory_invoke(settings) if args.memory else moto_invoke(stack, callers)
+        invoke = memory_invoke(settings) if args.memory or moto is None else moto(stack, callers)
         server = HTTPServer((args.host, args.port), make_handler(invoke, settings.max_body_bytes))
         stack.callback(server.server_close)
         host, port = str(server.server_address[0]), int(server.server_address[1])

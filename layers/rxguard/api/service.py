@@ -1,7 +1,7 @@
 """The logic behind the routes: no HTTP, no boto3.
 
 A request (rxguard shape or national 3101/3102 shape) becomes claim-line records in the
-contract of DESIGN.md, normalized by the same `normalize_record` as the batch path, then:
+contract of docs/design.md, normalized by the same `normalize_record` as the batch path, then:
 - checks: `screening.check_lines` (history + trace codes in two reads, no writes);
 - dispensations: `screening.screen_lines(scene=IN)` (conditional writes on the line id:
   a later settlement batch with the same lines counts nothing twice), new findings to
@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Literal
 
 from rxguard import screening
+from rxguard.alerts import notify_batch
 from rxguard.api import nhsa
 from rxguard.api.access import (
     Caller,
@@ -42,9 +43,12 @@ from rxguard.api.models import (
 )
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore
+from rxguard.ingest.normalize import LineRejected, normalize_record
 from rxguard.kb import KnowledgeBase
+from rxguard.letters import issue_letters
 from rxguard.models import ClaimLine, Finding, Scene, Severity
 from rxguard.repository import HistoryRepository
+from rxguard.scope import Scope
 
 DECISION: dict[Severity, Decision] = {Severity.HIGH: "block", Severity.MEDIUM: "warn", Severity.LOW: "pass"}
 NOT_MONITORED = "not monitored"
@@ -102,12 +106,18 @@ class RequestLine:
 def alerts_notifier(kb: KnowledgeBase, sink: Any, settings: Any = None) -> Notifier:
     """Findings of a dispensing -> the alerts topic, as the batch's Notify step does (each
     finding is alerted at most once, however often it is passed)."""
-    from rxguard.alerts import notify_batch
 
     def notify(findings: Sequence[Finding], batch_id: str, lines: Mapping[str, ClaimLine]) -> int:
         names = {line.fixmedins_code: line.fixmedins_name for line in lines.values() if line.fixmedins_name}
         summary = notify_batch(
-            findings, batch_id=batch_id, kb=kb, sink=sink, settings=settings, institution_names=names, lines=lines
+            findings,
+            batch_id=batch_id,
+            kb=kb,
+            sink=sink,
+            settings=settings,
+            institution_names=names,
+            lines=lines,
+            letters=issue_letters,
         )
         return summary.alerts_published
 
@@ -205,8 +215,6 @@ def _request_field(line: RequestLine, record_field: str | None) -> str:
 
 def normalize(lines: Sequence[RequestLine], services: Services) -> list[ClaimLine]:
     """Normalize with the batch path's own rules; a bad line is a 400 naming the field."""
-    from rxguard.ingest.normalize import LineRejected, normalize_record
-
     if len(lines) > services.settings.max_lines:
         raise PayloadTooLarge(f"{len(lines)} drug lines in one request; at most {services.settings.max_lines}", None)
     out: list[ClaimLine] = []
@@ -366,7 +374,7 @@ def dispense(services: Services, body: CheckBody, caller: Caller) -> Dispensatio
             first = min(line.line_id for line in claims)
             batch_id = f"api-{now:%Y%m%d}-{first}".replace("/", "_")
             alerts_sent = services.notify(to_alert, batch_id, {c.line_id: c for c in claims})
-    scopes = {f"patient:{c.psn_no}" for c in claims} | {f"trace:{code}" for c in claims for code in c.trace_codes}
+    scopes = {Scope.patient(c.psn_no) for c in claims} | {Scope.trace(code) for c in claims for code in c.trace_codes}
     current = services.repo.load_findings(scopes)
     by_line: dict[str, list[Finding]] = {}
     for findings in current.values():

@@ -1,4 +1,4 @@
-"""Settings of the API, parsed once from the environment (STYLE.md)."""
+"""Settings of the API, parsed once from the environment (docs/style.md)."""
 
 from __future__ import annotations
 

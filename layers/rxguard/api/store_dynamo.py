@@ -32,6 +32,7 @@ from rxguard.api.models import FindingView, Review, ReviewStatus
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore, RuleFigures, decode_token, encode_token, view
 from rxguard.models import Finding
+from rxguard.scope import Scope
 
 if TYPE_CHECKING:
     from rxguard.api.service import Services
@@ -115,7 +116,7 @@ class DynamoFindingsStore(FindingsStore):
             parts.append("#st <> :sup")
         if query.psn_no is not None:
             names["#scope"] = "scope"
-            values[":scope"] = {"S": f"patient:{query.psn_no}"}
+            values[":scope"] = {"S": str(Scope.patient(query.psn_no))}
             parts.append("#scope = :scope")
         return parts
 
@@ -197,7 +198,7 @@ class DynamoFindingsStore(FindingsStore):
             "IndexName": BY_SCOPE,
             "KeyConditionExpression": "#scope = :scope",
             "ExpressionAttributeNames": {"#scope": "scope"},
-            "ExpressionAttributeValues": {":scope": {"S": f"patient:{query.psn_no}"}},
+            "ExpressionAttributeValues": {":scope": {"S": str(Scope.patient(str(query.psn_no)))}},
         }
         while True:
             answer = self.ddb.query(**kwargs)

@@ -12,6 +12,7 @@ from typing import Any
 
 from rxguard.kb import Drug, KnowledgeBase, RuleDefinition
 from rxguard.models import Finding, Scene, Severity
+from rxguard.scope import Scope
 
 _BY_RANK = (Severity.LOW, Severity.MEDIUM, Severity.HIGH)
 
@@ -87,12 +88,6 @@ class RuleSet:
         return self.rules[rule_id].severity_for(admdvs)
 
 
-def finding_scope(finding: Finding) -> str:
-    """The reconciliation scope a finding belongs to (see repository.py)."""
-    if finding.subject_type == "patient":
-        return f"patient:{finding.psn_no}"
-    if finding.subject_type == "trace_code":
-        return f"trace:{finding.figures.get('trace_code')}"
-    if finding.subject_type == "prescriber":
-        return f"prescriber:{finding.bilg_dr_codg}"
-    return f"institution:{finding.fixmedins_code}"
+def finding_scope(finding: Finding) -> Scope:
+    """The reconciliation scope a finding belongs to (`rxguard.scope`)."""
+    return Scope.of(finding)

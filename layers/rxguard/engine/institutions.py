@@ -14,6 +14,7 @@ from typing import Literal
 
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, InstitutionKind
+from rxguard.scope import Scope
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,8 @@ class ActivityAggregate:
     admdvs: str | None = None
 
     @property
-    def scope(self) -> str:
-        return f"{self.subject_type}:{self.code}"
+    def scope(self) -> Scope:
+        return Scope(self.subject_type, self.code)
 
 
 def _period(line: ClaimLine) -> str:

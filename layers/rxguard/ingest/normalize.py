@@ -1,6 +1,6 @@
 """Normalization of one raw claim record (CSV row, JSON object) into a `ClaimLine`.
 
-`normalize_record` validates every field of DESIGN.md "Claim-line format" itself and then
+`normalize_record` validates every field of docs/design.md "Claim-line format" itself and then
 builds the model with `model_construct` (no second validation: this is the hot path of a
 1,000,000-line batch). A bad record raises `LineRejected` carrying the `Rejection`: the
 first problem found, naming file, line, field and a reason code (see docs/ingest.md).
@@ -367,7 +367,7 @@ def normalize_record(
     line: int,
     default_admdvs: str | None = None,
 ) -> ClaimLine:
-    """Validate and normalize one record (field names of DESIGN.md; unknown fields ignored).
+    """Validate and normalize one record (field names of docs/design.md; unknown fields ignored).
 
     Raises `LineRejected` with the first problem found. `line` is the 1-based physical line
     where the record starts (for a JSON document: the element index + 1)."""

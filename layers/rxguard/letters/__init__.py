@@ -8,16 +8,15 @@ import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import date
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from rxguard.alerts.messages import letter_announcement
+from rxguard.alerts.notify import LetterRef
+from rxguard.alerts.settings import AlertSettings
+from rxguard.alerts.sink import NotificationSink
+from rxguard.kb import KnowledgeBase
 from rxguard.letters.context import LetterContext, build_letter
-
-if TYPE_CHECKING:
-    from rxguard.alerts.notify import LetterRef
-    from rxguard.alerts.settings import AlertSettings
-    from rxguard.alerts.sink import NotificationSink
-    from rxguard.kb import KnowledgeBase
-    from rxguard.models import ClaimLine, Finding
+from rxguard.models import ClaimLine, Finding
 
 __all__ = ["LetterContext", "build_letter", "issue_letters", "letter_groups", "render_letter"]
 
@@ -45,6 +44,7 @@ def letter_groups(
 
 def render_letter(letter: LetterContext, settings: AlertSettings) -> tuple[str, bytes]:
     """(HTML, PDF bytes) of one letter."""
+    # Deferred: jinja2 and reportlab cost ~0.28 s CPU to import, paid only by a process that renders.
     from rxguard.letters.pdf import html_to_pdf
     from rxguard.letters.render import render_html
 
@@ -70,9 +70,6 @@ def issue_letters(
     A retry skips the letters an earlier attempt announced (so a run cut short by a
     timeout resumes where it stopped), re-renders the others under the same keys, and
     announces nothing twice."""
-    from rxguard.alerts.messages import letter_announcement
-    from rxguard.alerts.notify import LetterRef
-
     refs: list[LetterRef] = []
     for addressee_type, subject, group in letter_groups(findings, settings):
         letter = build_letter(

@@ -20,6 +20,7 @@ from rxguard.kb import KnowledgeBase, get_knowledge_base
 from rxguard.letters import render_letter
 from rxguard.letters.context import build_letter
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
+from rxguard.scope import Scope
 
 HOSPITAL, PHARMACY = "H310104001", "P310104017"
 NAMES = {HOSPITAL: "示例市第一人民医院", PHARMACY: "示例大药房（滨江店）"}
@@ -64,7 +65,7 @@ def sample(kb: KnowledgeBase) -> tuple[list[Finding], dict[str, ClaimLine]]:
     def finding(rule: str, severity: Severity, psn: str, evidence: list[str], figures: dict[str, object], zh: str):  # type: ignore[no-untyped-def]
         last = by_id[evidence[-1]]
         return Finding(
-            finding_id=Finding.make_id(rule, f"patient:{psn}", evidence),
+            finding_id=Finding.make_id(rule, Scope.patient(psn), evidence),
             rule_id=rule,
             rule_version=1,
             severity=severity,

@@ -3,7 +3,7 @@
 Starts the environment of `template.yaml`, subscribes local queues to the alerts and
 letters topics (and one per example filtered subscription of the template), drops each
 file into the ingest bucket under the EventBridge rule's prefix, shows progress on
-stderr, waits, then writes the output contract of DESIGN.md:
+stderr, waits, then writes the output contract of docs/design.md:
 
     DIR/findings.jsonl   every current finding, sorted by finding_id
     DIR/rejected.jsonl   every rejected line: file, line, field, reason, message
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from rxguard.models import Finding
 from rxguard.offline.environment import PROJECT_ROOT, Environment, Execution, Subscription
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
@@ -236,8 +237,6 @@ def _progress(env: Environment, batch: Batch, stream: TextIO) -> None:
 
 def _findings(env: Environment) -> list[dict[str, Any]]:
     """Current findings of the findings table (superseded ones left out), by finding_id."""
-    from rxguard.models import Finding
-
     logical = "FindingsTable" if "FindingsTable" in env.created else None
     if logical is None:
         return []

@@ -33,9 +33,12 @@ import boto3
 from botocore.config import Config
 from moto import mock_aws
 
+from rxguard import dynamo
 from rxguard.offline.cfn import Identity, Resolver, TemplateError, load_template
-from rxguard.offline.lambdas import FunctionRoute, LambdaRouter
+from rxguard.offline.lambdas import HANDLER_OUTPUT, FunctionRoute, LambdaRouter
 from rxguard.offline.patches import narrow_hash_key_query, route_event_targets, route_lambda
+from rxguard.workflow.naming import S3ObjectRef
+from rxguard.workflow.naming import execution_name as workflow_execution_name
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 REGION = "us-east-1"
@@ -143,8 +146,6 @@ class Environment:
             self._stack.enter_context(route_event_targets(self._deliver_event))
             self._stack.enter_context(narrow_hash_key_query())
             if self.handler_output is not None:
-                from rxguard.offline.lambdas import HANDLER_OUTPUT
-
                 previous = HANDLER_OUTPUT.target
                 HANDLER_OUTPUT.target = self.handler_output
                 self._stack.callback(setattr, HANDLER_OUTPUT, "target", previous)
@@ -740,11 +741,6 @@ def _execution_name_for(detail: Mapping[str, Any]) -> str | None:
     """The workflow's own naming of an S3 object's execution, where the layer has it (so
     execution name and batch id agree); None falls back to `execution_name` here."""
     try:
-        from rxguard.workflow.naming import S3ObjectRef
-        from rxguard.workflow.naming import execution_name as workflow_execution_name
-    except ImportError:
-        return None
-    try:
         return str(workflow_execution_name(S3ObjectRef.from_detail(detail)))
     except Exception:  # a detail the workflow cannot read: Prepare will report it
         return None
@@ -753,10 +749,6 @@ def _execution_name_for(detail: Mapping[str, Any]) -> str | None:
 def _forget_cached_clients() -> None:
     """Modules that cache boto3 clients drop them, so a fresh moto and the request
     counter see new clients."""
-    try:
-        from rxguard import dynamo
-    except ImportError:  # the workflow layer is not there (fixture stacks)
-        return
     reset = getattr(dynamo, "reset_clients", None)
     if callable(reset):
         reset()

@@ -25,20 +25,24 @@ the workflow when rxguard.offline is importable, else the engine (with a note).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from rxguard import screening
 from rxguard.config import Settings
 from rxguard.engine.rules import PATIENT_RULES, RULE_IDS
+from rxguard.ingest import read_batch
 from rxguard.kb import KnowledgeBase, get_knowledge_base
+from rxguard.models import ClaimLine
+from rxguard.repository import InMemoryRepository
+from rxguard.scope import Scope
 from rxguard.synth.generator import SynthConfig, generate
 from rxguard.synth.output import write_population
 
@@ -50,15 +54,8 @@ FLAGGING = ("medium", "high")
 # --- screening ------------------------------------------------------------------------
 
 
-def workflow_available() -> bool:
-    return importlib.util.find_spec("rxguard.offline.cli") is not None
-
-
 def read_lines(files: Sequence[Path], kb: KnowledgeBase) -> tuple[list[list[Any]], Counter[str]]:
     """ClaimLines of each file (through the ingestion the workflow uses), and rejections by reason."""
-    from rxguard.ingest import read_batch
-    from rxguard.models import ClaimLine
-
     batches: list[list[Any]] = []
     rejected: Counter[str] = Counter()
     for path in files:
@@ -90,9 +87,6 @@ def run_engine(
     files: Sequence[Path], kb: KnowledgeBase, chunk_lines: int = 500
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Screen the files batch by batch, in patient chunks, with rxguard.screening on an InMemoryRepository."""
-    from rxguard import screening
-    from rxguard.repository import InMemoryRepository
-
     started = time.perf_counter()
     batches, rejected = read_lines(files, kb)
     read_s = time.perf_counter() - started
@@ -118,27 +112,9 @@ def run_engine(
     return findings, info
 
 
-def run_workflow(files: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """`rxguard run FILES --out DIR` (the offline workflow on moto); findings from DIR/findings.jsonl."""
-    from rxguard.offline.cli import main as run_main
-
-    started = time.perf_counter()
-    status = run_main([*map(str, files), "--out", str(out_dir), "--quiet"])
-    seconds = time.perf_counter() - started
-    findings_path = out_dir / "findings.jsonl"
-    if not findings_path.is_file():
-        raise RuntimeError(f"the offline workflow wrote no {findings_path} (exit status {status})")
-    findings = [json.loads(x) for x in findings_path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    report: dict[str, Any] = {}
-    if (out_dir / "report.json").is_file():
-        report = json.loads((out_dir / "report.json").read_text(encoding="utf-8"))
-    info = {
-        "path": "workflow",
-        "exit_status": status,
-        "seconds": round(seconds, 1),
-        "totals": report.get("totals", {}),
-    }
-    return findings, info
+# The offline workflow runs findings out of claim files (rxguard.offline.evaluate.run_workflow);
+# the harness sits above this package, so `rxguard eval` is handed it instead of importing it.
+WorkflowRunner = Callable[[Sequence[Path], Path], tuple[list[dict[str, Any]], dict[str, Any]]]
 
 
 # --- scoring --------------------------------------------------------------------------
@@ -186,9 +162,9 @@ def score(findings: Iterable[dict[str, Any]], labels: dict[str, Any]) -> dict[st
             if f.get("psn_no"):
                 trace_patients.add(f["psn_no"])
         elif kind == "prescriber":
-            subject = f"prescriber:{f.get('bilg_dr_codg')}"
+            subject = Scope.prescriber(str(f.get("bilg_dr_codg")))
         else:
-            subject = f"institution:{f.get('fixmedins_code')}"
+            subject = Scope.institution(str(f.get("fixmedins_code")))
         if subject is None:
             continue
         (flagged if severity in FLAGGING else low_only)[rule].add(subject)
@@ -200,8 +176,8 @@ def score(findings: Iterable[dict[str, Any]], labels: dict[str, Any]) -> dict[st
         for rule in info["rules"]:
             truth[rule].add(psn)
     truth["trace-code-reuse"] = set(labels["trace_codes"]["reused"])
-    truth["institution-outlier"] = {f"institution:{c}" for c, i in labels["institutions"].items() if i["outlier"]} | {
-        f"prescriber:{c}" for c, i in labels["prescribers"].items() if i["outlier"]
+    truth["institution-outlier"] = {Scope.institution(c) for c, i in labels["institutions"].items() if i["outlier"]} | {
+        Scope.prescriber(c) for c, i in labels["prescribers"].items() if i["outlier"]
     }
 
     rules: dict[str, Any] = {}
@@ -325,13 +301,22 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def evaluate(config: SynthConfig, kb: KnowledgeBase, *, path: str, work_dir: Path) -> dict[str, Any]:
+def evaluate(
+    config: SynthConfig,
+    kb: KnowledgeBase,
+    *,
+    path: str,
+    work_dir: Path,
+    run_workflow: WorkflowRunner | None = None,
+) -> dict[str, Any]:
     """Generate, screen and score; returns the whole result (what --json writes)."""
     started = time.perf_counter()
     population = generate(config, kb)
     files = write_population(population, work_dir / "population", fmt="csv")
     gen_s = time.perf_counter() - started
     if path == "workflow":
+        if run_workflow is None:
+            raise ValueError("evaluate: path 'workflow' needs run_workflow (rxguard.offline.evaluate)")
         findings, info = run_workflow(files, work_dir / "run")
     else:
         findings, info = run_engine(files, kb)
@@ -356,7 +341,8 @@ def evaluate(config: SynthConfig, kb: KnowledgeBase, *, path: str, work_dir: Pat
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, workflow: WorkflowRunner | None = None) -> int:
+    """`rxguard eval`; `workflow` runs the offline workflow (given by rxguard.offline.evaluate)."""
     parser = argparse.ArgumentParser(prog="rxguard eval", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--patients", type=int, default=None, help="population size (default 3000 with --engine, 1000 on the workflow)"
@@ -373,8 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     kb = get_knowledge_base(settings.rules_dir, settings.phase)
     if args.engine:
         path = "engine"
-    elif args.workflow or workflow_available():
+    elif workflow is not None:
         path = "workflow"
+    elif args.workflow:
+        parser.error("--workflow runs through `rxguard eval` (rxguard.offline.evaluate), which has the offline harness")
     else:
         path = "engine"
         print("note: rxguard.offline is not available; screening with the engine in memory instead", file=sys.stderr)
@@ -383,10 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"rxguard eval: {patients} patients, seed {args.seed}, {args.months} months, path: {path}", file=sys.stderr)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        result = evaluate(config, kb, path=path, work_dir=args.keep)
+        result = evaluate(config, kb, path=path, work_dir=args.keep, run_workflow=workflow)
     else:
         with tempfile.TemporaryDirectory(prefix="rxguard-eval-") as tmp:
-            result = evaluate(config, kb, path=path, work_dir=Path(tmp))
+            result = evaluate(config, kb, path=path, work_dir=Path(tmp), run_workflow=workflow)
     pop, scr = result["population"], result["screening"]
     print(
         f"population: {pop['patients']} patients, {pop['lines']} lines ({pop['monitored_lines']} monitored, "

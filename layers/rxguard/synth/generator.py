@@ -1,7 +1,7 @@
 """A synthetic population of insured persons and their claim lines, with ground truth.
 
 `generate(config, kb)` returns a `Population`: the claim records (dicts in the input
-contract of DESIGN.md "Claim-line format") and the labels (who is legitimate, which
+contract of docs/design.md "Claim-line format") and the labels (who is legitimate, which
 rules each abusive patient must trigger, which institutions and prescribers are
 outliers, which trace codes were sold twice). Everything is drawn from one
 `random.Random(seed)` in a fixed order, so the same seed gives the same population.
@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import rxguard.synth.catalogue as cat
 from rxguard.engine.rules import scenario_rules
 from rxguard.kb import Drug, KnowledgeBase
-from rxguard.synth import catalogue as cat
 from rxguard.synth.catalogue import Condition, Item
 
-# Field order of the written files (DESIGN.md "Claim-line format").
+# Field order of the written files (docs/design.md "Claim-line format").
 FIELDS = (
     "feedetl_sn",
     "fixmedins_code",

@@ -1,11 +1,7 @@
-"""Errors the state machine distinguishes by name (the Lambda `errorType`)."""
+"""Moved to `rxguard.errors` (the bottom layer); this name stays for code not yet moved."""
 
 from __future__ import annotations
 
+from rxguard.errors import BatchInputError, TransientError
 
-class TransientError(Exception):
-    """Worth retrying: throttling, a 5xx, keys still unprocessed. The ASL retries it with backoff."""
-
-
-class BatchInputError(ValueError):
-    """The event or a stored batch artefact is not what the workflow expects (not retried)."""
+__all__ = ["BatchInputError", "TransientError"]

@@ -9,37 +9,22 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from rxguard.dynamo import BatchStore, ResultStore
+from rxguard.errors import BatchInputError
 from rxguard.observability import logger
 from rxguard.workflow import naming
-from rxguard.workflow.errors import BatchInputError
-from rxguard.workflow.notify import ok_results
-from rxguard.workflow.prepare import PrepareOutput
-from rxguard.workflow.screen import ChunkFindings
+from rxguard.workflow.contract import (
+    ChunkFindings,
+    FinalizeRequest,
+    FinalizeResult,
+    PrepareOutput,
+    Status,
+    ok_results,
+)
 
-Status = Literal["SUCCEEDED", "PARTIAL", "FAILED"]
 _CAUSE_LIMIT = 2000
-
-
-class FinalizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    mode: Literal["complete", "failed"] = "complete"
-    batch_id: str | None = None
-    state: dict[str, Any] = Field(default_factory=dict)  # the whole execution state at this point
-    execution_id: str | None = None
-
-
-class FinalizeResult(BaseModel):
-    batch_id: str | None
-    status: Status
-    report_key: str | None
-    missing_chunks: list[str] = Field(default_factory=list)
-    findings_new: int = 0
 
 
 def missing_chunks(expected: Sequence[str], chunk_results: Sequence[Any] | None) -> list[str]:

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from rxguard.dynamo import ActivityKey, DynamoRepository, ResultStore, activity_units
 from rxguard.engine import flagged_line_ids, trigger_lines
@@ -24,12 +21,10 @@ from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding
 from rxguard.observability import logger
 from rxguard.repository import FindingChanges
+from rxguard.scope import Scope
 from rxguard.screening import institution_findings
 from rxguard.workflow import naming
-from rxguard.workflow.notify import ok_results
-from rxguard.workflow.screen import ChunkFindings, ChunkResult
-
-INSTITUTIONS = "institutions"  # the pseudo chunk key of the institutions step's result
+from rxguard.workflow.contract import INSTITUTIONS, ChunkFindings, ChunkResult, InstitutionsRequest, ok_results
 
 
 def flag_deltas(
@@ -57,13 +52,6 @@ def next_period(period: str) -> str:
     return f"{year + 1:04d}-01" if month == 12 else f"{year:04d}-{month + 1:02d}"
 
 
-class InstitutionsRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    batch_id: str
-    chunk_results: list[Any] = Field(default_factory=list)
-
-
 def screen_institutions(
     request: InstitutionsRequest, *, results: ResultStore, repo: DynamoRepository, kb: KnowledgeBase
 ) -> ChunkResult:
@@ -78,7 +66,7 @@ def screen_institutions(
         if a.period in evaluated:
             by_scope.setdefault(a.scope, [])
     for finding in found:
-        by_scope[_scope(finding)].append(finding)
+        by_scope[Scope.of(finding)].append(finding)
     current = repo.load_findings(by_scope)
     changes = FindingChanges()
     for scope in sorted(by_scope):
@@ -110,9 +98,3 @@ def screen_institutions(
         findings={**counts, "unchanged": out.unchanged},
         result_key=key,
     )
-
-
-def _scope(finding: Finding) -> str:
-    if finding.subject_type == "prescriber":
-        return f"prescriber:{finding.bilg_dr_codg}"
-    return f"institution:{finding.fixmedins_code}"

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from rxguard.workflow.errors import BatchInputError
+from rxguard.errors import BatchInputError
 
 
 class S3ObjectRef(BaseModel):

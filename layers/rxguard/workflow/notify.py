@@ -3,30 +3,17 @@ alerts module alerts each finding at most once, however often this runs)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from rxguard.alerts import notify_batch
 from rxguard.dynamo import ResultStore
 from rxguard.kb import KnowledgeBase
+from rxguard.letters import issue_letters
 from rxguard.models import ClaimLine, Finding
 from rxguard.observability import logger
-from rxguard.workflow.screen import ChunkFindings
-
-
-class NotifyRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    batch_id: str
-    chunk_results: list[Any] = Field(default_factory=list)  # Map output: dicts, or null for a lost item
-    institutions: dict[str, Any] | None = None  # the ScreenInstitutions result
-
-
-def ok_results(chunk_results: Iterable[Any]) -> list[Mapping[str, Any]]:
-    """The Map results of chunks that were screened (null and `ok: false` entries left out)."""
-    return [r for r in chunk_results if isinstance(r, Mapping) and r.get("ok") is True and r.get("result_key")]
+from rxguard.workflow.contract import ChunkFindings, NotifyRequest, ok_results
 
 
 @dataclass
@@ -54,8 +41,6 @@ def findings_to_alert(results: ResultStore, chunk_results: Sequence[Any]) -> ToA
 def notify_chunks(
     request: NotifyRequest, *, results: ResultStore, kb: KnowledgeBase, sink: Any, alert_settings: Any = None
 ) -> dict[str, Any]:
-    from rxguard.alerts import notify_batch
-
     todo = findings_to_alert(results, [*request.chunk_results, request.institutions])
     findings = todo.findings
     summary = notify_batch(
@@ -66,6 +51,7 @@ def notify_chunks(
         settings=alert_settings,
         institution_names=todo.institutions,
         lines=todo.lines,
+        letters=issue_letters,
     )
     out = _as_dict(summary)
     out.setdefault("findings", len(findings))

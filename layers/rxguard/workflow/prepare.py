@@ -10,51 +10,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from rxguard.dynamo import BatchStore, ResultStore
+from rxguard.ingest import prepare_batch
 from rxguard.kb import KnowledgeBase
 from rxguard.observability import logger
 from rxguard.workflow import naming
+from rxguard.workflow.contract import ChunkRef, PrepareOutput, PrepareRequest
 from rxguard.workflow.naming import S3ObjectRef
 from rxguard.workflow.settings import WorkflowSettings
-
-
-class PrepareRequest(BaseModel):
-    """What Prepare is asked to do; also the Powertools idempotency key (source + execution)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    source: S3ObjectRef
-    execution_id: str
-
-
-class ChunkRef(BaseModel):
-    chunk_key: str
-    lines: int
-    patients: int = 0
-
-
-class PrepareOutput(BaseModel):
-    """Prepare's result: the state machine's input to the Map (chunks) and to Finalize."""
-
-    batch_id: str
-    duplicate: bool = False
-    owner: str | None = None  # the execution that owns the batch (differs from us when duplicate)
-    source: S3ObjectRef
-    started_at: str
-    chunk_count: int = 0
-    chunks: list[ChunkRef] = Field(default_factory=list)
-    file: str | None = None
-    format: str | None = None
-    encoding: str | None = None
-    lines_read: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    rejected_by_reason: dict[str, int] = Field(default_factory=dict)
-    file_error: str | None = None
-    manifest_key: str | None = None
-    rejected_key: str | None = None
 
 
 def prepare_object(
@@ -68,8 +31,6 @@ def prepare_object(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     workdir: Path | None = None,
 ) -> PrepareOutput:
-    from rxguard.ingest import prepare_batch  # the ingest package is heavy; loaded when needed
-
     ref = request.source
     batch_id = naming.batch_id_for(ref)
     claim = batches.claim(batch_id, request.execution_id, ref.as_dict(), now())

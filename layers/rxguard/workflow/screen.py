@@ -3,61 +3,22 @@ records lines idempotently and reconciles findings), keep the changes for Notify
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from rxguard.dynamo import DynamoRepository, ResultStore, activity_units
+from rxguard.engine.rules import trigger_lines
+from rxguard.ingest import read_chunk
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding, Scene
 from rxguard.observability import logger
 from rxguard.repository import FindingChanges, HistoryRepository
+from rxguard.screening import screen_lines
 from rxguard.workflow import naming
-
-
-class ChunkRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    batch_id: str
-    chunk_key: str
-    lines: int = 0
-    index: int = 0
-
-
-class ChunkResult(BaseModel):
-    """One Map item's output (kept small: the Map output is inline in the execution state)."""
-
-    chunk_key: str
-    ok: bool = True
-    lines: int
-    recorded: int
-    duplicates: int
-    findings: dict[str, int] = Field(default_factory=dict)  # new / updated / superseded / unchanged
-    result_key: str
-
-
-class ChunkFindings(BaseModel):
-    """The results file of a chunk: what its screening changed."""
-
-    chunk_key: str
-    recorded: int = 0
-    duplicates: int = 0
-    new: list[Finding] = Field(default_factory=list)
-    updated: list[Finding] = Field(default_factory=list)
-    superseded: list[Finding] = Field(default_factory=list)
-    unchanged: int = 0
-    institutions: dict[str, str] = Field(default_factory=dict)  # fixmedins_code -> name, for the letters
-    evidence_lines: list[ClaimLine] = Field(default_factory=list)  # this chunk's lines cited by new/updated findings
-    activity_periods: list[str] = Field(default_factory=list)  # months whose institution activity changed
-    # A retry after an attempt that reconciled but never wrote this file: the current findings
-    # citing the chunk's lines, for Notify (alerts are once-only, so nothing is announced twice)
-    recovered: list[Finding] = Field(default_factory=list)
+from rxguard.workflow.contract import ChunkFindings, ChunkRequest, ChunkResult
+from rxguard.workflow.institutions import flag_deltas
 
 
 def screen_chunk(
     request: ChunkRequest, *, results: ResultStore, repo: HistoryRepository, kb: KnowledgeBase
 ) -> ChunkResult:
-    from rxguard.ingest import read_chunk
-    from rxguard.screening import screen_lines
-
     key = naming.result_key(request.batch_id, request.chunk_key)
     started = f"{key}.started"
     lost = results.exists(started) and not results.exists(key)  # an earlier attempt died mid-way
@@ -113,9 +74,6 @@ def screen_chunk(
 def _update_flags(repo: DynamoRepository, changes: FindingChanges, recovered: list[Finding] | None = None) -> set[str]:
     """Flag changes of the chunk's reconciliation; after a lost attempt, the recovered
     findings are treated as changed too (set ADD/DELETE is idempotent)."""
-    from rxguard.engine import trigger_lines
-    from rxguard.workflow.institutions import flag_deltas
-
     if recovered:
         changes = FindingChanges(new=changes.new, updated=[*changes.updated, *recovered], superseded=changes.superseded)
     touched = {i for f in [*changes.new, *changes.updated, *changes.superseded] for i in trigger_lines(f)}

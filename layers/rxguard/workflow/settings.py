@@ -75,7 +75,7 @@ def _settings_for(env: tuple[tuple[str, str], ...]) -> WorkflowSettings:
 
 
 def validate_environment[**P, R](handler: Callable[P, R]) -> Callable[P, R]:
-    """First decorator of every handler (STYLE.md): fail fast, naming the missing variables."""
+    """First decorator of every handler (docs/style.md): fail fast, naming the missing variables."""
 
     @wraps(handler)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:

@@ -10,6 +10,7 @@ from rxguard.engine.common import lower, text
 from rxguard.engine.fills import Fill
 from rxguard.engine.rules.base import Hit
 from rxguard.models import Severity
+from rxguard.scope import Scope
 
 BASIS = {
     "acute": ("急性用药", "acute drug"),
@@ -136,7 +137,7 @@ def patient_hit(
 ) -> Hit:
     """A patient hit located at a fill (its institution, prescriber, region and time)."""
     return Hit(
-        subject=f"patient:{psn_no}",
+        subject=Scope.patient(psn_no),
         severity=severity,
         occurred_at=fill.time,
         evidence=evidence,

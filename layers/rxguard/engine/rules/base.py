@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from rxguard.engine.common import RuleSet
 from rxguard.kb import Drug, KnowledgeBase
 from rxguard.models import Finding, Scene, Severity
+from rxguard.scope import Scope
 
 SubjectType = Literal["patient", "institution", "prescriber", "trace_code"]
 ALL_SCENES = (Scene.PRE, Scene.IN, Scene.POST)
@@ -45,7 +46,7 @@ class Hit:
     `explain` needs to write the text (not stored); `notes` name the mitigations and
     remarks the text must mention, in order."""
 
-    subject: str  # the reconciliation scope, e.g. `patient:<psn_no>`
+    subject: Scope  # the reconciliation scope (`rxguard.scope`)
     severity: Severity
     occurred_at: datetime
     evidence: Iterable[str]

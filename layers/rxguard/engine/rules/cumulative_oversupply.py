@@ -13,6 +13,7 @@ from rxguard.engine.fills import Fill
 from rxguard.engine.rules._dispensing import BASIS, allowed_days, day_text, mitigate
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.models import Severity
+from rxguard.scope import Scope
 
 
 class CumulativeOversupplyParameters(Parameters):
@@ -111,7 +112,7 @@ class CumulativeOversupply(Rule):
             "trigger_lines": sorted(i for f in ep.triggers for i in f.line_ids),
         }
         return Hit(
-            subject=f"patient:{psn_no}",
+            subject=Scope.patient(psn_no),
             severity=severity,
             occurred_at=anchor.time,
             evidence=[i for f in contributors for i in f.line_ids],

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.models import ClaimLine, Scene, Severity
+from rxguard.scope import Scope
 
 
 class FrequentVisitsParameters(Parameters):
@@ -57,7 +58,7 @@ class FrequentVisits(Rule):
             "threshold_visits": minimum,
         }
         return Hit(
-            subject=f"patient:{psn_no}",
+            subject=Scope.patient(psn_no),
             severity=severity,
             occurred_at=ordered[minimum - 1][0].fee_ocur_time,
             evidence=[ln.line_id for v in ordered for ln in v],

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.models import ClaimLine
+from rxguard.scope import Scope
 
 
 class IdentityMisuseParameters(Parameters):
@@ -63,7 +64,7 @@ class IdentityMisuse(Rule):
     def _hit(self, psn_no: str, first: ClaimLine, second: ClaimLine, gap: timedelta, limit: float, level: str) -> Hit:
         hours = round(gap.total_seconds() / 3600, 1)
         return Hit(
-            subject=f"patient:{psn_no}",
+            subject=Scope.patient(psn_no),
             severity=self.severity(second.admdvs),
             occurred_at=second.fee_ocur_time,
             evidence=[first.line_id, second.line_id],

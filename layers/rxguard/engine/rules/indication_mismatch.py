@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.kb import Drug
 from rxguard.models import ClaimLine, Finding
+from rxguard.scope import Scope
 
 
 class IndicationMismatchParameters(Parameters):
@@ -72,7 +73,7 @@ class IndicationMismatch(Rule):
                 continue
             out.append(
                 Hit(
-                    subject=f"patient:{psn_no}",
+                    subject=Scope.patient(psn_no),
                     severity=self.severity(line.admdvs),
                     occurred_at=line.fee_ocur_time,
                     evidence=[line.line_id],

@@ -8,6 +8,7 @@ from datetime import date
 
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.models import ClaimLine, InstitutionKind, Scene
+from rxguard.scope import Scope
 
 
 class MultiHospitalDaysParameters(Parameters):
@@ -37,7 +38,7 @@ class MultiHospitalDays(Rule):
         third = days[hopping[min_days - 1]]
         firsts = sorted(min(ln.fee_ocur_time for ln in group) for group in third.values())
         return Hit(
-            subject=f"patient:{psn_no}",
+            subject=Scope.patient(psn_no),
             severity=self.severity(region),
             occurred_at=firsts[per_day_min - 1],
             evidence=evidence,

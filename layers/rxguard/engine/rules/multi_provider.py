@@ -16,6 +16,7 @@ from rxguard.engine.common import higher
 from rxguard.engine.fills import is_ward_use
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.models import ClaimLine
+from rxguard.scope import Scope
 
 
 class MultiProviderParameters(Parameters):
@@ -89,7 +90,7 @@ class MultiProvider(Rule):
         if n_inst >= 2 * p.min_institutions and n_doc >= 2 * p.min_prescribers:
             severity = higher(severity)
         return Hit(
-            subject=f"patient:{psn_no}",
+            subject=Scope.patient(psn_no),
             severity=severity,
             occurred_at=anchor.fee_ocur_time,
             evidence=[ln.line_id for ln in window],

@@ -17,6 +17,7 @@ from rxguard.engine.common import higher
 from rxguard.engine.fills import Fill
 from rxguard.engine.rules._dispensing import OVERRIDE, day_text, inst, inst_en
 from rxguard.engine.rules.base import Hit, Parameters, Rule
+from rxguard.scope import Scope
 
 
 class OverrideFrequencyParameters(Parameters):
@@ -73,7 +74,7 @@ class OverrideFrequency(Rule):
             severity = higher(severity)
         reasons = Counter((f.override or f.override_excess or "") for f in fills)
         return Hit(
-            subject=f"patient:{psn_no}",
+            subject=Scope.patient(psn_no),
             severity=severity,
             occurred_at=anchor.time,
             evidence=[i for f in fills for i in f.line_ids],

@@ -11,6 +11,7 @@ from pydantic import Field
 from rxguard.engine.common import lower, num
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.models import ClaimLine, InstitutionKind, Scene
+from rxguard.scope import Scope
 
 
 class PharmacySpendParameters(Parameters):
@@ -54,7 +55,7 @@ class PharmacySpend(Rule):
             severity = lower(severity, 2)
             mitigations.append("specialty_drugs")
         return Hit(
-            subject=f"patient:{psn_no}",
+            subject=Scope.patient(psn_no),
             severity=severity,
             occurred_at=crossed.fee_ocur_time,
             evidence=[ln.line_id for ln in at_pharmacy],

@@ -18,6 +18,7 @@ from datetime import datetime
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import TraceSale
+from rxguard.scope import Scope
 
 
 class TraceCodeReuseParameters(Parameters):
@@ -98,7 +99,7 @@ class TraceCodeReuse(Rule):
 
     def _sold_again(self, code: str, first: TraceSale, sale: TraceSale, number: int) -> Hit:
         return Hit(
-            subject=f"trace:{code}",
+            subject=Scope.trace(code),
             severity=self.severity(None),
             occurred_at=sale.time,
             evidence=[first.line_id, sale.line_id],
@@ -135,7 +136,7 @@ class TraceCodeReuse(Rule):
                 times = line.trace_codes.count(code)
                 out.append(
                     Hit(
-                        subject=f"patient:{psn_no}",
+                        subject=Scope.patient(psn_no),
                         subject_type="patient",
                         severity=self.severity(line.admdvs),
                         occurred_at=line.fee_ocur_time,

@@ -1,0 +1,830 @@
+"""The local deployment's state: one SQLite file in WAL mode (docs/state.md).
+
+`State.open(dir)` opens (creating) `DIR/state.db`; its adapters implement the same
+interfaces as the DynamoDB ones:
+- `SqliteRepository` (`HistoryRepository`): lines, trace-code sales, findings by scope,
+  and `load_activity` for institution-outlier (computed from the stored lines);
+- `SqliteFindingsStore` (`FindingsStore`): the API's listing, reading and reviews;
+- `SqliteBatchStore`: batch records claimed by content hash (as `rxguard.dynamo.BatchStore`);
+- `SqliteOutbox`: alert messages recorded before they are published;
+- `State.next_counter(name)`: atomic counters (letters' document numbers).
+
+Every write is one short `BEGIN IMMEDIATE` transaction; a writer that cannot get the
+lock within `busy_timeout` seconds gets `StateBusy` (never a half-written state).
+Connections are per thread and per process (a forked worker opens its own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+from rxguard.api.errors import Conflict, InvalidField, NotFound
+from rxguard.api.models import FindingView, Review, ReviewStatus
+from rxguard.api.store import FindingQuery, FindingsStore, RuleFigures, decode_token, encode_token, view
+from rxguard.engine.institutions import ActivityAggregate
+from rxguard.engine.rules import DISPENSING_RULES, trigger_lines
+from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
+from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
+
+STATE_FILE = "state.db"
+SCHEMA_VERSION = 2
+DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before StateBusy
+
+
+class StateError(RuntimeError):
+    """The state cannot be used (newer schema, unreadable file)."""
+
+
+class StateBusy(StateError):
+    """Another process held the write lock for longer than the busy timeout."""
+
+
+# ---------------------------------------------------------------- schema and migrations
+
+_SCHEMA_V1 = """
+CREATE TABLE lines (
+    id INTEGER PRIMARY KEY,
+    line_id TEXT NOT NULL UNIQUE,
+    psn_no TEXT NOT NULL,
+    t TEXT NOT NULL,
+    period TEXT NOT NULL,
+    fixmedins_code TEXT NOT NULL,
+    bilg_dr_codg TEXT,
+    admdvs TEXT,
+    monitored INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX lines_by_patient ON lines (psn_no, t, line_id);
+CREATE INDEX lines_by_period ON lines (period, fixmedins_code) WHERE monitored = 1;
+
+CREATE TABLE trace_sales (
+    code TEXT NOT NULL,
+    line_id TEXT NOT NULL,
+    t TEXT NOT NULL,
+    psn_no TEXT NOT NULL,
+    fixmedins_code TEXT NOT NULL,
+    PRIMARY KEY (code, line_id)
+) WITHOUT ROWID;
+
+CREATE TABLE findings (
+    finding_id TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rule_id TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    psn_no TEXT,
+    fixmedins_code TEXT,
+    occurred_at TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX findings_by_scope ON findings (scope);
+CREATE INDEX findings_by_institution ON findings (fixmedins_code, occurred_at);
+CREATE INDEX findings_by_patient ON findings (psn_no, occurred_at);
+CREATE INDEX findings_by_time ON findings (occurred_at, finding_id);
+
+CREATE TABLE flagged (
+    finding_id TEXT NOT NULL,
+    line_id TEXT NOT NULL,
+    PRIMARY KEY (finding_id, line_id)
+) WITHOUT ROWID;
+CREATE INDEX flagged_by_line ON flagged (line_id);
+
+CREATE TABLE reviews (
+    finding_id TEXT PRIMARY KEY,
+    rule_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    reviewer TEXT NOT NULL,
+    reviewed_at TEXT NOT NULL
+);
+
+CREATE TABLE batches (
+    batch_id TEXT PRIMARY KEY,
+    execution_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    source TEXT,
+    report TEXT,
+    report_key TEXT
+);
+
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    finding_id TEXT,
+    body TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    sent_at TEXT
+);
+CREATE INDEX outbox_pending ON outbox (seq) WHERE sent_at IS NULL;
+
+CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+# version reached -> the script that reaches it from the version before (run in one transaction)
+MIGRATIONS: dict[int, str] = {
+    1: _SCHEMA_V1,
+    # a sale's return (退费) or split-pack units (拆零): TraceSale.encode, NULL for a plain sale
+    2: "ALTER TABLE trace_sales ADD COLUMN sale TEXT",
+}
+
+
+def _ts(at: datetime) -> str:
+    """Fixed-width ISO text: text order is time order."""
+    return at.isoformat(timespec="microseconds")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class State:
+    """One state directory. Thread-safe: each thread (and each process) gets its own connection."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> State:
+        """Open the state in `directory` (created with its schema when new)."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = cls(folder / STATE_FILE, busy_timeout=busy_timeout)
+        state._migrate()
+        return state
+
+    # ------------------------------------------------------------ connections
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            return conn
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA cache_size=-65536")  # 64 MB page cache per connection
+            conn.execute("PRAGMA temp_store=MEMORY")
+        except sqlite3.OperationalError as exc:
+            raise self._error(exc, "open") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: not an rxguard state database ({exc})") from exc
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this object opened in this process."""
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with suppress(sqlite3.ProgrammingError):  # made in another thread that is gone
+                conn.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _error(self, exc: sqlite3.OperationalError, what: str) -> Exception:
+        if _busy(exc):
+            return StateBusy(
+                f"{self.path}: the state is locked by another rxguard process (waited {self.busy_timeout:g} s to "
+                f"{what}); nothing was written. Retry when the other run or serve has finished its write, or "
+                "give this one a longer busy timeout."
+            )
+        return StateError(f"{self.path}: {what} failed: {exc}")
+
+    @contextmanager
+    def write(self, what: str = "write") -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the write lock from its start (BEGIN IMMEDIATE)."""
+        conn = self.connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self._error(exc, what) from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            conn.execute("ROLLBACK")
+            raise self._error(exc, what) from exc
+
+    def read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+        try:
+            return self.connection().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise self._error(exc, "read") from exc
+
+    def _migrate(self) -> None:
+        known = max(MIGRATIONS)
+        current = int(self.read("PRAGMA user_version")[0][0])
+        if current == known:
+            return
+        if current > known:
+            raise StateError(
+                f"{self.path}: schema version {current} was written by a newer rxguard; this one knows up to {known}"
+            )
+        with self.write("create the schema") as conn:
+            current = int(conn.execute("PRAGMA user_version").fetchone()[0])  # another process may have done it
+            for version in range(current + 1, known + 1):
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={version}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.read("PRAGMA user_version")[0][0])
+
+    # ------------------------------------------------------------ adapters
+    def repository(self) -> SqliteRepository:
+        return SqliteRepository(self)
+
+    def findings_store(self) -> SqliteFindingsStore:
+        return SqliteFindingsStore(self)
+
+    def batches(self) -> SqliteBatchStore:
+        return SqliteBatchStore(self)
+
+    def outbox(self) -> SqliteOutbox:
+        return SqliteOutbox(self)
+
+    def next_counter(self, name: str) -> int:
+        """The next number of counter `name` (1, 2, 3, ...), atomic across processes."""
+        with self.write("count") as conn:
+            row = conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, 1) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
+                (name,),
+            ).fetchone()
+        return int(row[0])
+
+
+# ---------------------------------------------------------------- lines and findings
+
+
+def encode_line(line: ClaimLine) -> str:
+    """The compact JSON of a line (fields at their default left out)."""
+    return line.model_dump_json(exclude_defaults=True)
+
+
+def decode_line(body: str) -> ClaimLine:
+    return ClaimLine.model_validate_json(body)
+
+
+def _finding_body(finding: Finding) -> str:
+    return finding.model_dump_json(exclude={"status"})
+
+
+def _decode_finding(body: str, status: str) -> Finding:
+    finding = Finding.model_validate_json(body)
+    return finding if status == "new" else finding.model_copy(update={"status": status})
+
+
+def _flagged_lines(finding: Finding) -> list[str]:
+    """Lines this finding blames for institution-outlier (engine.common.flagged_line_ids)."""
+    if finding.status == "superseded" or finding.rule_id not in DISPENSING_RULES or finding.severity == Severity.LOW:
+        return []
+    return sorted(set(trigger_lines(finding)))
+
+
+def _ids(values: Iterable[str]) -> str:
+    """A JSON array parameter for `IN (SELECT value FROM json_each(?))`: one statement, any count."""
+    return json.dumps(sorted(set(values)), ensure_ascii=False)
+
+
+class SqliteRepository(HistoryRepository):
+    """`HistoryRepository` on the state database: same semantics as the in-memory and
+    DynamoDB repositories (tests/contract/)."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    # ------------------------------------------------------------ lines
+    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+        unique: dict[str, ClaimLine] = {}
+        for line in lines:
+            unique.setdefault(line.line_id, line)
+        if not unique:
+            return []
+        with self.state.write("record lines") as conn:
+            stored = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT line_id FROM lines WHERE line_id IN (SELECT value FROM json_each(?))", (_ids(unique),)
+                )
+            }
+            fresh = [line for line_id, line in unique.items() if line_id not in stored]
+            conn.executemany(
+                "INSERT INTO lines (line_id, psn_no, t, period, fixmedins_code, bilg_dr_codg, admdvs, monitored, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        line.line_id,
+                        line.psn_no,
+                        _ts(line.fee_ocur_time),
+                        f"{line.fee_ocur_time:%Y-%m}",
+                        line.fixmedins_code,
+                        line.bilg_dr_codg,
+                        line.admdvs,
+                        int(line.monitored),
+                        encode_line(line),
+                    )
+                    for line in fresh
+                ],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO trace_sales (code, line_id, t, psn_no, fixmedins_code, sale) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        code,
+                        line.line_id,
+                        _ts(line.fee_ocur_time),
+                        line.psn_no,
+                        line.fixmedins_code,
+                        TraceSale.of(line, code).encode() if line.reverses or line.trdn_flag else None,
+                    )
+                    for line in fresh
+                    for code in dict.fromkeys(line.trace_codes)
+                ],
+            )
+        return fresh
+
+    def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
+        out: dict[str, list[ClaimLine]] = {p: [] for p in psn_nos}
+        if not out:
+            return out
+        rows = self.state.read(
+            "SELECT psn_no, body FROM lines WHERE psn_no IN (SELECT value FROM json_each(?)) "
+            "ORDER BY psn_no, t, line_id",
+            (_ids(out),),
+        )
+        for psn_no, body in rows:
+            out[psn_no].append(decode_line(body))
+        return out
+
+    def load_lines(self, line_ids: Collection[str]) -> dict[str, ClaimLine]:
+        """Stored lines by id (evidence of findings, for letters and reports)."""
+        if not line_ids:
+            return {}
+        rows = self.state.read(
+            "SELECT line_id, body FROM lines WHERE line_id IN (SELECT value FROM json_each(?))", (_ids(line_ids),)
+        )
+        return {line_id: decode_line(body) for line_id, body in rows}
+
+    def count_lines(self) -> int:
+        return int(self.state.read("SELECT count(*) FROM lines")[0][0])
+
+    def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
+        out: dict[str, list[TraceSale]] = {c: [] for c in codes}
+        if not out:
+            return out
+        rows = self.state.read(
+            "SELECT code, t, line_id, psn_no, fixmedins_code, sale FROM trace_sales "
+            "WHERE code IN (SELECT value FROM json_each(?)) ORDER BY code, t, line_id",
+            (_ids(out),),
+        )
+        for code, t, line_id, psn_no, fixmedins_code, sale in rows:
+            if sale:
+                out[code].append(TraceSale.decode(code, line_id, sale))
+            else:
+                out[code].append(TraceSale(datetime.fromisoformat(t), line_id, code, psn_no, fixmedins_code))
+        return out
+
+    # ------------------------------------------------------------ findings
+    def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
+        out: dict[str, list[Finding]] = {s: [] for s in scopes}
+        if not out:
+            return out
+        rows = self.state.read(
+            "SELECT scope, status, body FROM findings WHERE scope IN (SELECT value FROM json_each(?)) "
+            "AND status != 'superseded' ORDER BY scope, finding_id",
+            (_ids(out),),
+        )
+        for scope, status, body in rows:
+            out[scope].append(_decode_finding(body, status))
+        return out
+
+    def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
+        return self.replace_many({scope: findings})
+
+    def replace_many(self, by_scope: Mapping[str, Sequence[Finding]]) -> FindingChanges:
+        """`replace_findings` for many scopes in one transaction (changes merged in scope order given)."""
+        changes = FindingChanges()
+        now = _now()
+        with self.state.write("replace findings") as conn:
+            for scope, findings in by_scope.items():
+                self._replace(conn, scope, findings, changes, now)
+        return changes
+
+    def _replace(
+        self, conn: sqlite3.Connection, scope: str, findings: Sequence[Finding], changes: FindingChanges, now: str
+    ) -> None:
+        stored = {
+            fid: (status, body)
+            for fid, status, body in conn.execute(
+                "SELECT finding_id, status, body FROM findings WHERE scope = ?", (scope,)
+            )
+        }
+        produced: set[str] = set()
+        touched: list[Finding] = []
+        for finding in findings:
+            fid = finding.finding_id
+            produced.add(fid)
+            body = _finding_body(finding)
+            old = stored.get(fid)
+            moved = False
+            if old is None:  # another scope may hold the id (the in-memory contract looks ids up globally)
+                row = conn.execute("SELECT status, body FROM findings WHERE finding_id = ?", (fid,)).fetchone()
+                old = (row[0], row[1]) if row else None
+                moved = row is not None
+            if old is None:
+                fresh = finding if finding.status == "new" else finding.model_copy(update={"status": "new"})
+                conn.execute(
+                    "INSERT INTO findings (finding_id, scope, status, rule_id, severity, psn_no, fixmedins_code,"
+                    " occurred_at, body, updated_at) VALUES (?, ?, 'new', ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        fid,
+                        scope,
+                        finding.rule_id,
+                        finding.severity.value,
+                        finding.psn_no,
+                        finding.fixmedins_code,
+                        _ts(finding.occurred_at),
+                        body,
+                        now,
+                    ),
+                )
+                changes.new.append(fresh)
+                touched.append(fresh)
+                continue
+            status = old[0] if old[0] in ("confirmed", "dismissed") else "new"
+            if body == old[1] and status == old[0]:
+                changes.unchanged += 1
+                if moved:
+                    conn.execute("UPDATE findings SET scope = ? WHERE finding_id = ?", (scope, fid))
+                continue
+            merged = finding if finding.status == status else finding.model_copy(update={"status": status})
+            conn.execute(
+                "UPDATE findings SET scope = ?, status = ?, rule_id = ?, severity = ?, psn_no = ?, fixmedins_code = ?,"
+                " occurred_at = ?, body = ?, updated_at = ? WHERE finding_id = ?",
+                (
+                    scope,
+                    status,
+                    finding.rule_id,
+                    finding.severity.value,
+                    finding.psn_no,
+                    finding.fixmedins_code,
+                    _ts(finding.occurred_at),
+                    body,
+                    now,
+                    fid,
+                ),
+            )
+            changes.updated.append(merged)
+            touched.append(merged)
+        for fid in sorted(stored):
+            status, body = stored[fid]
+            if fid in produced or status == "superseded":
+                continue
+            conn.execute("UPDATE findings SET status = 'superseded', updated_at = ? WHERE finding_id = ?", (now, fid))
+            gone = _decode_finding(body, "superseded")
+            changes.superseded.append(gone)
+            touched.append(gone)
+        if touched:
+            conn.executemany("DELETE FROM flagged WHERE finding_id = ?", [(f.finding_id,) for f in touched])
+            conn.executemany(
+                "INSERT OR IGNORE INTO flagged (finding_id, line_id) VALUES (?, ?)",
+                [(f.finding_id, line_id) for f in touched for line_id in _flagged_lines(f)],
+            )
+
+    def get_finding(self, finding_id: str) -> Finding | None:
+        rows = self.state.read("SELECT status, body FROM findings WHERE finding_id = ?", (finding_id,))
+        return _decode_finding(rows[0][1], rows[0][0]) if rows else None
+
+    def all_current_findings(self) -> list[Finding]:
+        """Every current finding, by finding_id (the run's findings.jsonl)."""
+        rows = self.state.read("SELECT status, body FROM findings WHERE status != 'superseded' ORDER BY finding_id")
+        return [_decode_finding(body, status) for status, body in rows]
+
+    # ------------------------------------------------------------ institution activity
+    def load_activity(self, periods: Collection[str]) -> list[ActivityAggregate]:
+        """Every institution's and prescriber's monitored-drug activity in these months,
+        computed from the stored lines and the flagged lines of the current findings
+        (the same aggregates as `rxguard.dynamo.DynamoRepository.load_activity`)."""
+        if not periods:
+            return []
+        wanted = _ids(periods)
+        where = "monitored = 1 AND period IN (SELECT value FROM json_each(?))"
+        inst: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)  # (period, code) -> admdvs counts
+        for period, code, admdvs, n in self.state.read(
+            f"SELECT period, fixmedins_code, coalesce(admdvs, ''), count(*) FROM lines WHERE {where} "
+            "GROUP BY period, fixmedins_code, admdvs",
+            (wanted,),
+        ):
+            inst[(period, code)][admdvs] += n
+        doc_regions: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        doc_places: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        for period, code, place, admdvs, n in self.state.read(
+            f"SELECT period, bilg_dr_codg, fixmedins_code, coalesce(admdvs, ''), count(*) FROM lines "
+            f"WHERE {where} AND bilg_dr_codg IS NOT NULL AND bilg_dr_codg != '' "
+            "GROUP BY period, bilg_dr_codg, fixmedins_code, admdvs",
+            (wanted,),
+        ):
+            doc_regions[(period, code)][admdvs] += n
+            doc_places[(period, code)][place] += n
+        flagged_inst: dict[tuple[str, str], list[str]] = defaultdict(list)
+        flagged_doc: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for line_id, period, code, doctor in self.state.read(
+            "SELECT DISTINCT l.line_id, l.period, l.fixmedins_code, l.bilg_dr_codg FROM flagged f "
+            "JOIN lines l ON l.line_id = f.line_id "
+            "WHERE l.monitored = 1 AND l.period IN (SELECT value FROM json_each(?))",
+            (wanted,),
+        ):
+            flagged_inst[(period, code)].append(line_id)
+            if doctor:
+                flagged_doc[(period, doctor)].append(line_id)
+        out = [
+            ActivityAggregate(
+                subject_type="institution",
+                code=code,
+                period=period,
+                kind=InstitutionKind.from_code(code),
+                monitored_lines=sum(regions.values()),
+                flagged_lines=tuple(sorted(flagged_inst.get((period, code), ()))),
+                fixmedins_code=code,
+                admdvs=_most(regions) or None,
+            )
+            for (period, code), regions in inst.items()
+        ]
+        for (period, code), regions in doc_regions.items():
+            main = _most(doc_places[(period, code)]) or ""
+            out.append(
+                ActivityAggregate(
+                    subject_type="prescriber",
+                    code=code,
+                    period=period,
+                    kind=InstitutionKind.from_code(main),
+                    monitored_lines=sum(regions.values()),
+                    flagged_lines=tuple(sorted(flagged_doc.get((period, code), ()))),
+                    fixmedins_code=main,
+                    admdvs=_most(regions) or None,
+                )
+            )
+        return sorted(out, key=lambda a: (a.subject_type, a.code, a.period))
+
+
+def _most(counts: Mapping[str, int]) -> str | None:
+    """The most frequent value, ties broken by the smallest (the engine's rule)."""
+    if not counts:
+        return None
+    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+
+
+# ---------------------------------------------------------------- the API's findings store
+
+
+def _day_start(day: date) -> str:
+    return _ts(datetime.combine(day, time.min))
+
+
+class SqliteFindingsStore(FindingsStore):
+    """The API's findings store on the state database (same answers as the in-memory store)."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def query(self, query: FindingQuery, limit: int, token: str | None = None) -> tuple[list[FindingView], str | None]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("f.fixmedins_code", query.institution),
+            ("f.psn_no", query.psn_no),
+            ("f.rule_id", query.rule_id),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.status is None:
+            where.append("f.status != 'superseded'")
+        else:
+            where.append("f.status = ?")
+            params.append(query.status)
+        if query.date_from is not None:
+            where.append("f.occurred_at >= ?")
+            params.append(_day_start(query.date_from))
+        if query.date_to is not None:
+            where.append("f.occurred_at < ?")
+            params.append(_day_start(query.date_to + timedelta(days=1)))
+        if token:
+            payload = decode_token(token)
+            after_t, after_id = payload.get("t"), payload.get("id")
+            if not isinstance(after_t, str) or not isinstance(after_id, str):
+                raise InvalidField("next_token is not a token this API issued", "next_token")
+            where.append("(f.occurred_at < ? OR (f.occurred_at = ? AND f.finding_id > ?))")
+            params += [after_t, after_t, after_id]
+        rows = self.state.read(
+            f"{_VIEW_SELECT} WHERE {' AND '.join(where)} ORDER BY f.occurred_at DESC, f.finding_id LIMIT ?",
+            [*params, limit + 1],
+        )
+        page = rows[:limit]
+        next_token = None
+        if len(rows) > limit:
+            next_token = encode_token({"t": page[-1][2], "id": page[-1][3]})
+        return [_view_row(row) for row in page], next_token
+
+    def get(self, finding_id: str) -> FindingView | None:
+        rows = self.state.read(f"{_VIEW_SELECT} WHERE f.finding_id = ?", (finding_id,))
+        return _view_row(rows[0]) if rows else None
+
+    def review(self, finding_id: str, status: ReviewStatus, reason: str, reviewer: str, at: datetime) -> FindingView:
+        with self.state.write("review a finding") as conn:
+            row = conn.execute("SELECT status, body FROM findings WHERE finding_id = ?", (finding_id,)).fetchone()
+            if row is None:
+                raise NotFound("no such finding", "finding_id")
+            if row[0] == "superseded":
+                raise Conflict("the finding is superseded: the rules no longer produce it", "status")
+            finding = _decode_finding(row[1], status)
+            conn.execute("UPDATE findings SET status = ? WHERE finding_id = ?", (status, finding_id))
+            conn.execute(
+                "INSERT OR REPLACE INTO reviews (finding_id, rule_id, status, reason, reviewer, reviewed_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (finding_id, finding.rule_id, status, reason, reviewer, at.isoformat()),
+            )
+        return view(finding, Review(status=status, reason=reason, reviewer=reviewer, reviewed_at=at))
+
+    def rule_figures(self, rule_ids: Collection[str]) -> dict[str, RuleFigures]:
+        counts: dict[str, list[int]] = {}
+        for rule_id, status, n in self.state.read(
+            "SELECT rule_id, status, count(*) FROM reviews WHERE rule_id IN (SELECT value FROM json_each(?)) "
+            "GROUP BY rule_id, status",
+            (_ids(rule_ids),),
+        ):
+            slot = counts.setdefault(rule_id, [0, 0])
+            slot[0 if status == "confirmed" else 1] += int(n)
+        return {rule: RuleFigures(c, d) for rule, (c, d) in counts.items()}
+
+
+_VIEW_SELECT = (
+    "SELECT f.status, f.body, f.occurred_at, f.finding_id, r.status, r.reason, r.reviewer, r.reviewed_at "
+    "FROM findings f LEFT JOIN reviews r ON r.finding_id = f.finding_id"
+)
+
+
+def _view_row(row: Sequence[Any]) -> FindingView:
+    status, body, _, _, r_status, reason, reviewer, reviewed_at = row
+    review = None
+    if r_status is not None:
+        at = datetime.fromisoformat(reviewed_at)
+        review = Review(status=r_status, reason=reason, reviewer=reviewer, reviewed_at=at)
+    return view(_decode_finding(body, status), review)
+
+
+# ---------------------------------------------------------------- batch records
+
+
+@dataclass(frozen=True)
+class Claim:
+    claimed: bool  # False: another execution owns this batch (the same file given again)
+    started_at: str
+    owner: str
+
+
+def _json(data: Mapping[str, Any]) -> str:
+    return json.dumps(dict(data), ensure_ascii=False, default=str)
+
+
+def content_batch_id(path: str | os.PathLike[str]) -> str:
+    """The local batch id of a file: `sha256:<hex>` of its bytes (any name, same content -> same id)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+class SqliteBatchStore:
+    """Batch records with the semantics of `rxguard.dynamo.BatchStore`."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def claim(self, batch_id: str, execution_id: str, source: Mapping[str, Any], now: datetime) -> Claim:
+        """First claim wins; the same execution (a retry) and a claim after FAILED claim again."""
+        with self.state.write("claim a batch") as conn:
+            row = conn.execute("SELECT execution_id, status, started_at FROM batches WHERE batch_id = ?", (batch_id,))
+            existing = row.fetchone()
+            if existing is not None and existing[0] != execution_id and existing[1] != "FAILED":
+                return Claim(False, str(existing[2]), str(existing[0]))
+            conn.execute(
+                "INSERT OR REPLACE INTO batches (batch_id, execution_id, status, started_at, source)"
+                " VALUES (?, ?, 'RUNNING', ?, ?)",
+                (batch_id, execution_id, now.isoformat(), json.dumps(dict(source), ensure_ascii=False, default=str)),
+            )
+        return Claim(True, now.isoformat(), execution_id)
+
+    def get(self, batch_id: str) -> dict[str, Any] | None:
+        rows = self.state.read(
+            "SELECT batch_id, execution_id, status, started_at, finished_at, source, report, report_key "
+            "FROM batches WHERE batch_id = ?",
+            (batch_id,),
+        )
+        if not rows:
+            return None
+        names = ("batch_id", "execution_id", "status", "started_at", "finished_at", "source", "report", "report_key")
+        out = {k: v for k, v in zip(names, rows[0], strict=True) if v is not None}
+        for key in ("source", "report"):
+            if key in out:
+                out[key] = json.loads(out[key])
+        return out
+
+    def finish(self, batch_id: str, status: str, report: Mapping[str, Any], report_key: str, now: datetime) -> None:
+        """Record the final status and the report."""
+        with self.state.write("finish a batch") as conn:
+            conn.execute(
+                "UPDATE batches SET status = ?, finished_at = ?, report_key = ?, report = ? WHERE batch_id = ?",
+                (status, now.isoformat(), report_key, _json(report), batch_id),
+            )
+
+    def all(self) -> list[dict[str, Any]]:
+        ids = [row[0] for row in self.state.read("SELECT batch_id FROM batches ORDER BY started_at, batch_id")]
+        return [b for b in map(self.get, ids) if b is not None]
+
+
+# ---------------------------------------------------------------- alert outbox
+
+
+class SqliteOutbox:
+    """The alert outbox (`rxguard.alerts.outbox.Outbox`) on the state database: entries
+    are recorded in one transaction before publishing, listed in recording order while
+    pending, and marked sent after the sink acknowledged them."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def record(self, entries: Sequence[Any]) -> list[Any]:
+        fresh = []
+        now = _now()
+        with self.state.write("record alert messages") as conn:
+            for entry in entries:
+                message = entry.message
+                finding_id = message.body.get("finding_id") if isinstance(message.body, dict) else None
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO outbox (message_id, topic, finding_id, body, recorded_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (message.message_id, entry.topic, finding_id, message.model_dump_json(), now),
+                )
+                if cursor.rowcount == 1:
+                    fresh.append(entry)
+        return fresh
+
+    def pending(self) -> list[Any]:
+        from rxguard.alerts.outbox import OutboxEntry  # type: ignore[import-not-found,unused-ignore]
+        from rxguard.alerts.schema import AlertMessage
+
+        rows = self.state.read("SELECT topic, body FROM outbox WHERE sent_at IS NULL ORDER BY seq")
+        return [OutboxEntry(topic, AlertMessage.model_validate_json(body)) for topic, body in rows]
+
+    def mark_sent(self, message_ids: Iterable[str]) -> None:
+        now = _now()
+        with self.state.write("mark alert messages sent") as conn:
+            conn.executemany(
+                "UPDATE outbox SET sent_at = ? WHERE message_id = ? AND sent_at IS NULL",
+                [(now, mid) for mid in message_ids],
+            )

@@ -1,0 +1,131 @@
+"""One set of cases over every storage adapter (STYLE.md: one interface, several real
+adapters, the same contract tests for all).
+
+`backend` is parametrised over `memory` (InMemoryRepository / InMemoryFindingsStore),
+`sqlite` (rxguard.local.state on a fresh state directory) and `dynamo` (DynamoRepository /
+DynamoFindingsStore on moto, tables created from template.yaml's own definitions, fresh
+names per test). `backend.repo()` gives a repository over the backend's storage (a new
+instance each call where the adapter caches per instance, as the workflow does per chunk);
+`backend.store` is the API's findings store over the same storage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from contract_helpers import Backend
+
+from rxguard.api.store import InMemoryFindingsStore
+from rxguard.repository import InMemoryRepository
+
+ROOT = Path(__file__).resolve().parents[2]
+BACKENDS = ["memory", "sqlite", "dynamo"]
+
+
+class _TagTolerantLoader(yaml.SafeLoader):
+    """Reads CloudFormation short tags (!Ref, !GetAtt, ...) as plain values."""
+
+
+_TagTolerantLoader.add_multi_constructor(
+    "!",
+    lambda loader, suffix, node: (
+        loader.construct_scalar(node)
+        if isinstance(node, yaml.ScalarNode)
+        else loader.construct_sequence(node)
+        if isinstance(node, yaml.SequenceNode)
+        else loader.construct_mapping(node)
+    ),
+)
+
+
+def _table_props(logical_id: str) -> dict[str, Any]:
+    text = (ROOT / "template.yaml").read_text(encoding="utf-8")
+    return dict(yaml.load(text, Loader=_TagTolerantLoader)["Resources"][logical_id]["Properties"])
+
+
+_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "POWERTOOLS_TRACE_DISABLED": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def moto_ddb() -> Iterator[Any]:
+    """One moto DynamoDB per module (tables are fresh per test). Not per session: a mock
+    left running would leak its tables into the suites that start their own."""
+    import boto3
+    from moto import mock_aws
+
+    saved = {k: os.environ.get(k) for k in _ENV}
+    os.environ.update(_ENV)
+    try:
+        with mock_aws():
+            yield boto3.client("dynamodb", region_name="us-east-1")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_COUNTER = itertools.count()
+
+
+def _dynamo_tables(ddb: Any) -> Any:
+    from rxguard.dynamo import TableNames
+
+    suffix = next(_COUNTER)
+    names = {}
+    for logical_id in ("PurchasesTable", "TraceCodesTable", "FindingsTable", "AggregatesTable"):
+        props = _table_props(logical_id)
+        name = f"contract-{logical_id}-{suffix}"
+        kwargs: dict[str, Any] = {
+            "TableName": name,
+            "AttributeDefinitions": props["AttributeDefinitions"],
+            "KeySchema": props["KeySchema"],
+            "BillingMode": props["BillingMode"],
+        }
+        if props.get("GlobalSecondaryIndexes"):
+            kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+        ddb.create_table(**kwargs)
+        names[logical_id] = name
+    return TableNames(
+        purchases=names["PurchasesTable"],
+        trace_codes=names["TraceCodesTable"],
+        findings=names["FindingsTable"],
+        aggregates=names["AggregatesTable"],
+    )
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "memory":
+        memory = InMemoryRepository()
+        yield Backend("memory", lambda: memory, InMemoryFindingsStore(memory))
+    elif request.param == "sqlite":
+        from rxguard.local.state import State
+
+        with State.open(tmp_path / "state") as state:
+            yield Backend("sqlite", state.repository, state.findings_store())
+    else:
+        from rxguard.api.store_dynamo import DynamoFindingsStore
+        from rxguard.dynamo import DynamoRepository
+
+        ddb = request.getfixturevalue("moto_ddb")
+        tables = _dynamo_tables(ddb)
+        yield Backend(
+            "dynamo",
+            lambda: DynamoRepository(tables, ddb, max_workers=1),
+            DynamoFindingsStore(tables.findings, ddb),
+            ordered_scan=False,
+        )

@@ -1,0 +1,285 @@
+"""What is particular to the SQLite state (rxguard.local.state): several processes writing
+one state at once, a locked database, schema versions, institution activity computed from
+the stored lines, batch records, counters. The semantics it shares with the other
+adapters are the contract of tests/contract/."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from rxguard.engine import activity_from_lines, flagged_line_ids
+from rxguard.local.state import STATE_FILE, State, StateBusy, StateError, content_batch_id
+from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
+from rxguard.scope import Scope
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def line(
+    psn: str, sn: str, *, inst: str = "H31000000001", when: str = "2026-03-01 09:00:00", **extra: object
+) -> ClaimLine:
+    at = datetime.fromisoformat(when)
+    monitored = bool(extra.pop("monitored", True))
+    values: dict[str, object] = {
+        "feedetl_sn": sn,
+        "fixmedins_code": inst,
+        "institution_kind": InstitutionKind.from_code(inst),
+        "admdvs": "310000",
+        "psn_no": psn,
+        "mdtrt_id": f"{inst}-{at:%Y%m%d}",
+        "med_type": "11",
+        "fee_ocur_time": at,
+        "med_list_codg": "XA10BA02A001" if monitored else "X0000",
+        "cnt": 1,
+        "pric": 10.0,
+        "det_item_fee_sumamt": 10.0,
+        "quantity_units": 30,
+        "monitored": monitored,
+        "atc_code": "A10BA02" if monitored else None,
+    }
+    values.update(extra)
+    return ClaimLine.model_validate(values)
+
+
+def finding(rule: str, psn: str, trigger: list[str], severity: Severity = Severity.HIGH) -> Finding:
+    return Finding(
+        finding_id=Finding.make_id(rule, Scope.patient(psn), trigger),
+        rule_id=rule,
+        rule_version=1,
+        severity=severity,
+        subject_type="patient",
+        psn_no=psn,
+        fixmedins_code="H31000000001",
+        occurred_at=datetime(2026, 3, 1),
+        evidence=sorted(trigger),
+        figures={"trigger_lines": trigger},
+        explanation_zh="说明",
+        explanation_en="explanation",
+    )
+
+
+_WRITER = """
+import sys
+from datetime import datetime, timedelta
+from rxguard.local.state import State
+from rxguard.models import ClaimLine, Finding, Severity
+
+directory, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+state = State.open(directory)
+repo = state.repository()
+start = datetime(2026, 1, 1)
+numbers = []
+for batch in range(0, count, 50):
+    lines = [
+        ClaimLine(feedetl_sn=f"{name}{i}", fixmedins_code="H1", institution_kind="hospital", psn_no=f"P{i % 97}",
+                  mdtrt_id="v", med_type="11", fee_ocur_time=start + timedelta(minutes=i), med_list_codg="X",
+                  cnt=1, pric=1, det_item_fee_sumamt=1, quantity_units=1, trace_codes=[f"{i % 13:020d}"])
+        for i in range(batch, min(count, batch + 50))
+    ]
+    assert len(repo.record_lines(lines)) == len(lines)
+    for psn in sorted({x.psn_no for x in lines}):
+        found = Finding(finding_id=Finding.make_id("early-refill", psn, [name]), rule_id="early-refill",
+                        rule_version=1, severity=Severity.HIGH, subject_type="patient", psn_no=psn,
+                        occurred_at=start, evidence=[name], explanation_zh="z", explanation_en="e")
+        repo.replace_findings(f"{name}:{psn}", [found])  # a scope per writer: both must stay
+    numbers.append(state.next_counter("letters"))
+print(",".join(map(str, numbers)))
+"""
+
+
+def test_two_processes_writing_one_state_keep_every_write(tmp_path: Path) -> None:
+    # Given a new state directory and two writer processes started together
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT)])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(tmp_path), name, "1500"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    # When both record 1,500 lines in batches, replace findings and draw counter numbers at once
+    outputs = [p.communicate(timeout=300) for p in procs]
+    # Then both succeeded, every line of both is there, and nothing is corrupt
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    with State.open(tmp_path) as state:
+        repo = state.repository()
+        assert repo.count_lines() == 3000
+        history = repo.load_history([f"P{i}" for i in range(97)])
+        assert sum(len(v) for v in history.values()) == 3000
+        assert {x.feedetl_sn[0] for v in history.values() for x in v} == {"a", "b"}
+        assert state.read("PRAGMA integrity_check") == [("ok",)]
+        # And every patient has the findings of both writers; the counter numbers are all distinct
+        current = repo.load_findings([f"{name}:P{i}" for name in "ab" for i in range(97)])
+        assert sorted(len(v) for v in current.values()) == [1] * 194
+    numbers = [int(n) for out, _ in outputs for n in out.strip().split(",")]
+    assert sorted(numbers) == list(range(1, 61))
+
+
+def test_a_writer_waits_for_the_lock_then_writes(tmp_path: Path) -> None:
+    # Given another process's connection holding the write lock for half a second
+    State.open(tmp_path).close()
+    holder = sqlite3.connect(tmp_path / STATE_FILE, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.5, lambda: holder.execute("COMMIT")).start()
+    # When rxguard records a line meanwhile (busy timeout 10 s)
+    with State.open(tmp_path, busy_timeout=10) as state:
+        started = time.monotonic()
+        recorded = state.repository().record_lines([line("P1", "1")])
+        waited = time.monotonic() - started
+    # Then it waited for the lock and wrote
+    assert [x.line_id for x in recorded] == ["H31000000001/1"]
+    assert waited >= 0.3
+    holder.close()
+
+
+def test_a_writer_that_cannot_get_the_lock_fails_clearly_and_writes_nothing(tmp_path: Path) -> None:
+    State.open(tmp_path).close()
+    holder = sqlite3.connect(tmp_path / STATE_FILE, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with State.open(tmp_path, busy_timeout=0.2) as state:
+            # When the lock stays taken beyond the busy timeout
+            with pytest.raises(StateBusy) as busy:
+                state.repository().record_lines([line("P1", "1")])
+            # Then the error names the file and the cause, and readers still read
+            message = str(busy.value)
+            assert str(tmp_path / STATE_FILE) in message and "locked by another rxguard process" in message
+            assert state.repository().load_history(["P1"]) == {"P1": []}
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with State.open(tmp_path) as state:
+        assert state.repository().count_lines() == 0
+
+
+def test_schema_versions(tmp_path: Path) -> None:
+    with State.open(tmp_path) as state:
+        assert state.schema_version == 2  # 2: trace sales keep returns and split-pack units
+    with State.open(tmp_path) as state:  # reopening migrates nothing and keeps the data
+        state.repository().record_lines([line("P1", "1")])
+    with State.open(tmp_path) as state:
+        assert state.repository().count_lines() == 1
+    conn = sqlite3.connect(tmp_path / STATE_FILE)
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(StateError, match="schema version 99 was written by a newer rxguard"):
+        State.open(tmp_path)
+
+
+def test_not_a_state_file(tmp_path: Path) -> None:
+    (tmp_path / STATE_FILE).write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StateError, match="not an rxguard state database"):
+        State.open(tmp_path)
+
+
+class _Catalogue:
+    """The one thing activity_from_lines asks the knowledge base: is the drug monitored."""
+
+    def drug(self, code: str) -> object | None:
+        return object() if code == "XA10BA02A001" else None
+
+
+def test_activity_is_the_aggregate_of_the_stored_lines_and_current_findings(tmp_path: Path) -> None:
+    # Given lines of two institutions and three prescribers over two months (one unmonitored,
+    # one recorded twice), and findings blaming some of them
+    lines = [
+        line("P1", "1", bilg_dr_codg="D1"),
+        line("P2", "2", bilg_dr_codg="D1", admdvs="130000"),
+        line("P3", "3", bilg_dr_codg="D1", admdvs="130000"),
+        line("P4", "4", inst="P31000000002", bilg_dr_codg="D1"),
+        line("P5", "5", inst="P31000000002", bilg_dr_codg="D2", when="2026-04-02 10:00:00"),
+        line("P6", "6", inst="P31000000002", when="2026-04-03 10:00:00"),
+        line("P7", "7", monitored=False, bilg_dr_codg="D3"),
+    ]
+    state = State.open(tmp_path)
+    repo = state.repository()
+    repo.record_lines(lines)
+    repo.record_lines(lines[:2])
+    ids = [x.line_id for x in lines]
+    repo.replace_findings("patient:P1", [finding("early-refill", "P1", [ids[0], ids[1]])])
+    repo.replace_findings("patient:P4", [finding("over-quantity", "P4", [ids[3]], Severity.LOW)])  # low: not blamed
+    repo.replace_findings("patient:P5", [finding("frequent-visits", "P5", [ids[4]])])  # not a dispensing rule
+    repo.replace_findings("patient:P6", [finding("over-quantity", "P6", [ids[5]], Severity.MEDIUM)])
+    # And one blamed line no longer blamed after a re-evaluation
+    repo.replace_findings("patient:P1", [finding("early-refill", "P1", [ids[1]])])
+    # When the activity of both months is loaded
+    got = repo.load_activity(["2026-03", "2026-04"])
+    # Then it is what the engine computes from the same lines and the current findings
+    current = [f for found in repo.load_findings([f"patient:P{i}" for i in range(1, 8)]).values() for f in found]
+    want = activity_from_lines(lines, flagged_line_ids(current), _Catalogue())  # type: ignore[arg-type]
+    assert got == want
+    by_scope = {(a.scope, a.period): a for a in got}
+    assert by_scope[("institution:H31000000001", "2026-03")].flagged_lines == (ids[1],)
+    assert by_scope[("institution:H31000000001", "2026-03")].admdvs == "130000"
+    assert by_scope[("prescriber:D1", "2026-03")].fixmedins_code == "H31000000001"
+    assert by_scope[("institution:P31000000002", "2026-04")].flagged_lines == (ids[5],)
+    assert repo.load_activity(["2026-05"]) == []
+    state.close()
+
+
+def test_batch_records_are_claimed_by_content(tmp_path: Path) -> None:
+    a = tmp_path / "jan.csv"
+    b = tmp_path / "copy-of-jan.csv"
+    a.write_bytes(b"psn_no,cnt\n1,2\n")
+    b.write_bytes(a.read_bytes())
+    batch_id = content_batch_id(a)
+    assert content_batch_id(b) == batch_id and batch_id.startswith("sha256:")
+    with State.open(tmp_path / "state") as state:
+        batches = state.batches()
+        now = datetime(2026, 3, 1, 9)
+        # The first claim wins; the same file under another name is recognised
+        assert batches.claim(batch_id, "run-1", {"file": str(a)}, now).claimed
+        second = batches.claim(content_batch_id(b), "run-2", {"file": str(b)}, now)
+        assert (second.claimed, second.owner) == (False, "run-1")
+        assert batches.claim(batch_id, "run-1", {"file": str(a)}, now).claimed  # the same run again
+        # A failed batch may be claimed again
+        batches.finish(batch_id, "FAILED", {"status": "FAILED", "lines": 1}, "report.json", now)
+        assert batches.get(batch_id)["report"] == {"status": "FAILED", "lines": 1}  # type: ignore[index]
+        assert batches.claim(batch_id, "run-3", {"file": str(b)}, now).claimed
+        record = batches.get(batch_id)
+        assert record is not None and (record["execution_id"], record["status"]) == ("run-3", "RUNNING")
+        assert batches.get("sha256:unknown") is None
+
+
+def test_counters_count_per_name(tmp_path: Path) -> None:
+    with State.open(tmp_path) as state:
+        assert [state.next_counter("letters-2026") for _ in range(3)] == [1, 2, 3]
+        assert state.next_counter("other") == 1
+    with State.open(tmp_path) as state:
+        assert state.next_counter("letters-2026") == 4
+
+
+def test_threads_share_a_state(tmp_path: Path) -> None:
+    # Given one State used by 8 threads at once (serve's threads)
+    with State.open(tmp_path) as state:
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                repo = state.repository()
+                for i in range(20):
+                    repo.record_lines([line(f"T{n}", f"{n}-{i}")])
+                    assert len(repo.load_history([f"T{n}"])[f"T{n}"]) == i + 1
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # Then every thread saw its own writes and all 160 lines are there
+        assert errors == []
+        assert state.repository().count_lines() == 160
