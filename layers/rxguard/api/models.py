@@ -113,7 +113,14 @@ class RuleHit(BaseModel):
     decision: Decision
     explanation_zh: str
     explanation_en: str
-    evidence: list[str] = Field(description="line ids fixmedins_code/feedetl_sn, the proposed ones included")
+    evidence: list[str] = Field(
+        description="line ids fixmedins_code/feedetl_sn, the proposed ones included; at most 5 (the line "
+        "answered and the trigger lines first), see evidence_count"
+    )
+    evidence_count: int | None = Field(
+        default=None,
+        description="lines of evidence in all (evidence lists at most 5; GET /v1/findings/{id} has them all)",
+    )
     figures: dict[str, Any] = Field(default_factory=dict)
     mitigations: list[str] = Field(default_factory=list)
     finding_id: str

@@ -256,8 +256,32 @@ def worst(decisions: Sequence[Decision]) -> Decision:
     return max(decisions, key=lambda d: order[d], default="pass")
 
 
-def _hit(finding: Finding, kb: KnowledgeBase) -> RuleHit:
+EVIDENCE_CAP = 5  # evidence lines a hit lists (with their total; the finding keeps them all): a 200-line check < 1 MB
+TRIGGER_CAP = 3  # trigger lines a hit's figures list (with their total)
+
+
+def capped(line_ids: Sequence[str], first: Sequence[str] = (), cap: int = EVIDENCE_CAP) -> list[str]:
+    """At most `cap` line ids, sorted: `first` (the line answered, the trigger lines) kept first."""
+    if len(line_ids) <= cap:
+        return list(line_ids)
+    wanted = set(line_ids)
+    keep = list(dict.fromkeys(x for x in first if x in wanted))[:cap]
+    for line_id in reversed(line_ids):  # then the most recent ids (line ids sort by institution, serial)
+        if len(keep) >= cap:
+            break
+        if line_id not in keep:
+            keep.append(line_id)
+    return sorted(keep)
+
+
+def _hit(finding: Finding, kb: KnowledgeBase, line_id: str | None = None) -> RuleHit:
     rule = kb.rules.get(finding.rule_id)
+    figures = dict(finding.figures)
+    triggers = figures.get("trigger_lines")
+    first = [*([line_id] if line_id else []), *(triggers if isinstance(triggers, list) else [])]
+    if isinstance(triggers, list) and len(triggers) > TRIGGER_CAP:
+        figures["trigger_lines"] = capped(triggers, first, TRIGGER_CAP)
+        figures["trigger_lines_count"] = len(triggers)
     return RuleHit(
         rule_id=finding.rule_id,
         rule_version=finding.rule_version,
@@ -267,8 +291,9 @@ def _hit(finding: Finding, kb: KnowledgeBase) -> RuleHit:
         decision=DECISION[finding.severity],
         explanation_zh=finding.explanation_zh,
         explanation_en=finding.explanation_en,
-        evidence=list(finding.evidence),
-        figures=dict(finding.figures),
+        evidence=capped(finding.evidence, first),
+        evidence_count=len(finding.evidence),
+        figures=figures,
         mitigations=list(finding.mitigations),
         finding_id=finding.finding_id,
     )
@@ -286,7 +311,7 @@ def line_result(line: ClaimLine, findings: Sequence[Finding], kb: KnowledgeBase)
         days_supply=None if line.days_supply is None else round(line.days_supply, 2),
         decision=decision_of(ordered),
         notes=notes,
-        hits=[_hit(f, kb) for f in ordered],
+        hits=[_hit(f, kb, line.line_id) for f in ordered],
     )
 
 

@@ -19,6 +19,7 @@ from rxguard.engine.rules.cumulative_oversupply import CumulativeOversupply, Epi
 from rxguard.engine.rules.early_refill import EarlyRefill
 from rxguard.engine.rules.over_quantity import OverQuantity
 from rxguard.engine.rules.override_frequency import OverrideFrequency
+from rxguard.engine.stock import Stock
 from rxguard.models import Finding
 
 
@@ -52,7 +53,7 @@ class SupplyRules:
 
         for hit in self.overrides.evaluate(psn_no, atc, fills):  # first: it decides which overrides hold
             emit(self.overrides, hit)
-        queue: list[list[Any]] = []  # [fill, remaining days], oldest first
+        stock = Stock()
         active: list[Fill] = []  # earlier fills whose own coverage has not ended
         prev: Fill | None = None
         episode: Episode | None = None
@@ -60,33 +61,22 @@ class SupplyRules:
             on = date.fromordinal(fill.day)
             admdvs = fill.admdvs
             if prev is not None:
-                _consume(queue, fill.day - prev.day)
-            stock_before = sum(r for _, r in queue)
+                stock.consume(fill.day - prev.day)
+            stock_before = stock.total
             if fill.override == "lost":
-                queue.clear()  # the lost supply is no longer on hand
+                stock.clear()  # the lost supply is no longer on hand
             if oq.enabled and oq.active(on, admdvs) and oq.applies(fill.drug):
                 emit(oq, oq.evaluate(psn_no, fill))
             if prev is not None and er.enabled and er.active(on, admdvs) and er.applies(fill.drug):
                 emit(er, er.evaluate(psn_no, fill, prev, stock_before))
-            active = [f for f in active if f.end > fill.day]
+            active = [f for f in active if f.end > fill.day]  # bounded by the fills covering one day
             if active and cx.enabled and cx.active(on, admdvs) and cx.applies(fill.drug):
                 emit(cx, cx.evaluate(psn_no, fill, active))
             active.append(fill)
-            queue.append([fill, fill.days])
+            stock.push(fill)
             if cu.enabled and cu.applies(fill.drug):
-                episode, ended = cu.step(psn_no, atc, fill, queue, episode, cu.active(on, admdvs))
+                episode, ended = cu.step(psn_no, atc, fill, stock, episode, cu.active(on, admdvs))
                 emit(cu, ended)
             prev = fill
         if episode is not None:
             emit(cu, cu.evaluate(psn_no, episode))
-
-
-def _consume(queue: list[list[Any]], days: float) -> None:
-    """Use `days` of supply, oldest first."""
-    while days > 0 and queue:
-        head = queue[0]
-        if head[1] > days:
-            head[1] -= days
-            return
-        days -= head[1]
-        queue.pop(0)

@@ -12,6 +12,7 @@ from rxguard.engine.common import num, text
 from rxguard.engine.fills import Fill
 from rxguard.engine.rules._dispensing import BASIS, allowed_days, day_text, mitigate
 from rxguard.engine.rules.base import Hit, Parameters, Rule
+from rxguard.engine.stock import Stock
 from rxguard.models import Severity
 from rxguard.scope import Scope
 
@@ -37,9 +38,17 @@ class Episode:
     basis: str
     tolerance: float
     triggers: list[Fill] = field(default_factory=list)
-    contributors: dict[str, Fill] = field(default_factory=dict)
     peak: float = 0.0
     peak_fill: Fill | None = None
+    stock: Stock | None = None
+    first_serial: int = 0  # the fills in stock at any trigger: serials first_serial..last_serial
+    last_serial: int = 0
+
+    @property
+    def contributors(self) -> list[Fill]:
+        assert self.stock is not None
+        fills = [f for f in self.stock.pushed[self.first_serial : self.last_serial + 1] if f.days > 0]
+        return sorted(fills, key=lambda f: (f.time, f.line_ids[0]))
 
 
 class CumulativeOversupply(Rule):
@@ -51,14 +60,14 @@ class CumulativeOversupply(Rule):
     Parameters = CumulativeOversupplyParameters
 
     def step(
-        self, psn_no: str, atc: str, fill: Fill, queue: list[list[Any]], episode: Episode | None, active: bool
+        self, psn_no: str, atc: str, fill: Fill, stock: Stock, episode: Episode | None, active: bool
     ) -> tuple[Episode | None, Hit | None]:
-        """After `fill` joined the stock (`queue`: [fill, remaining days], oldest first): the
-        episode going on, and the hit of an episode that just ended."""
+        """After `fill` joined the stock: the episode going on, and the hit of an episode
+        that just ended. O(1) amortised (the stock keeps its total and largest allowance)."""
         p: CumulativeOversupplyParameters = self.params(fill.admdvs)
-        allowed, basis = 0.0, "acute"
-        for held, _ in queue:
-            a, b = allowed_days(
+
+        def allowed_of(held: Fill) -> tuple[float, str]:
+            return allowed_days(
                 held,
                 p.acute_allowed_days,
                 p.chronic_allowed_days,
@@ -66,27 +75,26 @@ class CumulativeOversupply(Rule):
                 p.discharge_allowed_days,
                 p.pack_allowance,
             )
-            if a > allowed:
-                allowed, basis = a, b
-        stock = sum(r for _, r in queue)
+
+        allowed, basis = stock.largest_allowed(p, allowed_of)
+        total = stock.total
         threshold = allowed + p.tolerance_days
-        if not active or stock <= threshold + 1e-9:
+        if not active or total <= threshold + 1e-9:
             return None, (self.evaluate(psn_no, episode) if episode is not None else None)
         if episode is None:
-            episode = Episode(atc, fill, stock, threshold, allowed, basis, p.tolerance_days)
+            episode = Episode(atc, fill, total, threshold, allowed, basis, p.tolerance_days, stock=stock)
+            episode.first_serial = stock.head_serial
         episode.triggers.append(fill)
-        for held, remaining in queue:
-            if remaining > 0:
-                episode.contributors[held.line_ids[0]] = held
-        if stock > episode.peak:
-            episode.peak, episode.peak_fill = stock, fill
+        episode.last_serial = len(stock.pushed) - 1
+        if total > episode.peak:
+            episode.peak, episode.peak_fill = total, fill
         return episode, None
 
     def evaluate(self, psn_no: str, ep: Episode) -> Hit:
         """The hit of a finished episode."""
         anchor = ep.anchor
         severity = self.severity(anchor.admdvs)
-        contributors = sorted(ep.contributors.values(), key=lambda f: (f.time, f.line_ids[0]))
+        contributors = ep.contributors
         institutions = sorted({f.fixmedins_code for f in contributors})
         peak_fill = ep.peak_fill or anchor
         mitigations: list[str] = []
