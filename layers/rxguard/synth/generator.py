@@ -180,6 +180,7 @@ class _Builder:
         self.hospitals: list[Institution] = []
         self.pharmacies: list[Institution] = []
         self.pill_mill: Institution | None = None
+        self.small_shop = Institution("P3101150000", "", "pharmacy", "310115")
         self.bad_doctor = ""
         self.ledger: dict[tuple[str, str], _Held] = {}
         self.visits: dict[tuple[str, str], set[str]] = defaultdict(set)  # (psn, month) -> visit ids
@@ -228,6 +229,11 @@ class _Builder:
             Institution("P1101050001", "北京朝阳大药房", "pharmacy", "110105"),
             Institution("P3205050001", "苏州高新区大药房", "pharmacy", "320505"),
         ]
+        # a small pharmacy that serves the override abusers (about a dozen monitored lines a month,
+        # most of them flagged): an outlier without any volume to speak of
+        self.small_shop = Institution(
+            f"P310115{n_p + 1:04d}", "惠民小药房", "pharmacy", "310115", size=0.1, outlier=True
+        )
         mill = Institution(f"H310113{n_h + 1:04d}", "康泰民营门诊部", "hospital", "310113", size=0.3, outlier=True)
         mill.doctors = [f"D310113{n_h + 1:04d}001", f"D310113{n_h + 1:04d}002"]
         self.bad_doctor = mill.doctors[0]
@@ -1190,7 +1196,7 @@ class _Builder:
         """7-8 fills of up to 28 days, 3-6 days apart at two pharmacies, each declaring an
         override reason (travel, lost): the pattern of issue 13 (every answer was pass)."""
         rng = self.rng
-        shops = rng.sample(self.pharmacies, 2)
+        shops = [self.small_shop, rng.choice(self.pharmacies)]
         pack_days = drug.days_supply(drug.units_per_pack)
         packs = max(1, math.floor(28 / pack_days))
         dx = drug.restricted_indications[0] if drug.restricted_indications else "I10"
@@ -1346,7 +1352,7 @@ class _Builder:
         assert self.pill_mill is not None
         institutions: dict[str, Any] = {}
         prescribers: dict[str, Any] = {}
-        for inst in [*self.hospitals, *self.pharmacies, self.pill_mill]:
+        for inst in [*self.hospitals, *self.pharmacies, self.small_shop, self.pill_mill, *self.remote]:
             institutions[inst.code] = {
                 "name": inst.name,
                 "kind": inst.kind,
