@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from rxguard.engine.risk import PatientRisk
 from rxguard.models import OverrideReason, Severity
 
 CHINA = timezone(timedelta(hours=8))
@@ -183,6 +184,10 @@ class FindingView(BaseModel):
 class FindingsPage(BaseModel):
     items: list[FindingView]
     next_token: str | None = Field(default=None, description="opaque; pass as next_token for the next page")
+    risk: PatientRisk | None = Field(
+        default=None,
+        description="with ?patient=: the patient's risk score 0-100 over all their current findings, with its parts",
+    )
 
 
 class ReviewRequest(BaseModel):

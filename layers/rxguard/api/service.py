@@ -43,6 +43,7 @@ from rxguard.api.models import (
 )
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore
+from rxguard.engine.risk import PatientRisk, patient_risk
 from rxguard.ingest.normalize import LineRejected, normalize_record
 from rxguard.kb import KnowledgeBase
 from rxguard.letters import issue_letters
@@ -443,7 +444,22 @@ def list_findings(
         date_to=date_to,
     )
     items, token = services.store.query(query, limit or services.settings.page_size, next_token)
-    return FindingsPage(items=items, next_token=token)
+    risk = patient_risk_of(services, query) if patient else None
+    return FindingsPage(items=items, next_token=token, risk=risk)
+
+
+def patient_risk_of(services: Services, query: FindingQuery) -> PatientRisk:
+    """The risk score of the patient of `query` over all their current findings (every page;
+    the other filters of the query do not narrow it, the caller's institution does)."""
+    whole = FindingQuery(psn_no=query.psn_no, institution=query.institution)
+    findings: list[FindingView] = []
+    token: str | None = None
+    while True:
+        page, token = services.store.query(whole, 500, token)
+        findings.extend(page)
+        if not token:
+            break
+    return patient_risk(findings, as_of=services.now())
 
 
 def get_finding(services: Services, caller: Caller, finding_id: str) -> FindingView:

@@ -2,11 +2,12 @@
 
 A rule module (`engine/rules/<rule_id with _>.py`) holds one `Rule` subclass:
 
-- `id`, the `subject_type` of its findings, the `scenes` it can run in (rules.yaml picks
-  among them), the national behaviour code (`behaviour_code`, answered as
-  `vola_bhvr_type` by the 3101/3102 bridge), whether its trigger lines are dispensing
-  faults that count for institution-outlier (`dispensing`), and the synthetic scenarios
-  whose patients must trigger it (`scenarios`, read by `rxguard synth` and `rxguard eval`);
+- `id`, the `subject_type` of its findings, its `risk_weight` in the patient risk score
+  (engine/risk.py), the `scenes` it can run in (rules.yaml picks among them), the
+  national behaviour code (`behaviour_code`, answered as `vola_bhvr_type` by the
+  3101/3102 bridge), whether its trigger lines are dispensing faults that count for
+  institution-outlier (`dispensing`), and the synthetic scenarios whose patients must
+  trigger it (`scenarios`, read by `rxguard synth` and `rxguard eval`);
 - `Parameters`: a typed pydantic model holding every parameter with its default, in one
   place; rules.yaml (and its region overrides) only override them;
 - `evaluate(...)`: the decision, returning `Hit`s (facts and figures, no prose);
@@ -71,6 +72,7 @@ class Rule:
     behaviour_code: ClassVar[str]
     dispensing: ClassVar[bool] = False
     scenarios: ClassVar[tuple[str, ...]] = ()
+    risk_weight: ClassVar[float] = 0.5  # how strongly a finding signals abuse, for the patient risk score (0-1)
     Parameters: ClassVar[type[Parameters]]
 
     def __init__(self, rules: RuleSet, kb: KnowledgeBase) -> None:

@@ -25,6 +25,7 @@ class CrossInstitutionRepeat(Rule):
     behaviour_code = "14"  # 跨机构重复购药
     dispensing = True
     scenarios = ("stockpiling", "override-abuse")
+    risk_weight = 0.6
     Parameters = CrossInstitutionRepeatParameters
 
     def evaluate(self, psn_no: str, fill: Fill, active: list[Fill]) -> Hit | None:

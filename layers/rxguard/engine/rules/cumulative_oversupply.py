@@ -57,6 +57,7 @@ class CumulativeOversupply(Rule):
     behaviour_code = "13"  # 累计超量囤药
     dispensing = True
     scenarios = ("stockpiling", "override-abuse")
+    risk_weight = 0.9
     Parameters = CumulativeOversupplyParameters
 
     def step(

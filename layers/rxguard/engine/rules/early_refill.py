@@ -36,6 +36,7 @@ class EarlyRefill(Rule):
     behaviour_code = "12"  # 提前购药
     dispensing = True
     scenarios = ("early-refill", "stockpiling", "override-abuse")
+    risk_weight = 0.6
     Parameters = EarlyRefillParameters
 
     def evaluate(self, psn_no: str, fill: Fill, prev: Fill, stock_before: float) -> Hit | None:

@@ -27,6 +27,7 @@ class FrequentVisits(Rule):
     scenes = (Scene.IN, Scene.POST)
     behaviour_code = "21"  # 就医频次异常
     scenarios = ("frequent-visits",)
+    risk_weight = 0.4
     Parameters = FrequentVisitsParameters
 
     def evaluate(self, psn_no: str, period: str, region: str | None, lines: list[ClaimLine]) -> Hit | None:

@@ -27,6 +27,7 @@ class IdentityMisuse(Rule):
     subject_type = "patient"
     behaviour_code = "18"  # 冒名购药
     scenarios = ("card-sharing",)
+    risk_weight = 1.0
     Parameters = IdentityMisuseParameters
 
     def evaluate(self, psn_no: str, timeline: Sequence[ClaimLine]) -> list[Hit]:

@@ -31,6 +31,7 @@ class IndicationMismatch(Rule):
     behaviour_code = "41"  # 超限定支付范围
     dispensing = True
     scenarios = ("indication-mismatch",)
+    risk_weight = 0.4
     Parameters = IndicationMismatchParameters
 
     def findings(self, psn_no: str, timeline: Sequence[ClaimLine]) -> list[Finding]:

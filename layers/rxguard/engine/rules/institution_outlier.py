@@ -130,6 +130,7 @@ class InstitutionOutlier(Rule):
     subject_type = "institution"  # or `prescriber`
     scenes = (Scene.POST,)
     behaviour_code = "51"  # 机构/医师异常
+    risk_weight = 0.0
     Parameters = InstitutionOutlierParameters
 
     def findings(self, aggregates: Sequence[ActivityAggregate]) -> list[Finding]:

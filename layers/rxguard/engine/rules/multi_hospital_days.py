@@ -22,6 +22,7 @@ class MultiHospitalDays(Rule):
     scenes = (Scene.IN, Scene.POST)
     behaviour_code = "22"  # 单日多院就诊
     scenarios = ("hospital-hopping",)
+    risk_weight = 0.5
     Parameters = MultiHospitalDaysParameters
 
     def evaluate(self, psn_no: str, period: str, region: str | None, lines: list[ClaimLine]) -> Hit | None:

@@ -34,6 +34,7 @@ class MultiProvider(Rule):
     subject_type = "patient"
     behaviour_code = "16"  # 多处就诊开药（多医师、多机构）
     scenarios = ("doctor-shopping",)
+    risk_weight = 0.8
     Parameters = MultiProviderParameters
 
     def evaluate(self, psn_no: str, timeline: Sequence[ClaimLine]) -> list[Hit]:

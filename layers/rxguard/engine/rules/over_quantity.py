@@ -39,6 +39,7 @@ class OverQuantity(Rule):
     behaviour_code = "11"  # 超量开药
     dispensing = True
     scenarios = ("over-quantity", "pill-mill")
+    risk_weight = 0.5
     Parameters = OverQuantityParameters
 
     def evaluate(self, psn_no: str, fill: Fill) -> Hit | None:

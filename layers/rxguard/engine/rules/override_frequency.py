@@ -32,6 +32,7 @@ class OverrideFrequency(Rule):
     behaviour_code = "15"  # 特殊原因超频（超量/提前购药原因滥用）
     dispensing = True
     scenarios = ("override-abuse",)
+    risk_weight = 0.7
     Parameters = OverrideFrequencyParameters
 
     def evaluate(self, psn_no: str, atc: str, fills: list[Fill]) -> list[Hit]:

@@ -27,6 +27,7 @@ class PharmacySpend(Rule):
     scenes = (Scene.IN, Scene.POST)
     behaviour_code = "23"  # 药店配药金额异常
     scenarios = ("pharmacy-spend",)
+    risk_weight = 0.4
     Parameters = PharmacySpendParameters
 
     def evaluate(

@@ -27,6 +27,7 @@ class TherapeuticDuplication(Rule):
     behaviour_code = "17"  # 重复用药
     dispensing = True
     scenarios = ("duplication",)
+    risk_weight = 0.5
     Parameters = TherapeuticDuplicationParameters
 
     def evaluate(self, psn_no: str, fills_by_atc: dict[str, list[Fill]]) -> list[Hit]:

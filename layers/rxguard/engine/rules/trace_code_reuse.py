@@ -34,6 +34,7 @@ class TraceCodeReuse(Rule):
     subject_type = "trace_code"  # and `patient` for a code repeated within one line
     behaviour_code = "31"  # 追溯码重复销售（倒卖回流）
     dispensing = True
+    risk_weight = 1.0
     Parameters = TraceCodeReuseParameters
 
     def findings(self, code: str, sales: Sequence[TraceSale]) -> list[Finding]:
