@@ -4,13 +4,19 @@ PY := $(VENV)/bin/python
 OUT ?= out
 SAMPLES := $(wildcard events/batches/*.csv events/batches/*.jsonl events/batches/*.json)
 
-.PHONY: venv run test unit integration e2e lint types cfn pr bench eval kb clean
+.PHONY: venv run run-aws test unit integration e2e lint types cfn pr bench eval kb clean
 
 venv:
 	@bash scripts/venv.sh
 
-run: venv  ## the main job: the whole workflow offline on the sample batches
-	$(VENV)/bin/rxguard run $(SAMPLES) --out $(OUT)
+STATE ?= $(OUT)/state
+
+run: venv  ## the main job: screen the sample batches against the persistent local state in $(STATE)
+	@echo "rxguard run: state in $(STATE) (kept between runs; rm -rf $(STATE) to start afresh)"
+	$(VENV)/bin/rxguard run $(SAMPLES) --state $(STATE) --out $(OUT)
+
+run-aws: venv  ## the same batches through the real ASL and handlers on moto (AWS-faithful, slow)
+	$(VENV)/bin/rxguard run --simulate-aws $(SAMPLES) --out $(OUT)/simulate-aws
 
 test: venv  ## the whole test suite
 	$(PY) -m pytest

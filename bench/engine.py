@@ -48,23 +48,12 @@ def population(patients: int, months: int, seed: int) -> list[Any]:
     return lines
 
 
-def _chunks(lines: Sequence[Any], size: int) -> list[list[Any]]:
-    by_patient: dict[str, list[Any]] = {}
-    for line in lines:
-        by_patient.setdefault(line.psn_no, []).append(line)
-    chunks: list[list[Any]] = [[]]
-    for psn in sorted(by_patient):
-        if chunks[-1] and len(chunks[-1]) + len(by_patient[psn]) > size:
-            chunks.append([])
-        chunks[-1].extend(by_patient[psn])
-    return [c for c in chunks if c]
-
-
 def measure(patients: int = 3000, months: int = 6, seed: int = 7, repeats: int = 3) -> dict[str, Any]:
     from rxguard.engine import Engine
     from rxguard.kb import get_knowledge_base
     from rxguard.repository import InMemoryRepository
     from rxguard.screening import check_lines, screen_lines
+    from rxguard.synth.evaluate import patient_chunks  # the Prepare-like partition the evaluation uses
 
     kb = get_knowledge_base()
     lines = population(patients, months, seed)
@@ -89,7 +78,7 @@ def measure(patients: int = 3000, months: int = 6, seed: int = 7, repeats: int =
     repo = InMemoryRepository()
     started = time.process_time()
     for month in sorted(months_of):
-        for chunk in _chunks(months_of[month], 5000):
+        for chunk in patient_chunks(months_of[month], 5000):
             screen_lines(chunk, repo, kb)
     screen_s = time.process_time() - started
 

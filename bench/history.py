@@ -100,11 +100,13 @@ def measure(sizes: Sequence[int] = SIZES, repeats: int = 5) -> dict[str, Any]:
         row["check_ratio_to_smallest"] = round(row["check_cpu_ms"] / base["check_cpu_ms"], 2)
         row["screen_ratio_to_smallest"] = round(row["screen_cpu_ms"] / base["screen_cpu_ms"], 2)
         row["history_ratio"] = scale
-    return {"rows": rows, "answer_200_lines": answer_size(kb)}
+    return {"rows": rows, "answer_200_lines": answer_size(kb), "answer_200_lines_20_drugs": answer_size(kb, drugs=20)}
 
 
-def answer_size(kb: Any, history_lines: int = 960, proposed: int = 200) -> dict[str, Any]:
-    """Bytes of the API answer to one check of `proposed` lines against a heavy history."""
+def answer_size(kb: Any, history_lines: int = 960, proposed: int = 200, drugs: int = 3) -> dict[str, Any]:
+    """Bytes of the API answer to one check of `proposed` lines against a heavy history: the
+    lines cycle over the history's 3 drugs (`drugs=3`: 67 lines of one drug, one fill, every
+    line carrying every finding of it) or over `drugs` monitored drugs."""
     from rxguard.api.resolver import handle
     from rxguard.api.serve import proxy_event
     from rxguard.api.service import Services
@@ -117,6 +119,8 @@ def answer_size(kb: Any, history_lines: int = 960, proposed: int = 200) -> dict[
     screen_lines(history(kb, history_lines), repo, kb)
     svc = Services(kb=kb, repo=repo, store=InMemoryFindingsStore(repo), settings=ApiSettings(auth_mode="open"))
     last = START + timedelta(hours=18 * history_lines)
+    others = sorted(c for c in kb.monitored if c not in DRUGS)
+    codes = [*DRUGS, *others[: max(0, drugs - len(DRUGS))]]
     body = {
         "psn_no": "BENCH0001",
         "fixmedins_code": SHOPS[0],
@@ -124,7 +128,7 @@ def answer_size(kb: Any, history_lines: int = 960, proposed: int = 200) -> dict[
         "med_type": "41",
         "fee_ocur_time": last.strftime("%Y-%m-%dT%H:%M:%S"),
         "lines": [
-            {"feedetl_sn": f"CHK{i:05d}", "med_list_codg": DRUGS[i % 3], "cnt": 1, "pric": 10.0}
+            {"feedetl_sn": f"CHK{i:05d}", "med_list_codg": codes[i % len(codes)], "cnt": 1, "pric": 10.0}
             for i in range(proposed)
         ],
     }
@@ -141,6 +145,7 @@ def answer_size(kb: Any, history_lines: int = 960, proposed: int = 200) -> dict[
     return {
         "history_lines": history_lines,
         "proposed_lines": proposed,
+        "drugs": len(codes),
         "status": answer.get("statusCode"),
         "bytes": len(text.encode("utf-8")),
         "evidence_entries": evidence,
@@ -160,11 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r['history_lines']:>8} {r['check_cpu_ms']:>9} {r['check_ratio_to_smallest']:>6} "
             f"{r['screen_cpu_ms']:>10} {r['screen_ratio_to_smallest']:>6}"
         )
-    a = result["answer_200_lines"]
-    print(
-        f"200-line check against {a['history_lines']} lines: {a['bytes']:,} bytes, "
-        f"{a['evidence_entries']:,} evidence entries, status {a['status']}, {a['cpu_ms']} ms CPU"
-    )
+    for key in ("answer_200_lines", "answer_200_lines_20_drugs"):
+        a = result[key]
+        print(
+            f"200-line check ({a['drugs']} drugs) against {a['history_lines']} lines: {a['bytes']:,} bytes, "
+            f"{a['evidence_entries']:,} evidence entries, status {a['status']}, {a['cpu_ms']} ms CPU"
+        )
     return 0
 
 

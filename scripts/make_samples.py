@@ -20,36 +20,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+from rxguard import claimline
+
 ROOT = Path(__file__).resolve().parent.parent
 START = date(2025, 9, 1)
 
-COLUMNS = [
-    "feedetl_sn",
-    "fixmedins_code",
-    "fixmedins_name",
-    "admdvs",
-    "psn_no",
-    "mdtrt_id",
-    "setl_id",
-    "med_type",
-    "fee_ocur_time",
-    "med_list_codg",
-    "med_list_name",
-    "cnt",
-    "trdn_flag",
-    "pric",
-    "det_item_fee_sumamt",
-    "sin_dos_dscr",
-    "used_frqu_dscr",
-    "prd_days",
-    "rxno",
-    "bilg_dr_codg",
-    "dise_codg",
-    "dscg_tkdrug_flag",
-    "lt_rx_flag",
-    "drug_trac_codg",
-    "override_reason",
-]
+# The contract's columns; the samples hold no reversal (退费), so no init_feedetl_sn column.
+COLUMNS = [c for c in claimline.COLUMNS if c != "init_feedetl_sn"]
 
 # file key -> (file name, region)
 FILES = {

@@ -1,7 +1,8 @@
 """API handler: an API Gateway REST proxy event in, the resolver's answer out.
 
 All logic lives in the layer (`rxguard.api`): the resolver maps routes, errors and the
-caller's identity; `aws_services()` wires DynamoDB, the findings store and the alerts sink.
+caller's identity and injects the services into the routes; `rxguard.bootstrap` builds
+those services (DynamoDB, the findings store, the alerts sink).
 """
 
 from __future__ import annotations
@@ -11,18 +12,15 @@ from typing import Any
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from rxguard import bootstrap
 from rxguard.api.resolver import handle
-from rxguard.api.store_dynamo import aws_services
-from rxguard.observability import MetricUnit, logger, metrics, tracer
-from rxguard.workflow.settings import validate_environment
+from rxguard.environment import ApiEnvironment, get_environment_variables
+from rxguard.observability import MetricUnit, metrics
 
 
-@validate_environment
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
-@metrics.log_metrics
-@tracer.capture_lambda_handler(capture_response=False)
+@bootstrap.entry(ApiEnvironment, correlation_id_path=correlation_paths.API_GATEWAY_REST)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    answer = handle(event, context, aws_services())
+    answer = handle(event, context, bootstrap.api_services(get_environment_variables(ApiEnvironment)))
     metrics.add_metric(name="ApiRequests", unit=MetricUnit.Count, value=1)
     if answer.get("statusCode", 500) >= 500:
         metrics.add_metric(name="ApiServerErrors", unit=MetricUnit.Count, value=1)

@@ -1,12 +1,15 @@
 """`rxguard` command line. Each subcommand lives in its own module and parses its own
 arguments, so the CLI stays a table of contents:
 
-    rxguard run FILE... --out DIR     the whole workflow offline (moto), the main job
+    rxguard run FILE... --out DIR     the main job: screen files against a persistent local state
+                                      (--state DIR, default OUT/state; --simulate-aws: the ASL on moto)
     rxguard validate FILE...          ingestion only: accepted / rejected by reason
     rxguard kb import CSV             import a monitored-drug catalogue into rules/
-    rxguard serve                     the check API on localhost over moto
+    rxguard serve                     the check API over the local state (waitress)
     rxguard synth                     a synthetic population with ground truth
     rxguard eval                      detection quality on a synthetic population
+    rxguard watch --state DIR         drug watch: candidates for the monitored list
+    rxguard backtest --state DIR ...  a rule change (or each phase's list) tried on the stored history
 """
 
 from __future__ import annotations
@@ -17,13 +20,35 @@ from collections.abc import Callable, Sequence
 
 # subcommand -> (module, function, one-line help); the function takes argv and returns an exit code
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "run": ("rxguard.offline.cli", "main", "run the whole workflow offline on moto: rxguard run FILE... --out DIR"),
+    "run": (
+        "rxguard.cli",
+        "run",
+        "screen claim batches: rxguard run FILE... --out DIR [--state DIR] [--simulate-aws: the ASL on moto]",
+    ),
     "validate": ("rxguard.ingest.cli", "main", "validate claim batches and summarise accepted/rejected lines"),
     "kb": ("rxguard.kb_cli", "main", "knowledge base: rxguard kb import CSV [--out rules/drugs.json]"),
-    "serve": ("rxguard.offline.serve", "main", "serve the check API on localhost over moto"),
+    "serve": ("rxguard.offline.serve", "main", "serve the check API: rxguard serve [--state DIR | --simulate-aws]"),
     "synth": ("rxguard.synth.cli", "main", "generate a synthetic population with ground truth"),
     "eval": ("rxguard.offline.evaluate", "main", "precision/recall of the rules on a synthetic population"),
+    "watch": ("rxguard.planning.cli", "watch_main", "rank drugs for the monitored list: rxguard watch --state DIR"),
+    "backtest": (
+        "rxguard.planning.cli",
+        "backtest_main",
+        "try rules on the stored history: rxguard backtest --state DIR --rules NEW.yaml | --phases",
+    ),
 }
+
+
+def run(argv: Sequence[str]) -> int:
+    """`rxguard run`: the local deployment, or with --simulate-aws the real ASL on moto."""
+    args = list(argv)
+    if "--simulate-aws" in args:
+        from rxguard.offline import cli as offline
+
+        return offline.main([a for a in args if a != "--simulate-aws"])
+    from rxguard.local import cli as local
+
+    return local.main(args)
 
 
 def _usage() -> str:

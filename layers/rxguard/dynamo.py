@@ -20,7 +20,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -143,6 +143,11 @@ class TableNames:
     findings: str
     batches: str | None = None
     aggregates: str | None = None
+
+    @classmethod
+    def of(cls, settings: Any) -> TableNames:
+        """From settings naming each table `<name>_table` (the workflow's, a handler's environment)."""
+        return cls(**{f.name: getattr(settings, f"{f.name}_table") for f in fields(cls)})
 
 
 # ClaimLine field -> short attribute name in the compact JSON body of a purchase item.
@@ -854,3 +859,47 @@ class ResultStore:
             for chunk in answer["Body"].iter_chunks(1 << 20):
                 out.write(chunk)
         return path
+
+
+# ---------------------------------------------------------------- letter numbers (rxguard.letters.numbers)
+
+
+class DynamoCounterStore:
+    """Counters on the CountersTable (key `name`, number `value`): one UpdateItem ADD per
+    number (atomic, no read), kept numbers as conditional puts (first writer wins)."""
+
+    def __init__(self, table: str, dynamodb_client: Any) -> None:
+        self.table = table
+        self.ddb = dynamodb_client
+
+    def next_counter(self, name: str) -> int:
+        answer = self.ddb.update_item(
+            TableName=self.table,
+            Key={"name": {"S": name}},
+            UpdateExpression="ADD #v :one",
+            ExpressionAttributeNames={"#v": "value"},
+            ExpressionAttributeValues={":one": {"N": "1"}},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(answer["Attributes"]["value"]["N"])
+
+    def kept(self, name: str) -> int | None:
+        item = self.ddb.get_item(TableName=self.table, Key={"name": {"S": name}}, ConsistentRead=True).get("Item")
+        return None if not item or "value" not in item else int(item["value"]["N"])
+
+    def keep(self, name: str, value: int) -> int:
+        try:
+            self.ddb.put_item(
+                TableName=self.table,
+                Item={"name": {"S": name}, "value": {"N": str(value)}},
+                ConditionExpression="attribute_not_exists(#n)",
+                ExpressionAttributeNames={"#n": "name"},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            kept = self.kept(name)
+            if kept is None:  # deleted between the two calls: cannot happen without an operator
+                raise
+            return kept
+        return value

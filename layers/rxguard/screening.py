@@ -116,9 +116,15 @@ def screen_lines(
     return outcome
 
 
-def check_lines(proposed: Sequence[ClaimLine], repo: HistoryRepository, kb: KnowledgeBase) -> dict[str, list[Finding]]:
-    """Pre-dispensing check: by proposed line id, the findings (rules of the `pre` scene)
-    whose evidence includes it, judged against the recorded history. Records nothing."""
+def check_lines(
+    proposed: Sequence[ClaimLine],
+    repo: HistoryRepository,
+    kb: KnowledgeBase,
+    scenes: Collection[Scene] = (Scene.PRE,),
+) -> dict[str, list[Finding]]:
+    """Pre-dispensing check: by proposed line id, the findings (rules of the `pre` scene,
+    or of the given scenes: a 3101 trigger at settlement) whose evidence includes it,
+    judged against the recorded history. Records nothing."""
     batch, _ = _dedupe(proposed)
     ids = {line.line_id for line in batch}
     out: dict[str, list[Finding]] = {line.line_id: [] for line in batch}
@@ -128,7 +134,7 @@ def check_lines(proposed: Sequence[ClaimLine], repo: HistoryRepository, kb: Know
     codes = sorted({code for line in batch for code in line.trace_codes})
     history = repo.load_history(patients)
     sales = repo.load_trace_sales(codes) if codes else {}
-    engine = engine_for(kb, {Scene.PRE})
+    engine = engine_for(kb, scenes)
     findings: list[Finding] = []
     for psn in patients:
         timeline = [line for line in history.get(psn, ()) if line.line_id not in ids]

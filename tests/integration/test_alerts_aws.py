@@ -19,7 +19,7 @@ from rxguard.alerts.aws import AwsNotificationSink
 from rxguard.letters import issue_letters
 from rxguard.models import Finding, Severity
 from rxguard.offline.cfn import Resolver, load_template
-from rxguard.scope import Scope
+from tests.factories import make_finding
 
 ROOT = Path(__file__).resolve().parents[2]
 # The example subscriptions of template.yaml: logical id -> (endpoint parameter, topic).
@@ -98,18 +98,14 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
 
 
 def make(rule_id: str, severity: str, institution: str, admdvs: str, psn: str) -> Finding:
-    evidence = [f"{institution}/{rule_id}-1"]
-    return Finding(
-        finding_id=Finding.make_id(rule_id, Scope.patient(psn), evidence),
-        rule_id=rule_id,
-        rule_version=1,
+    return make_finding(
+        rule_id,
+        psn,
+        (f"{institution}/{rule_id}-1",),
         severity=Severity(severity),
-        subject_type="patient",
-        psn_no=psn,
         fixmedins_code=institution,
         admdvs=admdvs,
         occurred_at=datetime(2026, 3, 2, 10),
-        evidence=evidence,
         figures={"days_supply": 90.0},
         explanation_zh="疑点",
         explanation_en="finding",

@@ -63,10 +63,17 @@ def test_check_after_a_dispensing_takes_two_dynamodb_round_trips(env: Environmen
     # Then the refill is flagged from the history in DynamoDB
     assert status == 200
     metformin = next(line for line in answer["lines"] if line["med_list_codg"] == "XA10BA02A001")
-    assert "early-refill" in {h["rule_id"] for h in metformin["hits"]}
-    # And the check cost at most two reads and no write
+    refill = next(h for h in metformin["hits"] if h["rule_id"] == "early-refill")
+    # And the answer says when the refill would pass and which fill it compares with
+    assert refill["next_fill_on"] > "2026-03-05" and metformin["next_fill_on"] >= refill["next_fill_on"]
+    assert refill["previous_fill"]["fixmedins_code"] == "P4401001"
+    assert refill["previous_fill"]["dispensed_on"] < "2026-03-05"
+    # And the check cost at most two reads (the next-fill search reuses them) and one write:
+    # the warnings it answered, so that their jr_id can be fetched and disposed
     assert after["reads"] - before["reads"] <= 2
-    assert after["writes"] == before["writes"]
+    assert after["writes"] - before["writes"] == 1
+    status, fetched = get(env, f"/v1/findings/{refill['finding_id']}")
+    assert status == 200 and fetched["recorded"] is False and fetched["rule_id"] == "early-refill"
 
 
 def test_repeated_dispensing_records_nothing_twice(env: Environment) -> None:

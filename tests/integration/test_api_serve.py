@@ -1,7 +1,8 @@
-"""`rxguard serve` over HTTP on 127.0.0.1: a subprocess on a free port that stops by itself
-(--max-seconds), in moto mode (the real handler over the template's resources) and in
-memory mode; plus schemathesis against openapi.json, in-process through the same
-HTTP-to-proxy-event translation (WSGI), where no generated request may cause a 5xx."""
+"""`rxguard serve` over HTTP on 127.0.0.1 (waitress): a subprocess on a free port that stops
+by itself (--max-seconds), over a state directory (the default), in moto mode
+(--simulate-aws: the real handler over the template's resources) and in memory mode;
+plus schemathesis against openapi.json, in-process through the same HTTP-to-proxy-event
+translation (WSGI), where no generated request may cause a 5xx."""
 
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ from tests.conftest import ROOT, load_event
 START_TIMEOUT = 60
 
 
-@pytest.fixture(scope="module", params=["moto", "memory"])
-def server(request: pytest.FixtureRequest) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["state", "moto", "memory"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     args = [sys.executable, "-m", "rxguard.cli", "serve", "--port", "0", "--max-seconds", "80"]
     if request.param == "memory":
         args.append("--memory")
+    elif request.param == "moto":
+        args.append("--simulate-aws")
+    else:
+        args += ["--state", str(tmp_path_factory.mktemp("state"))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT)])}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -129,9 +134,20 @@ def test_schemathesis_finds_no_server_error(kb: Any) -> None:
     assert statuses.get(200, 0) > 0 and statuses.get(400, 0) > 0, statuses
 
 
-def test_serve_enforces_grants_with_the_caller_header() -> None:
-    # Given `rxguard serve --callers` with the sample grants
-    args = [sys.executable, "-m", "rxguard.cli", "serve", "--port", "0", "--memory", "--max-seconds", "40"]
+def test_serve_enforces_grants_with_the_caller_header(tmp_path: Any) -> None:
+    # Given `rxguard serve --callers` with the sample grants, over a state directory
+    args = [
+        sys.executable,
+        "-m",
+        "rxguard.cli",
+        "serve",
+        "--port",
+        "0",
+        "--state",
+        str(tmp_path),
+        "--max-seconds",
+        "40",
+    ]
     args += ["--callers", str(ROOT / "events/api/callers.json")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT)])}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from rxguard.engine import activity_from_lines, flagged_line_ids
-from rxguard.local.state import STATE_FILE, State, StateBusy, StateError, content_batch_id
+from rxguard.local.state import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    STATE_FILE,
+    State,
+    StateBusy,
+    StateError,
+    content_batch_id,
+)
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
 from rxguard.scope import Scope
 
@@ -166,7 +174,7 @@ def test_a_writer_that_cannot_get_the_lock_fails_clearly_and_writes_nothing(tmp_
 
 def test_schema_versions(tmp_path: Path) -> None:
     with State.open(tmp_path) as state:
-        assert state.schema_version == 2  # 2: trace sales keep returns and split-pack units
+        assert state.schema_version == SCHEMA_VERSION == max(MIGRATIONS)
     with State.open(tmp_path) as state:  # reopening migrates nothing and keeps the data
         state.repository().record_lines([line("P1", "1")])
     with State.open(tmp_path) as state:
@@ -176,6 +184,32 @@ def test_schema_versions(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StateError, match="schema version 99 was written by a newer rxguard"):
         State.open(tmp_path)
+
+
+def test_a_state_of_the_first_version_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
+    # Given a state written at schema version 1 (the first release), with a line and a counter
+    conn = sqlite3.connect(tmp_path / STATE_FILE, isolation_level=None)
+    conn.executescript(MIGRATIONS[1] + "PRAGMA user_version=1;")
+    conn.close()
+    with State(tmp_path / STATE_FILE) as old:  # the adapters of v1 tables work without migrating
+        old.repository().record_lines([line("P1", "1")])
+        assert old.next_counter("letters") == 1
+    # When the current rxguard opens it
+    with State.open(tmp_path) as state:
+        # Then it is migrated to the current version, and the data is still there
+        assert state.schema_version == SCHEMA_VERSION > 1
+        assert [x.line_id for x in state.repository().load_history(["P1"])["P1"]] == ["H31000000001/1"]
+        assert state.next_counter("letters") == 2
+        assert state.keep("letter/2026/H1", 7) == 7  # a v2 table
+
+
+def test_kept_numbers_first_writer_wins(tmp_path: Path) -> None:
+    with State.open(tmp_path) as state:
+        assert state.kept("letter/H1/2026-03") is None
+        assert state.keep("letter/H1/2026-03", 5) == 5
+        assert state.keep("letter/H1/2026-03", 6) == 5  # a retry with another number keeps the first
+    with State.open(tmp_path) as state:
+        assert state.kept("letter/H1/2026-03") == 5
 
 
 def test_not_a_state_file(tmp_path: Path) -> None:

@@ -320,3 +320,24 @@ def test_a_chunk_retried_after_dying_mid_way_still_hands_its_findings_to_notify(
     assert stored
     assert result.findings["new"] == 0
     assert {f.finding_id for f in todo.findings} == stored
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "incoming/" + "医保结算明细" * 15 + ".csv",  # a 270-byte basename (S3 allows 1,024 bytes a key)
+        "incoming/..",
+        "incoming/.",
+        "incoming/a/../../etc/passwd",
+        "incoming/",
+    ],
+    ids=["basename_over_255_bytes", "dot_dot", "dot", "traversal", "prefix_only"],
+)
+def test_s3_keys_are_opaque_ids_never_local_file_names(stack: Stack, key: str) -> None:
+    # Given a good batch dropped under a key no file system would take as a file name
+    event = drop(stack, BATCH.read_bytes(), key=key)
+    # When Prepare runs for it
+    out = prepare(stack, event)
+    # Then its lines are read like any other batch's, and the key is the file named in the report
+    assert out["file_error"] is None
+    assert out["accepted"] > 0 and out["file"] == key

@@ -204,6 +204,140 @@ def _cases() -> Iterator[Case]:
         ).encode(),
         Expect(reasons=frozenset({"malformed"}), check=_some_accepted),
     )
+    # -- issue 15, second round ------------------------------------------------------
+    # integers of 4,301+ digits crashed the process in ijson's C backend (segfault)
+    big = "9" * 5000
+    yield Case(
+        "huge_integer.json",
+        lambda: doc_text([rec(1), rec(2, cnt="@@BIG@@"), rec(3)]).replace('"@@BIG@@"', big).encode(),
+        Expect(accepted=2, fields=frozenset({"cnt"}), reasons=frozenset({"malformed"})),
+    )
+    yield Case(
+        "huge_negative_integer_across_blocks.json",  # 200,000 digits: the run spans the 64 KiB blocks
+        lambda: doc_text([rec(1), rec(2, pric="@@BIG@@"), rec(3)]).replace('"@@BIG@@"', "-" + "7" * 200_000).encode(),
+        Expect(accepted=2, fields=frozenset({"pric"})),
+    )
+    yield Case(
+        "huge_integer_in_a_fraction_and_an_exponent.json",
+        lambda: (
+            doc_text([rec(1), rec(2, cnt="@@A@@"), rec(3, cnt="@@B@@"), rec(4)])
+            .replace('"@@A@@"', "1." + "3" * 5000)
+            .replace('"@@B@@"', "1e" + "5" * 5000)
+            .encode()
+        ),
+        Expect(accepted=2, fields=frozenset({"cnt"}), at_lines=frozenset({2, 3})),  # 1.333... x 18.6 mismatches
+    )
+    yield Case(
+        "huge_integer_before_the_list.json",  # seen while looking for the claim list
+        lambda: ('{"seq": ' + big + ', "input": {"feedetail": ' + json.dumps([rec(1), rec(2)]) + "}}").encode(),
+        Expect(accepted=2),
+    )
+    yield Case(
+        "huge_integer.jsonl",
+        lambda: (jsonl_text([rec(1)]) + jsonl_text([rec(2, cnt="@@BIG@@")]).replace('"@@BIG@@"', big)).encode(),
+        Expect(accepted=1, at_lines=frozenset({2}), reasons=frozenset({"malformed"})),
+    )
+    # lone surrogates: a line rejection naming the field, never a failed batch or a rewritten value
+    yield Case(
+        "lone_surrogate_psn_no.jsonl",
+        lambda: "".join(json.dumps(r) + "\n" for r in [rec(1), rec(2, psn_no="P\ud800X"), rec(3)]).encode(),
+        Expect(accepted=2, fields=frozenset({"psn_no"}), reasons=frozenset({"encoding"}), at_lines=frozenset({2})),
+    )
+    yield Case(
+        "lone_surrogate_psn_no.json",
+        lambda: json.dumps({"input": {"feedetail": [rec(1), rec(2, psn_no="P\udfffX"), rec(3)]}}).encode(),
+        Expect(accepted=2, fields=frozenset({"psn_no"}), reasons=frozenset({"encoding"}), at_lines=frozenset({2})),
+    )
+    yield Case(
+        "lone_surrogate_in_a_trace_code_list.json",
+        lambda: json.dumps(
+            {"input": {"feedetail": [rec(1), {**rec(2), "drug_trac_codg": ["\ud83d" + "1" * 19]}]}}
+        ).encode(),
+        Expect(accepted=1, fields=frozenset({"drug_trac_codg"})),
+    )
+    # a document holds exactly one claim list: several are a file error naming them
+    yield Case(
+        "two_claim_lists.json",
+        lambda: json.dumps({"input": {"feedetail": [rec(1)]}, "meta": {"feedetail": [rec(2), rec(3)]}}).encode(),
+        Expect(file_error="several_lists", check=_names_both_lists),
+    )
+    yield Case(
+        "repeated_feedetail_key.json",
+        lambda: (
+            '{"input": {"feedetail": ' + json.dumps([rec(1)]) + ', "feedetail": ' + json.dumps([rec(2)]) + "}}"
+        ).encode(),
+        Expect(file_error="several_lists"),
+    )
+    yield Case(
+        "empty_list_first.json",
+        lambda: json.dumps({"meta": {"feedetail": []}, "input": {"feedetail": [rec(1), rec(2)]}}).encode(),
+        Expect(accepted=2),
+    )
+    yield Case(
+        "list_field_named_feedetail_inside_an_element.json",  # a list inside a claim line is not a claim list
+        lambda: json.dumps({"input": {"feedetail": [{**rec(1), "feedetail": [1]}, rec(2)]}}).encode(),
+        Expect(accepted=2),
+    )
+    # line ends: CR, LF and CRLF mixed in one file; each is a line end
+    yield Case(
+        "mixed_cr_lf.csv",
+        lambda: (
+            ",".join(FIELDS)
+            + "\r\n"
+            + csv_row(rec(1))
+            + "\r"
+            + csv_row(rec(2))
+            + "\n"
+            + csv_row(rec(3))
+            + "\r"
+            + csv_row(rec(4))
+            + "\r\n"
+            + csv_row(rec(5, cnt="x"))
+            + "\r"
+        ).encode(),
+        Expect(accepted=4, at_lines=frozenset({6}), fields=frozenset({"cnt"})),
+    )
+    yield Case(
+        "mixed_cr_lf.jsonl",
+        lambda: (json.dumps(rec(1)) + "\r" + json.dumps(rec(2)) + "\n" + json.dumps(rec(3)) + "\r\n").encode(),
+        Expect(accepted=3),
+    )
+    # Chinese-heavy UTF-16 without a BOM (few zero bytes)
+    yield Case(
+        "cjk_utf16le_no_bom.csv",
+        lambda: _cjk_csv().encode("utf-16-le"),
+        Expect(accepted=3, kept={"H3100001/F1": "上海市第一人民医院附属中西医结合康复医院"}),
+    )
+    yield Case(
+        "cjk_utf16be_no_bom.csv",
+        lambda: _cjk_csv().encode("utf-16-be"),
+        Expect(accepted=3),
+    )
+    # a ragged row never lends a psn_no to rejected.jsonl's line_id
+    yield Case(
+        "ragged_row_shifted_psn.csv",
+        lambda: (csv_text([rec(1)]) + PSN + "," + csv_row(rec(2)) + "\n").encode(),
+        Expect(accepted=1, reasons=frozenset({"ragged_row"}), check=_no_line_id_on_ragged_rows),
+    )
+    # implausible values
+    yield Case(
+        "implausible_values.jsonl",
+        lambda: jsonl_text(
+            [
+                rec(1, pric="1e308", det_item_fee_sumamt="1e308"),
+                rec(2, cnt="1e-320", det_item_fee_sumamt="0"),
+                rec(3, prd_days="1e300"),
+                rec(4),
+            ]
+        ).encode(),
+        Expect(accepted=1, fields=frozenset({"pric", "cnt", "prd_days"}), reasons=frozenset({"malformed"})),
+    )
+    # identities: full-width and partly full-width spellings are one patient
+    yield Case(
+        "full_width_psn_no.csv",
+        lambda: csv_text([rec(1, psn_no="ＰＳＮ１２３"), rec(3, psn_no="PSN１23"), rec(5, psn_no="PSN123")]).encode(),
+        Expect(accepted=3, check=_one_patient),
+    )
     yield Case("deep_nesting_document.json", lambda: _deep(DOC_DEPTH).encode(), Expect(file_error="not_json"))
     yield Case("object_in_field.jsonl", lambda: jsonl_text([rec(1, psn_no={"a": 1})]).encode(), Expect(accepted=0))  # type: ignore[dict-item]
     # encodings
@@ -295,6 +429,39 @@ def _cases() -> Iterator[Case]:
         lambda: jsonl_text([rec(1, cnt=True), rec(2, pric=[1, 2])]).encode(),  # type: ignore[arg-type]
         Expect(accepted=0, fields=frozenset({"cnt", "pric"})),
     )
+
+
+def _cjk_csv() -> str:
+    from rxguard import claimline
+
+    titles = ",".join(claimline.BY_NAME[f].aliases[0] for f in FIELDS)  # Chinese column titles
+    name = "上海市第一人民医院附属中西医结合康复医院"
+    rows = [
+        f"F{n},H3100001,{name},310000,{PSN},11,2026年01月0{n}日 09时30分00秒,{DRUG},恩替卡韦分散片（润众）,1,18.6,18.6"
+        for n in (1, 2, 3)
+    ]
+    return "\n".join([titles, *rows]) + "\n"
+
+
+def _names_both_lists(items: list[object]) -> None:
+    from rxguard.models import Rejection
+
+    errors = [i for i in items if isinstance(i, Rejection) and i.line is None]
+    assert "input.feedetail" in errors[0].message and "meta.feedetail" in errors[0].message, errors
+
+
+def _no_line_id_on_ragged_rows(items: list[object]) -> None:
+    from rxguard.models import Rejection
+
+    for item in items:
+        if isinstance(item, Rejection) and item.reason == "ragged_row":
+            assert item.line_id is None and PSN not in item.model_dump_json()
+
+
+def _one_patient(items: list[object]) -> None:
+    from rxguard.models import ClaimLine
+
+    assert {i.psn_no for i in items if isinstance(i, ClaimLine)} == {"PSN123"}
 
 
 def _some_accepted(items: list[object]) -> None:

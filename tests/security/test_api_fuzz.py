@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -283,3 +284,80 @@ def test_a_deployment_without_grants_fails_closed(kb: KnowledgeBase) -> None:
     # Then both are refused: no grant, no access (never "open" by default)
     assert settings.auth_mode == "enforce"
     assert (listing, check) == (403, 403)
+
+
+# ------------------------------------------------------------------ issue 15: former 500s and misleading 400s
+
+
+def _with_type(event: dict[str, Any], content_type: str) -> dict[str, Any]:
+    event["headers"] = {"content-type": content_type, "Host": "api.example"}
+    event["multiValueHeaders"] = {k: [v] for k, v in event["headers"].items()}
+    return event
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain", None),
+        ("multipart/form-data", "--x\r\n"),
+        ("multipart/form-data; boundary=", ""),
+        ("application/x-www-form-urlencoded", "psn_no=P1&lines=1"),
+        ("application/xml", "<a/>"),
+    ],
+    ids=["text-plain", "multipart-no-boundary", "multipart-empty-boundary", "curl-form-default", "xml"],
+)
+@pytest.mark.parametrize("name", POSTS)
+def test_a_body_that_is_not_json_is_415_naming_the_content_type(
+    kb: KnowledgeBase, name: str, content_type: str, body: str | None
+) -> None:
+    # Given a valid request body, or the body curl sends with -d, under a content type that is not JSON
+    raw = body if body is not None else load_event(name)["body"]
+    event = _with_type(_post(name, raw, caller=AUDITOR), content_type)
+    # When posted
+    status, answer = _call(_services(kb), event)
+    # Then it is 415, naming the content type (curl's default form encoding gets the hint)
+    assert status == 415, answer
+    assert answer["error"]["field"] == "Content-Type" and content_type.split(";")[0] in answer["error"]["message"]
+    if "urlencoded" in content_type:
+        assert "application/json" in answer["error"]["message"] and "psn_no" not in answer["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "APPLICATION/JSON", "application/vnd+json"]
+)
+def test_json_content_types_are_read_whatever_their_case_and_parameters(kb: KnowledgeBase, content_type: str) -> None:
+    event = _with_type(_post("api/check.json", load_event("api/check.json")["body"], caller=PHARMACY), content_type)
+    assert _call(_services(kb), event)[0] == 200
+
+
+@pytest.mark.parametrize("digits", [4301, 5000, 100_000])
+@pytest.mark.parametrize("name", POSTS)
+def test_a_huge_integer_is_400_naming_the_problem(kb: KnowledgeBase, name: str, digits: int) -> None:
+    # Given a valid request whose quantity is an integer of thousands of digits
+    raw = re.sub(r'"(cnt|pric)":\s*"?[0-9.]+"?', r'"\1": ' + "9" * digits, load_event(name)["body"], count=1)
+    assert "9" * digits in raw
+    # When posted
+    status, answer = _call(_services(kb, auth_mode="open"), _post(name, raw))
+    # Then it is a 400 that says why (json.loads refused it with a 500 before)
+    assert status == 400 and "digits" in answer["error"]["message"], answer
+
+
+@pytest.mark.parametrize("param", ["institution", "patient", "rule", "next_token"])
+@pytest.mark.parametrize("caller", [AUDITOR, PHARMACY])
+def test_an_empty_query_value_is_400_naming_the_parameter(kb: KnowledgeBase, param: str, caller: str) -> None:
+    status, answer = _get(_services(kb), "/v1/findings", caller, {param: [""]})
+    assert status == 400 and answer["error"]["field"] == param, answer
+
+
+def test_rules_without_a_grant_are_403(kb: KnowledgeBase) -> None:
+    svc = _services(kb)
+    assert _get(svc, "/v1/rules", "arn:aws:iam::1:user/stranger")[0] == 403
+    assert _get(svc, "/v1/rules", PHARMACY)[0] == 200 and _get(svc, "/v1/rules", AUDITOR)[0] == 200
+
+
+@pytest.mark.parametrize("spelling", ["X-Rxguard-Caller", "x-rxguard-caller", "X-RXGUARD-CALLER", "x-RxGuard-caller"])
+def test_the_local_caller_header_is_case_insensitive(spelling: str) -> None:
+    from rxguard.api.serve import proxy_event
+
+    event = proxy_event("GET", "/v1/rules", {spelling: PHARMACY}, None)
+    assert event["requestContext"]["identity"]["userArn"] == PHARMACY

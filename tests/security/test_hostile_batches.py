@@ -14,10 +14,10 @@ from rxguard.ingest import LINE_REASONS, prepare_batch, read_batch
 from rxguard.models import ClaimLine, Rejection
 from tests.security.corpus import BASE, CASES, PSN, PSN2, Case, csv_text, jsonl_text, rec
 
-FILE_REASONS = {"file_missing", "empty", "binary", "no_header", "not_json"}
+FILE_REASONS = {"file_missing", "empty", "binary", "no_header", "not_json", "several_lists"}
 FIELD_NAMES = set(BASE) | {
     "setl_id", "mdtrt_id", "trdn_flag", "sin_dos_dscr", "used_frqu_dscr", "prd_days", "rxno", "bilg_dr_codg",
-    "dise_codg", "dscg_tkdrug_flag", "lt_rx_flag", "drug_trac_codg", "override_reason",
+    "dise_codg", "dscg_tkdrug_flag", "lt_rx_flag", "drug_trac_codg", "override_reason", "init_feedetl_sn",
 }  # fmt: skip
 
 

@@ -6,55 +6,39 @@ import json
 from pathlib import Path
 from typing import Any
 
-HEADER = [
-    "feedetl_sn",
-    "fixmedins_code",
-    "fixmedins_name",
-    "admdvs",
-    "psn_no",
-    "mdtrt_id",
-    "med_type",
-    "fee_ocur_time",
-    "med_list_codg",
-    "cnt",
-    "trdn_flag",
-    "pric",
-    "det_item_fee_sumamt",
-    "dise_codg",
-    "dscg_tkdrug_flag",
-    "lt_rx_flag",
-    "drug_trac_codg",
-    "override_reason",
-]
+from rxguard import claimline
 
 ENTECAVIR = "XJ05AF10A001"  # 28 tablets of 0.5 mg a pack, label maximum 1 mg a day (rules/drugs.json)
 UNMONITORED = "XJ01CA04B001"  # not in the catalogue
 
 
+_BASE: dict[str, Any] = {
+    "feedetl_sn": "FD0001",
+    "fixmedins_code": "H31000001",
+    "fixmedins_name": "浦东仁和医院",
+    "admdvs": "310000",
+    "psn_no": "31000000000101",
+    "mdtrt_id": "",
+    "med_type": "11",
+    "fee_ocur_time": "2025-09-02 09:10:00",
+    "med_list_codg": ENTECAVIR,
+    "cnt": "2",
+    "trdn_flag": "",
+    "pric": "18.6",
+    "det_item_fee_sumamt": "37.2",
+    "dise_codg": "B18.1",
+    "dscg_tkdrug_flag": "",
+    "lt_rx_flag": "",
+    "drug_trac_codg": "",
+    "override_reason": "",
+}
+# The columns the builders write: the contract's, in its order, that a base record fills.
+HEADER = [c for c in claimline.COLUMNS if c in _BASE]
+
+
 def record(**overrides: Any) -> dict[str, Any]:
     """A valid claim line (entecavir, 2 packs at 18.60) with overrides."""
-    base: dict[str, Any] = {
-        "feedetl_sn": "FD0001",
-        "fixmedins_code": "H31000001",
-        "fixmedins_name": "浦东仁和医院",
-        "admdvs": "310000",
-        "psn_no": "31000000000101",
-        "mdtrt_id": "",
-        "med_type": "11",
-        "fee_ocur_time": "2025-09-02 09:10:00",
-        "med_list_codg": ENTECAVIR,
-        "cnt": "2",
-        "trdn_flag": "",
-        "pric": "18.6",
-        "det_item_fee_sumamt": "37.2",
-        "dise_codg": "B18.1",
-        "dscg_tkdrug_flag": "",
-        "lt_rx_flag": "",
-        "drug_trac_codg": "",
-        "override_reason": "",
-    }
-    base.update(overrides)
-    return base
+    return {**_BASE, **overrides}
 
 
 def csv_text(records: list[dict[str, Any]], header: list[str] | None = None, sep: str = ",") -> str:

@@ -138,3 +138,47 @@ def test_sample_batches_prepare(kb, tmp_path: Path) -> None:
         assert result.file_error is None
         assert result.accepted == sum(c.lines for c in result.chunks)
         assert result.accepted + result.rejected == result.lines_read
+
+
+# ---- the JSON sanitizer in front of ijson (issue 15): block boundaries never change the result
+
+
+def _sanitized(data: bytes, size: int) -> bytes:
+    from rxguard.ingest.reader import _JsonSanitizer
+
+    sanitizer = _JsonSanitizer()
+    parts = [sanitizer.feed(data[i : i + size]) for i in range(0, len(data), size)]
+    return b"".join(parts) + sanitizer.feed(b"", final=True)
+
+
+SANITIZER_CASES = [
+    b'{"a": [1, ' + b"9" * 1500 + b", -" + b"8" * 1200 + b", 1." + b"7" * 1300 + b"]}",
+    b'{"a": [1e' + b"5" * 30 + b", 2E-" + b"6" * 25 + b", 3e+" + b"7" * 1200 + b", 4e18]}",
+    b'{"s": "' + b"9" * 1500 + b'", "t": "E' + b"1" * 25 + b'", "n": ' + b"3" * 1100 + b"}",
+    b'{"s": "a\\"' + b"9" * 1200 + b'", "q": "\\\\", "n": ' + b"4" * 1001 + b"}",
+    b'{"p": "\\ud800x", "e": "\\ud83d\\ude00", "l": "\\udc00", "b": "\\\\ud800", "h": "\\ud83d"}',
+    b"[" + b"9" * 150_000 + b', "' + b"x" * 150_000 + b'\\ud800", 1e' + b"2" * 100_000 + b"]",  # no safe cut for long
+]
+
+
+@pytest.mark.parametrize("data", SANITIZER_CASES)
+def test_the_json_sanitizer_is_the_same_whatever_the_block_size(data: bytes) -> None:
+    whole = _sanitized(data, len(data) + 1)
+    for size in (1, 2, 3, 5, 7, 13, 64, 999, 1000, 1001) if len(data) < 10_000 else (997, 65536):
+        assert _sanitized(data, size) == whole, size
+
+
+def test_the_json_sanitizer_bounds_numbers_outside_strings_only() -> None:
+    import json
+
+    out = json.loads(_sanitized(SANITIZER_CASES[2], 64), parse_float=str, parse_int=str)
+    assert out["s"] == "9" * 1500 and out["t"] == "E" + "1" * 25  # text is never rewritten
+    assert out["n"] == "3" * 1100 + ".0"
+    out = json.loads(_sanitized(SANITIZER_CASES[1], 7), parse_float=str, parse_int=str)
+    assert out["a"] == ["1e999999", "2E-999999", "3e+999999", "4e18"]
+    out = json.loads(_sanitized(SANITIZER_CASES[0], 100), parse_float=str, parse_int=str)
+    assert out["a"] == ["1", "9" * 1500 + ".0", "-" + "8" * 1200 + ".0", "1." + "7" * 1300]
+    out = json.loads(_sanitized(SANITIZER_CASES[5], 65536), parse_float=str, parse_int=str)
+    assert out == ["9" * 150_000 + ".0", "x" * 150_000 + "\ufffd", "1e999999"]
+    out = json.loads(_sanitized(SANITIZER_CASES[4], 3))
+    assert out == {"p": "\ufffdx", "e": "\U0001f600", "l": "\ufffd", "b": "\\ud800", "h": "\ufffd"}

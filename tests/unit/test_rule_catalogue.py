@@ -32,6 +32,9 @@ def test_every_rule_declares_its_facts_and_the_yaml_stays_within_them(kb):
     codes = [cls.behaviour_code for cls in CATALOGUE.values()]
     assert len(set(codes)) == len(codes)
     assert behaviour_type("early-refill") == "12" and behaviour_type("no-such-rule") == "99"
+    # the national dictionary (rules/national.yaml) answers the same codes as the modules
+    for rule_id, cls in CATALOGUE.items():
+        assert behaviour_type(rule_id) == cls.behaviour_code, rule_id
 
 
 def test_lists_elsewhere_are_read_from_the_registry():

@@ -188,6 +188,7 @@ def letter_announcement(
     locations: Mapping[str, str],
     issued_on: str,
     response_due: str,
+    message_id: str | None = None,
 ) -> AlertMessage:
     regions = sorted({f.admdvs for f in findings if f.admdvs})
     severity = max_severity(findings)
@@ -207,7 +208,7 @@ def letter_announcement(
         "locations": dict(sorted(locations.items())),
     }
     return AlertMessage(
-        message_id=f"letter/{batch_id}/{letter_id}",
+        message_id=message_id or f"letter/{batch_id}/{letter_id}",
         message_type="letter",
         subject=_ascii(f"[rxguard] letter {letter_id} ({len(findings)} findings)"),
         body=body,
@@ -218,6 +219,41 @@ def letter_announcement(
             "region": regions[0] if len(regions) == 1 else regions,
             "institution_id": institution_id or "",
             "subject_type": addressee_type,
+            "batch_id": batch_id,
+        },
+    )
+
+
+def correction(finding: Finding, *, batch_id: str, reason: str, key: str) -> AlertMessage:
+    """Withdraws the alert of a finding that is no longer current (superseded by later
+    lines, or withdrawn). Id `correction/<finding_id>/<batch_id>`: once per batch that
+    withdrew it; subscribers match it to the alert `finding/<finding_id>`."""
+    body = {
+        "schema_version": SCHEMA_VERSION,
+        "message_type": "correction",
+        "batch_id": batch_id,
+        "corrects": f"finding/{finding.finding_id}",
+        "finding_id": finding.finding_id,
+        "rule_id": finding.rule_id,
+        "severity": finding.severity.value,
+        "subject_type": finding.subject_type,
+        "psn_pseudonym": pseudonym(finding.psn_no, key) if finding.psn_no else None,
+        "fixmedins_code": finding.fixmedins_code,
+        "status": finding.status,
+        "reason": reason,
+    }
+    return AlertMessage(
+        message_id=f"correction/{finding.finding_id}/{batch_id}",
+        message_type="correction",
+        subject=_ascii(f"[rxguard] correction {finding.rule_id} {finding.fixmedins_code or ''}".strip()),
+        body=body,
+        attributes={
+            "message_type": "correction",
+            "severity": finding.severity.value,
+            "rule_id": finding.rule_id,
+            "region": finding.admdvs or "",
+            "institution_id": finding.fixmedins_code or "",
+            "subject_type": finding.subject_type,
             "batch_id": batch_id,
         },
     )

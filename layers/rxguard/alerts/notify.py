@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
-from typing import Protocol
 
 from pydantic import BaseModel, Field
 
@@ -30,24 +29,11 @@ class LetterRef(BaseModel):
     rendered: bool = True  # False when a retry found it announced and did not render it again
 
 
-class LetterIssuer(Protocol):
-    """Renders, stores and announces a batch's letters (`rxguard.letters.issue_letters`).
-
-    The letters sit above the alerts (they build on the alert schema, settings and sink), so
-    the alerts receive the issuer from whoever wires them instead of importing the letters."""
-
-    def __call__(
-        self,
-        findings: Sequence[Finding],
-        *,
-        batch_id: str,
-        kb: KnowledgeBase,
-        sink: NotificationSink,
-        settings: AlertSettings,
-        issued_on: date,
-        institution_names: Mapping[str, str],
-        lines: Mapping[str, ClaimLine],
-    ) -> tuple[list[LetterRef], str | None]: ...
+# Renders, stores and announces a batch's letters: `rxguard.letters.issue_letters`, called as
+# issuer(findings, batch_id=, kb=, sink=, settings=, issued_on=, institution_names=, lines=)
+# -> (letters, URI of their index). The letters sit above the alerts (they build on the alert
+# schema, settings and sink), so the alerts receive the issuer from whoever wires them.
+LetterIssuer = Callable[..., tuple[list[LetterRef], str | None]]
 
 
 class NotifySummary(BaseModel):
@@ -89,7 +75,9 @@ def notify_batch(
       and no issuer this raises AlertSettingsError before publishing anything.
     Superseded findings and muted low-severity ones are left out. `institution_names`
     (fixmedins_code -> name) and `lines` (line_id -> ClaimLine, the evidence lines) enrich
-    the letters when the caller has them.
+    the letters when the caller has them. `counters` (a `rxguard.letters.CounterStore`,
+    e.g. the local SQLite state) and `keeper` number the letters; by default the DynamoDB
+    CountersTable of `settings.counters_table`, else a counter of this process.
     """
     settings = settings or AlertSettings()
     unknown = sorted(settings.mute_low_rules - set(kb.rules))

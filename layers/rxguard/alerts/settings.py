@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -47,10 +47,14 @@ class AlertSettings(BaseModel):
     response_working_days: int = Field(default=15, ge=1, le=90)
     holidays: frozenset[date] = frozenset()  # public holidays skipped when counting working days
     issuer_name_zh: str = "××市医疗保障局"  # set per deployment (RXGUARD_ISSUER_NAME_ZH)
-    issuer_abbr_zh: str = "医保监"  # prefix of the letter number, e.g. 医保监提〔2026〕…号
+    issuer_abbr_zh: str = "医保监函"  # 机关代字 of the letter numbers: 医保监函〔2026〕12号 (docs/letters.md)
     contact_zh: str = "基金监管处"
     templates_dir: Path | None = None  # bureau-edited templates; default: templates/letters
     font_path: Path | None = None  # CJK TrueType font; default: the fonts layer
+    letter_period: Literal["month", "quarter", "year"] = "month"  # one letter per addressee per period
+    letter_table_rows: int = Field(default=15, ge=1)  # findings in a letter's table; all go to the CSV annex
+    person_file: Path | None = None  # CSV psn_no,name,address[,postcode]: patient letters (none without it)
+    counters_table: str | None = None  # DynamoDB CountersTable of the letter numbers (RXGUARD_COUNTERS_TABLE)
 
     def muted(self, finding: Finding) -> bool:
         if finding.severity is not Severity.LOW:
@@ -103,6 +107,9 @@ class AlertSettings(BaseModel):
             ("issuer_name_zh", "RXGUARD_ISSUER_NAME_ZH", False),
             ("templates_dir", "RXGUARD_LETTER_TEMPLATES", False),
             ("font_path", "RXGUARD_LETTER_FONT", False),
+            ("letter_period", "RXGUARD_LETTER_PERIOD", False),
+            ("person_file", "RXGUARD_PERSON_FILE", False),
+            ("counters_table", "RXGUARD_COUNTERS_TABLE", False),
         ):
             value = env.get(var, "").strip()
             if value:

@@ -9,7 +9,7 @@ Rules:
 - an institution submits checks and dispensings for its own fixmedins_code only;
 - an institution reads its own findings only (fixmedins_code of the finding);
 - a regulator (bureau) reads every finding and reviews (PATCH) them;
-- everyone authenticated reads the rule base and its precision figures.
+- every granted caller reads the rule base and its precision figures (no grant: 403).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class Caller:
     institutions: frozenset[str]
     regulator: bool
     enforced: bool  # False in "open" mode (offline serve, tests): everything allowed
+    patient_ids: bool = False  # the grant shows patient numbers in clear (console); never in open mode
 
     def may_act_for(self, institution: str) -> bool:
         return not self.enforced or self.regulator or institution in self.institutions
@@ -53,7 +54,13 @@ def identify(event: Mapping[str, Any], settings: ApiSettings) -> Caller:
     if grant is None:
         return Caller(principal, frozenset(), regulator=False, enforced=True)
     # institution codes compare as the ingestion normalizes them (upper case)
-    return Caller(principal, frozenset(c.upper() for c in grant.institutions), grant.regulator, enforced=True)
+    return Caller(
+        principal,
+        frozenset(c.upper() for c in grant.institutions),
+        grant.regulator,
+        enforced=True,
+        patient_ids=grant.patient_ids,
+    )
 
 
 def _grant_for(callers: Mapping[str, CallerGrant], keys: Iterable[str]) -> CallerGrant | None:
@@ -75,6 +82,12 @@ def require_institutions(caller: Caller, institutions: Iterable[str]) -> None:
     for code in sorted({c.upper() for c in institutions}):
         if not caller.may_act_for(code):
             raise Forbidden(f"caller may not act for institution {code}", "fixmedins_code")
+
+
+def require_grant(caller: Caller) -> None:
+    """Any grant at all (an institution or the regulator's): an unknown principal gets 403."""
+    if caller.enforced and not caller.regulator and not caller.institutions:
+        raise Forbidden("caller is not granted any institution")
 
 
 def require_reviewer(caller: Caller) -> None:

@@ -35,6 +35,11 @@ class PayloadTooLarge(ApiError):
     code = "too_large"
 
 
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class Forbidden(ApiError):
     status = 403
     code = "forbidden"

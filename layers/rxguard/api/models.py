@@ -26,6 +26,7 @@ def _in_china_time(value: datetime) -> datetime:
 ChinaTime = Annotated[datetime, AfterValidator(_in_china_time)]
 Decision = Literal["pass", "warn", "block"]
 ReviewStatus = Literal["confirmed", "dismissed"]
+DispositionAction = Literal["continue", "modify"]  # 3103 dspo_way 1 继续执行 / 2 返回修改
 FindingStatus = Literal["new", "confirmed", "dismissed", "superseded"]
 
 Code = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/\-]+$")]
@@ -103,6 +104,21 @@ class DispensationRequest(DispensingRequest):
     lines: list[DispensedLine] = Field(min_length=1, description="drug lines (at most 200 a request)")  # type: ignore[assignment]
 
 
+class PreviousFill(BaseModel):
+    """The fill a supply finding compares with (NCPDP 530-FU date, 531-FV quantity,
+    529-FT pharmacy, 533-FX prescriber analogues)."""
+
+    line_id: str
+    dispensed_on: date = Field(description="530-FU: date of the previous fill")
+    quantity: float = Field(description="531-FV: quantity of the previous fill (as billed)")
+    days_supply: float | None = Field(default=None, description="days the previous fill lasts at the label maximum")
+    fixmedins_code: str = Field(description="529-FT: the institution that dispensed it")
+    fixmedins_name: str | None = None
+    prescriber: str | None = Field(default=None, description="533-FX: its prescriber (bilg_dr_codg)")
+    med_list_codg: str
+    med_list_name: str | None = None
+
+
 class RuleHit(BaseModel):
     """A rule that fires on a line: what, how serious, why, on which lines."""
 
@@ -115,16 +131,18 @@ class RuleHit(BaseModel):
     explanation_zh: str
     explanation_en: str
     evidence: list[str] = Field(
-        description="line ids fixmedins_code/feedetl_sn, the proposed ones included; at most 5 (the line "
-        "answered and the trigger lines first), see evidence_count"
+        description="line ids fixmedins_code/feedetl_sn, the proposed ones included; at most 5: the line answered "
+        "and the trigger lines first (GET /v1/findings/{id} lists them all)"
     )
-    evidence_count: int | None = Field(
-        default=None,
-        description="lines of evidence in all (evidence lists at most 5; GET /v1/findings/{id} has them all)",
-    )
+    evidence_total: int = Field(description="how many evidence lines the finding has (evidence shows at most 5)")
     figures: dict[str, Any] = Field(default_factory=dict)
     mitigations: list[str] = Field(default_factory=list)
-    finding_id: str
+    finding_id: str = Field(description="the jr_id: GET /v1/findings/{id} answers it, POST /v1/dispositions uses it")
+    next_fill_on: date | None = Field(
+        default=None,
+        description="supply rules: the first day this line would pass the supply rules (null: waiting does not help)",
+    )
+    previous_fill: PreviousFill | None = Field(default=None, description="supply rules: the fill compared with")
 
 
 class LineResult(BaseModel):
@@ -135,6 +153,9 @@ class LineResult(BaseModel):
     monitored: bool
     days_supply: float | None = None
     decision: Decision
+    next_fill_on: date | None = Field(
+        default=None, description="the first day the line would pass every supply rule that fires on it"
+    )
     notes: list[str] = Field(default_factory=list, description='e.g. "not monitored"')
     hits: list[RuleHit] = Field(default_factory=list)
 
@@ -161,6 +182,16 @@ class Review(BaseModel):
     reviewed_at: ChinaTime
 
 
+class Disposition(BaseModel):
+    """A prescriber's handling of a warning (3103): continue (with a reason) or modify."""
+
+    action: DispositionAction
+    reason: str | None = None
+    warn_type: str | None = None
+    disposer: str
+    disposed_at: ChinaTime
+
+
 class FindingView(BaseModel):
     finding_id: str
     rule_id: str
@@ -179,6 +210,10 @@ class FindingView(BaseModel):
     explanation_en: str
     status: FindingStatus
     review: Review | None = None
+    disposition: Disposition | None = Field(default=None, description="the prescriber's handling (3103)")
+    recorded: bool = Field(
+        default=True, description="false: a warning a check answered (its lines are not recorded yet)"
+    )
 
 
 class FindingsPage(BaseModel):
@@ -200,6 +235,27 @@ class ReviewRequest(BaseModel):
     )
 
 
+class BacktestRequest(BaseModel):
+    """A rule change to try on the stored history (docs/planning.md): entries as in
+    rules/rules.yaml, each merged over today's definition of its id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=50)]
+    since: Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] | None = None
+
+
+class BacktestResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    since: str | None = None
+    lines: int
+    findings_before: int
+    findings_after: int
+    rules: dict[str, dict[str, Any]]
+    totals: dict[str, int]
+
+
 class RuleView(BaseModel):
     id: str
     version: int
@@ -213,10 +269,41 @@ class RuleView(BaseModel):
     confirmed: int = Field(description="findings of this rule confirmed by a reviewer")
     dismissed: int = Field(description="findings of this rule dismissed by a reviewer")
     precision: float | None = Field(description="confirmed / (confirmed + dismissed); null before any review")
+    continued: int = Field(default=0, description="warnings the prescriber continued past (3103 dspo_way 1)")
+    modified: int = Field(default=0, description="warnings after which the prescriber modified the order (dspo_way 2)")
+    continue_rate: float | None = Field(
+        default=None, description="continued / (continued + modified): the alert-fatigue measure; null before any"
+    )
+    modify_rate: float | None = Field(default=None, description="modified / (continued + modified)")
 
 
 class RulesResponse(BaseModel):
     rules: list[RuleView]
+
+
+class DispositionItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    finding_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = Field(
+        description="the jr_id / finding_id of the warning"
+    )
+    action: DispositionAction
+    reason: Annotated[str, Field(min_length=1, max_length=500)] | None = Field(
+        default=None, description="required when continuing"
+    )
+
+
+class DispositionRequest(BaseModel):
+    """The prescriber's handling of warnings (rxguard's shape of 3103)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    warn_type: Annotated[str, Field(max_length=16)] | None = None
+    dispositions: list[DispositionItem] = Field(min_length=1, max_length=200)
+
+
+class DispositionResponse(BaseModel):
+    items: list[FindingView]
 
 
 class ErrorDetail(BaseModel):

@@ -11,23 +11,125 @@ object is accepted where a list is expected, numbers may come as strings.
 Answer: `{"infcode": 0, "err_msg": null, "output": {"result": [violation...]}}`, one
 violation per rule hit with `judge_result_detail_dtos` naming the orders (`rx_id`).
 
-Dictionary values we answer with (the platform leaves them to the local dictionary):
-- `sev_deg`: "1" high (明确违规, block), "2" medium (高度可疑, warn), "3" low (提示, pass)
-- `vola_bhvr_type`: the behaviour code each rule module declares (rxguard.engine.rules)
-- `vola_amt_stas`: "1" computed (the amount of the orders the rule names)
-- `vola_item_type`: "1" drug order
+Dictionary values (`rules/national.yaml`, `NationalDictionary`; docs/api.md):
+- `sev_deg`: the platform's 严重程度, "1" 明确违规 (high, block), "2" 高度可疑 (medium, warn),
+  "3" 轻度可疑 (low, pass);
+- `trig_scen`: the platform's 触发场景 codes -> the scene whose rules a check evaluates;
+- `rule_ids`: our rule ids or the platform's rule codes listed in the table;
+- `vola_bhvr_type`: no national dictionary is published; ours, in the table;
+- `vola_amt_stas`: "1" computed (the amount of the orders the rule names);
+- `vola_item_type`: "1" drug order.
+
+3103 (医生对提醒的处理结果): `{"input": {"data": {"warn_type", "warns": [{"warn_rslt_id"
+(= a jr_id), "dspo_way" 1 继续执行 / 2 返回修改, "dspo_way_rea"}]}}}`; a reason is required
+when the prescriber continues.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from rxguard.engine.rules import behaviour_code
-from rxguard.models import Severity
+from rxguard.models import Scene, Severity
 
-SEV_DEG: dict[Severity, str] = {Severity.HIGH: "1", Severity.MEDIUM: "2", Severity.LOW: "3"}
+NATIONAL_FILE = "national.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SeverityCode(_Strict):
+    code: Annotated[str, Field(pattern=r"^\d{1,2}$")]
+    name_zh: str
+
+
+class TriggerScene(_Strict):
+    name_zh: str
+    scene: Scene
+
+
+class RuleCodes(_Strict):
+    vola_bhvr_type: Annotated[str, Field(pattern=r"^\d{1,4}$")]
+    bhvr_name_zh: str
+    national_codes: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list)
+
+
+class NationalDictionary(_Strict):
+    """`rules/national.yaml`: the platform's dictionaries and our mapping tables."""
+
+    sev_deg: dict[Severity, SeverityCode]
+    trig_scen: dict[str, TriggerScene]
+    default_scene: Scene = Scene.PRE
+    rules: dict[str, RuleCodes]
+    other_behaviour: RuleCodes
+
+    @model_validator(mode="after")
+    def _complete(self) -> NationalDictionary:
+        missing = [s.value for s in Severity if s not in self.sev_deg]
+        if missing:
+            raise ValueError(f"sev_deg lacks {', '.join(missing)}")
+        seen: dict[str, str] = {}
+        for rule_id, codes in self.rules.items():
+            for code in codes.national_codes:
+                if code in seen or code in self.rules:
+                    raise ValueError(f"rules.{rule_id}.national_codes: {code} also names {seen.get(code, code)}")
+                seen[code] = rule_id
+        return self
+
+    @property
+    def rule_of_code(self) -> dict[str, str]:
+        return {code: rule_id for rule_id, codes in self.rules.items() for code in codes.national_codes}
+
+    def sev_deg_of(self, severity: Severity) -> str:
+        return self.sev_deg[severity].code
+
+    def behaviour_type(self, rule_id: str) -> str:
+        return self.rules.get(rule_id, self.other_behaviour).vola_bhvr_type
+
+    def resolve_rule(self, value: str) -> str | None:
+        """Our rule id for one of ours or a platform rule code; None when neither."""
+        value = value.strip()
+        if value in self.rules:
+            return value
+        return self.rule_of_code.get(value)
+
+    def scene_of(self, trig_scen: str | None) -> Scene | None:
+        """The scene of a trigger code; the default without one; None for an unknown code."""
+        if trig_scen is None:
+            return self.default_scene
+        entry = self.trig_scen.get(trig_scen.strip())
+        return None if entry is None else entry.scene
+
+
+class NationalDictionaryError(ValueError):
+    """`national.yaml` is unreadable or invalid; names the file and the field."""
+
+
+def load_dictionary(path: Path) -> NationalDictionary:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise NationalDictionaryError(f"{path}: {exc}") from exc
+    try:
+        return NationalDictionary.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top)"
+        raise NationalDictionaryError(f"{path}: {where}: {err['msg']}") from exc
+
+
+@cache
+def dictionary(rules_dir: Path | None = None) -> NationalDictionary:
+    """The dictionary beside the rule base (`rules/national.yaml`), loaded once a process."""
+    from rxguard.kb import default_rules_dir
+
+    return load_dictionary((rules_dir or default_rules_dir()) / NATIONAL_FILE)
 
 
 def _blank_is_none(value: Any) -> Any:
@@ -42,6 +144,13 @@ def _as_list(value: Any) -> Any:
     if isinstance(value, dict):
         return [value]
     return value
+
+
+def _code_text(value: Any) -> Any:
+    """A dictionary code as text: 1 and "1" alike (HIS systems send either)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value.strip() if isinstance(value, str) else value
 
 
 def _flag(value: Any) -> Any:
@@ -153,6 +262,55 @@ class NhsaEnvelope(_Lenient):
     input: NhsaInput
 
 
+class NhsaWarn(_Lenient):
+    warn_rslt_id: Id = Field(description="提醒结果标识: the jr_id a 3101/3102 answer gave")
+    dspo_way: Annotated[Literal["1", "2"], BeforeValidator(_code_text)] = Field(
+        description="处理方式: 1 继续执行, 2 返回修改"
+    )
+    dspo_way_rea: OptText = Field(default=None, description="处理原因: required when dspo_way is 1")
+
+
+class NhsaDispositionData(_Lenient):
+    warn_type: OptText = Field(default=None, description="提醒类型 (kept as given)")
+    warns: Annotated[list[NhsaWarn], BeforeValidator(_as_list)] = Field(min_length=1, max_length=200)
+
+
+class NhsaDispositionRequest(_Lenient):
+    """3103 input as the `data` node."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+    data: NhsaDispositionData
+
+
+class NhsaDispositionInput(_Lenient):
+    data: NhsaDispositionData
+
+
+class NhsaDispositionEnvelope(_Lenient):
+    """3103 input inside the platform's message envelope."""
+
+    infno: OptText = None
+    msgid: OptText = None
+    input: NhsaDispositionInput
+
+
+class NhsaDispositionResult(BaseModel):
+    warn_rslt_id: str
+    dspo_way: str
+    rule_id: str
+
+
+class NhsaDispositionOutput(BaseModel):
+    result: list[NhsaDispositionResult]
+
+
+class NhsaDispositionResponse(BaseModel):
+    infcode: int = 0
+    err_msg: str | None = None
+    output: NhsaDispositionOutput
+
+
 class NhsaViolationDetail(BaseModel):
     jrd_id: str
     patn_id: str
@@ -176,6 +334,12 @@ class NhsaViolation(BaseModel):
     vola_evid: str
     vola_bhvr_type: str
     task_id: str
+    # rxguard extensions (absent from 3101; clients ignore unknown fields)
+    next_fill_on: str | None = None  # yyyy-MM-dd: the first day the order would pass the supply rules
+    prev_fill_date: str | None = None  # NCPDP 530-FU analogue
+    prev_fill_cnt: float | None = None  # 531-FV
+    prev_fill_medins_id: str | None = None  # 529-FT
+    prev_fill_dr_codg: str | None = None  # 533-FX
 
 
 class NhsaOutput(BaseModel):
@@ -259,7 +423,10 @@ def resolve_field(order_path: str, relative: str) -> str:
 
 
 def behaviour_type(rule_id: str) -> str:
-    return behaviour_code(rule_id)
+    table = dictionary()
+    if rule_id in table.rules:
+        return table.behaviour_type(rule_id)
+    return behaviour_code(rule_id)  # the rule module's own code (rxguard.engine.rules); 99 for an unknown rule
 
 
 def truncate(text: str, limit: int = 500) -> str:

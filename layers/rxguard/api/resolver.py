@@ -21,13 +21,18 @@ from aws_lambda_powertools.shared.json_encoder import Encoder
 from pydantic import Discriminator, Tag
 
 from rxguard.api import nhsa, service
-from rxguard.api.access import Caller, identify
+from rxguard.api.access import Caller, identify, require_grant
 from rxguard.api.errors import ApiError, PayloadTooLarge, from_validation_errors
+from rxguard.api.guard import request_guard, with_json_content_type
 from rxguard.api.models import (
+    BacktestRequest,
+    BacktestResponse,
     CheckResponse,
     DispensationRequest,
     DispensationResponse,
     DispensingRequest,
+    DispositionRequest,
+    DispositionResponse,
     ErrorResponse,
     FindingsPage,
     FindingStatus,
@@ -80,6 +85,31 @@ DispensationBody = Annotated[
     Discriminator(_shape),
     Body(description="rxguard's dispensing shape, or the national 3102 input (data node or envelope)"),
 ]
+
+
+def _disposition_shape(value: Any) -> str:
+    """3103 shapes by their keys: `dispositions` rxguard's, `input` the envelope, `data` the node."""
+    if isinstance(value, dict):
+        if "dispositions" in value:
+            return "rxguard"
+        if "input" in value:
+            return "nhsa-envelope"
+        if "data" in value:
+            return "nhsa"
+    elif isinstance(value, nhsa.NhsaDispositionEnvelope):
+        return "nhsa-envelope"
+    elif isinstance(value, nhsa.NhsaDispositionRequest):
+        return "nhsa"
+    return "rxguard"
+
+
+DispositionBody = Annotated[
+    Annotated[DispositionRequest, Tag("rxguard")]
+    | Annotated[nhsa.NhsaDispositionRequest, Tag("nhsa")]
+    | Annotated[nhsa.NhsaDispositionEnvelope, Tag("nhsa-envelope")],
+    Discriminator(_disposition_shape),
+    Body(description="rxguard's disposition shape, or the national 3103 input (data node or envelope)"),
+]
 AnswerFormat = Annotated[
     Literal["rxguard", "nhsa"] | None,
     Query(alias="format", description="answer shape; default: the shape of the request"),
@@ -94,6 +124,7 @@ ERRORS: dict[int, Any] = {
     400: _error_content("Bad request: the error names the field"),
     403: _error_content("The caller may not act for this institution"),
     413: _error_content("Body larger than the limit, or too many drug lines"),
+    415: _error_content("The body is not JSON (Content-Type)"),
     422: _error_content("Not used: validation errors are answered with 400"),
 }
 
@@ -154,6 +185,27 @@ def post_dispensation(body: DispensationBody) -> DispensationResponse:
     return service.dispense(_services(), body, _caller())
 
 
+@app.post(
+    "/v1/dispositions",
+    summary="Record prescribers' handling of warnings (3103): continue with a reason, or modify",
+    description="warn_rslt_id / finding_id is the jr_id a check or dispensation answered. dspo_way 1 (continue) "
+    "requires dspo_way_rea. Disposing again replaces the earlier disposition. Feeds GET /v1/rules' continue and "
+    "modify rates.",
+    responses={
+        200: {
+            "description": "the findings or warnings with their dispositions",
+            "content": {content_types.APPLICATION_JSON: {"model": DispositionResponse | nhsa.NhsaDispositionResponse}},
+        },
+        404: _error_content("No such finding or warning"),
+        **ERRORS,
+    },
+    tags=["dispositions"],
+)
+def post_disposition(body: DispositionBody) -> DispositionResponse | nhsa.NhsaDispositionResponse:
+    answer: DispositionResponse | nhsa.NhsaDispositionResponse = service.dispose(_services(), body, _caller())
+    return answer
+
+
 @app.get(
     "/v1/findings",
     summary="Findings, newest first, paginated",
@@ -167,14 +219,14 @@ def post_dispensation(body: DispensationBody) -> DispensationResponse:
     tags=["findings"],
 )
 def get_findings(
-    institution: Annotated[str | None, Query(max_length=64, description="fixmedins_code")] = None,
-    patient: Annotated[str | None, Query(max_length=64, description="psn_no")] = None,
-    rule: Annotated[str | None, Query(max_length=64, description="rule id")] = None,
+    institution: Annotated[str | None, Query(min_length=1, max_length=64, description="fixmedins_code")] = None,
+    patient: Annotated[str | None, Query(min_length=1, max_length=64, description="psn_no")] = None,
+    rule: Annotated[str | None, Query(min_length=1, max_length=64, description="rule id")] = None,
     status: Annotated[FindingStatus | None, Query(description="default: every current finding")] = None,
     date_from: Annotated[date | None, Query(description="occurred on or after (YYYY-MM-DD)")] = None,
     date_to: Annotated[date | None, Query(description="occurred on or before (YYYY-MM-DD)")] = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
-    next_token: Annotated[str | None, Query(max_length=2048)] = None,
+    next_token: Annotated[str | None, Query(min_length=1, max_length=2048)] = None,
 ) -> FindingsPage:
     return service.list_findings(
         _services(),
@@ -195,7 +247,7 @@ FindingId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 
 @app.get(
     "/v1/findings/<finding_id>",
-    summary="One finding with its review",
+    summary="One finding with its review and disposition; also a warning a check answered (its jr_id)",
     responses={
         200: {"description": "the finding", "content": {content_types.APPLICATION_JSON: {"model": FindingView}}},
         404: _error_content("No such finding"),
@@ -227,7 +279,8 @@ def patch_finding(finding_id: FindingId, review: Annotated[ReviewRequest, Body()
 
 @app.get(
     "/v1/rules",
-    summary="The rule base with each rule's review figures (confirmed, dismissed, precision)",
+    summary="The rule base with each rule's review figures (confirmed, dismissed, precision) and "
+    "prescribers' continue and modify rates",
     responses={
         200: {"description": "the rules", "content": {content_types.APPLICATION_JSON: {"model": RulesResponse}}},
         **ERRORS,
@@ -235,7 +288,25 @@ def patch_finding(finding_id: FindingId, review: Annotated[ReviewRequest, Body()
     tags=["rules"],
 )
 def get_rules() -> RulesResponse:
+    require_grant(_caller())  # a principal with no grant gets 403 (docs/security.md)
     return service.rules(_services())
+
+
+@app.post(
+    "/v1/backtests",
+    summary="Try a rule change on the stored history (regulators; writes nothing)",
+    description="Re-evaluates the stored history with the given rules merged over today's and compares, "
+    "per rule: findings added, removed and changed in severity, patients and institutions affected, reviewed "
+    "findings that would flip with a precision estimate, and the spending cited (docs/planning.md).",
+    tags=["planning"],
+    responses={
+        400: _error_content("A rule entry is invalid: the field is named"),
+        403: _error_content("Only regulators run backtests"),
+        409: _error_content("No stored history to re-evaluate (not a local state)"),
+    },
+)
+def post_backtest(body: BacktestRequest) -> BacktestResponse:
+    return service.backtest(_services(), _caller(), body)
 
 
 @app.get("/v1/openapi.json", include_in_schema=False)
@@ -290,17 +361,25 @@ def _body_size(event: dict[str, Any]) -> int:
     return len(body.encode("utf-8", "surrogatepass")) if isinstance(body, str) else len(body)  # lone \ud800: no crash
 
 
+def _refused(error: ApiError) -> dict[str, Any]:
+    """An answer given before the resolver runs (the body is never parsed)."""
+    return {
+        "statusCode": error.status,
+        "headers": {"Content-Type": content_types.APPLICATION_JSON},
+        "body": json.dumps(error.body(), ensure_ascii=False),
+        "isBase64Encoded": False,
+    }
+
+
 def handle(event: dict[str, Any], context: Any, services: Services) -> dict[str, Any]:
     """Resolve one API Gateway REST proxy event with these services."""
     limit = services.settings.max_body_bytes
     if _body_size(event) > limit:
-        error = PayloadTooLarge(f"request body larger than {limit} bytes", None)
-        return {
-            "statusCode": error.status,
-            "headers": {"Content-Type": content_types.APPLICATION_JSON},
-            "body": json.dumps(error.body()),
-            "isBase64Encoded": False,
-        }
+        return _refused(PayloadTooLarge(f"request body larger than {limit} bytes", None))
+    refused = request_guard(event)  # JSON only, numbers of bounded size
+    if refused is not None:
+        return _refused(refused)
+    event = with_json_content_type(event)
     app.append_context(services=services, caller=identify(event, services.settings))
     return app.resolve(event, context)
 

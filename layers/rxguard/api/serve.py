@@ -1,43 +1,76 @@
-"""`rxguard serve`: the check API on localhost, for curl and an HIS developer's tests.
+"""`rxguard serve`: the check API on this machine, for a bureau's own servers, curl and an
+HIS developer's tests, served by waitress (a production WSGI server: a thread pool behind
+an event loop, so a slow client never stalls the others).
 
-By default it runs over the same moto resources as `rxguard run` (`rxguard.offline.
-Environment`: every resource of template.yaml, wired in by `rxguard.offline.serve`) and
-hands each HTTP request, translated into an API Gateway REST proxy event, to the real
-handler `functions/api/app.py` through the offline Lambda router. `--memory` skips moto and serves the resolver over an
-in-memory repository (fastest start).
+    rxguard serve [--state DIR] [--port 8080] [--host 127.0.0.1] [--callers callers.json]
+                  [--workers N] [--threads 8] [--max-seconds N]
+    rxguard serve --simulate-aws ...   the real Lambda handler over moto (as on AWS)
+    rxguard serve --memory ...         an empty in-memory repository (fastest start)
+
+By default (`--state DIR`, default `out/state`, the state `make run` / `rxguard run` keeps)
+the API runs over the SQLite state of `rxguard.local.state`: the findings a batch run
+wrote are listed and reviewed here, and a dispensation posted here is history for the
+next batch; both may run at once (docs/state.md). `--simulate-aws` keeps the former
+behaviour: every resource of template.yaml in moto and each request, as an API Gateway
+REST proxy event, handed to the real handler `functions/api/app.py`.
+
+Paths under `/v1/` are the API. Other paths go to the console (`rxguard.console.app`,
+`console_app(services)`) when it is wired in, else they answer 404 as the API does.
+
+This module is the HTTP side (the API layer); the state, the console and the moto harness
+sit above the API, so `rxguard.offline.serve` (the `rxguard serve` entry point) hands
+`main` what builds them: `local` (rxguard.local.serve.open_local), `console`
+(rxguard.console.app.console_app) and `moto` (rxguard.offline.serve.moto_invoke).
 
 Local-only conveniences: the header `X-Rxguard-Caller: <principal ARN>` plays the SigV4
 identity (requestContext.identity.userArn); without `--callers FILE` every caller may do
 everything (auth "open"). Request bodies are bounded (`max_body_bytes`, 413 beyond).
-
-    rxguard serve [--port 8080] [--host 127.0.0.1] [--memory] [--callers callers.json]
-                  [--max-seconds N]
 """
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import json
+import os
+import signal
+import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from rxguard.api.resolver import handle
 from rxguard.api.service import Services
 from rxguard.api.settings import ApiSettings
-from rxguard.api.store import InMemoryFindingsStore
-from rxguard.kb import get_knowledge_base
-from rxguard.repository import InMemoryRepository
 
 Invoke = Callable[[dict[str, Any]], dict[str, Any]]
+WsgiApp = Callable[..., Any]
 CALLER_HEADER = "X-Rxguard-Caller"
+DEFAULT_STATE = Path("out/state")  # where `make run` keeps it
+
+
+@dataclass
+class LocalSite:
+    """The API's services over a local state, as the layer above builds them."""
+
+    services: Services
+    where: str  # for people: the state's file
+    close: Callable[[], None]  # release the state's connections (before forking workers, at exit)
+
+
+# (state directory, API settings) -> the site; raises with a message for people when the state cannot be opened
+LocalOpener = Callable[[Path, ApiSettings], LocalSite]
+ConsoleFactory = Callable[[Services], WsgiApp]  # rxguard.console.app.console_app
+# Builds the moto-backed invoke (rxguard.offline.serve): the offline harness sits above the
+# API, so it hands this in rather than the API importing it.
+MotoInvoke = Callable[[ExitStack, "dict[str, Any] | None"], Invoke]
 
 
 def proxy_event(
@@ -80,62 +113,9 @@ def answer_headers(answer: dict[str, Any]) -> dict[str, str]:
     return headers
 
 
-def make_handler(invoke: Invoke, max_body_bytes: int) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "rxguard-serve/1"
-        protocol_version = "HTTP/1.1"
-
-        def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
-            self.send_response(status)
-            for key, value in headers.items():
-                if key.lower() not in ("content-length", "connection"):
-                    self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _error(self, status: int, code: str, message: str) -> None:
-            body = json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
-            self.close_connection = True
-            self._send(status, {"Content-Type": "application/json", "Connection": "close"}, body)
-
-        def _handle(self) -> None:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                self._error(400, "bad_request", "Content-Length is not a number")
-                return
-            if length > max_body_bytes:
-                self._error(413, "too_large", f"request body larger than {max_body_bytes} bytes")
-                return
-            raw = self.rfile.read(length) if length > 0 else b""
-            try:
-                text = raw.decode("utf-8") if raw else None
-            except UnicodeDecodeError:
-                self._error(400, "invalid_encoding", "request body is not UTF-8")
-                return
-            headers = {k: v for k, v in self.headers.items()}
-            event = proxy_event(self.command, self.path, headers, text, self.client_address[0])
-            answer = invoke(event)
-            if "statusCode" not in answer:  # the handler failed: a Lambda error payload
-                self._error(502, "handler_error", str(answer.get("errorType", "handler error")))
-                return
-            out_headers = answer_headers(answer)
-            body = answer.get("body") or ""
-            data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-            self._send(int(answer["statusCode"]), out_headers, data)
-
-        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
-
-        def log_message(self, format: str, *args: Any) -> None:
-            # method, path and status only: bodies and query strings may carry patient ids
-            sys.stderr.write(f"{self.log_date_time_string()} {self.command} {urlsplit(self.path).path} {args[1]}\n")
-
-    return Handler
-
-
 def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., Any]:
-    """The same translation as a WSGI app (in-process HTTP for schemathesis and tests)."""
+    """HTTP to an API Gateway REST proxy event and back, as a WSGI app (what waitress
+    serves; in-process HTTP for schemathesis and tests)."""
     from http import HTTPStatus
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -150,7 +130,8 @@ def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., 
             headers["Content-Type"] = environ["CONTENT_TYPE"]
         target = environ.get("PATH_INFO", "/") + (f"?{environ['QUERY_STRING']}" if environ.get("QUERY_STRING") else "")
         text = raw.decode("utf-8", errors="replace") if raw else None
-        answer = invoke(proxy_event(environ["REQUEST_METHOD"], target, headers, text))
+        source_ip = str(environ.get("REMOTE_ADDR") or "127.0.0.1")
+        answer = invoke(proxy_event(environ["REQUEST_METHOD"], target, headers, text, source_ip))
         status = int(answer.get("statusCode", 502))
         out = answer.get("body") or ""
         start_response(
@@ -162,23 +143,83 @@ def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., 
     return app
 
 
-def memory_invoke(settings: ApiSettings) -> Invoke:
+def memory_services(settings: ApiSettings) -> Services:
+    from rxguard.api.store import InMemoryFindingsStore
+    from rxguard.kb import get_knowledge_base
+    from rxguard.repository import InMemoryRepository
+
     repo = InMemoryRepository()
-    services = Services(kb=get_knowledge_base(), repo=repo, store=InMemoryFindingsStore(repo), settings=settings)
-    return lambda event: handle(event, None, services)
+    return Services(kb=get_knowledge_base(), repo=repo, store=InMemoryFindingsStore(repo), settings=settings)
 
 
-# Builds the moto-backed invoke (rxguard.offline.serve): the offline harness sits above the
-# API, so it hands this in rather than the API importing it.
-MotoInvoke = Callable[[ExitStack, "dict[str, Any] | None"], Invoke]
+def services_invoke(services: Services) -> Invoke:
+    """The resolver in this process. Powertools' resolver keeps the current request on the
+    app object, so requests are resolved one at a time (the work is CPU-bound under the
+    GIL anyway); waitress's threads still read, parse and write every connection at once."""
+    from rxguard.api.resolver import handle
+
+    lock = threading.Lock()
+
+    def invoke(event: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            return handle(event, None, services)
+
+    return invoke
 
 
-def main(argv: Sequence[str] | None = None, *, moto: MotoInvoke | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rxguard serve", description="serve the check API on localhost")
+def memory_invoke(settings: ApiSettings) -> Invoke:
+    return services_invoke(memory_services(settings))
+
+
+def site_app(
+    services: Services | None, invoke: Invoke, max_body_bytes: int, console: ConsoleFactory | None = None
+) -> WsgiApp:
+    """The WSGI app of serve: `/v1/...` to the API, other paths to the console when one is
+    given (`console(services)`), else to the API (404)."""
+    api = wsgi_app(invoke, max_body_bytes)
+    if console is None or services is None:
+        return api
+    pages = console(services)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO") or "/"
+        if path == "/v1" or path.startswith("/v1/"):
+            return api(environ, start_response)
+        return pages(environ, start_response)
+
+    return app
+
+
+def _default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    moto: MotoInvoke | None = None,
+    local: LocalOpener | None = None,
+    console: ConsoleFactory | None = None,
+) -> int:
+    parser = argparse.ArgumentParser(prog="rxguard serve", description="serve the check API on this machine")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed)")
-    parser.add_argument("--memory", action="store_true", help="in-memory repository instead of moto")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--state", type=Path, metavar="DIR", help=f"state directory shared with `rxguard run` (default {DEFAULT_STATE})"
+    )
+    mode.add_argument(
+        "--simulate-aws", action="store_true", help="the real Lambda handler over moto (template.yaml's resources)"
+    )
+    mode.add_argument("--memory", action="store_true", help="an empty in-memory repository")
     parser.add_argument("--callers", type=Path, help="JSON {principal: {institutions, regulator}}: enforce access")
+    parser.add_argument("--threads", type=int, default=8, help="waitress threads per worker process (default 8)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the port, --state only (default: the cores, at most 4; elsewhere 1)",
+    )
     parser.add_argument("--max-seconds", type=float, default=None, help="stop by itself after this many seconds")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
@@ -186,23 +227,140 @@ def main(argv: Sequence[str] | None = None, *, moto: MotoInvoke | None = None) -
     settings = ApiSettings.model_validate(
         {"auth_mode": "enforce" if callers is not None else "open", "callers": callers or {}}
     )
-    if not args.memory and moto is None:
-        parser.error("the moto mode runs through `rxguard serve` (rxguard.offline.serve); use --memory here")
+    if args.simulate_aws and moto is None:
+        parser.error("--simulate-aws runs through `rxguard serve` (rxguard.offline.serve)")
+    if not (args.simulate_aws or args.memory) and local is None:
+        parser.error("the state runs through `rxguard serve` (rxguard.offline.serve); use --memory here")
     with ExitStack() as stack:
-        invoke = memory_invoke(settings) if args.memory or moto is None else moto(stack, callers)
-        server = HTTPServer((args.host, args.port), make_handler(invoke, settings.max_body_bytes))
-        stack.callback(server.server_close)
-        host, port = str(server.server_address[0]), int(server.server_address[1])
-        mode = "in-memory" if args.memory else "moto"
-        print(f"rxguard serve: listening on http://{host}:{port} ({mode})", flush=True)
-        if args.max_seconds is not None:
-            timer = threading.Timer(args.max_seconds, server.shutdown)
-            timer.daemon = True
-            timer.start()
-        with suppress(KeyboardInterrupt):
-            server.serve_forever(poll_interval=0.2)
+        services: Services | None = None
+        site: LocalSite | None = None
+        workers = 1
+        if args.simulate_aws:
+            assert moto is not None
+            invoke, where = moto(stack, callers), "moto (--simulate-aws)"
+        elif args.memory:
+            services = memory_services(settings)
+            invoke, where = services_invoke(services), "in-memory"
+        else:
+            assert local is not None
+            try:
+                site = local(args.state or DEFAULT_STATE, settings)
+            except Exception as exc:
+                print(f"rxguard serve: {exc}", file=sys.stderr)
+                return 1
+            stack.callback(site.close)
+            services = site.services
+            invoke, where = services_invoke(services), site.where
+            workers = args.workers or _default_workers()
+            if not hasattr(os, "fork"):
+                workers = 1
+            if workers > 1:
+                where += f", {workers} workers"
+        app = site_app(services, invoke, settings.max_body_bytes, console)
+        if site is not None and workers > 1:
+            site.close()  # no SQLite connection may cross a fork (console reads too): each worker opens its own
+        listener = socket.create_server((args.host, args.port), backlog=1024)
+        stack.callback(listener.close)
+        port = int(listener.getsockname()[1])
+        print(f"rxguard serve: listening on http://{args.host}:{port} ({where})", flush=True)
+        if workers > 1:
+            _prefork(app, listener, workers, args.threads, settings, args.max_seconds)
+        else:
+            _serve(app, listener, args.threads, settings, args.max_seconds)
     print("rxguard serve: stopped", flush=True)
     return 0
+
+
+def _serve(
+    app: Callable[..., Any], listener: socket.socket, threads: int, settings: ApiSettings, max_seconds: float | None
+) -> None:
+    """waitress on an already listening socket, in this process, until interrupted."""
+    from waitress.server import create_server  # local serving only: not in the Lambda layer
+
+    server = create_server(
+        app,
+        sockets=[listener],
+        threads=max(1, threads),
+        max_request_body_size=settings.max_body_bytes * 4,  # the app answers 413 in JSON below 4x
+        ident="rxguard-serve",
+    )
+    timer = None
+    if max_seconds is not None:
+        timer = threading.Timer(max_seconds, _thread.interrupt_main)
+        timer.daemon = True
+        timer.start()
+    with suppress(KeyboardInterrupt):
+        server.run()
+    if timer is not None:
+        timer.cancel()
+    server.close()
+
+
+def _prefork(
+    app: Callable[..., Any],
+    listener: socket.socket,
+    workers: int,
+    threads: int,
+    settings: ApiSettings,
+    max_seconds: float | None,
+) -> None:
+    """Pre-fork: `workers` processes serve the one listening socket (the kernel hands each
+    connection to one of them), so checks use every core; the resolver and the engine are
+    Python, one request at a time per process. The parent waits, passes SIGTERM / SIGINT
+    on, and stops them after `max_seconds`; a worker whose parent is gone stops itself."""
+    parent = os.getpid()
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker
+            code = 0
+            try:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGTERM, lambda *_: _thread.interrupt_main())
+                threading.Thread(target=_orphan_watch, args=(parent,), daemon=True).start()
+                _serve(app, listener, threads, settings, None)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def stop(*_: object) -> None:
+        for child in children:
+            with suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    timer = None
+    if max_seconds is not None:
+        timer = threading.Timer(max_seconds, stop)
+        timer.daemon = True
+        timer.start()
+    try:
+        for child in children:
+            while True:
+                try:
+                    os.waitpid(child, 0)
+                    break
+                except ChildProcessError:
+                    break
+                except InterruptedError:
+                    continue
+    finally:
+        if timer is not None:
+            timer.cancel()
+        stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _orphan_watch(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    _thread.interrupt_main()
 
 
 if __name__ == "__main__":

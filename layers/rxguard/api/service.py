@@ -12,12 +12,13 @@ medium -> warn, low -> pass (the hit is still reported, as information).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from functools import partial
 from typing import Any, Literal
 
-from rxguard import screening
+from rxguard import claimline, screening
 from rxguard.alerts import notify_batch
 from rxguard.api import nhsa
 from rxguard.api.access import (
@@ -27,15 +28,22 @@ from rxguard.api.access import (
     require_institutions,
     require_reviewer,
 )
-from rxguard.api.errors import InvalidField, NotFound, PayloadTooLarge
+from rxguard.api.errors import Conflict, InvalidField, NotFound, PayloadTooLarge
 from rxguard.api.models import (
+    BacktestRequest,
+    BacktestResponse,
     CheckResponse,
     Decision,
     DispensationResponse,
     DispensingRequest,
+    Disposition,
+    DispositionRequest,
+    DispositionResponse,
     FindingsPage,
     FindingView,
     LineResult,
+    PreviousFill,
+    ProposedLine,
     ReviewRequest,
     RuleHit,
     RulesResponse,
@@ -45,10 +53,10 @@ from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore
 from rxguard.engine.risk import PatientRisk, patient_risk
 from rxguard.ingest.normalize import LineRejected, normalize_record
-from rxguard.kb import KnowledgeBase
+from rxguard.kb import KnowledgeBase, KnowledgeBaseError
 from rxguard.letters import issue_letters
-from rxguard.models import ClaimLine, Finding, Scene, Severity
-from rxguard.repository import HistoryRepository
+from rxguard.models import ClaimLine, Finding, OverrideReason, Scene, Severity
+from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 from rxguard.scope import Scope
 
 DECISION: dict[Severity, Decision] = {Severity.HIGH: "block", Severity.MEDIUM: "warn", Severity.LOW: "pass"}
@@ -56,17 +64,34 @@ NOT_MONITORED = "not monitored"
 CHINA = timezone(timedelta(hours=8))  # claim-line times are China time; no DST, no tz database needed
 Shape = Literal["rxguard", "nhsa"]
 CheckBody = DispensingRequest | nhsa.NhsaRequest | nhsa.NhsaEnvelope
+DispositionBody = DispositionRequest | nhsa.NhsaDispositionRequest | nhsa.NhsaDispositionEnvelope
+EVIDENCE_CAP = 5  # evidence line ids a hit lists (the finding keeps them all; GET shows them): a 200-line check < 1 MB
+TRIGGER_CAP = 3  # trigger line ids a hit's figures list (with trigger_lines_count)
+# Rules a dispenser can wait out: the fill passes once enough of the earlier supply is used.
+WAITABLE_RULES = frozenset({"early-refill", "cumulative-oversupply", "cross-institution-repeat"})
+NEXT_FILL_HORIZON_DAYS = 400  # beyond this, waiting is not the answer (next_fill_on null)
+# A continued warning's reason (3103 dspo_way_rea, free text) -> the line's override reason,
+# by the first matching words; a reason matching none is counted in the figures only.
+OVERRIDE_WORDS: tuple[tuple[OverrideReason, tuple[str, ...]], ...] = (
+    ("lost", ("遗失", "丢失", "被盗", "损坏", "lost")),
+    ("travel", ("外出", "出差", "旅行", "出国", "返乡", "探亲", "备药", "travel")),
+    ("dose_change", ("剂量", "加量", "增量", "调整用量", "dose")),
+)
 
-Checker = Callable[[Sequence[ClaimLine], HistoryRepository, KnowledgeBase], dict[str, list[Finding]]]
+# (lines, repo, kb[, scenes=...]) -> findings by proposed line id
+Checker = Callable[..., dict[str, list[Finding]]]
 Screener = Callable[..., Any]  # screening.screen_lines(lines, repo, kb, scene=...) -> ScreenOutcome
 # (new and updated findings, batch id, the request's lines by id) -> alerts published
 Notifier = Callable[[Sequence[Finding], str, Mapping[str, ClaimLine]], int]
+# (rule entries as in rules.yaml, since YYYY-MM) -> the backtest report (docs/planning.md); the
+# composition root wires one where a stored history can be re-evaluated (rxguard serve --state)
+Planner = Callable[[list[dict[str, Any]], str | None], dict[str, Any]]
 
 
 def _default_checker(
-    lines: Sequence[ClaimLine], repo: HistoryRepository, kb: KnowledgeBase
+    lines: Sequence[ClaimLine], repo: HistoryRepository, kb: KnowledgeBase, **kwargs: Any
 ) -> dict[str, list[Finding]]:
-    return screening.check_lines(lines, repo, kb)
+    return screening.check_lines(lines, repo, kb, **kwargs)
 
 
 def _default_screener(lines: Sequence[ClaimLine], repo: HistoryRepository, kb: KnowledgeBase, scene: Scene) -> Any:
@@ -86,6 +111,8 @@ class Services:
     screen_lines: Screener = _default_screener
     default_admdvs: str | None = None
     clock: Callable[[], datetime] | None = None  # China time, naive (as fee_ocur_time)
+    national: nhsa.NationalDictionary = field(default_factory=nhsa.dictionary)
+    planner: Planner | None = None  # backtests over the stored history
 
     def now(self) -> datetime:
         if self.clock is not None:
@@ -95,18 +122,21 @@ class Services:
 
 @dataclass
 class RequestLine:
-    """One drug line of a request, as a claim-line record, with where it came from."""
+    """One drug line of a request as a claim-line record (contract field -> value), with the
+    request path each field came from (`lines[0].cnt`, `psn_no`, `data.patient_dtos[0].patn_id`)."""
 
     record: dict[str, object]
-    path: str  # "lines[0]" or "data.patient_dtos[0].fsi_encounter_dtos[0].fsi_order_dtos[1]"
-    fields: Mapping[str, str]  # record field -> request field (relative to path; "../" = parent)
+    path: str  # the line: "lines[0]" or "data.patient_dtos[0].fsi_encounter_dtos[0].fsi_order_dtos[1]"
+    sources: Mapping[str, str]  # contract field -> request field path
     answer: bool = True  # False: context only (a 3101 order with curr_drord_flag 0)
     task_id: str | None = None
 
 
-def alerts_notifier(kb: KnowledgeBase, sink: Any, settings: Any = None) -> Notifier:
+def alerts_notifier(kb: KnowledgeBase, sink: Any, settings: Any = None, counters: Any = None) -> Notifier:
     """Findings of a dispensing -> the alerts topic, as the batch's Notify step does (each
-    finding is alerted at most once, however often it is passed)."""
+    finding is alerted at most once, however often it is passed). `counters` numbers the
+    letters (`rxguard.letters.CounterStore`; the DynamoDB CountersTable on AWS)."""
+    letters = partial(issue_letters, counters=counters) if counters is not None else issue_letters
 
     def notify(findings: Sequence[Finding], batch_id: str, lines: Mapping[str, ClaimLine]) -> int:
         names = {line.fixmedins_code: line.fixmedins_name for line in lines.values() if line.fixmedins_name}
@@ -118,7 +148,7 @@ def alerts_notifier(kb: KnowledgeBase, sink: Any, settings: Any = None) -> Notif
             settings=settings,
             institution_names=names,
             lines=lines,
-            letters=issue_letters,
+            letters=letters,
         )
         return summary.alerts_published
 
@@ -140,8 +170,18 @@ def lines_of(body: CheckBody, now: datetime, *, require_sn: bool) -> list[Reques
     return _nhsa_lines(body, now)
 
 
+# rxguard's request shape speaks the contract's names: a field of the line, else of the visit.
+_LINE_FIELDS = tuple(name for name in claimline.COLUMNS if name in ProposedLine.model_fields)
+_VISIT_FIELDS = tuple(
+    name for name in claimline.COLUMNS if name in DispensingRequest.model_fields and name not in _LINE_FIELDS
+)
+
+
 def _rxguard_lines(body: DispensingRequest, now: datetime, *, require_sn: bool) -> list[RequestLine]:
     time = _time_text(body.fee_ocur_time or now)
+    visit: dict[str, object] = {name: getattr(body, name) for name in _VISIT_FIELDS}
+    visit["fee_ocur_time"] = time
+    visit_sources = {name: name for name in _VISIT_FIELDS}
     out = []
     for i, line in enumerate(body.lines):
         path = f"lines[{i}]"
@@ -149,48 +189,13 @@ def _rxguard_lines(body: DispensingRequest, now: datetime, *, require_sn: bool) 
             raise InvalidField(
                 f"{path}.feedetl_sn is required to record a dispensing", f"{path}.feedetl_sn", code="missing_field"
             )
-        total = line.det_item_fee_sumamt
-        if total is None:
-            total = round(line.cnt * line.pric, 2)
-        record: dict[str, object] = {
-            "feedetl_sn": line.feedetl_sn or f"check-{i + 1}",
-            "fixmedins_code": body.fixmedins_code,
-            "fixmedins_name": body.fixmedins_name,
-            "admdvs": body.admdvs,
-            "psn_no": body.psn_no,
-            "mdtrt_id": body.mdtrt_id,
-            "setl_id": body.setl_id,
-            "med_type": body.med_type,
-            "fee_ocur_time": time,
-            "med_list_codg": line.med_list_codg,
-            "med_list_name": line.med_list_name,
-            "cnt": line.cnt,
-            "trdn_flag": line.trdn_flag,
-            "pric": line.pric,
-            "det_item_fee_sumamt": total,
-            "sin_dos_dscr": line.sin_dos_dscr,
-            "used_frqu_dscr": line.used_frqu_dscr,
-            "prd_days": line.prd_days,
-            "rxno": line.rxno,
-            "bilg_dr_codg": line.bilg_dr_codg,
-            "dise_codg": [*body.dise_codg, *line.dise_codg],
-            "dscg_tkdrug_flag": line.dscg_tkdrug_flag,
-            "lt_rx_flag": line.lt_rx_flag,
-            "override_reason": line.override_reason,
-            "drug_trac_codg": line.drug_trac_codg,
-        }
-        visit_fields = (
-            "fixmedins_code",
-            "fixmedins_name",
-            "admdvs",
-            "psn_no",
-            "mdtrt_id",
-            "setl_id",
-            "med_type",
-            "fee_ocur_time",
-        )
-        fields = {f: f"../{f}" for f in visit_fields}
-        out.append(RequestLine({k: v for k, v in record.items() if v is not None}, path, fields))
+        record: dict[str, object] = {**visit, **{name: getattr(line, name) for name in _LINE_FIELDS}}
+        record["feedetl_sn"] = line.feedetl_sn or f"check-{i + 1}"
+        if line.det_item_fee_sumamt is None:
+            record["det_item_fee_sumamt"] = round(line.cnt * line.pric, 2)
+        record["dise_codg"] = [*body.dise_codg, *line.dise_codg]
+        sources = {**visit_sources, **{name: f"{path}.{name}" for name in _LINE_FIELDS}}
+        out.append(RequestLine({k: v for k, v in record.items() if v is not None}, path, sources))
     return out
 
 
@@ -203,15 +208,15 @@ def _nhsa_lines(body: nhsa.NhsaRequest | nhsa.NhsaEnvelope, now: datetime) -> li
             for o, order in enumerate(encounter.fsi_order_dtos):
                 path = f"{prefix}.patient_dtos[{p}].fsi_encounter_dtos[{e}].fsi_order_dtos[{o}]"
                 record, fields = nhsa.order_record(patient, encounter, order, _time_text(now))
-                out.append(RequestLine(record, path, fields, answer=order.curr_drord_flag != "0", task_id=task_id))
+                sources = {name: nhsa.resolve_field(path, fields.get(name, name)) for name in claimline.COLUMNS}
+                out.append(RequestLine(record, path, sources, answer=order.curr_drord_flag != "0", task_id=task_id))
     return out
 
 
 def _request_field(line: RequestLine, record_field: str | None) -> str:
     if record_field is None:
         return line.path
-    relative = line.fields.get(record_field, record_field)
-    return nhsa.resolve_field(line.path, relative) if relative.startswith("../") else f"{line.path}.{relative}"
+    return line.sources.get(record_field, f"{line.path}.{record_field}")
 
 
 def normalize(lines: Sequence[RequestLine], services: Services) -> list[ClaimLine]:
@@ -257,25 +262,167 @@ def worst(decisions: Sequence[Decision]) -> Decision:
     return max(decisions, key=lambda d: order[d], default="pass")
 
 
-EVIDENCE_CAP = 5  # evidence lines a hit lists (with their total; the finding keeps them all): a 200-line check < 1 MB
-TRIGGER_CAP = 3  # trigger lines a hit's figures list (with their total)
+class _CachedReads(HistoryRepository):
+    """The history a check reads, read once: the next-fill search re-checks a line on later
+    days without reading again, and the previous fill is looked up in what was read."""
+
+    def __init__(self, repo: HistoryRepository) -> None:
+        self.repo = repo
+        self.history: dict[str, list[ClaimLine]] = {}
+        self.sales: dict[str, list[TraceSale]] = {}
+        self.lines: dict[str, ClaimLine] = {}
+
+    def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
+        missing = sorted(set(psn_nos) - self.history.keys())
+        if missing:
+            loaded = self.repo.load_history(missing)
+            for psn in missing:
+                self.history[psn] = list(loaded.get(psn, ()))
+                self.lines.update((line.line_id, line) for line in self.history[psn])
+        return {p: self.history[p] for p in psn_nos}
+
+    def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
+        missing = sorted(set(codes) - self.sales.keys())
+        if missing:
+            loaded = self.repo.load_trace_sales(missing)
+            for code in missing:
+                self.sales[code] = list(loaded.get(code, ()))
+        return {c: self.sales[c] for c in codes}
+
+    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+        raise NotImplementedError("a check records nothing")
+
+    def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
+        return self.repo.load_findings(scopes)
+
+    def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
+        raise NotImplementedError("a check records nothing")
 
 
-def capped(line_ids: Sequence[str], first: Sequence[str] = (), cap: int = EVIDENCE_CAP) -> list[str]:
-    """At most `cap` line ids, sorted: `first` (the line answered, the trigger lines) kept first."""
-    if len(line_ids) <= cap:
-        return list(line_ids)
-    wanted = set(line_ids)
-    keep = list(dict.fromkeys(x for x in first if x in wanted))[:cap]
-    for line_id in reversed(line_ids):  # then the most recent ids (line ids sort by institution, serial)
-        if len(keep) >= cap:
-            break
-        if line_id not in keep:
-            keep.append(line_id)
-    return sorted(keep)
+@dataclass
+class Advice:
+    """What a dispenser acts on, per answered line: when the fill would pass, and the fill
+    each supply finding compares with."""
+
+    next_fill_on: dict[str, date | None] = field(default_factory=dict)  # line id -> day (None: waiting fails)
+    previous: dict[tuple[str, str], PreviousFill] = field(default_factory=dict)  # (line id, finding id) -> fill
 
 
-def _hit(finding: Finding, kb: KnowledgeBase, line_id: str | None = None) -> RuleHit:
+def _previous_fill(line: ClaimLine, finding: Finding, known: Mapping[str, ClaimLine]) -> PreviousFill | None:
+    """The latest evidence line of the same ingredient before `line` (another line)."""
+    earlier = [
+        known[i]
+        for i in finding.evidence
+        if i != line.line_id
+        and i in known
+        and known[i].fee_ocur_time <= line.fee_ocur_time
+        and (known[i].atc_code or known[i].med_list_codg) == (line.atc_code or line.med_list_codg)
+    ]
+    if not earlier:
+        return None
+    prev = max(earlier, key=lambda ln: (ln.fee_ocur_time, ln.line_id))
+    return PreviousFill(
+        line_id=prev.line_id,
+        dispensed_on=prev.fee_ocur_time.date(),
+        quantity=prev.cnt,
+        days_supply=None if prev.days_supply is None else round(prev.days_supply, 2),
+        fixmedins_code=prev.fixmedins_code,
+        fixmedins_name=prev.fixmedins_name,
+        prescriber=prev.bilg_dr_codg,
+        med_list_codg=prev.med_list_codg,
+        med_list_name=prev.med_list_name,
+    )
+
+
+def advise(
+    services: Services,
+    claims: Sequence[ClaimLine],
+    hits: Mapping[str, list[Finding]],
+    reads: _CachedReads,
+    check: Callable[..., dict[str, list[Finding]]],
+    allowed: Collection[str] | None,
+    context: Sequence[ClaimLine] = (),
+) -> Advice:
+    """next_fill_on: the first day (bisection over 1..NEXT_FILL_HORIZON_DAYS days later)
+    on which the line, re-checked against the same history with the other lines of the
+    request, draws no finding of a waitable rule; None when even the horizon does not
+    help. Supply findings are monotone in the waiting time (more of the earlier supply is
+    used), which makes bisection exact; the answer is re-checked once.
+
+    Cost: the waitable rules judge one ingredient, so the search re-checks only the lines of
+    the claim's ingredient (`_OneIngredient`), and lines of one patient, ingredient and time
+    (one fill) share one search."""
+    advice = Advice()
+    known = {**reads.lines, **{c.line_id: c for c in claims}}
+    searched: dict[tuple[str, str, datetime], date | None] = {}
+    for claim in claims:
+        waitable = [f for f in hits.get(claim.line_id, []) if f.rule_id in WAITABLE_RULES]
+        for finding in waitable:
+            prev = _previous_fill(claim, finding, known)
+            if prev is not None:
+                advice.previous[(claim.line_id, finding.finding_id)] = prev
+        if not waitable:
+            continue
+        ingredient = claim.atc_code or claim.med_list_codg
+        group = (claim.psn_no, ingredient, claim.fee_ocur_time)
+        if group in searched:
+            advice.next_fill_on[claim.line_id] = searched[group]
+            continue
+        others = [
+            c
+            for c in (context or claims)
+            if c.psn_no == claim.psn_no and c.line_id != claim.line_id and (c.atc_code or c.med_list_codg) == ingredient
+        ]
+        view = _OneIngredient(reads, ingredient)
+
+        def passes(
+            days: int, claim: ClaimLine = claim, others: list[ClaimLine] = others, view: _OneIngredient = view
+        ) -> bool:
+            moved = claim.model_copy(update={"fee_ocur_time": claim.fee_ocur_time + timedelta(days=days)})
+            found = check([*others, moved], view).get(claim.line_id, [])
+            return not any(f.rule_id in WAITABLE_RULES and (allowed is None or f.rule_id in allowed) for f in found)
+
+        if not passes(NEXT_FILL_HORIZON_DAYS):
+            advice.next_fill_on[claim.line_id] = searched[group] = None
+            continue
+        low, high = 0, NEXT_FILL_HORIZON_DAYS  # fails at low (today), passes at high
+        while high - low > 1:
+            middle = (low + high) // 2
+            if passes(middle):
+                high = middle
+            else:
+                low = middle
+        advice.next_fill_on[claim.line_id] = searched[group] = claim.fee_ocur_time.date() + timedelta(days=high)
+    return advice
+
+
+class _OneIngredient(HistoryRepository):
+    """The cached history narrowed to one ingredient (what the waitable supply rules read)."""
+
+    def __init__(self, reads: _CachedReads, ingredient: str) -> None:
+        self.reads, self.ingredient = reads, ingredient
+
+    def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
+        loaded = self.reads.load_history(psn_nos)
+        return {
+            p: [ln for ln in lines if (ln.atc_code or ln.med_list_codg) == self.ingredient]
+            for p, lines in loaded.items()
+        }
+
+    def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
+        return {c: [] for c in codes}  # trace-code reuse cannot be waited out
+
+    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+        raise NotImplementedError("a check records nothing")
+
+    def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
+        return self.reads.load_findings(scopes)
+
+    def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
+        raise NotImplementedError("a check records nothing")
+
+
+def _hit(finding: Finding, kb: KnowledgeBase, line_id: str | None = None, advice: Advice | None = None) -> RuleHit:
     rule = kb.rules.get(finding.rule_id)
     figures = dict(finding.figures)
     triggers = figures.get("trigger_lines")
@@ -283,6 +430,7 @@ def _hit(finding: Finding, kb: KnowledgeBase, line_id: str | None = None) -> Rul
     if isinstance(triggers, list) and len(triggers) > TRIGGER_CAP:
         figures["trigger_lines"] = capped(triggers, first, TRIGGER_CAP)
         figures["trigger_lines_count"] = len(triggers)
+    waitable = finding.rule_id in WAITABLE_RULES and advice is not None and line_id is not None
     return RuleHit(
         rule_id=finding.rule_id,
         rule_version=finding.rule_version,
@@ -293,14 +441,33 @@ def _hit(finding: Finding, kb: KnowledgeBase, line_id: str | None = None) -> Rul
         explanation_zh=finding.explanation_zh,
         explanation_en=finding.explanation_en,
         evidence=capped(finding.evidence, first),
-        evidence_count=len(finding.evidence),
+        evidence_total=len(finding.evidence),
         figures=figures,
         mitigations=list(finding.mitigations),
         finding_id=finding.finding_id,
+        next_fill_on=advice.next_fill_on.get(line_id) if waitable and advice and line_id else None,
+        previous_fill=advice.previous.get((line_id, finding.finding_id)) if advice and line_id else None,
     )
 
 
-def line_result(line: ClaimLine, findings: Sequence[Finding], kb: KnowledgeBase) -> LineResult:
+def capped(line_ids: Sequence[str], first: Sequence[str] = (), cap: int = EVIDENCE_CAP) -> list[str]:
+    """At most `cap` line ids, sorted: `first` (the line answered, the trigger lines) kept first,
+    then the latest ids."""
+    if len(line_ids) <= cap:
+        return list(line_ids)
+    wanted = set(line_ids)
+    keep = list(dict.fromkeys(x for x in first if x in wanted))[:cap]
+    for line_id in reversed(line_ids):
+        if len(keep) >= cap:
+            break
+        if line_id not in keep:
+            keep.append(line_id)
+    return sorted(keep)
+
+
+def line_result(
+    line: ClaimLine, findings: Sequence[Finding], kb: KnowledgeBase, advice: Advice | None = None
+) -> LineResult:
     ordered = sorted(findings, key=lambda f: (-f.severity.rank, f.rule_id, f.finding_id))
     notes = [] if line.monitored else [NOT_MONITORED]
     return LineResult(
@@ -311,9 +478,14 @@ def line_result(line: ClaimLine, findings: Sequence[Finding], kb: KnowledgeBase)
         monitored=line.monitored,
         days_supply=None if line.days_supply is None else round(line.days_supply, 2),
         decision=decision_of(ordered),
+        next_fill_on=advice.next_fill_on.get(line.line_id) if advice else None,
         notes=notes,
-        hits=[_hit(f, kb, line.line_id) for f in ordered],
+        hits=[_hit(f, kb, line.line_id, advice) for f in ordered],
     )
+
+
+def _date_zh(day: date) -> str:
+    return f"{day.year}年{day.month}月{day.day}日"
 
 
 def nhsa_response(
@@ -321,8 +493,11 @@ def nhsa_response(
     hits: Mapping[str, list[Finding]],
     kb: KnowledgeBase,
     task_id: str,
+    national: nhsa.NationalDictionary | None = None,
+    advice: Advice | None = None,
 ) -> nhsa.NhsaResponse:
     """One violation per finding, with a detail per answered order it names."""
+    national = national or nhsa.dictionary()
     by_finding: dict[str, tuple[Finding, list[ClaimLine]]] = {}
     for line, _ in answered:
         for finding in hits.get(line.line_id, []):
@@ -332,14 +507,21 @@ def nhsa_response(
     for finding, lines in sorted(by_finding.values(), key=lambda e: (-e[0].severity.rank, e[0].rule_id)):
         rule = kb.rules.get(finding.rule_id)
         basis = (rule.legal_basis_zh if rule else "") or (rule.name_zh if rule else finding.rule_id)
-        evidence = "；证据明细：" + "、".join(finding.evidence)
+        shown = capped(finding.evidence, [lines[0].line_id])
+        more = len(finding.evidence) - len(shown)
+        evidence = "；证据明细：" + "、".join(shown) + (f"等{len(finding.evidence)}条" if more else "")
         first = lines[0]
+        content = finding.explanation_zh
+        next_on = advice.next_fill_on.get(first.line_id) if advice and finding.rule_id in WAITABLE_RULES else None
+        if next_on is not None:
+            content += f"；最早可于{_date_zh(next_on)}购药"
+        prev = advice.previous.get((first.line_id, finding.finding_id)) if advice else None
         result.append(
             nhsa.NhsaViolation(
                 jr_id=finding.finding_id,
                 rule_id=finding.rule_id,
                 rule_name=rule.name_zh if rule else finding.rule_id,
-                vola_cont=nhsa.truncate(finding.explanation_zh),
+                vola_cont=nhsa.truncate(content),
                 patn_id=first.psn_no,
                 mdtrt_id=first.mdtrt_id,
                 judge_result_detail_dtos=[
@@ -353,10 +535,15 @@ def nhsa_response(
                     for ln in lines
                 ],
                 vola_amt=round(sum(ln.det_item_fee_sumamt for ln in lines), 2),
-                sev_deg=nhsa.SEV_DEG[finding.severity],
+                sev_deg=national.sev_deg_of(finding.severity),
                 vola_evid=nhsa.truncate(basis + evidence),
-                vola_bhvr_type=nhsa.behaviour_type(finding.rule_id),
+                vola_bhvr_type=national.behaviour_type(finding.rule_id),
                 task_id=task_id,
+                next_fill_on=next_on.isoformat() if next_on else None,
+                prev_fill_date=prev.dispensed_on.isoformat() if prev else None,
+                prev_fill_cnt=prev.quantity if prev else None,
+                prev_fill_medins_id=prev.fixmedins_code if prev else None,
+                prev_fill_dr_codg=prev.prescriber if prev else None,
             )
         )
     return nhsa.NhsaResponse(output=nhsa.NhsaOutput(result=result))
@@ -365,22 +552,88 @@ def nhsa_response(
 # ------------------------------------------------------------------ operations
 
 
+def _selection(services: Services, body: CheckBody) -> tuple[set[str] | None, Scene]:
+    """The rules a 3101 request asks for (`rule_ids`: ours or the platform's codes) and the
+    scene of its trigger (`trig_scen`); a bad value is a 400 naming it."""
+    if isinstance(body, DispensingRequest):
+        return None, Scene.PRE
+    data, prefix = nhsa.nhsa_data(body)
+    national = services.national
+    scene = national.scene_of(data.trig_scen)
+    if scene is None:
+        known = "、".join(sorted(national.trig_scen, key=lambda c: (len(c), c)))
+        raise InvalidField(
+            f"{prefix}.trig_scen: unknown trigger scene {data.trig_scen!r} (known: {known})", f"{prefix}.trig_scen"
+        )
+    if not data.rule_ids:
+        return None, scene
+    allowed: set[str] = set()
+    for i, value in enumerate(data.rule_ids):
+        rule_id = national.resolve_rule(str(value))
+        if rule_id is None or rule_id not in services.kb.rules:
+            raise InvalidField(
+                f"{prefix}.rule_ids[{i}]: unknown rule {value!r} (our rule ids and the codes of rules/national.yaml)",
+                f"{prefix}.rule_ids[{i}]",
+                code="unknown_rule",
+            )
+        allowed.add(rule_id)
+    return allowed, scene
+
+
 def check(
     services: Services, body: CheckBody, caller: Caller, answer_as: Shape | None = None
 ) -> CheckResponse | nhsa.NhsaResponse:
-    """Pre-dispensing check: records nothing; two repository reads at most."""
+    """Pre-dispensing check: records no line; history read once. The findings answered
+    are kept as warnings (their jr_id can be fetched and disposed)."""
     now = services.now()
+    allowed, scene = _selection(services, body)
     request_lines = lines_of(body, now, require_sn=False)
     claims = normalize(request_lines, services)
     require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
-    hits = services.check_lines(claims, services.repo, services.kb)
+    reads = _CachedReads(services.repo)
+
+    def run(lines: Sequence[ClaimLine], repo: HistoryRepository = reads) -> dict[str, list[Finding]]:
+        if scene is Scene.PRE:
+            found = services.check_lines(lines, repo, services.kb)
+        else:
+            found = services.check_lines(lines, repo, services.kb, scenes=(scene,))
+        if allowed is None:
+            return found
+        return {line_id: [f for f in fs if f.rule_id in allowed] for line_id, fs in found.items()}
+
+    hits = run(claims)
     answered = [(c, r) for c, r in zip(claims, request_lines, strict=True) if r.answer]
+    advice = advise(services, [c for c, _ in answered], hits, reads, run, allowed, claims)
+    warnings = {f.finding_id: f for c, _ in answered for f in hits.get(c.line_id, [])}
+    if warnings:
+        services.store.record_warnings(list(warnings.values()), now, [c.line_id for c, _ in answered])
     shape = answer_as or ("rxguard" if isinstance(body, DispensingRequest) else "nhsa")
     if shape == "nhsa":
         task_id = next((r.task_id for r in request_lines if r.task_id), None) or f"rxguard-{now:%Y%m%d%H%M%S}"
-        return nhsa_response(answered, hits, services.kb, task_id)
-    results = [line_result(c, hits.get(c.line_id, []), services.kb) for c, _ in answered]
+        return nhsa_response(answered, hits, services.kb, task_id, services.national, advice)
+    results = [line_result(c, hits.get(c.line_id, []), services.kb, advice) for c, _ in answered]
     return CheckResponse(decision=worst([r.decision for r in results]), checked_at=now, lines=results)
+
+
+def override_of(reason: str) -> OverrideReason | None:
+    text = reason.lower()
+    for override, words in OVERRIDE_WORDS:
+        if any(word in text for word in words):
+            return override
+    return None
+
+
+def with_prescriber_overrides(services: Services, claims: list[ClaimLine]) -> list[ClaimLine]:
+    """A line dispensed after its prescriber continued past a warning (3103) carries the
+    reason as its override, unless the line states one itself: the override-frequency rule
+    counts it and, within its cap, the supply rules weigh it (one store read)."""
+    open_lines = [c.line_id for c in claims if c.override_reason is None]
+    reasons = services.store.continued_reasons(open_lines) if open_lines else {}
+    out = []
+    for claim in claims:
+        override = override_of(reasons[claim.line_id]) if claim.line_id in reasons else None
+        out.append(claim.model_copy(update={"override_reason": override}) if override else claim)
+    return out
 
 
 def dispense(services: Services, body: CheckBody, caller: Caller) -> DispensationResponse:
@@ -389,6 +642,7 @@ def dispense(services: Services, body: CheckBody, caller: Caller) -> Dispensatio
     request_lines = lines_of(body, now, require_sn=True)
     claims = normalize(request_lines, services)
     require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
+    claims = with_prescriber_overrides(services, claims)
     outcome = services.screen_lines(claims, services.repo, services.kb, scene=Scene.IN)
     recorded = {line.line_id for line in outcome.recorded}
     new_findings = list(outcome.changes.new)
@@ -479,6 +733,18 @@ def review_finding(services: Services, caller: Caller, finding_id: str, review: 
     return services.store.review(finding_id, review.status, review.reason, reviewer, services.now())
 
 
+def backtest(services: Services, caller: Caller, body: BacktestRequest) -> BacktestResponse:
+    """Try a rule change on the stored history (regulators only; writes nothing)."""
+    require_reviewer(caller)
+    if services.planner is None:
+        raise Conflict("backtests need a stored history to re-evaluate: rxguard serve --state DIR", "rules")
+    try:
+        report = services.planner(body.rules, body.since)
+    except KnowledgeBaseError as exc:
+        raise InvalidField(str(exc), f"rules.{exc.entry}.{exc.field}" if exc.entry and exc.field else "rules") from exc
+    return BacktestResponse.model_validate(report)
+
+
 def rules(services: Services) -> RulesResponse:
     figures = services.store.rule_figures(services.kb.rules.keys())
     out = []
@@ -500,6 +766,99 @@ def rules(services: Services) -> RulesResponse:
                 confirmed=confirmed,
                 dismissed=dismissed,
                 precision=None if confirmed + dismissed == 0 else round(confirmed / (confirmed + dismissed), 4),
+                continued=fig.continued if fig else 0,
+                modified=fig.modified if fig else 0,
+                continue_rate=None if fig is None or fig.continue_rate is None else round(fig.continue_rate, 4),
+                modify_rate=None if fig is None or fig.continue_rate is None else round(1 - fig.continue_rate, 4),
             )
         )
     return RulesResponse(rules=out)
+
+
+# ------------------------------------------------------------------ dispositions (3103)
+
+
+@dataclass(frozen=True)
+class _Item:
+    finding_id: str
+    action: Literal["continue", "modify"]
+    reason: str | None
+    path: str  # the request field of the item, e.g. "input.data.warns[0]"
+    id_field: str
+    reason_field: str
+
+
+def _disposition_items(body: DispositionBody) -> tuple[list[_Item], str | None, Shape]:
+    if isinstance(body, DispositionRequest):
+        items = [
+            _Item(d.finding_id, d.action, d.reason, f"dispositions[{i}]", "finding_id", "reason")
+            for i, d in enumerate(body.dispositions)
+        ]
+        return items, body.warn_type, "rxguard"
+    if isinstance(body, nhsa.NhsaDispositionEnvelope):
+        data, prefix = body.input.data, "input.data"
+    else:
+        data, prefix = body.data, "data"
+    items = [
+        _Item(
+            w.warn_rslt_id,
+            "continue" if w.dspo_way == "1" else "modify",
+            w.dspo_way_rea,
+            f"{prefix}.warns[{i}]",
+            "warn_rslt_id",
+            "dspo_way_rea",
+        )
+        for i, w in enumerate(data.warns)
+    ]
+    return items, data.warn_type, "nhsa"
+
+
+def dispose(
+    services: Services, body: DispositionBody, caller: Caller
+) -> DispositionResponse | nhsa.NhsaDispositionResponse:
+    """Store prescribers' handling of warnings. Every item is checked before any is stored:
+    a continue without a reason is a 400 naming the reason field; an id that is neither a
+    recorded finding nor a warning a check answered (or not the caller's) is a 404 naming
+    the id field."""
+    items, warn_type, shape = _disposition_items(body)
+    for item in items:
+        if item.action == "continue" and not (item.reason or "").strip():
+            field_name = f"{item.path}.{item.reason_field}"
+            raise InvalidField(
+                f"{field_name} is required when the prescriber continues (dspo_way 1 继续执行)",
+                field_name,
+                code="missing_field",
+            )
+    found: list[FindingView] = []
+    for item in items:
+        current = services.store.get(item.finding_id)
+        field_name = f"{item.path}.{item.id_field}"
+        if current is None:
+            raise NotFound(f"{field_name}: no finding or warning {item.finding_id}", field_name)
+        try:
+            require_finding_access(caller, current.fixmedins_code)
+        except NotFound as exc:
+            raise NotFound(f"{field_name}: no finding or warning {item.finding_id}", field_name) from exc
+        found.append(current)
+    now = services.now()
+    views = [
+        services.store.dispose(
+            item.finding_id,
+            Disposition(
+                action=item.action, reason=item.reason, warn_type=warn_type, disposer=caller.principal, disposed_at=now
+            ),
+        )
+        for item in items
+    ]
+    if shape == "rxguard":
+        return DispositionResponse(items=views)
+    return nhsa.NhsaDispositionResponse(
+        output=nhsa.NhsaDispositionOutput(
+            result=[
+                nhsa.NhsaDispositionResult(
+                    warn_rslt_id=v.finding_id, dspo_way="1" if item.action == "continue" else "2", rule_id=v.rule_id
+                )
+                for v, item in zip(views, items, strict=True)
+            ]
+        )
+    )

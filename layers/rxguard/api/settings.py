@@ -14,12 +14,14 @@ class CallerGrant(BaseModel):
     """What one caller (an IAM principal) may do.
 
     `institutions`: the fixmedins_codes the caller acts for (its own checks, dispensings
-    and findings). `regulator`: a bureau user, reads every finding and reviews them."""
+    and findings). `regulator`: a bureau user, reads every finding and reviews them.
+    `patient_ids`: the console shows patient numbers in clear (masked otherwise)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     institutions: list[str] = Field(default_factory=list)
     regulator: bool = False
+    patient_ids: bool = False
 
 
 class ApiSettings(BaseModel):

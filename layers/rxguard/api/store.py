@@ -6,6 +6,13 @@ on the FindingsTable of the template.
 A review sets the finding's status to confirmed / dismissed; the repositories keep that
 status when the rules produce the same finding again (repository contract), so reviews
 survive re-screening. Review figures per rule feed `GET /v1/rules` (precision).
+
+Warnings and dispositions (3101/3103): a check records nothing, yet the jr_id it answers
+must be fetchable and disposable. `record_warnings` keeps the findings a check answered
+(not current findings: no listing, no letters, no alerts; they expire); `get` answers a
+warning when no recorded finding has its id (`recorded` false). `dispose` stores the
+prescriber's handling with the finding or warning (continue with a reason / modify);
+`rule_figures` counts them per rule (continue and modify rates, alert fatigue).
 """
 
 from __future__ import annotations
@@ -13,13 +20,13 @@ from __future__ import annotations
 import base64
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 from rxguard.api.errors import Conflict, InvalidField, NotFound
-from rxguard.api.models import FindingView, Review, ReviewStatus
+from rxguard.api.models import Disposition, FindingView, Review, ReviewStatus
 from rxguard.models import Finding
 from rxguard.repository import InMemoryRepository
 
@@ -55,11 +62,18 @@ class FindingQuery:
 class RuleFigures:
     confirmed: int = 0
     dismissed: int = 0
+    continued: int = 0  # dispositions "continue" (3103 dspo_way 1)
+    modified: int = 0  # dispositions "modify" (dspo_way 2)
 
     @property
     def precision(self) -> float | None:
         reviewed = self.confirmed + self.dismissed
         return None if reviewed == 0 else self.confirmed / reviewed
+
+    @property
+    def continue_rate(self) -> float | None:
+        disposed = self.continued + self.modified
+        return None if disposed == 0 else self.continued / disposed
 
 
 class FindingsStore(ABC):
@@ -77,11 +91,35 @@ class FindingsStore(ABC):
 
     @abstractmethod
     def rule_figures(self, rule_ids: Collection[str]) -> dict[str, RuleFigures]:
-        """Confirmed and dismissed findings per rule id (rules never reviewed may be absent)."""
+        """Per rule id: findings confirmed and dismissed by reviewers, and findings or
+        warnings continued and modified by prescribers (rules with none may be absent)."""
+
+    @abstractmethod
+    def record_warnings(self, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()) -> None:
+        """Keep the findings a check answered, by finding_id (the jr_id), so that `get` and
+        `dispose` find them, with the line ids the check answered for among each one's
+        evidence (`answered`: the proposed lines, not the history). A warning is not a
+        current finding: `query` never lists it and nothing alerts or writes letters from
+        it. Recording the same id again replaces it (its disposition stays). Adapters may
+        expire warnings (DynamoDB: 90 days TTL)."""
+
+    @abstractmethod
+    def continued_reasons(self, line_ids: Collection[str]) -> dict[str, str]:
+        """For each given line id that a check answered with a warning the prescriber then
+        continued past (3103 dspo_way 1), the reason given; lines without one are absent.
+        A later "modify" of that warning withdraws it. The dispensation of the line reads
+        this: the prescriber's reason is the line's override (feeds override-frequency)."""
+
+    @abstractmethod
+    def dispose(self, finding_id: str, disposition: Disposition) -> FindingView:
+        """Store a prescriber's handling of a finding or warning (3103) and return the
+        view with it. A recorded finding takes precedence over a warning of the same id.
+        Raises NotFound when neither exists. Disposing again replaces the earlier
+        disposition, and the per-rule counts move accordingly (never counted twice)."""
 
 
-def view(finding: Finding, review: Review | None) -> FindingView:
-    return FindingView.model_validate({**finding.model_dump(), "review": review})
+def view(finding: Finding, review: Review | None, disposition: Disposition | None = None) -> FindingView:
+    return FindingView.model_validate({**finding.model_dump(), "review": review, "disposition": disposition})
 
 
 def encode_token(payload: dict[str, Any]) -> str:
@@ -110,6 +148,14 @@ class InMemoryFindingsStore(FindingsStore):
     def __init__(self, repo: InMemoryRepository) -> None:
         self.repo = repo
         self.reviews: dict[str, Review] = {}
+        self.warnings: dict[str, Finding] = {}
+        self.warning_lines: dict[str, list[str]] = {}  # jr_id -> the answered lines among its evidence
+        self.dispositions: dict[str, tuple[str, Disposition]] = {}  # finding_id -> (rule_id, disposition)
+
+    def _view(self, finding: Finding, recorded: bool = True) -> FindingView:
+        disposition = self.dispositions.get(finding.finding_id)
+        found = view(finding, self.reviews.get(finding.finding_id), disposition[1] if disposition else None)
+        return found if recorded else found.model_copy(update={"recorded": False})
 
     def query(self, query: FindingQuery, limit: int, token: str | None = None) -> tuple[list[FindingView], str | None]:
         after: tuple[float, str] | None = None
@@ -127,11 +173,14 @@ class InMemoryFindingsStore(FindingsStore):
         if len(matching) > limit:
             last = _order(page[-1])
             next_token = encode_token({"t": last[0], "id": last[1]})
-        return [view(f, self.reviews.get(f.finding_id)) for f in page], next_token
+        return [self._view(f) for f in page], next_token
 
     def get(self, finding_id: str) -> FindingView | None:
         finding = self.repo.findings.get(finding_id)
-        return None if finding is None else view(finding, self.reviews.get(finding_id))
+        if finding is not None:
+            return self._view(finding)
+        warning = self.warnings.get(finding_id)
+        return None if warning is None else self._view(warning, recorded=False)
 
     def review(self, finding_id: str, status: ReviewStatus, reason: str, reviewer: str, at: datetime) -> FindingView:
         finding = self.repo.findings.get(finding_id)
@@ -143,12 +192,39 @@ class InMemoryFindingsStore(FindingsStore):
         self.repo.findings[finding_id] = updated
         review = Review(status=status, reason=reason, reviewer=reviewer, reviewed_at=at)
         self.reviews[finding_id] = review
-        return view(updated, review)
+        return self._view(updated)
 
     def rule_figures(self, rule_ids: Collection[str]) -> dict[str, RuleFigures]:
         counts: dict[str, list[int]] = {}
         for fid, review in self.reviews.items():
             rule = self.repo.findings[fid].rule_id
-            slot = counts.setdefault(rule, [0, 0])
+            slot = counts.setdefault(rule, [0, 0, 0, 0])
             slot[0 if review.status == "confirmed" else 1] += 1
-        return {rule: RuleFigures(c, d) for rule, (c, d) in counts.items()}
+        for rule, disposition in self.dispositions.values():
+            slot = counts.setdefault(rule, [0, 0, 0, 0])
+            slot[2 if disposition.action == "continue" else 3] += 1
+        return {rule: RuleFigures(*slot) for rule, slot in counts.items()}
+
+    def record_warnings(self, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()) -> None:
+        for finding in findings:
+            self.warnings[finding.finding_id] = finding
+            self.warning_lines[finding.finding_id] = [i for i in finding.evidence if i in set(answered)]
+
+    def continued_reasons(self, line_ids: Collection[str]) -> dict[str, str]:
+        wanted = set(line_ids)
+        out: dict[str, str] = {}
+        for finding_id, (_, disposition) in sorted(self.dispositions.items(), key=lambda e: e[1][1].disposed_at):
+            if disposition.action != "continue" or not disposition.reason:
+                continue
+            for line_id in self.warning_lines.get(finding_id, ()):
+                if line_id in wanted:
+                    out[line_id] = disposition.reason
+        return out
+
+    def dispose(self, finding_id: str, disposition: Disposition) -> FindingView:
+        recorded = self.repo.findings.get(finding_id)
+        finding = recorded or self.warnings.get(finding_id)
+        if finding is None:
+            raise NotFound("no such finding or warning", "finding_id")
+        self.dispositions[finding_id] = (finding.rule_id, disposition)
+        return self._view(finding, recorded=recorded is not None)

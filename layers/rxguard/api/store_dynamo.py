@@ -8,7 +8,15 @@ scope). The finding is JSON in `body`, its status in `status` (the body has none
 What the API adds, in the same table, under keys that carry neither `scope` nor
 `fixmedins_code` (so they appear in no index and no scope query):
 - `review#<finding_id>`: the review (status, reason, reviewer, reviewed_at);
-- `stats#<rule_id>`: counters `confirmed` / `dismissed` for `GET /v1/rules`.
+- `stats#<rule_id>`: counters `confirmed` / `dismissed` / `continued` / `modified` for
+  `GET /v1/rules`;
+- `warning#<jr_id>`: a finding a check answered (JSON in `warning`, not `body`, so no scan
+  lists it; `expires_at` 90 days);
+- `disposition#<finding_id>`: the prescriber's handling (3103), one item, replaced;
+- `continued#<line_id>`: the reason of a continued warning, per line the check answered
+  (the dispensation of the line reads it as the line's override; `expires_at` as the warning).
+A disposition is one `TransactWriteItems`: the disposition item and the counters (moved
+when a disposition changes).
 A review is one `TransactWriteItems`: the finding's `status` (conditional: it exists and
 is not superseded), the review item, and the counters (moved when a review changes).
 
@@ -20,25 +28,25 @@ condition, rule/status/patient as filters); patient only -> Query `by_scope` on
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
-from datetime import datetime, time
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime, time, timedelta
 from time import sleep
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from rxguard.api.errors import Conflict, InvalidField, NotFound
-from rxguard.api.models import FindingView, Review, ReviewStatus
-from rxguard.api.settings import ApiSettings
+from rxguard.api.models import Disposition, FindingView, Review, ReviewStatus
 from rxguard.api.store import FindingQuery, FindingsStore, RuleFigures, decode_token, encode_token, view
 from rxguard.models import Finding
 from rxguard.scope import Scope
 
-if TYPE_CHECKING:
-    from rxguard.api.service import Services
-
 REVIEW_PREFIX = "review#"
 STATS_PREFIX = "stats#"
+WARNING_PREFIX = "warning#"
+DISPOSITION_PREFIX = "disposition#"
+CONTINUED_PREFIX = "continued#"
+WARNING_TTL = timedelta(days=90)
 BY_INSTITUTION = "by_institution"
 BY_SCOPE = "by_scope"
 
@@ -47,6 +55,23 @@ def _finding(item: Mapping[str, Any]) -> Finding:
     data = json.loads(item["body"]["S"])
     data["status"] = item["status"]["S"]
     return Finding.model_validate(data)
+
+
+def _disposition(item: Mapping[str, Any] | None) -> Disposition | None:
+    if not item:
+        return None
+    return Disposition(
+        action=item["action"]["S"],
+        reason=item["reason"]["S"] if "reason" in item else None,
+        warn_type=item["warn_type"]["S"] if "warn_type" in item else None,
+        disposer=item["disposer"]["S"],
+        disposed_at=datetime.fromisoformat(item["disposed_at"]["S"]),
+    )
+
+
+def _lines_attr(finding: Finding, answered: Collection[str]) -> dict[str, Any]:
+    lines = [i for i in finding.evidence if i in set(answered)]
+    return {"lines": {"SS": lines}} if lines else {}
 
 
 def _review(item: Mapping[str, Any] | None) -> Review | None:
@@ -81,18 +106,45 @@ class DynamoFindingsStore(FindingsStore):
                 sleep(min(0.05 * 2**attempt, 1.0))
         return items
 
-    def _get_many(self, finding_ids: list[str]) -> dict[str, tuple[Finding, Review | None]]:
-        """Findings and their reviews in one batched read."""
-        items = self._batch_get([k for fid in finding_ids for k in (fid, REVIEW_PREFIX + fid)])
+    def _get_many(self, finding_ids: list[str]) -> dict[str, tuple[Finding, Review | None, Disposition | None]]:
+        """Findings with their reviews and dispositions in one batched read."""
+        prefixes = ("", REVIEW_PREFIX, DISPOSITION_PREFIX)
+        items = self._batch_get([p + fid for fid in finding_ids for p in prefixes])
         out = {}
         for fid in finding_ids:
             if fid in items and "body" in items[fid]:
-                out[fid] = (_finding(items[fid]), _review(items.get(REVIEW_PREFIX + fid)))
+                out[fid] = (
+                    _finding(items[fid]),
+                    _review(items.get(REVIEW_PREFIX + fid)),
+                    _disposition(items.get(DISPOSITION_PREFIX + fid)),
+                )
         return out
+
+    def _warning(self, finding_id: str) -> tuple[Finding, Disposition | None, list[str]] | None:
+        """A warning, its disposition and the lines the check answered for."""
+        items = self._batch_get([WARNING_PREFIX + finding_id, DISPOSITION_PREFIX + finding_id])
+        item = items.get(WARNING_PREFIX + finding_id)
+        if item is None or "warning" not in item:
+            return None
+        return (
+            Finding.model_validate_json(item["warning"]["S"]),
+            _disposition(items.get(DISPOSITION_PREFIX + finding_id)),
+            sorted(item.get("lines", {}).get("SS", [])),
+        )
 
     def get(self, finding_id: str) -> FindingView | None:
         found = self._get_many([finding_id]).get(finding_id)
-        return None if found is None else view(*found)
+        if found is not None:
+            return view(*found)
+        warning = self._warning(finding_id)
+        if warning is None:
+            return None
+        return view(warning[0], None, warning[1]).model_copy(update={"recorded": False})
+
+    def continued_reasons(self, line_ids: Collection[str]) -> dict[str, str]:
+        """One BatchGetItem on `continued#<line_id>` (written by `dispose`)."""
+        items = self._batch_get([CONTINUED_PREFIX + i for i in sorted(set(line_ids))])
+        return {key[len(CONTINUED_PREFIX) :]: item["reason"]["S"] for key, item in items.items() if "reason" in item}
 
     def query(self, query: FindingQuery, limit: int, token: str | None = None) -> tuple[list[FindingView], str | None]:
         if query.institution is not None:
@@ -251,7 +303,7 @@ class DynamoFindingsStore(FindingsStore):
         current = self._get_many([finding_id]).get(finding_id)
         if current is None:
             raise NotFound("no such finding", "finding_id")
-        finding, previous = current
+        finding, previous, disposition = current
         if finding.status == "superseded":
             raise Conflict("the finding is superseded: the rules no longer produce it", "status")
         review = Review(status=status, reason=reason, reviewer=reviewer, reviewed_at=at)
@@ -304,7 +356,90 @@ class DynamoFindingsStore(FindingsStore):
             if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
                 raise Conflict("the finding changed while being reviewed; retry", "status") from exc
             raise
-        return view(finding.model_copy(update={"status": status}), review)
+        return view(finding.model_copy(update={"status": status}), review, disposition)
+
+    # ------------------------------------------------------------ warnings and dispositions
+    def record_warnings(self, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()) -> None:
+        """BatchWriteItem (25 a request; a check answers a handful: one round trip),
+        unprocessed items retried. No `scope` or `fixmedins_code` attribute, so no index
+        and no listing sees a warning."""
+        expires = str(int((at + WARNING_TTL).timestamp()))
+        requests = [
+            {
+                "PutRequest": {
+                    "Item": {
+                        "finding_id": {"S": WARNING_PREFIX + finding.finding_id},
+                        "rule_id": {"S": finding.rule_id},
+                        "warning": {"S": finding.model_dump_json()},  # not `body`: scans list findings by it
+                        "expires_at": {"N": expires},
+                        **_lines_attr(finding, answered),
+                    }
+                }
+            }
+            for finding in {f.finding_id: f for f in findings}.values()
+        ]
+        for start in range(0, len(requests), 25):
+            pending: dict[str, Any] = {self.table: requests[start : start + 25]}
+            for attempt in range(8):
+                answer = self.ddb.batch_write_item(RequestItems=pending)
+                pending = answer.get("UnprocessedItems") or {}
+                if not pending:
+                    break
+                sleep(min(0.05 * 2**attempt, 1.0))
+            if pending:
+                raise RuntimeError(f"{self.table}: warnings not written after 8 attempts")
+
+    def dispose(self, finding_id: str, disposition: Disposition) -> FindingView:
+        recorded = self._get_many([finding_id]).get(finding_id)
+        lines: list[str] = []
+        if recorded is not None:
+            finding, review, previous = recorded
+        else:
+            warning = self._warning(finding_id)
+            if warning is None:
+                raise NotFound("no such finding or warning", "finding_id")
+            (finding, previous, lines), review = warning, None
+        item: dict[str, Any] = {
+            "finding_id": {"S": DISPOSITION_PREFIX + finding_id},
+            "rule_id": {"S": finding.rule_id},
+            "action": {"S": disposition.action},
+            "disposer": {"S": disposition.disposer},
+            "disposed_at": {"S": disposition.disposed_at.isoformat()},
+        }
+        if disposition.reason is not None:
+            item["reason"] = {"S": disposition.reason}
+        if disposition.warn_type is not None:
+            item["warn_type"] = {"S": disposition.warn_type}
+        delta = {"continue": 0, "modify": 0}
+        delta[disposition.action] += 1
+        if previous is not None:
+            delta[previous.action] -= 1
+        items: list[dict[str, Any]] = [{"Put": {"TableName": self.table, "Item": item}}]
+        expires = str(int((disposition.disposed_at + WARNING_TTL).timestamp()))
+        for line_id in lines[:90]:  # a transaction holds 100 items; a check answers a few lines
+            key = {"finding_id": {"S": CONTINUED_PREFIX + line_id}}
+            if disposition.action == "continue" and disposition.reason:
+                mark = {**key, "reason": {"S": disposition.reason}, "expires_at": {"N": expires}}
+                items.append({"Put": {"TableName": self.table, "Item": mark}})
+            elif previous is not None and previous.action == "continue":
+                items.append({"Delete": {"TableName": self.table, "Key": key}})
+        if any(delta.values()):
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self.table,
+                        "Key": {"finding_id": {"S": STATS_PREFIX + finding.rule_id}},
+                        "UpdateExpression": "ADD continued :c, modified :m",
+                        "ExpressionAttributeValues": {
+                            ":c": {"N": str(delta["continue"])},
+                            ":m": {"N": str(delta["modify"])},
+                        },
+                    }
+                }
+            )
+        self.ddb.transact_write_items(TransactItems=items)
+        found = view(finding, review, disposition)
+        return found if recorded is not None else found.model_copy(update={"recorded": False})
 
     def rule_figures(self, rule_ids: Collection[str]) -> dict[str, RuleFigures]:
         """One BatchGetItem on the counters (`stats#<rule_id>`)."""
@@ -314,39 +449,7 @@ class DynamoFindingsStore(FindingsStore):
             out[key[len(STATS_PREFIX) :]] = RuleFigures(
                 confirmed=int(item.get("confirmed", {}).get("N", "0")),
                 dismissed=int(item.get("dismissed", {}).get("N", "0")),
+                continued=int(item.get("continued", {}).get("N", "0")),
+                modified=int(item.get("modified", {}).get("N", "0")),
             )
         return out
-
-
-def aws_services(settings: ApiSettings | None = None) -> Services:
-    """The services of the Lambda function (and of `rxguard serve`, inside the offline
-    environment): DynamoDB history and findings, alerts on SNS + S3."""
-    from rxguard.alerts.aws import AwsNotificationSink
-    from rxguard.alerts.settings import AlertSettings
-    from rxguard.api.service import Services, alerts_notifier
-    from rxguard.dynamo import DynamoRepository, client
-    from rxguard.kb import get_knowledge_base
-    from rxguard.workflow.settings import get_settings
-
-    workflow = get_settings()
-    api = settings or api_settings()
-    kb = get_knowledge_base(workflow.core.rules_dir, workflow.core.phase)
-    ddb = client("dynamodb")
-    notify = None
-    if workflow.alerts_topic_arn and workflow.letters_topic_arn:
-        sink = AwsNotificationSink(
-            client("sns"), client("s3"), workflow.alerts_topic_arn, workflow.letters_topic_arn, workflow.results_bucket
-        )
-        notify = alerts_notifier(kb, sink, AlertSettings.from_env())
-    return Services(
-        kb=kb,
-        repo=DynamoRepository(workflow.tables, ddb, history_days=workflow.history_days),  # one per request
-        store=DynamoFindingsStore(workflow.findings_table, ddb),
-        settings=api,
-        notify=notify,
-        default_admdvs=workflow.core.default_admdvs,
-    )
-
-
-def api_settings() -> ApiSettings:
-    return ApiSettings.from_env()  # microseconds: parsed per request, so tests may change it

@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
 
+from rxguard import claimline as contract
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, InstitutionKind, OverrideReason, Rejection
 
@@ -33,12 +35,15 @@ RAGGED_ROW = "ragged_row"  # CSV row with a different number of fields than the 
 ENCODING = "encoding"  # bytes not valid in the file's encoding
 TOO_LONG = "too_long"  # line or field beyond the size caps
 UNKNOWN_FIELD_TYPE = "unknown_field_type"  # JSON object/list/bool where a scalar is expected
+FUTURE_TIME = "future_time"  # fee_ocur_time after now + the clock skew
+TOO_OLD = "too_old"  # fee_ocur_time older than the history retention
 # Whole-file (Rejection.line is None):
 FILE_MISSING = "file_missing"
 FILE_EMPTY = "empty"
 FILE_BINARY = "binary"
 FILE_NO_HEADER = "no_header"
 FILE_NOT_JSON = "not_json"
+FILE_SEVERAL_LISTS = "several_lists"  # a JSON document with more than one non-empty claim list
 
 LINE_REASONS = (
     MISSING,
@@ -51,78 +56,43 @@ LINE_REASONS = (
     ENCODING,
     TOO_LONG,
     UNKNOWN_FIELD_TYPE,
+    FUTURE_TIME,
+    TOO_OLD,
 )
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """When a dispensing may plausibly have happened, seen from `now` (China time, naive)."""
+
+    now: datetime
+    max_future: timedelta = timedelta(minutes=10)  # clock skew between an HIS and us
+    max_age: timedelta | None = None  # the history retention: older lines would expire at once
+
+    @classmethod
+    def around(cls, now: datetime, *, history_days: int | None, skew_minutes: float = 10) -> TimeWindow:
+        if now.tzinfo is not None:
+            now = now.astimezone(_CHINA).replace(tzinfo=None)
+        age = timedelta(days=history_days) if history_days else None
+        return cls(now=now, max_future=timedelta(minutes=skew_minutes), max_age=age)
+
 
 AMOUNT_TOLERANCE = 0.01  # yuan: rounding of cnt x pric to the fen
-MAX_TEXT = 1000  # characters in one text field
-# drug_trac_codg lists one 20-digit code per pack or unit sold: a 500-pack hospital line
-# is ~10,500 characters. The line caps (64 KiB) still bound it.
-MAX_TEXT_BY_FIELD = {"drug_trac_codg": 16_000, "dise_codg": 4000}
 MAX_CNT = 1_000_000.0  # an implausible quantity is a data error, not a purchase
+MIN_CNT = 1e-6  # below: not a quantity (1e-320 tablets is "dispensed 0 tablets")
+MAX_PRICE = 1e7  # yuan a unit, as the API bounds it: 1e308 would be "spent inf yuan"
+MAX_AMOUNT = 1e10  # yuan a line (MAX_CNT x a 10,000-yuan pack)
+MAX_PRD_DAYS = 3650.0  # ten years of supply on one prescription is a data error
 
-REQUIRED = (
-    "feedetl_sn",
-    "fixmedins_code",
-    "psn_no",
-    "med_type",
-    "fee_ocur_time",
-    "med_list_codg",
-    "cnt",
-    "pric",
-    "det_item_fee_sumamt",
-)
-OPTIONAL = (
-    "fixmedins_name",
-    "admdvs",
-    "mdtrt_id",
-    "setl_id",
-    "med_list_name",
-    "trdn_flag",
-    "sin_dos_dscr",
-    "used_frqu_dscr",
-    "prd_days",
-    "rxno",
-    "bilg_dr_codg",
-    "dise_codg",
-    "dscg_tkdrug_flag",
-    "lt_rx_flag",
-    "drug_trac_codg",
-    "override_reason",
-    "init_feedetl_sn",
-)
-FIELDS = REQUIRED + OPTIONAL
-KNOWN_FIELDS = frozenset(FIELDS)
-# Chinese column titles as Chinese systems export them, and a few common English variants.
-HEADER_ALIASES: dict[str, str] = {
-    "费用明细流水号": "feedetl_sn",
-    "定点医药机构编号": "fixmedins_code",
-    "定点医药机构名称": "fixmedins_name",
-    "医保区划": "admdvs",
-    "人员编号": "psn_no",
-    "就诊id": "mdtrt_id",
-    "结算id": "setl_id",
-    "医疗类别": "med_type",
-    "费用发生时间": "fee_ocur_time",
-    "医保药品编码": "med_list_codg",
-    "医疗目录编码": "med_list_codg",
-    "药品名称": "med_list_name",
-    "数量": "cnt",
-    "拆零标志": "trdn_flag",
-    "单价": "pric",
-    "明细项目费用总额": "det_item_fee_sumamt",
-    "单次剂量描述": "sin_dos_dscr",
-    "使用频次描述": "used_frqu_dscr",
-    "周期天数": "prd_days",
-    "处方号": "rxno",
-    "开单医生编码": "bilg_dr_codg",
-    "诊断代码": "dise_codg",
-    "出院带药标志": "dscg_tkdrug_flag",
-    "长期处方标志": "lt_rx_flag",
-    "药品追溯码": "drug_trac_codg",
-    "超量原因": "override_reason",
-    "原费用明细流水号": "init_feedetl_sn",
-}
-PERSONAL_FIELDS = frozenset({"psn_no", "certno", "psn_cert_no", "cert_no"})
+# The field table is the claim-line contract (rxguard.claimline); these names stay for callers.
+MAX_TEXT = contract.MAX_TEXT
+MAX_TEXT_BY_FIELD = {f.name: f.max_length for f in contract.FIELDS if f.max_length != MAX_TEXT}
+REQUIRED = contract.REQUIRED
+OPTIONAL = contract.OPTIONAL
+FIELDS = contract.COLUMNS
+KNOWN_FIELDS = contract.KNOWN_FIELDS
+HEADER_ALIASES = contract.HEADER_ALIASES
+PERSONAL_FIELDS = contract.PERSONAL_FIELDS
 
 OVERRIDE_REASONS: dict[str, OverrideReason] = {
     "lost": "lost",
@@ -137,10 +107,6 @@ OVERRIDE_REASONS: dict[str, OverrideReason] = {
 }
 _FLAGS: dict[object, bool] = {"": False, "0": False, "1": True, 0: False, 1: True}  # False == 0, True == 1
 
-_INSTITUTION = re.compile(r"[A-Za-z][A-Za-z0-9]{1,39}")
-_DRUG_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")
-_DIGITS = re.compile(r"[0-9]{1,4}")
-_ADMDVS = re.compile(r"[0-9]{6}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _INVISIBLE = re.compile(r"[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]")
 _SPLIT_TRACE = re.compile(r"[,，;；\s]+")
@@ -189,7 +155,8 @@ class _Ctx:
         line_id = None
         if isinstance(code, str | int) and isinstance(sn, str | int) and not isinstance(code, bool):
             code_s, sn_s = str(code).strip(), str(sn).strip()
-            if code_s and sn_s and len(code_s) + len(sn_s) < 120 and not _CONTROL.search(code_s + sn_s):
+            ok = code_s and sn_s and len(code_s) + len(sn_s) < 120 and contract.well_formed(code_s + sn_s)
+            if ok and not _CONTROL.search(code_s + sn_s):
                 line_id = f"{code_s}/{sn_s}"
         where = f"line {line_id}: " if line_id else ""
         return LineRejected(
@@ -200,11 +167,15 @@ class _Ctx:
 
 
 def _text(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> str | None:
+    """One text field, canonical (claimline.canonical_text) and checked; the contract's one place
+    for text: well-formed Unicode, NFKC, trimmed, within its length, no control or invisible characters."""
     value = rec.get(field)
     if value is None:
         text = ""
     elif type(value) is str:
-        text = value.strip()
+        if not contract.well_formed(value):  # a lone surrogate (JSON "\ud800"): cannot be stored or hashed
+            raise ctx.reject(field, ENCODING, f"{field} is not well-formed Unicode (a lone surrogate)")
+        text = value.strip() if field in _FREE_TEXT else contract.canonical_text(value)
         if text and len(text) <= MAX_TEXT and text.isprintable() and "\ufffd" not in text:
             return text  # the common case, checked in C
     elif type(value) is int:
@@ -233,30 +204,15 @@ def _text(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> str 
     return text
 
 
-TEXT_FIELDS = (
-    "feedetl_sn",
-    "fixmedins_code",
-    "psn_no",
-    "med_type",
-    "fee_ocur_time",
-    "med_list_codg",
-    "admdvs",
-    "override_reason",
-    "init_feedetl_sn",
-    "mdtrt_id",
-    "fixmedins_name",
-    "setl_id",
-    "med_list_name",
-    "sin_dos_dscr",
-    "used_frqu_dscr",
-    "rxno",
-    "bilg_dr_codg",
-)
+# Checked in this order: required fields first, so a line names its most basic problem.
+TEXT_FIELDS = tuple(sorted(contract.TEXT_FIELDS, key=lambda name: name not in contract.REQUIRED))
 _REQUIRED_SET = frozenset(REQUIRED)
+_canonical = contract.canonical_text
+_FREE_TEXT = contract.FREE_TEXT_FIELDS
 
 
 def _texts(ctx: _Ctx, rec: Mapping[str, Any]) -> dict[str, str | None]:
-    """Every text field, cleaned: the common cases (empty, plain printable text) inline,
+    """Every text field, canonical: the common cases (empty, plain printable text) inline,
     the rest through `_text`. Hot path: one call a line instead of one a field."""
     out: dict[str, str | None] = {}
     get = rec.get
@@ -265,7 +221,7 @@ def _texts(ctx: _Ctx, rec: Mapping[str, Any]) -> dict[str, str | None]:
         if type(value) is str:
             text = value.strip()
             if text and len(text) <= MAX_TEXT and text.isprintable() and "\ufffd" not in text:
-                out[name] = text
+                out[name] = text if text.isascii() or name in _FREE_TEXT else _canonical(text)
                 continue
             if not text and name not in _REQUIRED_SET:
                 out[name] = None
@@ -275,6 +231,15 @@ def _texts(ctx: _Ctx, rec: Mapping[str, Any]) -> dict[str, str | None]:
             continue
         out[name] = _text(ctx, rec, name, name in _REQUIRED_SET)
     return out
+
+
+def _pattern(ctx: _Ctx, field: str, value: str) -> None:
+    """The contract's pattern of a field; outside it: rejected with the field's reason and rule."""
+    rule = contract.check(field, value)
+    if rule is not None:
+        spec = contract.BY_NAME[field]
+        shown = " (value withheld)" if spec.personal else f": {show(value)}"
+        raise ctx.reject(field, spec.reason, f"{field} {rule}{shown}")
 
 
 def _number(ctx: _Ctx, rec: Mapping[str, Any], field: str, required: bool) -> float | None:
@@ -366,6 +331,7 @@ def normalize_record(
     file: str,
     line: int,
     default_admdvs: str | None = None,
+    window: TimeWindow | None = None,
 ) -> ClaimLine:
     """Validate and normalize one record (field names of docs/design.md; unknown fields ignored).
 
@@ -385,22 +351,14 @@ def normalize_record(
     fixmedins_code = texts["fixmedins_code"]
     assert feedetl_sn is not None and fixmedins_code is not None
     fixmedins_code = fixmedins_code.upper()  # codes are upper-case: h31000001 is H31000001
-    if len(feedetl_sn) > 64:
-        raise ctx.reject("feedetl_sn", MALFORMED, f"feedetl_sn is longer than 64 characters: {show(feedetl_sn)}")
-    if _INSTITUTION.fullmatch(fixmedins_code) is None:
-        raise ctx.reject(
-            "fixmedins_code",
-            MALFORMED,
-            f"fixmedins_code must be a letter then letters/digits (H..., P...): {show(fixmedins_code)}",
-        )
+    _pattern(ctx, "feedetl_sn", feedetl_sn)
+    _pattern(ctx, "fixmedins_code", fixmedins_code)
     psn_no = texts["psn_no"]
     assert psn_no is not None
-    if len(psn_no) > 64:
-        raise ctx.reject("psn_no", MALFORMED, "psn_no is longer than 64 characters (value withheld)")
+    _pattern(ctx, "psn_no", psn_no)
     med_type = texts["med_type"]
     assert med_type is not None
-    if _DIGITS.fullmatch(med_type) is None:
-        raise ctx.reject("med_type", MALFORMED, f"med_type must be 1-4 digits (11, 14, 21, 41 ...): {show(med_type)}")
+    _pattern(ctx, "med_type", med_type)
 
     time_text = texts["fee_ocur_time"]
     assert time_text is not None
@@ -409,35 +367,49 @@ def normalize_record(
         raise ctx.reject(
             "fee_ocur_time", BAD_TIME, f"fee_ocur_time is not 'YYYY-MM-DD HH:MM:SS' (1990-2100): {show(time_text)}"
         )
+    if window is not None:
+        _plausible_time(ctx, fee_ocur_time, window)
 
     med_list_codg = texts["med_list_codg"]
     assert med_list_codg is not None
     med_list_codg = med_list_codg.upper()
-    if _DRUG_CODE.fullmatch(med_list_codg) is None:
-        raise ctx.reject("med_list_codg", MALFORMED, f"med_list_codg is not a drug code: {show(med_list_codg)}")
+    _pattern(ctx, "med_list_codg", med_list_codg)
 
     cnt = _number(ctx, rec, "cnt", True)
     pric = _number(ctx, rec, "pric", True)
     total = _number(ctx, rec, "det_item_fee_sumamt", True)
     assert cnt is not None and pric is not None and total is not None
     init_feedetl_sn = texts["init_feedetl_sn"]
-    if init_feedetl_sn is not None and len(init_feedetl_sn) > 64:
+    if init_feedetl_sn is not None:
+        _pattern(ctx, "init_feedetl_sn", init_feedetl_sn)
+    reversal = init_feedetl_sn is not None and cnt < 0  # 退费: cancels (part of) the line it names
+    if reversal:
+        if init_feedetl_sn == feedetl_sn:
+            raise ctx.reject(
+                "init_feedetl_sn", MALFORMED, "init_feedetl_sn names the line itself: a line cannot cancel itself"
+            )
+        if total > 0:
+            raise ctx.reject(
+                "det_item_fee_sumamt", NOT_POSITIVE, f"det_item_fee_sumamt of a reversal must be <= 0: {total:g}"
+            )
+    elif cnt <= 0:
         raise ctx.reject(
-            "init_feedetl_sn", MALFORMED, f"init_feedetl_sn is longer than 64 characters: {show(init_feedetl_sn)}"
-        )
-    reversal = init_feedetl_sn is not None and cnt < 0  # 退费: negative, naming the original line
-    if cnt <= 0 and not reversal:
-        raise ctx.reject(
-            "cnt", NOT_POSITIVE, f"cnt must be > 0 (a refund is negative and names init_feedetl_sn): {cnt:g}"
+            "cnt", NOT_POSITIVE, f"cnt must be > 0 (a refund is a negative line with init_feedetl_sn): {cnt:g}"
         )
     if abs(cnt) > MAX_CNT:
         raise ctx.reject("cnt", MALFORMED, f"cnt {cnt:g} is implausible (at most {MAX_CNT:g})")
+    if abs(cnt) < MIN_CNT:
+        raise ctx.reject("cnt", MALFORMED, f"cnt {cnt:g} is implausible (at least {MIN_CNT:g})")
     if pric < 0:
         raise ctx.reject("pric", NOT_POSITIVE, f"pric must be >= 0: {pric:g}")
+    if pric > MAX_PRICE:
+        raise ctx.reject("pric", MALFORMED, f"pric {pric:g} is implausible (at most {MAX_PRICE:g} yuan)")
     if total < 0 and not reversal:
         raise ctx.reject("det_item_fee_sumamt", NOT_POSITIVE, f"det_item_fee_sumamt must be >= 0: {total:g}")
-    if reversal and total > 0:
-        raise ctx.reject("det_item_fee_sumamt", MALFORMED, f"a refund's det_item_fee_sumamt must be <= 0: {total:g}")
+    if abs(total) > MAX_AMOUNT:
+        raise ctx.reject(
+            "det_item_fee_sumamt", MALFORMED, f"det_item_fee_sumamt {total:g} is implausible (at most {MAX_AMOUNT:g})"
+        )
     if abs(total - cnt * pric) > AMOUNT_TOLERANCE + 1e-9:
         raise ctx.reject(
             "det_item_fee_sumamt",
@@ -450,12 +422,12 @@ def normalize_record(
     lt_rx_flag = _flag(ctx, rec, "lt_rx_flag")
 
     admdvs = texts["admdvs"] or default_admdvs
-    if admdvs is not None and _ADMDVS.fullmatch(admdvs) is None:
-        raise ctx.reject("admdvs", MALFORMED, f"admdvs must be a 6-digit region code: {show(admdvs)}")
+    if admdvs is not None:
+        _pattern(ctx, "admdvs", admdvs)
 
     prd_days = _number(ctx, rec, "prd_days", False)
-    if prd_days is not None and prd_days < 0:
-        raise ctx.reject("prd_days", MALFORMED, f"prd_days must be >= 0: {prd_days:g}")
+    if prd_days is not None and not 0 <= prd_days <= MAX_PRD_DAYS:
+        raise ctx.reject("prd_days", MALFORMED, f"prd_days must be 0-{MAX_PRD_DAYS:g}: {prd_days:g}")
 
     trace_codes = _trace_codes(ctx, rec)
     diagnoses = _diagnoses(ctx, rec)
@@ -465,11 +437,8 @@ def normalize_record(
     if override_text is not None:
         override_reason = OVERRIDE_REASONS.get(override_text.lower())
         if override_reason is None:
-            raise ctx.reject(
-                "override_reason",
-                MALFORMED,
-                f"override_reason must be lost, travel or dose_change (遗失, 外出, 剂量调整): {show(override_text)}",
-            )
+            rule = contract.BY_NAME["override_reason"].rule
+            raise ctx.reject("override_reason", MALFORMED, f"override_reason {rule}: {show(override_text)}")
 
     mdtrt_id = texts["mdtrt_id"] or f"{fixmedins_code}:{fee_ocur_time.date().isoformat()}"
 
@@ -527,28 +496,40 @@ def normalize_record(
 
 
 def _items(ctx: _Ctx, rec: Mapping[str, Any], field: str, splitter: re.Pattern[str]) -> list[str]:
-    """A list field: a separated string (CSV) or a JSON list of strings."""
+    """A list field: a separated string (CSV) or a JSON list of strings; each item canonical."""
     value = rec.get(field)
     if value is None or value == "":
         return []
     if type(value) is str and len(value) <= MAX_TEXT and value.isprintable() and "\ufffd" not in value:
-        return [p for p in splitter.split(value.strip()) if p]  # the common case
+        text = value.strip() if value.isascii() else _canonical(value)
+        return [p for p in splitter.split(text) if p]  # the common case
     if type(value) is list:
         if not all(type(v) is str or type(v) is int for v in value):
             raise ctx.reject(field, UNKNOWN_FIELD_TYPE, f"{field} must be a list of strings")
-        parts = [str(v).strip() for v in value]
+        limit = MAX_TEXT_BY_FIELD.get(field, MAX_TEXT)
+        if sum(len(v) if type(v) is str else 20 for v in value) > limit:
+            raise ctx.reject(field, TOO_LONG, f"{field} has more than {limit} characters")
+        parts = []
+        for v in value:
+            if type(v) is str:
+                if not contract.well_formed(v):
+                    raise ctx.reject(field, ENCODING, f"{field} is not well-formed Unicode (a lone surrogate)")
+                parts.append(_canonical(v))
+            else:
+                parts.append(str(v))
         return [p for p in parts if p]
-    text = _text(ctx, rec, field, False)
-    if text is None:
+    other = _text(ctx, rec, field, False)
+    if other is None:
         return []
-    return [p for p in splitter.split(text) if p]
+    return [p for p in splitter.split(other) if p]
 
 
 def _trace_codes(ctx: _Ctx, rec: Mapping[str, Any]) -> list[str]:
     codes = _items(ctx, rec, "drug_trac_codg", _SPLIT_TRACE)
     for code in codes:
         if len(code) != 20 or not (code.isascii() and code.isdigit()):
-            raise ctx.reject("drug_trac_codg", MALFORMED, f"trace code is not 20 digits: {show(code)}")
+            rule = contract.BY_NAME["drug_trac_codg"].rule
+            raise ctx.reject("drug_trac_codg", MALFORMED, f"trace code {rule}: {show(code)}")
     return codes
 
 
@@ -556,6 +537,26 @@ def _diagnoses(ctx: _Ctx, rec: Mapping[str, Any]) -> list[str]:
     codes = [c.strip().upper() for c in _items(ctx, rec, "dise_codg", _SPLIT_DX)]
     codes = [c for c in codes if c]
     for code in codes:
-        if len(code) > 32 or _CONTROL.search(code):
-            raise ctx.reject("dise_codg", MALFORMED, f"diagnosis code is not an ICD-10 code: {show(code)}")
+        if contract.check("dise_codg", code) is not None:
+            rule = contract.BY_NAME["dise_codg"].rule
+            raise ctx.reject("dise_codg", MALFORMED, f"diagnosis code {rule}: {show(code)}")
     return codes
+
+
+def _plausible_time(ctx: _Ctx, at: datetime, window: TimeWindow) -> None:
+    """A dispensing in the future beyond the clock skew, or older than the history keeps, is
+    not plausible: backdating must not move a sale before another institution's."""
+    if at > window.now + window.max_future:
+        raise ctx.reject(
+            "fee_ocur_time",
+            FUTURE_TIME,
+            f"fee_ocur_time {at:%Y-%m-%d %H:%M:%S} is in the future (more than "
+            f"{window.max_future.total_seconds() / 60:g} minutes after {window.now:%Y-%m-%d %H:%M:%S}, China time)",
+        )
+    if window.max_age is not None and at < window.now - window.max_age:
+        raise ctx.reject(
+            "fee_ocur_time",
+            TOO_OLD,
+            f"fee_ocur_time {at:%Y-%m-%d %H:%M:%S} is older than the history keeps "
+            f"({window.max_age.days} days before {window.now:%Y-%m-%d})",
+        )

@@ -27,6 +27,7 @@ from rxguard.ingest.normalize import (
     FILE_MISSING,
     FILE_NO_HEADER,
     FILE_NOT_JSON,
+    FILE_SEVERAL_LISTS,
     HEADER_ALIASES,
     KNOWN_FIELDS,
     MALFORMED,
@@ -97,7 +98,9 @@ def _guess_encoding(prefix: bytes) -> str:
 
 
 def _utf16_order(prefix: bytes) -> str | None:
-    """Without a BOM: ASCII-heavy UTF-16 has zero bytes at every odd (LE) or even (BE) offset."""
+    """Without a BOM: ASCII-heavy UTF-16 has zero bytes at every odd (LE) or even (BE) offset.
+    Chinese-heavy UTF-16 has few zero bytes (only its digits, commas and line ends): then the
+    order whose text has line ends and readable characters wins."""
     sample = prefix[: 64 * 1024]
     if len(sample) < 4:
         return None
@@ -107,7 +110,15 @@ def _utf16_order(prefix: bytes) -> str | None:
         return "utf-16-le"
     if even_zero > 0.3 and odd_zero < 0.05:
         return "utf-16-be"
-    return None
+    best: tuple[int, str] | None = None
+    for order in ("utf-16-le", "utf-16-be"):
+        text = sample[: len(sample) // 2 * 2].decode(order, errors="replace")
+        lines = text.count("\n")
+        unreadable = sum(1 for ch in text if ch == "\ufffd" or not (ch.isprintable() or ch in "\r\n\t"))
+        plausible = lines >= max(2, len(text) // 2000) and unreadable <= len(text) // 100  # a line every 2,000 chars
+        if plausible and (best is None or lines > best[0]):
+            best = (lines, order)
+    return best[1] if best else None
 
 
 def sniff(path: Path, name: str) -> Sniffed | Rejection:
@@ -223,6 +234,140 @@ class _DepthGuard:
         self.depth = depth
 
 
+MAX_NUMBER_DIGITS = 1000  # a longer integer is no claim value; ijson's C backend crashes on 4,301+ digits
+MAX_EXPONENT_DIGITS = 18  # Decimal refuses 19+ exponent digits (InvalidOperation would end the parse)
+_DIGITS = b"0123456789"
+_TROUBLE = re.compile(rb"[0-9]{%d,}|[eE][+-]?[0-9]{%d,}" % (MAX_NUMBER_DIGITS, MAX_EXPONENT_DIGITS + 1))
+_FOLD = bytes.maketrans(b"123456789E", b"000000000e")  # a cheap C prefilter for _TROUBLE
+_NEEDLES = (b"0" * MAX_NUMBER_DIGITS, *(b"e" + s + b"0" * (MAX_EXPONENT_DIGITS + 1) for s in (b"", b"-", b"+")))
+# A \\uXXXX escape of a surrogate, as a valid pair or alone; only where the backslash before
+# `u` is not itself escaped (an even run of backslashes before it).
+_SURROGATE_ESCAPE = re.compile(
+    rb"(?<!\\)((?:\\\\)*)\\u[dD][89abAB][0-9a-fA-F]{2}(?:(\\u[dD][c-fC-F][0-9a-fA-F]{2})|)"
+    rb"|(?<!\\)((?:\\\\)*)\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _integer_run(before: bytes) -> bool:
+    """True when a digit run preceded by `before` (up to two bytes) is an integer part, not a
+    fraction or an exponent."""
+    prev = before[-1:]
+    if prev in (b".", b"e", b"E", b"+"):
+        return False
+    return not (prev == b"-" and before[-2:-1] in (b"e", b"E"))
+
+
+def _quotes(segment: bytes) -> int:
+    """Unescaped double quotes in a segment that does not start inside an escape."""
+    if b"\\" in segment:
+        segment = _ESCAPE.sub(b"", segment)
+    return segment.count(b'"')
+
+
+_SAFE_BYTES = tuple(b'",:[]{} \n\t\r')
+_MAX_HELD = 64 * 1024  # bytes without a safe cut held back at most
+_HIGH_ESCAPE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
+
+
+def _escape_cut(buf: bytes) -> int:
+    """Where to cut a block so that no escape, and no surrogate pair, spans the cut: the last
+    11 bytes wait for the next block, and the cut moves back to the start of an escape that
+    crosses it (and of the high surrogate before it, and of the backslash run it is in)."""
+    cut = max(0, len(buf) - 11)
+    crossing = buf.find(b"\\", max(0, cut - 5), cut)
+    if crossing >= 0:
+        cut = crossing
+    if cut >= 6 and _HIGH_ESCAPE.fullmatch(buf, cut - 6, cut):
+        cut -= 6
+    while cut > 0 and buf[cut - 1 : cut] == b"\\":
+        cut -= 1
+    return cut
+
+
+def _keep_pairs(m: re.Match[bytes]) -> bytes:
+    if m.group(2):  # a high surrogate followed by a low one: a valid pair (an emoji)
+        return m.group(0)
+    return (m.group(1) or m.group(3) or b"") + b"\\ufffd"
+
+
+class _JsonSanitizer:
+    """What ijson's C backend must never see, made harmless in the UTF-8 stream:
+
+    - an integer of more than MAX_NUMBER_DIGITS digits (4,301+ crash the process): `.0` is
+      appended, so the parser reads a Decimal, which has no limit, and normalization rejects
+      the value as out of range for its field (a line-level rejection);
+    - an exponent of more than MAX_EXPONENT_DIGITS digits (Decimal refuses it and the parse
+      would end): the exponent becomes 999999 (its sign kept), again a value out of range;
+    - a lone surrogate escape (`"\\ud800"`, which raises mid-document or is rewritten
+      silently): `\\ufffd`, which normalization rejects as `encoding`, naming the field.
+
+    Numbers are only touched outside strings (the quote parity is tracked across blocks), so
+    text such as a psn_no is never rewritten. Runs and escapes cut by a block end are carried."""
+
+    def __init__(self) -> None:
+        self._held = b""  # the block's tail that may go on in the next block, not yet emitted
+        self._in_string = False  # at the next byte to emit
+        self._run: str | None = None  # a long digit run that goes on: "int" | "exp" | "raw"
+
+    def feed(self, data: bytes, final: bool = False) -> bytes:
+        out = b""
+        if self._run is not None:  # a long digit run goes on from the last block
+            rest = data.lstrip(_DIGITS)
+            if self._run != "exp":
+                out = data[: len(data) - len(rest)]
+            if not rest and not final:
+                return out
+            if self._run == "int" and rest[:1] not in (b".", b"e", b"E"):
+                out += b".0"
+            self._run, data = None, rest
+        buf = self._held + data if self._held else data
+        self._held = b""
+        if final:
+            return out + self._fix(buf)
+        # Cut after the last byte that can end no escape, number or surrogate pair: a quote,
+        # a comma, a colon, a bracket or a blank. The rest waits for the next block.
+        safe = max(buf.rfind(c) for c in _SAFE_BYTES) + 1
+        if len(buf) - safe <= _MAX_HELD:
+            self._held = buf[safe:]
+            return out + self._fix(buf[:safe])
+        # a long stretch without one (a huge number or word): emit it, but not a cut escape
+        body = buf.rstrip(_DIGITS)
+        tail = len(buf) - len(body)
+        if tail >= MAX_NUMBER_DIGITS:  # a long run at the end: decided now, its end comes later
+            head = self._fix(body)
+            exponent = body[-1:] in (b"e", b"E") or (body[-1:] in (b"-", b"+") and body[-2:-1] in (b"e", b"E"))
+            kind = "raw" if self._in_string else "exp" if exponent else None
+            if kind is None:
+                kind = "int" if _integer_run(body[-2:]) else "raw"
+            self._run = kind
+            return out + head + (b"9" * 6 if kind == "exp" else buf[len(body) :])
+        cut = _escape_cut(buf)
+        if tail:
+            cut = min(cut, max(0, len(body) - 2))
+        self._held = buf[cut:]
+        return out + self._fix(buf[:cut])
+
+    def _fix(self, segment: bytes) -> bytes:
+        if b"\\u" in segment:
+            segment = _SURROGATE_ESCAPE.sub(_keep_pairs, segment)
+        if len(segment) > MAX_EXPONENT_DIGITS:
+            folded = segment.translate(_FOLD)
+            if any(n in folded for n in _NEEDLES):
+                segment = _TROUBLE.sub(self._bound, segment)
+        if _quotes(segment) % 2:
+            self._in_string = not self._in_string
+        return segment
+
+    def _bound(self, m: re.Match[bytes]) -> bytes:
+        segment, start, text = m.string, m.start(), m.group()
+        if self._in_string != bool(_quotes(segment[:start]) % 2):  # inside a string: text, kept
+            return text
+        if text[:1] in b"eE":
+            return text.rstrip(_DIGITS) + b"9" * 6
+        before, after = segment[max(0, start - 2) : start], segment[m.end() : m.end() + 1]
+        return text + b".0" if _integer_run(before) and after not in (b".", b"e", b"E") else text
+
+
 class _TranscodeToUtf8(io.RawIOBase):
     """A binary stream that re-encodes the source to UTF-8 for ijson; undecodable bytes
     become U+FFFD, which normalization rejects as `encoding` for the element holding it."""
@@ -233,6 +378,7 @@ class _TranscodeToUtf8(io.RawIOBase):
         self._pending = b""
         self._eof = False
         self._guard = _DepthGuard()  # a nesting bomb is refused before ijson sees it
+        self._sanitizer = _JsonSanitizer()  # nor an unbounded number or a lone surrogate
 
     def readable(self) -> bool:
         return True
@@ -243,9 +389,9 @@ class _TranscodeToUtf8(io.RawIOBase):
             raw = self._source.read(64 * 1024)
             if not raw:
                 self._eof = True
-                block = self._decoder.decode(b"", final=True).encode("utf-8")
+                block = self._sanitizer.feed(self._decoder.decode(b"", final=True).encode("utf-8"), final=True)
             else:
-                block = self._decoder.decode(raw).encode("utf-8")
+                block = self._sanitizer.feed(self._decoder.decode(raw).encode("utf-8"))
             self._guard.feed(block)
             self._pending += block
         chunk, self._pending = self._pending[:size], self._pending[size:]
@@ -254,16 +400,28 @@ class _TranscodeToUtf8(io.RawIOBase):
 
 
 class _CrToLf(io.RawIOBase):
-    """Lone-CR line ends as LF (safe in UTF-8 and GB18030: 0x0D is never part of a character)."""
+    """Every line end as LF: CRLF, LF and a lone CR (old Mac files, and files mixing them,
+    whose lone CRs would otherwise merge rows). Safe in UTF-8 and GB18030: 0x0D is never part
+    of a character. A CR at the end of a block waits for the next one (it may be a CRLF)."""
 
     def __init__(self, source: IO[bytes]) -> None:
         self._source = source
+        self._cr = False  # the previous block ended with a CR
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self._source.read(len(buffer)).replace(b"\r", b"\n")
+        while True:
+            raw = self._source.read(max(1, len(buffer) - 1))  # room for a carried CR
+            data = b"\r" + raw if self._cr else raw
+            self._cr = False
+            if raw and data.endswith(b"\r"):
+                self._cr, data = True, data[:-1]
+            if data or not raw:
+                break
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer[: len(data)] = data
         return len(data)
 
@@ -326,11 +484,8 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
         message: str,
         field: str | None = None,
         line_id: str | None = None,
-        *,
-        quote_line_id: bool = True,
     ) -> Rejection:
-        """A line rejection; `quote_line_id=False` keeps the id in the record, out of the message."""
-        where = f"line {line_no} ({line_id})" if line_id and quote_line_id else f"line {line_no}"
+        where = f"line {line_no} ({line_id})" if line_id else f"line {line_no}"
         return self._reject(
             Rejection(
                 file=self.name, line=line_no, field=field, reason=reason, message=f"{where}: {message}", line_id=line_id
@@ -380,7 +535,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
                 yield from self._json_document(fh, sniffed.encoding)
             else:
                 source: IO[bytes] = fh
-                if sniffed.cr_only:
+                if not sniffed.encoding.startswith("utf-16"):  # UTF-16 reads universal newlines itself
                     source = io.BufferedReader(_CrToLf(fh), 64 * 1024)
                 lines = _physical_lines(source, sniffed.encoding)
                 if sniffed.format == "jsonl":
@@ -462,15 +617,9 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             else:
                 fields = text.rstrip("\r\n").split(delimiter)
             if len(fields) != width and (len(fields) < width or any(f.strip() for f in fields[width:])):
-                # The line id goes in the record, not the message: in a ragged row the columns
-                # may be shifted, and what sits where feedetl_sn belongs may be a psn_no.
-                yield self._line(
-                    line_no,
-                    RAGGED_ROW,
-                    f"row has {len(fields)} fields, the header has {width}",
-                    line_id=_readable_line_id(fields, columns),
-                    quote_line_id=False,
-                )
+                # No line id at all: in a ragged row the columns may be shifted, and what sits where
+                # fixmedins_code and feedetl_sn belong may be a psn_no (rejected.jsonl holds none).
+                yield self._line(line_no, RAGGED_ROW, f"row has {len(fields)} fields, the header has {width}")
                 continue
             record = {field: fields[index] for index, field in columns}
             if record.get("feedetl_sn", "").strip().lower() in ("feedetl_sn", "费用明细流水号"):
@@ -486,8 +635,9 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
 
         start = fh.tell()
         prefix = _find_items_prefix(fh, encoding)
-        if prefix.startswith("!"):
-            self.file_error = _file_error(self.name, FILE_NOT_JSON, prefix[1:])
+        if prefix[:1] in ("!", "?"):
+            reason = FILE_NOT_JSON if prefix[0] == "!" else FILE_SEVERAL_LISTS
+            self.file_error = _file_error(self.name, reason, prefix[1:])
             yield self.file_error
             return
         fh.seek(start)
@@ -520,41 +670,56 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             yield self.file_error
 
 
-def _readable_line_id(fields: list[str], columns: list[tuple[int, str]]) -> str | None:
-    """`fixmedins_code/feedetl_sn` of a ragged row when both sit where the header says and look right."""
-    where = {name: index for index, name in columns}
-    try:
-        code, sn = fields[where["fixmedins_code"]].strip(), fields[where["feedetl_sn"]].strip()
-    except (KeyError, IndexError):
-        return None
-    if _LINE_ID_PART.fullmatch(code) and _LINE_ID_PART.fullmatch(sn):
-        return f"{code}/{sn}"
-    return None
-
-
-_LINE_ID_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
 def _parse_error(exc: Exception) -> str:
     """The parser's own words without the snippet of input it quotes (it may hold a psn_no)."""
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:80]
 
 
+def _claim_list(prefix: str, found: list[str]) -> bool:
+    """An array at this prefix is a claim list: at `input`, a key ending in `feedetail` or the
+    top level, and not inside a claim list found earlier (a list field of an element)."""
+    if not (prefix in ("", "input") or prefix.endswith("feedetail")):
+        return False
+    return not any(prefix.startswith(f"{outer}.item" if outer else "item") for outer in found)
+
+
+def _list_name(prefix: str) -> str:
+    return prefix or "the top-level list"
+
+
 def _find_items_prefix(fh: IO[bytes], encoding: str) -> str:
-    """The ijson prefix of the claim list: the first array at `input.feedetail` (or any
-    path ending in `feedetail`, e.g. `data.input.feedetail`), `input`, or the top level;
-    or '!' + why the document is not a batch."""
+    """The ijson item prefix of the document's one claim list, or '!' + why the document is
+    not a batch. The rule (docs/ingest.md): a claim list is an array at `input`, at a key
+    ending in `feedetail` (`input.feedetail`, `data.input.feedetail`, `feedetail`) or the
+    top level, not nested in another claim list. Empty ones are ignored; exactly one must
+    hold lines. Several are a file error naming them: never a silent pick."""
     import ijson
 
     stream = io.BufferedReader(_TranscodeToUtf8(fh, encoding), 64 * 1024)
+    found: list[str] = []  # candidate lists in document order (a repeated key counts twice)
+    non_empty: list[str] = []
+    open_item: str | None = None  # the item prefix of the candidate list just opened
     try:
         for prefix, event, _ in ijson.parse(stream):
-            if event == "start_array" and (prefix in ("", "input") or prefix.endswith("feedetail")):
-                return f"{prefix}.item" if prefix else "item"
+            if open_item is not None:
+                if prefix == open_item:  # its first element: the list holds lines
+                    non_empty.append(found[-1])
+                open_item = None
+            if event == "start_array" and _claim_list(prefix, found):
+                found.append(prefix)
+                open_item = f"{prefix}.item" if prefix else "item"
     except (ijson.JSONError, JsonTooDeep) as exc:
-        return f"!not a valid JSON document ({_parse_error(exc)})"
-    return '!a JSON document without a claim list: expected {"input": {"feedetail": [...]}} or a list'
+        if not non_empty and not found:
+            return f"!not a valid JSON document ({_parse_error(exc)})"
+        # broken further on: the element reader reports where; the lists found so far decide
+    if len(non_empty) > 1:
+        names = ", ".join(_list_name(p) for p in non_empty)
+        return f"?several claim lists ({names}): a document must hold exactly one"
+    chosen = non_empty[0] if non_empty else (found[0] if found else None)
+    if chosen is None:
+        return '!a JSON document without a claim list: expected {"input": {"feedetail": [...]}} or a list'
+    return f"{chosen}.item" if chosen else "item"
 
 
 def _parse_header(text: str) -> tuple[str, list[tuple[int, str]], int] | list[str]:

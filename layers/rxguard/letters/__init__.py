@@ -1,13 +1,19 @@
-"""Warning letters (提醒函 / 警示函): one per institution and one per patient with findings
-in a batch, rendered from the bureau's templates to HTML and PDF, stored under
-`letters/<batch_id>/<letter_id>.{pdf,html}` and announced on the letters topic."""
+"""Warning letters (提醒函 / 警示函) as official documents (docs/letters.md): one per
+institution per period (monthly by default) covering its findings, and one per patient
+when the bureau supplies a person file (name, address); rendered from the bureau's
+templates to HTML and PDF, numbered from an atomic counter, stored under
+`letters/<period>/<letter_id>.{pdf,html}` (and `-annex.csv` when the table is capped) and
+announced on the letters topic."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import date
+from pathlib import Path
 from typing import Literal
 
 from rxguard.alerts.messages import letter_announcement
@@ -15,30 +21,73 @@ from rxguard.alerts.notify import LetterRef
 from rxguard.alerts.settings import AlertSettings
 from rxguard.alerts.sink import NotificationSink
 from rxguard.kb import KnowledgeBase
-from rxguard.letters.context import LetterContext, build_letter
+from rxguard.letters.context import LetterContext, Person, annex_csv, build_letter, period_of
+from rxguard.letters.numbers import CounterStore, InMemoryCounterStore, NumberBook, NumberKeeper
 from rxguard.models import ClaimLine, Finding
 
-__all__ = ["LetterContext", "build_letter", "issue_letters", "letter_groups", "render_letter"]
+__all__ = [
+    "CounterStore",
+    "LetterContext",
+    "Person",
+    "build_letter",
+    "issue_letters",
+    "letter_groups",
+    "load_persons",
+    "render_letter",
+]
+
+Group = tuple[Literal["institution", "patient"], str, tuple[str, str], list["Finding"]]
+_PROCESS_COUNTERS = InMemoryCounterStore()  # numbers of callers that wire no counter store (tests, dry runs)
+
+
+class PersonFileError(ValueError):
+    """The person file is unreadable; names the file, the line and the field."""
+
+
+def load_persons(path: Path) -> dict[str, Person]:
+    """The bureau's person file: CSV with a header `psn_no,name,address[,postcode]`, UTF-8
+    (with or without BOM) or GB18030. Kept in memory only; never logged."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("gb18030")
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"psn_no", "name", "address"} - set(reader.fieldnames or ())
+    if missing:
+        raise PersonFileError(f"{path}, line 1: missing column(s) {', '.join(sorted(missing))}")
+    persons: dict[str, Person] = {}
+    for n, row in enumerate(reader, start=2):
+        psn = (row.get("psn_no") or "").strip()
+        name = (row.get("name") or "").strip()
+        address = (row.get("address") or "").strip()
+        for field, value in (("psn_no", psn), ("name", name), ("address", address)):
+            if not value:
+                raise PersonFileError(f"{path}, line {n}: field {field} is empty")
+        persons[psn] = Person(name=name, address=address, postcode=(row.get("postcode") or "").strip())
+    return persons
 
 
 def letter_groups(
-    findings: Sequence[Finding], settings: AlertSettings
-) -> list[tuple[Literal["institution", "patient"], str, list[Finding]]]:
-    """Who gets a letter: each institution (finding.fixmedins_code) with findings at or
-    above `letter_min_severity`, and each patient of a patient finding (when enabled)."""
-    by_institution: dict[str, list[Finding]] = defaultdict(list)
-    by_patient: dict[str, list[Finding]] = defaultdict(list)
+    findings: Sequence[Finding], settings: AlertSettings, persons: Mapping[str, Person] | None = None
+) -> list[Group]:
+    """Who gets a letter for which period: each institution (finding.fixmedins_code) with
+    findings at or above `letter_min_severity` in the period, and each patient of a
+    patient finding who is in the person file (`persons`; no file, no patient letter)."""
+    by_institution: dict[tuple[str, tuple[str, str]], list[Finding]] = defaultdict(list)
+    by_patient: dict[tuple[str, tuple[str, str]], list[Finding]] = defaultdict(list)
     for f in findings:
         if f.severity.rank < settings.letter_min_severity.rank:
             continue
+        period = period_of(f.occurred_at, settings.letter_period)
         if f.fixmedins_code:
-            by_institution[f.fixmedins_code].append(f)
-        if settings.patient_letters and f.subject_type == "patient" and f.psn_no:
-            by_patient[f.psn_no].append(f)
-    groups: list[tuple[Literal["institution", "patient"], str, list[Finding]]] = [
-        ("institution", code, group) for code, group in sorted(by_institution.items())
+            by_institution[(f.fixmedins_code, period)].append(f)
+        if settings.patient_letters and persons and f.subject_type == "patient" and f.psn_no and f.psn_no in persons:
+            by_patient[(f.psn_no, period)].append(f)
+    groups: list[Group] = [
+        ("institution", code, period, group) for (code, period), group in sorted(by_institution.items())
     ]
-    groups += [("patient", psn, group) for psn, group in sorted(by_patient.items())]
+    groups += [("patient", psn, period, group) for (psn, period), group in sorted(by_patient.items())]
     return groups
 
 
@@ -63,15 +112,27 @@ def issue_letters(
     issued_on: date,
     institution_names: Mapping[str, str],
     lines: Mapping[str, ClaimLine],
+    counters: CounterStore | None = None,
+    keeper: NumberKeeper | None = None,
+    persons: Mapping[str, Person] | None = None,
 ) -> tuple[list[LetterRef], str | None]:
-    """Render, store and announce the letters of a batch; returns them and the URI of
-    `letters/<batch_id>/index.json` (None when the batch has no letter).
+    """Render, store and announce the letters of these findings, one per addressee and
+    period; returns them and the URI of `letters/<batch_id>/index.json` (None when none).
 
-    A retry skips the letters an earlier attempt announced (so a run cut short by a
-    timeout resumes where it stopped), re-renders the others under the same keys, and
+    Numbers come from `counters` (atomic; kept per letter key by `keeper` or the counter
+    store itself; deployments wire theirs with functools.partial: the DynamoDB
+    CountersTable, the local SQLite state), so a retry or a repeated run gives a letter the
+    same number. A retry skips the letters an earlier attempt announced (so a run cut short
+    by a timeout resumes where it stopped), re-renders the others under the same keys, and
     announces nothing twice."""
+    if persons is None and settings.person_file is not None:
+        persons = load_persons(settings.person_file)
+    book = NumberBook(counters or _PROCESS_COUNTERS, keeper)
     refs: list[LetterRef] = []
-    for addressee_type, subject, group in letter_groups(findings, settings):
+    index_rows: list[dict[str, object]] = []
+    for addressee_type, subject, period, group in letter_groups(findings, settings, persons):
+        key_subject = subject if addressee_type == "institution" else f"p:{subject}"
+        serial = book.number(settings.issuer_abbr_zh, issued_on.year, f"{period[0]}/{key_subject}")
         letter = build_letter(
             addressee_type,
             subject,
@@ -82,11 +143,17 @@ def issue_letters(
             issued_on=issued_on,
             institution_names=institution_names,
             lines=lines,
+            serial=serial,
+            period=period,
+            person=(persons or {}).get(subject) if addressee_type == "patient" else None,
         )
-        stem = f"letters/{batch_id}/{letter.letter_id}"
-        message_id = f"letter/{batch_id}/{letter.letter_id}"
+        stem = f"letters/{letter.period_key}/{letter.letter_id}"
+        message_id = f"letter/{letter.period_key}/{letter.letter_id}"
+        index_rows.append({"refs": {row.ref: row.finding_id for row in letter.findings}, "period": letter.period_key})
         if sink.was_published(message_id):
             locations = {"pdf": sink.letter_uri(f"{stem}.pdf"), "html": sink.letter_uri(f"{stem}.html")}
+            if letter.annex_name:
+                locations["annex"] = sink.letter_uri(f"letters/{letter.period_key}/{letter.annex_name}")
             refs.append(_ref(LetterRef, letter, len(group), locations, announced=False, rendered=False))
             continue
         html, pdf = render_letter(letter, settings)
@@ -94,6 +161,10 @@ def issue_letters(
             "pdf": sink.put_letter(f"{stem}.pdf", pdf, "application/pdf"),
             "html": sink.put_letter(f"{stem}.html", html.encode("utf-8"), "text/html; charset=utf-8"),
         }
+        if letter.annex_name:
+            locations["annex"] = sink.put_letter(
+                f"letters/{letter.period_key}/{letter.annex_name}", annex_csv(letter), "text/csv; charset=utf-8"
+            )
         message = letter_announcement(
             batch_id=batch_id,
             letter_id=letter.letter_id,
@@ -106,6 +177,7 @@ def issue_letters(
             locations=locations,
             issued_on=letter.issued_on.isoformat(),
             response_due=letter.response_due.isoformat(),
+            message_id=message_id,
         )
         announced = sink.publish_letter(message)
         refs.append(_ref(LetterRef, letter, len(group), locations, announced=announced, rendered=True))
@@ -114,8 +186,8 @@ def issue_letters(
     index = {
         "batch_id": batch_id,
         "letters": [
-            {**ref.model_dump(exclude={"announced", "rendered"}), "finding_ids": ids}
-            for ref, ids in zip(refs, _finding_ids(findings, settings), strict=True)
+            {**ref.model_dump(exclude={"announced", "rendered"}), **row, "finding_ids": sorted(row["refs"].values())}  # type: ignore[attr-defined]
+            for ref, row in zip(refs, index_rows, strict=True)
         ],
     }
     body = json.dumps(index, ensure_ascii=False, indent=1).encode("utf-8")
@@ -141,7 +213,3 @@ def _ref(
         announced=announced,
         rendered=rendered,
     )
-
-
-def _finding_ids(findings: Sequence[Finding], settings: AlertSettings) -> list[list[str]]:
-    return [sorted(f.finding_id for f in group) for _, _, group in letter_groups(findings, settings)]

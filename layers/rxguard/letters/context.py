@@ -1,23 +1,29 @@
 """What a letter says, as plain data for the templates: addressee, number, dates, the
-findings with their evidence lines and figures, the legal basis and the response asked.
+findings with their evidence and figures, the legal basis and the response asked.
 
-Pure functions, no I/O. Patient numbers appear masked (`**************001X`); the keys
-of stored letters use the keyed pseudonym, never the number.
+Pure functions, no I/O. Everything the addressee reads is Chinese (docs/letters.md):
+rule names, not ids; Chinese labels and values; shares as percentages; dates as
+2026年3月1日; finding ids replaced by short reference numbers (`12-3`: the letter's serial
+and the row). Patient numbers appear masked (`**************001X`); the keys of stored
+letters use the keyed pseudonym, never the number.
 """
 
 from __future__ import annotations
 
-import hashlib
+import csv
+import io
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from rxguard.alerts.schema import pseudonym
 from rxguard.alerts.settings import AlertSettings
 from rxguard.kb import KnowledgeBase
+from rxguard.letters.numbers import document_number
 from rxguard.models import ClaimLine, Finding, Severity
-from rxguard.privacy import mask
+from rxguard.privacy import mask, neutralise_csv_cell
 
 SEVERITY_ZH = {Severity.HIGH: "高", Severity.MEDIUM: "中", Severity.LOW: "低"}
 SUBJECT_ZH = {"patient": "参保人", "institution": "定点医药机构", "prescriber": "医师", "trace_code": "追溯码"}
@@ -26,10 +32,33 @@ MITIGATION_ZH = {
     "dscg_tkdrug_flag": "出院带药",
     "chronic": "慢特病",
     "override_reason": "已说明原因",
+    "override_reason:lost": "已说明原因（遗失补开）",
+    "override_reason:travel": "已说明原因（外出备药）",
+    "override_reason:dose_change": "已说明原因（剂量调整）",
     "lost": "遗失补开",
     "travel": "外出备药",
     "dose_change": "剂量调整",
+    "med_type_14": "门诊慢特病就诊",
+    "specialty_drugs": "含特药",
 }
+# Values of figures that are codes of ours (limit basis, signals, kinds) in Chinese.
+VALUE_ZH = {
+    "acute": "急性病用药限量",
+    "chronic": "慢性病用药限量",
+    "long_term": "长期处方限量",
+    "discharge": "出院带药限量",
+    "one_pack": "整盒发药",
+    "flagged_share": "疑点明细占比偏高",
+    "volume_growth": "用量增长过快",
+    "hospital": "医院",
+    "pharmacy": "零售药店",
+    "other": "其他机构",
+}
+# Figures that are shares (0-1): shown as percentages.
+SHARE_FIGURES = {"used_fraction", "used_fraction_threshold", "flagged_share", "peer_median_share"}
+# Figures that are dates (yyyy-mm-dd): shown as 2026年3月1日.
+_ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_ISO_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 # Labels of the figures the engine reports (rxguard.engine); unknown keys are shown as they are.
 FIGURE_ZH = {
     "ingredient_atc": "成分ATC编码",
@@ -116,43 +145,54 @@ FIGURE_ZH = {
 # Figures that are parameters or plumbing rather than facts about the case.
 HIDDEN_FIGURES = {
     "trigger_lines", "max_daily_dose_unit", "min_lines", "min_flag_share", "peer_multiple", "growth_multiple",
-    "evidence_truncated", "windows", "z_limit", "min_rate_ratio", "min_rate", "min_flagged", "max_overrides",
-    "window_days", "min_institutions", "min_prescribers", "limit_hours", "regions_differ_in", "trigger_lines_count",
+    "evidence_truncated", "ingredient_atc", "atc_code", "first_line", "windows", "z_limit", "min_rate_ratio",
+    "min_rate", "min_flagged", "max_overrides", "window_days", "min_institutions", "min_prescribers", "limit_hours",
+    "regions_differ_in", "trigger_lines_count",
 }  # fmt: skip
 
 LetterKind = Literal["提醒函", "警示函"]
+Period = Literal["month", "quarter", "year"]
+QUARTER_ZH = ("一", "二", "三", "四")
 
 
 @dataclass(frozen=True)
-class EvidenceRow:
-    line_id: str
-    time: str = ""
-    institution: str = ""
-    drug: str = ""
-    quantity: str = ""
-    amount: str = ""
-    days_supply: str = ""
-    patient: str = ""
-    trigger: bool = False  # a line the finding blames (not only context)
+class Person:
+    """A patient's name and postal address from the bureau's person file."""
+
+    name: str
+    address: str
+    postcode: str = ""
+
+
+def period_of(moment: datetime | date, period: Period) -> tuple[str, str]:
+    """(key, Chinese label) of the period holding `moment`: ("2026-03", "2026年3月"),
+    ("2026-Q1", "2026年第一季度") or ("2026", "2026年")."""
+    if period == "year":
+        return f"{moment.year}", f"{moment.year}年"
+    if period == "quarter":
+        q = (moment.month - 1) // 3
+        return f"{moment.year}-Q{q + 1}", f"{moment.year}年第{QUARTER_ZH[q]}季度"
+    return f"{moment.year}-{moment.month:02d}", f"{moment.year}年{moment.month}月"
 
 
 @dataclass(frozen=True)
 class FindingRow:
     index: int
-    finding_id: str
+    ref: str  # short reference number shown in the letter: `<serial>-<index>`
+    finding_id: str  # kept for the index and the annex, never printed in the letter body
     rule_id: str
     rule_name_zh: str
-    rule_version: int
     severity: str  # 高 / 中 / 低
     severity_code: str  # high / medium / low
     subject_zh: str
-    occurred_at: str
+    occurred_on: str  # 2026年3月2日
     patient: str  # masked psn_no or ""
+    drug: str
     explanation_zh: str
-    evidence: list[EvidenceRow]
-    evidence_more: int  # evidence lines left out of the letter (settings.letter_evidence_cap)
     figures: list[tuple[str, str]]
     mitigations: list[str]
+    evidence: list[str]  # one Chinese sentence per evidence line (capped)
+    evidence_more: int  # evidence lines left out of the letter
 
 
 @dataclass(frozen=True)
@@ -164,24 +204,38 @@ class LegalBasis:
 
 @dataclass
 class LetterContext:
-    letter_id: str  # `institution-<code>` / `patient-<pseudonym>`: file name and announcement id
+    letter_id: str  # `institution-<code>-<period>` / `patient-<pseudonym>-<period>`: file name, announcement id
     addressee_type: Literal["institution", "patient"]
     kind: LetterKind
     number: str
+    serial: int
     batch_id: str
+    period_key: str
+    period_label: str
     issued_on: date
     response_due: date
     response_working_days: int
+    title: str
     addressee_zh: str
+    address: Person | None
     institution_id: str | None
     psn_pseudonym: str | None
     issuer_zh: str
     contact_zh: str
-    findings: list[FindingRow]
+    findings: list[FindingRow]  # every finding (the annex has them all)
+    table_rows: int  # rows shown in the letter's table
     legal_basis: list[LegalBasis]
-    period: tuple[str, str]
     counts: dict[str, int] = field(default_factory=dict)  # by severity (zh)
+    annex_name: str | None = None  # the CSV annex's file name when the table is capped
     source: list[Finding] = field(default_factory=list)
+
+    @property
+    def shown(self) -> list[FindingRow]:
+        return self.findings[: self.table_rows]
+
+    @property
+    def more(self) -> int:
+        return max(len(self.findings) - self.table_rows, 0)
 
     def template_vars(self) -> dict[str, Any]:
         return {
@@ -198,7 +252,14 @@ def mask_psn(psn_no: str) -> str:
     return mask(psn_no, head=0, tail=4)
 
 
+def tail_psn(psn_no: str) -> str:
+    """The short form in a table cell: 尾号0017 (the same characters `mask_psn` shows)."""
+    visible = mask_psn(psn_no).lstrip("*")
+    return f"尾号{visible}" if visible else "（已隐去）"
+
+
 def date_zh(day: date) -> str:
+    """GB/T 9704: Arabic figures, the year in full, no padding: 2026年3月5日."""
     return f"{day.year}年{day.month}月{day.day}日"
 
 
@@ -213,66 +274,98 @@ def add_working_days(start: date, days: int, holidays: Iterable[date] = ()) -> d
     return current
 
 
-def letter_number(batch_id: str, letter_id: str, kind: LetterKind, year: int, abbr: str) -> str:
-    """Deterministic number from batch and addressee: `医保监警〔2026〕0123456789号`."""
-    digest = hashlib.sha256(f"{batch_id}\x1f{letter_id}".encode()).hexdigest()
-    serial = int(digest[:12], 16) % 10**10
-    return f"{abbr}{'警' if kind == '警示函' else '提'}〔{year}〕{serial:010d}号"
+def _number(value: float) -> str:
+    text = f"{value:,.2f}".rstrip("0").rstrip(".")
+    return text
 
 
-def _fmt(value: Any) -> str:
+def value_zh(key: str, value: Any) -> str | None:
+    """A figure's value as the letter shows it; None when it cannot be said in Chinese."""
+    if value is None:
+        return None
     if isinstance(value, bool):
         return "是" if value else "否"
-    if isinstance(value, float):
-        return f"{value:.2f}".rstrip("0").rstrip(".")
+    if key in SHARE_FIGURES and isinstance(value, int | float):
+        return f"{round(value * 100)}%"
+    if isinstance(value, int | float):
+        return _number(float(value))
     if isinstance(value, list | tuple):
-        return "、".join(_fmt(v) for v in value)
+        parts = [value_zh(key, v) for v in value]
+        return "、".join(p for p in parts if p) or None
     if isinstance(value, dict):
-        return "；".join(f"{k}：{_fmt(v)}" for k, v in value.items())
-    return str(value)
+        return None
+    text = str(value)
+    if text in VALUE_ZH:
+        return VALUE_ZH[text]
+    match = _ISO_DATE.match(text[:10])
+    if match:
+        year, month, day = (int(g) for g in match.groups())
+        return f"{year}年{month}月{day}日" + text[10:].replace("T", " ")
+    match = _ISO_MONTH.match(text)
+    if match:
+        return f"{int(match.group(1))}年{int(match.group(2))}月"
+    if re.search(r"[a-z]{2,}", text):  # an English word or one of our ids: not for the letter
+        return None
+    return text
 
 
 def _figures(figures: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for key, value in figures.items():
-        if key in HIDDEN_FIGURES or value is None:
+        if key in HIDDEN_FIGURES or (key not in FIGURE_ZH and "psn" not in key.lower()):
             continue
-        if key == "max_daily_dose" and figures.get("max_daily_dose_unit"):
-            rows.append((FIGURE_ZH[key], f"{_fmt(value)} {figures['max_daily_dose_unit']}"))
-        elif "psn" in key.lower():
+        if "psn" in key.lower():
             values = value if isinstance(value, list | tuple) else [value]
             rows.append(("参保人", "、".join(mask_psn(str(v)) for v in values)))
-        else:
-            rows.append((FIGURE_ZH.get(key, key), _fmt(value)))
+            continue
+        if key == "max_daily_dose" and figures.get("max_daily_dose_unit"):
+            text = value_zh(key, value)
+            unit = str(figures["max_daily_dose_unit"])
+            if text is not None and not re.search(r"[A-Za-z]{2,}", unit):
+                rows.append((FIGURE_ZH[key], f"{text}{unit}"))
+            continue
+        shown = value_zh(key, value)
+        if shown:
+            rows.append((FIGURE_ZH[key], shown))
     return rows
 
 
-def _evidence(
-    finding: Finding, lines: Mapping[str, ClaimLine], names: Mapping[str, str], cap: int
-) -> list[EvidenceRow]:
-    blamed = finding.figures.get("trigger_lines")
-    triggers = set(blamed) if isinstance(blamed, list) and len(finding.evidence) > 1 else set()
-    rows = []
+def clean_text(text: str, kb: KnowledgeBase) -> str:
+    """The engine's Chinese explanation as a letter says it: our rule ids named in Chinese,
+    ISO dates (2026-01-07) and months (2026-01) in Chinese form."""
+    for rule_id, rule in kb.rules.items():
+        text = re.sub(rf"{re.escape(rule_id)}(?: ?v\d+)?", rule.name_zh, text)
+    text = re.sub(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)", lambda m: f"{int(m[1])}年{int(m[2])}月{int(m[3])}日", text)
+    return re.sub(r"(?<![\d-])(\d{4})-(\d{2})(?![\d-])", lambda m: f"{int(m[1])}年{int(m[2])}月", text)
+
+
+def _evidence(finding: Finding, lines: Mapping[str, ClaimLine], names: Mapping[str, str], cap: int) -> list[str]:
+    out = []
     for line_id in finding.evidence[:cap]:
         line = lines.get(line_id)
+        institution, _, serial = line_id.partition("/")
         if line is None:
-            rows.append(EvidenceRow(line_id=line_id, institution=line_id.split("/", 1)[0], trigger=line_id in triggers))
+            out.append(f"{names.get(institution, institution)}，流水号{serial}")
             continue
         unit = "（拆零）" if line.trdn_flag else ""
-        rows.append(
-            EvidenceRow(
-                line_id=line_id,
-                time=line.fee_ocur_time.strftime("%Y-%m-%d %H:%M"),
-                institution=names.get(line.fixmedins_code) or line.fixmedins_name or line.fixmedins_code,
-                drug=line.med_list_name or line.med_list_codg,
-                quantity=f"{_fmt(line.cnt)}{unit}",
-                amount=f"{line.det_item_fee_sumamt:.2f}",
-                days_supply=_fmt(round(line.days_supply, 1)) if line.days_supply is not None else "",
-                patient=mask_psn(line.psn_no),
-                trigger=line_id in triggers,
-            )
+        days = f"，可用{_number(round(line.days_supply, 1))}天" if line.days_supply is not None else ""
+        where = names.get(line.fixmedins_code) or line.fixmedins_name or line.fixmedins_code
+        drug = line.med_list_name or line.med_list_codg
+        out.append(
+            f"{date_zh(line.fee_ocur_time.date())}{where}{drug}数量{_number(line.cnt)}{unit}"
+            f"，{_number(line.det_item_fee_sumamt)}元{days}（流水号{line.feedetl_sn}）"
         )
-    return rows
+    return out
+
+
+def _drug(finding: Finding, lines: Mapping[str, ClaimLine], kb: KnowledgeBase) -> str:
+    for line_id in reversed(finding.evidence):
+        line = lines.get(line_id)
+        if line is not None and (line.med_list_name or line.med_list_codg):
+            return line.med_list_name or line.med_list_codg
+    code = finding.figures.get("drug_code") or finding.figures.get("med_list_codg")
+    drug = kb.drugs.get(str(code)) if code else None
+    return drug.generic_name_zh if drug else ""
 
 
 def _rows(
@@ -281,6 +374,7 @@ def _rows(
     lines: Mapping[str, ClaimLine],
     names: Mapping[str, str],
     cap: int,
+    serial: int,
 ) -> list[FindingRow]:
     ordered = sorted(findings, key=lambda f: (-f.severity.rank, f.occurred_at, f.finding_id))
     out = []
@@ -290,20 +384,21 @@ def _rows(
         out.append(
             FindingRow(
                 index=i,
+                ref=f"{serial}-{i}",
                 finding_id=f.finding_id,
                 rule_id=f.rule_id,
-                rule_name_zh=rule.name_zh if rule else f.rule_id,
-                rule_version=f.rule_version,
+                rule_name_zh=rule.name_zh if rule else "其他疑点",
                 severity=SEVERITY_ZH[f.severity],
                 severity_code=f.severity.value,
-                subject_zh=SUBJECT_ZH.get(f.subject_type, f.subject_type),
-                occurred_at=f.occurred_at.strftime("%Y-%m-%d %H:%M"),
-                patient=mask_psn(f.psn_no) if f.psn_no else "",
-                explanation_zh=explanation,
+                subject_zh=SUBJECT_ZH.get(f.subject_type, "其他"),
+                occurred_on=date_zh(f.occurred_at.date()),
+                patient=tail_psn(f.psn_no) if f.psn_no else "",
+                drug=_drug(f, lines, kb),
+                explanation_zh=clean_text(explanation, kb),
+                figures=_figures(f.figures),
+                mitigations=[MITIGATION_ZH[m] for m in f.mitigations if m in MITIGATION_ZH],
                 evidence=_evidence(f, lines, names, cap),
                 evidence_more=max(len(f.evidence) - cap, 0),
-                figures=_figures(f.figures),
-                mitigations=[MITIGATION_ZH.get(m, m) for m in f.mitigations],
             )
         )
     return out
@@ -320,19 +415,27 @@ def build_letter(
     issued_on: date,
     institution_names: Mapping[str, str],
     lines: Mapping[str, ClaimLine],
+    serial: int = 1,
+    period: tuple[str, str] | None = None,
+    person: Person | None = None,
 ) -> LetterContext:
-    """One letter to `subject` (a fixmedins_code, or a psn_no for a patient letter)."""
+    """One letter to `subject` (a fixmedins_code, or a psn_no for a patient letter) for
+    one period, numbered `serial` in its bureau's series of the year."""
     kind: LetterKind = "警示函" if any(f.severity is Severity.HIGH for f in findings) else "提醒函"
+    times = sorted(f.occurred_at for f in findings)
+    period_key, period_label = period or period_of(times[0], settings.letter_period)
     if addressee_type == "institution":
-        letter_id = f"institution-{subject}"
+        letter_id = f"institution-{subject}-{period_key}"
         name = institution_names.get(subject)
-        addressee = f"{name}（定点医药机构编码：{subject}）" if name else f"定点医药机构 {subject}"
+        addressee = name or f"定点医药机构（编码{subject}）"
+        title = f"关于{name or '贵单位'}{period_label}医保药品超量开药疑点的{kind}"
         institution_id: str | None = subject
         psn_token: str | None = None
     else:
         psn_token = pseudonym(subject, settings.pseudonym_key)
-        letter_id = f"patient-{psn_token}"
-        addressee = f"参保人（人员编号：{mask_psn(subject)}）"
+        letter_id = f"patient-{psn_token}-{period_key}"
+        addressee = f"{person.name}同志" if person else f"参保人（人员编号{mask_psn(subject)}）"
+        title = f"医保药品合理购药{kind}"
         institution_id = None
     rule_ids = sorted({f.rule_id for f in findings})
     basis = []
@@ -340,25 +443,62 @@ def build_letter(
         rule = kb.rules.get(rule_id)
         if rule is not None:
             basis.append(LegalBasis(rule_id, rule.name_zh, rule.legal_basis_zh or "（规则库未载明）"))
-    times = sorted(f.occurred_at for f in findings)
     counts = {SEVERITY_ZH[s]: sum(1 for f in findings if f.severity is s) for s in Severity}
+    rows = _rows(findings, kb, lines, institution_names, settings.letter_evidence_cap, serial)
+    capped = len(rows) > settings.letter_table_rows
     return LetterContext(
         letter_id=letter_id,
         addressee_type=addressee_type,
         kind=kind,
-        number=letter_number(batch_id, letter_id, kind, issued_on.year, settings.issuer_abbr_zh),
+        number=document_number(settings.issuer_abbr_zh, issued_on.year, serial),
+        serial=serial,
         batch_id=batch_id,
+        period_key=period_key,
+        period_label=period_label,
         issued_on=issued_on,
         response_due=add_working_days(issued_on, settings.response_working_days, settings.holidays),
         response_working_days=settings.response_working_days,
+        title=title,
         addressee_zh=addressee,
+        address=person if addressee_type == "patient" else None,
         institution_id=institution_id,
         psn_pseudonym=psn_token,
         issuer_zh=settings.issuer_name_zh,
         contact_zh=settings.contact_zh,
-        findings=_rows(findings, kb, lines, institution_names, settings.letter_evidence_cap),
+        findings=rows,
+        table_rows=settings.letter_table_rows,
         legal_basis=basis,
-        period=(date_zh(times[0].date()), date_zh(times[-1].date())),
         counts={k: v for k, v in counts.items() if v},
+        annex_name=f"{letter_id}-annex.csv" if capped else None,
         source=list(findings),
     )
+
+
+ANNEX_COLUMNS = (
+    "疑点编号", "疑点类型", "风险等级", "发生日期", "参保人", "药品", "疑点说明", "关键指标", "已考虑情形", "证据明细",
+    "系统编号",
+)  # fmt: skip
+
+
+def annex_csv(letter: LetterContext) -> bytes:
+    """Every finding of the letter as CSV (UTF-8 with BOM: Excel and WPS open it as is);
+    cells that a spreadsheet would run as formulas are neutralised."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(ANNEX_COLUMNS)
+    for row in letter.findings:
+        cells = [
+            row.ref,
+            row.rule_name_zh,
+            row.severity,
+            row.occurred_on,
+            row.patient,
+            row.drug,
+            row.explanation_zh,
+            "；".join(f"{label}：{value}" for label, value in row.figures),
+            "、".join(row.mitigations),
+            "；".join(row.evidence) + (f"；另有{row.evidence_more}条" if row.evidence_more else ""),
+            row.finding_id,
+        ]
+        writer.writerow([neutralise_csv_cell(c) for c in cells])
+    return ("\ufeff" + buffer.getvalue()).encode("utf-8")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -34,19 +35,28 @@ from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import (
+    BaseDocTemplate,
     Flowable,
+    Frame,
     HRFlowable,
     KeepTogether,
     PageBreak,
+    PageTemplate,
     Paragraph,
-    SimpleDocTemplate,
     Spacer,
     Table,
     TableStyle,
 )
 
+from rxguard.letters.linebreak import break_markup
+
 FONT_NAME = "RxguardCJK"
-FONT_FILE = "wqy-microhei.ttc"
+FONT_FILE = "wqy-microhei.ttc"  # the fallback (Apache-2.0): characters the Fandol faces lack
+FACE_FILES = {  # GB/T 9704 faces -> the free fonts of the fonts layer (layers-fonts/README.md)
+    "fang": "FandolFang-Regular.ttf",  # 仿宋: body
+    "song": "FandolSong-Bold.ttf",  # 宋体 bold for 小标宋: letterhead, title
+    "hei": "FandolHei-Regular.ttf",  # 黑体: headings
+}
 _VOID = {"br", "meta", "link", "col", "img", "hr", "input"}
 _SKIP = {"head", "style", "script", "title", "template"}
 _BLOCK = {
@@ -64,21 +74,24 @@ class LetterRenderError(ValueError):
 # ---------------------------------------------------------------- fonts
 
 
-def default_font_path() -> Path:
-    """The CJK font of the fonts layer: `/opt/fonts/` in Lambda, `layers-fonts/fonts/` in the repo."""
-    here = Path(__file__).resolve()
-    base = here.parents[3]  # /opt in Lambda (/opt/python/rxguard/letters/pdf.py), the repo root here
-    for candidate in (base / "fonts" / FONT_FILE, base / "layers-fonts" / "fonts" / FONT_FILE):
-        if candidate.is_file():
-            return candidate
-    return base / "layers-fonts" / "fonts" / FONT_FILE
+def _fonts_dirs() -> list[Path]:
+    base = Path(__file__).resolve().parents[3]  # /opt in Lambda (/opt/python/rxguard/...), the repo root here
+    return [base / "fonts", base / "layers-fonts" / "fonts"]
+
+
+def default_font_path(file: str = FONT_FILE) -> Path:
+    """A font of the fonts layer: `/opt/fonts/` in Lambda, `layers-fonts/fonts/` in the repo."""
+    for directory in _fonts_dirs():
+        if (directory / file).is_file():
+            return directory / file
+    return _fonts_dirs()[-1] / file
 
 
 _REGISTERED: dict[str, str] = {}
 
 
 def register_font(path: Path | None = None) -> str:
-    """Register the CJK font once per process; returns the reportlab font name."""
+    """Register a TrueType font once per process; returns the reportlab font name."""
     path = path or default_font_path()
     key = str(path)
     if key in _REGISTERED:
@@ -94,6 +107,31 @@ def register_font(path: Path | None = None) -> str:
     pdfmetrics.registerFontFamily(name, normal=name, bold=name, italic=name, boldItalic=name)
     _REGISTERED[key] = name
     return name
+
+
+@dataclass(frozen=True)
+class Faces:
+    """The reportlab names of the letter's faces, and the fallback for missing characters."""
+
+    fang: str
+    song: str
+    hei: str
+    fallback: str
+
+    def covers(self, font: str, char: str) -> bool:
+        face = pdfmetrics.getFont(font).face
+        return ord(char) in face.charToGlyph
+
+
+def register_faces(body_font: Path | None = None) -> Faces:
+    """仿宋/宋体/黑体 from the fonts layer; `body_font` (RXGUARD_LETTER_FONT) replaces all
+    three when given (one face for everything, as before)."""
+    fallback = register_font(default_font_path(FONT_FILE))
+    if body_font is not None:
+        one = register_font(body_font)
+        return Faces(one, one, one, fallback)
+    names = {face: register_font(default_font_path(file)) for face, file in FACE_FILES.items()}
+    return Faces(names["fang"], names["song"], names["hei"], fallback)
 
 
 # ---------------------------------------------------------------- a tiny DOM
@@ -153,43 +191,62 @@ def parse_html(html: str) -> tuple[Node, str]:
 # ---------------------------------------------------------------- styles
 
 
-def _styles(font: str) -> dict[str, ParagraphStyle]:
-    base = ParagraphStyle("body", fontName=font, fontSize=11, leading=18, wordWrap="CJK", alignment=TA_JUSTIFY)
+PT = 1.0
+BODY_SIZE = 16.0  # 3号
+LINE_PITCH = 225 * mm / 22  # 22 lines in the 225 mm text block
+CHAR = BODY_SIZE  # one character of the grid
+
+
+def _styles(faces: Faces) -> dict[str, ParagraphStyle]:
+    base = ParagraphStyle(
+        "body", fontName=faces.fang, fontSize=BODY_SIZE, leading=LINE_PITCH, wordWrap="CJK", alignment=TA_LEFT
+    )
 
     def s(name: str, **kw: Any) -> ParagraphStyle:
         return ParagraphStyle(name, parent=base, **kw)
 
     return {
-        "p": s("p", firstLineIndent=22, spaceAfter=4),
+        "p": s("p", firstLineIndent=2 * CHAR),
         "div": s("div"),
-        "li": s("li", leftIndent=14, bulletIndent=4, spaceAfter=2),
-        "h1": s("h1", fontSize=22, leading=30, alignment=TA_CENTER, spaceBefore=4, spaceAfter=6),
-        "h2": s("h2", fontSize=13, leading=20, spaceBefore=8, spaceAfter=4),
-        "h3": s("h3", fontSize=12, leading=18, spaceBefore=6, spaceAfter=2),
-        "h4": s("h4", fontSize=11, leading=16, spaceBefore=4),
-        "issuer": s("issuer", fontSize=20, leading=28, alignment=TA_CENTER, textColor=SEAL_RED, spaceAfter=2),
-        "title": s("title", fontSize=22, leading=30, alignment=TA_CENTER, spaceBefore=6, spaceAfter=2),
-        "subtitle": s("subtitle", fontSize=12, leading=18, alignment=TA_CENTER, spaceAfter=2),
-        "number": s("number", fontSize=11, alignment=TA_CENTER, spaceAfter=6),
-        "addressee": s("addressee", fontSize=12, leading=20, spaceBefore=6, spaceAfter=4),
-        "signature": s("signature", fontSize=12, leading=20, alignment=TA_RIGHT, rightIndent=12, spaceBefore=22),
-        "date": s("date", fontSize=12, leading=20, alignment=TA_RIGHT, rightIndent=12),
-        "note": s("note", fontSize=9, leading=14, textColor=colors.HexColor("#444444")),
-        "small": s("small", fontSize=9, leading=13),
+        "li": s("li", firstLineIndent=2 * CHAR),
+        "h1": s("h1", fontName=faces.song, fontSize=22, leading=LINE_PITCH * 1.25, alignment=TA_CENTER),
+        "h2": s("h2", fontName=faces.hei, firstLineIndent=2 * CHAR),
+        "h3": s("h3", firstLineIndent=2 * CHAR),
+        "h4": s("h4", firstLineIndent=2 * CHAR),
+        "issuer": s(
+            "issuer", fontName=faces.song, fontSize=30, leading=40, alignment=TA_CENTER, textColor=SEAL_RED
+        ),
+        "title": s(
+            "title", fontName=faces.song, fontSize=22, leading=LINE_PITCH * 1.25, alignment=TA_CENTER,
+            spaceBefore=LINE_PITCH, spaceAfter=LINE_PITCH,
+        ),
+        "subtitle": s("subtitle", alignment=TA_CENTER),
+        "number": s("number", alignment=TA_CENTER, spaceBefore=LINE_PITCH),
+        "addressee": s("addressee"),
+        "address": s("address", fontSize=12, leading=18),
+        "annex-note": s("annex-note", leftIndent=5 * CHAR, firstLineIndent=-3 * CHAR, spaceBefore=LINE_PITCH),
+        "signature": s("signature", alignment=TA_RIGHT, rightIndent=4 * CHAR, spaceBefore=2 * LINE_PITCH),
+        "date": s("date", alignment=TA_RIGHT, rightIndent=4 * CHAR),
+        "annex-label": s("annex-label", fontName=faces.hei),
+        "annex-title": s("annex-title", fontName=faces.song, fontSize=18, leading=30, alignment=TA_CENTER),
+        "note": s("note", fontSize=12, leading=20, textColor=colors.HexColor("#444444")),
+        "small": s("small", fontSize=10.5, leading=15),
         "center": s("center", alignment=TA_CENTER),
         "right": s("right", alignment=TA_RIGHT),
         "left": s("left", alignment=TA_LEFT),
-        "th": s("th", fontSize=9.5, leading=13, alignment=TA_CENTER),
-        "td": s("td", fontSize=9, leading=12.5, alignment=TA_LEFT),
-    }
+        "justify": s("justify", alignment=TA_JUSTIFY),
+        "th": s("th", fontName=faces.hei, fontSize=10.5, leading=14, alignment=TA_CENTER),
+        "td": s("td", fontSize=10.5, leading=14, alignment=TA_LEFT),
+    }  # fmt: skip
 
 
 # ---------------------------------------------------------------- flowables
 
 
 class Seal(Flowable):
-    """A seal placeholder: a red ring with a star and text, drawn over the signature
-    lines above it (as a seal covers the issuer's name and the date)."""
+    """A seal placeholder (GB/T 9704: centred on and pressed over the issuer's name and
+    the date, which sit in its lower half): a red ring with a star and the issuer's name,
+    drawn upward over the signature lines above it; it takes no room itself."""
 
     def __init__(self, text: str, font: str) -> None:
         super().__init__()
@@ -198,21 +255,22 @@ class Seal(Flowable):
 
     def wrap(self, avail_width: float, avail_height: float) -> tuple[float, float]:
         self.avail_width = avail_width
-        return (avail_width, 9 * mm)
+        return (avail_width, 0)
 
     def draw(self) -> None:
         c = self.canv
-        radius = 17 * mm
-        x, y = self.avail_width - 24 * mm, 16 * mm  # centre between the name and the date lines
+        radius = 21 * mm  # a 42 mm bureau seal
+        x = self.avail_width - 4 * CHAR - len(self.text) * CHAR / 2  # centred on the signature (4 characters in)
+        y = 1.5 * LINE_PITCH  # the name and the date below the centre
         c.saveState()
         c.setStrokeColor(SEAL_RED)
         c.setFillColor(SEAL_RED)
         c.setLineWidth(1.6)
         c.circle(x, y, radius, stroke=1, fill=0)
-        c.setFont(self.font, 16)
-        c.drawCentredString(x, y + 8 * mm, "★")
-        c.setFont(self.font, 8)
-        c.drawCentredString(x, y - 12 * mm, self.text[:12])
+        c.setFont(self.font, 18)
+        c.drawCentredString(x, y + 2 * mm, "★")
+        c.setFont(self.font, 9)
+        c.drawCentredString(x, y + 13 * mm, self.text[:14])
         c.restoreState()
 
 
@@ -245,10 +303,44 @@ def _is_block(node: Node | str) -> bool:
 
 
 class _Layout:
-    def __init__(self, font: str, width: float) -> None:
-        self.font = font
+    def __init__(self, faces: Faces, width: float) -> None:
+        self.faces = faces
+        self.font = faces.fang
         self.width = width
-        self.styles = _styles(font)
+        self.styles = _styles(faces)
+        self._widths: dict[tuple[str, str, float], float] = {}
+
+    def _font_for(self, font: str, char: str) -> str:
+        return font if char.isspace() or self.faces.covers(font, char) else self.faces.fallback
+
+    def _width(self, font: str, size: float) -> Callable[[str], float]:
+        def width(text: str) -> float:
+            total = 0.0
+            for ch in text:
+                key = (ch, font, size)
+                if key not in self._widths:
+                    self._widths[key] = pdfmetrics.stringWidth(ch, self._font_for(font, ch), size)
+                total += self._widths[key]
+            return total
+
+        return width
+
+    def para(self, markup: str, style: ParagraphStyle, width: float | None = None, **kw: Any) -> Paragraph:
+        """A paragraph with the fallback face for missing characters and our line breaks."""
+        font, size = style.fontName, style.fontSize
+        fallback = self.faces.fallback
+
+        def swap(match: re.Match[str]) -> str:
+            text = match.group()
+            if text.startswith("<") or text.startswith("&"):
+                return text
+            return text if self.faces.covers(font, text) else f'<font name="{fallback}">{text}</font>'
+
+        if fallback != font:
+            markup = re.sub(r"<[^>]*>|&#?\w+;|[^\x00-\x7f]", swap, markup)
+        avail = (width if width is not None else self.width) - style.leftIndent - style.rightIndent - 0.5
+        markup = break_markup(markup, self._width(font, size), avail, avail - style.firstLineIndent)
+        return Paragraph(markup, style, **kw)
 
     def blocks(self, node: Node, inherited: list[str]) -> list[Flowable]:
         out: list[Flowable] = []
@@ -258,7 +350,7 @@ class _Layout:
             markup = "".join(_inline(c) for c in run).strip()
             run.clear()
             if markup:
-                out.append(Paragraph(markup, _style_for(node, inherited, self.styles)))
+                out.append(self.para(markup, _style_for(node, inherited, self.styles)))
 
         classes = [*node.classes, *inherited]
         for child in node.children:
@@ -278,7 +370,7 @@ class _Layout:
             return [PageBreak()]
         if "seal" in node.classes:
             text = "".join(c for c in node.children if isinstance(c, str)).strip()
-            return [Seal(text or "（印章）", self.font)]
+            return [Seal(text or "（印章）", self.faces.song)]
         if node.tag == "hr":
             return [HRFlowable(width="100%", thickness=1.2, color=SEAL_RED, spaceBefore=2, spaceAfter=6)]
         if node.tag == "table":
@@ -289,11 +381,11 @@ class _Layout:
             for n, item in enumerate(items, start=1):
                 bullet = f"{n}." if node.tag == "ol" else "•"
                 markup = "".join(_inline(c) for c in item.children).strip()
-                out.append(Paragraph(markup, self.styles["li"], bulletText=bullet))
+                out.append(self.para(f"{bullet} {markup}" if node.tag == "ol" else markup, self.styles["li"]))
             return out
         if node.tag in ("p", "h1", "h2", "h3", "h4", "li") and not any(_is_block(c) for c in node.children):
             markup = "".join(_inline(c) for c in node.children).strip()
-            return [Paragraph(markup, _style_for(node, inherited, self.styles))] if markup else []
+            return [self.para(markup, _style_for(node, inherited, self.styles))] if markup else []
         flowables = self.blocks(node, inherited)
         if "keep" in node.classes or "signature" in node.classes:
             return [KeepTogether(flowables)]
@@ -314,6 +406,9 @@ class _Layout:
                         collect(c, c.tag == "thead")
 
         collect(node, False)
+        first = next(iter(rows), None)
+        first_cells = [c for c in (first.children if first else []) if isinstance(c, Node) and c.tag in ("td", "th")]
+        declared = [_percent(c.attrs.get("width"), self.width) for c in first_cells]
         data: list[list[Any]] = []
         spans: list[tuple[str, tuple[int, int], tuple[int, int]]] = []
         widths: list[float | None] = []
@@ -325,7 +420,9 @@ class _Layout:
                 style = self.styles["th" if cell.tag == "th" else "td"]
                 if cell.classes:
                     style = ParagraphStyle(f"td-{col}", parent=style, alignment=_align(cell.classes, style.alignment))
-                line.append(Paragraph("".join(_inline(c) for c in cell.children).strip(), style))
+                known = declared[col] if col < len(declared) else None
+                cell_width = (known or self.width / 6) - 2 * 4
+                line.append(self.para("".join(_inline(c) for c in cell.children).strip(), style, cell_width))
                 span = int(cell.attrs.get("colspan", "1") or 1)
                 if r == 0:
                     widths.extend([_percent(cell.attrs.get("width"), self.width) if span == 1 else None] * span)
@@ -350,10 +447,18 @@ class _Layout:
                     ("BACKGROUND", (0, 0), (-1, header_rows - 1), colors.HexColor("#eeeeee")),
                     ("TOPPADDING", (0, 0), (-1, -1), 3),
                     ("BOTTOMPADDING", (0, 0), (-1, -1), 3),
+                    ("LEFTPADDING", (0, 0), (-1, -1), 4),
+                    ("RIGHTPADDING", (0, 0), (-1, -1), 4),
                     *spans,
                 ]
                 if header_rows
-                else [("GRID", (0, 0), (-1, -1), 0.5, colors.black), ("VALIGN", (0, 0), (-1, -1), "TOP"), *spans]
+                else [
+                    ("GRID", (0, 0), (-1, -1), 0.5, colors.black),
+                    ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                    ("LEFTPADDING", (0, 0), (-1, -1), 4),
+                    ("RIGHTPADDING", (0, 0), (-1, -1), 4),
+                    *spans,
+                ]
             )
         )
         return table
@@ -373,37 +478,47 @@ def _percent(value: str | None, width: float) -> float | None:
 
 
 def html_to_pdf(html: str, *, font_path: Path | None = None, author: str = "", subject: str = "") -> bytes:
-    """Lay out a letter's HTML as an A4 PDF with the CJK font embedded (subset)."""
-    font = register_font(font_path)
+    """Lay out a letter's HTML as an A4 PDF on the GB/T 9704 page (text block 156 x 225 mm,
+    top margin 37 mm, inner margin 28 mm), the fonts embedded (subsets)."""
+    faces = register_faces(font_path)
     root, title = parse_html(html)
     buffer = io.BytesIO()
-    doc = SimpleDocTemplate(
+    doc = BaseDocTemplate(
         buffer,
         pagesize=A4,
-        leftMargin=26 * mm,
-        rightMargin=26 * mm,
-        topMargin=25 * mm,
-        bottomMargin=22 * mm,
+        leftMargin=28 * mm,
+        rightMargin=A4[0] - 28 * mm - 156 * mm,
+        topMargin=37 * mm,
+        bottomMargin=A4[1] - 37 * mm - 225 * mm,
         title=title,
         author=author,
         subject=subject,
         creator="rxguard",
         invariant=1,  # same input, same bytes: no creation timestamp or random id
     )
-    layout = _Layout(font, doc.width)
+    layout = _Layout(faces, doc.width)
     body = _find(root, "body") or root
     story = layout.blocks(body, [])
     if not story:
         story = [Spacer(1, 1)]
 
-    def footer(canvas: Any, document: Any) -> None:
+    def page_number(canvas: Any, document: Any) -> None:
+        """ "— 1 —" in 4号 half-width figures under the text block: odd pages right, even
+        pages left, one character in (GB/T 9704 7.5)."""
         canvas.saveState()
-        canvas.setFont(font, 8)
-        canvas.setFillColor(colors.HexColor("#555555"))
-        canvas.drawCentredString(A4[0] / 2, 12 * mm, f"{title}    第 {document.page} 页")
+        canvas.setFont(faces.song, 14)
+        text = f"— {document.page} —"
+        y = doc.bottomMargin - 7 * mm - 10
+        if document.page % 2:
+            canvas.drawRightString(doc.leftMargin + doc.width - 14, y, text)
+        else:
+            canvas.drawString(doc.leftMargin + 14, y, text)
         canvas.restoreState()
 
-    doc.build(story, onFirstPage=footer, onLaterPages=footer)
+    # no frame padding: the text block is exactly 156 mm wide, as the grid needs
+    frame = Frame(doc.leftMargin, doc.bottomMargin, doc.width, doc.height, 0, 0, 0, 0, id="text")
+    doc.addPageTemplates([PageTemplate(id="page", frames=[frame], onPage=page_number)])
+    doc.build(story)
     return buffer.getvalue()
 
 

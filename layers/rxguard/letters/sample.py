@@ -2,8 +2,9 @@
 
     python -m rxguard.letters.sample OUT_DIR [--templates DIR]
 
-writes OUT_DIR/sample-letter.{html,pdf} (and sample-letter.png, sample-letter-last.png:
-its first and last pages, when pdftoppm is installed). Names, numbers and codes are fictitious.
+writes OUT_DIR/sample-letter.{html,pdf} (and sample-letter.png, sample-letter-signature.png,
+sample-letter-last.png: its first page, the page with the signature and seal, and the annex
+table, when pdftoppm is installed). Names, numbers and codes are fictitious.
 """
 
 from __future__ import annotations
@@ -117,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "sample-letter.html").write_text(html, encoding="utf-8")
     (args.out / "sample-letter.pdf").write_bytes(pdf)
     print(f"{args.out / 'sample-letter.pdf'}: {letter.kind} {letter.number}, {len(pdf)} bytes")
-    if shutil.which("pdftoppm"):  # first page (letterhead, table) and last (signature, seal)
+    if shutil.which("pdftoppm"):  # first page (版头, 标题), the signature and seal, the annex table (last)
         pages = len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", pdf)) or 1
-        for page, name in ((1, "sample-letter"), (pages, "sample-letter-last")):
+        wanted = [(1, "sample-letter"), (max(pages - 1, 1), "sample-letter-signature"), (pages, "sample-letter-last")]
+        for page, name in wanted:
             command = ["pdftoppm", "-r", "72", "-png", "-singlefile", "-f", str(page), "-l", str(page)]
             subprocess.run([*command, str(args.out / "sample-letter.pdf"), str(args.out / name)], check=True)
             print(args.out / f"{name}.png")

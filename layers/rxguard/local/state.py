@@ -22,15 +22,16 @@ import os
 import sqlite3
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from time import monotonic, sleep
+from typing import Any, TypeVar
 
 from rxguard.api.errors import Conflict, InvalidField, NotFound
-from rxguard.api.models import FindingView, Review, ReviewStatus
+from rxguard.api.models import Disposition, FindingView, Review, ReviewStatus
 from rxguard.api.store import FindingQuery, FindingsStore, RuleFigures, decode_token, encode_token, view
 from rxguard.engine.institutions import ActivityAggregate
 from rxguard.engine.rules import DISPENSING_RULES, trigger_lines
@@ -38,8 +39,10 @@ from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 
 STATE_FILE = "state.db"
-SCHEMA_VERSION = 2
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before StateBusy
+_FIRST_WAIT = 0.0001  # first sleep while the lock is taken (seconds), doubled up to _MAX_WAIT
+_MAX_WAIT = 0.005
+_T = TypeVar("_T")
 
 
 class StateError(RuntimeError):
@@ -138,12 +141,22 @@ CREATE TABLE counters (
 );
 """
 
+# v2: numbers kept per key (a letter's document number given again on a retry; first writer wins)
+_SCHEMA_V2 = """
+CREATE TABLE kept_numbers (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
 # version reached -> the script that reaches it from the version before (run in one transaction)
 MIGRATIONS: dict[int, str] = {
     1: _SCHEMA_V1,
+    2: _SCHEMA_V2,
     # a sale's return (退费) or split-pack units (拆零): TraceSale.encode, NULL for a plain sale
-    2: "ALTER TABLE trace_sales ADD COLUMN sale TEXT",
+    3: "ALTER TABLE trace_sales ADD COLUMN sale TEXT",
 }
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 def _ts(at: datetime) -> str:
@@ -188,9 +201,12 @@ class State:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             conn.execute("PRAGMA cache_size=-65536")  # 64 MB page cache per connection
             conn.execute("PRAGMA temp_store=MEMORY")
+            # From here on a busy lock is retried by `_retrying` (short, growing sleeps from
+            # 0.1 ms): SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms, far longer than
+            # the sub-millisecond transactions of another worker hold the lock.
+            conn.execute("PRAGMA busy_timeout=0")
         except sqlite3.OperationalError as exc:
             raise self._error(exc, "open") from exc
         except sqlite3.DatabaseError as exc:
@@ -225,14 +241,30 @@ class State:
             )
         return StateError(f"{self.path}: {what} failed: {exc}")
 
+    def _retrying(self, func: Callable[[], _T], what: str) -> _T:
+        """`func()`, retried while the database is busy, up to `busy_timeout` seconds."""
+        deadline: float | None = None
+        delay = _FIRST_WAIT
+        while True:
+            try:
+                return func()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise self._error(exc, what) from exc
+                now = monotonic()
+                if deadline is None:
+                    deadline = now + self.busy_timeout
+                if now >= deadline:
+                    raise self._error(exc, what) from exc
+                sleep(min(delay, deadline - now))
+                delay = min(delay * 2, _MAX_WAIT)
+
     @contextmanager
     def write(self, what: str = "write") -> Iterator[sqlite3.Connection]:
-        """One write transaction holding the write lock from its start (BEGIN IMMEDIATE)."""
+        """One write transaction holding the write lock from its start (BEGIN IMMEDIATE);
+        waits for the lock up to `busy_timeout` seconds, then raises StateBusy."""
         conn = self.connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise self._error(exc, what) from exc
+        self._retrying(lambda: conn.execute("BEGIN IMMEDIATE"), what)
         try:
             yield conn
         except BaseException:
@@ -245,10 +277,8 @@ class State:
             raise self._error(exc, what) from exc
 
     def read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
-        try:
-            return self.connection().execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise self._error(exc, "read") from exc
+        conn = self.connection()
+        return self._retrying(lambda: conn.execute(sql, params).fetchall(), "read")
 
     def _migrate(self) -> None:
         known = max(MIGRATIONS)
@@ -272,8 +302,8 @@ class State:
         return int(self.read("PRAGMA user_version")[0][0])
 
     # ------------------------------------------------------------ adapters
-    def repository(self) -> SqliteRepository:
-        return SqliteRepository(self)
+    def repository(self, *, line_cache: int = 0) -> SqliteRepository:
+        return SqliteRepository(self, line_cache=line_cache)
 
     def findings_store(self) -> SqliteFindingsStore:
         return SqliteFindingsStore(self)
@@ -292,6 +322,19 @@ class State:
                 "ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value",
                 (name,),
             ).fetchone()
+        return int(row[0])
+
+    def kept(self, name: str) -> int | None:
+        """The number kept under `name` (`rxguard.letters.numbers.NumberKeeper`), or None."""
+        rows = self.read("SELECT value FROM kept_numbers WHERE name = ?", (name,))
+        return int(rows[0][0]) if rows else None
+
+    def keep(self, name: str, value: int) -> int:
+        """Keep `value` under `name` unless one is kept already (first writer wins, across
+        processes); return the number kept."""
+        with self.write("keep a number") as conn:
+            conn.execute("INSERT OR IGNORE INTO kept_numbers (name, value) VALUES (?, ?)", (name, value))
+            row = conn.execute("SELECT value FROM kept_numbers WHERE name = ?", (name,)).fetchone()
         return int(row[0])
 
 
@@ -332,8 +375,16 @@ class SqliteRepository(HistoryRepository):
     """`HistoryRepository` on the state database: same semantics as the in-memory and
     DynamoDB repositories (tests/contract/)."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, *, line_cache: int = 0) -> None:
+        """`line_cache`: how many decoded lines to keep across calls (a long-lived reader
+        such as serve, which re-reads the same patients' histories); 0 keeps only the
+        lines of the last `record_lines` call. Lines never change once stored, so a line id
+        always means the same line and a cached line is never stale."""
         self.state = state
+        self._recent: dict[str, ClaimLine] = {}  # screen_lines reads them back at once
+        self._cache: dict[str, ClaimLine] = {}  # insertion order: the oldest goes first
+        self._cache_size = max(0, line_cache)
+        self._cache_lock = threading.Lock()
 
     # ------------------------------------------------------------ lines
     def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
@@ -384,19 +435,43 @@ class SqliteRepository(HistoryRepository):
                     for code in dict.fromkeys(line.trace_codes)
                 ],
             )
+        self._recent = {line.line_id: line for line in fresh}
         return fresh
 
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
         out: dict[str, list[ClaimLine]] = {p: [] for p in psn_nos}
         if not out:
             return out
+        # the ids first, from the index alone; then the bodies of the lines not decoded yet
         rows = self.state.read(
-            "SELECT psn_no, body FROM lines WHERE psn_no IN (SELECT value FROM json_each(?)) "
+            "SELECT psn_no, line_id FROM lines WHERE psn_no IN (SELECT value FROM json_each(?)) "
             "ORDER BY psn_no, t, line_id",
             (_ids(out),),
         )
-        for psn_no, body in rows:
-            out[psn_no].append(decode_line(body))
+        recent, cache = self._recent, self._cache
+        known: dict[str, ClaimLine] = {}
+        for _, line_id in rows:
+            line = recent.get(line_id) or cache.get(line_id)
+            if line is not None:
+                known[line_id] = line
+        decoded: list[ClaimLine] = []
+        if len(known) < len(rows):
+            missing = [line_id for _, line_id in rows if line_id not in known]
+            for line_id, body in self.state.read(
+                "SELECT line_id, body FROM lines WHERE line_id IN (SELECT value FROM json_each(?))", (_ids(missing),)
+            ):
+                known[line_id] = line = decode_line(body)
+                decoded.append(line)
+        for psn_no, line_id in rows:
+            line = known.get(line_id)
+            if line is not None:  # (a line purged between the two reads is left out)
+                out[psn_no].append(line)
+        if decoded and self._cache_size:
+            with self._cache_lock:
+                for line in decoded:
+                    cache[line.line_id] = line
+                while len(cache) > self._cache_size:
+                    del cache[next(iter(cache))]
         return out
 
     def load_lines(self, line_ids: Collection[str]) -> dict[str, ClaimLine]:
@@ -445,8 +520,24 @@ class SqliteRepository(HistoryRepository):
         return self.replace_many({scope: findings})
 
     def replace_many(self, by_scope: Mapping[str, Sequence[Finding]]) -> FindingChanges:
-        """`replace_findings` for many scopes in one transaction (changes merged in scope order given)."""
+        """`replace_findings` for many scopes in one transaction (changes merged in scope order given).
+
+        Most scopes of a batch are clean: no finding now and none current before. Those
+        change nothing, so they are found with one read and take no transaction at all."""
         changes = FindingChanges()
+        empty = [scope for scope, findings in by_scope.items() if not findings]
+        if empty:
+            held = {
+                row[0]
+                for row in self.state.read(
+                    "SELECT DISTINCT scope FROM findings WHERE scope IN (SELECT value FROM json_each(?)) "
+                    "AND status != 'superseded'",
+                    (_ids(empty),),
+                )
+            }
+            by_scope = {s: f for s, f in by_scope.items() if f or s in held}
+        if not by_scope:
+            return changes
         now = _now()
         with self.state.write("replace findings") as conn:
             for scope, findings in by_scope.items():
@@ -538,6 +629,16 @@ class SqliteRepository(HistoryRepository):
         rows = self.state.read("SELECT status, body FROM findings WHERE finding_id = ?", (finding_id,))
         return _decode_finding(rows[0][1], rows[0][0]) if rows else None
 
+    def get_findings(self, finding_ids: Collection[str]) -> dict[str, Finding]:
+        """Stored findings by id, superseded included (one query)."""
+        if not finding_ids:
+            return {}
+        rows = self.state.read(
+            "SELECT finding_id, status, body FROM findings WHERE finding_id IN (SELECT value FROM json_each(?))",
+            (_ids(finding_ids),),
+        )
+        return {fid: _decode_finding(body, status) for fid, status, body in rows}
+
     def all_current_findings(self) -> list[Finding]:
         """Every current finding, by finding_id (the run's findings.jsonl)."""
         rows = self.state.read("SELECT status, body FROM findings WHERE status != 'superseded' ORDER BY finding_id")
@@ -624,11 +725,90 @@ def _day_start(day: date) -> str:
     return _ts(datetime.combine(day, time.min))
 
 
+# Warnings and dispositions (3101 jr_id, 3103; docs/api.md), added with the API's
+# dispositions: created if missing rather than by a numbered migration, so that they add to
+# a state of any version (helper "state" may fold them into the next migration).
+_DISPOSITION_TABLES = """
+CREATE TABLE IF NOT EXISTS warnings (
+    finding_id TEXT PRIMARY KEY,
+    rule_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    lines TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dispositions (
+    finding_id TEXT PRIMARY KEY,
+    rule_id TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS continued_lines (
+    line_id TEXT NOT NULL,
+    finding_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (line_id, finding_id)
+);
+"""
+
+
 class SqliteFindingsStore(FindingsStore):
     """The API's findings store on the state database (same answers as the in-memory store)."""
 
     def __init__(self, state: State) -> None:
         self.state = state
+        with state.write("create the dispositions tables") as conn:
+            for statement in _DISPOSITION_TABLES.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    def _disposition(self, finding_id: str) -> Disposition | None:
+        rows = self.state.read("SELECT body FROM dispositions WHERE finding_id = ?", (finding_id,))
+        return Disposition.model_validate_json(rows[0][0]) if rows else None
+
+    def record_warnings(self, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()) -> None:
+        wanted = set(answered)
+        with self.state.write("record a check's warnings") as conn:
+            for finding in findings:
+                lines = [i for i in finding.evidence if i in wanted]
+                conn.execute(
+                    "INSERT OR REPLACE INTO warnings (finding_id, rule_id, body, lines, recorded_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (finding.finding_id, finding.rule_id, finding.model_dump_json(), json.dumps(lines), at.isoformat()),
+                )
+
+    def dispose(self, finding_id: str, disposition: Disposition) -> FindingView:
+        rows = self.state.read(f"{_VIEW_SELECT} WHERE f.finding_id = ?", (finding_id,))
+        recorded = _view_row(rows[0]) if rows else None
+        lines: list[str] = []
+        if recorded is None:
+            rows = self.state.read("SELECT body, lines FROM warnings WHERE finding_id = ?", (finding_id,))
+            if not rows:
+                raise NotFound("no such finding or warning", "finding_id")
+            finding = Finding.model_validate_json(rows[0][0])
+            lines = json.loads(rows[0][1])
+        else:
+            finding = Finding.model_validate(recorded.model_dump(exclude={"review", "disposition", "recorded"}))
+        with self.state.write("dispose of a warning") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO dispositions (finding_id, rule_id, body) VALUES (?, ?, ?)",
+                (finding_id, finding.rule_id, disposition.model_dump_json()),
+            )
+            conn.execute("DELETE FROM continued_lines WHERE finding_id = ?", (finding_id,))
+            if disposition.action == "continue" and disposition.reason:
+                conn.executemany(
+                    "INSERT INTO continued_lines (line_id, finding_id, reason) VALUES (?, ?, ?)",
+                    [(line_id, finding_id, disposition.reason) for line_id in lines],
+                )
+        if recorded is not None:
+            return recorded.model_copy(update={"disposition": disposition})
+        return view(finding, None, disposition).model_copy(update={"recorded": False})
+
+    def continued_reasons(self, line_ids: Collection[str]) -> dict[str, str]:
+        rows = self.state.read(
+            "SELECT line_id, reason FROM continued_lines WHERE line_id IN (SELECT value FROM json_each(?))"
+            " ORDER BY finding_id",
+            (_ids(line_ids),),
+        )
+        return {line_id: reason for line_id, reason in rows}
 
     def query(self, query: FindingQuery, limit: int, token: str | None = None) -> tuple[list[FindingView], str | None]:
         where: list[str] = []
@@ -657,7 +837,8 @@ class SqliteFindingsStore(FindingsStore):
             after_t, after_id = payload.get("t"), payload.get("id")
             if not isinstance(after_t, str) or not isinstance(after_id, str):
                 raise InvalidField("next_token is not a token this API issued", "next_token")
-            where.append("(f.occurred_at < ? OR (f.occurred_at = ? AND f.finding_id > ?))")
+            # the `<=` bound lets the index start at the page's place instead of the newest finding
+            where.append("f.occurred_at <= ? AND (f.occurred_at < ? OR f.finding_id > ?)")
             params += [after_t, after_t, after_id]
         rows = self.state.read(
             f"{_VIEW_SELECT} WHERE {' AND '.join(where)} ORDER BY f.occurred_at DESC, f.finding_id LIMIT ?",
@@ -667,11 +848,32 @@ class SqliteFindingsStore(FindingsStore):
         next_token = None
         if len(rows) > limit:
             next_token = encode_token({"t": page[-1][2], "id": page[-1][3]})
-        return [_view_row(row) for row in page], next_token
+        disposed = dict(
+            self.state.read(
+                "SELECT finding_id, body FROM dispositions WHERE finding_id IN (SELECT value FROM json_each(?))",
+                (_ids([row[3] for row in page]),),
+            )
+        )
+        views = [_view_row(row) for row in page]
+        return [
+            v.model_copy(update={"disposition": Disposition.model_validate_json(disposed[v.finding_id])})
+            if v.finding_id in disposed
+            else v
+            for v in views
+        ], next_token
 
     def get(self, finding_id: str) -> FindingView | None:
         rows = self.state.read(f"{_VIEW_SELECT} WHERE f.finding_id = ?", (finding_id,))
-        return _view_row(rows[0]) if rows else None
+        disposition = self._disposition(finding_id)
+        if rows:
+            found = _view_row(rows[0])
+            return found.model_copy(update={"disposition": disposition}) if disposition else found
+        warning = self.state.read("SELECT body FROM warnings WHERE finding_id = ?", (finding_id,))
+        if not warning:
+            return None
+        return view(Finding.model_validate_json(warning[0][0]), None, disposition).model_copy(
+            update={"recorded": False}
+        )
 
     def review(self, finding_id: str, status: ReviewStatus, reason: str, reviewer: str, at: datetime) -> FindingView:
         with self.state.write("review a finding") as conn:
@@ -696,9 +898,15 @@ class SqliteFindingsStore(FindingsStore):
             "GROUP BY rule_id, status",
             (_ids(rule_ids),),
         ):
-            slot = counts.setdefault(rule_id, [0, 0])
+            slot = counts.setdefault(rule_id, [0, 0, 0, 0])
             slot[0 if status == "confirmed" else 1] += int(n)
-        return {rule: RuleFigures(c, d) for rule, (c, d) in counts.items()}
+        for rule_id, body in self.state.read(
+            "SELECT rule_id, body FROM dispositions WHERE rule_id IN (SELECT value FROM json_each(?))",
+            (_ids(rule_ids),),
+        ):
+            slot = counts.setdefault(rule_id, [0, 0, 0, 0])
+            slot[2 if Disposition.model_validate_json(body).action == "continue" else 3] += 1
+        return {rule: RuleFigures(*slot) for rule, slot in counts.items()}
 
 
 _VIEW_SELECT = (
@@ -790,13 +998,19 @@ class SqliteBatchStore:
 # ---------------------------------------------------------------- alert outbox
 
 
-class SqliteOutbox:
+try:  # the Outbox interface (helper "orchestrator") may not be in this tree yet
+    from rxguard.alerts.outbox import Outbox as _OutboxBase  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - until rxguard.alerts.outbox lands
+    _OutboxBase = object  # type: ignore[assignment,misc,unused-ignore]
+
+
+class SqliteOutbox(_OutboxBase):  # type: ignore[misc,valid-type,unused-ignore]
     """The alert outbox (`rxguard.alerts.outbox.Outbox`) on the state database: entries
     are recorded in one transaction before publishing, listed in recording order while
     pending, and marked sent after the sink acknowledged them."""
 
-    def __init__(self, state: State) -> None:
-        self.state = state
+    def __init__(self, state: State | str | os.PathLike[str]) -> None:
+        self.state = state if isinstance(state, State) else State.open(state)
 
     def record(self, entries: Sequence[Any]) -> list[Any]:
         fresh = []

@@ -1,6 +1,9 @@
-"""`rxguard serve` over moto: the check API's real Lambda handler behind the offline
-Lambda router, over every resource of template.yaml. The HTTP side is `rxguard.api.serve`;
-this module only hands it the moto-backed invoke (the harness sits above the API)."""
+"""`rxguard serve`: the entry point. The HTTP side is `rxguard.api.serve`; this module sits
+above the API, the local state and the console, and hands `serve.main` what builds them:
+the state's services (`rxguard.local.serve.open_local`, the default `--state DIR`), the
+console (`rxguard.console.app.console_app`, mounted outside `/v1/`) and, for
+`--simulate-aws`, the check API's real Lambda handler behind the offline Lambda router over
+every resource of template.yaml (`moto_invoke`)."""
 
 from __future__ import annotations
 
@@ -36,7 +39,10 @@ def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> serve.Invok
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`rxguard serve [...]` (arguments: rxguard.api.serve)."""
-    return serve.main(argv, moto=moto_invoke)
+    from rxguard.console.app import console_app
+    from rxguard.local.serve import open_local
+
+    return serve.main(argv, moto=moto_invoke, local=open_local, console=console_app)
 
 
 if __name__ == "__main__":

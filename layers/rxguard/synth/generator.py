@@ -28,39 +28,13 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import rxguard.synth.catalogue as cat
+from rxguard import claimline as contract
 from rxguard.engine.rules import scenario_rules
 from rxguard.kb import Drug, KnowledgeBase
 from rxguard.synth.catalogue import Condition, Item
 
-# Field order of the written files (docs/design.md "Claim-line format").
-FIELDS = (
-    "feedetl_sn",
-    "fixmedins_code",
-    "fixmedins_name",
-    "admdvs",
-    "psn_no",
-    "mdtrt_id",
-    "setl_id",
-    "med_type",
-    "fee_ocur_time",
-    "med_list_codg",
-    "med_list_name",
-    "cnt",
-    "trdn_flag",
-    "pric",
-    "det_item_fee_sumamt",
-    "sin_dos_dscr",
-    "used_frqu_dscr",
-    "prd_days",
-    "rxno",
-    "bilg_dr_codg",
-    "dise_codg",
-    "dscg_tkdrug_flag",
-    "lt_rx_flag",
-    "override_reason",
-    "drug_trac_codg",
-    "init_feedetl_sn",
-)
+# Field order of the written files: the claim-line contract's columns (docs/ingest.md).
+FIELDS = contract.COLUMNS
 
 # Abusive scenarios, in generation order; the rules each must trigger (patient level) are
 # declared by the rule modules (`Rule.scenarios`), read from the rule catalogue.

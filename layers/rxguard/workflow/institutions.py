@@ -12,10 +12,12 @@ growth compares with them) against all peers of those months.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Protocol
 
-from rxguard.dynamo import ActivityKey, DynamoRepository, ResultStore, activity_units
+from rxguard.dynamo import ActivityKey, ResultStore, activity_units
 from rxguard.engine import flagged_line_ids, trigger_lines
+from rxguard.engine.institutions import ActivityAggregate
 from rxguard.engine.rules.institution_outlier import InstitutionOutlierParameters, affected_periods
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding
@@ -52,8 +54,19 @@ def next_period(period: str) -> str:
     return f"{year + 1:04d}-01" if month == 12 else f"{year:04d}-{month + 1:02d}"
 
 
+class ActivityRepository(Protocol):
+    """What ScreenInstitutions needs of a repository: the DynamoDB one keeps the activity
+    as aggregates, the local state derives it from the stored lines."""
+
+    def load_activity(self, periods: Collection[str]) -> list[ActivityAggregate]: ...
+
+    def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]: ...
+
+    def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges: ...
+
+
 def screen_institutions(
-    request: InstitutionsRequest, *, results: ResultStore, repo: DynamoRepository, kb: KnowledgeBase
+    request: InstitutionsRequest, *, results: ResultStore, repo: ActivityRepository, kb: KnowledgeBase
 ) -> ChunkResult:
     touched: set[str] = set()
     for entry in ok_results(request.chunk_results):

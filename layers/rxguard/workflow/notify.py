@@ -3,8 +3,9 @@ alerts module alerts each finding at most once, however often this runs)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from rxguard.alerts import notify_batch
@@ -38,11 +39,35 @@ def findings_to_alert(results: ResultStore, chunk_results: Sequence[Any]) -> ToA
     return out
 
 
+def settled(findings: Sequence[Finding], current: Callable[[Collection[str]], Mapping[str, Finding]]) -> list[Finding]:
+    """The findings as stored now: those superseded since their chunk reported them are
+    left out, the others take their stored figures and status."""
+    stored = current([f.finding_id for f in findings])
+    out = []
+    for finding in findings:
+        now = stored.get(finding.finding_id)
+        if now is not None and now.status != "superseded":
+            out.append(now)
+    return out
+
+
 def notify_chunks(
-    request: NotifyRequest, *, results: ResultStore, kb: KnowledgeBase, sink: Any, alert_settings: Any = None
+    request: NotifyRequest,
+    *,
+    results: ResultStore,
+    kb: KnowledgeBase,
+    sink: Any,
+    alert_settings: Any = None,
+    current: Callable[[Collection[str]], Mapping[str, Finding]] | None = None,
+    counters: Any = None,
 ) -> dict[str, Any]:
+    """`current` (finding ids -> stored findings), when given, re-reads each finding before
+    it is alerted: the local orchestrator notifies after every batch of a run is screened,
+    so a finding a later file superseded is neither alerted nor cited (docs/local.md).
+    `counters` (a `rxguard.letters.CounterStore`: the DynamoDB CountersTable, the local
+    state) numbers the letters (docs/letters.md)."""
     todo = findings_to_alert(results, [*request.chunk_results, request.institutions])
-    findings = todo.findings
+    findings = todo.findings if current is None else settled(todo.findings, current)
     summary = notify_batch(
         findings,
         batch_id=request.batch_id,
@@ -51,7 +76,7 @@ def notify_chunks(
         settings=alert_settings,
         institution_names=todo.institutions,
         lines=todo.lines,
-        letters=issue_letters,
+        letters=partial(issue_letters, counters=counters) if counters is not None else issue_letters,
     )
     out = _as_dict(summary)
     out.setdefault("findings", len(findings))

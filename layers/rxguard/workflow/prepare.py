@@ -41,7 +41,7 @@ def prepare_object(
         )
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        local = Path(tmp) / (Path(ref.key).name or "batch")
+        local = Path(tmp) / "object"  # S3 keys are opaque ids, never local file names (`incoming/..`, 1,024 bytes)
         _download(ingest, ref, local)
         out_dir = Path(tmp) / "out"
         out_dir.mkdir()

@@ -1,11 +1,11 @@
-"""The workflow's settings, parsed once from the environment of the Lambda functions
-(template.yaml Globals) into a pydantic model; logic code receives it, never os.environ."""
+"""The workflow steps' settings, parsed from the environment into a pydantic model; logic
+code receives it, never os.environ. Each Lambda handler first validates its own
+environment model (`rxguard.environment`); `rxguard.bootstrap` builds this for the steps."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from functools import lru_cache, wraps
+from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -30,9 +30,10 @@ class WorkflowSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     results_bucket: str = Field(min_length=3)
-    purchases_table: str = Field(min_length=1)
-    trace_codes_table: str = Field(min_length=1)
-    findings_table: str = Field(min_length=1)
+    # the history tables: required by the steps that read them (rxguard.environment's per-handler models)
+    purchases_table: str | None = Field(default=None, min_length=1)
+    trace_codes_table: str | None = Field(default=None, min_length=1)
+    findings_table: str | None = Field(default=None, min_length=1)
     batches_table: str = Field(min_length=1)
     aggregates_table: str | None = None
     idempotency_table: str | None = None
@@ -54,32 +55,6 @@ class WorkflowSettings(BaseModel):
 
     @property
     def tables(self) -> TableNames:
-        return TableNames(
-            purchases=self.purchases_table,
-            trace_codes=self.trace_codes_table,
-            findings=self.findings_table,
-            batches=self.batches_table,
-            aggregates=self.aggregates_table,
-        )
-
-
-def get_settings() -> WorkflowSettings:
-    """The settings of this process, parsed once per distinct environment (the offline
-    harness runs several stacks in one process, each with its own variables)."""
-    return _settings_for(tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("RXGUARD_"))))
-
-
-@lru_cache(maxsize=8)
-def _settings_for(env: tuple[tuple[str, str], ...]) -> WorkflowSettings:
-    return WorkflowSettings.from_env(dict(env))
-
-
-def validate_environment[**P, R](handler: Callable[P, R]) -> Callable[P, R]:
-    """First decorator of every handler (docs/style.md): fail fast, naming the missing variables."""
-
-    @wraps(handler)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        get_settings()
-        return handler(*args, **kwargs)
-
-    return wrapper
+        if not (self.purchases_table and self.trace_codes_table and self.findings_table):
+            raise ValueError("workflow settings: the history tables (RXGUARD_PURCHASES_TABLE, ...) are not set")
+        return TableNames.of(self)

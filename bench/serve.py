@@ -1,0 +1,205 @@
+"""Benchmark of `rxguard serve --state DIR` (waitress over the SQLite state) under
+concurrent clients: POST /v1/checks of patients with a year of history.
+
+    .venv/bin/python -m bench.serve [--patients 300] [--clients 20] [--requests 50]
+
+A synthetic population of 12 months (bench.engine.population) is recorded into a fresh
+state; `rxguard serve` runs in its own process; `clients` keep-alive clients (threads
+spread over 4 client processes, so the clients' own GIL does not stand in the
+measurement) each send `requests` checks of one proposed monitored line for a patient
+among those with the most history. Figures: errors, latency percentiles (wall, as a
+client sees it), the server's CPU seconds (from /proc) and its CPU per request.
+Figures, not pass/fail; target (issue 11): 20 x 50, 0 errors, p99 <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "layers"), str(ROOT)]
+
+CLIENT_PROCESSES = 4
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its workers (pre-fork children)."""
+    total = 0.0
+    for stat in [Path(f"/proc/{pid}/stat"), *Path("/proc").glob("[0-9]*/stat")]:
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) and stat != Path(f"/proc/{pid}/stat"):
+            continue
+        if stat == Path(f"/proc/{pid}/stat") or int(fields[1]) == pid:  # itself, or a child of it
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _bodies(lines: list[Any], patients: int) -> tuple[list[dict[str, Any]], int]:
+    """Check bodies for the patients with the most history: a monitored drug they take, a day after their last line."""
+    by_patient: dict[str, list[Any]] = {}
+    for line in lines:
+        by_patient.setdefault(line.psn_no, []).append(line)
+    ranked = sorted(by_patient, key=lambda p: (-len(by_patient[p]), p))[:patients]
+    bodies = []
+    for psn in ranked:
+        history = by_patient[psn]
+        drug = next((x for x in reversed(history) if x.monitored), history[-1])
+        at = history[-1].fee_ocur_time + timedelta(days=1)
+        bodies.append(
+            {
+                "psn_no": psn,
+                "fixmedins_code": drug.fixmedins_code,
+                "med_type": drug.med_type,
+                "fee_ocur_time": f"{at:%Y-%m-%d %H:%M:%S}",
+                "lines": [{"med_list_codg": drug.med_list_codg, "cnt": 1, "pric": drug.pric}],
+            }
+        )
+    history_lines = statistics.median(len(by_patient[p]) for p in ranked)
+    return bodies, int(history_lines)
+
+
+def _client_process(
+    port: int, threads: int, requests: int, bodies: list[dict[str, Any]], offset: int, queue: Any
+) -> None:
+    samples: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine, bad = [], []
+        for i in range(requests):
+            body = json.dumps(bodies[(n * requests + i) % len(bodies)]).encode()
+            started = time.perf_counter()
+            try:
+                conn.request("POST", "/v1/checks", body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    bad.append(f"HTTP {response.status}")
+            except (OSError, http.client.HTTPException) as exc:
+                bad.append(type(exc).__name__)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            mine.append(time.perf_counter() - started)
+        conn.close()
+        with lock:
+            samples.extend(mine)
+            errors.extend(bad)
+
+    workers = [threading.Thread(target=client, args=(offset + t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    queue.put((samples, errors))
+
+
+def measure(
+    patients: int = 300, clients: int = 20, requests: int = 50, seed: int = 7, workers: int | None = None
+) -> dict[str, Any]:
+    from bench.engine import population
+    from rxguard.local.state import State
+
+    serve_args = ["--threads", "8", *(["--workers", str(workers)] if workers else [])]
+    lines = population(patients, 12, seed)
+    bodies, history_lines = _bodies(lines, min(patients, 100))
+    with tempfile.TemporaryDirectory() as tmp:
+        with State.open(tmp) as state:
+            repo = state.repository()
+            for start in range(0, len(lines), 5000):
+                repo.record_lines(lines[start : start + 5000])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT)])}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "rxguard.cli", "serve", "--port", "0", "--state", tmp, *serve_args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            port = int(server.stdout.readline().split("listening on http://", 1)[1].split()[0].rsplit(":", 1)[1])
+            # warm-up: imports, the knowledge base, the first connection
+            _warm = multiprocessing.get_context("spawn").Queue()
+            _client_process(port, 1, 20, bodies, 0, _warm)
+            _warm.get()
+            cpu_before = _cpu_seconds(server.pid)
+            ctx = multiprocessing.get_context("spawn")
+            queue = ctx.Queue()
+            per_process = [
+                clients // CLIENT_PROCESSES + (i < clients % CLIENT_PROCESSES) for i in range(CLIENT_PROCESSES)
+            ]
+            procs = []
+            offset = 0
+            started = time.perf_counter()
+            for threads in per_process:
+                if threads:
+                    p = ctx.Process(target=_client_process, args=(port, threads, requests, bodies, offset, queue))
+                    p.start()
+                    procs.append(p)
+                    offset += threads
+            results = [queue.get() for _ in procs]
+            wall = time.perf_counter() - started
+            for p in procs:
+                p.join()
+            server_cpu = _cpu_seconds(server.pid) - cpu_before
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    samples = sorted(s for r in results for s in r[0])
+    errors = [e for r in results for e in r[1]]
+
+    def pct(q: float) -> float:
+        return round(samples[min(len(samples) - 1, round(q * (len(samples) - 1)))] * 1000, 2)
+
+    return {
+        "population_lines": len(lines),
+        "checked_patients": len(bodies),
+        "history_lines_median": history_lines,
+        "clients": clients,
+        "requests_per_client": requests,
+        "requests": len(samples),
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors)),
+        "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
+        "mean_ms": round(statistics.fmean(samples) * 1000, 2),
+        "throughput_rps_wall": round(len(samples) / wall, 1),
+        "serve_args": serve_args,
+        "server_cpu_seconds": round(server_cpu, 3),
+        "server_cpu_ms_per_request": round(server_cpu / len(samples) * 1000, 3),
+        "load_average": os.getloadavg(),
+        "target": "20 x 50, 0 errors, p99 <= 50 ms",
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=None, help="serve's worker processes (default: serve's)")
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.patients, args.clients, args.requests, workers=args.workers), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,603 @@
+"""The in-process orchestrator of the local deployment (docs/local.md).
+
+It runs the ClaimBatch steps of `statemachines/claim_batch.asl.json` by calling the same
+logic functions the Lambda handlers call (`rxguard.workflow`), with the same payload
+models, over local adapters: `LocalObjects` for the buckets, a `Backend` for the tables
+and the outbox. Per batch: Prepare -> Screen (chunks over a process pool; trace-code
+scopes settled once all chunks recorded their sales) -> ScreenInstitutions; once every
+batch of the run is screened: Notify -> Finalize per batch (Notify re-reads each finding,
+so nothing a later file superseded is alerted), corrections, then the outbox is drained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from rxguard.alerts.outbox import Outbox, OutboxEntry
+from rxguard.alerts.schema import AlertMessage
+from rxguard.alerts.settings import AlertSettings
+from rxguard.alerts.sink import NotificationSink
+from rxguard.config import Settings
+from rxguard.kb import KnowledgeBase, Phase, get_knowledge_base
+from rxguard.local.backend import Backend, BackendSpec, open_backend
+from rxguard.local.objects import InputFiles, LocalObjects
+from rxguard.models import ClaimLine, Finding
+from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
+from rxguard.workflow import naming
+from rxguard.workflow.contract import (
+    ChunkFindings,
+    ChunkRequest,
+    ChunkResult,
+    FinalizeRequest,
+    FinalizeResult,
+    InstitutionsRequest,
+    NotifyRequest,
+    PrepareOutput,
+    PrepareRequest,
+    ok_results,
+)
+from rxguard.workflow.errors import TransientError
+from rxguard.workflow.finalize import finalize_batch
+from rxguard.workflow.institutions import screen_institutions
+from rxguard.workflow.naming import S3ObjectRef
+from rxguard.workflow.notify import notify_chunks
+from rxguard.workflow.prepare import prepare_object
+from rxguard.workflow.screen import screen_chunk
+from rxguard.workflow.settings import WorkflowSettings
+
+LOCAL_BUCKET = "local"  # the "bucket" of a local file: the batch id hashes bucket, name and content
+TRACES = "traces"  # pseudo chunk key of the trace-code settlement results
+CHUNK_ATTEMPTS = 3  # the ASL retries a chunk's TransientError (4 attempts on AWS, 3 here)
+
+# (step, payload model in, payload model out): what the parity test compares with the ASL
+StepLog = list[tuple[str, str, str]]
+
+
+# ------------------------------------------------------------------ worker side
+class DeferTraceScopes(HistoryRepository):
+    """The repository a chunk screens against: everything passes through, except that the
+    trace-code scopes are not reconciled here (a code's sales may be spread over chunks
+    screened at the same moment); the codes are kept for the settlement after the Map."""
+
+    def __init__(self, inner: HistoryRepository) -> None:
+        self.inner = inner
+        self.codes: set[str] = set()
+
+    def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
+        return self.inner.load_history(psn_nos)
+
+    def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
+        return {c: [] for c in codes}  # the evaluation is thrown away: spare the read
+
+    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+        return self.inner.record_lines(lines)
+
+    def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
+        return self.inner.load_findings(scopes)
+
+    def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
+        if scope.startswith("trace:"):
+            self.codes.add(scope.removeprefix("trace:"))
+            return FindingChanges()
+        return self.inner.replace_findings(scope, findings)
+
+
+@dataclass
+class WorkerContext:
+    kb: KnowledgeBase
+    backend: Backend
+    results: LocalObjects
+
+
+_WORKER: dict[str, WorkerContext] = {}
+
+
+def _init_worker(spec: BackendSpec, results_root: str, rules_dir: str | None, phase: str, log: str | None) -> None:
+    if log is not None:  # the steps' JSON logs go where the run's go, not to the terminal
+        from rxguard.observability import logger
+
+        handler: Any = logger.registered_handler
+        handler.setStream(open(log, "a", encoding="utf-8"))  # noqa: SIM115 - lives as long as the worker
+    _WORKER["ctx"] = WorkerContext(
+        kb=get_knowledge_base(Path(rules_dir) if rules_dir else None, Phase(phase)),
+        backend=open_backend(spec),
+        results=LocalObjects(Path(results_root)),
+    )
+
+
+def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The ScreenChunk task: `screen_chunk` with the ASL's Retry (TransientError) and
+    Catch (`{chunk_key, ok: false, error}`). Returns the Map item's output and the trace
+    codes the chunk deferred."""
+    ctx = _WORKER["ctx"]
+    request = ChunkRequest.model_validate(event)
+    error = "States.TaskFailed"
+    for attempt in range(CHUNK_ATTEMPTS):
+        repo = DeferTraceScopes(ctx.backend.repository(writer=f"{request.batch_id[:16]}-{request.index}"))
+        try:
+            result = screen_chunk(request, results=ctx.results, repo=repo, kb=ctx.kb)
+            return result.model_dump(mode="json"), sorted(repo.codes)
+        except TransientError:
+            error = "TransientError"
+            time.sleep(0.2 * (attempt + 1))
+        except Exception as exc:  # the ASL's Catch on ScreenChunk: the chunk fails, the batch goes on
+            error = type(exc).__name__
+            traceback.print_exc()
+            break
+    return {"chunk_key": request.chunk_key, "ok": False, "error": error}, []
+
+
+def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
+    """Reconcile the given trace codes over all their recorded sales (every chunk of the
+    batch has recorded its own by now) and write the changes as one more result file."""
+    from rxguard.screening import RECORDING_SCENES, engine_for, merge_changes
+
+    ctx = _WORKER["ctx"]
+    batch_id, part, codes = str(event["batch_id"]), int(event["part"]), list(event["codes"])
+    repo = ctx.backend.repository(writer=f"{batch_id[:16]}-t{part}")
+    engine = engine_for(ctx.kb, RECORDING_SCENES)
+    sales = repo.load_trace_sales(codes) if codes else {}
+    changes = FindingChanges()
+    for code in codes:
+        merge_changes(changes, repo.replace_findings(f"trace:{code}", engine.evaluate_trace_code(code, sales[code])))
+    cited = {i for f in [*changes.new, *changes.updated] for i in f.evidence}
+    owners = sorted({s.psn_no for found in sales.values() for s in found if s.line_id in cited})
+    lines = [x for h in (repo.load_history(owners) if owners else {}).values() for x in h if x.line_id in cited]
+    chunk_key = f"{TRACES}-{part:03d}"
+    found = ChunkFindings(
+        chunk_key=chunk_key,
+        new=changes.new,
+        updated=changes.updated,
+        superseded=changes.superseded,
+        unchanged=changes.unchanged,
+        institutions={x.fixmedins_code: x.fixmedins_name for x in lines if x.fixmedins_name},
+        evidence_lines=lines,
+    )
+    key = naming.result_key(batch_id, chunk_key)
+    ctx.results.put_json(key, found.model_dump(mode="json"))
+    counts = {"new": len(found.new), "updated": len(found.updated), "superseded": len(found.superseded)}
+    return ChunkResult(
+        chunk_key=chunk_key,
+        lines=0,
+        recorded=0,
+        duplicates=0,
+        findings={**counts, "unchanged": found.unchanged},
+        result_key=key,
+    ).model_dump(mode="json")
+
+
+class InProcess(Executor):
+    """A one-worker "pool" in this process (tests, the memory backend, --workers 1)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+# ------------------------------------------------------------------ orchestrator side
+@dataclass
+class BatchRun:
+    """One input file and what became of it."""
+
+    path: Path
+    key: str
+    batch_id: str = ""
+    status: str = "NOT STARTED"
+    state: dict[str, Any] = field(default_factory=dict)  # the execution state, as the ASL carries it
+    report: dict[str, Any] | None = None
+    finalized: FinalizeResult | None = None
+    skip_notify: bool = False  # no chunk: the ASL goes from Prepare straight to Finalize
+
+
+@dataclass
+class RunResult:
+    batches: list[BatchRun]
+    alerts: list[dict[str, Any]]
+    letters: list[dict[str, Any]]
+    corrections: int
+    interrupted: list[str]
+    cpu_seconds: float
+    wall_seconds: float
+    steps: StepLog
+
+
+class Progress:
+    """What the orchestrator reports as it goes; the CLI shows it (rich), tests ignore it."""
+
+    def batch(self, run: BatchRun, message: str) -> None: ...
+
+    def lines_read(self, n: int) -> None: ...
+
+    def lines_screened(self, n: int) -> None: ...
+
+
+@dataclass
+class LocalOrchestrator:
+    backend: Backend
+    results: LocalObjects  # the results "bucket": chunk files, manifests, step results (in the state dir)
+    out: Path  # where letters go (out/letters/<batch_id>/...)
+    kb: KnowledgeBase
+    settings: Settings = field(default_factory=Settings)
+    alert_settings: AlertSettings = field(default_factory=AlertSettings)
+    workers: int = 1
+    progress: Progress = field(default_factory=Progress)
+    steps: StepLog = field(default_factory=list)
+    log_path: str | None = None  # where worker processes write the steps' logs
+    crash_after_chunks: int | None = None  # tests: die (os._exit) once this many chunks are screened
+    _chunks_done: int = 0
+    run_id: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+    # -------------------------------------------------------------- the run
+    def run(self, files: Sequence[Path]) -> RunResult:
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        interrupted = self.mark_interrupted()
+        batches = self._name(files)
+        inputs = InputFiles({b.key: b.path for b in batches})
+        seen = self._known_contents()
+        with self._pool() as pool:
+            for batch in batches:
+                self._screen_batch(batch, inputs, pool, seen)
+        sink = OutboxSink(self.backend.outbox(), LocalObjects(self.out))
+        for batch in batches:
+            if batch.status == "SCREENED":
+                self._notify(batch, sink)
+            if batch.status in ("SCREENED", "ERROR"):
+                self._finalize(batch)
+        corrections = self._corrections(batches)
+        alerts, letters = deliver_pending(self.backend.outbox(), self.out)
+        cpu = time.process_time() - cpu0 + _children_cpu()
+        return RunResult(
+            batches,
+            alerts,
+            letters,
+            corrections,
+            interrupted,
+            round(cpu, 3),
+            round(time.monotonic() - wall0, 3),
+            self.steps,
+        )
+
+    def mark_interrupted(self) -> list[str]:
+        """Batches left RUNNING by a run that was killed become FAILED, with the reason
+        (the CLI holds the state's run lock, so no other run is using them)."""
+        store = self.backend.batch_records()
+        done = []
+        for item in self.backend.running_batches():
+            batch_id = str(item["batch_id"])
+            reason = f"interrupted: left RUNNING by local run {item.get('execution_id') or '?'}"
+            report = {"status": "FAILED", "error": {"error": "Interrupted", "cause": reason}}
+            store.finish(batch_id, "FAILED", report, naming.report_key(batch_id), datetime.now(UTC))
+            done.append(batch_id)
+        return done
+
+    def _release_partial(self, batch_id: str) -> None:
+        """A PARTIAL batch given again is screened again (its missing chunks, the rest
+        counts once): its record becomes FAILED, which Prepare's claim takes over."""
+        store = self.backend.batch_records()
+        record = store.get(batch_id)
+        if record is not None and record.get("status") == "PARTIAL":
+            report = {**(record.get("report") or {}), "status": "FAILED", "rerun": "given again after PARTIAL"}
+            store.finish(batch_id, "FAILED", report, str(record.get("report_key") or ""), datetime.now(UTC))
+
+    def _name(self, files: Sequence[Path]) -> list[BatchRun]:
+        used: set[str] = set()
+        out = []
+        for n, path in enumerate(files, start=1):
+            key = path.name if path.name not in used else f"{n:03d}-{path.name}"
+            used.add(key)
+            out.append(BatchRun(path=path, key=key))
+        return out
+
+    def _pool(self) -> Executor:
+        spec = self.backend.spec
+        rules_dir = str(self.settings.rules_dir) if self.settings.rules_dir else None
+        if self.workers > 1 and spec is not None:
+            return ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=get_context("spawn"),  # no SQLite connection crosses a fork
+                initializer=_init_worker,
+                initargs=(spec, str(self.results.root), rules_dir, self.settings.phase.value, self.log_path),
+            )
+        _WORKER["ctx"] = WorkerContext(kb=self.kb, backend=self.backend, results=self.results)
+        return InProcess()
+
+    def _log(self, step: str, request: object, output: object) -> None:
+        self.steps.append((step, type(request).__name__, type(output).__name__))
+
+    def _workflow_settings(self) -> WorkflowSettings:
+        return WorkflowSettings(
+            results_bucket="local-results",
+            purchases_table="local",
+            trace_codes_table="local",
+            findings_table="local",
+            batches_table="local",
+            core=self.settings,
+        )
+
+    # -------------------------------------------------------------- steps
+    def _known_contents(self) -> dict[str, str]:
+        """Content digest -> the name a file of that content was screened under (batches
+        not FAILED): the same bytes under another name are the same batch."""
+        known: dict[str, str] = {}
+        for record in self.backend.all_batches():
+            source = record.get("source") or {}
+            if record.get("status") != "FAILED" and source.get("bucket") == LOCAL_BUCKET and source.get("etag"):
+                known.setdefault(str(source["etag"]), str(source["key"]))
+        return known
+
+    def _screen_batch(self, batch: BatchRun, inputs: InputFiles, pool: Executor, seen: dict[str, str]) -> None:
+        digest = file_digest(batch.path)
+        name = seen.setdefault(digest, batch.key)  # the name its content was first screened under
+        if name != batch.key:
+            inputs.files[name] = batch.path.resolve()
+        ref = S3ObjectRef(bucket=LOCAL_BUCKET, key=name, etag=digest, size=batch.path.stat().st_size)
+        batch.batch_id = naming.batch_id_for(ref)
+        execution_id = f"local:{self.run_id}:{naming.execution_name(ref)}"
+        request = PrepareRequest(source=ref, execution_id=execution_id)
+        self._release_partial(batch.batch_id)
+        try:
+            prepared = prepare_object(
+                request,
+                ingest=inputs,
+                results=self.results,
+                batches=self.backend.batch_records(),
+                kb=self.kb,
+                settings=self._workflow_settings(),
+                workdir=self.results.root,
+            )
+        except Exception as exc:  # Prepare's Catch -> RecordFailure
+            self._fail(batch, {"detail": {"bucket": {"name": LOCAL_BUCKET}, "object": {"key": batch.key}}}, exc)
+            return
+        self._log("Prepare", request, prepared)
+        batch.state = prepared.model_dump(mode="json")
+        if prepared.duplicate:  # IsDuplicate -> AlreadyProcessed
+            batch.status = "DUPLICATE"
+            self.progress.batch(batch, "already processed (same file): nothing to do")
+            return
+        self.progress.lines_read(prepared.lines_read)
+        self.progress.batch(batch, f"prepared: {prepared.lines_read} lines, {prepared.chunk_count} chunks")
+        try:
+            if prepared.chunk_count == 0:  # IsDuplicate: no chunk -> Finalize
+                batch.status = "SCREENED"
+                batch.state["chunk_results"] = []
+                batch.skip_notify = True
+                return
+            chunk_results = self._map(prepared, pool)
+            inst_request = InstitutionsRequest(batch_id=prepared.batch_id, chunk_results=chunk_results)
+            inst = screen_institutions(
+                inst_request,
+                results=self.results,
+                repo=self.backend.repository(writer=f"{prepared.batch_id[:16]}-i"),  # type: ignore[arg-type]
+                kb=self.kb,
+            )
+            self._log("ScreenInstitutions", inst_request, inst)
+        except Exception as exc:  # the Map's / ScreenInstitutions' Catch -> RecordFailure
+            self._fail(batch, batch.state, exc)
+            return
+        batch.state["chunk_results"] = chunk_results
+        batch.state["institutions"] = {"result": inst.model_dump(mode="json")}
+        batch.status = "SCREENED"
+
+    def _map(self, prepared: PrepareOutput, pool: Executor) -> list[dict[str, Any]]:
+        """The Screen Map: one item per chunk (the ASL's ItemSelector), then the trace codes."""
+        events = [
+            {"batch_id": prepared.batch_id, "chunk_key": c.chunk_key, "lines": c.lines, "index": i}
+            for i, c in enumerate(prepared.chunks)
+        ]
+        futures = {pool.submit(screen_one, e): n for n, e in enumerate(events)}
+        results: list[dict[str, Any] | None] = [None] * len(events)
+        codes: set[str] = set()
+        for future in as_completed(futures):
+            n = futures[future]
+            output, deferred = future.result()
+            results[n] = output
+            codes.update(deferred)
+            self._log(
+                "ScreenChunk",
+                ChunkRequest.model_validate(events[n]),
+                ChunkResult.model_validate(output) if output.get("ok") else output,
+            )
+            self.progress.lines_screened(prepared.chunks[n].lines)
+            self._chunks_done += 1
+            if self.crash_after_chunks is not None and self._chunks_done >= self.crash_after_chunks:
+                os._exit(137)  # tests: a run killed between chunks
+        parts = max(1, min(self.workers, len(codes) // 2000 + 1))
+        groups: list[list[str]] = [[] for _ in range(parts)]
+        for code in sorted(codes):
+            groups[int(hashlib.blake2b(code.encode(), digest_size=4).hexdigest(), 16) % parts].append(code)
+        settled = [
+            pool.submit(settle_traces, {"batch_id": prepared.batch_id, "part": p, "codes": g})
+            for p, g in enumerate(groups)
+            if g
+        ]
+        out: list[dict[str, Any]] = [r for r in results if r is not None]
+        out += [f.result() for f in settled]
+        return out
+
+    def _notify(self, batch: BatchRun, sink: NotificationSink) -> None:
+        if batch.skip_notify:
+            return
+        request = NotifyRequest(
+            batch_id=batch.batch_id,
+            chunk_results=batch.state.get("chunk_results") or [],
+            institutions=(batch.state.get("institutions") or {}).get("result"),
+        )
+        try:
+            summary = notify_chunks(
+                request,
+                results=self.results,
+                kb=self.kb,
+                sink=sink,
+                alert_settings=self.alert_settings,
+                current=self.backend.findings,
+            )
+        except Exception as exc:  # Notify's Catch -> RecordFailure
+            self._fail(batch, batch.state, exc)
+            return
+        self._log("Notify", request, summary)
+        batch.state["notify"] = {"summary": summary}
+
+    def _finalize(self, batch: BatchRun) -> None:
+        failed = batch.status == "ERROR"
+        request = FinalizeRequest(
+            mode="failed" if failed else "complete",
+            batch_id=batch.batch_id or None,
+            state=batch.state,
+            execution_id=f"local:{self.run_id}",
+        )
+        result = finalize_batch(
+            request,
+            results=self.results,
+            batches=self.backend.batch_records(),
+        )
+        self._log("RecordFailure" if failed else "Finalize", request, result)
+        batch.finalized = result
+        batch.status = result.status
+        if result.report_key and self.results.exists(result.report_key):
+            batch.report = self.results.get_json(result.report_key)
+        self.progress.batch(batch, f"{result.status}")
+
+    def _fail(self, batch: BatchRun, state: dict[str, Any], exc: BaseException) -> None:
+        batch.state = {**state, "error": {"Error": type(exc).__name__, "Cause": str(exc)}}
+        batch.status = "ERROR"
+        self.progress.batch(batch, f"failed: {type(exc).__name__}: {exc}")
+
+    def _corrections(self, batches: Sequence[BatchRun]) -> int:
+        """A correction for each finding this run superseded that was alerted before."""
+        from rxguard.alerts.messages import correction
+
+        gone: dict[str, tuple[str, Finding]] = {}
+        born: set[str] = set()  # new in this run: notified only if still current, so never alerted
+        for batch in batches:
+            for entry in ok_results(batch.state.get("chunk_results") or []) + ok_results(
+                [(batch.state.get("institutions") or {}).get("result")]
+            ):
+                found = ChunkFindings.model_validate(self.results.get_json(str(entry["result_key"])))
+                born.update(f.finding_id for f in found.new)
+                for f in found.superseded:
+                    gone[f.finding_id] = (batch.batch_id, f)
+        if not gone:
+            return 0
+        stored = self.backend.findings(list(gone))
+        still_gone = {
+            i: v
+            for i, v in gone.items()
+            if i not in born and (s := stored.get(i)) is not None and s.status == "superseded"
+        }
+        outbox = self.backend.outbox()
+        alert_ids = {f"finding/{i}": i for i in still_gone}
+        try:
+            alerted = {alert_ids[m] for m in outbox.recorded(list(alert_ids))}
+        except (NotImplementedError, AttributeError):  # fall back on the alert rule: high findings were alerted
+            alerted = {
+                i
+                for i, (_, f) in still_gone.items()
+                if f.severity.rank >= self.alert_settings.alert_min_severity.rank and not self.alert_settings.muted(f)
+            }
+        entries = [
+            OutboxEntry(
+                "alerts",
+                correction(
+                    f,
+                    batch_id=batch_id,
+                    reason="superseded: later lines of the patient or code no longer produce this finding",
+                    key=self.alert_settings.pseudonym_key,
+                ),
+            )
+            for i, (batch_id, f) in sorted(still_gone.items())
+            if i in alerted
+        ]
+        return len(outbox.record(entries))
+
+
+class OutboxSink(NotificationSink):
+    """The local Notify sink: messages go into the outbox (published when the outbox is
+    drained), letter documents into files."""
+
+    def __init__(self, outbox: Outbox, letters: LocalObjects) -> None:
+        self.box = outbox
+        self.letters = letters
+
+    def publish_alert(self, message: AlertMessage) -> bool:
+        return bool(self.box.record([OutboxEntry("alerts", message)]))
+
+    def publish_letter(self, message: AlertMessage) -> bool:
+        return bool(self.box.record([OutboxEntry("letters", message)]))
+
+    def put_letter(self, key: str, body: bytes, content_type: str) -> str:
+        self.letters.put_bytes(key, body, content_type)
+        return self.letter_uri(key)
+
+    def letter_uri(self, key: str) -> str:
+        return key  # relative to the output directory: out/letters/<batch_id>/...
+
+
+def deliver_pending(outbox: Outbox, out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Publish every pending message (this run's and any a failed run left) by appending
+    it to out/alerts.jsonl or out/letters.jsonl; each is marked sent once written."""
+    import json
+
+    from rxguard.alerts.outbox import drain
+
+    written: dict[str, list[dict[str, Any]]] = {"alerts": [], "letters": []}
+    out.mkdir(parents=True, exist_ok=True)
+    files = {topic: (out / f"{topic}.jsonl").open("w", encoding="utf-8") for topic in written}
+    try:
+
+        def deliver(entry: OutboxEntry) -> None:
+            row = {
+                "message_id": entry.message_id,
+                "topic": entry.topic,
+                "subject": entry.message.subject,
+                "attributes": entry.message.attributes,
+                "body": entry.message.body,
+            }
+            fh = files.get(entry.topic, files["alerts"])
+            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            fh.flush()
+            written.get(entry.topic, written["alerts"]).append(row)
+
+        drain(outbox, deliver)
+    finally:
+        for fh in files.values():
+            fh.close()
+    return written["alerts"], written["letters"]
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def iter_findings_json(backend: Backend) -> Iterator[dict[str, Any]]:
+    for finding in backend.current_findings():
+        yield finding.model_dump(mode="json")
+
+
+def mapping_or_empty(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}

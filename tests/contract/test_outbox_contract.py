@@ -1,0 +1,82 @@
+"""The outbox contract (rxguard.alerts.outbox.Outbox), run over every adapter.
+
+Adapters join `ADAPTERS` with a factory taking a temporary directory."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from rxguard.alerts.outbox import InMemoryOutbox, Outbox, OutboxEntry, drain
+from rxguard.alerts.schema import AlertMessage
+
+
+def _sqlite(tmp: Path) -> Outbox:
+    state = importlib.import_module("rxguard.local.state")
+    return state.State.open(tmp / "state").outbox()  # type: ignore[no-any-return]
+
+
+ADAPTERS: dict[str, Callable[[Path], Outbox]] = {"memory": lambda _tmp: InMemoryOutbox(), "sqlite": _sqlite}
+
+
+@pytest.fixture(params=sorted(ADAPTERS))
+def outbox(request: pytest.FixtureRequest, tmp_path: Path) -> Outbox:
+    return ADAPTERS[request.param](tmp_path)
+
+
+def _entry(n: int, topic: str = "alerts") -> OutboxEntry:
+    message = AlertMessage(
+        message_id=f"finding/{n:032x}",
+        message_type="finding" if topic == "alerts" else "letter",
+        subject=f"rxguard {n}",
+        body={"schema_version": "1", "n": n},
+        attributes={"severity": "high"},
+    )
+    return OutboxEntry(topic=topic, message=message)
+
+
+def test_record_keeps_each_id_once_and_returns_only_the_new(outbox: Outbox) -> None:
+    # Given two entries recorded
+    first = outbox.record([_entry(1), _entry(2, "letters")])
+    # When the same ids come again with one new
+    again = outbox.record([_entry(2, "letters"), _entry(3), _entry(1)])
+    # Then only the unknown one is recorded, and pending keeps recording order
+    assert [e.message_id for e in first] == [_entry(1).message_id, _entry(2).message_id]
+    assert [e.message_id for e in again] == [_entry(3).message_id]
+    pending = outbox.pending()
+    assert [e.message_id for e in pending] == [_entry(n).message_id for n in (1, 2, 3)]
+    assert pending[1].topic == "letters" and pending[1].message == _entry(2, "letters").message
+
+
+def test_sent_messages_leave_pending_and_are_never_recorded_again(outbox: Outbox) -> None:
+    outbox.record([_entry(1), _entry(2)])
+    outbox.mark_sent([_entry(1).message_id, "finding/unknown"])
+    outbox.mark_sent([_entry(1).message_id])  # twice is harmless
+    assert [e.message_id for e in outbox.pending()] == [_entry(2).message_id]
+    assert outbox.record([_entry(1)]) == []  # sent before: not recorded again
+    assert [e.message_id for e in outbox.pending()] == [_entry(2).message_id]
+
+
+def test_drain_marks_sent_only_what_the_sink_took_and_the_next_drain_finishes(outbox: Outbox) -> None:
+    # Given three pending messages and a sink that fails on the second
+    outbox.record([_entry(1), _entry(2), _entry(3)])
+    delivered: list[str] = []
+    down = [True]
+
+    def flaky(entry: OutboxEntry) -> None:
+        if entry.message_id == _entry(2).message_id and down[0]:
+            down[0] = False
+            raise ConnectionError("sink down")
+        delivered.append(entry.message_id)
+
+    # When the first drain fails mid-way
+    with pytest.raises(ConnectionError):
+        drain(outbox, flaky)
+    # Then what the sink took is sent, the rest pending; the next drain publishes the rest once
+    assert [e.message_id for e in outbox.pending()] == [_entry(2).message_id, _entry(3).message_id]
+    assert drain(outbox, flaky) == (2, 0)
+    assert delivered == [_entry(n).message_id for n in (1, 2, 3)]
+    assert outbox.pending() == []

@@ -1,0 +1,72 @@
+"""Claim lines and findings as plain values, for tests of every kind (one maker each, so
+the storage, workflow and contract tests build the same shapes)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
+from rxguard.scope import Scope
+
+
+def make_line(
+    psn_no: str = "P0001",
+    sn: str = "1",
+    *,
+    fixmedins_code: str = "H31000000001",
+    time: str = "2026-03-01 09:00:00",
+    drug: str = "XA10BA02A001",
+    atc: str | None = "A10BA02",
+    units: float = 60,
+    trace_codes: list[str] | None = None,
+    **extra: Any,
+) -> ClaimLine:
+    at = datetime.fromisoformat(time)
+    return ClaimLine(
+        feedetl_sn=sn,
+        fixmedins_code=fixmedins_code,
+        fixmedins_name="上海市某某医院",
+        institution_kind=InstitutionKind.from_code(fixmedins_code),
+        admdvs=extra.pop("admdvs", "310000"),
+        psn_no=psn_no,
+        mdtrt_id=f"{fixmedins_code}-{at:%Y%m%d}",
+        med_type="11",
+        fee_ocur_time=at,
+        med_list_codg=drug,
+        med_list_name="二甲双胍片",
+        cnt=2,
+        pric=12.5,
+        det_item_fee_sumamt=25.0,
+        quantity_units=units,
+        diagnoses=["E11.9"],
+        trace_codes=trace_codes or [],
+        monitored=atc is not None,
+        atc_code=atc,
+        days_supply=30.0 if atc else None,
+        source_file="incoming/batch.csv",
+        source_line=int(sn) + 1 if sn.isdigit() else None,
+        **extra,
+    )
+
+
+def make_finding(
+    rule_id: str = "early-refill", psn_no: str = "P0001", evidence: tuple[str, ...] = ("H1/1",), **extra: Any
+) -> Finding:
+    """A patient finding with its deterministic id; any field may be given in `extra`."""
+    fields: dict[str, Any] = {
+        "finding_id": Finding.make_id(rule_id, Scope.patient(psn_no), list(evidence)),
+        "rule_id": rule_id,
+        "rule_version": 1,
+        "severity": Severity.HIGH,
+        "subject_type": "patient",
+        "psn_no": psn_no,
+        "fixmedins_code": "H31000000001",
+        "admdvs": "310000",
+        "occurred_at": datetime(2026, 3, 1, 9),
+        "evidence": sorted(evidence),
+        "figures": {"days_early": 10},
+        "explanation_zh": "提前购药",
+        "explanation_en": "early refill",
+    }
+    return Finding.model_validate({**fields, **extra})
