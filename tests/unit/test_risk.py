@@ -48,6 +48,11 @@ def test_severity_rule_recency_and_review_order_the_score():
     f = finding("early-refill", Severity.HIGH)
     assert patient_risk([f], {f.finding_id: "dismissed"}, as_of=T0).score == 0
     assert patient_risk([f], {f.finding_id: "confirmed"}, as_of=T0).score > high
+
+    class Review:  # a review record, as the console passes it
+        status = "dismissed"
+
+    assert patient_risk([f], {f.finding_id: Review()}, as_of=T0).score == 0
     assert patient_risk([finding("early-refill", Severity.HIGH, status="superseded")], as_of=T0).score == 0
 
 

@@ -187,3 +187,14 @@ def test_ingestion_accepts_a_refund_naming_its_original_and_rejects_other_negati
     assert [ln.feedetl_sn for ln in lines] == ["F1", "F2"]
     assert lines[1].reverses == f"{lines[0].fixmedins_code}/F1" and lines[1].cnt == -2
     assert [(r.field, r.reason) for r in rejected] == [("cnt", "not_positive")]
+
+
+def test_a_reversal_without_codes_returns_its_originals_packs(kb):
+    # Given a pack sold to A, refunded by a reversal that lists no code, then sold to B
+    repo = InMemoryRepository()
+    sold = buy(kb, 0, packs=1, sn="A1", psn="A", trace_codes=[CODE])
+    screen_lines([sold], repo, kb)
+    screen_lines([refund(kb, sold, 1)], repo, kb)  # no drug_trac_codg on the refund
+    outcome = screen_lines([buy(kb, 9, packs=1, sn="B1", psn="B", inst="P3101002", trace_codes=[CODE])], repo, kb)
+    # Then the refund returned the code: the second sale is no resale
+    assert outcome.changes.new == [] and repo.all_current_findings() == []

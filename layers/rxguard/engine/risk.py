@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -84,18 +84,29 @@ def rule_weight(rule_id: str) -> float:
     return rule.risk_weight if rule is not None else DEFAULT_WEIGHT
 
 
+def _outcome(review: Any) -> str | None:
+    """A review outcome given as text or as a review record with a `status`."""
+    if review is None:
+        return None
+    status = getattr(review, "status", review)
+    return str(getattr(status, "value", status))
+
+
 def patient_risk(
-    findings: Iterable[FindingLike], reviews: Mapping[str, str] | None = None, *, as_of: datetime | None = None
+    findings: Iterable[FindingLike], reviews: Mapping[str, Any] | None = None, *, as_of: datetime | None = None
 ) -> PatientRisk:
     """The score of one patient's findings. `reviews` maps finding ids to a review outcome
-    (confirmed / dismissed); without one, the finding's own status is used. `as_of` (default:
+    (confirmed / dismissed, as text or a review record with `status`); without one, the
+    finding's own status is used. `as_of` (default:
     the latest finding) is the moment recency is measured from. Superseded findings do not count."""
     current = [f for f in findings if f.status != "superseded"]
     when = as_of or max((_naive(f.occurred_at) for f in current), default=datetime(1970, 1, 1))
     when = _naive(when)
     contributions: list[RiskContribution] = []
     for f in current:
-        review = (reviews or {}).get(f.finding_id) or (f.status if f.status in REVIEW_WEIGHT else "not reviewed")
+        review = _outcome((reviews or {}).get(f.finding_id)) or (
+            f.status if f.status in REVIEW_WEIGHT else "not reviewed"
+        )
         age = max(0.0, (when - _naive(f.occurred_at)).total_seconds() / 86400)
         points = (
             rule_weight(f.rule_id)

@@ -362,7 +362,11 @@ class _Builder:
             "fee_ocur_time": t.strftime("%Y-%m-%d %H:%M:%S"),
             "cnt": -original["cnt"],
             "det_item_fee_sumamt": -original["det_item_fee_sumamt"],
-            "drug_trac_codg": ",".join(codes if codes is not None else original["drug_trac_codg"].split(",")),
+            # half the refunds list the returned packs' codes, the others leave them out (the engine
+            # takes the original's codes then)
+            "drug_trac_codg": ",".join(codes if codes is not None else original["drug_trac_codg"].split(","))
+            if self.rng.random() < 0.5
+            else "",
             "init_feedetl_sn": original["feedetl_sn"],
         }
         if inst.kind == "pharmacy":
@@ -830,7 +834,8 @@ class _Builder:
         back = when + timedelta(hours=rng.uniform(1, 20))
         returned = self.reversal(bought, back)
         for code in codes:
-            self.trace_legit["returned"][code] = [_line_id(bought), _line_id(returned)]
+            listed = [_line_id(returned)] if returned["drug_trac_codg"] else []
+            self.trace_legit["returned"][code] = [_line_id(bought), *listed]
         again = self.when(back + timedelta(days=rng.randint(2, 3)))
         allowed = self.allowed_days(drug, False, False)
         if self.fits(p.psn_no, drug, again.toordinal(), home, packs, allowed):
