@@ -53,6 +53,13 @@ def test_share_like_peers_is_not_flagged(kb):
     assert institution_findings(aggregates, kb) == []
 
 
+def test_peers_with_every_line_flagged_judge_nobody(kb):
+    # Given a peer group where every monitored line is flagged (tiny data, one abusive clinic)
+    aggregates = [unit(f"P31000{i:02d}", 10, 10) for i in range(3)]
+    # Then nobody stands out, and nothing divides by zero
+    assert institution_findings(aggregates, kb) == []
+
+
 def test_a_small_unit_with_most_lines_flagged_is_an_outlier_without_a_volume_floor(kb):
     # Given peers at 3% and a small pharmacy with 8 of its 10 monitored lines flagged
     found = institution_findings([*peers(), unit("P3109999", 10, 8)], kb)

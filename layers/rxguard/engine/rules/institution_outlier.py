@@ -111,8 +111,8 @@ class PeerSet:
         n_all = sum(w.lines for w in members)
         x_all = sum(len(w.flagged) for w in members)
         p0 = max(p.min_peer_rate, x_all / n_all if n_all else 0.0)
-        var = p0 * (1 - p0)
-        z = [(w.share - p0) / math.sqrt(var / w.lines) for w in members if w.lines]
+        var = p0 * (1 - p0)  # 0 when every peer line is flagged: no spread to measure
+        z = [(w.share - p0) / math.sqrt(var / w.lines) for w in members if w.lines] if var > 0 else []
         phi = max(1.0, _winsorised_mean_square(z)) if len(z) >= 5 else 1.0
         return cls(len(members), n_all, x_all, phi)
 
@@ -122,6 +122,8 @@ def judge(unit: Window, peers: PeerSet, p: InstitutionOutlierParameters) -> tupl
     n, x = peers.lines - unit.lines, peers.flagged - len(unit.flagged)
     p0 = max(p.min_peer_rate, x / n if n > 0 else 0.0)
     se = math.sqrt(peers.phi * p0 * (1 - p0) / unit.lines)
+    if se <= 0:  # peers wholly flagged: nobody is above them
+        return p0, p0, 0.0
     return p0, p0 + p.z_limit * se, (unit.share - p0) / se
 
 
