@@ -14,6 +14,8 @@ fails; the report is always written):
   api         check latency p50/p99 and DynamoDB round trips  bench.api.measure()
   coldstart   import time of each functions/<name>/app.py in a fresh interpreter
   ingest      peak memory of ingestion, 100k and 1,000,000 lines  bench.ingest_memory.measure(n)
+  local       `rxguard run --state` end to end at 10k, 100k, 1M lines: lines/s, peak RSS,
+              ratio to the in-memory engine on the same batch  bench.local.measure(n)
 
 Writes bench/out/bench-<UTC time>.{md,json}, bench/out/latest.{md,json}, copies the
 Markdown to docs/benchmarks.md and draws docs/bench-chart.png. `--quick` uses smaller
@@ -39,7 +41,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-SECTIONS = ("engine", "history", "workflow", "cost", "api", "coldstart", "ingest")
+SECTIONS = ("engine", "history", "workflow", "cost", "storage", "api", "coldstart", "ingest", "local")
+LOCAL_TARGET_LINES_PER_S = 10_000  # end to end on 2 cores, 100k lines
+LOCAL_TARGET_1M_SECONDS = 120.0
+LOCAL_TARGET_RSS_MB = 1024.0
 
 COLD_START_TARGET_MS = 300.0
 CHECK_P99_TARGET_MS = 5.0
@@ -282,14 +287,37 @@ def section_ingest(quick: bool) -> dict[str, Any]:
     }
 
 
+def section_storage(quick: bool) -> dict[str, Any]:
+    """Packed storage (docs/storage-aws.md): a month's batch screened after history of the
+    same patients; requests, write units, storage and the full cost per million lines."""
+    from bench import cost, workflow_requests
+
+    runs = []
+    for lines, months in ((5_000, 1),) if quick else ((20_000, 1), (20_000, 3)):
+        figures = workflow_requests.measure_monthly(lines, months)
+        runs.append({**figures, "cost": cost.monthly_batch_cost(figures)})
+    return {"runs": runs}
+
+
+def section_local(quick: bool) -> dict[str, Any]:
+    from bench import local
+
+    sizes = (2_000, 10_000) if quick else (10_000, 100_000, 1_000_000)
+    runs = {str(n): local.measure(n, workers=2) for n in sizes}
+    peak = max(r["peak_rss_mb"] for r in runs.values())
+    return {"runs": runs, "workers": 2, "peak_rss_mb": peak}
+
+
 RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "engine": section_engine,
     "history": section_history,
     "workflow": section_workflow,
     "cost": section_cost,
+    "storage": section_storage,
     "api": section_api,
     "coldstart": section_coldstart,
     "ingest": section_ingest,
+    "local": section_local,
 }
 
 
@@ -472,6 +500,57 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "trip, and Notify renders PDF letters; S3 PUTs are mostly letters"
             )
 
+    out += ["## Packed storage: a monthly batch after history (docs/storage-aws.md)", ""]
+    st = s.get("storage", {})
+    if (na := _na(st)) is not None:
+        out += [na, ""]
+    else:
+        runs = st["runs"]
+        out += [
+            "Targets (issue 14): <= 100 DynamoDB requests per 1,000 lines, <= 0.8 write units a line "
+            "(secondary indexes included), <= $1.50 per million lines with 400 days of storage and PITR.",
+            "",
+            "| figure | "
+            + " | ".join(f"{r['lines']:,} lines after {r['history_months']} month(s)" for r in runs)
+            + " |",
+            "|---|" + "---:|" * len(runs),
+        ]
+        rows = [
+            ("DynamoDB requests / 1,000 lines", "dynamodb_requests_per_1k_lines"),
+            ("reads / 1,000 lines", "dynamodb_reads_per_1k_lines"),
+            ("writes / 1,000 lines", "dynamodb_writes_per_1k_lines"),
+            ("write units a line (indexes included)", "write_units_per_line"),
+            ("stored bytes a line (tables, indexes, 100 B an item)", "stored_bytes_per_line"),
+            ("Screen CPU s outside moto", "screen_cpu_seconds_outside_moto"),
+            ("assumed I/O wait s (8 ms a DynamoDB, 20 ms an S3 request)", "assumed_io_wait_seconds"),
+        ]
+        out += [f"| {label} | " + " | ".join(str(r.get(key)) for r in runs) + " |" for label, key in rows]
+        names = list(runs[0]["cost"]["components_usd_per_million_lines"])
+        out += [
+            f"| USD per million lines: {n.replace('_', ' ')} | "
+            + " | ".join(f"{r['cost']['components_usd_per_million_lines'][n]:.4f}" for r in runs)
+            + " |"
+            for n in names
+        ]
+        out += [
+            "| **USD per million lines, total** | "
+            + " | ".join(f"**{r['cost']['total_usd_per_million_lines']:.4f}**" for r in runs)
+            + " |",
+            "",
+        ]
+        for r in runs:
+            if r["dynamodb_requests_per_1k_lines"] > 100:
+                shortfalls.append(
+                    f"{r['dynamodb_requests_per_1k_lines']} DynamoDB requests per 1,000 lines (target 100)"
+                )
+            if r["write_units_per_line"] > 0.8:
+                shortfalls.append(f"{r['write_units_per_line']} write units a line (target 0.8)")
+            if r["cost"]["total_usd_per_million_lines"] > 1.5:
+                shortfalls.append(
+                    f"${r['cost']['total_usd_per_million_lines']:.2f} per million lines with storage and PITR "
+                    f"(target $1.50): storage and PITR of {r['stored_bytes_per_line']} bytes a line dominate"
+                )
+
     out += ["## Check API", ""]
     a = s.get("api", {})
     if (na := _na(a)) is not None:
@@ -559,6 +638,42 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         if not ing["flat"]:
             shortfalls.append(f"ingestion peak memory grows {ing['peak_growth_at_10x_lines']}x for 10x the lines")
+
+    out += ["## Local deployment (`rxguard run --state`)", ""]
+    loc = s.get("local", {})
+    if (na := _na(loc)) is not None:
+        out += [na, ""]
+    else:
+        out += [
+            "End to end: file in, findings.jsonl, alerts and HTML letters out, on a fresh state, "
+            f"{loc.get('workers', 2)} worker processes (`--pdf on-demand`; a letter's PDF is the last column). "
+            "CPU time is the measure on this shared machine; lines/s on the cores = lines / (CPU / workers).",
+            "",
+            "| lines | CPU s | wall s | lines per CPU-s | lines/s on the cores | peak RSS MB | engine lines per CPU-s "
+            "| ratio to engine | findings | letters | PDF CPU s a letter |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in loc["runs"].values():
+            out.append(
+                f"| {int(r['lines']):,} | {r['cpu_seconds']} | {r['wall_seconds']} | {r['lines_per_cpu_s']:,} | "
+                f"{r['lines_per_s_on_cores']:,} | {r['peak_rss_mb']} | {r['engine_lines_per_cpu_s']:,} | "
+                f"{r['ratio_to_engine_cpu']} | {r['findings']:,} | {r['letters']:,} | {r['pdf_seconds_per_letter']} |"
+            )
+        out.append("")
+        hundred = next((r for n, r in loc["runs"].items() if int(n) == 100_000), None)
+        million = next((r for n, r in loc["runs"].items() if int(n) == 1_000_000), None)
+        if hundred and hundred["lines_per_s_on_cores"] < LOCAL_TARGET_LINES_PER_S:
+            shortfalls.append(
+                f"local run at 100k lines: {hundred['lines_per_s_on_cores']:,} lines/s on 2 cores "
+                f"(target {LOCAL_TARGET_LINES_PER_S:,})"
+            )
+        if million and million["cpu_seconds"] / 2 > LOCAL_TARGET_1M_SECONDS:
+            shortfalls.append(
+                f"local run of 1M lines: {million['cpu_seconds'] / 2:.0f} s of CPU on 2 cores "
+                f"(target {LOCAL_TARGET_1M_SECONDS:.0f} s)"
+            )
+        if loc["peak_rss_mb"] > LOCAL_TARGET_RSS_MB:
+            shortfalls.append(f"local run peak RSS {loc['peak_rss_mb']} MB (target < 1 GB)")
 
     out += ["## Where the figures fall short", ""]
     dates = sorted({sec.get("measured_on") for sec in s.values() if sec.get("available") and sec.get("measured_on")})

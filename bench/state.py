@@ -37,12 +37,13 @@ def _cpu(func: Any) -> tuple[float, Any]:
 
 
 def measure(patients: int = 3000, months: int = 6, seed: int = 7, chunk: int = 1000) -> dict[str, Any]:
-    from bench.engine import _chunks, population
+    from bench.engine import population
     from rxguard.engine import finding_scope
     from rxguard.kb import get_knowledge_base
     from rxguard.local.state import State
     from rxguard.repository import InMemoryRepository
     from rxguard.screening import screen_lines
+    from rxguard.synth.evaluate import patient_chunks as _chunks
 
     kb = get_knowledge_base()
     lines = population(patients, months, seed)

@@ -1,9 +1,13 @@
-"""Claim lines and findings as plain values, for tests of every kind (one maker each, so
-the storage, workflow and contract tests build the same shapes)."""
+"""Claim lines and findings as plain values, and the template's tables, for tests of every
+kind (one maker each, so the storage, workflow and contract tests build the same shapes)."""
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
@@ -70,3 +74,27 @@ def make_finding(
         "explanation_en": "early refill",
     }
     return Finding.model_validate({**fields, **extra})
+
+
+def create_table(ddb: Any, name: str, props: dict[str, Any]) -> None:
+    """A DynamoDB table named `name` from a template.yaml table's Properties (key schema,
+    attributes, billing, indexes): the tests' tables cannot drift from the template's."""
+    kwargs: dict[str, Any] = {
+        "TableName": name,
+        "AttributeDefinitions": props["AttributeDefinitions"],
+        "KeySchema": props["KeySchema"],
+        "BillingMode": props["BillingMode"],
+    }
+    if props.get("GlobalSecondaryIndexes"):
+        kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+    ddb.create_table(**kwargs)
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, str]]) -> Path:
+    """Claim lines (dicts of one CSV header) written back as a UTF-8 CSV batch at `path`."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+    return path

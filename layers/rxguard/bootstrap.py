@@ -3,11 +3,12 @@ in-memory fakes) and wires them into the logic, for the Lambda handlers, `rxguar
 and the tests. Nothing else constructs clients; the logic receives what it uses.
 
     step = bootstrap.prepare(env)            # env: rxguard.environment.PrepareEnvironment
-    output = step(PrepareRequest(...))       # the workflow step with its stores, kb and settings
+    output = step(contract.PrepareRequest(...))       # the workflow step with its stores, kb and settings
 
 Each builder takes the handler's environment model and returns the logic function with
 its dependencies bound (the handler only parses the event and records metrics), or, for
-the API, the `Services` the resolver injects into its routes (`app.append_context`).
+the API, the `Services` the resolver injects into its routes (`app.append_context`): on
+AWS (`api_services`) and over the local state (`local_api_services`, `open_local`).
 
     entry(PrepareEnvironment, correlation_id_path="execution_name")
 
@@ -24,13 +25,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
 
+from rxguard.config import Settings
 from rxguard.dynamo import BatchStore, DynamoCounterStore, DynamoRepository, ResultStore, client
 from rxguard.environment import (
     ApiEnvironment,
+    DigestEnvironment,
     FinalizeEnvironment,
     HandlerEnvironment,
     NotifyEnvironment,
@@ -39,25 +43,16 @@ from rxguard.environment import (
     init_environment_variables,
 )
 from rxguard.kb import KnowledgeBase, get_knowledge_base
-from rxguard.observability import logger, metrics, tracer
-from rxguard.repository import InMemoryRepository
-from rxguard.workflow.contract import (
-    ChunkRequest,
-    ChunkResult,
-    FinalizeRequest,
-    FinalizeResult,
-    InstitutionsRequest,
-    NotifyRequest,
-    PrepareOutput,
-    PrepareRequest,
-)
+from rxguard.workflow import contract
 from rxguard.workflow.settings import WorkflowSettings
 
 if TYPE_CHECKING:
     from rxguard.alerts.aws import AwsNotificationSink
     from rxguard.alerts.settings import AlertSettings
+    from rxguard.api.serve import LocalSite
     from rxguard.api.service import Services
     from rxguard.api.settings import ApiSettings
+    from rxguard.local.state import State
 
 IDEMPOTENCY = IdempotencyConfig(expires_after_seconds=6 * 3600)  # Prepare: one result per (object, execution)
 
@@ -66,6 +61,11 @@ Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 def entry(model: type[HandlerEnvironment], *, correlation_id_path: str) -> Callable[[Handler], Handler]:
     """The decorators of a Lambda handler, outermost first (docs/style.md)."""
+
+    # Powertools reads its settings (service, namespace) when rxguard.observability is first
+    # imported (docs/style.md): a handler module's import loads it, never this module's, so
+    # a process that imports the composition root first (tests, `rxguard serve`) keeps them.
+    from rxguard.observability import logger, metrics, tracer
 
     def decorate(handler: Handler) -> Handler:
         wrapped = tracer.capture_lambda_handler(capture_response=False)(handler)
@@ -85,7 +85,7 @@ def knowledge_base(env: HandlerEnvironment) -> KnowledgeBase:
 
 
 @lru_cache(maxsize=4)
-def _idempotent_prepare(idempotency_table: str | None) -> Callable[..., PrepareOutput]:
+def _idempotent_prepare(idempotency_table: str | None) -> Callable[..., contract.PrepareOutput]:
     """prepare_object, made idempotent per (object, execution) when an idempotency table is configured."""
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer, idempotent_function
     from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
@@ -95,23 +95,23 @@ def _idempotent_prepare(idempotency_table: str | None) -> Callable[..., PrepareO
     if not idempotency_table:
         return prepare_object
     store = DynamoDBPersistenceLayer(table_name=idempotency_table, boto3_client=client("dynamodb"))
-    made: Callable[..., PrepareOutput] = idempotent_function(
+    made: Callable[..., contract.PrepareOutput] = idempotent_function(
         data_keyword_argument="request",
         persistence_store=store,
         config=IDEMPOTENCY,
-        output_serializer=PydanticSerializer(model=PrepareOutput),
+        output_serializer=PydanticSerializer(model=contract.PrepareOutput),
     )(prepare_object)
     return made
 
 
-def prepare(env: PrepareEnvironment) -> Callable[[PrepareRequest], PrepareOutput]:
+def prepare(env: PrepareEnvironment) -> Callable[[contract.PrepareRequest], contract.PrepareOutput]:
     step = _idempotent_prepare(env.idempotency_table)
     results, batches, kb = ResultStore(env.results_bucket), BatchStore(env.batches_table), knowledge_base(env)
     # the steps' settings (chunking, ingest bounds ...) through their own parser, now that the
     # model has validated what Prepare needs
     settings = WorkflowSettings.from_env()
 
-    def run(request: PrepareRequest) -> PrepareOutput:
+    def run(request: contract.PrepareRequest) -> contract.PrepareOutput:
         return step(
             request=request,
             ingest=ResultStore(request.source.bucket),
@@ -126,34 +126,36 @@ def prepare(env: PrepareEnvironment) -> Callable[[PrepareRequest], PrepareOutput
 
 def _screen_repository(env: ScreenEnvironment, batch_id: str, index: int) -> DynamoRepository:
     writer = f"{batch_id[:16]}-{index}"  # a chunk's lines count once for it in the packed activity
-    return DynamoRepository(env.tables, history_days=env.history_days, writer=writer)
+    return DynamoRepository(
+        env.tables, history_days=env.history_days, writer=writer, buffered=True
+    )  # flush(): screen_lines
 
 
-def screen(env: ScreenEnvironment) -> Callable[[ChunkRequest], ChunkResult]:
+def screen(env: ScreenEnvironment) -> Callable[[contract.ChunkRequest], contract.ChunkResult]:
     from rxguard.workflow.screen import screen_chunk
 
     results, kb = ResultStore(env.results_bucket), knowledge_base(env)
 
-    def run(request: ChunkRequest) -> ChunkResult:
+    def run(request: contract.ChunkRequest) -> contract.ChunkResult:
         repo = _screen_repository(env, request.batch_id, request.index)
         return screen_chunk(request, results=results, repo=repo, kb=kb)
 
     return run
 
 
-def institutions(env: ScreenEnvironment) -> Callable[[InstitutionsRequest], ChunkResult]:
+def institutions(env: ScreenEnvironment) -> Callable[[contract.InstitutionsRequest], contract.ChunkResult]:
     from rxguard.workflow.institutions import screen_institutions
 
     results, kb = ResultStore(env.results_bucket), knowledge_base(env)
 
-    def run(request: InstitutionsRequest) -> ChunkResult:
+    def run(request: contract.InstitutionsRequest) -> contract.ChunkResult:
         repo = _screen_repository(env, request.batch_id, 0)
         return screen_institutions(request, results=results, repo=repo, kb=kb)
 
     return run
 
 
-def aws_sink(env: NotifyEnvironment | ApiEnvironment) -> AwsNotificationSink:
+def aws_sink(env: NotifyEnvironment | ApiEnvironment | DigestEnvironment) -> AwsNotificationSink:
     from rxguard.alerts.aws import AwsNotificationSink
 
     return AwsNotificationSink(
@@ -161,13 +163,13 @@ def aws_sink(env: NotifyEnvironment | ApiEnvironment) -> AwsNotificationSink:
     )
 
 
-def notify(env: NotifyEnvironment) -> Callable[[NotifyRequest], dict[str, Any]]:
+def notify(env: NotifyEnvironment) -> Callable[[contract.NotifyRequest], dict[str, Any]]:
     from rxguard.alerts.settings import AlertSettings
     from rxguard.workflow.notify import notify_chunks
 
     results, kb = ResultStore(env.results_bucket), knowledge_base(env)
 
-    def run(request: NotifyRequest) -> dict[str, Any]:
+    def run(request: contract.NotifyRequest) -> dict[str, Any]:
         alerts = AlertSettings.from_env()
         return notify_chunks(
             request,
@@ -181,12 +183,48 @@ def notify(env: NotifyEnvironment) -> Callable[[NotifyRequest], dict[str, Any]]:
     return run
 
 
+def digest(env: DigestEnvironment) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The scheduled digests (EventBridge Scheduler `{"cadence": "daily" | "weekly"[, "on"]}`):
+    the window's findings from the FindingsTable, the digests published once each."""
+    from datetime import date, datetime, timedelta, timezone
+
+    from rxguard.alerts.digests import Cadence, periodic_digests, previous, window
+    from rxguard.alerts.settings import AlertSettings
+    from rxguard.api.store import FindingQuery
+    from rxguard.api.store_dynamo import DynamoFindingsStore
+    from rxguard.models import Finding
+
+    kb = knowledge_base(env)
+    store = DynamoFindingsStore(env.findings_table, client("dynamodb"))
+
+    def run(event: dict[str, Any]) -> dict[str, Any]:
+        cadence: Cadence = "weekly" if event.get("cadence") == "weekly" else "daily"
+        today = datetime.now(timezone(timedelta(hours=8))).date()  # China time
+        on = date.fromisoformat(event["on"]) if event.get("on") else previous(cadence, today)
+        start, end, period, _ = window(cadence, on)
+        findings: list[Finding] = []
+        token = None
+        while True:  # the regulators' listing of the window (a Scan with the date filter)
+            page, token = store.query(FindingQuery(date_from=start, date_to=end), 500, token)
+            findings += [
+                Finding.model_validate(v.model_dump(exclude={"review", "disposition", "recorded"})) for v in page
+            ]
+            if token is None:
+                break
+        messages = periodic_digests(findings, cadence=cadence, on=on, kb=kb, settings=AlertSettings.from_env())
+        sink = aws_sink(env)
+        published = sum(1 for message in messages if sink.publish_alert(message))
+        return {"period": period, "findings": len(findings), "digests": len(messages), "published": published}
+
+    return run
+
+
 def letter_counters(alerts: AlertSettings) -> DynamoCounterStore | None:
     """The letter numbers' counters (docs/letters.md): the DynamoDB CountersTable when configured."""
     return DynamoCounterStore(alerts.counters_table, client("dynamodb")) if alerts.counters_table else None
 
 
-def finalize(env: FinalizeEnvironment) -> Callable[[FinalizeRequest], FinalizeResult]:
+def finalize(env: FinalizeEnvironment) -> Callable[[contract.FinalizeRequest], contract.FinalizeResult]:
     from rxguard.workflow.finalize import finalize_batch
 
     results, batches = ResultStore(env.results_bucket), BatchStore(env.batches_table)
@@ -201,30 +239,63 @@ def api_services(env: ApiEnvironment, settings: ApiSettings | None = None) -> Se
     DynamoDB history and findings, alerts on SNS + S3 when both topics are configured."""
     # the API's models alone cost ~0.09 s CPU to import
     from rxguard.alerts.settings import AlertSettings
+    from rxguard.api.audit import DynamoAuditLog
     from rxguard.api.service import Services, alerts_notifier
     from rxguard.api.settings import ApiSettings
-    from rxguard.api.store_dynamo import DynamoFindingsStore
+    from rxguard.api.store_dynamo import AwsSubscriptions, DynamoFindingsStore
 
     kb = knowledge_base(env)
     ddb = client("dynamodb")
     notifier = None
+    subscriptions = None
     if env.alerts_topic_arn and env.letters_topic_arn:
         alerts = AlertSettings.from_env()
         notifier = alerts_notifier(kb, aws_sink(env), alerts, letter_counters(alerts))
+        topics = {"alerts": env.alerts_topic_arn, "letters": env.letters_topic_arn}
+        subscriptions = AwsSubscriptions(client("sns"), topics)
+    settings = settings or ApiSettings.from_env()  # microseconds: per request, so tests may change it
     return Services(
         kb=kb,
         repo=DynamoRepository(env.tables, ddb, history_days=env.history_days),  # one per request
         store=DynamoFindingsStore(env.findings_table, ddb),
-        settings=settings or ApiSettings.from_env(),  # microseconds: per request, so tests may change it
+        settings=settings,
         notify=notifier,
         default_admdvs=env.default_admdvs,
+        subscriptions=subscriptions,
+        audit=DynamoAuditLog(settings.audit_table, ddb) if settings.audit_table else None,
     )
 
 
-def memory_api_services(settings: ApiSettings, kb: KnowledgeBase | None = None) -> Services:
-    """The API's services over an in-memory repository (`rxguard serve --memory`, tests)."""
-    from rxguard.api.service import Services
-    from rxguard.api.store import InMemoryFindingsStore
+# ------------------------------------------------------------------ the local runtime
 
-    repo = InMemoryRepository()
-    return Services(kb=kb or get_knowledge_base(), repo=repo, store=InMemoryFindingsStore(repo), settings=settings)
+LINE_CACHE = 200_000  # decoded history lines kept by `rxguard serve --state` (checks re-read the same patients)
+
+
+def local_api_services(state: State, settings: ApiSettings, core: Settings | None = None) -> Services:
+    """The API's services over the local state (`rxguard serve --state DIR`): checks read the
+    stored history, a dispensation is screened on the same repository as a batch's lines (so
+    it is history for the next batch), findings are listed and reviewed in the state the runs
+    write. No alerts topic here: `alerts_sent` is null (the batch runs write the alerts)."""
+    from rxguard.api.service import Services
+    from rxguard.local.audit import SqliteAuditLog
+
+    core = core or Settings.from_env()
+    return Services(
+        kb=get_knowledge_base(core.rules_dir, core.phase),
+        repo=state.repository(line_cache=LINE_CACHE),
+        store=state.findings_store(),
+        settings=settings,
+        default_admdvs=core.default_admdvs,
+        audit=SqliteAuditLog(state.path),  # table access_audit of the same state DB file
+    )
+
+
+def open_local(directory: Path, settings: ApiSettings) -> LocalSite:
+    """Open (creating) the state under `directory` and build the API's services over it, for
+    `rxguard.api.serve.main` (handed by `rxguard.offline.serve`); a state that cannot be
+    opened raises `rxguard.local.state.StateError` naming the file."""
+    from rxguard.api.serve import LocalSite
+    from rxguard.local.state import State
+
+    state = State.open(directory)
+    return LocalSite(services=local_api_services(state, settings), where=f"state {state.path}", close=state.close)

@@ -168,6 +168,7 @@ DERIVED_SHORT: dict[str, str] = {
     "days_supply": "ds",
     "source_file": "sf",
     "source_line": "sl",
+    "received_at": "ra",
 }
 
 BY_NAME: dict[str, ClaimField] = {f.name: f for f in FIELDS}

@@ -10,6 +10,7 @@ arguments, so the CLI stays a table of contents:
     rxguard eval                      detection quality on a synthetic population
     rxguard watch --state DIR         drug watch: candidates for the monitored list
     rxguard backtest --state DIR ...  a rule change (or each phase's list) tried on the stored history
+    rxguard digest --findings F|--state DIR  daily or weekly digests per region and institution
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "rxguard.planning.cli",
         "backtest_main",
         "try rules on the stored history: rxguard backtest --state DIR --rules NEW.yaml | --phases",
+    ),
+    "digest": (
+        "rxguard.digest_cli",
+        "main",
+        "daily/weekly digests per region and institution: rxguard digest --findings F|--state DIR --out DIR",
     ),
 }
 

@@ -84,6 +84,12 @@ class NotifyEnvironment(HandlerEnvironment):
     letters_topic_arn: str = Field(min_length=1, alias="RXGUARD_LETTERS_TOPIC_ARN")
 
 
+class DigestEnvironment(NotifyEnvironment):
+    """The scheduled digests: the findings they count and the alerts topic they publish on."""
+
+    findings_table: str = Field(min_length=1, alias="RXGUARD_FINDINGS_TABLE")
+
+
 class ApiEnvironment(HistoryEnvironment):
     """The check API: the history and findings tables; alerts only when both topics are set."""
 

@@ -89,6 +89,9 @@ class ClaimLine(BaseModel):
     # Where the line came from.
     source_file: str | None = None
     source_line: int | None = None
+    # A late line (recorded through the API more than late_hours after fee_ocur_time): when it
+    # arrived, China time. A finding it causes names its institution, not an earlier seller.
+    received_at: datetime | None = None
 
     @property
     def line_id(self) -> str:

@@ -36,6 +36,7 @@ class TraceSale:
     code: str
     psn_no: str
     fixmedins_code: str
+    late: bool = field(default=False, compare=False)  # the line arrived late (ClaimLine.received_at)
     returns: str | None = None
     drug_code: str | None = None
     split_units: float | None = None
@@ -43,19 +44,13 @@ class TraceSale:
     @classmethod
     def of(cls, line: ClaimLine, code: str) -> TraceSale:
         """The sale of `code` that `line` makes (or returns)."""
+        late = bool(line.received_at)
+        head = (line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code, late)
         if line.reverses:
-            return cls(line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code, returns=line.reverses)
+            return cls(*head, returns=line.reverses)
         if line.trdn_flag:
-            return cls(
-                line.fee_ocur_time,
-                line.line_id,
-                code,
-                line.psn_no,
-                line.fixmedins_code,
-                drug_code=line.med_list_codg,
-                split_units=line.quantity_units,
-            )
-        return cls(line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code)
+            return cls(*head, drug_code=line.med_list_codg, split_units=line.quantity_units)
+        return cls(*head)
 
     def encode(self) -> str:
         """`time|psn_no|fixmedins_code[|r=<line>|p=<drug>:<units>]`: how adapters store a sale."""
@@ -117,6 +112,11 @@ class HistoryRepository(ABC):
         """Make `findings` the current findings of `scope`: insert new ones (conditional
         on finding_id), update changed ones, mark the missing ones superseded. Reviews
         (confirmed / dismissed) of a finding that is produced again are kept."""
+
+    def flush(self) -> None:  # noqa: B027 - optional hook, a no-op for unbuffered adapters
+        """Write whatever the adapter buffered (the DynamoDB one batches new findings across
+        scopes). `screen_lines` calls it at the end; a caller of `replace_findings` outside
+        it calls it when done."""
 
 
 class InMemoryRepository(HistoryRepository):

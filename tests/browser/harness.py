@@ -85,7 +85,7 @@ class Site:
         return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     from rxguard.api.resolver import handle
     from rxguard.api.serve import wsgi_app
@@ -127,7 +127,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         server.server_close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(site: Site) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

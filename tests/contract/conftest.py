@@ -23,6 +23,7 @@ from contract_helpers import Backend
 
 from rxguard.api.store import InMemoryFindingsStore
 from rxguard.repository import InMemoryRepository
+from tests.factories import create_table
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ["memory", "sqlite", "dynamo"]
@@ -89,15 +90,7 @@ def _dynamo_tables(ddb: Any) -> Any:
     for logical_id in ("PurchasesTable", "TraceCodesTable", "FindingsTable", "AggregatesTable"):
         props = _table_props(logical_id)
         name = f"contract-{logical_id}-{suffix}"
-        kwargs: dict[str, Any] = {
-            "TableName": name,
-            "AttributeDefinitions": props["AttributeDefinitions"],
-            "KeySchema": props["KeySchema"],
-            "BillingMode": props["BillingMode"],
-        }
-        if props.get("GlobalSecondaryIndexes"):
-            kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
-        ddb.create_table(**kwargs)
+        create_table(ddb, name, props)
         names[logical_id] = name
     return TableNames(
         purchases=names["PurchasesTable"],
@@ -129,3 +122,32 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             DynamoFindingsStore(tables.findings, ddb),
             ordered_scan=False,
         )
+
+
+@pytest.fixture(params=BACKENDS)
+def audit_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """The API's access audit over each backend (rxguard.api.audit.AuditLog)."""
+    if request.param == "memory":
+        from rxguard.api.audit import InMemoryAuditLog
+
+        yield InMemoryAuditLog()
+    elif request.param == "sqlite":
+        from rxguard.local.audit import SqliteAuditLog
+        from rxguard.local.state import State
+
+        with State.open(tmp_path / "state"):  # the audit table lives in the state DB file, beside the state's
+            yield SqliteAuditLog(tmp_path / "state")
+    else:
+        from rxguard.api.audit import DynamoAuditLog
+
+        ddb = request.getfixturevalue("moto_ddb")
+        props = _table_props("AuditTable")
+        name = f"contract-AuditTable-{next(_COUNTER)}"
+        ddb.create_table(
+            TableName=name,
+            AttributeDefinitions=props["AttributeDefinitions"],
+            KeySchema=props["KeySchema"],
+            BillingMode=props["BillingMode"],
+            GlobalSecondaryIndexes=props["GlobalSecondaryIndexes"],
+        )
+        yield DynamoAuditLog(name, ddb)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from rxguard.dynamo import scan_purchases, scan_trace_codes
 from rxguard.offline import Environment
 from rxguard.offline.cli import main, run
+from tests.factories import write_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "events" / "batches"
@@ -47,8 +49,8 @@ def env_no_letters(tmp_path: Path) -> Iterator[Environment]:
 def _counts(env: Environment, alerts) -> dict[str, int]:
     findings = env.scan_table("FindingsTable")
     return {
-        "purchases": len(env.scan_table("PurchasesTable")),
-        "trace_codes": len(env.scan_table("TraceCodesTable")),
+        "purchases": len(scan_purchases(env.clients.dynamodb, env.name("PurchasesTable"))),
+        "trace_codes": len(scan_trace_codes(env.clients.dynamodb, env.name("TraceCodesTable"))),
         "findings": len(findings),
         "current_findings": sum(1 for f in findings if f["status"] != "superseded"),
         "alerts": len(env.drain(alerts)),
@@ -119,15 +121,8 @@ def _split_by_time(source: Path, tmp: Path) -> tuple[Path, Path]:
     rows = list(csv.DictReader(io.StringIO(source.read_text(encoding="utf-8-sig"))))
     rows.sort(key=lambda r: r["fee_ocur_time"])
     half = len(rows) // 2
-    paths = []
-    for name, part in (("early.csv", rows[:half]), ("late.csv", rows[half:])):
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(part)
-        (tmp / name).write_text(buffer.getvalue(), encoding="utf-8")
-        paths.append(tmp / name)
-    return paths[0], paths[1]
+    first, second = ((tmp / name, part) for name, part in (("early.csv", rows[:half]), ("late.csv", rows[half:])))
+    return write_csv(*first), write_csv(*second)
 
 
 def _findings_after(batches: list[Path], tmp: Path) -> list[dict]:

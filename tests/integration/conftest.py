@@ -15,7 +15,7 @@ import pytest
 import yaml
 from moto import mock_aws
 
-from tests.factories import make_finding, make_line
+from tests.factories import create_table, make_finding, make_line
 
 __all__ = ["Stack", "make_finding", "make_line", "tables_of"]  # the makers, for the integration tests
 
@@ -68,18 +68,6 @@ class Stack:
         return self.env[TABLES[logical_id]]
 
 
-def _create_table(ddb: Any, name: str, props: dict[str, Any]) -> None:
-    kwargs: dict[str, Any] = {
-        "TableName": name,
-        "AttributeDefinitions": props["AttributeDefinitions"],
-        "KeySchema": props["KeySchema"],
-        "BillingMode": props["BillingMode"],
-    }
-    if props.get("GlobalSecondaryIndexes"):
-        kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
-    ddb.create_table(**kwargs)
-
-
 def _subscribe(sns: Any, sqs: Any, topic_arn: str, name: str) -> str:
     url = sqs.create_queue(QueueName=name)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -113,7 +101,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
         env: dict[str, str] = {}
         for logical_id, var in TABLES.items():
             name = f"rxguard-{logical_id}"
-            _create_table(ddb, name, resources[logical_id]["Properties"])
+            create_table(ddb, name, resources[logical_id]["Properties"])
             env[var] = name
         s3.create_bucket(Bucket="rxguard-ingest")
         s3.create_bucket(Bucket="rxguard-results")

@@ -164,7 +164,7 @@ def test_filter_policies_deliver_each_subscriber_its_messages_once(env: Env, kb)
         [("finding", TRACE.finding_id), ("digest", HOSPITAL)]
     )
     letters = env.drain("InstitutionLettersSubscription")
-    assert [json.loads(m["Body"])["letter_id"] for m in letters] == [f"institution-{HOSPITAL}"]
+    assert [json.loads(m["Body"])["letter_id"] for m in letters] == [f"institution-{HOSPITAL}-2026-03"]
     # And the region (prefix 31: Shanghai) gets its high alert and its two institutions' digests
     assert kinds(env.drain("RegionAlertSubscription")) == sorted(
         [("finding", TRACE.finding_id), ("digest", HOSPITAL), ("digest", "H310104009")]
@@ -180,7 +180,7 @@ def test_a_retried_batch_sends_no_duplicates_and_rewrites_the_same_letters(env: 
     )
     for name in EXAMPLES:
         env.drain(name)
-    keys = sorted(o["Key"] for o in env.s3.list_objects_v2(Bucket=BUCKET, Prefix="letters/b1/")["Contents"])
+    keys = sorted(o["Key"] for o in env.s3.list_objects_v2(Bucket=BUCKET, Prefix="letters/")["Contents"])
     index = json.loads(env.s3.get_object(Bucket=BUCKET, Key="letters/b1/index.json")["Body"].read())
 
     # When the batch is retried (Step Functions retry or a re-run)
@@ -193,8 +193,8 @@ def test_a_retried_batch_sends_no_duplicates_and_rewrites_the_same_letters(env: 
     assert second.alerts_published == 0 and second.digests_published == 0
     assert second.alerts_duplicate == first.alerts_published
     # And the letters are the same objects, not rendered again: one PDF and one HTML per
-    # addressee, and the index lists each with its findings
-    again = sorted(o["Key"] for o in env.s3.list_objects_v2(Bucket=BUCKET, Prefix="letters/b1/")["Contents"])
+    # addressee and period (letters/<period>/), and the index lists each with its findings
+    again = sorted(o["Key"] for o in env.s3.list_objects_v2(Bucket=BUCKET, Prefix="letters/")["Contents"])
     assert again == keys
     assert not any(ref.rendered or ref.announced for ref in second.letters)
     assert len(keys) == 2 * len(first.letters) + 1  # + index.json

@@ -17,9 +17,9 @@ from typing import Any
 
 from rxguard.api.serve import services_invoke, site_app
 from rxguard.api.settings import ApiSettings
+from rxguard.bootstrap import local_api_services as local_services
 from rxguard.ingest import read_batch
 from rxguard.kb import KnowledgeBase
-from rxguard.local.serve import local_services
 from rxguard.local.state import State
 from rxguard.models import ClaimLine, Scene
 from rxguard.screening import screen_lines

@@ -547,6 +547,7 @@ def test_checked_in_openapi_document_is_the_generated_one() -> None:
     # Then openapi.json at the root is exactly it (regenerate: python -m rxguard.api.resolver > openapi.json)
     assert json.loads((ROOT / "openapi.json").read_text(encoding="utf-8")) == generated
     assert set(generated["paths"]) >= {
+        "/v1/audit",
         "/v1/backtests",
         "/v1/checks",
         "/v1/dispensations",
@@ -554,6 +555,8 @@ def test_checked_in_openapi_document_is_the_generated_one() -> None:
         "/v1/findings",
         "/v1/findings/{finding_id}",
         "/v1/rules",
+        "/v1/subscriptions",
+        "/v1/subscriptions/{subscription_id}",
     }
 
 

@@ -232,6 +232,13 @@ def test_reading_a_patient_timeline_is_audited_without_the_number(
     record = next(r for r in caplog.records if r.name == "rxguard.console.audit")
     assert record.principal == REGULATOR and record.patient == token  # type: ignore[attr-defined]
     assert psn not in record.getMessage()
+    from rxguard.api.audit import AuditQuery
+
+    if services.audit is not None:  # and in the API's access log, as a pseudonym (GET /v1/audit)
+        logged, _ = services.audit.query(AuditQuery(caller=REGULATOR), 50, None)
+        timeline = [r for r in logged if r.detail == "console: patient timeline"]
+        assert timeline and timeline[0].patient and timeline[0].patient.startswith("p-")
+        assert psn not in timeline[0].model_dump_json()
     assert call(app, f"/patients/{token}", caller=HOSPITAL)[0] == 403
     assert call(app, "/patients/p-" + "0" * 20)[0] == 404
 
@@ -270,6 +277,13 @@ def test_the_console_reads_the_sqlite_state(kb: Any, tmp_path: Path) -> None:
     assert f"共 {len(current)} 条线索" in call(app, "/")[2]
     batches = call(app, "/batches")[2]
     assert "sha256:abc" in batches and "部分成功" in batches and path.name in batches
+    # the local run keeps the rejected lines under the state folder: the download finds them
+    kept = tmp_path / "state" / "results" / "batches" / "sha256:abc" / "rejected.jsonl"
+    kept.parent.mkdir(parents=True)
+    bad = Rejection(file=path.name, line=7, field="cnt", reason="not_positive", message="cnt is 0", line_id=None)
+    kept.write_text(bad.model_dump_json() + "\n", encoding="utf-8")
+    csv_text = call(app, "/batches/sha256:abc/rejected.csv")[2]
+    assert csv_text.lstrip("\ufeff").splitlines()[1] == f"{path.name},7,cnt,not_positive,cnt is 0,"
     code = next(f.fixmedins_code for f in current if f.fixmedins_code)
     status, _, body = call(app, f"/institutions/{code}")
     assert status == 200 and 'id="funnel-chart"' in body

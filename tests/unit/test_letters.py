@@ -445,3 +445,25 @@ def test_the_evidence_listed_in_a_letter_is_capped_with_a_note(kb) -> None:  # t
     # Then two lines are listed and the third is counted
     assert len(letter.findings[0].evidence) == 2 and letter.findings[0].evidence_more == 1
     assert "等3条结算明细" in html
+
+
+def test_a_later_batch_of_the_same_month_gets_a_supplementary_letter(kb) -> None:  # type: ignore[no-untyped-def]
+    # Given the hospital's March letter issued from a first batch
+    counters = InMemoryCounterStore()
+    sink = InMemorySink()
+    first = issue(sink, kb, counters, findings=FINDINGS[:1])
+    # When a second batch brings another March finding of the hospital
+    second = issue(sink, kb, counters, findings=FINDINGS[1:])
+    # Then it is lettered too: a supplementary letter with its own number and file
+    (a,) = first.letters  # type: ignore[attr-defined]
+    (b,) = second.letters  # type: ignore[attr-defined]
+    assert (a.number, b.number) == ("医保监函〔2026〕1号", "医保监函〔2026〕2号")
+    assert b.letter_id == f"institution-{HOSPITAL}-2026-03-s2" and b.announced
+    assert "警示函（补充）" in pdf_text(
+        sink.documents[f"letters/2026-03/{b.letter_id}.pdf"][0]
+    ) or "（补充）" in pdf_text(sink.documents[f"letters/2026-03/{b.letter_id}.pdf"][0])
+    # And retrying either batch gives the same letters and takes no number
+    again = issue(sink, kb, counters, findings=FINDINGS[1:])
+    assert [r.number for r in again.letters] == ["医保监函〔2026〕2号"]  # type: ignore[attr-defined]
+    assert not any(r.announced for r in again.letters)  # type: ignore[attr-defined]
+    assert counters.counters == {"letter#医保监函#2026": 2}

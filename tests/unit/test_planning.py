@@ -211,3 +211,24 @@ def test_backtest_route_answers_regulators_and_names_bad_fields(state_dir: Path,
     assert status == 400 and body["error"]["field"] == "rules.early-refill.severity"
     status, body = call(svc, as_caller(AUDITOR, {"rules": [], "since": "2025-13"}))
     assert status == 400
+
+
+def test_serve_over_a_state_answers_backtests(state_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from rxguard.api.resolver import handle
+    from rxguard.api.settings import ApiSettings
+    from rxguard.offline.serve import open_local_with_planner
+    from tests.conftest import load_event
+
+    copy = tmp_path / "served"
+    shutil.copytree(state_dir, copy)
+    site = open_local_with_planner(copy, ApiSettings.model_validate({"auth_mode": "open"}))
+    try:
+        event = load_event("api/backtest.json")
+        event["body"] = json.dumps({"rules": [{"id": "early-refill", "parameters": {"used_fraction": 0.3}}]})
+        answer = handle(event, None, site.services)
+        assert answer["statusCode"] == 200, answer["body"]
+        assert json.loads(answer["body"])["rules"]["early-refill"]["removed"] > 0
+    finally:
+        site.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from rxguard.alerts.messages import sns_publish_arguments
 from rxguard.alerts.schema import AlertMessage
 from rxguard.alerts.sink import NotificationSink
 
@@ -69,11 +70,10 @@ class AwsNotificationSink(NotificationSink):
             logger.info("already published, skipped", extra={"message_id": message.message_id})
             return False
         try:
-            self.sns.publish(
+            self.sns.publish(  # JSON for queues and functions, Chinese text for email and SMS
                 TopicArn=topic_arn,
-                Subject=message.subject,
-                Message=message.body_json(),
                 MessageAttributes=message.sns_attributes(),
+                **sns_publish_arguments(message),
             )
         except Exception:
             self.s3.delete_object(Bucket=self.results_bucket, Key=marker)

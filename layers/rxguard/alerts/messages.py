@@ -3,9 +3,10 @@ letter announcements. Pure functions: no I/O."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from rxguard.alerts.schema import SCHEMA_VERSION, AlertMessage, pseudonym
 from rxguard.kb import KnowledgeBase
@@ -262,3 +263,174 @@ def correction(finding: Finding, *, batch_id: str, reason: str, key: str) -> Ale
 def _ascii(text: str) -> str:
     clean = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
     return clean[:99]
+
+
+# ---------------------------------------------------------------- readable Chinese (email, SMS)
+
+SEVERITY_ZH = {"high": "高", "medium": "中", "low": "低"}
+TAG = "【医保智能监管】"
+SMS_LIMIT = 70  # one SMS segment of Chinese text (UCS-2)
+
+
+def _date_zh(text: str | None) -> str:
+    if not text or len(text) < 10:
+        return text or ""
+    year, month, day = text[:4], text[5:7], text[8:10]
+    if not (year.isdigit() and month.isdigit() and day.isdigit()):
+        return text
+    return f"{int(year)}年{int(month)}月{int(day)}日"
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def readable(message: AlertMessage) -> tuple[str, str, str]:
+    """(subject, email text, SMS text) in Chinese for people: what email and SMS
+    subscribers receive (queues and functions keep the JSON body). Subject: one line,
+    under 100 characters; SMS: one segment (70 characters)."""
+    body = message.body
+    kind = message.message_type
+    if kind == "finding":
+        f = body["finding"]
+        where = f.get("fixmedins_code") or "—"
+        subject = f"{TAG}{SEVERITY_ZH.get(f['severity'], '')}风险疑点：{f['rule_name_zh']}（{where}）"
+        lines = [
+            f"疑点类型：{f['rule_name_zh']}",
+            f"风险等级：{SEVERITY_ZH.get(f['severity'], f['severity'])}",
+            f"定点医药机构：{where}",
+            f"发生日期：{_date_zh(f.get('occurred_at'))}",
+            f"疑点说明：{f['explanation_zh']}",
+            f"涉及结算明细：{len(f.get('evidence') or [])}条",
+            f"疑点编号：{f['finding_id']}（可在监管平台查询明细）",
+        ]
+        level = SEVERITY_ZH.get(f["severity"], "")
+        sms = f"{TAG}{where}{level}风险疑点：{f['rule_name_zh']}，{_date_zh(f.get('occurred_at'))}"
+    elif kind == "digest":
+        who = body.get("institution_name") or body.get("institution_id") or body.get("region") or "—"
+        period = body.get("period_label") or ""
+        counts = body.get("by_severity") or {}
+        high = counts.get("high", 0)
+        subject = f"{TAG}{who}{period}疑点汇总：共{body['total']}项（高风险{high}项）"
+        lines = [f"{who}{period}医保药品疑点汇总", f"疑点总数：{body['total']}项"]
+        lines += [f"{SEVERITY_ZH[s]}风险：{counts[s]}项" for s in ("high", "medium", "low") if counts.get(s)]
+        lines.append("按疑点类型：")
+        lines += [f"  {r['rule_name_zh']}：{r['count']}项" for r in (body.get("by_rule") or {}).values()]
+        if body.get("by_institution"):
+            lines.append("按定点医药机构：")
+            lines += [f"  {code}：{n}项" for code, n in list(body["by_institution"].items())[:20]]
+        if body.get("top"):
+            lines.append("重点疑点：")
+            lines += [
+                f"  {_date_zh(t.get('occurred_at'))} {SEVERITY_ZH.get(t['severity'], '')}风险 {t['explanation_zh']}"
+                for t in body["top"]
+            ]
+        sms = f"{TAG}{who}{period}疑点{body['total']}项，其中高风险{high}项，请登录监管平台查看。"
+    elif kind == "letter":
+        subject = f"{TAG}{body['letter_kind_zh']} {body['letter_number']}"
+        lines = [
+            f"文号：{body['letter_number']}",
+            f"文种：{body['letter_kind_zh']}",
+            f"主送：{'定点医药机构' if body['addressee_type'] == 'institution' else '参保人'}"
+            + (f" {body['institution_id']}" if body.get("institution_id") else ""),
+            f"疑点：{len(body.get('finding_ids') or [])}项",
+            f"成文日期：{_date_zh(body.get('issued_on'))}",
+            f"回复期限：{_date_zh(body.get('response_due'))}",
+            "文件：" + "、".join(f"{k} {v}" for k, v in sorted((body.get("locations") or {}).items())),
+        ]
+        due = _date_zh(body.get("response_due"))
+        sms = f"{TAG}已制发{body['letter_kind_zh']}{body['letter_number']}，请于{due}前回复。"
+    else:
+        subject = f"{TAG}通知"
+        lines = [json.dumps(body, ensure_ascii=False)]
+        sms = subject
+    footer = ["", "本邮件由医保智能监管系统自动发送。疑点不等同于违规认定。"]
+    return _one_line(subject, 99), "\n".join([*lines, *footer]), _one_line(sms, SMS_LIMIT)
+
+
+def sns_publish_arguments(message: AlertMessage) -> dict[str, str]:
+    """`Subject`, `Message` and `MessageStructure` of an SNS Publish: the JSON body for
+    queues, functions and HTTP endpoints (`default`), Chinese text for email and SMS."""
+    subject, email, sms = readable(message)
+    structured = {"default": message.body_json(), "email": email, "sms": sms}
+    return {
+        "Subject": subject,
+        "Message": json.dumps(structured, ensure_ascii=False),
+        "MessageStructure": "json",
+    }
+
+
+# ---------------------------------------------------------------- daily and weekly digests
+
+DigestScope = Literal["region", "institution"]
+
+
+def periodic_digest(
+    scope: DigestScope,
+    key: str,
+    findings: Sequence[Finding],
+    *,
+    period: str,
+    period_label: str,
+    kb: KnowledgeBase,
+    pseudonym_key: str,
+    top: int,
+    institution_name: str | None = None,
+) -> AlertMessage:
+    """A daily or weekly digest of one region (admdvs prefix) or one institution:
+    counts per severity, rule and institution, the most severe items. `period` is
+    `daily/2026-03-05` or `weekly/2026-W10`; the message id `digest/<period>/<scope>/<key>`
+    makes a re-run publish nothing twice."""
+    ordered = sorted(findings, key=_order)
+    by_rule: dict[str, dict[str, Any]] = {}
+    for f in ordered:
+        entry = by_rule.setdefault(f.rule_id, {"rule_name_zh": rule_names(kb, f.rule_id)[0], "count": 0})
+        entry["count"] += 1
+    severity = max_severity(findings)
+    by_institution = Counter(f.fixmedins_code or NO_INSTITUTION for f in findings)
+    regions = sorted({f.admdvs for f in findings if f.admdvs})
+    body = {
+        "schema_version": SCHEMA_VERSION,
+        "message_type": "digest",
+        "batch_id": period,
+        "period": period,
+        "period_label": period_label,
+        "scope": scope,
+        "institution_id": key if scope == "institution" else None,
+        "institution_name": institution_name,
+        "region": key if scope == "region" else None,
+        "regions": regions,
+        "total": len(findings),
+        "max_severity": severity.value,
+        "by_severity": dict(sorted(Counter(f.severity.value for f in findings).items())),
+        "by_rule": dict(sorted(by_rule.items())),
+        "by_institution": dict(by_institution.most_common()),
+        "top": [
+            {
+                "finding_id": f.finding_id,
+                "rule_id": f.rule_id,
+                "severity": f.severity.value,
+                "fixmedins_code": f.fixmedins_code,
+                "psn_pseudonym": pseudonym(f.psn_no, pseudonym_key) if f.psn_no else None,
+                "occurred_at": f.occurred_at.isoformat(),
+                "explanation_zh": _scrub(f.explanation_zh, f.psn_no, pseudonym_key),
+            }
+            for f in ordered[:top]
+        ],
+    }
+    return AlertMessage(
+        message_id=f"digest/{period}/{scope}/{key}",
+        message_type="digest",
+        subject=_ascii(f"[rxguard] {period} digest {scope} {key}: {len(findings)} findings"),
+        body=body,
+        attributes={
+            "message_type": "digest",
+            "severity": severity.value,
+            "rule_id": sorted(by_rule),
+            "region": key if scope == "region" else (regions[0] if len(regions) == 1 else regions),
+            "institution_id": key if scope == "institution" else "",
+            "subject_type": sorted({f.subject_type for f in findings}),
+            "batch_id": period,
+        },
+    )

@@ -134,7 +134,7 @@ class RuleHit(BaseModel):
         description="line ids fixmedins_code/feedetl_sn, the proposed ones included; at most 5: the line answered "
         "and the trigger lines first (GET /v1/findings/{id} lists them all)"
     )
-    evidence_total: int = Field(description="how many evidence lines the finding has (evidence shows at most 5)")
+    evidence_count: int = Field(description="how many evidence lines the finding has (evidence shows at most 5)")
     figures: dict[str, Any] = Field(default_factory=dict)
     mitigations: list[str] = Field(default_factory=list)
     finding_id: str = Field(description="the jr_id: GET /v1/findings/{id} answers it, POST /v1/dispositions uses it")
@@ -304,6 +304,48 @@ class DispositionRequest(BaseModel):
 
 class DispositionResponse(BaseModel):
     items: list[FindingView]
+
+
+class SubscriptionFilters(BaseModel):
+    """What a subscriber receives; every given filter must match (SNS filter policy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    region_prefix: Annotated[str, Field(pattern=r"^\d{2,6}$")] | None = Field(
+        default=None, description="admdvs prefix: 31 Shanghai, 3101 a city, 310104 a district"
+    )
+    institutions: list[Institution] = Field(default_factory=list, max_length=50, description="fixmedins_code")
+    rules: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=20, description="our rule ids or the platform's rule codes"
+    )
+    severities: list[Severity] = Field(default_factory=list, max_length=3)
+    message_types: list[Literal["finding", "digest", "letter", "correction"]] = Field(
+        default_factory=list, max_length=4
+    )
+
+
+class SubscriptionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    topic: Literal["alerts", "letters"] = "alerts"
+    protocol: Literal["email", "sms", "https", "sqs", "lambda"]
+    endpoint: Annotated[str, Field(min_length=3, max_length=512)] = Field(
+        description="an email address, a phone number in E.164 (+8613800000000), an https URL, a queue or function ARN"
+    )
+    filters: SubscriptionFilters = Field(default_factory=SubscriptionFilters)
+
+
+class SubscriptionView(BaseModel):
+    subscription_id: str
+    topic: Literal["alerts", "letters"]
+    protocol: str
+    endpoint: str = Field(description="email addresses and phone numbers masked")
+    filter_policy: dict[str, Any]
+    pending_confirmation: bool = Field(description="email and https endpoints confirm the subscription first")
+
+
+class SubscriptionsResponse(BaseModel):
+    items: list[SubscriptionView]
 
 
 class ErrorDetail(BaseModel):

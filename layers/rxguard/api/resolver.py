@@ -22,6 +22,7 @@ from pydantic import Discriminator, Tag
 
 from rxguard.api import nhsa, service
 from rxguard.api.access import Caller, identify, require_grant
+from rxguard.api.audit import AuditPage
 from rxguard.api.errors import ApiError, PayloadTooLarge, from_validation_errors
 from rxguard.api.guard import request_guard, with_json_content_type
 from rxguard.api.models import (
@@ -39,6 +40,9 @@ from rxguard.api.models import (
     FindingView,
     ReviewRequest,
     RulesResponse,
+    SubscriptionRequest,
+    SubscriptionsResponse,
+    SubscriptionView,
 )
 from rxguard.api.service import Services
 
@@ -292,6 +296,38 @@ def get_rules() -> RulesResponse:
     return service.rules(_services())
 
 
+@app.get(
+    "/v1/audit",
+    summary="The access audit: every check and history read (regulator only)",
+    description="Who (caller, institution) read or checked which patient (a keyed pseudonym), when, and the "
+    "decision; `alert` records name callers that checked many patients they never dispensed to.",
+    responses={
+        200: {"description": "a page of the log", "content": {content_types.APPLICATION_JSON: {"model": AuditPage}}},
+        404: _error_content("No access audit is configured for this deployment"),
+        **ERRORS,
+    },
+    tags=["audit"],
+)
+def get_audit(
+    caller: Annotated[str | None, Query(min_length=1, max_length=2048, description="principal")] = None,
+    patient: Annotated[str | None, Query(min_length=1, max_length=64, description="psn_no or its pseudonym")] = None,
+    date_from: Annotated[date | None, Query(description="on or after (YYYY-MM-DD, China time)")] = None,
+    date_to: Annotated[date | None, Query(description="on or before (YYYY-MM-DD, China time)")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+    next_token: Annotated[str | None, Query(min_length=1, max_length=2048)] = None,
+) -> AuditPage:
+    return service.read_audit(
+        _services(),
+        _caller(),
+        principal=caller,
+        patient=patient,
+        date_from=date_from,
+        date_to=date_to,
+        limit=limit,
+        next_token=next_token,
+    )
+
+
 @app.post(
     "/v1/backtests",
     summary="Try a rule change on the stored history (regulators; writes nothing)",
@@ -307,6 +343,63 @@ def get_rules() -> RulesResponse:
 )
 def post_backtest(body: BacktestRequest) -> BacktestResponse:
     return service.backtest(_services(), _caller(), body)
+
+
+@app.post(
+    "/v1/subscriptions",
+    summary="Subscribe an email, SMS, https, queue or function endpoint to alerts or letters, with filters",
+    description="Creates an SNS subscription whose filter policy keeps the messages of a region prefix, "
+    "institutions, rules (our ids or the platform's codes), severities and message types. Email and SMS "
+    "subscribers receive Chinese text; queues and functions the JSON body. Institutions subscribe to their own.",
+    responses={
+        200: {
+            "description": "the subscription",
+            "content": {content_types.APPLICATION_JSON: {"model": SubscriptionView}},
+        },
+        404: _error_content("Subscriptions are not configured"),
+        **ERRORS,
+    },
+    tags=["subscriptions"],
+)
+def post_subscription(body: Annotated[SubscriptionRequest, Body()]) -> SubscriptionView:
+    return service.subscribe(_services(), _caller(), body)
+
+
+@app.get(
+    "/v1/subscriptions",
+    summary="The subscriptions the caller may see, with their filter policies",
+    responses={
+        200: {
+            "description": "the subscriptions",
+            "content": {content_types.APPLICATION_JSON: {"model": SubscriptionsResponse}},
+        },
+        404: _error_content("Subscriptions are not configured"),
+        **ERRORS,
+    },
+    tags=["subscriptions"],
+)
+def get_subscriptions() -> SubscriptionsResponse:
+    return service.list_subscriptions(_services(), _caller())
+
+
+SubscriptionId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+
+
+@app.delete(
+    "/v1/subscriptions/<subscription_id>",
+    summary="Remove a subscription",
+    responses={
+        200: {
+            "description": "the subscription removed",
+            "content": {content_types.APPLICATION_JSON: {"model": SubscriptionsResponse}},
+        },
+        404: _error_content("No such subscription"),
+        **ERRORS,
+    },
+    tags=["subscriptions"],
+)
+def delete_subscription(subscription_id: SubscriptionId) -> SubscriptionsResponse:
+    return service.unsubscribe(_services(), _caller(), subscription_id)
 
 
 @app.get("/v1/openapi.json", include_in_schema=False)

@@ -19,7 +19,7 @@ Paths under `/v1/` are the API. Other paths go to the console (`rxguard.console.
 
 This module is the HTTP side (the API layer); the state, the console and the moto harness
 sit above the API, so `rxguard.offline.serve` (the `rxguard serve` entry point) hands
-`main` what builds them: `local` (rxguard.local.serve.open_local), `console`
+`main` what builds them: `local` (rxguard.bootstrap.open_local), `console`
 (rxguard.console.app.console_app) and `moto` (rxguard.offline.serve.moto_invoke).
 
 Local-only conveniences: the header `X-Rxguard-Caller: <principal ARN>` plays the SigV4
@@ -145,11 +145,18 @@ def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., 
 
 def memory_services(settings: ApiSettings) -> Services:
     from rxguard.api.store import InMemoryFindingsStore
+    from rxguard.api.subscriptions import InMemorySubscriptions
     from rxguard.kb import get_knowledge_base
     from rxguard.repository import InMemoryRepository
 
     repo = InMemoryRepository()
-    return Services(kb=get_knowledge_base(), repo=repo, store=InMemoryFindingsStore(repo), settings=settings)
+    return Services(
+        kb=get_knowledge_base(),
+        repo=repo,
+        store=InMemoryFindingsStore(repo),
+        settings=settings,
+        subscriptions=InMemorySubscriptions(),
+    )
 
 
 def services_invoke(services: Services) -> Invoke:

@@ -12,14 +12,18 @@ medium -> warn, low -> pass (the hit is still reported, as information).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+import logging
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from functools import partial
 from typing import Any, Literal
 
 from rxguard import claimline, screening
 from rxguard.alerts import notify_batch
+from rxguard.alerts.schema import pseudonym
 from rxguard.api import nhsa
 from rxguard.api.access import (
     Caller,
@@ -28,7 +32,8 @@ from rxguard.api.access import (
     require_institutions,
     require_reviewer,
 )
-from rxguard.api.errors import Conflict, InvalidField, NotFound, PayloadTooLarge
+from rxguard.api.audit import AccessRecord, Action, AuditLog, AuditPage, AuditQuery, InMemoryAuditLog
+from rxguard.api.errors import Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge
 from rxguard.api.models import (
     BacktestRequest,
     BacktestResponse,
@@ -48,11 +53,15 @@ from rxguard.api.models import (
     RuleHit,
     RulesResponse,
     RuleView,
+    SubscriptionRequest,
+    SubscriptionsResponse,
+    SubscriptionView,
 )
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore
+from rxguard.api.subscriptions import Subscriptions, filter_policy
 from rxguard.engine.risk import PatientRisk, patient_risk
-from rxguard.ingest.normalize import LineRejected, normalize_record
+from rxguard.ingest.normalize import LineRejected, TimeWindow, normalize_record
 from rxguard.kb import KnowledgeBase, KnowledgeBaseError
 from rxguard.letters import issue_letters
 from rxguard.models import ClaimLine, Finding, OverrideReason, Scene, Severity
@@ -61,7 +70,9 @@ from rxguard.scope import Scope
 
 DECISION: dict[Severity, Decision] = {Severity.HIGH: "block", Severity.MEDIUM: "warn", Severity.LOW: "pass"}
 NOT_MONITORED = "not monitored"
-CHINA = timezone(timedelta(hours=8))  # claim-line times are China time; no DST, no tz database needed
+CHINA = timezone(timedelta(hours=8))
+logger = logging.getLogger("rxguard.api")  # not observability's: Powertools objects read the environment at import
+_PSEUDONYM = re.compile(r"p-[0-9a-f]{20}")  # claim-line times are China time; no DST, no tz database needed
 Shape = Literal["rxguard", "nhsa"]
 CheckBody = DispensingRequest | nhsa.NhsaRequest | nhsa.NhsaEnvelope
 DispositionBody = DispositionRequest | nhsa.NhsaDispositionRequest | nhsa.NhsaDispositionEnvelope
@@ -111,7 +122,9 @@ class Services:
     screen_lines: Screener = _default_screener
     default_admdvs: str | None = None
     clock: Callable[[], datetime] | None = None  # China time, naive (as fee_ocur_time)
+    audit: AuditLog | None = field(default_factory=InMemoryAuditLog)  # access audit (docs/security.md)
     national: nhsa.NationalDictionary = field(default_factory=nhsa.dictionary)
+    subscriptions: Subscriptions | None = None  # SNS subscriptions (POST/GET/DELETE /v1/subscriptions)
     planner: Planner | None = None  # backtests over the stored history
 
     def now(self) -> datetime:
@@ -219,17 +232,43 @@ def _request_field(line: RequestLine, record_field: str | None) -> str:
     return line.sources.get(record_field, f"{line.path}.{record_field}")
 
 
-def normalize(lines: Sequence[RequestLine], services: Services) -> list[ClaimLine]:
-    """Normalize with the batch path's own rules; a bad line is a 400 naming the field."""
-    if len(lines) > services.settings.max_lines:
-        raise PayloadTooLarge(f"{len(lines)} drug lines in one request; at most {services.settings.max_lines}", None)
+def _work(line: RequestLine) -> int:
+    codes = line.record.get("drug_trac_codg")
+    if isinstance(codes, list):
+        return 1 + len(codes)
+    return 1 + (len(codes) // 21 + 1 if isinstance(codes, str) and codes else 0)
+
+
+def normalize(lines: Sequence[RequestLine], services: Services, *, recording: bool = False) -> list[ClaimLine]:
+    """Normalize with the batch path's own rules; a bad line is a 400 naming the field. A line
+    recorded (`recording`) more than late_hours after it happened is marked late (received_at)."""
+    settings = services.settings
+    if len(lines) > settings.max_lines:
+        raise PayloadTooLarge(f"{len(lines)} drug lines in one request; at most {settings.max_lines}", None)
+    work = sum(_work(line) for line in lines)
+    if work > settings.max_work:
+        raise PayloadTooLarge(
+            f"{len(lines)} drug lines with {work - len(lines)} trace codes in one request: at most "
+            f"{settings.max_work} lines + codes, so the answer fits the timeout; split the dispensing",
+            None,
+        )
+    now = services.now()
+    window = TimeWindow.around(now, history_days=settings.history_days, skew_minutes=settings.clock_skew_minutes)
+    late_after = timedelta(hours=settings.late_hours)
     out: list[ClaimLine] = []
     seen: dict[str, str] = {}
     for i, line in enumerate(lines):
         try:
             claim = normalize_record(
-                line.record, services.kb, file="request", line=i + 1, default_admdvs=services.default_admdvs
+                line.record,
+                services.kb,
+                file="request",
+                line=i + 1,
+                default_admdvs=services.default_admdvs,
+                window=window,
             )
+            if recording and now - claim.fee_ocur_time > late_after:
+                claim = claim.model_copy(update={"received_at": now})
         except LineRejected as exc:
             rejection = exc.rejection
             field_name = _request_field(line, rejection.field)
@@ -441,7 +480,7 @@ def _hit(finding: Finding, kb: KnowledgeBase, line_id: str | None = None, advice
         explanation_zh=finding.explanation_zh,
         explanation_en=finding.explanation_en,
         evidence=capped(finding.evidence, first),
-        evidence_total=len(finding.evidence),
+        evidence_count=len(finding.evidence),
         figures=figures,
         mitigations=list(finding.mitigations),
         finding_id=finding.finding_id,
@@ -552,6 +591,93 @@ def nhsa_response(
 # ------------------------------------------------------------------ operations
 
 
+def _utc(services: Services) -> datetime:
+    return services.now().replace(tzinfo=CHINA).astimezone(UTC)
+
+
+def _audit(
+    services: Services,
+    caller: Caller,
+    action: Action,
+    patients: Sequence[str | None],
+    decision: str,
+    *,
+    institution: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """Record an access per patient (pseudonymised), or one without a patient."""
+    if services.audit is None:
+        return
+    at = _utc(services)
+    key = services.settings.pseudonym_key
+    acting = institution or (next(iter(sorted(caller.institutions))) if len(caller.institutions) == 1 else None)
+    services.audit.record(
+        [
+            AccessRecord(
+                at=at,
+                caller=caller.principal,
+                institution=acting,
+                patient=pseudonym(p, key) if p else None,
+                action=action,
+                decision=decision,
+                detail=detail,
+            )
+            for p in (patients or [None])
+        ]
+    )
+
+
+@contextmanager
+def _audited(
+    services: Services, caller: Caller, action: Action, claims: Sequence[ClaimLine], *, patient: str | None = None
+) -> Iterator[None]:
+    """A refused access is recorded too (decision `denied`), then refused."""
+    try:
+        yield
+    except (Forbidden, NotFound):
+        patients = sorted({c.psn_no for c in claims} | ({patient} if patient else set()))
+        _audit(services, caller, action, patients, "denied")
+        raise
+
+
+def _audit_lines(
+    services: Services, caller: Caller, action: Action, claims: Sequence[ClaimLine], hits: Mapping[str, list[Finding]]
+) -> None:
+    """One record per patient with the answer's decision; then the stranger alert."""
+    if services.audit is None:
+        return
+    by_patient: dict[str, list[Decision]] = {}
+    for claim in claims:
+        by_patient.setdefault(claim.psn_no, []).append(decision_of(hits.get(claim.line_id, [])))
+    institutions = sorted({c.fixmedins_code for c in claims})
+    for psn_no, decisions in sorted(by_patient.items()):
+        _audit(
+            services, caller, action, [psn_no], worst(decisions), institution=institutions[0] if institutions else None
+        )
+    if action == "check":
+        _stranger_alert(services, caller)
+
+
+def _stranger_alert(services: Services, caller: Caller) -> None:
+    """A caller that checked `audit_stranger_limit` patients it never dispensed to within the
+    window raises an alert: one `alert` record per window, and a warning for the alarm."""
+    assert services.audit is not None
+    settings = services.settings
+    since = _utc(services) - timedelta(hours=settings.audit_window_hours)
+    count, alerted = services.audit.strangers(caller.principal, since)
+    if count < settings.audit_stranger_limit or alerted:
+        return
+    detail = (
+        f"{count} patients checked within {settings.audit_window_hours:g} h without a dispensation "
+        f"(limit {settings.audit_stranger_limit})"
+    )
+    _audit(services, caller, "alert", [], "alert", detail=detail)
+    logger.warning(
+        "access audit alert: a caller checks patients it never dispensed to",
+        extra={"caller": caller.principal, "patients": count},
+    )
+
+
 def _selection(services: Services, body: CheckBody) -> tuple[set[str] | None, Scene]:
     """The rules a 3101 request asks for (`rule_ids`: ours or the platform's codes) and the
     scene of its trigger (`trig_scen`); a bad value is a 400 naming it."""
@@ -589,7 +715,8 @@ def check(
     allowed, scene = _selection(services, body)
     request_lines = lines_of(body, now, require_sn=False)
     claims = normalize(request_lines, services)
-    require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
+    with _audited(services, caller, "check", claims):
+        require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     reads = _CachedReads(services.repo)
 
     def run(lines: Sequence[ClaimLine], repo: HistoryRepository = reads) -> dict[str, list[Finding]]:
@@ -601,7 +728,8 @@ def check(
             return found
         return {line_id: [f for f in fs if f.rule_id in allowed] for line_id, fs in found.items()}
 
-    hits = run(claims)
+    hits = run(claims)  # the history read once: the next-fill search below reuses it
+    _audit_lines(services, caller, "check", claims, hits)
     answered = [(c, r) for c, r in zip(claims, request_lines, strict=True) if r.answer]
     advice = advise(services, [c for c, _ in answered], hits, reads, run, allowed, claims)
     warnings = {f.finding_id: f for c, _ in answered for f in hits.get(c.line_id, [])}
@@ -640,6 +768,9 @@ def dispense(services: Services, body: CheckBody, caller: Caller) -> Dispensatio
     """Record a completed dispensing in real time (scene "in")."""
     now = services.now()
     request_lines = lines_of(body, now, require_sn=True)
+    claims = normalize(request_lines, services, recording=True)
+    with _audited(services, caller, "dispensation", claims):
+        require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     claims = normalize(request_lines, services)
     require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     claims = with_prescriber_overrides(services, claims)
@@ -662,6 +793,7 @@ def dispense(services: Services, body: CheckBody, caller: Caller) -> Dispensatio
             for line_id in finding.evidence:
                 by_line.setdefault(line_id, []).append(finding)
     results = [line_result(c, by_line.get(c.line_id, []), services.kb) for c in claims]
+    _audit_lines(services, caller, "dispensation", claims, by_line)
     return DispensationResponse(
         decision=worst([r.decision for r in results]),
         recorded=sorted(recorded),
@@ -689,8 +821,10 @@ def list_findings(
         raise InvalidField("date_to is before date_from", "date_to")
     if rule is not None and rule not in services.kb.rules:
         raise InvalidField(f"unknown rule {rule!r}", "rule")
+    with _audited(services, caller, "findings", [], patient=patient):
+        readable = readable_institution(caller, institution)
     query = FindingQuery(
-        institution=readable_institution(caller, institution),
+        institution=readable,
         psn_no=patient,
         rule_id=rule,
         status=status,
@@ -698,6 +832,13 @@ def list_findings(
         date_to=date_to,
     )
     items, token = services.store.query(query, limit or services.settings.page_size, next_token)
+    _audit(
+        services,
+        caller,
+        "findings",
+        sorted({i.psn_no for i in items if i.psn_no} | ({patient} if patient else set())),
+        "allowed",
+    )
     risk = patient_risk_of(services, query) if patient else None
     return FindingsPage(items=items, next_token=token, risk=risk)
 
@@ -720,7 +861,9 @@ def get_finding(services: Services, caller: Caller, finding_id: str) -> FindingV
     found = services.store.get(finding_id)
     if found is None:
         raise NotFound("no such finding", "finding_id")
-    require_finding_access(caller, found.fixmedins_code)
+    with _audited(services, caller, "finding", [], patient=found.psn_no):
+        require_finding_access(caller, found.fixmedins_code)
+    _audit(services, caller, "finding", [found.psn_no] if found.psn_no else [], "allowed", detail=finding_id)
     return found
 
 
@@ -773,6 +916,36 @@ def rules(services: Services) -> RulesResponse:
             )
         )
     return RulesResponse(rules=out)
+
+
+def read_audit(
+    services: Services,
+    caller: Caller,
+    *,
+    principal: str | None,
+    patient: str | None,
+    date_from: date | None,
+    date_to: date | None,
+    limit: int | None,
+    next_token: str | None,
+) -> AuditPage:
+    """The access log, for the regulator only. `patient` is a psn_no or its pseudonym."""
+    require_reviewer(caller)
+    if services.audit is None:
+        raise NotFound("no access audit is configured for this deployment", None)
+    if date_from and date_to and date_to < date_from:
+        raise InvalidField("date_to is before date_from", "date_to")
+    token = None
+    if patient is not None:
+        token = patient if _PSEUDONYM.fullmatch(patient) else pseudonym(patient, services.settings.pseudonym_key)
+    query = AuditQuery(
+        caller=principal,
+        patient=token,
+        since=datetime.combine(date_from, datetime.min.time(), CHINA).astimezone(UTC) if date_from else None,
+        until=datetime.combine(date_to, datetime.max.time(), CHINA).astimezone(UTC) if date_to else None,
+    )
+    items, more = services.audit.query(query, limit or services.settings.page_size, next_token)
+    return AuditPage(items=items, next_token=more)
 
 
 # ------------------------------------------------------------------ dispositions (3103)
@@ -862,3 +1035,59 @@ def dispose(
             ]
         )
     )
+
+
+# ------------------------------------------------------------------ subscriptions
+
+
+ENDPOINTS = {
+    "email": re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+    "sms": re.compile(r"^\+\d{8,15}$"),
+    "https": re.compile(r"^https://[^\s]+$"),
+    "sqs": re.compile(r"^arn:aws[a-z-]*:sqs:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]+$"),
+    "lambda": re.compile(r"^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:[A-Za-z0-9_-]+(:[A-Za-z0-9_$-]+)?$"),
+}
+
+
+def _subscriptions(services: Services) -> Subscriptions:
+    if services.subscriptions is None:
+        raise NotFound("subscriptions are not configured in this deployment", None)
+    return services.subscriptions
+
+
+def _own(caller: Caller, view: SubscriptionView) -> bool:
+    wanted = view.filter_policy.get("institution_id") or []
+    return caller.reviews or (bool(wanted) and set(wanted) <= set(caller.institutions))
+
+
+def subscribe(services: Services, caller: Caller, request: SubscriptionRequest) -> SubscriptionView:
+    """An SNS subscription with the filter policy of the request. Regulators subscribe to
+    anything; an institution only to its own institutions' messages."""
+    gateway = _subscriptions(services)
+    if not ENDPOINTS[request.protocol].match(request.endpoint):
+        raise InvalidField(f"endpoint is not a valid {request.protocol} endpoint", "endpoint")
+    if not caller.reviews:
+        if not request.filters.institutions:
+            raise InvalidField("filters.institutions is required: name your own institution(s)", "filters.institutions")
+        require_institutions(caller, request.filters.institutions)
+    national = services.national
+
+    def resolve(value: str) -> str | None:
+        rule_id = national.resolve_rule(value)
+        return rule_id if rule_id in services.kb.rules else None
+
+    policy = filter_policy(request, resolve)
+    return gateway.subscribe(request.topic, request.protocol, request.endpoint, policy, caller.principal)
+
+
+def list_subscriptions(services: Services, caller: Caller) -> SubscriptionsResponse:
+    return SubscriptionsResponse(items=[v for v in _subscriptions(services).list() if _own(caller, v)])
+
+
+def unsubscribe(services: Services, caller: Caller, subscription_id: str) -> SubscriptionsResponse:
+    gateway = _subscriptions(services)
+    found = next((v for v in gateway.list() if v.subscription_id == subscription_id), None)
+    if found is None or not _own(caller, found):
+        raise NotFound("no such subscription", "subscription_id")
+    gateway.delete(subscription_id)
+    return SubscriptionsResponse(items=[found])

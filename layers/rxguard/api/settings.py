@@ -38,6 +38,21 @@ class ApiSettings(BaseModel):
     callers: dict[str, CallerGrant] = Field(default_factory=dict)
     findings_table: str | None = None  # RXGUARD_FINDINGS_TABLE (DynamoDB store)
     findings_index: str = "ByInstitution"  # RXGUARD_FINDINGS_INDEX
+    # Time plausibility (issue 15): a line dated more than the skew in the future, or older than the
+    # history keeps, is refused; a dispensation recorded more than late_hours after it happened is
+    # accepted but marked late (ClaimLine.received_at).
+    history_days: int = Field(default=400, ge=1)  # RXGUARD_HISTORY_DAYS
+    clock_skew_minutes: float = Field(default=10, ge=0)  # RXGUARD_CLOCK_SKEW_MINUTES
+    late_hours: float = Field(default=72, gt=0)  # RXGUARD_LATE_HOURS
+    # Access audit: the pseudonym key (shared with alerts, so tokens match) and the stranger alert
+    pseudonym_key: str = Field(
+        default="rxguard-offline-pseudonym-key", min_length=16, repr=False
+    )  # RXGUARD_PSEUDONYM_KEY
+    audit_window_hours: float = Field(default=24, gt=0)  # RXGUARD_AUDIT_WINDOW_HOURS
+    audit_stranger_limit: int = Field(default=50, ge=1)  # RXGUARD_AUDIT_STRANGER_LIMIT
+    audit_table: str | None = None  # RXGUARD_AUDIT_TABLE
+    # Work bound of one request: drug lines x (trace codes + 1), so every answer fits the timeout
+    max_work: int = Field(default=5000, ge=1)  # RXGUARD_API_MAX_WORK
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
@@ -49,6 +64,14 @@ class ApiSettings(BaseModel):
             ("auth_mode", "RXGUARD_API_AUTH"),
             ("findings_table", "RXGUARD_FINDINGS_TABLE"),
             ("findings_index", "RXGUARD_FINDINGS_INDEX"),
+            ("history_days", "RXGUARD_HISTORY_DAYS"),
+            ("clock_skew_minutes", "RXGUARD_CLOCK_SKEW_MINUTES"),
+            ("late_hours", "RXGUARD_LATE_HOURS"),
+            ("max_work", "RXGUARD_API_MAX_WORK"),
+            ("pseudonym_key", "RXGUARD_PSEUDONYM_KEY"),
+            ("audit_window_hours", "RXGUARD_AUDIT_WINDOW_HOURS"),
+            ("audit_stranger_limit", "RXGUARD_AUDIT_STRANGER_LIMIT"),
+            ("audit_table", "RXGUARD_AUDIT_TABLE"),
         ):
             if env.get(var):
                 values[field] = env[var]

@@ -1,7 +1,7 @@
 """The findings store on DynamoDB (the FindingsTable of template.yaml), and the AWS wiring
 of the API's services. The only module of `rxguard.api` that talks to AWS.
 
-Table design (docs/workflow.md): key `finding_id`; GSI `by_scope` (`scope`, ALL) and GSI
+Table design (docs/workflow.md): key `finding_id`; GSI `by_scope` (`scope`, KEYS_ONLY) and GSI
 `by_institution` (`fixmedins_code`, `occurred_at`; INCLUDE rule_id, severity, status,
 scope). The finding is JSON in `body`, its status in `status` (the body has none).
 
@@ -36,8 +36,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from rxguard.api.errors import Conflict, InvalidField, NotFound
-from rxguard.api.models import Disposition, FindingView, Review, ReviewStatus
+from rxguard.api.models import Disposition, FindingView, Review, ReviewStatus, SubscriptionView
 from rxguard.api.store import FindingQuery, FindingsStore, RuleFigures, decode_token, encode_token, view
+from rxguard.api.subscriptions import Subscriptions, mask_endpoint
 from rxguard.models import Finding
 from rxguard.scope import Scope
 
@@ -258,8 +259,10 @@ class DynamoFindingsStore(FindingsStore):
             if not answer.get("LastEvaluatedKey"):
                 break
             kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        # by_scope projects keys only (its copies cost a write unit per finding write): the bodies by key
+        bodies = self._batch_get(sorted({i["finding_id"]["S"] for i in items}))
         findings = sorted(
-            (f for f in map(_finding, items) if query.matches(f)),
+            (f for f in (_finding(i) for i in bodies.values() if "body" in i) if query.matches(f)),
             key=lambda f: (-f.occurred_at.timestamp(), f.finding_id),
         )
         if token:
@@ -453,3 +456,77 @@ class DynamoFindingsStore(FindingsStore):
                 modified=int(item.get("modified", {}).get("N", "0")),
             )
         return out
+
+
+class AwsSubscriptions(Subscriptions):
+    """Subscriptions as SNS subscriptions of the alerts and letters topics, the filter
+    policy on the message attributes; the id is the last part of the subscription ARN."""
+
+    def __init__(self, sns_client: Any, topics: Mapping[str, str]) -> None:
+        self.sns = sns_client
+        self.topics = dict(topics)  # "alerts" / "letters" -> topic ARN
+
+    def subscribe(
+        self, topic: str, protocol: str, endpoint: str, policy: Mapping[str, list[Any]], owner: str
+    ) -> SubscriptionView:
+        attributes = {"FilterPolicyScope": "MessageAttributes"}
+        if policy:
+            attributes["FilterPolicy"] = json.dumps(policy, ensure_ascii=False, sort_keys=True)
+        if protocol == "sqs":
+            attributes["RawMessageDelivery"] = "true"  # the JSON body as the queue message
+        answer = self.sns.subscribe(
+            TopicArn=self.topics[topic],
+            Protocol=protocol,
+            Endpoint=endpoint,
+            Attributes=attributes,
+            ReturnSubscriptionArn=True,
+        )
+        arn = answer["SubscriptionArn"]
+        return SubscriptionView(
+            subscription_id=arn.rsplit(":", 1)[-1],
+            topic=topic,
+            protocol=protocol,
+            endpoint=mask_endpoint(protocol, endpoint),
+            filter_policy=dict(policy),
+            pending_confirmation=protocol in ("email", "https"),
+        )
+
+    def _arns(self) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for topic, topic_arn in sorted(self.topics.items()):
+            kwargs: dict[str, Any] = {"TopicArn": topic_arn}
+            while True:
+                answer = self.sns.list_subscriptions_by_topic(**kwargs)
+                out += [(topic, s) for s in answer.get("Subscriptions", [])]
+                if not answer.get("NextToken"):
+                    break
+                kwargs["NextToken"] = answer["NextToken"]
+        return out
+
+    def list(self) -> list[SubscriptionView]:
+        views = []
+        for topic, sub in self._arns():
+            arn = sub["SubscriptionArn"]
+            pending = not arn.startswith("arn:")
+            policy: dict[str, Any] = {}
+            if not pending:
+                attributes = self.sns.get_subscription_attributes(SubscriptionArn=arn).get("Attributes", {})
+                policy = json.loads(attributes.get("FilterPolicy") or "{}")
+            views.append(
+                SubscriptionView(
+                    subscription_id="pending" if pending else arn.rsplit(":", 1)[-1],
+                    topic=topic,
+                    protocol=sub["Protocol"],
+                    endpoint=mask_endpoint(sub["Protocol"], sub["Endpoint"]),
+                    filter_policy=policy,
+                    pending_confirmation=pending,
+                )
+            )
+        return views
+
+    def delete(self, subscription_id: str) -> bool:
+        for _, sub in self._arns():
+            if sub["SubscriptionArn"].rsplit(":", 1)[-1] == subscription_id:
+                self.sns.unsubscribe(SubscriptionArn=sub["SubscriptionArn"])
+                return True
+        return False

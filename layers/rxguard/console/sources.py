@@ -61,7 +61,7 @@ class BatchRecord:
             rejected_by_reason=dict(report.get("rejected_by_reason") or {}),
             chunks_total=int(chunks.get("total") or 0),
             chunks_ok=int(chunks.get("ok") or 0),
-            findings_new=int(report.get("findings_new") or 0),
+            findings_new=int(report.get("findings_new") or (report.get("findings") or {}).get("new") or 0),
             file_error=report.get("file_error"),
         )
 
@@ -183,15 +183,19 @@ class StateBatches:
         return sorted(records, key=lambda b: (b.started_at or "", b.batch_id), reverse=True)
 
     def rejections(self, batch_id: str) -> list[Rejection] | None:
+        """From the report's `rejected_key` when it names a file, else where the local run
+        keeps them: `<state dir>/results/batches/<batch_id>/rejected.jsonl`."""
         from pathlib import Path
 
         from rxguard.ingest import read_rejections
+        from rxguard.workflow import naming
 
         for record, report in self._records():
             if record.batch_id == batch_id:
-                key = report.get("rejected_key")
-                path = Path(str(key)) if key else None
-                return read_rejections(path) if path is not None and path.is_file() else []
+                candidates = [Path(str(report["rejected_key"]))] if report.get("rejected_key") else []
+                candidates.append(Path(self.state.path).parent / "results" / naming.rejected_key(batch_id))
+                path = next((c for c in candidates if c.is_file()), None)
+                return read_rejections(path) if path is not None else []
         return None
 
 

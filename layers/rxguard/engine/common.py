@@ -88,6 +88,13 @@ class RuleSet:
         return self.rules[rule_id].severity_for(admdvs)
 
 
+def submitter(later: str, later_late: bool, earlier: str, earlier_late: bool) -> str:
+    """The institution a finding about an earlier and a later sale names: the later seller's,
+    unless only the earlier sale arrived late (recorded long after its date: backdated?). Then
+    the finding names the institution that submitted it, never the seller it put second."""
+    return earlier if earlier_late and not later_late else later
+
+
 def finding_scope(finding: Finding) -> Scope:
     """The reconciliation scope a finding belongs to (`rxguard.scope`)."""
     return Scope.of(finding)

@@ -7,7 +7,7 @@ in-memory callers share it: `activity_from_lines` builds them from lines,
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -95,6 +95,38 @@ def _most(values: Iterable[str | None]) -> str | None:
     if not counts:
         return None
     return min(counts.items(), key=lambda kv: (-kv[1], kv[0] or ""))[0]
+
+
+def most_frequent(counts: Mapping[str, float]) -> str | None:
+    """The most frequent value of stored counts, ties broken by the smallest (as `_most`)."""
+    if not counts:
+        return None
+    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+
+
+def aggregate_from_counts(
+    subject: Scope,
+    period: str,
+    regions: Mapping[str, float],
+    flagged: Iterable[str],
+    places: Mapping[str, float] | None = None,
+    monitored_lines: int | None = None,
+) -> ActivityAggregate:
+    """One unit-month from the counters a store keeps (DynamoDB aggregates, the SQLite
+    state), the same aggregate `activity_from_lines` makes from the lines: `regions` counts
+    the unit's monitored lines by admdvs ("" unknown), `places` a prescriber's by institution
+    (the main one is the prescriber's institution), `flagged` the lines findings blame."""
+    fixmedins_code = subject.key if subject.kind == "institution" else (most_frequent(places or {}) or "")
+    return ActivityAggregate(
+        subject_type="institution" if subject.kind == "institution" else "prescriber",
+        code=subject.key,
+        period=period,
+        kind=InstitutionKind.from_code(fixmedins_code),
+        monitored_lines=int(sum(regions.values())) if monitored_lines is None else monitored_lines,
+        flagged_lines=tuple(sorted(flagged)),
+        fixmedins_code=fixmedins_code,
+        admdvs=most_frequent(regions) or None,
+    )
 
 
 def period_start(period: str) -> datetime:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rxguard.ingest.normalize import LINE_REASONS, LineRejected, normalize_record, parse_time
+from rxguard.ingest.normalize import LINE_REASONS, LineRejected, TimeWindow, normalize_record, parse_time
 from rxguard.ingest.partition import ChunkInfo, PrepareResult, prepare_batch, read_chunk, read_rejections, write_chunk
 from rxguard.ingest.reader import BatchReader, sniff
 from rxguard.kb import KnowledgeBase
@@ -24,11 +24,12 @@ def read_batch(
     *,
     name: str | None = None,
     default_admdvs: str | None = None,
+    window: TimeWindow | None = None,
 ) -> BatchReader:
     """Stream a batch: one ClaimLine or Rejection per non-blank line (a whole-file error:
     one Rejection with line None). The returned iterator also carries the counters, the
     detected format and encoding, and `file_error`."""
-    return BatchReader(Path(path), kb, name=name, default_admdvs=default_admdvs)
+    return BatchReader(Path(path), kb, name=name, default_admdvs=default_admdvs, window=window)
 
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "ChunkInfo",
     "LineRejected",
     "PrepareResult",
+    "TimeWindow",
     "normalize_record",
     "parse_time",
     "prepare_batch",

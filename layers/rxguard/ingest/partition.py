@@ -9,6 +9,7 @@ bounded by one partition (N grows with the file size), not by the file.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
@@ -20,8 +21,8 @@ from hashlib import blake2b
 from pathlib import Path
 from typing import IO, Any
 
-from rxguard.ingest.normalize import DUPLICATE
-from rxguard.ingest.reader import BatchReader
+from rxguard.ingest.normalize import DUPLICATE, TimeWindow
+from rxguard.ingest.reader import BatchReader, Opener
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Rejection
 
@@ -84,7 +85,7 @@ def _patient_key(psn_no: str) -> str:
 
 
 def prepare_batch(
-    path: Path,
+    path: Path | Opener,
     kb: KnowledgeBase,
     out_dir: Path,
     *,
@@ -92,6 +93,9 @@ def prepare_batch(
     name: str | None = None,
     default_admdvs: str | None = None,
     progress: Callable[[int], None] | None = None,
+    window: TimeWindow | None = None,
+    size: int | None = None,
+    on_chunk: Callable[[ChunkInfo], None] | None = None,
 ) -> PrepareResult:
     """Validate and normalize a batch; write `out_dir/chunk-NNNNN.jsonl` (whole patients,
     sorted by (fee_ocur_time, line_id), about `chunk_size` lines each) and
@@ -101,15 +105,16 @@ def prepare_batch(
         raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
     if default_admdvs is not None and _ADMDVS.fullmatch(default_admdvs) is None:
         raise ValueError(f"default_admdvs must be a 6-digit region code, not {default_admdvs!r}")
-    path, out_dir = Path(path), Path(out_dir)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("chunk-*.jsonl"):
         old.unlink()
-    reader = BatchReader(path, kb, name=name, default_admdvs=default_admdvs, dedupe=False)
-    try:
-        size = path.stat().st_size
-    except OSError:
-        size = 0
+    reader = BatchReader(path, kb, name=name, default_admdvs=default_admdvs, dedupe=False, window=window)
+    if size is None:
+        try:
+            size = Path(path).stat().st_size if isinstance(path, str | Path) else 0
+        except OSError:
+            size = 0
     n_parts = max(1, min(MAX_PARTITIONS, size // PARTITION_SOURCE_BYTES + 1))
     rejected_path = out_dir / "rejected.jsonl"
     result = PrepareResult(
@@ -133,7 +138,7 @@ def prepare_batch(
             result.file_error = reader.file_error
             if reader.file_error is None:
                 _find_duplicates(spill, n_parts)
-                _write_chunks(spill, n_parts, out_dir, chunk_size, rejected_out, result)
+                _write_chunks(spill, n_parts, out_dir, chunk_size, rejected_out, result, on_chunk)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     if progress is not None:
@@ -149,8 +154,10 @@ def _spill(
     progress: Callable[[int], None] | None,
 ) -> None:
     """Pass 1: every accepted line to its patient partition, its line id to a key partition."""
-    parts = [(spill / f"p{i}").open("w", encoding="utf-8") for i in range(n_parts)]
-    keys = [(spill / f"k{i}").open("w", encoding="utf-8") for i in range(n_parts)]
+    # patient partitions compressed (zlib level 1, ~8x on claim JSON): the spill stays well under
+    # the input's size on disk, where plain it was ~4.8x (issue 15: Lambda's ephemeral storage)
+    parts = [gzip.open(spill / f"p{i}", "wt", encoding="utf-8", compresslevel=1) for i in range(n_parts)]  # noqa: SIM115
+    keys = [gzip.open(spill / f"k{i}", "wt", encoding="utf-8", compresslevel=1) for i in range(n_parts)]  # noqa: SIM115
     part_rows: list[list[str]] = [[] for _ in range(n_parts)]  # buffered: one write per partition per flush
     key_rows: list[list[str]] = [[] for _ in range(n_parts)]
 
@@ -195,7 +202,7 @@ def _find_duplicates(spill: Path, n_parts: int) -> None:
     try:
         for i in range(n_parts):
             first: dict[str, str] = {}
-            with (spill / f"k{i}").open(encoding="utf-8") as handle:
+            with gzip.open(spill / f"k{i}", "rt", encoding="utf-8") as handle:
                 for row in handle:
                     line_id, source_line, part = row.rstrip("\n").split("\t")
                     earlier = first.get(line_id)
@@ -220,6 +227,7 @@ def _write_chunks(
     chunk_size: int,
     rejected_out: IO[str],
     result: PrepareResult,
+    on_chunk: Callable[[ChunkInfo], None] | None = None,
 ) -> None:
     """Pass 3: per patient partition, drop duplicates, group by patient, and fill chunks
     of whole patients; each chunk sorted by (fee_ocur_time, line_id)."""
@@ -234,7 +242,10 @@ def _write_chunks(
         chunk_path = out_dir / f"chunk-{len(result.chunks):05d}.jsonl"
         with chunk_path.open("w", encoding="utf-8") as out:
             out.writelines(row[2] + "\n" for row in pending)
-        result.chunks.append(ChunkInfo(path=chunk_path, lines=len(pending), patients=pending_patients))
+        info = ChunkInfo(path=chunk_path, lines=len(pending), patients=pending_patients)
+        result.chunks.append(info)
+        if on_chunk is not None:
+            on_chunk(info)  # e.g. upload it and delete the file: one chunk on disk at a time
         pending, pending_patients = [], 0
 
     for i in range(n_parts):
@@ -246,7 +257,7 @@ def _write_chunks(
                     source_line, first_line = row.rstrip("\n").split("\t")
                     duplicate_of[source_line] = first_line
         patients: dict[str, list[tuple[str, str, str]]] = {}
-        with (spill / f"p{i}").open(encoding="utf-8") as handle:
+        with gzip.open(spill / f"p{i}", "rt", encoding="utf-8") as handle:
             for row in handle:
                 patient, source_line, time, line_id, payload = row.rstrip("\n").split("\t", 4)
                 if source_line in duplicate_of:

@@ -14,7 +14,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +35,7 @@ from rxguard.ingest.normalize import (
     REQUIRED,
     TOO_LONG,
     LineRejected,
+    TimeWindow,
     normalize_record,
 )
 from rxguard.kb import KnowledgeBase
@@ -121,10 +122,19 @@ def _utf16_order(prefix: bytes) -> str | None:
     return best[1] if best else None
 
 
-def sniff(path: Path, name: str) -> Sniffed | Rejection:
+Opener = Callable[[], IO[bytes]]  # opens the batch from its start (a file, or an S3 object's stream)
+
+
+def opener_of(source: Path | Opener) -> Opener:
+    if isinstance(source, Path):
+        return lambda: source.open("rb")
+    return source
+
+
+def sniff(source: Path | Opener, name: str) -> Sniffed | Rejection:
     """Format and encoding from the content (never the extension), or a whole-file rejection."""
     try:
-        with path.open("rb") as fh:
+        with opener_of(source)() as fh:
             prefix = fh.read(PREFIX_BYTES)
             more = bool(fh.read(1))
     except FileNotFoundError:
@@ -437,21 +447,29 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
 
     def __init__(
         self,
-        path: Path,
+        path: Path | Opener,
         kb: KnowledgeBase,
         *,
         name: str | None = None,
         default_admdvs: str | None = None,
         dedupe: bool = True,
+        window: TimeWindow | None = None,
     ) -> None:
         if default_admdvs is not None and not (
             len(default_admdvs) == 6 and default_admdvs.isascii() and default_admdvs.isdigit()
         ):
             raise ValueError(f"default_admdvs must be a 6-digit region code, not {default_admdvs!r}")
-        self.path = Path(path)
-        self.name = name or self.path.name
+        if isinstance(path, str | Path):
+            path = Path(path)
+            self.name = name or path.name
+        elif name is None:
+            raise ValueError("a batch read from a stream needs a name")
+        else:
+            self.name = name
+        self._open = opener_of(path)  # read from the start once, twice for a JSON document
         self.kb = kb
         self.default_admdvs = default_admdvs
+        self.window = window  # when a dispensing may plausibly have happened (None: 1990-2100 only)
         self.format: str | None = None
         self.encoding: str | None = None
         self.delimiter: str | None = None
@@ -494,7 +512,9 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
 
     def _accept(self, record: dict[str, Any], line_no: int) -> ClaimLine | Rejection:
         try:
-            claim = normalize_record(record, self.kb, file=self.name, line=line_no, default_admdvs=self.default_admdvs)
+            claim = normalize_record(
+                record, self.kb, file=self.name, line=line_no, default_admdvs=self.default_admdvs, window=self.window
+            )
         except LineRejected as exc:
             rejection = exc.rejection
             if self.format == "json":
@@ -523,25 +543,25 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
     # --- the run ---------------------------------------------------------------------
 
     def _run(self) -> Iterator[ClaimLine | Rejection]:
-        sniffed = sniff(self.path, self.name)
+        sniffed = sniff(self._open, self.name)
         if isinstance(sniffed, Rejection):
             self.file_error = sniffed
             yield sniffed
             return
         self.format, self.encoding = sniffed.format, sniffed.encoding
-        with self.path.open("rb") as fh:
-            fh.seek(sniffed.skip)
-            if sniffed.format == "json":
-                yield from self._json_document(fh, sniffed.encoding)
+        if sniffed.format == "json":
+            yield from self._json_document(sniffed.encoding, sniffed.skip)
+            return
+        with self._open() as fh:
+            fh.read(sniffed.skip)  # the BOM (a stream cannot seek)
+            source: IO[bytes] = fh
+            if not sniffed.encoding.startswith("utf-16"):  # UTF-16 reads universal newlines itself
+                source = io.BufferedReader(_CrToLf(fh), 64 * 1024)
+            lines = _physical_lines(source, sniffed.encoding)
+            if sniffed.format == "jsonl":
+                yield from self._json_lines(lines)
             else:
-                source: IO[bytes] = fh
-                if not sniffed.encoding.startswith("utf-16"):  # UTF-16 reads universal newlines itself
-                    source = io.BufferedReader(_CrToLf(fh), 64 * 1024)
-                lines = _physical_lines(source, sniffed.encoding)
-                if sniffed.format == "jsonl":
-                    yield from self._json_lines(lines)
-                else:
-                    yield from self._csv(lines)
+                yield from self._csv(lines)
 
     def _json_lines(self, lines: Iterator[tuple[int, str | None, str | None]]) -> Iterator[ClaimLine | Rejection]:
         loads = json.loads
@@ -630,17 +650,22 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             self.file_error = _file_error(self.name, FILE_EMPTY, "has a header row but no claim lines")
             yield self.file_error
 
-    def _json_document(self, fh: IO[bytes], encoding: str) -> Iterator[ClaimLine | Rejection]:
-        import ijson  # only JSON documents need it; decimals come as Decimal (use_float overflows on big ints)
-
-        start = fh.tell()
-        prefix = _find_items_prefix(fh, encoding)
+    def _json_document(self, encoding: str, skip: int) -> Iterator[ClaimLine | Rejection]:
+        with self._open() as fh:  # pass 1: which list holds the claim lines (exactly one)
+            fh.read(skip)
+            prefix = _find_items_prefix(fh, encoding)
         if prefix[:1] in ("!", "?"):
             reason = FILE_NOT_JSON if prefix[0] == "!" else FILE_SEVERAL_LISTS
             self.file_error = _file_error(self.name, reason, prefix[1:])
             yield self.file_error
             return
-        fh.seek(start)
+        with self._open() as fh:  # pass 2: its elements
+            fh.read(skip)
+            yield from self._json_elements(fh, encoding, prefix)
+
+    def _json_elements(self, fh: IO[bytes], encoding: str, prefix: str) -> Iterator[ClaimLine | Rejection]:
+        import ijson  # only JSON documents need it; decimals come as Decimal (use_float overflows on big ints)
+
         stream = io.BufferedReader(_TranscodeToUtf8(fh, encoding), 64 * 1024)
         index = 0
         try:

@@ -8,10 +8,11 @@ announced on the letters topic."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -115,6 +116,7 @@ def issue_letters(
     counters: CounterStore | None = None,
     keeper: NumberKeeper | None = None,
     persons: Mapping[str, Person] | None = None,
+    render: Callable[[LetterContext, AlertSettings], tuple[str, bytes | None]] | None = None,
 ) -> tuple[list[LetterRef], str | None]:
     """Render, store and announce the letters of these findings, one per addressee and
     period; returns them and the URI of `letters/<batch_id>/index.json` (None when none).
@@ -124,7 +126,11 @@ def issue_letters(
     CountersTable, the local SQLite state), so a retry or a repeated run gives a letter the
     same number. A retry skips the letters an earlier attempt announced (so a run cut short
     by a timeout resumes where it stopped), re-renders the others under the same keys, and
-    announces nothing twice."""
+    announces nothing twice.
+
+    `render` (default `render_letter`: HTML and PDF) may return no PDF: the local deployment
+    renders the PDFs afterwards, in parallel or on demand, from the stored HTML
+    (docs/local.md); the PDF's location is then where it will be written."""
     if persons is None and settings.person_file is not None:
         persons = load_persons(settings.person_file)
     book = NumberBook(counters or _PROCESS_COUNTERS, keeper)
@@ -132,7 +138,15 @@ def issue_letters(
     index_rows: list[dict[str, object]] = []
     for addressee_type, subject, period, group in letter_groups(findings, settings, persons):
         key_subject = subject if addressee_type == "institution" else f"p:{subject}"
-        serial = book.number(settings.issuer_abbr_zh, issued_on.year, f"{period[0]}/{key_subject}")
+        base = f"{period[0]}/{key_subject}"
+        # The first set of findings lettered for this addressee and period is the letter; a
+        # later batch of the same period with other findings gets a supplementary letter
+        # (its own number), and a retry with the same findings the same letter again.
+        digest = hashlib.sha256("\x1f".join(sorted(f.finding_id for f in group)).encode()).hexdigest()
+        set_hash = int(digest[:12], 16)
+        supplement = book.keeper.keep(f"letter-set#{settings.issuer_abbr_zh}#{base}", set_hash) != set_hash
+        key = f"{base}#{digest[:12]}" if supplement else base
+        serial = book.number(settings.issuer_abbr_zh, issued_on.year, key)
         letter = build_letter(
             addressee_type,
             subject,
@@ -146,6 +160,7 @@ def issue_letters(
             serial=serial,
             period=period,
             person=(persons or {}).get(subject) if addressee_type == "patient" else None,
+            supplement=supplement,
         )
         stem = f"letters/{letter.period_key}/{letter.letter_id}"
         message_id = f"letter/{letter.period_key}/{letter.letter_id}"
@@ -156,9 +171,11 @@ def issue_letters(
                 locations["annex"] = sink.letter_uri(f"letters/{letter.period_key}/{letter.annex_name}")
             refs.append(_ref(LetterRef, letter, len(group), locations, announced=False, rendered=False))
             continue
-        html, pdf = render_letter(letter, settings)
+        html, pdf = (render or render_letter)(letter, settings)
         locations = {
-            "pdf": sink.put_letter(f"{stem}.pdf", pdf, "application/pdf"),
+            "pdf": sink.put_letter(f"{stem}.pdf", pdf, "application/pdf")
+            if pdf is not None
+            else sink.letter_uri(f"{stem}.pdf"),
             "html": sink.put_letter(f"{stem}.html", html.encode("utf-8"), "text/html; charset=utf-8"),
         }
         if letter.annex_name:

@@ -418,24 +418,27 @@ def build_letter(
     serial: int = 1,
     period: tuple[str, str] | None = None,
     person: Person | None = None,
+    supplement: bool = False,
 ) -> LetterContext:
     """One letter to `subject` (a fixmedins_code, or a psn_no for a patient letter) for
     one period, numbered `serial` in its bureau's series of the year."""
     kind: LetterKind = "警示函" if any(f.severity is Severity.HIGH for f in findings) else "提醒函"
     times = sorted(f.occurred_at for f in findings)
     period_key, period_label = period or period_of(times[0], settings.letter_period)
+    suffix = f"-s{serial}" if supplement else ""  # a supplementary letter of the period: its own file
+    more = "（补充）" if supplement else ""
     if addressee_type == "institution":
-        letter_id = f"institution-{subject}-{period_key}"
+        letter_id = f"institution-{subject}-{period_key}{suffix}"
         name = institution_names.get(subject)
         addressee = name or f"定点医药机构（编码{subject}）"
-        title = f"关于{name or '贵单位'}{period_label}医保药品超量开药疑点的{kind}"
+        title = f"关于{name or '贵单位'}{period_label}医保药品超量开药疑点的{kind}{more}"
         institution_id: str | None = subject
         psn_token: str | None = None
     else:
         psn_token = pseudonym(subject, settings.pseudonym_key)
-        letter_id = f"patient-{psn_token}-{period_key}"
+        letter_id = f"patient-{psn_token}-{period_key}{suffix}"
         addressee = f"{person.name}同志" if person else f"参保人（人员编号{mask_psn(subject)}）"
-        title = f"医保药品合理购药{kind}"
+        title = f"医保药品合理购药{kind}{more}"
         institution_id = None
     rule_ids = sorted({f.rule_id for f in findings})
     basis = []

@@ -59,6 +59,11 @@ class Backend(ABC):
     def all_batches(self) -> list[dict[str, Any]]:
         """Every batch record (`batch_id`, `execution_id`, `status`, `source`, ...)."""
 
+    def letter_counters(self) -> Any:
+        """The letters' document numbers (`rxguard.letters.CounterStore` with kept numbers),
+        None for a counter of this process (the in-memory backend)."""
+        return None
+
     def running_batches(self) -> list[dict[str, Any]]:
         """Batch records still RUNNING."""
         return [b for b in self.all_batches() if b.get("status") == "RUNNING"]
@@ -167,6 +172,9 @@ class SqliteBackend(Backend):
 
     def batch_records(self) -> BatchStore:
         return self._batches  # type: ignore[return-value]  # BatchStore semantics, not its class
+
+    def letter_counters(self) -> Any:
+        return self.state  # next_counter, kept, keep: numbers run on across runs (docs/letters.md)
 
     def outbox(self) -> Outbox:
         return self._outbox

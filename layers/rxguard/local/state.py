@@ -33,10 +33,11 @@ from typing import Any, TypeVar
 from rxguard.api.errors import Conflict, InvalidField, NotFound
 from rxguard.api.models import Disposition, FindingView, Review, ReviewStatus
 from rxguard.api.store import FindingQuery, FindingsStore, RuleFigures, decode_token, encode_token, view
-from rxguard.engine.institutions import ActivityAggregate
+from rxguard.engine.institutions import ActivityAggregate, aggregate_from_counts
 from rxguard.engine.rules import DISPENSING_RULES, trigger_lines
-from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
+from rxguard.models import ClaimLine, Finding, Severity
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
+from rxguard.scope import Scope
 
 STATE_FILE = "state.db"
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before StateBusy
@@ -682,40 +683,16 @@ class SqliteRepository(HistoryRepository):
             if doctor:
                 flagged_doc[(period, doctor)].append(line_id)
         out = [
-            ActivityAggregate(
-                subject_type="institution",
-                code=code,
-                period=period,
-                kind=InstitutionKind.from_code(code),
-                monitored_lines=sum(regions.values()),
-                flagged_lines=tuple(sorted(flagged_inst.get((period, code), ()))),
-                fixmedins_code=code,
-                admdvs=_most(regions) or None,
-            )
+            aggregate_from_counts(Scope.institution(code), period, regions, flagged_inst.get((period, code), ()))
             for (period, code), regions in inst.items()
         ]
-        for (period, code), regions in doc_regions.items():
-            main = _most(doc_places[(period, code)]) or ""
-            out.append(
-                ActivityAggregate(
-                    subject_type="prescriber",
-                    code=code,
-                    period=period,
-                    kind=InstitutionKind.from_code(main),
-                    monitored_lines=sum(regions.values()),
-                    flagged_lines=tuple(sorted(flagged_doc.get((period, code), ()))),
-                    fixmedins_code=main,
-                    admdvs=_most(regions) or None,
-                )
+        out += [
+            aggregate_from_counts(
+                Scope.prescriber(code), period, regions, flagged_doc.get((period, code), ()), doc_places[(period, code)]
             )
+            for (period, code), regions in doc_regions.items()
+        ]
         return sorted(out, key=lambda a: (a.subject_type, a.code, a.period))
-
-
-def _most(counts: Mapping[str, int]) -> str | None:
-    """The most frequent value, ties broken by the smallest (the engine's rule)."""
-    if not counts:
-        return None
-    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
 
 
 # ---------------------------------------------------------------- the API's findings store

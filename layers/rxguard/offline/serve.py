@@ -1,6 +1,6 @@
 """`rxguard serve`: the entry point. The HTTP side is `rxguard.api.serve`; this module sits
 above the API, the local state and the console, and hands `serve.main` what builds them:
-the state's services (`rxguard.local.serve.open_local`, the default `--state DIR`), the
+the state's services (`rxguard.bootstrap.open_local`, the default `--state DIR`), the
 console (`rxguard.console.app.console_app`, mounted outside `/v1/`) and, for
 `--simulate-aws`, the check API's real Lambda handler behind the offline Lambda router over
 every resource of template.yaml (`moto_invoke`)."""
@@ -11,9 +11,12 @@ import json
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from rxguard.api import serve
+from rxguard.api.serve import LocalSite
+from rxguard.api.settings import ApiSettings
 
 
 def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> serve.Invoke:
@@ -37,12 +40,21 @@ def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> serve.Invok
     return invoke
 
 
+def open_local_with_planner(directory: Path, settings: ApiSettings) -> LocalSite:
+    """The state's services, with backtests (`POST /v1/backtests`) over the same state."""
+    from rxguard.bootstrap import open_local
+    from rxguard.planning.backtest import state_planner
+
+    site = open_local(directory, settings)
+    site.services.planner = state_planner(directory, site.services.kb)
+    return site
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`rxguard serve [...]` (arguments: rxguard.api.serve)."""
     from rxguard.console.app import console_app
-    from rxguard.local.serve import open_local
 
-    return serve.main(argv, moto=moto_invoke, local=open_local, console=console_app)
+    return serve.main(argv, moto=moto_invoke, local=open_local_with_planner, console=console_app)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ patient and trace findings. The result equals what a run of every stored line th
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -139,7 +140,8 @@ def evaluate_history(
     if parts == 1:
         results = [_evaluate_patients(directory, kb, 0, 1, resolve_lines)]
     else:
-        with ProcessPoolExecutor(parts) as pool:
+        # spawn, not fork: `rxguard serve` answers backtests from a thread of waitress's pool
+        with ProcessPoolExecutor(parts, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_evaluate_patients, directory, kb, i, parts, resolve_lines) for i in range(parts)]
             results = [f.result() for f in futures]
     findings: list[Finding] = []

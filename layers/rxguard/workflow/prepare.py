@@ -3,15 +3,17 @@ rejected ones, write patient-partitioned chunk files and a manifest (docs/workfl
 
 from __future__ import annotations
 
+import io
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote_plus
 
 from rxguard.dynamo import BatchStore, ResultStore
-from rxguard.ingest import prepare_batch
+from rxguard.ingest import ChunkInfo, TimeWindow, prepare_batch
+from rxguard.ingest.reader import Opener
 from rxguard.kb import KnowledgeBase
 from rxguard.observability import logger
 from rxguard.workflow import naming
@@ -41,23 +43,32 @@ def prepare_object(
         )
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        local = Path(tmp) / "object"  # S3 keys are opaque ids, never local file names (`incoming/..`, 1,024 bytes)
-        _download(ingest, ref, local)
+        # The object is streamed from S3, never downloaded: the disk holds the compressed spill and
+        # one chunk at a time (each is uploaded and deleted as it is written), not ~6x the input.
+        opener, size = _object_opener(ingest, ref)
         out_dir = Path(tmp) / "out"
         out_dir.mkdir()
+        chunks: list[ChunkRef] = []
+
+        def upload(info: ChunkInfo) -> None:
+            key = naming.chunk_key(batch_id, len(chunks))
+            results.upload_file(key, Path(info.path))
+            Path(info.path).unlink()
+            chunks.append(ChunkRef(chunk_key=key, lines=info.lines, patients=info.patients))
+
         result = prepare_batch(
-            local,
+            opener,
             kb,
             out_dir,
             chunk_size=settings.core.chunk_size,
             name=ref.key,
             default_admdvs=settings.core.default_admdvs,
+            window=TimeWindow.around(
+                now(), history_days=settings.max_line_age_days or None, skew_minutes=settings.clock_skew_minutes
+            ),
+            size=size,
+            on_chunk=upload,
         )
-        chunks = []
-        for index, info in enumerate(result.chunks):
-            key = naming.chunk_key(batch_id, index)
-            results.upload_file(key, Path(info.path))
-            chunks.append(ChunkRef(chunk_key=key, lines=info.lines, patients=info.patients))
         rejected_key = naming.rejected_key(batch_id)
         rejected_path = Path(result.rejected_path) if result.rejected_path else None
         if rejected_path is not None and rejected_path.exists():
@@ -99,15 +110,48 @@ def prepare_object(
     return output
 
 
-def _download(store: ResultStore, ref: S3ObjectRef, path: Path) -> None:
-    """Read the object by version when known; S3 event keys may arrive URL-encoded."""
+class _StreamingBody(io.RawIOBase):
+    """An S3 object's body as a raw stream (the readers buffer it)."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
+
+
+def _object_opener(store: ResultStore, ref: S3ObjectRef) -> tuple[Opener, int]:
+    """Opens the object's content from its start (by version when known), and its size. S3
+    event keys may arrive URL-encoded: the decoded key is tried when the key is not found."""
+    local = getattr(store, "path", None)
+    if callable(local) and not hasattr(store, "s3"):  # the local runtime's directories: the file itself
+        file = Path(local(ref.key))
+        return (lambda: file.open("rb")), file.stat().st_size
+    version = {"VersionId": ref.version_id} if ref.version_id else {}
+    key = ref.key
     try:
-        store.download(ref.key, path, ref.version_id)
+        head = store.s3.head_object(Bucket=store.bucket, Key=key, **version)
     except Exception as exc:
         decoded = unquote_plus(ref.key)
-        if decoded == ref.key or "NoSuchKey" not in repr(exc):
+        if decoded == ref.key or not any(code in repr(exc) for code in ("404", "NoSuchKey", "Not Found")):
             raise
-        store.download(decoded, path, ref.version_id)
+        key = decoded
+        head = store.s3.head_object(Bucket=store.bucket, Key=key, **version)
+
+    def open_object() -> IO[bytes]:
+        body = store.s3.get_object(Bucket=store.bucket, Key=key, **version)["Body"]
+        return io.BufferedReader(_StreamingBody(body), 1024 * 1024)
+
+    return open_object, int(head.get("ContentLength") or 0)
 
 
 def _text(value: Any) -> str | None:

@@ -23,6 +23,8 @@ _ENV = {
     "alerts_topic_arn": "RXGUARD_ALERTS_TOPIC_ARN",
     "letters_topic_arn": "RXGUARD_LETTERS_TOPIC_ARN",
     "history_days": "RXGUARD_HISTORY_DAYS",
+    "max_line_age_days": "RXGUARD_MAX_LINE_AGE_DAYS",
+    "clock_skew_minutes": "RXGUARD_CLOCK_SKEW_MINUTES",
 }
 
 
@@ -40,6 +42,11 @@ class WorkflowSettings(BaseModel):
     alerts_topic_arn: str | None = None
     letters_topic_arn: str | None = None
     history_days: int = Field(default=400, ge=1)
+    # Lines older than this many days at arrival are rejected `too_old` (0: no bound, for replaying
+    # archives); the deployment sets it to the history retention. Lines dated more than the clock
+    # skew in the future are always rejected `future_time`.
+    max_line_age_days: int = Field(default=0, ge=0)
+    clock_skew_minutes: float = Field(default=10, ge=0)
     core: Settings = Field(default_factory=Settings)
 
     @classmethod

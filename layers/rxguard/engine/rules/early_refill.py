@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rxguard.engine.common import higher, num, text
+from rxguard.engine.common import higher, num, submitter, text
 from rxguard.engine.fills import Fill
 from rxguard.engine.rules._dispensing import (
     day_text,
@@ -73,7 +73,16 @@ class EarlyRefill(Rule):
             **fill.prescribed(),
         }
         facts = {"prev": prev, "used": used, "by_interval": by_interval <= by_stock, "stock": stock_before}
-        return patient_hit(psn_no, fill, severity, [*prev.line_ids, *fill.line_ids], figures, mitigations, notes, facts)
+        hit = patient_hit(psn_no, fill, severity, [*prev.line_ids, *fill.line_ids], figures, mitigations, notes, facts)
+        # a finding about an earlier and a later fill names the later seller, unless only the
+        # earlier fill arrived late (backdated?): then the institution that submitted it
+        hit.fixmedins_code = submitter(
+            fill.fixmedins_code,
+            any(line.received_at for line in fill.lines),
+            prev.fixmedins_code,
+            any(line.received_at for line in prev.lines),
+        )
+        return hit
 
     def explain(self, hit: Hit) -> tuple[str, str]:
         fill: Fill = hit.facts["fill"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from rxguard.engine.common import submitter
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import TraceSale
@@ -115,7 +116,7 @@ class TraceCodeReuse(Rule):
                 "trigger_lines": [sale.line_id],
             },
             psn_no=sale.psn_no,
-            fixmedins_code=sale.fixmedins_code,
+            fixmedins_code=submitter(sale.fixmedins_code, sale.late, first.fixmedins_code, first.late),
             notes=["sold_again"],
             facts={"first": first, "sale": sale},
         )
