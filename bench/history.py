@@ -30,13 +30,13 @@ SHOPS = ("P3101010001", "P3101040002", "P3101050003")
 START = datetime(2025, 2, 1, 9, 0)
 
 
-def history(kb: Any, n: int, psn: str = "BENCH0001") -> list[Any]:
+def history(kb: Any, n: int, psn: str = "BENCH0001", start: datetime = START) -> list[Any]:
     """`n` lines of one patient, about 1.3 a day, rotating drugs and pharmacies, each with a code."""
     from rxguard.engine.factory import make_line
 
     lines = []
     for i in range(n):
-        when = START + timedelta(hours=18 * i)
+        when = start + timedelta(hours=18 * i)
         lines.append(
             make_line(
                 kb,
@@ -116,9 +116,10 @@ def answer_size(kb: Any, history_lines: int = 960, proposed: int = 200, drugs: i
     from rxguard.screening import screen_lines
 
     repo = InMemoryRepository()
-    screen_lines(history(kb, history_lines), repo, kb)
+    # the history ends a day ago: a check is dated now (lines in the future are rejected)
+    start = datetime.now() - timedelta(hours=18 * history_lines + 24)
+    screen_lines(history(kb, history_lines, start=start), repo, kb)
     svc = Services(kb=kb, repo=repo, store=InMemoryFindingsStore(repo), settings=ApiSettings(auth_mode="open"))
-    last = START + timedelta(hours=18 * history_lines)
     others = sorted(c for c in kb.monitored if c not in DRUGS)
     codes = [*DRUGS, *others[: max(0, drugs - len(DRUGS))]]
     body = {
@@ -126,7 +127,6 @@ def answer_size(kb: Any, history_lines: int = 960, proposed: int = 200, drugs: i
         "fixmedins_code": SHOPS[0],
         "admdvs": "310101",
         "med_type": "41",
-        "fee_ocur_time": last.strftime("%Y-%m-%dT%H:%M:%S"),
         "lines": [
             {"feedetl_sn": f"CHK{i:05d}", "med_list_codg": codes[i % len(codes)], "cnt": 1, "pric": 10.0}
             for i in range(proposed)

@@ -87,8 +87,8 @@ def test_labels_cover_every_scenario_and_the_pill_mill(population) -> None:  # t
         assert p["rules"] == ([] if p["legitimate"] else sorted(SCENARIOS[p["profile"]]))
     outliers = [c for c, i in labels["institutions"].items() if i["outlier"]]
     bad = [c for c, i in labels["prescribers"].items() if i["outlier"]]
-    assert len(outliers) == 1 and len(bad) == 1
-    assert labels["prescribers"][bad[0]]["institution"] == outliers[0]
+    assert len(outliers) == 2 and len(bad) == 1  # the pill mill and the small shop of the override abusers
+    assert labels["prescribers"][bad[0]]["institution"] in outliers
     assert labels["counts"]["patients"] == SMALL.patients
 
 

@@ -135,8 +135,6 @@ FIGURE_ZH = {
     "control_limit": "控制上限（漏斗图）",
     "window": "判定窗口",
     "overrides_in_window": "期内申报特殊原因次数",
-    "atc_class": "药品类别（ATC 4级）",
-    "ingredients": "成分",
     "prescribers": "医师数",
     "hours_apart": "相隔小时数",
     "first_admdvs": "首次区划",
@@ -147,7 +145,7 @@ HIDDEN_FIGURES = {
     "trigger_lines", "max_daily_dose_unit", "min_lines", "min_flag_share", "peer_multiple", "growth_multiple",
     "evidence_truncated", "ingredient_atc", "atc_code", "first_line", "windows", "z_limit", "min_rate_ratio",
     "min_rate", "min_flagged", "max_overrides", "window_days", "min_institutions", "min_prescribers", "limit_hours",
-    "regions_differ_in", "trigger_lines_count",
+    "regions_differ_in", "trigger_lines_count", "atc_class", "ingredients", "institution_codes",
 }  # fmt: skip
 
 LetterKind = Literal["提醒函", "警示函"]

@@ -331,7 +331,7 @@ class InstitutionOutlier(Rule):
             zh.append(
                 f"{who_zh} {span} 重点监控药品明细 {main.lines} 条，其中 {main.flagged} 条（{main.share:.0%}）被判定为"
                 f"违规配药；{where_zh}同类{kind_zh}（{main.peers} 家/人）合计比例为 {main.peer_rate:.1%}，"
-                f"按其明细量计算的控制上限为 {min(1.0, main.limit):.0%}（漏斗图，Spiegelhalter 2005），已超出。"
+                f"按其明细量计算的控制上限为 {min(1.0, main.limit):.0%}（漏斗图法），已超出。"
             )
             en.append(
                 f"{who_en} had {main.lines} monitored-drug lines in {span_en}; {main.flagged} ({main.share:.0%}) are "
