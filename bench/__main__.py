@@ -12,6 +12,8 @@ fails; the report is always written):
   api         check latency p50/p99 and DynamoDB round trips  bench.api.measure()
   coldstart   import time of each functions/<name>/app.py in a fresh interpreter
   ingest      peak memory of ingestion, 100k and 1,000,000 lines  bench.ingest_memory.measure(n)
+  local       `rxguard run --state` end to end at 10k, 100k, 1M lines: lines/s, peak RSS,
+              ratio to the in-memory engine on the same batch  bench.local.measure(n)
 
 Writes bench/out/bench-<UTC time>.{md,json}, bench/out/latest.{md,json}, copies the
 Markdown to docs/benchmarks.md and draws docs/bench-chart.png. `--quick` uses smaller
@@ -37,7 +39,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-SECTIONS = ("engine", "workflow", "cost", "api", "coldstart", "ingest")
+SECTIONS = ("engine", "workflow", "cost", "api", "coldstart", "ingest", "local")
+LOCAL_TARGET_LINES_PER_S = 10_000  # end to end on 2 cores, 100k lines
+LOCAL_TARGET_1M_SECONDS = 120.0
+LOCAL_TARGET_RSS_MB = 1024.0
 
 COLD_START_TARGET_MS = 300.0
 CHECK_P99_TARGET_MS = 5.0
@@ -273,6 +278,15 @@ def section_ingest(quick: bool) -> dict[str, Any]:
     }
 
 
+def section_local(quick: bool) -> dict[str, Any]:
+    from bench import local
+
+    sizes = (2_000, 10_000) if quick else (10_000, 100_000, 1_000_000)
+    runs = {str(n): local.measure(n, workers=2) for n in sizes}
+    peak = max(r["peak_rss_mb"] for r in runs.values())
+    return {"runs": runs, "workers": 2, "peak_rss_mb": peak}
+
+
 RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "engine": section_engine,
     "workflow": section_workflow,
@@ -280,6 +294,7 @@ RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "api": section_api,
     "coldstart": section_coldstart,
     "ingest": section_ingest,
+    "local": section_local,
 }
 
 
@@ -524,6 +539,42 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         if not ing["flat"]:
             shortfalls.append(f"ingestion peak memory grows {ing['peak_growth_at_10x_lines']}x for 10x the lines")
+
+    out += ["## Local deployment (`rxguard run --state`)", ""]
+    loc = s.get("local", {})
+    if (na := _na(loc)) is not None:
+        out += [na, ""]
+    else:
+        out += [
+            "End to end: file in, findings.jsonl, alerts and HTML letters out, on a fresh state, "
+            f"{loc.get('workers', 2)} worker processes (`--pdf on-demand`; a letter's PDF is the last column). "
+            "CPU time is the measure on this shared machine; lines/s on the cores = lines / (CPU / workers).",
+            "",
+            "| lines | CPU s | wall s | lines per CPU-s | lines/s on the cores | peak RSS MB | engine lines per CPU-s "
+            "| ratio to engine | findings | letters | PDF CPU s a letter |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in loc["runs"].values():
+            out.append(
+                f"| {int(r['lines']):,} | {r['cpu_seconds']} | {r['wall_seconds']} | {r['lines_per_cpu_s']:,} | "
+                f"{r['lines_per_s_on_cores']:,} | {r['peak_rss_mb']} | {r['engine_lines_per_cpu_s']:,} | "
+                f"{r['ratio_to_engine_cpu']} | {r['findings']:,} | {r['letters']:,} | {r['pdf_seconds_per_letter']} |"
+            )
+        out.append("")
+        hundred = next((r for n, r in loc["runs"].items() if int(n) == 100_000), None)
+        million = next((r for n, r in loc["runs"].items() if int(n) == 1_000_000), None)
+        if hundred and hundred["lines_per_s_on_cores"] < LOCAL_TARGET_LINES_PER_S:
+            shortfalls.append(
+                f"local run at 100k lines: {hundred['lines_per_s_on_cores']:,} lines/s on 2 cores "
+                f"(target {LOCAL_TARGET_LINES_PER_S:,})"
+            )
+        if million and million["cpu_seconds"] / 2 > LOCAL_TARGET_1M_SECONDS:
+            shortfalls.append(
+                f"local run of 1M lines: {million['cpu_seconds'] / 2:.0f} s of CPU on 2 cores "
+                f"(target {LOCAL_TARGET_1M_SECONDS:.0f} s)"
+            )
+        if loc["peak_rss_mb"] > LOCAL_TARGET_RSS_MB:
+            shortfalls.append(f"local run peak RSS {loc['peak_rss_mb']} MB (target < 1 GB)")
 
     out += ["## Where the figures fall short", ""]
     dates = sorted({sec.get("measured_on") for sec in s.values() if sec.get("available") and sec.get("measured_on")})

@@ -14,13 +14,14 @@ import argparse
 import json
 import resource
 import shutil
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from rxguard.kb import KnowledgeBase, get_knowledge_base
-from rxguard.local.state import State
+from rxguard.local.state import STATE_FILE, State
 from rxguard.planning.backtest import backtest
 from rxguard.planning.history import overlay_rule_entries
 from rxguard.planning.watch import drug_watch
@@ -44,49 +45,64 @@ def build_state(directory: Path, lines: int, kb: KnowledgeBase) -> dict[str, Any
         drugs.append((i, drug.drug_code, drug.atc_code, drug.units_per_pack, packs_days, drug.unit_price_yuan, 1))
     for j in range(UNMONITORED):
         drugs.append((len(drugs), f"XZ99ZZ{j:02d}A001", None, 1, None, 20.0 + j, 0))
-    with State.open(directory) as state, state.write("bench build") as con:
-        con.execute(
-            "CREATE TEMP TABLE d (idx INTEGER PRIMARY KEY, code TEXT, atc TEXT, units REAL, days REAL, price REAL, "
-            "monitored INTEGER)"
+    State.open(directory).close()  # the schema
+    con = sqlite3.connect(directory / STATE_FILE, isolation_level=None)
+    # a bulk load: no journal while loading, the indexes built once at the end
+    con.execute("PRAGMA journal_mode=OFF")
+    con.execute("PRAGMA synchronous=OFF")
+    indexes = con.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'lines' AND sql IS NOT NULL"
+    ).fetchall()
+    for (sql,) in indexes:
+        con.execute("DROP INDEX " + sql.split()[2])
+    con.execute("BEGIN")
+    con.execute(
+        "CREATE TEMP TABLE d (idx INTEGER PRIMARY KEY, code TEXT, atc TEXT, units REAL, days REAL, price REAL, "
+        "monitored INTEGER)"
+    )
+    con.executemany("INSERT INTO d VALUES (?, ?, ?, ?, ?, ?, ?)", drugs)
+    n_drugs = len(drugs)
+    patients = max(1, lines // LINES_PER_PATIENT)
+    # line i: patient i % P, its k = (i // P)-th purchase: drug k % 2 of the patient's two, each every 30 days
+    con.execute(
+        f"""
+        WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < {lines - 1}),
+        x AS (
+            SELECT i, i % {patients} AS p, i / {patients} AS k,
+                   (i / {patients}) % 2 AS pick,
+                   CASE WHEN (i % {patients}) % 10 < 6 THEN 'P' ELSE 'H' END AS kind
+            FROM c
+        ),
+        y AS (
+            SELECT x.*, d.code, d.atc, d.units, d.days, d.price, d.monitored,
+                   printf('%s%09d', kind, 61080000 + (p % 500)) AS inst,
+                   printf('61%08d', p) AS psn,
+                   strftime('%Y-%m-%dT%H:%M:%S', '2025-01-01',
+                            printf('+%d days', ((k / 2) * 30 + k % 2 + p % 7) % 365),
+                            printf('+%d hours', 8 + p % 9)) AS t
+            FROM x JOIN d ON d.idx = (x.p * 13 + x.pick) % {n_drugs}
         )
-        con.executemany("INSERT INTO d VALUES (?, ?, ?, ?, ?, ?, ?)", drugs)
-        n_drugs = len(drugs)
-        patients = max(1, lines // LINES_PER_PATIENT)
-        # line i: patient i % P, its k = (i // P)-th purchase: drug k % 2 of the patient's two, each every 30 days
-        con.execute(
-            f"""
-            WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < {lines - 1}),
-            x AS (
-                SELECT i, i % {patients} AS p, i / {patients} AS k,
-                       (i / {patients}) % 2 AS pick,
-                       CASE WHEN (i % {patients}) % 10 < 6 THEN 'P' ELSE 'H' END AS kind
-                FROM c
-            ),
-            y AS (
-                SELECT x.*, d.code, d.atc, d.units, d.days, d.price, d.monitored,
-                       printf('%s%09d', kind, 61080000 + (p % 500)) AS inst,
-                       printf('61%08d', p) AS psn,
-                       strftime('%Y-%m-%dT%H:%M:%S', '2025-01-01',
-                                printf('+%d days', ((k / 2) * 30 + k % 2 + p % 7) % 365),
-                                printf('+%d hours', 8 + p % 9)) AS t
-                FROM x JOIN d ON d.idx = (x.p * 13 + x.pick) % {n_drugs}
-            )
-            INSERT INTO lines (line_id, psn_no, t, period, fixmedins_code, bilg_dr_codg, admdvs, monitored, body)
-            SELECT inst || '/B' || i, psn, replace(t, 'T', 'T') || '.000000', substr(t, 1, 7), inst,
-                   CASE WHEN kind = 'H' THEN printf('D%05d', p % 3000) END, '610800', monitored,
-                   json_object(
-                       'feedetl_sn', 'B' || i, 'fixmedins_code', inst,
-                       'institution_kind', CASE WHEN kind = 'P' THEN 'pharmacy' ELSE 'hospital' END,
-                       'admdvs', '610800', 'psn_no', psn, 'mdtrt_id', inst || ':' || substr(t, 1, 10),
-                       'med_type', CASE WHEN kind = 'P' THEN '41' ELSE '11' END, 'fee_ocur_time', t,
-                       'med_list_codg', code, 'cnt', 1.0, 'pric', price, 'det_item_fee_sumamt', price,
-                       'quantity_units', units, 'monitored', json(CASE WHEN monitored THEN 'true' ELSE 'false' END),
-                       'atc_code', atc, 'days_supply', days,
-                       'bilg_dr_codg', CASE WHEN kind = 'H' THEN printf('D%05d', p % 3000) END
-                   )
-            FROM y
-            """
-        )
+        INSERT INTO lines (line_id, psn_no, t, period, fixmedins_code, bilg_dr_codg, admdvs, monitored, body)
+        SELECT inst || '/B' || i, psn, replace(t, 'T', 'T') || '.000000', substr(t, 1, 7), inst,
+               CASE WHEN kind = 'H' THEN printf('D%05d', p % 3000) END, '610800', monitored,
+               json_object(
+                   'feedetl_sn', 'B' || i, 'fixmedins_code', inst,
+                   'institution_kind', CASE WHEN kind = 'P' THEN 'pharmacy' ELSE 'hospital' END,
+                   'admdvs', '610800', 'psn_no', psn, 'mdtrt_id', inst || ':' || substr(t, 1, 10),
+                   'med_type', CASE WHEN kind = 'P' THEN '41' ELSE '11' END, 'fee_ocur_time', t,
+                   'med_list_codg', code, 'cnt', 1.0, 'pric', price, 'det_item_fee_sumamt', price,
+                   'quantity_units', units, 'monitored', json(CASE WHEN monitored THEN 'true' ELSE 'false' END),
+                   'atc_code', atc, 'days_supply', days,
+                   'bilg_dr_codg', CASE WHEN kind = 'H' THEN printf('D%05d', p % 3000) END
+               )
+        FROM y
+        """
+    )
+    con.execute("COMMIT")
+    for (sql,) in indexes:
+        con.execute(sql)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.close()
     size = sum(f.stat().st_size for f in directory.iterdir())
     return {
         "lines": lines,

@@ -43,7 +43,6 @@ from rxguard.environment import (
     init_environment_variables,
 )
 from rxguard.kb import KnowledgeBase, get_knowledge_base
-from rxguard.observability import logger, metrics, tracer
 from rxguard.workflow import contract
 from rxguard.workflow.settings import WorkflowSettings
 
@@ -62,6 +61,11 @@ Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 def entry(model: type[HandlerEnvironment], *, correlation_id_path: str) -> Callable[[Handler], Handler]:
     """The decorators of a Lambda handler, outermost first (docs/style.md)."""
+
+    # Powertools reads its settings (service, namespace) when rxguard.observability is first
+    # imported (docs/style.md): a handler module's import loads it, never this module's, so
+    # a process that imports the composition root first (tests, `rxguard serve`) keeps them.
+    from rxguard.observability import logger, metrics, tracer
 
     def decorate(handler: Handler) -> Handler:
         wrapped = tracer.capture_lambda_handler(capture_response=False)(handler)

@@ -16,14 +16,27 @@ The text of a patient scope holds a psn_no: `rxguard.privacy` masks it in logs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, cast, get_args
-
-if TYPE_CHECKING:
-    from rxguard.models import Finding
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol, cast, get_args
 
 ScopeKind = Literal["patient", "trace", "institution", "prescriber"]
 KINDS: frozenset[str] = frozenset(get_args(ScopeKind))
 _SEPARATOR = ":"
+
+
+class Subject(Protocol):
+    """What names a finding's subject: a `Finding`, or the API's view of one."""
+
+    @property
+    def subject_type(self) -> str: ...
+    @property
+    def psn_no(self) -> str | None: ...
+    @property
+    def fixmedins_code(self) -> str | None: ...
+    @property
+    def bilg_dr_codg(self) -> str | None: ...
+    @property
+    def figures(self) -> Mapping[str, Any]: ...
 
 
 class Scope(str):
@@ -60,7 +73,7 @@ class Scope(str):
         return cls(cast(ScopeKind, kind), key)
 
     @classmethod
-    def of(cls, finding: Finding) -> Scope:
+    def of(cls, finding: Subject) -> Scope:
         """The scope a finding belongs to (its subject)."""
         if finding.subject_type == "patient":
             return cls.patient(str(finding.psn_no))

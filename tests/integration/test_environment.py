@@ -4,6 +4,9 @@ naming the variable."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -77,3 +80,12 @@ def test_the_handler_stops_before_any_work_when_its_environment_is_incomplete(
     with pytest.raises(ValueError, match="RXGUARD_BATCHES_TABLE"):
         handler({"batch_id": "b"}, None)
     assert calls == []
+
+
+def test_the_composition_root_leaves_powertools_settings_to_the_handlers() -> None:
+    # Given a fresh interpreter, When it imports rxguard.bootstrap (tests and `rxguard serve` do, before
+    # setting POWERTOOLS_*), Then the Powertools objects are not created yet: a handler's import creates them
+    probe = "import sys, rxguard.bootstrap; print('rxguard.observability' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "layers")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -6,6 +6,8 @@ import pickle
 
 import pytest
 
+from rxguard.api.store import view
+from rxguard.console.readmodel import subject_key
 from rxguard.ingest import read_batch
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import InMemoryRepository
@@ -79,3 +81,10 @@ def test_screening_reports_scopes_as_values(kb):
     assert outcome.scopes and all(isinstance(s, Scope) for s in outcome.scopes)
     assert {s.kind for s in outcome.scopes} <= {"patient", "trace"}
     assert {s.key for s in outcome.scopes if s.kind == "patient"} == {line.psn_no for line in sample_lines}
+
+
+def test_the_api_view_of_a_finding_has_the_same_scope() -> None:
+    # Given a finding and the API's view of it (the console groups by this key)
+    finding = _finding("prescriber")
+    # Then both name the same scope
+    assert Scope.of(view(finding, None)) == Scope.of(finding) == subject_key(view(finding, None)) == "prescriber:D7"

@@ -20,6 +20,7 @@ from rxguard.api.store import FindingQuery
 from rxguard.engine.common import trigger_lines
 from rxguard.engine.institutions import ActivityAggregate
 from rxguard.models import ClaimLine, Finding, Severity
+from rxguard.scope import Scope
 
 PAGE = 500  # findings per store page while reading the whole queue
 SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
@@ -118,13 +119,9 @@ def risk_of(findings: Sequence[FindingView]) -> Risk:
 
 
 def subject_key(finding: FindingView) -> str:
-    if finding.subject_type == "patient" and finding.psn_no:
-        return f"patient:{finding.psn_no}"
-    if finding.subject_type == "prescriber":
-        return f"prescriber:{finding.bilg_dr_codg}"
-    if finding.subject_type == "trace_code":
-        return f"trace:{finding.figures.get('trace_code')}"
-    return f"institution:{finding.fixmedins_code}"
+    if finding.subject_type == "patient" and not finding.psn_no:  # a patient hidden from this reader
+        return Scope.institution(str(finding.fixmedins_code))
+    return Scope.of(finding)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -116,6 +116,7 @@ def issue_letters(
     counters: CounterStore | None = None,
     keeper: NumberKeeper | None = None,
     persons: Mapping[str, Person] | None = None,
+    render: Callable[[LetterContext, AlertSettings], tuple[str, bytes | None]] | None = None,
 ) -> tuple[list[LetterRef], str | None]:
     """Render, store and announce the letters of these findings, one per addressee and
     period; returns them and the URI of `letters/<batch_id>/index.json` (None when none).
@@ -125,7 +126,11 @@ def issue_letters(
     CountersTable, the local SQLite state), so a retry or a repeated run gives a letter the
     same number. A retry skips the letters an earlier attempt announced (so a run cut short
     by a timeout resumes where it stopped), re-renders the others under the same keys, and
-    announces nothing twice."""
+    announces nothing twice.
+
+    `render` (default `render_letter`: HTML and PDF) may return no PDF: the local deployment
+    renders the PDFs afterwards, in parallel or on demand, from the stored HTML
+    (docs/local.md); the PDF's location is then where it will be written."""
     if persons is None and settings.person_file is not None:
         persons = load_persons(settings.person_file)
     book = NumberBook(counters or _PROCESS_COUNTERS, keeper)
@@ -166,9 +171,11 @@ def issue_letters(
                 locations["annex"] = sink.letter_uri(f"letters/{letter.period_key}/{letter.annex_name}")
             refs.append(_ref(LetterRef, letter, len(group), locations, announced=False, rendered=False))
             continue
-        html, pdf = render_letter(letter, settings)
+        html, pdf = (render or render_letter)(letter, settings)
         locations = {
-            "pdf": sink.put_letter(f"{stem}.pdf", pdf, "application/pdf"),
+            "pdf": sink.put_letter(f"{stem}.pdf", pdf, "application/pdf")
+            if pdf is not None
+            else sink.letter_uri(f"{stem}.pdf"),
             "html": sink.put_letter(f"{stem}.html", html.encode("utf-8"), "text/html; charset=utf-8"),
         }
         if letter.annex_name:

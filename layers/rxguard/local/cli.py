@@ -42,12 +42,21 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="worker processes for the chunks (default: cores)"
     )
+    parser.add_argument(
+        "--pdf",
+        choices=("parallel", "on-demand"),
+        default="parallel",
+        help="letters' PDFs: rendered over the workers after Notify (default), or later on demand "
+        "(rxguard run --render-pdfs OUT); the HTML letters are always written",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser.parse_args(list(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["--render-pdfs"]:
+        return render_pdfs_on_demand(args_in[1:])
     try:
         args = _parse(args_in)
     except SystemExit as exc:
@@ -61,7 +70,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     state = args.state if args.state is not None else args.out / "state"
     show = not args.quiet and sys.stderr.isatty()
-    return run(args.files, args.out, state=state, workers=args.workers, progress=sys.stderr if show else None)
+    return run(
+        args.files, args.out, state=state, workers=args.workers, progress=sys.stderr if show else None, pdf=args.pdf
+    )
+
+
+def render_pdfs_on_demand(argv: Sequence[str]) -> int:
+    """`rxguard run --render-pdfs OUT [--workers N]`: the PDF of every HTML letter under
+    OUT/letters that has none yet (a run with --pdf on-demand left them)."""
+    from rxguard.alerts.settings import AlertSettings
+    from rxguard.local.orchestrator import render_pdf_files
+
+    parser = argparse.ArgumentParser(prog="rxguard run --render-pdfs")
+    parser.add_argument("out", type=Path, metavar="OUT")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
+    settings = AlertSettings.from_env()
+    font = str(settings.font_path or "")
+    jobs = [
+        (str(html), str(html.with_suffix(".pdf")), font, settings.issuer_name_zh, "")
+        for html in sorted((args.out / "letters").rglob("*.html"))
+        if not html.with_suffix(".pdf").exists()
+    ]
+    done, _ = render_pdf_files(jobs, max(1, args.workers))
+    print(f"{done} PDF letter(s) rendered under {args.out / 'letters'}")
+    return EXIT_OK
 
 
 def run(
@@ -74,6 +110,7 @@ def run(
     stdout: TextIO | None = None,
     crash_after_chunks: int | None = None,
     backend: Backend | None = None,
+    pdf: str = "parallel",
 ) -> int:
     """Screen `files` against the state in `state` and write the output contract to `out`."""
     from rxguard.alerts.settings import AlertSettings
@@ -104,6 +141,7 @@ def run(
                     progress=shown,
                     crash_after_chunks=crash_after_chunks,
                     log_path=str(out / "logs" / "run.log"),
+                    pdf=pdf,
                 )
                 result = orchestrator.run(files)
             findings = [f.model_dump(mode="json") for f in backend.current_findings()]

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rxguard.dynamo import ResultStore
-from rxguard.workflow.errors import BatchInputError
+from rxguard.errors import BatchInputError
 
 
 class LocalObjects(ResultStore):

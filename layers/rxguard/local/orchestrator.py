@@ -29,11 +29,13 @@ from rxguard.alerts.schema import AlertMessage
 from rxguard.alerts.settings import AlertSettings
 from rxguard.alerts.sink import NotificationSink
 from rxguard.config import Settings
+from rxguard.errors import TransientError
 from rxguard.kb import KnowledgeBase, Phase, get_knowledge_base
 from rxguard.local.backend import Backend, BackendSpec, open_backend
 from rxguard.local.objects import InputFiles, LocalObjects
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
+from rxguard.scope import Scope
 from rxguard.workflow import naming
 from rxguard.workflow.contract import (
     ChunkFindings,
@@ -47,7 +49,6 @@ from rxguard.workflow.contract import (
     PrepareRequest,
     ok_results,
 )
-from rxguard.workflow.errors import TransientError
 from rxguard.workflow.finalize import finalize_batch
 from rxguard.workflow.institutions import screen_institutions
 from rxguard.workflow.naming import S3ObjectRef
@@ -148,9 +149,14 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     repo = ctx.backend.repository(writer=f"{batch_id[:16]}-t{part}")
     engine = engine_for(ctx.kb, RECORDING_SCENES)
     sales = repo.load_trace_sales(codes) if codes else {}
-    changes = FindingChanges()
-    for code in codes:
-        merge_changes(changes, repo.replace_findings(f"trace:{code}", engine.evaluate_trace_code(code, sales[code])))
+    by_scope = {str(Scope.trace(code)): engine.evaluate_trace_code(code, sales[code]) for code in codes}
+    replace_many = getattr(repo, "replace_many", None)  # the SQLite state: one transaction for them all
+    if replace_many is not None:
+        changes = replace_many(by_scope)
+    else:
+        changes = FindingChanges()
+        for scope, found_now in by_scope.items():
+            merge_changes(changes, repo.replace_findings(scope, found_now))
     cited = {i for f in [*changes.new, *changes.updated] for i in f.evidence}
     owners = sorted({s.psn_no for found in sales.values() for s in found if s.line_id in cited})
     lines = [x for h in (repo.load_history(owners) if owners else {}).values() for x in h if x.line_id in cited]
@@ -175,6 +181,25 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
         findings={**counts, "unchanged": found.unchanged},
         result_key=key,
     ).model_dump(mode="json")
+
+
+_PRELOAD = ["rxguard.local.orchestrator", "rxguard.local.state", "rxguard.ingest", "rxguard.screening"]
+
+
+def worker_context() -> Any:
+    """Worker processes fork from a small server process that imported the domain once
+    (forkserver): no SQLite connection or thread of this process crosses a fork, and a
+    worker does not pay the ~1 s of imports a spawned interpreter would."""
+    import rxguard
+
+    # the server is a fresh interpreter: it must import this rxguard, not another on its path
+    layer = str(Path(rxguard.__file__).resolve().parents[1])
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if layer not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([layer, *[p for p in paths if p]])
+    context = get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return context
 
 
 class InProcess(Executor):
@@ -238,6 +263,9 @@ class LocalOrchestrator:
     progress: Progress = field(default_factory=Progress)
     steps: StepLog = field(default_factory=list)
     log_path: str | None = None  # where worker processes write the steps' logs
+    pdf: str = "parallel"  # letters' PDFs: "parallel" after Notify, "inline" in Notify, "on-demand" (HTML only)
+    pdf_jobs: list[tuple[str, str]] = field(default_factory=list)
+    worker_cpu_seconds: float = 0.0  # CPU of the worker processes' tasks
     crash_after_chunks: int | None = None  # tests: die (os._exit) once this many chunks are screened
     _chunks_done: int = 0
     run_id: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
@@ -258,9 +286,11 @@ class LocalOrchestrator:
                 self._notify(batch, sink)
             if batch.status in ("SCREENED", "ERROR"):
                 self._finalize(batch)
+        if self.pdf == "parallel":
+            self.render_pdfs()
         corrections = self._corrections(batches)
         alerts, letters = deliver_pending(self.backend.outbox(), self.out)
-        cpu = time.process_time() - cpu0 + _children_cpu()
+        cpu = time.process_time() - cpu0 + self.worker_cpu_seconds
         return RunResult(
             batches,
             alerts,
@@ -309,7 +339,7 @@ class LocalOrchestrator:
         if self.workers > 1 and spec is not None:
             return ProcessPoolExecutor(
                 max_workers=self.workers,
-                mp_context=get_context("spawn"),  # no SQLite connection crosses a fork
+                mp_context=worker_context(),
                 initializer=_init_worker,
                 initargs=(spec, str(self.results.root), rules_dir, self.settings.phase.value, self.log_path),
             )
@@ -399,12 +429,13 @@ class LocalOrchestrator:
             {"batch_id": prepared.batch_id, "chunk_key": c.chunk_key, "lines": c.lines, "index": i}
             for i, c in enumerate(prepared.chunks)
         ]
-        futures = {pool.submit(screen_one, e): n for n, e in enumerate(events)}
+        futures = {pool.submit(timed, screen_one, e): n for n, e in enumerate(events)}
         results: list[dict[str, Any] | None] = [None] * len(events)
         codes: set[str] = set()
         for future in as_completed(futures):
             n = futures[future]
-            output, deferred = future.result()
+            (output, deferred), cpu, pid = future.result()
+            self._worker_cpu(cpu, pid)
             results[n] = output
             codes.update(deferred)
             self._log(
@@ -421,13 +452,20 @@ class LocalOrchestrator:
         for code in sorted(codes):
             groups[int(hashlib.blake2b(code.encode(), digest_size=4).hexdigest(), 16) % parts].append(code)
         settled = [
-            pool.submit(settle_traces, {"batch_id": prepared.batch_id, "part": p, "codes": g})
+            pool.submit(timed, settle_traces, {"batch_id": prepared.batch_id, "part": p, "codes": g})
             for p, g in enumerate(groups)
             if g
         ]
         out: list[dict[str, Any]] = [r for r in results if r is not None]
-        out += [f.result() for f in settled]
+        for future in settled:
+            output, cpu, pid = future.result()
+            self._worker_cpu(cpu, pid)
+            out.append(output)
         return out
+
+    def _worker_cpu(self, cpu: float, pid: int) -> None:
+        if pid != os.getpid():  # in this process it is in process_time() already
+            self.worker_cpu_seconds += cpu
 
     def _notify(self, batch: BatchRun, sink: NotificationSink) -> None:
         if batch.skip_notify:
@@ -445,13 +483,53 @@ class LocalOrchestrator:
                 sink=sink,
                 alert_settings=self.alert_settings,
                 current=self.backend.findings,
-                counters=self.backend.letter_counters(),
+                letters=self._letters(),
             )
         except Exception as exc:  # Notify's Catch -> RecordFailure
             self._fail(batch, batch.state, exc)
             return
         self._log("Notify", request, summary)
         batch.state["notify"] = {"summary": summary}
+
+    def _letters(self) -> Callable[..., Any]:
+        """The letter issuer: numbers from the state's counters; HTML now, the PDF of each
+        letter queued for `render_pdfs` (in parallel after Notify, or on demand)."""
+        from functools import partial
+
+        from rxguard.letters import issue_letters, render_letter
+
+        def html_now(letter: Any, settings: AlertSettings) -> tuple[str, bytes | None]:
+            from rxguard.letters.render import render_html
+
+            if self.pdf == "inline":
+                return render_letter(letter, settings)
+            html = render_html(letter, settings.templates_dir)
+            stem = f"letters/{letter.period_key}/{letter.letter_id}"
+            self.pdf_jobs.append((stem, letter.number))
+            return html, None
+
+        counters = self.backend.letter_counters()  # None: numbers of this process (the memory backend)
+        return partial(issue_letters, counters=counters, render=html_now)
+
+    def render_pdfs(self) -> int:
+        """Render the queued letters' PDFs from their stored HTML (over the pool)."""
+        jobs, self.pdf_jobs = self.pdf_jobs, []
+        if not jobs:
+            return 0
+        settings = self.alert_settings
+        args = [
+            (
+                str(self.out / f"{stem}.html"),
+                str(self.out / f"{stem}.pdf"),
+                str(settings.font_path or ""),
+                settings.issuer_name_zh,
+                number,
+            )
+            for stem, number in jobs
+        ]
+        done, cpu = render_pdf_files(args, self.workers)
+        self.worker_cpu_seconds += cpu
+        return done
 
     def _finalize(self, batch: BatchRun) -> None:
         failed = batch.status == "ERROR"
@@ -580,19 +658,44 @@ def deliver_pending(outbox: Outbox, out: Path) -> tuple[list[dict[str, Any]], li
     return written["alerts"], written["letters"]
 
 
+def render_pdf_files(jobs: Sequence[tuple[str, str, str, str, str]], workers: int) -> tuple[int, float]:
+    """Render letters' PDFs from their HTML over `workers` processes; returns how many and
+    the CPU seconds the worker processes spent."""
+    if not jobs:
+        return 0, 0.0
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context()) as pool:
+            size = max(1, len(jobs) // (4 * workers))
+            done = list(pool.map(timed, [render_pdf_file] * len(jobs), jobs, chunksize=size))
+        return sum(r for r, _, _ in done), sum(c for _, c, pid in done if pid != os.getpid())
+    return sum(map(render_pdf_file, jobs)), 0.0
+
+
+def timed(fn: Callable[[Any], Any], arg: Any) -> tuple[Any, float, int]:
+    """`fn(arg)` with the CPU seconds it took and the process that ran it (a worker's CPU
+    is not in this process's counters: the orchestrator adds it up)."""
+    start = time.process_time()
+    result = fn(arg)
+    return result, time.process_time() - start, os.getpid()
+
+
+def render_pdf_file(job: tuple[str, str, str, str, str]) -> int:
+    """One letter's PDF from its HTML (a worker process: reportlab loads once per worker)."""
+    from rxguard.letters.pdf import html_to_pdf
+
+    html_path, pdf_path, font_path, author, subject = job
+    html = Path(html_path).read_text(encoding="utf-8")
+    pdf = html_to_pdf(html, font_path=Path(font_path) if font_path else None, author=author, subject=subject)
+    LocalObjects(Path(pdf_path).parent).put_bytes(Path(pdf_path).name, pdf, "application/pdf")
+    return 1
+
+
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _children_cpu() -> float:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def iter_findings_json(backend: Backend) -> Iterator[dict[str, Any]]:

@@ -60,12 +60,14 @@ def notify_chunks(
     alert_settings: Any = None,
     current: Callable[[Collection[str]], Mapping[str, Finding]] | None = None,
     counters: Any = None,
+    letters: Any = None,
 ) -> dict[str, Any]:
     """`current` (finding ids -> stored findings), when given, re-reads each finding before
     it is alerted: the local orchestrator notifies after every batch of a run is screened,
     so a finding a later file superseded is neither alerted nor cited (docs/local.md).
     `counters` (a `rxguard.letters.CounterStore`: the DynamoDB CountersTable, the local
-    state) numbers the letters (docs/letters.md)."""
+    state) numbers the letters (docs/letters.md). `letters` replaces the letter issuer
+    (the local deployment renders the PDFs after Notify: docs/local.md)."""
     todo = findings_to_alert(results, [*request.chunk_results, request.institutions])
     findings = todo.findings if current is None else settled(todo.findings, current)
     summary = notify_batch(
@@ -76,7 +78,11 @@ def notify_chunks(
         settings=alert_settings,
         institution_names=todo.institutions,
         lines=todo.lines,
-        letters=partial(issue_letters, counters=counters) if counters is not None else issue_letters,
+        letters=letters
+        if letters is not None
+        else partial(issue_letters, counters=counters)
+        if counters is not None
+        else issue_letters,
     )
     out = _as_dict(summary)
     out.setdefault("findings", len(findings))
