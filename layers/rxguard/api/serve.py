@@ -79,7 +79,7 @@ def proxy_event(
     """An API Gateway REST (v1) proxy event, as API Gateway sends it to the Lambda."""
     parts = urlsplit(target)
     query = parse_qs(parts.query, keep_blank_values=True)
-    caller = headers.get(CALLER_HEADER) or headers.get(CALLER_HEADER.lower())
+    caller = next((v for k, v in headers.items() if k.lower() == CALLER_HEADER.lower()), None)  # any case
     now = datetime.now(UTC)
     return {
         "resource": parts.path,

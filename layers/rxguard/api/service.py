@@ -251,7 +251,12 @@ def normalize(lines: Sequence[RequestLine], services: Services, *, recording: bo
             None,
         )
     now = services.now()
-    window = TimeWindow.around(now, history_days=settings.history_days, skew_minutes=settings.clock_skew_minutes)
+    # what is recorded must be plausibly dated; a check records nothing and may ask about another day
+    window = (
+        TimeWindow.around(now, history_days=settings.history_days, skew_minutes=settings.clock_skew_minutes)
+        if recording
+        else None
+    )
     late_after = timedelta(hours=settings.late_hours)
     out: list[ClaimLine] = []
     seen: dict[str, str] = {}
@@ -661,9 +666,6 @@ def check(
     claims = normalize(request_lines, services)
     with _audited(services, caller, "check", claims):
         require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
-    hits = services.check_lines(claims, services.repo, services.kb)
-    _audit_lines(services, caller, "check", claims, hits)
-    require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     reads = _CachedReads(services.repo)
 
     def run(lines: Sequence[ClaimLine]) -> dict[str, list[Finding]]:
@@ -676,6 +678,7 @@ def check(
         return {line_id: [f for f in fs if f.rule_id in allowed] for line_id, fs in found.items()}
 
     hits = run(claims)
+    _audit_lines(services, caller, "check", claims, hits)
     answered = [(c, r) for c, r in zip(claims, request_lines, strict=True) if r.answer]
     advice = advise(services, [c for c, _ in answered], hits, reads, run, allowed, claims)
     warnings = {f.finding_id: f for c, _ in answered for f in hits.get(c.line_id, [])}
@@ -717,8 +720,6 @@ def dispense(services: Services, body: CheckBody, caller: Caller) -> Dispensatio
     claims = normalize(request_lines, services, recording=True)
     with _audited(services, caller, "dispensation", claims):
         require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
-    claims = normalize(request_lines, services)
-    require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     claims = with_prescriber_overrides(services, claims)
     outcome = services.screen_lines(claims, services.repo, services.kb, scene=Scene.IN)
     recorded = {line.line_id for line in outcome.recorded}
