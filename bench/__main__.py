@@ -39,7 +39,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-SECTIONS = ("engine", "workflow", "cost", "api", "coldstart", "ingest", "local")
+SECTIONS = ("engine", "workflow", "cost", "storage", "api", "coldstart", "ingest", "local")
 LOCAL_TARGET_LINES_PER_S = 10_000  # end to end on 2 cores, 100k lines
 LOCAL_TARGET_1M_SECONDS = 120.0
 LOCAL_TARGET_RSS_MB = 1024.0
@@ -278,6 +278,18 @@ def section_ingest(quick: bool) -> dict[str, Any]:
     }
 
 
+def section_storage(quick: bool) -> dict[str, Any]:
+    """Packed storage (docs/storage-aws.md): a month's batch screened after history of the
+    same patients; requests, write units, storage and the full cost per million lines."""
+    from bench import cost, workflow_requests
+
+    runs = []
+    for lines, months in ((5_000, 1),) if quick else ((20_000, 1), (20_000, 3)):
+        figures = workflow_requests.measure_monthly(lines, months)
+        runs.append({**figures, "cost": cost.monthly_batch_cost(figures)})
+    return {"runs": runs}
+
+
 def section_local(quick: bool) -> dict[str, Any]:
     from bench import local
 
@@ -291,6 +303,7 @@ RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "engine": section_engine,
     "workflow": section_workflow,
     "cost": section_cost,
+    "storage": section_storage,
     "api": section_api,
     "coldstart": section_coldstart,
     "ingest": section_ingest,
@@ -451,6 +464,57 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "time on moto, where every DynamoDB call costs moto's Python time instead of a network round "
                 "trip, and Notify renders PDF letters; S3 PUTs are mostly letters"
             )
+
+    out += ["## Packed storage: a monthly batch after history (docs/storage-aws.md)", ""]
+    st = s.get("storage", {})
+    if (na := _na(st)) is not None:
+        out += [na, ""]
+    else:
+        runs = st["runs"]
+        out += [
+            "Targets (issue 14): <= 100 DynamoDB requests per 1,000 lines, <= 0.8 write units a line "
+            "(secondary indexes included), <= $1.50 per million lines with 400 days of storage and PITR.",
+            "",
+            "| figure | "
+            + " | ".join(f"{r['lines']:,} lines after {r['history_months']} month(s)" for r in runs)
+            + " |",
+            "|---|" + "---:|" * len(runs),
+        ]
+        rows = [
+            ("DynamoDB requests / 1,000 lines", "dynamodb_requests_per_1k_lines"),
+            ("reads / 1,000 lines", "dynamodb_reads_per_1k_lines"),
+            ("writes / 1,000 lines", "dynamodb_writes_per_1k_lines"),
+            ("write units a line (indexes included)", "write_units_per_line"),
+            ("stored bytes a line (tables, indexes, 100 B an item)", "stored_bytes_per_line"),
+            ("Screen CPU s outside moto", "screen_cpu_seconds_outside_moto"),
+            ("assumed I/O wait s (8 ms a DynamoDB, 20 ms an S3 request)", "assumed_io_wait_seconds"),
+        ]
+        out += [f"| {label} | " + " | ".join(str(r.get(key)) for r in runs) + " |" for label, key in rows]
+        names = list(runs[0]["cost"]["components_usd_per_million_lines"])
+        out += [
+            f"| USD per million lines: {n.replace('_', ' ')} | "
+            + " | ".join(f"{r['cost']['components_usd_per_million_lines'][n]:.4f}" for r in runs)
+            + " |"
+            for n in names
+        ]
+        out += [
+            "| **USD per million lines, total** | "
+            + " | ".join(f"**{r['cost']['total_usd_per_million_lines']:.4f}**" for r in runs)
+            + " |",
+            "",
+        ]
+        for r in runs:
+            if r["dynamodb_requests_per_1k_lines"] > 100:
+                shortfalls.append(
+                    f"{r['dynamodb_requests_per_1k_lines']} DynamoDB requests per 1,000 lines (target 100)"
+                )
+            if r["write_units_per_line"] > 0.8:
+                shortfalls.append(f"{r['write_units_per_line']} write units a line (target 0.8)")
+            if r["cost"]["total_usd_per_million_lines"] > 1.5:
+                shortfalls.append(
+                    f"${r['cost']['total_usd_per_million_lines']:.2f} per million lines with storage and PITR "
+                    f"(target $1.50): storage and PITR of {r['stored_bytes_per_line']} bytes a line dominate"
+                )
 
     out += ["## Check API", ""]
     a = s.get("api", {})

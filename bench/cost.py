@@ -81,7 +81,67 @@ PRICES: dict[str, Price] = {
     "s3_get": Price(
         0.0004 / 1000, "GET and other", "https://aws.amazon.com/s3/pricing/ (S3 Standard, $0.0004 per 1,000)"
     ),
+    # The four below were not re-read on PRICES_READ_ON: AWS list prices unchanged since 2023
+    # on the pages named (re-check before quoting).
+    "dynamodb_storage_gb_month": Price(
+        0.25, "GB-month", "https://aws.amazon.com/dynamodb/pricing/on-demand/ (Standard table class, after 25 GB)"
+    ),
+    "dynamodb_pitr_gb_month": Price(
+        0.20, "GB-month", "https://aws.amazon.com/dynamodb/pricing/on-demand/ (continuous backups, PITR)"
+    ),
+    "kms_request": Price(0.03 / 10_000, "request", "https://aws.amazon.com/kms/pricing/ ($0.03 per 10,000)"),
+    "logs_ingest_gb": Price(0.50, "GB ingested", "https://aws.amazon.com/cloudwatch/pricing/ (Logs, standard)"),
 }
+
+RETENTION_DAYS = 400  # HistoryRetentionDays: how long a line's bytes are stored (and backed up)
+DAYS_PER_MONTH = 30.4
+
+
+def monthly_batch_cost(figures: Mapping[str, Any], memory_mb: int = 1024) -> dict[str, Any]:
+    """USD per million lines of a monthly batch measured by
+    `bench.workflow_requests.measure_monthly`, each component shown: writes (tables and
+    secondary indexes), reads, storage and PITR of the lines' bytes for RETENTION_DAYS,
+    Lambda GB-seconds from Screen's CPU time outside moto plus an assumed round trip per
+    request, Lambda/Step Functions/S3 requests per chunk, KMS (DynamoDB's AWS-managed key
+    caches its data key: a few requests per table and hour, taken as one per chunk) and
+    CloudWatch Logs (a few hundred bytes per chunk and per batch)."""
+    p = {k: v.usd for k, v in PRICES.items()}
+    lines = max(int(figures["lines"]), 1)
+    scale = 1e6 / lines
+    chunks = max(1, math.ceil(lines / 5000))
+    months = RETENTION_DAYS / DAYS_PER_MONTH
+    gb_per_line = float(figures["stored_bytes_per_line"]) / 2**30
+    wru = sum(figures["write_units_by_table"].values())
+    reads = float(figures["dynamodb_reads_per_1k_lines"]) * lines / 1000
+    rru = float(figures.get("read_units", reads * 2))  # ~2 RRU a batched read (items of ~1-2 KB, eventual)
+    gb_s = (float(figures["screen_cpu_seconds_outside_moto"]) + float(figures["assumed_io_wait_seconds"])) * (
+        memory_mb / 1024
+    )
+    components = {
+        "dynamodb_writes_tables": sum(v for k, v in figures["write_units_by_table"].items() if "." not in k)
+        * p["dynamodb_wru"]
+        * scale,
+        "dynamodb_writes_indexes": sum(v for k, v in figures["write_units_by_table"].items() if "." in k)
+        * p["dynamodb_wru"]
+        * scale,
+        "dynamodb_reads": rru * p["dynamodb_rru"] * scale,
+        "dynamodb_storage_400d": gb_per_line * 1e6 * months * p["dynamodb_storage_gb_month"],
+        "dynamodb_pitr_400d": gb_per_line * 1e6 * months * p["dynamodb_pitr_gb_month"],
+        "lambda_compute": gb_s * p["lambda_gb_second"] * scale,
+        "lambda_requests": (chunks + 4) * p["lambda_request"] * scale,
+        "step_functions": (12 + 2 * chunks) * p["sfn_transition"] * scale,
+        "s3_requests": (figures.get("s3_requests", 0) + 3 * chunks) * p["s3_put"] * scale,
+        "sns": 0.0,  # alerts scale with findings: see the workflow cost section
+        "kms": chunks * 5 * p["kms_request"] * scale,
+        "cloudwatch_logs": (chunks * 2000 + 5000) / 2**30 * p["logs_ingest_gb"] * scale,
+    }
+    return {
+        "components_usd_per_million_lines": {k: round(v, 4) for k, v in components.items()},
+        "total_usd_per_million_lines": round(sum(components.values()), 4),
+        "write_units_per_line": round(wru / lines, 3),
+        "retention_days": RETENTION_DAYS,
+    }
+
 
 FLOOR_CODES_PER_LINE = 1.5  # the issue's floor: one WRU per purchase line and per trace code
 TARGET_MULTIPLE = 1.25
@@ -126,6 +186,39 @@ def attribute_size(value: Mapping[str, Any]) -> int:
 
 def item_size(item: Mapping[str, Any]) -> int:
     return sum(len(name.encode("utf-8")) + attribute_size(value) for name, value in item.items())
+
+
+def _projected(names: tuple[str, ...] | None, keys: tuple[str, ...]) -> Any:
+    """Size of an item's copy in a secondary index: its key attributes and the table's key,
+    plus the projected attributes (None: ALL); 0 when the item lacks an index key (sparse)."""
+
+    def size(item: Mapping[str, Any]) -> int:
+        if any(k not in item for k in keys):
+            return 0
+        kept = item if names is None else {k: v for k, v in item.items() if k in (*keys, "finding_id", *names)}
+        return item_size(kept)
+
+    return size
+
+
+def _gsi_of(logical_id: str) -> dict[str, Any]:
+    """A table's secondary indexes as template.yaml declares them: name -> projected size.
+    Each write of an item carrying the index key writes the index too, billed like a table
+    write of the projected size (at least one unit)."""
+    from rxguard.offline.cfn import load_template
+
+    table = load_template(ROOT / "template.yaml")["Resources"][logical_id]["Properties"]
+    out = {}
+    for gsi in table.get("GlobalSecondaryIndexes", []):
+        keys = tuple(k["AttributeName"] for k in gsi["KeySchema"])
+        projection = gsi.get("Projection", {})
+        kind = projection.get("ProjectionType", "KEYS_ONLY")
+        names = None if kind == "ALL" else tuple(projection.get("NonKeyAttributes", []))
+        out[gsi["IndexName"]] = _projected(names, keys)
+    return out
+
+
+GSI_FINDINGS = _gsi_of("FindingsTable")
 
 
 def write_units(size: int) -> int:

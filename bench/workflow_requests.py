@@ -161,6 +161,11 @@ def measure(lines: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["monthly"]:  # python -m bench.workflow_requests monthly [LINES [HISTORY_MONTHS]]
+        n = int(args[1]) if len(args) > 1 else 20_000
+        months = int(args[2]) if len(args) > 2 else 1
+        print(json.dumps(measure_monthly(n, months), ensure_ascii=False, indent=1))
+        return 0
     sizes = [int(a) for a in args] or list(SIZES)
     for n in sizes:
         figures = measure(n)
@@ -173,6 +178,223 @@ def main(argv: list[str] | None = None) -> int:
             f"{figures['seconds']} s on moto"
         )
     return 0
+
+
+# ---------------------------------------------------------------- monthly batches after history
+
+LATENCY_S = {"dynamodb": 0.008, "s3": 0.020}  # assumed round trip per request from Lambda, same region
+
+
+def monthly_population(lines: int, history_months: int, seed: int = 11) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    """(the measured month's records, the history months' records) of one synthetic
+    population: whole patients, trimmed so that the measured month has about `lines` lines."""
+    from rxguard.kb import get_knowledge_base
+    from rxguard.synth import SynthConfig, generate
+
+    kb = get_knowledge_base()
+    months = history_months + 1
+    patients = max(200, int(lines / 3.2))
+    while True:
+        records = generate(SynthConfig(patients=patients, seed=seed, months=months), kb).records
+        last = max(str(r["fee_ocur_time"])[:7] for r in records)
+        batch = [r for r in records if str(r["fee_ocur_time"])[:7] == last]
+        if len(batch) >= lines:
+            break
+        patients = int(patients * lines / max(len(batch), 1) * 1.1) + 10
+    by_patient: dict[str, list[dict[str, Any]]] = {}
+    for r in batch:
+        by_patient.setdefault(r["psn_no"], []).append(r)
+    chosen: set[str] = set()
+    count = 0
+    for psn in sorted(by_patient):
+        if count >= lines:
+            break
+        chosen.add(psn)
+        count += len(by_patient[psn])
+    kept = [r for r in records if r["psn_no"] in chosen]
+    batch = [r for r in kept if str(r["fee_ocur_time"])[:7] == last]
+    history_by_month: dict[str, list[Any]] = {}
+    for r in kept:
+        month = str(r["fee_ocur_time"])[:7]
+        if month != last:
+            history_by_month.setdefault(month, []).append(r)
+    return batch, [history_by_month[m] for m in sorted(history_by_month)]
+
+
+def measure_monthly(lines: int = 20_000, history_months: int = 1, chunk_size: int = 5000) -> dict[str, Any]:
+    """A batch of about `lines` lines (one month) screened after `history_months` monthly
+    batches of the same patients: DynamoDB requests and write units of the measured batch
+    only (secondary indexes included), the stored bytes, and Screen's CPU time outside moto."""
+    from moto import mock_aws
+
+    from bench.cost import GSI_FINDINGS, attribute_size, item_size, write_units
+    from rxguard import dynamo
+    from rxguard.ingest import prepare_batch, read_chunk
+    from rxguard.kb import get_knowledge_base
+    from rxguard.offline.patches import narrow_hash_key_query
+    from rxguard.screening import screen_lines
+    from rxguard.workflow.institutions import InstitutionsRequest, screen_institutions
+    from rxguard.workflow.screen import ChunkFindings, _update_flags
+    from tests.integration.conftest import TABLES, _create_table, template_resources
+
+    logging.getLogger("moto").setLevel(logging.CRITICAL)
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        os.environ.setdefault(key, value)
+    kb = get_knowledge_base()
+    batch_records, history = monthly_population(lines, history_months)
+    moto_cpu = [0.0]
+    wru: Counter[str] = Counter()
+    queries: Counter[str] = Counter()
+    import threading
+
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    original_call = BotocoreStubber.__call__
+    cpu_lock = threading.Lock()
+
+    def timed_call(self: Any, event_name: str, request: Any, **kwargs: Any) -> Any:
+        """moto's in-process 'server': its CPU time is what a network round trip is on AWS."""
+        t0 = time.thread_time()
+        try:
+            return original_call(self, event_name, request, **kwargs)
+        finally:
+            with cpu_lock:
+                moto_cpu[0] += time.thread_time() - t0
+
+    def count_units(model: Any, params: dict[str, Any], **_: Any) -> None:
+        op = model.name
+        if op == "Query":
+            queries[f"{params['TableName'].removeprefix('bench-')}.{params.get('IndexName', '')}"] += 1
+        puts: list[tuple[str, dict[str, Any]]] = []
+        if op == "PutItem":
+            puts = [(params["TableName"], params["Item"])]
+        elif op == "BatchWriteItem":
+            requests = [(t, r) for t, rs in params["RequestItems"].items() for r in rs]
+            puts = [(t, r["PutRequest"]["Item"]) for t, r in requests if "PutRequest" in r]
+        elif op in ("UpdateItem", "DeleteItem"):
+            size = item_size(params.get("Key", {})) + sum(
+                attribute_size(v) for v in params.get("ExpressionAttributeValues", {}).values()
+            )
+            wru[params["TableName"].removeprefix("bench-")] += write_units(size)
+        for table, item in puts:
+            name = table.removeprefix("bench-")
+            wru[name] += write_units(item_size(item))
+            if name == "FindingsTable":
+                for index, projected in GSI_FINDINGS.items():
+                    size = projected(item)
+                    if size:
+                        wru[f"FindingsTable.{index}"] += write_units(size)
+
+    with tempfile.TemporaryDirectory(prefix="rxguard-bench-") as tmp, mock_aws(), narrow_hash_key_query():
+        dynamo.reset_clients()
+        ddb = dynamo.client("dynamodb")
+        ddb.meta.events.register("before-parameter-build.dynamodb.*", count_units)
+        resources = template_resources()
+        names = {}
+        for logical_id in TABLES:
+            names[logical_id] = f"bench-{logical_id}"
+            _create_table(ddb, names[logical_id], resources[logical_id]["Properties"])
+        tables = dynamo.TableNames(
+            purchases=names["PurchasesTable"],
+            trace_codes=names["TraceCodesTable"],
+            findings=names["FindingsTable"],
+            batches=names["BatchesTable"],
+            aggregates=names["AggregatesTable"],
+        )
+        s3 = dynamo.client("s3")
+        s3.create_bucket(Bucket="bench-results")
+        results = dynamo.ResultStore("bench-results", s3)
+
+        def screen_file(records: list[Any], name: str) -> tuple[int, int, float]:
+            path = Path(tmp) / f"{name}.jsonl"
+            with path.open("w", encoding="utf-8") as fh:
+                for r in records:
+                    fh.write(json.dumps({k: v for k, v in r.items() if v != ""}, ensure_ascii=False) + "\n")
+            prepared = prepare_batch(path, kb, Path(tmp) / name, chunk_size=chunk_size)
+            accepted = codes = 0
+            chunk_results = []
+            cpu = 0.0
+            for index, chunk in enumerate(prepared.chunks):
+                chunk_lines = read_chunk(Path(chunk.path))
+                accepted += len(chunk_lines)
+                codes += sum(len(x.trace_codes) for x in chunk_lines)
+                t0 = time.process_time()
+                repo = dynamo.DynamoRepository(tables, ddb, writer=f"{name}-{index}", buffered=True)
+                outcome = screen_lines(chunk_lines, repo, kb)
+                periods = sorted(
+                    _update_flags(repo, outcome.changes)
+                    | {f"{x.fee_ocur_time:%Y-%m}" for x in outcome.recorded if x.monitored}
+                )
+                key = f"r/{name}/{index}.json"
+                found = ChunkFindings(chunk_key=str(index), activity_periods=periods)
+                results.put_json(key, found.model_dump(mode="json"))
+                cpu += time.process_time() - t0
+                chunk_results.append({"chunk_key": str(index), "ok": True, "result_key": key})
+            t0 = time.process_time()
+            screen_institutions(
+                InstitutionsRequest(batch_id=name, chunk_results=chunk_results),
+                results=results,
+                repo=dynamo.DynamoRepository(tables, ddb),
+                kb=kb,
+            )
+            cpu += time.process_time() - t0
+            return accepted, codes, cpu
+
+        history_lines = 0
+        for i, month in enumerate(history):
+            history_lines += screen_file(month, f"history{i}")[0]
+        # monthly batches are a month apart: past the writer registry's clock-skew margin
+        time.sleep(dynamo.REGISTRY_MARGIN.total_seconds() + 0.5)
+        BotocoreStubber.__call__ = timed_call  # type: ignore[method-assign]
+        dynamo.REQUESTS.reset()
+        queries.clear()
+        wru.clear()
+        moto_cpu[0] = 0.0
+        try:
+            accepted, trace_codes, cpu = screen_file(batch_records, "batch")
+        finally:
+            BotocoreStubber.__call__ = original_call  # type: ignore[method-assign]
+        calls = dict(dynamo.REQUESTS.snapshot())
+        stored = {}
+        for logical_id, table in names.items():
+            size = 0
+            items = 0
+            for page in ddb.get_paginator("scan").paginate(TableName=table):
+                for item in page["Items"]:
+                    size += item_size(item) + 100  # DynamoDB's per-item overhead
+                    items += 1
+                    if logical_id == "FindingsTable":
+                        size += sum(projected(item) + 100 for projected in GSI_FINDINGS.values() if projected(item))
+            stored[logical_id] = {"items": items, "bytes": size}
+    per_k = 1000 / max(accepted, 1)
+    ddb_reads = sum(v for k, v in calls.items() if k.startswith("dynamodb.") and k[9:] in dynamo._READ_OPS)
+    ddb_writes = sum(v for k, v in calls.items() if k.startswith("dynamodb.") and k[9:] in dynamo._WRITE_OPS)
+    s3_requests = sum(v for k, v in calls.items() if k.startswith("s3."))
+    our_cpu = max(cpu - moto_cpu[0], 0.0)
+    io_wait = ddb_reads * LATENCY_S["dynamodb"] + ddb_writes * LATENCY_S["dynamodb"] + s3_requests * LATENCY_S["s3"]
+    return {
+        "lines": accepted,
+        "trace_codes": trace_codes,
+        "history_months": history_months,
+        "history_lines": history_lines,
+        "dynamodb_requests_per_1k_lines": round((ddb_reads + ddb_writes) * per_k, 1),
+        "dynamodb_reads_per_1k_lines": round(ddb_reads * per_k, 1),
+        "dynamodb_writes_per_1k_lines": round(ddb_writes * per_k, 1),
+        "write_units_per_line": round(sum(wru.values()) / max(accepted, 1), 3),
+        "write_units_by_table": dict(sorted(wru.items())),
+        "calls": {k: v for k, v in sorted(calls.items())},
+        "queries_by_table_index": dict(sorted(queries.items())),
+        "stored": stored,
+        "stored_bytes_per_line": round(sum(t["bytes"] for t in stored.values()) / max(accepted + history_lines, 1), 1),
+        "screen_cpu_seconds": round(cpu, 2),
+        "screen_cpu_seconds_outside_moto": round(our_cpu, 2),
+        "assumed_io_wait_seconds": round(io_wait, 2),
+        "s3_requests": s3_requests,
+    }
 
 
 if __name__ == "__main__":

@@ -126,7 +126,9 @@ def prepare(env: PrepareEnvironment) -> Callable[[contract.PrepareRequest], cont
 
 def _screen_repository(env: ScreenEnvironment, batch_id: str, index: int) -> DynamoRepository:
     writer = f"{batch_id[:16]}-{index}"  # a chunk's lines count once for it in the packed activity
-    return DynamoRepository(env.tables, history_days=env.history_days, writer=writer)
+    return DynamoRepository(
+        env.tables, history_days=env.history_days, writer=writer, buffered=True
+    )  # flush(): screen_lines
 
 
 def screen(env: ScreenEnvironment) -> Callable[[contract.ChunkRequest], contract.ChunkResult]:

@@ -17,12 +17,15 @@ import json
 import random
 import threading
 import time
+import uuid
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
@@ -294,9 +297,111 @@ def _finding_from_item(item: Mapping[str, Any]) -> Finding:
     return Finding.model_validate(data)
 
 
+# ---------------------------------------------------------------- packs (docs/storage-aws.md)
+
+PACK_SLICE_BYTES = 350_000  # payload bytes an item holds; DynamoDB's limit is 400 KB with names and keys
+FINDINGS_KEPT_BYTES = 100_000  # a head keeps its patient's findings up to this packed size
+HOT_MONTHS = 2  # months a head keeps (the newest and the one before); older months go to archives
+HEAD_SK = "h"
+ARCHIVE_PREFIX = "m#"
+REGISTRY_PK = "~writers"  # the registry partition of PurchasesTable (a psn_no never starts with "~")
+REGISTRY_WINDOW = timedelta(minutes=20)  # longer than the Screen Lambda's timeout
+REGISTRY_MARGIN = timedelta(seconds=5)  # clock skew between Lambdas (pack reads are strongly consistent)
+TRACE_BUCKET_TAIL = 7  # a bucket is a code without its last 7 characters
+
+
+def pack(data: Any) -> bytes:
+    """JSON, then zlib when that is smaller: first byte `z` (compressed) or `j` (raw)."""
+    raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    squeezed = zlib.compress(raw, 6)
+    return b"z" + squeezed if len(squeezed) < len(raw) else b"j" + raw
+
+
+def unpack(payload: bytes) -> Any:
+    if not payload:
+        return None
+    body = payload[1:]
+    if payload[:1] == b"z":
+        body = zlib.decompress(body)
+    elif payload[:1] != b"j":
+        raise ValueError(f"unknown pack encoding {payload[:1]!r}")
+    return json.loads(body)
+
+
+def line_record(line: ClaimLine, writer: str | None = None) -> dict[str, Any]:
+    """A line as a compact dict (short names, no psn_no, no defaults) plus its writer."""
+    data = line.model_dump(mode="json", exclude_defaults=True, exclude_none=True)
+    data.pop("psn_no", None)
+    record = {_SHORT.get(k, k): v for k, v in data.items()}
+    if writer:
+        record["~w"] = writer
+    return record
+
+
+def line_from_record(psn_no: str, record: Mapping[str, Any]) -> tuple[ClaimLine, str | None]:
+    data = {_LONG.get(k, k): v for k, v in record.items() if k != "~w"}
+    data["psn_no"] = psn_no
+    return ClaimLine.model_validate(data), record.get("~w")
+
+
+def trace_bucket(code: str) -> str:
+    """The trace-code bucket of a code: the code without its last characters, so the codes
+    of one carton (same product, neighbouring serials) share an item."""
+    return "t#" + (code[:-TRACE_BUCKET_TAIL] if len(code) > TRACE_BUCKET_TAIL + 1 else code)
+
+
+def _slices(payload: bytes) -> list[bytes]:
+    return [payload[i : i + PACK_SLICE_BYTES] for i in range(0, max(len(payload), 1), PACK_SLICE_BYTES)] or [b""]
+
+
+def _month_end(month: str) -> datetime:
+    year, mon = (int(x) for x in month.split("-"))
+    return datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
+
+
+def _hash(key: str) -> str:
+    """3 bytes of a keyed hash: enough to tell two writers' packs apart, far too few to
+    identify a patient (thousands of patient numbers share each value)."""
+    return blake2b(key.encode("utf-8"), digest_size=3, key=b"rxguard-writers").hexdigest()
+
+
+@dataclass
+class _PatientPack:
+    """Everything stored for one patient, as read (plus what this instance added)."""
+
+    psn_no: str
+    lines: dict[str, ClaimLine] = field(default_factory=dict)
+    writers: dict[str, str] = field(default_factory=dict)  # line_id -> writer
+    versions: dict[str, str] = field(default_factory=dict)  # sk of each stored base item -> version
+    archived: set[str] = field(default_factory=set)  # months in archive items
+    findings: dict[str, Finding] | None = None  # the scope's findings, superseded included; None: not kept
+    stored: bool = False  # a head existed when read
+    dirty: set[str] = field(default_factory=set)  # base sks to write ("h", "m#YYYY-MM")
+
+    def months(self) -> dict[str, list[ClaimLine]]:
+        out: dict[str, list[ClaimLine]] = defaultdict(list)
+        for line in self.lines.values():
+            out[f"{line.fee_ocur_time:%Y-%m}"].append(line)
+        return out
+
+    def hot_cutoff(self) -> str:
+        months = sorted(self.months())
+        return months[-HOT_MONTHS] if len(months) >= HOT_MONTHS else (months[0] if months else "")
+
+
+@dataclass
+class _Bucket:
+    key: str
+    sales: dict[str, dict[str, str]] = field(default_factory=dict)  # code -> line_id -> "time|psn|fixmedins"
+    version: str | None = None
+    latest: str = ""  # ISO time of the latest sale (for the TTL)
+
+
 class DynamoRepository(HistoryRepository):
-    """`HistoryRepository` on DynamoDB. One instance serves one chunk or one request
-    (it caches the findings of the scopes it loaded, so replace_findings need not re-read)."""
+    """`HistoryRepository` on DynamoDB with packed items (docs/storage-aws.md). One instance
+    serves one chunk or one request: it caches what it read, buffers finding writes until
+    `flush()` (screen_lines calls it) and writes packs with `BatchWriteItem`, conditionally
+    only where another writer may be writing the same pack."""
 
     def __init__(
         self,
@@ -306,12 +411,17 @@ class DynamoRepository(HistoryRepository):
         history_days: int = 400,
         max_workers: int = 8,
         writer: str | None = None,
+        buffered: bool = False,
     ) -> None:
         """`writer` names the unit of work (a chunk of a batch: `<batch>-<index>`, no `#`).
-        With it, each purchase item remembers its writer, and the writer's activity
-        counters are one item per unit-month written whole, so a retried chunk (even one
-        that died after recording lines) counts each of its lines exactly once. Without it
-        (the API's dispensations), counters are incremented with ADD."""
+        With it, each line remembers its writer, and the writer's activity counters are
+        written whole, so a retried chunk counts each of its lines exactly once. Without
+        it (the API's dispensations), counters are incremented with ADD.
+
+        `buffered`: new findings, the patients' packs and their copies of findings are
+        written at `flush()` (in batches across scopes, one write per patient) instead of
+        at each `record_lines` / `replace_findings`; the caller must call `flush()`
+        (screen_lines does)."""
         if writer is not None and "#" in writer:
             raise ValueError("DynamoRepository writer must not contain '#'")
         self.writer = writer
@@ -319,14 +429,20 @@ class DynamoRepository(HistoryRepository):
         self.ddb = dynamodb_client if dynamodb_client is not None else client("dynamodb")
         self.history_days = history_days
         self.max_workers = max_workers
-        self._scopes: dict[str, dict[str, Finding]] = {}  # scope -> finding_id -> finding (superseded included)
+        self.buffered = buffered
+        self._token = f"{writer or 'api'}.{uuid.uuid4().hex[:12]}"
+        self._writes = 0
+        self._registered: datetime | None = None
+        self._registered_hashes: set[str] = set()
+        self._patients: dict[str, _PatientPack] = {}
+        self._buckets: dict[str, _Bucket] = {}
+        self._scopes: dict[str, dict[str, Finding]] = {}  # non-patient scopes: finding_id -> finding
+        self._pending_puts: dict[str, tuple[str, Finding]] = {}  # finding_id -> (scope, new finding) to write
+        self._heads_to_flush: set[str] = set()  # patients whose kept findings changed
+        self._lines_to_flush: set[str] = set()  # patients with lines recorded, not written yet (buffered)
         self.known_lines: dict[str, ClaimLine] = {}  # lines seen by this instance (loaded or recorded)
         self.sale_owner: dict[str, str] = {}  # line_id -> psn_no, from the trace-code sales loaded
-        # Scopes that cannot have stored findings: a trace code first sold by this instance
-        # (its item did not exist), a patient whose every stored line this instance recorded.
-        # Their findings are not queried (most scopes of a batch are new).
-        self._fresh_scopes: set[str] = set()
-        self._recorded_ids: set[str] = set()
+        self._fresh_scopes: set[str] = set()  # trace scopes first sold here: no finding can exist
 
     # ------------------------------------------------------------ helpers
     def _map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -350,128 +466,442 @@ class DynamoRepository(HistoryRepository):
     def _expires(self, at: datetime) -> str:
         return str(_epoch(at + timedelta(days=self.history_days)))
 
+    def _version(self) -> str:
+        self._writes += 1
+        return f"{self._token}.{self._writes}"
+
+    def _batch_get(
+        self, table: str, keys: list[dict[str, Any]], attempts: int = 8, consistent: bool = False
+    ) -> list[dict[str, Any]]:
+        """Items of these keys: `BatchGetItem` 100 keys a request (requests in parallel),
+        `UnprocessedKeys` retried with backoff."""
+
+        def one(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = []
+            request: dict[str, Any] = {table: {"Keys": group, "ConsistentRead": consistent}}
+            for attempt in range(attempts):
+                try:
+                    answer = self.ddb.batch_get_item(RequestItems=request)
+                except ClientError as exc:
+                    raise _transient(exc, f"BatchGetItem {table}") from exc
+                found.extend(answer.get("Responses", {}).get(table, []))
+                request = answer.get("UnprocessedKeys") or {}
+                if not request:
+                    return found
+                _backoff(attempt)
+            raise TransientError(f"BatchGetItem {table}: keys still unprocessed after {attempts} attempts")
+
+        groups = [keys[i : i + 100] for i in range(0, len(keys), 100)]
+        return [item for group in self._map(one, groups) for item in group]
+
+    def _batch_write(self, table: str, requests: list[dict[str, Any]], attempts: int = 8) -> None:
+        """`BatchWriteItem` 25 requests at a time (in parallel), `UnprocessedItems` retried
+        with backoff; still unprocessed after `attempts`: TransientError (the chunk is retried)."""
+
+        def one(group: list[dict[str, Any]]) -> None:
+            pending: dict[str, Any] = {table: group}
+            for attempt in range(attempts):
+                try:
+                    answer = self.ddb.batch_write_item(RequestItems=pending)
+                except ClientError as exc:
+                    raise _transient(exc, f"BatchWriteItem {table}") from exc
+                pending = answer.get("UnprocessedItems") or {}
+                if not pending:
+                    return
+                _backoff(attempt)
+            raise TransientError(f"BatchWriteItem {table}: items still unprocessed after {attempts} attempts")
+
+        self._map(one, [requests[i : i + 25] for i in range(0, len(requests), 25)])
+
+    # ------------------------------------------------------------ writer registry
+    def _register(self, hashes: set[str]) -> None:
+        """Announce the packs this instance is about to write (one PutItem)."""
+        hashes = hashes | self._registered_hashes
+        if hashes == self._registered_hashes and self._registered is not None:
+            return
+        if self._registered is None:
+            self._registered = datetime.now(UTC)
+        self._registered_hashes = hashes
+        try:
+            self.ddb.put_item(TableName=self.tables.purchases, Item=self._registry_item(None))
+        except ClientError as exc:
+            raise _transient(exc, "PutItem registry") from exc
+
+    def _registry_item(self, finished: datetime | None) -> dict[str, Any]:
+        assert self._registered is not None
+        item: dict[str, Any] = {
+            "psn_no": {"S": REGISTRY_PK},
+            "sk": {"S": f"{self._registered.isoformat()}#{self._token}"},
+            "h": {"B": bytes.fromhex("".join(sorted(self._registered_hashes))) or b"\0"},
+            "expires_at": {"N": str(_epoch(self._registered + timedelta(days=1)))},
+        }
+        if finished is not None:
+            item["fin"] = {"S": finished.isoformat()}
+        return item
+
+    def _contended(self) -> set[str]:
+        """Hashes of packs that another writer may be writing now (one consistent Query)."""
+        assert self._registered is not None
+        since = (self._registered - REGISTRY_WINDOW).isoformat()
+        mine = f"{self._registered.isoformat()}#{self._token}"
+        out: set[str] = set()
+        for item in self._query_all(
+            TableName=self.tables.purchases,
+            KeyConditionExpression="psn_no = :p AND sk >= :since",
+            ExpressionAttributeValues={":p": {"S": REGISTRY_PK}, ":since": {"S": since}},
+            ConsistentRead=True,
+        ):
+            if item["sk"]["S"] == mine:
+                continue
+            finished = item.get("fin", {}).get("S")
+            if finished and datetime.fromisoformat(finished) < self._registered - REGISTRY_MARGIN:
+                continue
+            raw = item["h"]["B"]
+            out.update(raw[i : i + 3].hex() for i in range(0, len(raw) - 2, 3))
+        return out & self._registered_hashes
+
+    def flush(self) -> None:
+        """Write the buffered findings and the heads whose kept findings changed, then mark
+        this writer finished in the registry."""
+        self._flush_writes()
+        if self._registered is not None:
+            try:
+                self.ddb.put_item(TableName=self.tables.purchases, Item=self._registry_item(datetime.now(UTC)))
+            except ClientError as exc:
+                raise _transient(exc, "PutItem registry") from exc
+
+    def _flush_writes(self) -> None:
+        """Findings first, then the packs (a pack is the commit marker of its lines: a crash
+        in between leaves lines unrecorded, and the retried chunk recomputes)."""
+        self._flush_findings()
+        heads = sorted(self._heads_to_flush | self._lines_to_flush)
+        self._heads_to_flush.clear()
+        self._lines_to_flush.clear()
+        if heads:
+            for psn in heads:
+                self._patients[psn].dirty.add(HEAD_SK)
+            self._write_patients([self._patients[p] for p in heads], check_lines=True)
+
+    # ------------------------------------------------------------ patient packs
+    def _patient_items(self, pp: _PatientPack) -> dict[str, list[dict[str, Any]]]:
+        """The items (base + slices) of each dirty base sk of a patient."""
+        months = pp.months()
+        cutoff = pp.hot_cutoff()
+        archived = {m for m in months if m < cutoff}
+        out: dict[str, list[dict[str, Any]]] = {}
+        for sk in sorted(pp.dirty):
+            if sk == HEAD_SK:
+                hot = [x for m, group in months.items() if m >= cutoff for x in group]
+                lines = sorted(hot, key=lambda x: (x.fee_ocur_time, x.line_id))
+                extra: dict[str, Any] = {}
+                if archived | pp.archived:
+                    extra["am"] = {"SS": sorted(archived | pp.archived)}
+                if pp.findings is not None:
+                    blob = pack([f.model_dump(mode="json") for f in sorted(pp.findings.values(), key=_fid)])
+                    if len(blob) <= FINDINGS_KEPT_BYTES:
+                        extra["f"] = {"B": blob}
+                        extra["fk"] = {"N": "1"}
+                latest = max((x.fee_ocur_time for x in pp.lines.values()), default=datetime.now(UTC))
+                expires = self._expires(latest)
+            else:
+                month = sk.removeprefix(ARCHIVE_PREFIX)
+                lines = sorted(months.get(month, []), key=lambda x: (x.fee_ocur_time, x.line_id))
+                extra = {}
+                expires = self._expires(_month_end(month))
+            payload = pack_lines(lines, pp.writers)
+            out[sk] = self._sliced(pp.psn_no, sk, payload, extra, expires)
+        return out
+
+    def _sliced(
+        self, psn_no: str, sk: str, payload: bytes, extra: dict[str, Any], expires: str
+    ) -> list[dict[str, Any]]:
+        version = self._version()
+        parts = _slices(payload)
+        base: dict[str, Any] = {
+            "psn_no": {"S": psn_no},
+            "sk": {"S": sk},
+            "p": {"B": parts[0]},
+            "v": {"S": version},
+            "expires_at": {"N": expires},
+            **extra,
+        }
+        if len(parts) > 1:
+            base["np"] = {"N": str(len(parts))}
+        items = [base]
+        for index, part in enumerate(parts[1:], start=1):
+            items.append(
+                {
+                    "psn_no": {"S": psn_no},
+                    "sk": {"S": f"{sk}#{index}"},
+                    "p": {"B": part},
+                    "v": {"S": version},
+                    "expires_at": {"N": expires},
+                }
+            )
+        return items
+
+    def _read_patients(self, psn_nos: Sequence[str], consistent: bool = False) -> dict[str, _PatientPack]:
+        """Read the stored packs of these patients: a Query each for a few patients (one
+        round trip), else BatchGetItem rounds (heads, then archives and slices)."""
+        items: dict[str, dict[str, dict[str, Any]]] = {p: {} for p in psn_nos}
+        if len(psn_nos) <= 4:
+
+            def query(psn: str) -> list[dict[str, Any]]:
+                return list(
+                    self._query_all(
+                        TableName=self.tables.purchases,
+                        KeyConditionExpression="psn_no = :p",
+                        ExpressionAttributeValues={":p": {"S": psn}},
+                        ConsistentRead=consistent,
+                    )
+                )
+
+            for psn, found in zip(psn_nos, self._map(query, list(psn_nos)), strict=True):
+                items[psn] = {i["sk"]["S"]: i for i in found}
+        else:
+            wanted = [(p, HEAD_SK) for p in psn_nos]
+            while wanted:
+                keys = [{"psn_no": {"S": p}, "sk": {"S": sk}} for p, sk in wanted]
+                for item in self._batch_get(self.tables.purchases, keys, consistent=consistent):
+                    items[item["psn_no"]["S"]][item["sk"]["S"]] = item
+                wanted = sorted({(psn, sk) for psn, by_sk in items.items() for sk in _missing_keys(by_sk)})
+        return {psn: self._assemble(psn, by_sk) for psn, by_sk in items.items()}
+
+    def _assemble(self, psn: str, by_sk: Mapping[str, Mapping[str, Any]]) -> _PatientPack:
+        return self._assemble_static(psn, by_sk)
+
+    @staticmethod
+    def _assemble_static(psn: str, by_sk: Mapping[str, Mapping[str, Any]]) -> _PatientPack:
+        out = _PatientPack(psn)
+        head = by_sk.get(HEAD_SK)
+        if head is None:
+            out.findings = {}
+            return out
+        out.stored = True
+        out.archived = set(head.get("am", {}).get("SS", []))
+        for sk in [HEAD_SK, *(ARCHIVE_PREFIX + m for m in sorted(out.archived))]:
+            base = by_sk.get(sk)
+            if base is None:
+                raise TransientError("purchases: an archive month named by a head is missing")
+            out.versions[sk] = base["v"]["S"]
+            payload = _joined(by_sk, sk)
+            for record in unpack(payload) or []:
+                line, writer = line_from_record(psn, record)
+                out.lines.setdefault(line.line_id, line)
+                if writer:
+                    out.writers.setdefault(line.line_id, writer)
+        if "fk" in head:
+            out.findings = {
+                f.finding_id: f for f in (Finding.model_validate(x) for x in unpack(_bytes(head["f"]["B"])) or [])
+            }
+        return out
+
+    def _ensure_patients(self, psn_nos: Collection[str], consistent: bool = False) -> None:
+        missing = sorted(p for p in set(psn_nos) if p not in self._patients)
+        if missing:
+            for psn, found in self._read_patients(missing, consistent).items():
+                self._patients[psn] = found
+                self.known_lines.update(found.lines)
+
+    def _write_patients(
+        self, packs: Sequence[_PatientPack], *, check_lines: bool = False, contended: set[str] | None = None
+    ) -> None:
+        """Write the dirty items of these patients: batched, or conditionally for contended
+        ones (re-read, merge, write again on a failed condition)."""
+        packs = [p for p in packs if p.dirty]
+        if not packs:
+            return
+        if contended is None:
+            self._register({_hash("p:" + p.psn_no) for p in packs})
+            contended = self._contended()
+        free = [p for p in packs if _hash("p:" + p.psn_no) not in contended]
+        busy = [p for p in packs if _hash("p:" + p.psn_no) in contended]
+        requests: list[dict[str, Any]] = []
+        for p in free:
+            for sk, items in self._patient_items(p).items():
+                requests.extend({"PutRequest": {"Item": i}} for i in items)
+                p.versions[sk] = items[0]["v"]["S"]
+            p.archived |= {sk.removeprefix(ARCHIVE_PREFIX) for sk in p.dirty if sk != HEAD_SK}
+            p.dirty.clear()
+        self._batch_write(self.tables.purchases, requests)
+        self._map(lambda p: self._write_contended_patient(p, check_lines), busy)
+
+    def _write_contended_patient(self, pp: _PatientPack, check_lines: bool, attempts: int = 8) -> None:
+        for _ in range(attempts):
+            try:
+                for sk, items in sorted(self._patient_items(pp).items(), key=lambda kv: kv[0] == HEAD_SK):
+                    for item in items[1:]:  # slices first, unconditionally: the base commits them
+                        self.ddb.put_item(TableName=self.tables.purchases, Item=item)
+                    old = pp.versions.get(sk)
+                    self.ddb.put_item(
+                        TableName=self.tables.purchases,
+                        Item=items[0],
+                        ConditionExpression="v = :old" if old else "attribute_not_exists(psn_no)",
+                        **({"ExpressionAttributeValues": {":old": {"S": old}}} if old else {}),
+                    )
+                    pp.versions[sk] = items[0]["v"]["S"]
+                    pp.dirty.discard(sk)
+                    if sk != HEAD_SK:
+                        pp.archived.add(sk.removeprefix(ARCHIVE_PREFIX))
+                return
+            except ClientError as exc:
+                if _error_code(exc) != "ConditionalCheckFailedException":
+                    raise _transient(exc, "PutItem purchases") from exc
+            fresh = self._read_patients([pp.psn_no], consistent=True)[pp.psn_no]
+            if check_lines and set(fresh.lines) - set(pp.lines):
+                # lines this reconciliation did not see: retry the chunk over all of them
+                raise TransientError("purchases: a concurrent writer added lines to a patient being screened")
+            added = {i: x for i, x in pp.lines.items() if i not in fresh.lines}
+            fresh.lines.update(added)
+            fresh.writers.update({i: w for i, w in pp.writers.items() if i in added})
+            if check_lines and pp.findings is not None:
+                fresh.findings = pp.findings  # ours, reconciled over the same lines
+            months = {f"{x.fee_ocur_time:%Y-%m}" for x in added.values()}
+            cutoff = fresh.hot_cutoff()
+            fresh.dirty = {HEAD_SK, *(ARCHIVE_PREFIX + m for m in months if m < cutoff)}
+            pp.lines, pp.writers, pp.versions = fresh.lines, fresh.writers, fresh.versions
+            pp.archived, pp.dirty, pp.stored = fresh.archived, fresh.dirty, fresh.stored
+            pp.findings = fresh.findings
+            self.known_lines.update(fresh.lines)
+        raise TransientError("purchases: a patient's pack kept changing while being written")
+
+    # ------------------------------------------------------------ trace-code buckets
+    def _ensure_buckets(self, keys: Collection[str], consistent: bool = False) -> None:
+        missing = sorted(k for k in set(keys) if k not in self._buckets)
+        for key in missing:
+            self._buckets[key] = _Bucket(key)
+        if not missing:
+            return
+        for item in self._batch_get(
+            self.tables.trace_codes, [{"code": {"S": k}} for k in missing], consistent=consistent
+        ):
+            bucket = _bucket_from_item(item)
+            self._buckets[bucket.key] = bucket
+            for sales in bucket.sales.values():
+                for line_id, sale in sales.items():
+                    self.sale_owner[line_id] = sale.split("|", 2)[1]
+
+    def _bucket_item(self, bucket: _Bucket) -> dict[str, Any]:
+        bucket.version = self._version()
+        latest = datetime.fromisoformat(bucket.latest) if bucket.latest else datetime.now(UTC)
+        return {
+            "code": {"S": bucket.key},
+            "c": {"B": pack(bucket.sales)},
+            "v": {"S": bucket.version},
+            "expires_at": {"N": self._expires(latest)},
+        }
+
+    def _write_buckets(self, buckets: Sequence[tuple[_Bucket, dict[str, dict[str, str]]]], contended: set[str]) -> None:
+        """Write buckets with their added sales; contended ones conditionally (merge on conflict)."""
+        if not buckets:
+            return
+        free = [b for b, _ in buckets if _hash(b.key) not in contended]
+        busy = [(b, added) for b, added in buckets if _hash(b.key) in contended]
+        old_versions = {b.key: b.version for b, _ in busy}
+        self._batch_write(self.tables.trace_codes, [{"PutRequest": {"Item": self._bucket_item(b)}} for b in free])
+
+        def one(entry: tuple[_Bucket, dict[str, dict[str, str]]]) -> None:
+            bucket, added = entry
+            old = old_versions[bucket.key]
+            for _ in range(8):
+                item = self._bucket_item(bucket)
+                try:
+                    self.ddb.put_item(
+                        TableName=self.tables.trace_codes,
+                        Item=item,
+                        ConditionExpression="v = :old" if old else "attribute_not_exists(code)",
+                        **({"ExpressionAttributeValues": {":old": {"S": old}}} if old else {}),
+                    )
+                    return
+                except ClientError as exc:
+                    if _error_code(exc) != "ConditionalCheckFailedException":
+                        raise _transient(exc, "PutItem trace_codes") from exc
+                answer = self._batch_get(self.tables.trace_codes, [{"code": {"S": bucket.key}}], consistent=True)
+                fresh = _bucket_from_item(answer[0]) if answer else _Bucket(bucket.key)
+                for code, sales in added.items():
+                    for line_id, sale in sales.items():
+                        fresh.sales.setdefault(code, {}).setdefault(line_id, sale)
+                        fresh.latest = max(fresh.latest, sale.split("|", 1)[0])
+                bucket.sales, bucket.latest, old = fresh.sales, fresh.latest, fresh.version
+            raise TransientError("trace_codes: a bucket kept changing while being written")
+
+        self._map(one, busy)
+
     # ------------------------------------------------------------ history
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
-        def one(psn_no: str) -> list[ClaimLine]:
-            items = self._query_all(
-                TableName=self.tables.purchases,
-                KeyConditionExpression="psn_no = :p",
-                ExpressionAttributeValues={":p": {"S": psn_no}},
-                ProjectionExpression="#d",
-                ExpressionAttributeNames={"#d": "d"},
-            )
-            lines = [decode_line(psn_no, item["d"]["S"]) for item in items]
-            return sorted(lines, key=lambda x: (x.fee_ocur_time, x.line_id))
-
-        patients = sorted(set(psn_nos))
-        history = dict(zip(patients, self._map(one, patients), strict=True))
-        for psn_no, lines in history.items():
-            self.known_lines.update((x.line_id, x) for x in lines)
-            if lines and all(x.line_id in self._recorded_ids for x in lines):
-                self._fresh_scopes.add(Scope.patient(psn_no))
-        return history
+        self._ensure_patients(psn_nos)
+        return {
+            p: sorted(self._patients[p].lines.values(), key=lambda x: (x.fee_ocur_time, x.line_id))
+            for p in sorted(set(psn_nos))
+        }
 
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
         wanted = sorted(set(codes))
-        out: dict[str, list[TraceSale]] = {c: [] for c in wanted}
-        for start in range(0, len(wanted), 100):
-            keys: list[dict[str, Any]] = [{"code": {"S": c}} for c in wanted[start : start + 100]]
-            for item in self._batch_get(self.tables.trace_codes, keys):
-                code = item["code"]["S"]
-                out[code] = _sales_from_item(code, item)
-                self.sale_owner.update((sale.line_id, sale.psn_no) for sale in out[code])
+        self._ensure_buckets({trace_bucket(c) for c in wanted})
+        out: dict[str, list[TraceSale]] = {}
+        for code in wanted:
+            sales = self._buckets[trace_bucket(code)].sales.get(code, {})
+            out[code] = _sales_of(code, sales)
         return out
 
-    def _batch_get(self, table: str, keys: list[dict[str, Any]], attempts: int = 8) -> Iterator[dict[str, Any]]:
-        request: dict[str, Any] = {table: {"Keys": keys}}
-        for attempt in range(attempts):
-            try:
-                answer = self.ddb.batch_get_item(RequestItems=request)
-            except ClientError as exc:
-                raise _transient(exc, f"BatchGetItem {table}") from exc
-            yield from answer.get("Responses", {}).get(table, [])
-            request = answer.get("UnprocessedKeys") or {}
-            if not request:
-                return
-            _backoff(attempt)
-        raise TransientError(f"BatchGetItem {table}: keys still unprocessed after {attempts} attempts")
-
     def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
-        outcome = self._map(self._record_one, list(lines))
+        if not lines:
+            return []
+        patients = sorted({x.psn_no for x in lines})
+        buckets = sorted({trace_bucket(c) for x in lines for c in x.trace_codes})
+        # announce first, then read: a writer registering later sees this one (docs/storage-aws.md)
+        self._register({_hash("p:" + p) for p in patients} | {_hash(b) for b in buckets})
+        self._ensure_patients(patients, consistent=True)
+        self._ensure_buckets(buckets, consistent=True)
+        outcome: list[tuple[bool, bool]] = []
+        for line in lines:
+            found = self._patients[line.psn_no]
+            if line.line_id in found.lines:
+                mine = self.writer is not None and found.writers.get(line.line_id) == self.writer
+                outcome.append((False, mine))
+                continue
+            found.lines[line.line_id] = line
+            if self.writer:
+                found.writers[line.line_id] = self.writer
+            found.dirty.add(HEAD_SK)
+            month = f"{line.fee_ocur_time:%Y-%m}"
+            if month in found.archived or month < found.hot_cutoff():
+                found.dirty.add(ARCHIVE_PREFIX + month)
+            outcome.append((True, False))
+        # months leaving the head move to their archive items
+        for psn in patients:
+            found = self._patients[psn]
+            if HEAD_SK in found.dirty:
+                cutoff = found.hot_cutoff()
+                found.dirty |= {ARCHIVE_PREFIX + m for m in found.months() if m < cutoff and m not in found.archived}
+        # trace-code sales (every line's, so a retry after a crash completes them), then the packs
+        touched: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+        for line in lines:
+            for code in dict.fromkeys(line.trace_codes):
+                bucket = self._buckets[trace_bucket(code)]
+                sales = bucket.sales.setdefault(code, {})
+                if not sales:
+                    self._fresh_scopes.add(Scope.trace(code))  # first sale ever: no finding can exist yet
+                if line.line_id not in sales:
+                    sale = f"{line.fee_ocur_time.isoformat()}|{line.psn_no}|{line.fixmedins_code}"
+                    sales[line.line_id] = sale
+                    touched[bucket.key].setdefault(code, {})[line.line_id] = sale
+                    bucket.latest = max(bucket.latest, line.fee_ocur_time.isoformat())
+                    self.sale_owner[line.line_id] = line.psn_no
+        contended = self._contended()
+        self._write_buckets([(self._buckets[k], added) for k, added in sorted(touched.items())], contended)
+        if self.buffered:  # one write per patient at flush(), with its findings
+            self._lines_to_flush.update(p for p in patients if self._patients[p].dirty)
+        else:
+            self._write_patients([self._patients[p] for p in patients], contended=contended)
         recorded = [line for line, (new, _) in zip(lines, outcome, strict=True) if new]
         self.known_lines.update((x.line_id, x) for x in lines)
-        self._recorded_ids.update(x.line_id for x in recorded)
         if self.tables.aggregates and self.writer is not None:
             owned = [line for line, (new, mine) in zip(lines, outcome, strict=True) if new or mine]
             self.put_contribution(activity_counts(owned))
         elif self.tables.aggregates and recorded:
             self.add_aggregates(activity_counts(recorded))
         return recorded
-
-    def _record_one(self, line: ClaimLine) -> tuple[bool, bool]:
-        """(newly recorded, recorded earlier by this same writer)."""
-        # Trace-code sales first, the purchase last: the purchase item is the commit marker,
-        # so a retry after a crash in between re-puts the sales (idempotent) and then the line.
-        for code in line.trace_codes:
-            self._record_sale(code, line)
-        item: dict[str, Any] = {
-            "psn_no": {"S": line.psn_no},
-            "sk": {"S": purchase_sort_key(line)},
-            "d": {"S": encode_line(line)},
-            "expires_at": {"N": self._expires(line.fee_ocur_time)},
-        }
-        extra: dict[str, Any] = {}
-        if self.writer is not None:
-            item["w"] = {"S": self.writer}
-            extra["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
-        try:
-            self.ddb.put_item(
-                TableName=self.tables.purchases,
-                Item=item,
-                ConditionExpression="attribute_not_exists(psn_no)",
-                **extra,
-            )
-        except ClientError as exc:
-            if _error_code(exc) == "ConditionalCheckFailedException":
-                # already recorded: a retried chunk or a re-dropped file
-                old: dict[str, Any] = dict(exc.response.get("Item") or {})  # type: ignore[call-overload]
-                return False, self.writer is not None and old.get("w", {}).get("S") == self.writer
-            raise _transient(exc, "PutItem purchases") from exc
-        return True, False
-
-    def _record_sale(self, code: str, line: ClaimLine) -> None:
-        sale = f"{line.fee_ocur_time.isoformat()}|{line.psn_no}|{line.fixmedins_code}"
-        try:
-            self.ddb.put_item(
-                TableName=self.tables.trace_codes,
-                Item={
-                    "code": {"S": code},
-                    "s": {"M": {line.line_id: {"S": sale}}},
-                    "expires_at": {"N": self._expires(line.fee_ocur_time)},
-                },
-                ConditionExpression="attribute_not_exists(#code)",
-                ExpressionAttributeNames={"#code": "code"},
-            )
-            self._fresh_scopes.add(Scope.trace(code))  # first sale ever: no finding can exist yet
-            return
-        except ClientError as exc:
-            if _error_code(exc) != "ConditionalCheckFailedException":
-                raise _transient(exc, "PutItem trace_codes") from exc
-        try:  # the code was sold before (that is the reuse finding): add this sale once
-            self.ddb.update_item(
-                TableName=self.tables.trace_codes,
-                Key={"code": {"S": code}},
-                UpdateExpression="SET #s.#line = :sale, expires_at = :exp",
-                ConditionExpression="attribute_not_exists(#s.#line)",
-                ExpressionAttributeNames={"#s": "s", "#line": line.line_id},
-                ExpressionAttributeValues={
-                    ":sale": {"S": sale},
-                    ":exp": {"N": self._expires(line.fee_ocur_time)},
-                },
-            )
-        except ClientError as exc:
-            if _error_code(exc) != "ConditionalCheckFailedException":
-                raise _transient(exc, "UpdateItem trace_codes") from exc
 
     # ------------------------------------------------------------ aggregates
     def add_aggregates(self, counts: Mapping[tuple[str, str], Mapping[str, float]]) -> None:
@@ -589,36 +1019,60 @@ class DynamoRepository(HistoryRepository):
 
     def cached_findings(self) -> list[Finding]:
         """Current findings of every scope this instance loaded or replaced."""
-        return [f for found in self._scopes.values() for f in found.values() if f.status != "superseded"]
+        out = [f for found in self._scopes.values() for f in found.values() if f.status != "superseded"]
+        for pp in self._patients.values():
+            if pp.findings is not None:
+                out.extend(f for f in pp.findings.values() if f.status != "superseded")
+        return out
 
     # ------------------------------------------------------------ findings
     def _load_scope(self, scope: str) -> dict[str, Finding]:
-        items = self._query_all(
-            TableName=self.tables.findings,
-            IndexName="by_scope",
-            KeyConditionExpression="#scope = :s",
-            ExpressionAttributeNames={"#scope": "scope"},
-            ExpressionAttributeValues={":s": {"S": scope}},
-        )
-        return {f.finding_id: f for f in map(_finding_from_item, items)}
+        """A scope's findings: their ids from `by_scope` (keys only: its copies would cost a
+        write unit per finding write), then the items in batches."""
+        keys = [
+            {"finding_id": item["finding_id"]}
+            for item in self._query_all(
+                TableName=self.tables.findings,
+                IndexName="by_scope",
+                KeyConditionExpression="#scope = :s",
+                ExpressionAttributeNames={"#scope": "scope"},
+                ExpressionAttributeValues={":s": {"S": scope}},
+            )
+        ]
+        items = self._batch_get(self.tables.findings, keys) if keys else []
+        return {f.finding_id: f for f in map(_finding_from_item, items) if f.finding_id}
+
+    def _scope_findings(self, scope: str) -> dict[str, Finding]:
+        """The stored findings of a scope (superseded included), from the patient's head
+        when it keeps them, else from the by_scope index (cached)."""
+        parsed = Scope.parse(scope)
+        if parsed.kind == "patient":
+            psn = parsed.key
+            self._ensure_patients([psn])
+            pp = self._patients[psn]
+            if pp.findings is None:
+                pp.findings = self._load_scope(scope)
+            return pp.findings
+        if scope not in self._scopes:
+            self._scopes[scope] = {} if scope in self._fresh_scopes else self._load_scope(scope)
+        return self._scopes[scope]
 
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
         wanted = sorted(set(scopes))
-        for scope in wanted:
-            if scope in self._fresh_scopes:
-                self._scopes.setdefault(scope, {})
-        missing = [s for s in wanted if s not in self._scopes]
-        for scope, found in zip(missing, self._map(self._load_scope, missing), strict=True):
-            self._scopes[scope] = found
+        patients = {s: Scope.parse(s).key for s in wanted if Scope.parse(s).kind == "patient"}
+        self._ensure_patients(list(patients.values()))
+        queried = [s for s in wanted if s not in patients and s not in self._scopes]
+        queried += [s for s, p in patients.items() if self._patients[p].findings is None]
+        for scope, found in zip(queried, self._map(self._scope_findings, queried), strict=True):
+            if scope not in patients:
+                self._scopes[scope] = found
         return {
-            s: sorted((f for f in self._scopes[s].values() if f.status != "superseded"), key=lambda f: f.finding_id)
+            s: sorted((f for f in self._scope_findings(s).values() if f.status != "superseded"), key=_fid)
             for s in wanted
         }
 
     def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
-        if scope not in self._scopes:
-            self._scopes[scope] = {} if scope in self._fresh_scopes else self._load_scope(scope)
-        current = self._scopes[scope]
+        current = self._scope_findings(scope)
         now = datetime.now(UTC).isoformat()
         changes = FindingChanges()
         fresh: list[Finding] = []
@@ -633,18 +1087,48 @@ class DynamoRepository(HistoryRepository):
             if merged == old:
                 changes.unchanged += 1
                 continue
-            changes.updated.append(self._update_finding(scope, merged, old, now))
-        for fid, old in current.items():
+            changes.updated.append(self._changed(scope, merged, old, now))
+        for fid, old in sorted(current.items()):
             if fid not in produced and old.status != "superseded":
                 gone = old.model_copy(update={"status": "superseded"})
-                changes.superseded.append(self._update_finding(scope, gone, old, now))
-        # New ids: the id is deterministic (rule + subject + evidence) and owned by this
-        # scope, so an unconditional batched put is idempotent.
-        self._batch_write(self.tables.findings, [{"PutRequest": {"Item": _finding_item(scope, f, now)}} for f in fresh])
+                changes.superseded.append(self._changed(scope, gone, old, now))
+        # New ids: deterministic (rule + subject + evidence) and owned by this scope; written
+        # in batches at flush(), after a batched read confirms they are really new.
+        self._pending_puts.update((f.finding_id, (scope, f)) for f in fresh)
         changes.new.extend(fresh)
         for f in [*fresh, *changes.updated, *changes.superseded]:
             current[f.finding_id] = f
+        if Scope.parse(scope).kind == "patient" and (fresh or changes.updated or changes.superseded):
+            self._heads_to_flush.add(Scope.parse(scope).key)
+        if not self.buffered or len(self._pending_puts) >= 500:
+            self._flush_writes()
         return changes
+
+    def _changed(self, scope: str, finding: Finding, old: Finding, now: str) -> Finding:
+        """A changed finding: still buffered (not written yet) -> replace it in the buffer."""
+        if finding.finding_id in self._pending_puts:
+            self._pending_puts[finding.finding_id] = (scope, finding)
+            return finding
+        return self._update_finding(scope, finding, old, now)
+
+    def _flush_findings(self) -> None:
+        pending, self._pending_puts = list(self._pending_puts.values()), {}
+        if not pending:
+            return
+        # a head's copy can be stale after a crash between the two writes: keep a review
+        keys = [{"finding_id": {"S": f.finding_id}} for _, f in pending]
+        stored = {
+            i["finding_id"]["S"]: i["status"]["S"] for i in self._batch_get(self.tables.findings, keys) if "status" in i
+        }
+        now = datetime.now(UTC).isoformat()
+        items = []
+        for scope, finding in pending:
+            status = stored.get(finding.finding_id)
+            if status in ("confirmed", "dismissed"):
+                finding = finding.model_copy(update={"status": status})
+                self._scope_findings(scope)[finding.finding_id] = finding
+            items.append({"PutRequest": {"Item": _finding_item(scope, finding, now)}})
+        self._batch_write(self.tables.findings, items)
 
     def _update_finding(self, scope: str, finding: Finding, old: Finding, now: str) -> Finding:
         """Write a changed finding unless a reviewer changed its status since we read it;
@@ -678,28 +1162,63 @@ class DynamoRepository(HistoryRepository):
         item = answer.get("Item")
         return _finding_from_item(item) if item else None
 
-    def _batch_write(self, table: str, requests: list[dict[str, Any]], attempts: int = 8) -> None:
-        for start in range(0, len(requests), 25):
-            pending: dict[str, Any] = {table: requests[start : start + 25]}
-            for attempt in range(attempts):
-                try:
-                    answer = self.ddb.batch_write_item(RequestItems=pending)
-                except ClientError as exc:
-                    raise _transient(exc, f"BatchWriteItem {table}") from exc
-                pending = answer.get("UnprocessedItems") or {}
-                if not pending:
-                    break
-                _backoff(attempt)
-            else:
-                raise TransientError(f"BatchWriteItem {table}: items still unprocessed after {attempts} attempts")
+
+def _fid(finding: Finding) -> str:
+    return finding.finding_id
 
 
-def _sales_from_item(code: str, item: Mapping[str, Any]) -> list[TraceSale]:
-    sales = []
-    for line_id, value in item.get("s", {}).get("M", {}).items():
-        time_text, psn_no, fixmedins_code = value["S"].split("|", 2)
-        sales.append(TraceSale(datetime.fromisoformat(time_text), line_id, code, psn_no, fixmedins_code))
-    return sorted(sales)
+def _bytes(value: Any) -> bytes:
+    return bytes(value) if not isinstance(value, str) else value.encode("latin-1")
+
+
+def pack_lines(lines: Sequence[ClaimLine], writers: Mapping[str, str] | None = None) -> bytes:
+    """A pack of lines (one patient's: psn_no is not repeated)."""
+    writers = writers or {}
+    return pack([line_record(x, writers.get(x.line_id)) for x in lines])
+
+
+def unpack_lines(psn_no: str, payload: bytes) -> list[ClaimLine]:
+    return [line_from_record(psn_no, r)[0] for r in unpack(payload) or []]
+
+
+def _missing_keys(by_sk: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Keys a patient's read still needs: archives its head names, slices of any pack."""
+    head = by_sk.get(HEAD_SK)
+    if head is None:
+        return []
+    bases = [HEAD_SK, *(ARCHIVE_PREFIX + m for m in head.get("am", {}).get("SS", []))]
+    wanted = [sk for sk in bases if sk not in by_sk]
+    for sk in bases:
+        if sk in by_sk:
+            count = int(by_sk[sk].get("np", {}).get("N", "1"))
+            wanted += [f"{sk}#{i}" for i in range(1, count) if f"{sk}#{i}" not in by_sk]
+    return wanted
+
+
+def _joined(by_sk: Mapping[str, Mapping[str, Any]], sk: str) -> bytes:
+    base = by_sk[sk]
+    count = int(base.get("np", {}).get("N", "1"))
+    parts = [_bytes(base["p"]["B"])]
+    for i in range(1, count):
+        part = by_sk.get(f"{sk}#{i}")
+        if part is None or part["v"]["S"] != base["v"]["S"]:
+            raise TransientError("purchases: a slice of a pack is missing or from another write")
+        parts.append(_bytes(part["p"]["B"]))
+    return b"".join(parts)
+
+
+def _bucket_from_item(item: Mapping[str, Any]) -> _Bucket:
+    sales = unpack(_bytes(item["c"]["B"])) or {}
+    latest = max((s.split("|", 1)[0] for by_line in sales.values() for s in by_line.values()), default="")
+    return _Bucket(item["code"]["S"], sales, item.get("v", {}).get("S"), latest)
+
+
+def _sales_of(code: str, sales: Mapping[str, str]) -> list[TraceSale]:
+    out = []
+    for line_id, value in sales.items():
+        time_text, psn_no, fixmedins_code = value.split("|", 2)
+        out.append(TraceSale(datetime.fromisoformat(time_text), line_id, code, psn_no, fixmedins_code))
+    return sorted(out)
 
 
 # ---------------------------------------------------------------- batches
@@ -842,6 +1361,32 @@ class ResultStore:
             for chunk in answer["Body"].iter_chunks(1 << 20):
                 out.write(chunk)
         return path
+
+
+# ---------------------------------------------------------------- whole-table views (tests, tools)
+
+
+def scan_purchases(ddb: Any, table: str) -> list[tuple[str, str]]:
+    """(psn_no, line_id) of every stored line, sorted: a Scan of the packs, for tests and
+    operators (the workflow never scans)."""
+    items: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for page in ddb.get_paginator("scan").paginate(TableName=table):
+        for item in page["Items"]:
+            if item["psn_no"]["S"] != REGISTRY_PK:
+                items[item["psn_no"]["S"]][item["sk"]["S"]] = item
+    out: list[tuple[str, str]] = []
+    for psn, by_sk in items.items():
+        out.extend((psn, line_id) for line_id in DynamoRepository._assemble_static(psn, by_sk).lines)
+    return sorted(out)
+
+
+def scan_trace_codes(ddb: Any, table: str) -> list[str]:
+    """Every trace code with a recorded sale, sorted (a Scan of the buckets; tests and tools)."""
+    codes: set[str] = set()
+    for page in ddb.get_paginator("scan").paginate(TableName=table):
+        for item in page["Items"]:
+            codes.update(code for code, sales in _bucket_from_item(item).sales.items() if sales)
+    return sorted(codes)
 
 
 # ---------------------------------------------------------------- letter numbers (rxguard.letters.numbers)

@@ -70,6 +70,11 @@ class HistoryRepository(ABC):
         on finding_id), update changed ones, mark the missing ones superseded. Reviews
         (confirmed / dismissed) of a finding that is produced again are kept."""
 
+    def flush(self) -> None:  # noqa: B027 - optional hook, a no-op for unbuffered adapters
+        """Write whatever the adapter buffered (the DynamoDB one batches new findings across
+        scopes). `screen_lines` calls it at the end; a caller of `replace_findings` outside
+        it calls it when done."""
+
 
 class InMemoryRepository(HistoryRepository):
     """A dict-backed repository with the same semantics as the DynamoDB one."""

@@ -117,6 +117,7 @@ def screen_lines(
         scope = Scope.trace(code)
         merge_changes(outcome.changes, repo.replace_findings(scope, found))
         outcome.scopes.append(scope)
+    repo.flush()
     return outcome
 
 
@@ -180,4 +181,5 @@ def replace_institution_findings(
     changes = FindingChanges()
     for scope in sorted(grouped):
         merge_changes(changes, repo.replace_findings(scope, grouped[scope]))
+    repo.flush()
     return changes

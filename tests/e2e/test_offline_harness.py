@@ -216,9 +216,73 @@ def test_patched_query_answers_exactly_as_moto_does(seed):
                 ExpressionAttributeValues={":g": {"S": "g0"}, ":r": {"N": "1"}},
             )
             ddb.delete_item(TableName="t", Key={"pk": {"S": "p2"}, "sk": {"S": "s0002"}})
+            ddb.put_item(TableName="t", Item={"pk": {"S": "p3"}, "sk": {"S": "s0003"}, "g": {"S": "g1"}})
             after_patched = [_all_pages(ddb, q) for q in queries]
         after_plain = [_all_pages(ddb, q) for q in queries]
     # Then every page (items, order, last key, counts) is the same
     assert patched == plain
     assert after_patched == after_plain
     assert any(p[0][0] for p in plain) and any(not p[0][0] for p in plain)  # non-trivial queries
+
+
+def test_an_index_query_does_not_rebuild_its_grouping_after_writes(monkeypatch):
+    # Given a table with a GSI of 2,000 items and the patch counting how often it groups the table
+    from rxguard.offline import patches
+
+    built = {"n": 0}
+    original = patches._IndexGroups.__init__
+
+    def counting(self, *args, **kwargs):
+        built["n"] += 1
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(patches._IndexGroups, "__init__", counting)
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        ddb.create_table(
+            TableName="f",
+            AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ("id", "scope")],
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": "by_scope",
+                    "KeySchema": [{"AttributeName": "scope", "KeyType": "HASH"}],
+                    "Projection": {"ProjectionType": "KEYS_ONLY"},
+                }
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        for i in range(2000):
+            ddb.put_item(TableName="f", Item={"id": {"S": f"f{i}"}, "scope": {"S": f"s{i % 50}"}})
+        with patches.narrow_hash_key_query():
+            # When writes (puts moving items between scopes, deletes) alternate with queries
+            for i in range(100):
+                ddb.put_item(TableName="f", Item={"id": {"S": f"f{i}"}, "scope": {"S": "moved"}})
+                ddb.delete_item(TableName="f", Key={"id": {"S": f"f{1000 + i}"}})
+                ddb.query(
+                    TableName="f",
+                    IndexName="by_scope",
+                    KeyConditionExpression="#s = :s",
+                    ExpressionAttributeNames={"#s": "scope"},
+                    ExpressionAttributeValues={":s": {"S": "moved"}},
+                )
+            moved = ddb.query(
+                TableName="f",
+                IndexName="by_scope",
+                KeyConditionExpression="#s = :s",
+                ExpressionAttributeNames={"#s": "scope"},
+                ExpressionAttributeValues={":s": {"S": "moved"}},
+            )["Items"]
+            s1 = ddb.query(
+                TableName="f",
+                IndexName="by_scope",
+                KeyConditionExpression="#s = :s",
+                ExpressionAttributeNames={"#s": "scope"},
+                ExpressionAttributeValues={":s": {"S": "s1"}},
+            )["Items"]
+    # Then the table was grouped once, and the grouping followed every write
+    assert built["n"] == 1
+    assert sorted(i["id"]["S"] for i in moved) == sorted(f"f{i}" for i in range(100))
+    assert sorted(i["id"]["S"] for i in s1) == sorted(
+        f"f{i}" for i in range(2000) if i % 50 == 1 and i >= 100 and not 1000 <= i < 1100
+    )

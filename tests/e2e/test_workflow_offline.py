@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from rxguard.dynamo import scan_purchases, scan_trace_codes
 from rxguard.offline import Environment
 from rxguard.offline.cli import main, run
 from tests.factories import write_csv
@@ -48,8 +49,8 @@ def env_no_letters(tmp_path: Path) -> Iterator[Environment]:
 def _counts(env: Environment, alerts) -> dict[str, int]:
     findings = env.scan_table("FindingsTable")
     return {
-        "purchases": len(env.scan_table("PurchasesTable")),
-        "trace_codes": len(env.scan_table("TraceCodesTable")),
+        "purchases": len(scan_purchases(env.clients.dynamodb, env.name("PurchasesTable"))),
+        "trace_codes": len(scan_trace_codes(env.clients.dynamodb, env.name("TraceCodesTable"))),
         "findings": len(findings),
         "current_findings": sum(1 for f in findings if f["status"] != "superseded"),
         "alerts": len(env.drain(alerts)),

@@ -233,6 +233,13 @@ def test_stored_findings_carry_their_expiry_five_years_after_the_line() -> None:
             ],
             BillingMode="PAY_PER_REQUEST",
         )
+        purchases = TEMPLATE["Resources"]["PurchasesTable"]["Properties"]  # a patient's head keeps a copy
+        ddb.create_table(
+            TableName="p",
+            AttributeDefinitions=purchases["AttributeDefinitions"],
+            KeySchema=purchases["KeySchema"],
+            BillingMode="PAY_PER_REQUEST",
+        )
         # When the workflow's repository stores the finding
         DynamoRepository(TableNames(purchases="p", trace_codes="t", findings="findings"), ddb).replace_findings(
             "patient:P1", [finding]

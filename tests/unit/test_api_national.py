@@ -172,7 +172,9 @@ def test_next_fill_on_is_the_first_day_the_fill_passes_and_the_previous_fill_is_
     assert refill["next_fill_on"] == line["next_fill_on"] and next_on > date(2026, 3, 5)
     for day, passes in ((next_on - timedelta(days=1), False), (next_on, True)):
         body["fee_ocur_time"] = f"{day.isoformat()} 10:00:00"
-        _, later = request(svc, "POST", "/v1/checks", body)
+        svc.clock = lambda day=day: datetime(day.year, day.month, day.day, 10, 0)  # checked on that day
+        status, later = request(svc, "POST", "/v1/checks", body)
+        assert status == 200, later
         waitable = {"early-refill", "cumulative-oversupply", "cross-institution-repeat"}
         fired = {h["rule_id"] for h in later["lines"][0]["hits"]} & waitable
         assert (not fired) is passes, (day, fired)

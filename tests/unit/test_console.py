@@ -232,6 +232,13 @@ def test_reading_a_patient_timeline_is_audited_without_the_number(
     record = next(r for r in caplog.records if r.name == "rxguard.console.audit")
     assert record.principal == REGULATOR and record.patient == token  # type: ignore[attr-defined]
     assert psn not in record.getMessage()
+    from rxguard.api.audit import AuditQuery
+
+    if services.audit is not None:  # and in the API's access log, as a pseudonym (GET /v1/audit)
+        logged, _ = services.audit.query(AuditQuery(caller=REGULATOR), 50, None)
+        timeline = [r for r in logged if r.detail == "console: patient timeline"]
+        assert timeline and timeline[0].patient and timeline[0].patient.startswith("p-")
+        assert psn not in timeline[0].model_dump_json()
     assert call(app, f"/patients/{token}", caller=HOSPITAL)[0] == 403
     assert call(app, "/patients/p-" + "0" * 20)[0] == 404
 

@@ -677,7 +677,7 @@ def check(
             return found
         return {line_id: [f for f in fs if f.rule_id in allowed] for line_id, fs in found.items()}
 
-    hits = run(claims)
+    hits = run(claims)  # the history read once: the next-fill search below reuses it
     _audit_lines(services, caller, "check", claims, hits)
     answered = [(c, r) for c, r in zip(claims, request_lines, strict=True) if r.answer]
     advice = advise(services, [c for c, _ in answered], hits, reads, run, allowed, claims)

@@ -1,7 +1,7 @@
 """The findings store on DynamoDB (the FindingsTable of template.yaml), and the AWS wiring
 of the API's services. The only module of `rxguard.api` that talks to AWS.
 
-Table design (docs/workflow.md): key `finding_id`; GSI `by_scope` (`scope`, ALL) and GSI
+Table design (docs/workflow.md): key `finding_id`; GSI `by_scope` (`scope`, KEYS_ONLY) and GSI
 `by_institution` (`fixmedins_code`, `occurred_at`; INCLUDE rule_id, severity, status,
 scope). The finding is JSON in `body`, its status in `status` (the body has none).
 
@@ -259,8 +259,10 @@ class DynamoFindingsStore(FindingsStore):
             if not answer.get("LastEvaluatedKey"):
                 break
             kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        # by_scope projects keys only (its copies cost a write unit per finding write): the bodies by key
+        bodies = self._batch_get(sorted({i["finding_id"]["S"] for i in items}))
         findings = sorted(
-            (f for f in map(_finding, items) if query.matches(f)),
+            (f for f in (_finding(i) for i in bodies.values() if "body" in i) if query.matches(f)),
             key=lambda f: (-f.occurred_at.timestamp(), f.finding_id),
         )
         if token:

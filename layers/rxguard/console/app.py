@@ -419,6 +419,9 @@ class Console:
         )
         if self.sources.audit is not None:
             self.sources.audit(caller.principal, "timeline", token)
+        from rxguard.api.service import _audit  # the API's access log (GET /v1/audit): one record per read
+
+        _audit(self.services, caller, "findings", [psn_no], "allowed", detail="console: patient timeline")
         mine = [f for f in findings if f.psn_no == psn_no]
         tl = rm.timeline(self.services, psn_no, mine, request.lang)
         return self.render(

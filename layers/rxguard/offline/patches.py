@@ -12,15 +12,14 @@
    partition and lets moto's own code do the rest (range conditions, filters, order,
    paging, projection): for the table's hash key the partition moto already stores by
    hash key; for an index (GSI) a grouping of the items by the index's hash-key values,
-   rebuilt after any put, delete or update of the table. `tests/e2e/test_offline_harness.py`
-   proves the answers equal moto's own.
+   built once and then kept up to date write by write (put, delete, update move one
+   item). `tests/e2e/test_offline_harness.py` proves the answers equal moto's own.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-import itertools
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -112,43 +111,67 @@ _narrow = threading.local()
 _index_lock = threading.RLock()
 
 
-class _TableIndex:
-    """Items of one table grouped by the hash-key values of one index, valid while the
-    table's mutation count is unchanged (any put, delete or update bumps it)."""
+class _IndexGroups:
+    """Items of one table grouped by the hash-key values of one index, kept up to date
+    write by write (each write moves one item between groups), so a query's cost follows
+    its partition, not the table (a rebuild after every write made long runs quadratic)."""
 
-    def __init__(self, version: int, groups: dict[tuple[Any, ...], list[Any]]) -> None:
-        self.version = version
-        self.groups = groups
+    def __init__(self, table: Any, attrs: list[str], all_items: Callable[[Any], list[Any]]) -> None:
+        self.attrs = attrs
+        self.groups: dict[tuple[Any, ...], dict[Any, Any]] = {}
+        self.member: dict[Any, tuple[Any, ...]] = {}  # item key -> its group
+        for item in all_items(table):
+            self.place(_item_key(table, item), item)
+
+    def place(self, key: Any, item: Any | None) -> None:
+        old = self.member.pop(key, None)
+        if old is not None:
+            group = self.groups.get(old, {})
+            group.pop(key, None)
+            if not group:
+                self.groups.pop(old, None)
+        if item is None:
+            return
+        values = tuple(item.attrs.get(a) for a in self.attrs)
+        if all(v is not None for v in values):
+            self.groups.setdefault(values, {})[key] = item
+            self.member[key] = values
 
 
-_versions = itertools.count(1)
+def _item_key(table: Any, item: Any) -> Any:
+    return (item.hash_key, item.range_key if table.range_key_attr else None)
 
 
-def _bump(table: Any) -> None:
-    """After a write: a fresh version (never reused, so concurrent writers cannot leave a
-    grouping built between their writes looking current)."""
-    table._offline_version = next(_versions)
-
-
-def _index_candidates(
-    table: Any, index_name: str, all_items: Callable[[Any], list[Any]]
-) -> dict[tuple[Any, ...], list[Any]]:
+def _index_groups(table: Any, index_name: str, all_items: Callable[[Any], list[Any]]) -> dict[tuple[Any, ...], Any]:
     index = {i.name: i for i in table.all_indexes()}.get(index_name)
     if index is None:
         return {}
-    attrs = [k["AttributeName"] for k in index.schema if k["KeyType"] == "HASH"]
     with _index_lock:
-        version = getattr(table, "_offline_version", 0)
-        cache: dict[str, _TableIndex] = table.__dict__.setdefault("_offline_indexes", {})
-        cached = cache.get(index_name)
-        if cached is None or cached.version != version:
-            groups: dict[tuple[Any, ...], list[Any]] = {}
-            for item in all_items(table):
-                values = tuple(item.attrs.get(a) for a in attrs)
-                if all(v is not None for v in values):
-                    groups.setdefault(values, []).append(item)
-            cached = cache[index_name] = _TableIndex(version, groups)
-        return cached.groups
+        cache: dict[str, _IndexGroups] = table.__dict__.setdefault("_offline_indexes", {})
+        if index_name not in cache:
+            attrs = [k["AttributeName"] for k in index.schema if k["KeyType"] == "HASH"]
+            cache[index_name] = _IndexGroups(table, attrs, all_items)
+        return cache[index_name].groups
+
+
+def _written(table: Any, hash_value: Any, range_value: Any) -> None:
+    """After a write of one item: move it to its current group in every grouping built."""
+    cache: dict[str, _IndexGroups] = table.__dict__.get("_offline_indexes", {})
+    if not cache:
+        return
+    with _index_lock:
+        item = table.get_item(hash_value, range_value) if (range_value or not table.range_key_attr) else None
+        key = (hash_value, range_value if table.range_key_attr else None)
+        for groups in cache.values():
+            groups.place(key, item)
+
+
+def _key_values(table: Any, attrs: dict[str, Any]) -> tuple[Any, Any]:
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    hash_value = DynamoType(attrs[table.hash_key_attr])
+    range_value = DynamoType(attrs[table.range_key_attr]) if table.range_key_attr else None
+    return hash_value, range_value
 
 
 @contextmanager
@@ -185,8 +208,9 @@ def narrow_hash_key_query() -> Iterator[None]:
             attrs = [k["AttributeName"] for k in index.schema if k["KeyType"] == "HASH"] if index else []
             if not attrs or any(a not in conditions for a in attrs):
                 return original_query(self, hash_key, *args, **kwargs)
-            groups = _index_candidates(self, index_name, original_all_items)
-            offer = groups.get(tuple(conditions[a] for a in attrs), [])
+            with _index_lock:
+                groups = _index_groups(self, index_name, original_all_items)
+                offer = list(groups.get(tuple(conditions[a] for a in attrs), {}).values())
         elif hash_key is not None:
             offer = partition(self, hash_key)
         else:
@@ -198,23 +222,26 @@ def narrow_hash_key_query() -> Iterator[None]:
         finally:
             _narrow.offer = previous
 
-    def put_item(self: Table, *args: Any, **kwargs: Any) -> Any:
+    def put_item(self: Table, item_attrs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         try:
-            return original_put(self, *args, **kwargs)
+            return original_put(self, item_attrs, *args, **kwargs)
         finally:
-            _bump(self)
+            if self.hash_key_attr in item_attrs and (not self.range_key_attr or self.range_key_attr in item_attrs):
+                _written(self, *_key_values(self, item_attrs))
 
-    def delete_item(self: Table, *args: Any, **kwargs: Any) -> Any:
+    def delete_item(self: Table, hash_key: Any, range_key: Any = None, *args: Any, **kwargs: Any) -> Any:
         try:
-            return original_delete(self, *args, **kwargs)
+            return original_delete(self, hash_key, range_key, *args, **kwargs)
         finally:
-            _bump(self)
+            _written(self, hash_key, range_key)
 
-    def update_item(self: Any, table_name: str, *args: Any, **kwargs: Any) -> Any:
+    def update_item(self: Any, table_name: str, key: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         try:
-            return original_update(self, table_name, *args, **kwargs)
+            return original_update(self, table_name, key, *args, **kwargs)
         finally:
-            _bump(self.get_table(table_name))  # attributes change in place
+            table = self.get_table(table_name)  # attributes change in place
+            if table.hash_key_attr in key:
+                _written(table, *_key_values(table, key))
 
     Table.query = query  # type: ignore[method-assign]
     Table.all_items = all_items  # type: ignore[method-assign]

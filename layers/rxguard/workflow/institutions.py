@@ -63,6 +63,8 @@ class ActivityRepository(Protocol):
 
     def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges: ...
 
+    def flush(self) -> None: ...
+
 
 def screen_institutions(
     request: InstitutionsRequest, *, results: ResultStore, repo: ActivityRepository, kb: KnowledgeBase
@@ -88,6 +90,7 @@ def screen_institutions(
         changes.updated += step.updated
         changes.superseded += step.superseded
         changes.unchanged += step.unchanged
+    repo.flush()
     out = ChunkFindings(
         chunk_key=INSTITUTIONS,
         new=changes.new,
