@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Powertools' Metrics read their namespace when rxguard.observability is first imported; the
+# template sets it for every function (Globals). Set it before any test imports the layer, so
+# the outcome does not depend on which test happened to import it first.
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Rxguard")
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "rxguard")
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"

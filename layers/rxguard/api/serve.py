@@ -79,7 +79,8 @@ def proxy_event(
     """An API Gateway REST (v1) proxy event, as API Gateway sends it to the Lambda."""
     parts = urlsplit(target)
     query = parse_qs(parts.query, keep_blank_values=True)
-    caller = headers.get(CALLER_HEADER) or headers.get(CALLER_HEADER.lower())
+    # HTTP header names are case-insensitive (RFC 9110 §5.1): X-RXGUARD-CALLER is the same header
+    caller = next((v for k, v in headers.items() if k.lower() == CALLER_HEADER.lower()), None)
     now = datetime.now(UTC)
     return {
         "resource": parts.path,

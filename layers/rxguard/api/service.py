@@ -253,7 +253,12 @@ def normalize(lines: Sequence[RequestLine], services: Services, *, recording: bo
             None,
         )
     now = services.now()
-    window = TimeWindow.around(now, history_days=settings.history_days, skew_minutes=settings.clock_skew_minutes)
+    # what is recorded must be plausibly dated; a check records nothing and may ask about another day
+    window = (
+        TimeWindow.around(now, history_days=settings.history_days, skew_minutes=settings.clock_skew_minutes)
+        if recording
+        else None
+    )
     late_after = timedelta(hours=settings.late_hours)
     out: list[ClaimLine] = []
     seen: dict[str, str] = {}
@@ -771,8 +776,6 @@ def dispense(services: Services, body: CheckBody, caller: Caller) -> Dispensatio
     claims = normalize(request_lines, services, recording=True)
     with _audited(services, caller, "dispensation", claims):
         require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
-    claims = normalize(request_lines, services)
-    require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     claims = with_prescriber_overrides(services, claims)
     outcome = services.screen_lines(claims, services.repo, services.kb, scene=Scene.IN)
     recorded = {line.line_id for line in outcome.recorded}
