@@ -6,6 +6,8 @@ Sections (each degrades to "not available: <why>" when its module has not landed
 fails; the report is always written):
 
   engine      engine lines/s on one core                      bench.engine.measure()
+  history     check and screen CPU time at 60, 240, 960 and 3,000 history lines of one
+              patient, and the size of a 200-line check answer  bench.history.measure()
   workflow    offline workflow wall time, 10k and 100k lines  bench.workflow.measure(n)
   cost        DynamoDB units per 1,000 lines and AWS cost per million lines at several
               batch sizes, with the floor and the target       bench.cost (+ bench.chart)
@@ -39,7 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-SECTIONS = ("engine", "workflow", "cost", "storage", "api", "coldstart", "ingest", "local")
+SECTIONS = ("engine", "history", "workflow", "cost", "storage", "api", "coldstart", "ingest", "local")
 LOCAL_TARGET_LINES_PER_S = 10_000  # end to end on 2 cores, 100k lines
 LOCAL_TARGET_1M_SECONDS = 120.0
 LOCAL_TARGET_RSS_MB = 1024.0
@@ -93,6 +95,13 @@ def section_engine(quick: bool) -> dict[str, Any]:
     from bench import engine
 
     figures: dict[str, Any] = engine.measure(patients=600 if quick else 3000, repeats=1 if quick else 3)
+    return figures
+
+
+def section_history(quick: bool) -> dict[str, Any]:
+    from bench import history
+
+    figures: dict[str, Any] = history.measure((60, 240, 960) if quick else history.SIZES, repeats=2 if quick else 5)
     return figures
 
 
@@ -301,6 +310,7 @@ def section_local(quick: bool) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "engine": section_engine,
+    "history": section_history,
     "workflow": section_workflow,
     "cost": section_cost,
     "storage": section_storage,
@@ -375,6 +385,31 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{pop.get('months', '?')} months |",
             "",
         ]
+
+    out += ["## Cost against one patient's history (CPU, one core)", ""]
+    h = s.get("history", {})
+    if (na := _na(h)) is not None:
+        out += [na, ""]
+    else:
+        out += [
+            "| history lines | check ms | x smallest | screen one line ms | x smallest |",
+            "|---|---|---|---|---|",
+        ]
+        for r in h.get("rows", []):
+            out.append(
+                f"| {r['history_lines']:,} | {r['check_cpu_ms']} | {r['check_ratio_to_smallest']} | "
+                f"{r['screen_cpu_ms']} | {r['screen_ratio_to_smallest']} |"
+            )
+        a = h.get("answer_200_lines", {})
+        out += [
+            "",
+            f"A {a.get('proposed_lines')}-line check against {a.get('history_lines')} history lines answers "
+            f"{a.get('bytes', 0):,} bytes ({a.get('evidence_entries', 0):,} evidence entries; a hit lists at most "
+            "5 evidence lines and their total).",
+            "",
+        ]
+        if a.get("bytes", 0) >= 1_000_000:
+            shortfalls.append(f"a 200-line check answers {a.get('bytes', 0):,} bytes (target: under 1 MB)")
 
     out += ["## Offline workflow wall time", ""]
     w = s.get("workflow", {})

@@ -235,8 +235,9 @@ def _merge_activity(merged: dict[str, dict[str, Any]], period: Any, subject: str
 
 
 def activity_units(line: ClaimLine) -> list[ActivityKey]:
-    """The institution-outlier units a monitored line counts for (none for an unmonitored line)."""
-    if not line.monitored:
+    """The institution-outlier units a monitored line counts for (none for an unmonitored line
+    or a reversal, which is not a dispensing)."""
+    if not line.monitored or line.reverses is not None:
         return []
     period = f"{line.fee_ocur_time:%Y-%m}"
     units: list[ActivityKey] = [(period, Scope.institution(line.fixmedins_code))]
@@ -883,7 +884,7 @@ class DynamoRepository(HistoryRepository):
                 if not sales:
                     self._fresh_scopes.add(Scope.trace(code))  # first sale ever: no finding can exist yet
                 if line.line_id not in sales:
-                    sale = f"{line.fee_ocur_time.isoformat()}|{line.psn_no}|{line.fixmedins_code}"
+                    sale = TraceSale.of(line, code).encode()  # with a return (退费) or split units (拆零)
                     sales[line.line_id] = sale
                     touched[bucket.key].setdefault(code, {})[line.line_id] = sale
                     bucket.latest = max(bucket.latest, line.fee_ocur_time.isoformat())
@@ -1216,8 +1217,7 @@ def _bucket_from_item(item: Mapping[str, Any]) -> _Bucket:
 def _sales_of(code: str, sales: Mapping[str, str]) -> list[TraceSale]:
     out = []
     for line_id, value in sales.items():
-        time_text, psn_no, fixmedins_code = value.split("|", 2)
-        out.append(TraceSale(datetime.fromisoformat(time_text), line_id, code, psn_no, fixmedins_code))
+        out.append(TraceSale.decode(code, line_id, value))  # returns (退费) and split units (拆零) kept
     return sorted(out)
 
 

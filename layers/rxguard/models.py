@@ -102,6 +102,11 @@ class ClaimLine(BaseModel):
     def day(self) -> date:
         return self.fee_ocur_time.date()
 
+    @property
+    def reverses(self) -> str | None:
+        """For a reversal (退费) line, the line id of the original line it cancels."""
+        return f"{self.fixmedins_code}/{self.init_feedetl_sn}" if self.init_feedetl_sn else None
+
 
 class Rejection(BaseModel):
     """A line (or a whole file, line=None) that was not accepted, and why."""

@@ -18,13 +18,18 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from rxguard.models import ClaimLine, Finding
 
 
 @dataclass(frozen=True, order=True)
 class TraceSale:
-    """One sale of a traceability code (ordered by time, then line id)."""
+    """One sale of a traceability code (ordered by time, then line id).
+
+    A reversal (退费) line's "sale" returns the pack: `returns` names the line it cancels.
+    A split-pack sale (拆零, trdn_flag) sells `split_units` minimum units of the pack of
+    `drug_code`; the engine adds them up against the pack size."""
 
     time: datetime
     line_id: str
@@ -32,6 +37,44 @@ class TraceSale:
     psn_no: str
     fixmedins_code: str
     late: bool = field(default=False, compare=False)  # the line arrived late (ClaimLine.received_at)
+    returns: str | None = None
+    drug_code: str | None = None
+    split_units: float | None = None
+
+    @classmethod
+    def of(cls, line: ClaimLine, code: str) -> TraceSale:
+        """The sale of `code` that `line` makes (or returns)."""
+        late = bool(line.received_at)
+        head = (line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code, late)
+        if line.reverses:
+            return cls(*head, returns=line.reverses)
+        if line.trdn_flag:
+            return cls(*head, drug_code=line.med_list_codg, split_units=line.quantity_units)
+        return cls(*head)
+
+    def encode(self) -> str:
+        """`time|psn_no|fixmedins_code[|r=<line>|p=<drug>:<units>]`: how adapters store a sale."""
+        head = f"{self.time.isoformat()}|{self.psn_no}|{self.fixmedins_code}"
+        if self.returns:
+            return f"{head}|r={self.returns}"
+        if self.split_units is not None:
+            return f"{head}|p={self.drug_code}:{self.split_units!r}"
+        return head
+
+    @classmethod
+    def decode(cls, code: str, line_id: str, text: str) -> TraceSale:
+        time_text, rest = text.split("|", 1)
+        extra: dict[str, Any] = {}
+        head, _, tail = rest.rpartition("|")
+        if head and "=" in tail:  # an institution code never holds "="
+            rest = head
+            if tail.startswith("r="):
+                extra["returns"] = tail[2:]
+            elif tail.startswith("p="):
+                drug, _, units = tail[2:].rpartition(":")
+                extra["drug_code"], extra["split_units"] = drug, float(units)
+        psn_no, fixmedins_code = rest.rsplit("|", 1)
+        return cls(datetime.fromisoformat(time_text), line_id, code, psn_no, fixmedins_code, **extra)
 
 
 @dataclass
@@ -105,11 +148,8 @@ class InMemoryRepository(HistoryRepository):
                 continue
             self.lines[line.line_id] = line
             self.by_patient[line.psn_no].append(line)
-            for code in line.trace_codes:
-                sale = TraceSale(
-                    line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code, bool(line.received_at)
-                )
-                self.trace_sales[code].append(sale)
+            for code in dict.fromkeys(line.trace_codes):
+                self.trace_sales[code].append(TraceSale.of(line, code))
             recorded.append(line)
         return recorded
 

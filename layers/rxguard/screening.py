@@ -69,11 +69,7 @@ def _sales_by_code(lines: Iterable[ClaimLine]) -> dict[str, list[TraceSale]]:
     out: dict[str, list[TraceSale]] = {}
     for line in lines:
         for code in dict.fromkeys(line.trace_codes):
-            out.setdefault(code, []).append(
-                TraceSale(
-                    line.fee_ocur_time, line.line_id, code, line.psn_no, line.fixmedins_code, bool(line.received_at)
-                )
-            )
+            out.setdefault(code, []).append(TraceSale.of(line, code))
     return out
 
 
@@ -81,6 +77,31 @@ def _sales_with(stored: Sequence[TraceSale], extra: Sequence[TraceSale]) -> list
     """Stored sales of a code plus those of lines not stored yet."""
     known = {s.line_id for s in stored}
     return sorted([*stored, *(s for s in extra if s.line_id not in known)])
+
+
+def with_returned_codes(batch: Sequence[ClaimLine], repo: HistoryRepository) -> list[ClaimLine]:
+    """A reversal (退费) that lists no traceability code returns its original's packs: all
+    the original's codes for a whole reversal, the last `|cnt|` of them for a part (whole
+    packs). Looked up in the batch, else in the recorded history (one read, only when such a
+    reversal is in the batch); a reversal whose original is not known yet keeps no code."""
+    bare = [line for line in batch if line.reverses is not None and not line.trace_codes]
+    if not bare:
+        return list(batch)
+    known = {line.line_id: line for line in batch}
+    missing = sorted({line.psn_no for line in bare if line.reverses not in known})
+    for lines in (repo.load_history(missing) if missing else {}).values():
+        known.update((line.line_id, line) for line in lines)
+    out: list[ClaimLine] = []
+    for line in batch:
+        original = known.get(line.reverses) if line.reverses is not None and not line.trace_codes else None
+        if original is not None and original.trace_codes and original.cnt > 0:
+            whole = abs(line.cnt) >= original.cnt - 1e-9
+            packs = 0 if line.trdn_flag or original.trdn_flag else int(abs(line.cnt) + 1e-9)
+            codes = list(original.trace_codes) if whole else list(original.trace_codes[-packs:]) if packs else []
+            if codes:
+                line = line.model_copy(update={"trace_codes": codes})
+        out.append(line)
+    return out
 
 
 def screen_lines(
@@ -93,6 +114,7 @@ def screen_lines(
     if scene is Scene.PRE:
         raise ValueError("screen_lines records lines; use check_lines for pre-dispensing checks")
     batch, repeated = _dedupe(lines)
+    batch = with_returned_codes(batch, repo)
     recorded = repo.record_lines(batch)
     recorded_ids = {line.line_id for line in recorded}
     duplicates = [line for line in batch if line.line_id not in recorded_ids] + repeated

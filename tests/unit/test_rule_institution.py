@@ -39,10 +39,12 @@ def test_pill_mill_far_above_peers_is_flagged(kb):
     found = institution_findings(aggregates, kb)
     assert [(f.fixmedins_code, f.subject_type) for f in found] == [("P3109999", "institution")]
     f = found[0]
-    assert f.figures["flagged_share"] == 0.6 and f.figures["peer_median_share"] == 0.03
-    assert f.figures["signals"] == ["flagged_share"] and f.severity is Severity.MEDIUM
+    # Then the finding shows the unit's rate, the peer rate, its volume and the limit it crossed
+    assert (f.figures["rate"], f.figures["peer_rate"], f.figures["volume"]) == (0.6, 0.03, 80)
+    assert 0.03 < f.figures["control_limit"] < 0.6
+    assert f.figures["signals"] == ["flagged_share_month", "flagged_share_90d"] and f.severity is Severity.MEDIUM
     assert len(f.evidence) == 48
-    assert "P3109999" in f.explanation_zh and "60%" in f.explanation_en
+    assert "P3109999" in f.explanation_zh and "60%" in f.explanation_en and "Spiegelhalter" in f.explanation_en
 
 
 def test_share_like_peers_is_not_flagged(kb):
@@ -51,11 +53,62 @@ def test_share_like_peers_is_not_flagged(kb):
     assert institution_findings(aggregates, kb) == []
 
 
-@pytest.mark.parametrize(("lines", "flagged_count", "hit"), [(30, 9, True), (29, 9, False), (30, 8, False)])
-def test_min_lines_and_min_share_boundaries(kb, lines, flagged_count, hit):
-    # Given peers at 0% and a unit with 30% (9/30) or fewer lines / a smaller share
-    aggregates = [*peers(flagged=0), unit("P3109999", lines, flagged_count)]
-    assert bool(institution_findings(aggregates, kb)) is hit
+def test_peers_with_every_line_flagged_judge_nobody(kb):
+    # Given a peer group where every monitored line is flagged (tiny data, one abusive clinic)
+    aggregates = [unit(f"P31000{i:02d}", 10, 10) for i in range(3)]
+    # Then nobody stands out, and nothing divides by zero
+    assert institution_findings(aggregates, kb) == []
+
+
+def test_a_small_unit_with_most_lines_flagged_is_an_outlier_without_a_volume_floor(kb):
+    # Given peers at 3% and a small pharmacy with 8 of its 10 monitored lines flagged
+    found = institution_findings([*peers(), unit("P3109999", 10, 8)], kb)
+    assert [f.fixmedins_code for f in found] == ["P3109999"]
+    assert found[0].figures["volume"] == 10 and found[0].figures["rate"] == 0.8
+    # but 4 of 4 is too few flagged lines to judge (min_flagged 5)
+    assert institution_findings([*peers(), unit("P3109999", 4, 4)], kb) == []
+
+
+def test_a_large_unit_slightly_above_the_peer_rate_is_not(kb):
+    # 1,000 lines at 4% against peers at 3%: under 2x the peer rate, and near its narrow limit
+    assert institution_findings([*peers(), unit("P3109999", 1000, 40)], kb) == []
+    # 1,000 lines at 8%: above its limit and 2x the peers, but a share too small to matter (min_rate 20%)
+    assert institution_findings([*peers(), unit("P3109999", 1000, 80)], kb) == []
+    # 1,000 lines at 25%: an outlier
+    assert [f.fixmedins_code for f in institution_findings([*peers(), unit("P3109999", 1000, 250)], kb)] == ["P3109999"]
+
+
+def test_the_control_limit_narrows_with_volume(kb):
+    from rxguard.engine.rules.institution_outlier import InstitutionOutlierParameters, PeerSet, Window, judge
+
+    p = InstitutionOutlierParameters()
+    group = [Window("institution", f"P{i}", PHARMACY, "310101", 100, tuple(range(3))) for i in range(6)]
+    limits = []
+    for n in (10, 100, 1000):
+        me = Window("institution", "ME", PHARMACY, "310101", n, ())
+        _, limit, _ = judge(me, PeerSet.of([*group, me], p), p)
+        limits.append(limit)
+    assert limits[0] > limits[1] > limits[2] > 0.03
+
+
+def test_the_rolling_window_catches_a_unit_too_small_for_a_month(kb):
+    # Given peers at 3% for three months, and a pharmacy with 4 lines a month, all flagged
+    months = ("2025-08", "2025-09", "2025-10")
+    aggregates = [a for m in months for a in peers(period=m)]
+    aggregates += [unit("P3109999", 4, 4, m) for m in months]
+    for a in aggregates:
+        if a.code == "P3109999":
+            object.__setattr__(a, "flagged_lines", tuple(f"{a.code}/{a.period}/{i}" for i in range(4)))
+    found = institution_findings(aggregates, kb)
+    # Then no month alone (4 flagged) is enough, but the windows ending in September (8 of 8) and
+    # October (12 of 12) are
+    assert sorted((f.figures["period"], tuple(f.figures["signals"])) for f in found) == [
+        ("2025-09", ("flagged_share_90d",)),
+        ("2025-10", ("flagged_share_90d",)),
+    ]
+    october = next(f for f in found if f.figures["period"] == "2025-10")
+    assert october.figures["window"] == "90d" and october.figures["volume"] == 12
+    assert len(october.evidence) == 12
 
 
 def test_volume_growth_far_above_peers_is_flagged(kb):

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from rxguard.engine.risk import PatientRisk
 from rxguard.models import OverrideReason, Severity
 
 CHINA = timezone(timedelta(hours=8))
@@ -130,9 +131,10 @@ class RuleHit(BaseModel):
     explanation_zh: str
     explanation_en: str
     evidence: list[str] = Field(
-        description="line ids fixmedins_code/feedetl_sn, the proposed ones included; at most the first 20"
+        description="line ids fixmedins_code/feedetl_sn, the proposed ones included; at most 5: the line answered "
+        "and the trigger lines first (GET /v1/findings/{id} lists them all)"
     )
-    evidence_count: int = Field(description="how many evidence lines the finding has (evidence shows at most 20)")
+    evidence_count: int = Field(description="how many evidence lines the finding has (evidence shows at most 5)")
     figures: dict[str, Any] = Field(default_factory=dict)
     mitigations: list[str] = Field(default_factory=list)
     finding_id: str = Field(description="the jr_id: GET /v1/findings/{id} answers it, POST /v1/dispositions uses it")
@@ -217,6 +219,10 @@ class FindingView(BaseModel):
 class FindingsPage(BaseModel):
     items: list[FindingView]
     next_token: str | None = Field(default=None, description="opaque; pass as next_token for the next page")
+    risk: PatientRisk | None = Field(
+        default=None,
+        description="with ?patient=: the patient's risk score 0-100 over all their current findings, with its parts",
+    )
 
 
 class ReviewRequest(BaseModel):

@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from rxguard.engine.rules import behaviour_code
 from rxguard.models import Scene, Severity
 
 NATIONAL_FILE = "national.yaml"
@@ -422,7 +423,10 @@ def resolve_field(order_path: str, relative: str) -> str:
 
 
 def behaviour_type(rule_id: str) -> str:
-    return dictionary().behaviour_type(rule_id)
+    table = dictionary()
+    if rule_id in table.rules:
+        return table.behaviour_type(rule_id)
+    return behaviour_code(rule_id)  # the rule module's own code (rxguard.engine.rules); 99 for an unknown rule
 
 
 def truncate(text: str, limit: int = 500) -> str:

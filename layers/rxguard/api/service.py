@@ -60,6 +60,7 @@ from rxguard.api.models import (
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import FindingQuery, FindingsStore
 from rxguard.api.subscriptions import Subscriptions, filter_policy
+from rxguard.engine.risk import PatientRisk, patient_risk
 from rxguard.ingest.normalize import LineRejected, TimeWindow, normalize_record
 from rxguard.kb import KnowledgeBase, KnowledgeBaseError
 from rxguard.letters import issue_letters
@@ -75,7 +76,8 @@ _PSEUDONYM = re.compile(r"p-[0-9a-f]{20}")  # claim-line times are China time; n
 Shape = Literal["rxguard", "nhsa"]
 CheckBody = DispensingRequest | nhsa.NhsaRequest | nhsa.NhsaEnvelope
 DispositionBody = DispositionRequest | nhsa.NhsaDispositionRequest | nhsa.NhsaDispositionEnvelope
-EVIDENCE_CAP = 20  # evidence line ids in an answer (the finding keeps them all; GET shows them)
+EVIDENCE_CAP = 5  # evidence line ids a hit lists (the finding keeps them all; GET shows them): a 200-line check < 1 MB
+TRIGGER_CAP = 3  # trigger line ids a hit's figures list (with trigger_lines_count)
 # Rules a dispenser can wait out: the fill passes once enough of the earlier supply is used.
 WAITABLE_RULES = frozenset({"early-refill", "cumulative-oversupply", "cross-institution-repeat"})
 NEXT_FILL_HORIZON_DAYS = 400  # beyond this, waiting is not the answer (next_fill_on null)
@@ -251,7 +253,12 @@ def normalize(lines: Sequence[RequestLine], services: Services, *, recording: bo
             None,
         )
     now = services.now()
-    window = TimeWindow.around(now, history_days=settings.history_days, skew_minutes=settings.clock_skew_minutes)
+    # what is recorded must be plausibly dated; a check records nothing and may ask about another day
+    window = (
+        TimeWindow.around(now, history_days=settings.history_days, skew_minutes=settings.clock_skew_minutes)
+        if recording
+        else None
+    )
     late_after = timedelta(hours=settings.late_hours)
     out: list[ClaimLine] = []
     seen: dict[str, str] = {}
@@ -376,7 +383,7 @@ def advise(
     claims: Sequence[ClaimLine],
     hits: Mapping[str, list[Finding]],
     reads: _CachedReads,
-    check: Callable[[Sequence[ClaimLine]], dict[str, list[Finding]]],
+    check: Callable[..., dict[str, list[Finding]]],
     allowed: Collection[str] | None,
     context: Sequence[ClaimLine] = (),
 ) -> Advice:
@@ -384,9 +391,14 @@ def advise(
     on which the line, re-checked against the same history with the other lines of the
     request, draws no finding of a waitable rule; None when even the horizon does not
     help. Supply findings are monotone in the waiting time (more of the earlier supply is
-    used), which makes bisection exact; the answer is re-checked once."""
+    used), which makes bisection exact; the answer is re-checked once.
+
+    Cost: the waitable rules judge one ingredient, so the search re-checks only the lines of
+    the claim's ingredient (`_OneIngredient`), and lines of one patient, ingredient and time
+    (one fill) share one search."""
     advice = Advice()
     known = {**reads.lines, **{c.line_id: c for c in claims}}
+    searched: dict[tuple[str, str, datetime], date | None] = {}
     for claim in claims:
         waitable = [f for f in hits.get(claim.line_id, []) if f.rule_id in WAITABLE_RULES]
         for finding in waitable:
@@ -395,15 +407,27 @@ def advise(
                 advice.previous[(claim.line_id, finding.finding_id)] = prev
         if not waitable:
             continue
-        others = [c for c in (context or claims) if c.psn_no == claim.psn_no and c.line_id != claim.line_id]
+        ingredient = claim.atc_code or claim.med_list_codg
+        group = (claim.psn_no, ingredient, claim.fee_ocur_time)
+        if group in searched:
+            advice.next_fill_on[claim.line_id] = searched[group]
+            continue
+        others = [
+            c
+            for c in (context or claims)
+            if c.psn_no == claim.psn_no and c.line_id != claim.line_id and (c.atc_code or c.med_list_codg) == ingredient
+        ]
+        view = _OneIngredient(reads, ingredient)
 
-        def passes(days: int, claim: ClaimLine = claim, others: list[ClaimLine] = others) -> bool:
+        def passes(
+            days: int, claim: ClaimLine = claim, others: list[ClaimLine] = others, view: _OneIngredient = view
+        ) -> bool:
             moved = claim.model_copy(update={"fee_ocur_time": claim.fee_ocur_time + timedelta(days=days)})
-            found = check([*others, moved]).get(claim.line_id, [])
+            found = check([*others, moved], view).get(claim.line_id, [])
             return not any(f.rule_id in WAITABLE_RULES and (allowed is None or f.rule_id in allowed) for f in found)
 
         if not passes(NEXT_FILL_HORIZON_DAYS):
-            advice.next_fill_on[claim.line_id] = None
+            advice.next_fill_on[claim.line_id] = searched[group] = None
             continue
         low, high = 0, NEXT_FILL_HORIZON_DAYS  # fails at low (today), passes at high
         while high - low > 1:
@@ -412,12 +436,44 @@ def advise(
                 high = middle
             else:
                 low = middle
-        advice.next_fill_on[claim.line_id] = claim.fee_ocur_time.date() + timedelta(days=high)
+        advice.next_fill_on[claim.line_id] = searched[group] = claim.fee_ocur_time.date() + timedelta(days=high)
     return advice
+
+
+class _OneIngredient(HistoryRepository):
+    """The cached history narrowed to one ingredient (what the waitable supply rules read)."""
+
+    def __init__(self, reads: _CachedReads, ingredient: str) -> None:
+        self.reads, self.ingredient = reads, ingredient
+
+    def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
+        loaded = self.reads.load_history(psn_nos)
+        return {
+            p: [ln for ln in lines if (ln.atc_code or ln.med_list_codg) == self.ingredient]
+            for p, lines in loaded.items()
+        }
+
+    def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
+        return {c: [] for c in codes}  # trace-code reuse cannot be waited out
+
+    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+        raise NotImplementedError("a check records nothing")
+
+    def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
+        return self.reads.load_findings(scopes)
+
+    def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
+        raise NotImplementedError("a check records nothing")
 
 
 def _hit(finding: Finding, kb: KnowledgeBase, line_id: str | None = None, advice: Advice | None = None) -> RuleHit:
     rule = kb.rules.get(finding.rule_id)
+    figures = dict(finding.figures)
+    triggers = figures.get("trigger_lines")
+    first = [*([line_id] if line_id else []), *(triggers if isinstance(triggers, list) else [])]
+    if isinstance(triggers, list) and len(triggers) > TRIGGER_CAP:
+        figures["trigger_lines"] = capped(triggers, first, TRIGGER_CAP)
+        figures["trigger_lines_count"] = len(triggers)
     waitable = finding.rule_id in WAITABLE_RULES and advice is not None and line_id is not None
     return RuleHit(
         rule_id=finding.rule_id,
@@ -428,9 +484,9 @@ def _hit(finding: Finding, kb: KnowledgeBase, line_id: str | None = None, advice
         decision=DECISION[finding.severity],
         explanation_zh=finding.explanation_zh,
         explanation_en=finding.explanation_en,
-        evidence=_bounded(finding.evidence, line_id),
+        evidence=capped(finding.evidence, first),
         evidence_count=len(finding.evidence),
-        figures=dict(finding.figures),
+        figures=figures,
         mitigations=list(finding.mitigations),
         finding_id=finding.finding_id,
         next_fill_on=advice.next_fill_on.get(line_id) if waitable and advice and line_id else None,
@@ -438,14 +494,19 @@ def _hit(finding: Finding, kb: KnowledgeBase, line_id: str | None = None, advice
     )
 
 
-def _bounded(evidence: Sequence[str], line_id: str | None) -> list[str]:
-    """At most EVIDENCE_CAP ids, the answered line always among them."""
-    if len(evidence) <= EVIDENCE_CAP:
-        return list(evidence)
-    head = list(evidence[:EVIDENCE_CAP])
-    if line_id is not None and line_id in evidence and line_id not in head:
-        head[-1] = line_id
-    return head
+def capped(line_ids: Sequence[str], first: Sequence[str] = (), cap: int = EVIDENCE_CAP) -> list[str]:
+    """At most `cap` line ids, sorted: `first` (the line answered, the trigger lines) kept first,
+    then the latest ids."""
+    if len(line_ids) <= cap:
+        return list(line_ids)
+    wanted = set(line_ids)
+    keep = list(dict.fromkeys(x for x in first if x in wanted))[:cap]
+    for line_id in reversed(line_ids):
+        if len(keep) >= cap:
+            break
+        if line_id not in keep:
+            keep.append(line_id)
+    return sorted(keep)
 
 
 def line_result(
@@ -490,7 +551,7 @@ def nhsa_response(
     for finding, lines in sorted(by_finding.values(), key=lambda e: (-e[0].severity.rank, e[0].rule_id)):
         rule = kb.rules.get(finding.rule_id)
         basis = (rule.legal_basis_zh if rule else "") or (rule.name_zh if rule else finding.rule_id)
-        shown = _bounded(finding.evidence, lines[0].line_id)
+        shown = capped(finding.evidence, [lines[0].line_id])
         more = len(finding.evidence) - len(shown)
         evidence = "；证据明细：" + "、".join(shown) + (f"等{len(finding.evidence)}条" if more else "")
         first = lines[0]
@@ -663,11 +724,11 @@ def check(
         require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     reads = _CachedReads(services.repo)
 
-    def run(lines: Sequence[ClaimLine]) -> dict[str, list[Finding]]:
+    def run(lines: Sequence[ClaimLine], repo: HistoryRepository = reads) -> dict[str, list[Finding]]:
         if scene is Scene.PRE:
-            found = services.check_lines(lines, reads, services.kb)
+            found = services.check_lines(lines, repo, services.kb)
         else:
-            found = services.check_lines(lines, reads, services.kb, scenes=(scene,))
+            found = services.check_lines(lines, repo, services.kb, scenes=(scene,))
         if allowed is None:
             return found
         return {line_id: [f for f in fs if f.rule_id in allowed] for line_id, fs in found.items()}
@@ -715,8 +776,6 @@ def dispense(services: Services, body: CheckBody, caller: Caller) -> Dispensatio
     claims = normalize(request_lines, services, recording=True)
     with _audited(services, caller, "dispensation", claims):
         require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
-    claims = normalize(request_lines, services)
-    require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     claims = with_prescriber_overrides(services, claims)
     outcome = services.screen_lines(claims, services.repo, services.kb, scene=Scene.IN)
     recorded = {line.line_id for line in outcome.recorded}
@@ -783,7 +842,22 @@ def list_findings(
         sorted({i.psn_no for i in items if i.psn_no} | ({patient} if patient else set())),
         "allowed",
     )
-    return FindingsPage(items=items, next_token=token)
+    risk = patient_risk_of(services, query) if patient else None
+    return FindingsPage(items=items, next_token=token, risk=risk)
+
+
+def patient_risk_of(services: Services, query: FindingQuery) -> PatientRisk:
+    """The risk score of the patient of `query` over all their current findings (every page;
+    the other filters of the query do not narrow it, the caller's institution does)."""
+    whole = FindingQuery(psn_no=query.psn_no, institution=query.institution)
+    findings: list[FindingView] = []
+    token: str | None = None
+    while True:
+        page, token = services.store.query(whole, 500, token)
+        findings.extend(page)
+        if not token:
+            break
+    return patient_risk(findings, as_of=services.now())
 
 
 def get_finding(services: Services, caller: Caller, finding_id: str) -> FindingView:

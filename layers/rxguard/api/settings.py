@@ -52,7 +52,7 @@ class ApiSettings(BaseModel):
     audit_stranger_limit: int = Field(default=50, ge=1)  # RXGUARD_AUDIT_STRANGER_LIMIT
     audit_table: str | None = None  # RXGUARD_AUDIT_TABLE
     # Work bound of one request: drug lines x (trace codes + 1), so every answer fits the timeout
-    max_work: int = Field(default=5000, ge=1)  # RXGUARD_API_MAX_WORK
+    max_work: int = Field(default=2000, ge=1)  # RXGUARD_API_MAX_WORK (measured: docs/security.md A10)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:

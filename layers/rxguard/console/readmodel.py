@@ -17,7 +17,7 @@ from typing import Any
 from rxguard.api.models import FindingView, Review
 from rxguard.api.service import Services
 from rxguard.api.store import FindingQuery
-from rxguard.engine.common import trigger_lines
+from rxguard.engine import trigger_lines
 from rxguard.engine.institutions import ActivityAggregate
 from rxguard.models import ClaimLine, Finding, Severity
 from rxguard.scope import Scope

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rxguard.engine.common import flagged_line_ids
+from rxguard.engine import flagged_line_ids
 from rxguard.engine.institutions import ActivityAggregate, activity_from_lines
 from rxguard.kb import KnowledgeBase
 from rxguard.models import Rejection

@@ -1,20 +1,37 @@
-"""The rule engine: the ten rules of rules/rules.yaml over a patient's whole timeline,
-a traceability code's sales, and institutions' monthly activity. Pure: no I/O."""
+"""The rule engine: the rules of the catalogue (engine/rules/), configured by rules/rules.yaml,
+over a patient's whole timeline, a traceability code's sales, and institutions' monthly activity. Pure: no I/O."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import TypeVar
 
-from rxguard.engine.common import RuleSet, check_parameters, flagged_line_ids
+from rxguard.engine.common import RuleSet
 from rxguard.engine.fills import build_fills
-from rxguard.engine.indication import IndicationRule
-from rxguard.engine.institutions import ActivityAggregate, activity_from_lines, evaluate_activity
+from rxguard.engine.institutions import ActivityAggregate, activity_from_lines
 from rxguard.engine.monthly import MonthlyRules
+from rxguard.engine.reversals import net_reversals
+from rxguard.engine.rules import CATALOGUE, Rule, check_definitions, flagged_line_ids
+from rxguard.engine.rules.cross_institution_repeat import CrossInstitutionRepeat
+from rxguard.engine.rules.cumulative_oversupply import CumulativeOversupply
+from rxguard.engine.rules.early_refill import EarlyRefill
+from rxguard.engine.rules.frequent_visits import FrequentVisits
+from rxguard.engine.rules.identity_misuse import IdentityMisuse
+from rxguard.engine.rules.indication_mismatch import IndicationMismatch
+from rxguard.engine.rules.institution_outlier import InstitutionOutlier
+from rxguard.engine.rules.multi_hospital_days import MultiHospitalDays
+from rxguard.engine.rules.multi_provider import MultiProvider
+from rxguard.engine.rules.over_quantity import OverQuantity
+from rxguard.engine.rules.override_frequency import OverrideFrequency
+from rxguard.engine.rules.pharmacy_spend import PharmacySpend
+from rxguard.engine.rules.therapeutic_duplication import TherapeuticDuplication
+from rxguard.engine.rules.trace_code_reuse import TraceCodeReuse
 from rxguard.engine.supply import SupplyRules
-from rxguard.engine.trace import TraceRule
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding, Scene
 from rxguard.repository import TraceSale
+
+_R = TypeVar("_R", bound=Rule)
 
 
 def _order(line: ClaimLine) -> tuple[object, str]:
@@ -35,21 +52,43 @@ class Engine:
 
     def __init__(self, kb: KnowledgeBase, scenes: Collection[Scene] | None = None) -> None:
         self.kb = kb
-        check_parameters(kb.rules.values())
+        check_definitions(kb.rules.values())
         self.rules = RuleSet(kb, scenes)
-        self._supply = SupplyRules(self.rules)
-        self._monthly = MonthlyRules(self.rules, kb)
-        self._indication = IndicationRule(self.rules, kb)
-        self._trace = TraceRule(self.rules, kb)
+        self.catalogue: dict[str, Rule] = {rid: cls(self.rules, kb) for rid, cls in CATALOGUE.items()}
+        self._supply = SupplyRules(
+            self._rule(OverQuantity),
+            self._rule(EarlyRefill),
+            self._rule(CrossInstitutionRepeat),
+            self._rule(CumulativeOversupply),
+            self._rule(OverrideFrequency),
+        )
+        self._monthly = MonthlyRules(
+            self._rule(FrequentVisits), self._rule(MultiHospitalDays), self._rule(PharmacySpend)
+        )
+        self._indication = self._rule(IndicationMismatch)
+        self._trace = self._rule(TraceCodeReuse)
+        self._outlier = self._rule(InstitutionOutlier)
+        self._duplication = self._rule(TherapeuticDuplication)
+        self._providers = self._rule(MultiProvider)
+        self._identity = self._rule(IdentityMisuse)
+
+    def _rule(self, cls: type[_R]) -> _R:
+        rule = self.catalogue[cls.id]
+        assert isinstance(rule, cls)
+        return rule
 
     def evaluate_patient(self, psn_no: str, timeline: Sequence[ClaimLine]) -> list[Finding]:
         """Every patient-scope finding over the patient's whole timeline (any order in)."""
-        lines = normalize_timeline(psn_no, timeline)
+        lines = net_reversals(normalize_timeline(psn_no, timeline))
         if not lines:
             return []
-        findings = self._supply.evaluate(psn_no, build_fills(lines, self.kb))
-        findings.extend(self._indication.evaluate(psn_no, lines))
-        findings.extend(self._trace.within_lines(psn_no, lines))
+        fills = build_fills(lines, self.kb)
+        findings = self._supply.evaluate(psn_no, fills)  # first: it settles which override reasons hold
+        findings.extend(self._duplication.finding(h) for h in self._duplication.evaluate(psn_no, fills))
+        findings.extend(self._providers.finding(h) for h in self._providers.evaluate(psn_no, lines))
+        findings.extend(self._identity.finding(h) for h in self._identity.evaluate(psn_no, lines))
+        findings.extend(self._indication.findings(psn_no, lines))
+        findings.extend(self._trace.within_line_findings(psn_no, lines))
         findings.extend(self._monthly.evaluate(psn_no, lines, flagged_line_ids(findings)))
         return _unique(findings)
 
@@ -57,7 +96,8 @@ class Engine:
         self, code: str, sales: Sequence[TraceSale], lines: Mapping[str, ClaimLine] | None = None
     ) -> list[Finding]:
         """Findings of one traceability code from all its recorded sales."""
-        return _unique(self._trace.evaluate(code, sales, lines))
+        del lines  # accepted for callers that have them: the result must not depend on them
+        return _unique(self._trace.findings(code, sales))
 
     def evaluate_institutions(self, lines: Iterable[ClaimLine], flagged_line_ids: set[str]) -> list[Finding]:
         """institution-outlier from lines and the ids of lines blamed by patient/trace findings
@@ -66,7 +106,7 @@ class Engine:
 
     def evaluate_activity(self, aggregates: Sequence[ActivityAggregate]) -> list[Finding]:
         """institution-outlier from monthly aggregates kept by the caller (e.g. DynamoDB)."""
-        return _unique(evaluate_activity(aggregates, self.rules))
+        return _unique(self._outlier.findings(aggregates))
 
 
 def _unique(findings: list[Finding]) -> list[Finding]:

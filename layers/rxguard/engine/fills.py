@@ -33,7 +33,8 @@ class Fill:
     long_term: bool = False  # lt_rx_flag on a long-term-eligible drug
     long_term_ignored: bool = False  # lt_rx_flag on a drug that is not eligible
     discharge: bool = False
-    override: str | None = None
+    override: str | None = None  # the override reason honoured (lost, travel, dose_change)
+    override_excess: str | None = None  # a reason declared beyond override-frequency's limit: not honoured
     pack_days: float = 0.0  # days of one pack of its product(s), the largest
     line_ids: list[str] = field(default_factory=list)  # sorted
 

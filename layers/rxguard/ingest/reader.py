@@ -111,6 +111,11 @@ def _utf16_order(prefix: bytes) -> str | None:
         return "utf-16-le"
     if even_zero > 0.3 and odd_zero < 0.05:
         return "utf-16-be"
+    try:  # Chinese UTF-16 is never valid UTF-8; UTF-8 (or ASCII) with stray NULs is not UTF-16
+        sample.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        pass
     best: tuple[int, str] | None = None
     for order in ("utf-16-le", "utf-16-be"):
         text = sample[: len(sample) // 2 * 2].decode(order, errors="replace")

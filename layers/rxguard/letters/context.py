@@ -128,11 +128,24 @@ FIGURE_ZH = {
     "peer_median_growth": "同类机构增长中位数",
     "peers": "同类机构数",
     "signals": "异常信号",
+    # issue 13's rules
+    "rate": "疑点明细占比",
+    "peer_rate": "同类机构合计占比",
+    "volume": "重点监控药品明细数（判定窗口）",
+    "control_limit": "控制上限（漏斗图）",
+    "window": "判定窗口",
+    "overrides_in_window": "期内申报特殊原因次数",
+    "prescribers": "医师数",
+    "hours_apart": "相隔小时数",
+    "first_admdvs": "首次区划",
+    "second_admdvs": "再次区划",
 }
 # Figures that are parameters or plumbing rather than facts about the case.
 HIDDEN_FIGURES = {
     "trigger_lines", "max_daily_dose_unit", "min_lines", "min_flag_share", "peer_multiple", "growth_multiple",
-    "evidence_truncated", "ingredient_atc", "atc_code", "first_line",
+    "evidence_truncated", "ingredient_atc", "atc_code", "first_line", "windows", "z_limit", "min_rate_ratio",
+    "min_rate", "min_flagged", "max_overrides", "window_days", "min_institutions", "min_prescribers", "limit_hours",
+    "regions_differ_in", "trigger_lines_count", "atc_class", "ingredients", "institution_codes",
 }  # fmt: skip
 
 LetterKind = Literal["提醒函", "警示函"]

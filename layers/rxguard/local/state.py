@@ -33,8 +33,8 @@ from typing import Any, TypeVar
 from rxguard.api.errors import Conflict, InvalidField, NotFound
 from rxguard.api.models import Disposition, FindingView, Review, ReviewStatus
 from rxguard.api.store import FindingQuery, FindingsStore, RuleFigures, decode_token, encode_token, view
-from rxguard.engine.common import DISPENSING_RULES, trigger_lines
 from rxguard.engine.institutions import ActivityAggregate, aggregate_from_counts
+from rxguard.engine.rules import DISPENSING_RULES, trigger_lines
 from rxguard.models import ClaimLine, Finding, Severity
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 from rxguard.scope import Scope
@@ -151,7 +151,12 @@ CREATE TABLE kept_numbers (
 """
 
 # version reached -> the script that reaches it from the version before (run in one transaction)
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+MIGRATIONS: dict[int, str] = {
+    1: _SCHEMA_V1,
+    2: _SCHEMA_V2,
+    # a sale's return (退费) or split-pack units (拆零): TraceSale.encode, NULL for a plain sale
+    3: "ALTER TABLE trace_sales ADD COLUMN sale TEXT",
+}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -416,9 +421,17 @@ class SqliteRepository(HistoryRepository):
                 ],
             )
             conn.executemany(
-                "INSERT OR IGNORE INTO trace_sales (code, line_id, t, psn_no, fixmedins_code) VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO trace_sales (code, line_id, t, psn_no, fixmedins_code, sale) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (code, line.line_id, _ts(line.fee_ocur_time), line.psn_no, line.fixmedins_code)
+                    (
+                        code,
+                        line.line_id,
+                        _ts(line.fee_ocur_time),
+                        line.psn_no,
+                        line.fixmedins_code,
+                        TraceSale.of(line, code).encode() if line.reverses or line.trdn_flag else None,
+                    )
                     for line in fresh
                     for code in dict.fromkeys(line.trace_codes)
                 ],
@@ -479,12 +492,15 @@ class SqliteRepository(HistoryRepository):
         if not out:
             return out
         rows = self.state.read(
-            "SELECT code, t, line_id, psn_no, fixmedins_code FROM trace_sales "
+            "SELECT code, t, line_id, psn_no, fixmedins_code, sale FROM trace_sales "
             "WHERE code IN (SELECT value FROM json_each(?)) ORDER BY code, t, line_id",
             (_ids(out),),
         )
-        for code, t, line_id, psn_no, fixmedins_code in rows:
-            out[code].append(TraceSale(datetime.fromisoformat(t), line_id, code, psn_no, fixmedins_code))
+        for code, t, line_id, psn_no, fixmedins_code, sale in rows:
+            if sale:
+                out[code].append(TraceSale.decode(code, line_id, sale))
+            else:
+                out[code].append(TraceSale(datetime.fromisoformat(t), line_id, code, psn_no, fixmedins_code))
         return out
 
     # ------------------------------------------------------------ findings

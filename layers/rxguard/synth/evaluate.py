@@ -37,6 +37,7 @@ from typing import Any
 
 from rxguard import screening
 from rxguard.config import Settings
+from rxguard.engine.rules import PATIENT_RULES, RULE_IDS
 from rxguard.ingest import read_batch
 from rxguard.kb import KnowledgeBase, get_knowledge_base
 from rxguard.models import ClaimLine
@@ -45,17 +46,7 @@ from rxguard.scope import Scope
 from rxguard.synth.generator import SynthConfig, generate
 from rxguard.synth.output import write_population
 
-PATIENT_RULES = (
-    "over-quantity",
-    "early-refill",
-    "cumulative-oversupply",
-    "cross-institution-repeat",
-    "frequent-visits",
-    "multi-hospital-days",
-    "pharmacy-spend",
-    "indication-mismatch",
-)
-ALL_RULES = (*PATIENT_RULES, "trace-code-reuse", "institution-outlier")
+ALL_RULES = (*PATIENT_RULES, *(r for r in RULE_IDS if r not in PATIENT_RULES))
 TARGET = 0.97
 FLAGGING = ("medium", "high")
 

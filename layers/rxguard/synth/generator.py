@@ -29,24 +29,31 @@ from typing import Any
 
 import rxguard.synth.catalogue as cat
 from rxguard import claimline as contract
+from rxguard.engine.rules import scenario_rules
 from rxguard.kb import Drug, KnowledgeBase
 from rxguard.synth.catalogue import Condition, Item
 
 # Field order of the written files: the claim-line contract's columns (docs/ingest.md).
 FIELDS = contract.COLUMNS
 
-# Abusive scenarios and the rules each must trigger (patient level).
-SCENARIOS: dict[str, tuple[str, ...]] = {
-    "over-quantity": ("over-quantity",),
-    "early-refill": ("early-refill",),
-    "stockpiling": ("cumulative-oversupply", "cross-institution-repeat", "early-refill"),
-    "frequent-visits": ("frequent-visits",),
-    "hospital-hopping": ("multi-hospital-days",),
-    "pharmacy-spend": ("pharmacy-spend",),
-    "indication-mismatch": ("indication-mismatch",),
-    "pill-mill": ("over-quantity",),
-    "trace-reseller": (),  # judged per trace code, not per patient
-}
+# Abusive scenarios, in generation order; the rules each must trigger (patient level) are
+# declared by the rule modules (`Rule.scenarios`), read from the rule catalogue.
+PATTERNS = (
+    "over-quantity",
+    "early-refill",
+    "stockpiling",
+    "frequent-visits",
+    "hospital-hopping",
+    "pharmacy-spend",
+    "indication-mismatch",
+    "pill-mill",
+    "trace-reseller",  # judged per trace code, not per patient
+    "override-abuse",
+    "doctor-shopping",
+    "duplication",
+    "card-sharing",
+)
+SCENARIOS: dict[str, tuple[str, ...]] = scenario_rules(PATTERNS)
 
 LEGIT_PROFILES: dict[str, float] = {
     "chronic": 0.46,
@@ -59,7 +66,13 @@ LEGIT_PROFILES: dict[str, float] = {
     "high-spend": 0.02,
     "override": 0.016,
     "max-dose": 0.02,
+    "refund": 0.02,  # a purchase refunded (退费) and bought again; the returned pack resold to another patient
+    "split-pack": 0.01,  # one pack sold in parts (拆零) to two patients under one trace code
+    "therapy-switch": 0.02,  # one drug replaced by another of its class when mostly used
+    "traveller": 0.02,  # purchases in another province, on other days than at home
 }
+
+PAIRED_PROFILES = frozenset({"refund", "split-pack"})
 
 # Margins that keep legitimate purchases clearly inside the rules (in days at the label maximum dose).
 LEGIT_USED_FRACTION = 0.85  # a refill comes after at least this share of the previous supply
@@ -141,6 +154,7 @@ class _Builder:
         self.hospitals: list[Institution] = []
         self.pharmacies: list[Institution] = []
         self.pill_mill: Institution | None = None
+        self.small_shop = Institution("P3101150000", "", "pharmacy", "310115")
         self.bad_doctor = ""
         self.ledger: dict[tuple[str, str], _Held] = {}
         self.visits: dict[tuple[str, str], set[str]] = defaultdict(set)  # (psn, month) -> visit ids
@@ -149,8 +163,11 @@ class _Builder:
         self.code_serial = 0
         self.trace_sales: dict[str, list[str]] = {}  # reused code -> line ids
         self.trace_resellers: dict[str, list[str]] = {}
+        self.trace_legit: dict[str, dict[str, list[str]]] = {"returned": {}, "split": {}}  # codes on several lines
         self.product: dict[str, str] = {}
         self.rx = 0
+        self.classes: dict[str, set[str]] = defaultdict(set)  # psn -> ATC-4 classes bought
+        self.remote: list[Institution] = []  # out-of-town institutions (travellers, shared cards)
         drugs = kb.monitored
         self.drug_of = drugs
         self.conditions = [
@@ -180,6 +197,17 @@ class _Builder:
             self.pharmacies.append(
                 Institution(f"P{admdvs}{i + 1:04d}", name, "pharmacy", admdvs, size=rng.uniform(0.5, 2.0))
             )
+        self.remote = [
+            Institution("H3301020001", "杭州市第一人民医院", "hospital", "330102", doctors=["D3301020001001"]),
+            Institution("P3302030001", "宁波海曙大药房", "pharmacy", "330203"),
+            Institution("P1101050001", "北京朝阳大药房", "pharmacy", "110105"),
+            Institution("P3205050001", "苏州高新区大药房", "pharmacy", "320505"),
+        ]
+        # a small pharmacy that serves the override abusers (about a dozen monitored lines a month,
+        # most of them flagged): an outlier without any volume to speak of
+        self.small_shop = Institution(
+            f"P310115{n_p + 1:04d}", "惠民小药房", "pharmacy", "310115", size=0.1, outlier=True
+        )
         mill = Institution(f"H310113{n_h + 1:04d}", "康泰民营门诊部", "hospital", "310113", size=0.3, outlier=True)
         mill.doctors = [f"D310113{n_h + 1:04d}001", f"D310113{n_h + 1:04d}002"]
         self.bad_doctor = mill.doctors[0]
@@ -299,6 +327,8 @@ class _Builder:
             "drug_trac_codg": ",".join(codes),
             "init_feedetl_sn": "",
         }
+        if isinstance(item, Drug):
+            self.classes[psn].add(item.atc_code[:5])
         if isinstance(item, Drug) and inst.kind == "hospital":
             self.rx += 1
             record["rxno"] = f"RX{self.rx:010d}"
@@ -318,6 +348,40 @@ class _Builder:
         self.line(psn, inst, t, reg, 1, med_type=med_type, doctor=doctor, dx=dx)
         if self.rng.random() < 0.25:
             self.line(psn, inst, t, self.rng.choice(cat.LAB_TESTS), 1, med_type=med_type, doctor=doctor, dx=dx)
+
+    def reversal(self, original: dict[str, Any], t: datetime, codes: Sequence[str] | None = None) -> dict[str, Any]:
+        """A refund (退费) of the whole `original` line at `t`: negative quantity and amount,
+        naming the original line; it lists the trace codes of the packs that come back."""
+        inst = next(
+            i for i in [*self.hospitals, *self.pharmacies, self.pill_mill] if i and i.code == original["fixmedins_code"]
+        )
+        inst.counter += 1
+        record = {
+            **original,
+            "feedetl_sn": f"{t:%Y%m%d}{inst.counter:08d}",
+            "fee_ocur_time": t.strftime("%Y-%m-%d %H:%M:%S"),
+            "cnt": -original["cnt"],
+            "det_item_fee_sumamt": -original["det_item_fee_sumamt"],
+            # half the refunds list the returned packs' codes, the others leave them out (the engine
+            # takes the original's codes then)
+            "drug_trac_codg": ",".join(codes if codes is not None else original["drug_trac_codg"].split(","))
+            if self.rng.random() < 0.5
+            else "",
+            "init_feedetl_sn": original["feedetl_sn"],
+        }
+        if inst.kind == "pharmacy":
+            self.spend[(original["psn_no"], original["fee_ocur_time"][:7])] -= original["det_item_fee_sumamt"]
+        self.records.append(record)
+        return record
+
+    def split_sale(self, psn: str, inst: Institution, t: datetime, drug: Drug, units: int, code: str) -> dict[str, Any]:
+        """A split-pack sale (拆零, trdn_flag=1): `units` minimum units of the pack `code`."""
+        record = self.line(psn, inst, t, drug, 1, med_type="41", codes=[code])
+        unit_price = round(record["pric"] / drug.units_per_pack, 4)
+        total = round(units * unit_price, 2)
+        self.spend[(psn, f"{t:%Y-%m}")] += total - record["det_item_fee_sumamt"]
+        record.update(cnt=units, trdn_flag=1, pric=unit_price, det_item_fee_sumamt=total)
+        return record
 
     # --- the ledger (legitimate purchases stay clearly inside the rules) ----------------
 
@@ -367,9 +431,10 @@ class _Builder:
         max_dose: bool = False,
         lt_only: bool = False,
         avoid_dx: Sequence[str] = (),
+        avoid_classes: Sequence[str] = (),
     ) -> list[Any]:
-        """Chronic conditions and one drug per condition (distinct ingredients), with the
-        patient's real daily dose in minimum units."""
+        """Chronic conditions and one drug per condition (distinct ATC level-4 classes: no
+        therapeutic duplication), with the patient's real daily dose in minimum units."""
         rng = self.rng
         pool = [
             c
@@ -384,17 +449,17 @@ class _Builder:
             if c not in chosen:
                 chosen.append(c)
         out = []
-        atcs: set[str] = set()
+        atcs: set[str] = set(avoid_classes)
         for c in chosen:
             options = [
                 self.drug_of[d]
                 for d in c.drugs
-                if self.drug_of[d].atc_code not in atcs and (not lt_only or self.drug_of[d].long_term_rx_eligible)
+                if self.drug_of[d].atc_code[:5] not in atcs and (not lt_only or self.drug_of[d].long_term_rx_eligible)
             ]
             if not options:
                 continue
             drug = rng.choice(options)
-            atcs.add(drug.atc_code)
+            atcs.add(drug.atc_code[:5])
             ratio = 1.0 if max_dose else min(1.0, max(0.15, drug.ddd / drug.max_daily_dose * rng.uniform(0.6, 1.6)))
             daily_units = ratio * drug.max_daily_dose / drug.strength
             out.append({"condition": c, "drug": drug, "daily_units": daily_units, "until": None})
@@ -526,14 +591,25 @@ class _Builder:
             self.pharmacy_spending(p, pharmacy, rng.uniform(4800, 7000), months=rng.choice((1, 2)))
         elif profile == "override":
             self.override(p, home, doctor)
+        elif profile == "refund":
+            self.refund(p, home, doctor)
+        elif profile == "split-pack":
+            self.split_pack(p)
+        elif profile == "therapy-switch":
+            self.therapy_switch(p, home, doctor)
+        elif profile == "traveller":
+            regimen = self.regimen(rng.choice((1, 2)), hospital_only=False)
+            self.chronic_course(p, regimen, first=self.first_day(), end=self.end, home=home, doctor=doctor)
         if profile not in ("dialysis",):
             self.acute_episodes(p, rate=0.25 if profile != "acute" else 0.6)
         if profile in ("chronic", "multi-pharmacy", "long-term-rx", "max-dose", "discharge") and rng.random() < 0.1:
             self.hospital_only_course(p)
+        if profile == "traveller":
+            self.travel(p)
 
     def hospital_only_course(self, p: Patient) -> None:
         """A specialty drug (cancer, transplant, rheumatology) dispensed at a hospital every month."""
-        regimen = self.regimen(1, hospital_only=True)
+        regimen = self.regimen(1, hospital_only=True, avoid_classes=sorted(self.classes[p.psn_no]))
         if not regimen:
             return
         home = self.hospital()
@@ -552,6 +628,7 @@ class _Builder:
 
     def acute_episodes(self, p: Patient, rate: float) -> None:
         rng = self.rng
+        usual = (self.hospital(), self.pharmacy())
         t = self.start
         while True:
             t = t + timedelta(days=rng.expovariate(rate / 30))
@@ -559,7 +636,8 @@ class _Builder:
                 return
             _, dx, code, packs = rng.choice(cat.ACUTE_EPISODES)
             use_pharmacy = rng.random() < 0.35
-            inst = self.pharmacy() if use_pharmacy else self.hospital()
+            # people mostly return to their usual pharmacy and clinic for a new episode
+            inst = usual[use_pharmacy] if rng.random() < 0.9 else (self.pharmacy() if use_pharmacy else self.hospital())
             when = self.when(t)
             if not use_pharmacy and self.month_visits(p.psn_no, when) >= LEGIT_VISITS_CAP - 1:
                 continue
@@ -723,6 +801,93 @@ class _Builder:
         self.chronic_course(p, regimen, first=resume, end=self.end, home=home, doctor=doctor)
         p.notes.append(f"one documented purchase with override reason {reason}")
 
+    def refund(self, p: Patient, home: Institution, doctor: str) -> None:
+        """A chronic patient buys at a pharmacy, has the purchase refunded (退费) the same or
+        the next day, and buys at the home hospital two or three days later; the returned
+        packs go back on the shelf and are sold to another patient (their codes again)."""
+        buyer = self.new_patient("refund-buyer", True)
+        self.refund_story(p, buyer, home, doctor)
+        self.acute_episodes(buyer, rate=0.3)
+
+    def refund_story(self, p: Patient, buyer: Patient, home: Institution, doctor: str) -> None:
+        rng = self.rng
+        regimen = self.regimen(1, hospital_only=False)
+        if not regimen:
+            return
+        span = (self.end - self.start).days
+        split = self.start + timedelta(days=rng.uniform(min(50, span / 3), max(span / 3 + 1, span - 50)))
+        self.chronic_course(p, regimen, first=self.first_day(), end=split, home=home, doctor=doctor)
+        item = regimen[0]
+        drug: Drug = item["drug"]
+        held = self.ledger.get((p.psn_no, drug.atc_code))
+        if held is None or held.days <= 0:
+            return
+        when = self.when(datetime.fromordinal(int(held.day + math.ceil(0.9 * held.days))))
+        shop = self.pharmacy()
+        pack_days = drug.days_supply(drug.units_per_pack)
+        packs = max(1, math.floor(28 / pack_days))
+        if not self.fits(p.psn_no, drug, when.toordinal(), shop, packs, self.allowed_days(drug, False, False)):
+            return
+        dx = [item["condition"].dx]
+        codes = self.trace_codes(drug, packs)
+        bought = self.line(p.psn_no, shop, when, drug, packs, med_type="41", dx=dx, codes=codes)
+        back = when + timedelta(hours=rng.uniform(1, 20))
+        returned = self.reversal(bought, back)
+        for code in codes:
+            listed = [_line_id(returned)] if returned["drug_trac_codg"] else []
+            self.trace_legit["returned"][code] = [_line_id(bought), *listed]
+        again = self.when(back + timedelta(days=rng.randint(2, 3)))
+        allowed = self.allowed_days(drug, False, False)
+        if self.fits(p.psn_no, drug, again.toordinal(), home, packs, allowed):
+            self.outpatient(p.psn_no, home, again, "11", doctor, dx)
+            self.line(p.psn_no, home, again, drug, packs, med_type="11", doctor=doctor, dx=dx)
+            self.record_fill(p.psn_no, drug, again.toordinal(), home, packs, allowed)
+            real_days = packs * drug.units_per_pack / item["daily_units"]
+            item["until"] = again + timedelta(days=real_days)
+            self.chronic_course(p, regimen, first=again + timedelta(days=real_days * 0.6), end=self.end, home=home,
+                                doctor=doctor)  # fmt: skip
+        p.notes.append(f"a purchase of {drug.generic_name_en} refunded, then bought again")
+        resold = self.when(back + timedelta(days=rng.uniform(3, 15)))
+        if resold < self.end:
+            again_sold = self.line(buyer.psn_no, shop, resold, drug, packs, med_type="41", dx=dx, codes=codes)
+            self.record_fill(buyer.psn_no, drug, resold.toordinal(), shop, packs, allowed)
+            for code in codes:
+                self.trace_legit["returned"][code].append(_line_id(again_sold))
+            buyer.notes.append("bought packs another patient had returned (refunded)")
+
+    def split_pack(self, p: Patient) -> None:
+        """One pack sold in parts (拆零) under its trace code: part to this patient, the rest
+        to another a few days later; the parts add up to the pack."""
+        rng = self.rng
+        pool = sorted(
+            (
+                d
+                for d in self.drug_of.values()
+                if d.units_per_pack >= 14 and d.unit_price_yuan < 500 and not d.restricted_indications
+            ),
+            key=lambda d: d.drug_code,
+        )
+        drug = rng.choice(pool)
+        shop = self.pharmacy()
+        code = self.trace_codes(drug, 1)[0]
+        first = self.when(self.start + timedelta(days=rng.uniform(0, (self.end - self.start).days - 20)))
+        part = rng.randint(drug.units_per_pack // 4, drug.units_per_pack // 2)
+        other = self.new_patient("split-pack", True)
+        for who, units, t in (
+            (p, part, first),
+            (other, drug.units_per_pack - part, first + timedelta(days=rng.uniform(1, 10))),
+        ):
+            allowed = self.allowed_days(drug, False, False)
+            if drug.days_supply(units) > allowed or (who.psn_no, drug.atc_code) in self.ledger:
+                continue
+            when = self.when(t)
+            part_sale = self.split_sale(who.psn_no, shop, when, drug, units, code)
+            self.trace_legit["split"].setdefault(code, []).append(_line_id(part_sale))
+            days = drug.days_supply(units)
+            self.ledger[(who.psn_no, drug.atc_code)] = _Held(when.toordinal(), days, shop.code, days, allowed)
+            who.notes.append(f"{units} of the {drug.units_per_pack} units of one pack of {drug.generic_name_en} (拆零)")
+        self.acute_episodes(other, rate=0.3)
+
     # --- abusive scenarios --------------------------------------------------------------
 
     def baseline(
@@ -733,7 +898,7 @@ class _Builder:
         regimen = [
             r
             for r in self.regimen(self.rng.choice((1, 2)), hospital_only=False, avoid_dx=avoid_dx)
-            if r["drug"].atc_code not in (exclude or set())
+            if r["drug"].atc_code[:5] not in {e[:5] for e in (exclude or set())}
         ]
         if regimen:
             pharmacies = [self.pharmacy()]
@@ -781,7 +946,7 @@ class _Builder:
             assert self.pill_mill is not None
             drugs = [self.pick_drug(chronic=True, excess=True)]
             drugs.append(self.pick_drug(chronic=rng.random() < 0.5, exclude=[drugs[0].drug_code], excess=True))
-            drugs = [d for i, d in enumerate(drugs) if d.atc_code not in {x.atc_code for x in drugs[:i]}]
+            drugs = [d for i, d in enumerate(drugs) if d.atc_code[:5] not in {x.atc_code[:5] for x in drugs[:i]}]
             self.baseline(p, pharmacy_only=True, exclude={d.atc_code for d in drugs})
             self.excess_fills(p, drugs, self.pill_mill, self.bad_doctor, rng.randint(2, 4), ramp=True)
         elif scenario == "early-refill":
@@ -805,6 +970,21 @@ class _Builder:
             self.mismatch(p)
         elif scenario == "trace-reseller":
             self.reseller(p)
+        elif scenario == "doctor-shopping":
+            drug = self.pick_drug(chronic=True)
+            self.baseline(p, pharmacy_only=True, exclude={drug.atc_code})
+            self.doctor_shopping(p, drug)
+        elif scenario == "duplication":
+            first, second = self.class_pair()
+            self.baseline(p, exclude={first.atc_code})
+            self.duplicate(p, first, second)
+        elif scenario == "card-sharing":
+            self.baseline(p, pharmacy_only=True)
+            self.share_card(p)
+        elif scenario == "override-abuse":
+            drug = self.pick_drug(chronic=True)
+            self.baseline(p, exclude={drug.atc_code})
+            self.override_abuse(p, drug)
 
     def excess_fills(
         self,
@@ -885,6 +1065,127 @@ class _Builder:
             gap = float(rng.randint(3, max(4, int(days // 3))))
             t = t + timedelta(days=gap)
         p.notes.append(f"{fills} fills of {drug.generic_name_en} at three pharmacies, stock {stock:.0f} days")
+
+    def class_pair(self) -> tuple[Drug, Drug]:
+        """Two chronic, unrestricted ingredients of one ATC level-4 class (two statins ...)."""
+        classes: dict[str, list[Drug]] = defaultdict(list)
+        for d in sorted(self.drug_of.values(), key=lambda d: d.drug_code):
+            usable = d.chronic and not d.restricted_indications and d.days_supply(d.units_per_pack) >= 3
+            if usable and all(x.atc_code != d.atc_code for x in classes[d.atc_code[:5]]):
+                classes[d.atc_code[:5]].append(d)
+        pairs = sorted(k for k, v in classes.items() if len(v) >= 2)
+        first, second = self.rng.sample(classes[self.rng.choice(pairs)], 2)
+        return first, second
+
+    def monthly_packs(self, drug: Drug) -> tuple[int, float]:
+        """Packs of up to 28 days at the label maximum, and their days."""
+        pack_days = drug.days_supply(drug.units_per_pack)
+        packs = max(1, math.floor(28 / pack_days))
+        return packs, packs * pack_days
+
+    def doctor_shopping(self, p: Patient, drug: Drug) -> None:
+        """One fill a month of normal size, each at another hospital from another doctor
+        (5 hospitals): no supply rule fires, the providers do."""
+        rng = self.rng
+        packs, days = self.monthly_packs(drug)
+        span = (self.end - self.start).days
+        t = self.start + timedelta(days=rng.uniform(0, max(1, span - 4 * days - 5)))
+        dx = "I10"
+        for h in rng.sample(self.hospitals, 5):
+            when = self.when(t)
+            doctor = rng.choice(h.doctors)
+            self.outpatient(p.psn_no, h, when, "11", doctor, [dx])
+            self.line(p.psn_no, h, when, drug, packs, med_type="11", doctor=doctor, dx=[dx])
+            t += timedelta(days=days - rng.uniform(0.2, 1.5))
+        p.notes.append(f"{drug.generic_name_en} from five hospitals and five doctors, one fill a month")
+
+    def duplicate(self, p: Patient, first: Drug, second: Drug) -> None:
+        """Two ingredients of one class bought side by side every month, at a hospital and
+        at a pharmacy (3-4 months): each alone is a normal treatment."""
+        rng = self.rng
+        home, shop = self.hospital(), self.pharmacy()
+        doctor = rng.choice(home.doctors)
+        span = (self.end - self.start).days
+        t = self.start + timedelta(days=rng.uniform(0, max(1, span - 120)))
+        for _ in range(rng.randint(3, 4)):
+            for drug, inst, lag in ((first, home, 0.0), (second, shop, rng.uniform(2, 9))):
+                packs, _ = self.monthly_packs(drug)
+                when = self.when(t + timedelta(days=lag))
+                if inst is home:
+                    self.outpatient(p.psn_no, home, when, "11", doctor, ["I10"])
+                self.line(p.psn_no, inst, when, drug, packs, med_type="11" if inst is home else "41",
+                          doctor=doctor if inst is home else None, dx=["I10"])  # fmt: skip
+            t += timedelta(days=28 + rng.uniform(0, 2))
+        p.notes.append(f"{first.generic_name_en} and {second.generic_name_en} ({first.atc_code[:5]}) side by side")
+
+    def share_card(self, p: Patient) -> None:
+        """The card used in two places in an impossible time, once or twice: Shanghai and
+        another province within 4 hours, or two cities of one province within an hour."""
+        rng = self.rng
+        hangzhou, ningbo = self.remote[0], self.remote[1]
+        span = (self.end - self.start).days
+        for _ in range(rng.randint(1, 2)):
+            day = self.start + timedelta(days=rng.uniform(0, span - 1))
+            t1 = self.when(day, 8, 14)
+            if rng.random() < 0.5:
+                first, second, gap = self.pharmacy(), rng.choice(self.remote), rng.uniform(0.5, 3.5)
+            else:
+                first, second, gap = hangzhou, ningbo, rng.uniform(0.2, 0.8)
+            self.line(p.psn_no, first, t1, rng.choice(self.unmonitored), 1, med_type="41")
+            t2 = t1 + timedelta(hours=gap)
+            self.line(p.psn_no, second, t2, rng.choice(self.unmonitored), 1, med_type="41")
+            p.notes.append(f"card used at {first.code} and {second.code} {gap:.1f} hours apart")
+
+    def travel(self, p: Patient) -> None:
+        """Purchases in another province on days with no line at home the day before or after."""
+        rng = self.rng
+        mine = sorted(
+            datetime.strptime(r["fee_ocur_time"], "%Y-%m-%d %H:%M:%S") for r in self.records if r["psn_no"] == p.psn_no
+        )
+        span = (self.end - self.start).days
+        for _ in range(rng.randint(1, 3)):
+            day = self.start + timedelta(days=rng.uniform(0, span - 1))
+            when = self.when(day)
+            if any(abs((when - t).total_seconds()) < 30 * 3600 for t in mine):
+                continue
+            self.line(p.psn_no, rng.choice(self.remote[2:]), when, rng.choice(self.unmonitored), 1, med_type="41")
+            mine.append(when)
+            p.notes.append(f"bought at {when:%Y-%m-%d} away from home")
+
+    def therapy_switch(self, p: Patient, home: Institution, doctor: str) -> None:
+        """A drug replaced by another of its class at the regular refill (the old supply
+        mostly used), sometimes with the reason dose_change."""
+        rng = self.rng
+        first, second = self.class_pair()
+        t = self.first_day()
+        switch_at = rng.randint(2, 4)
+        for i in range(6):
+            drug = first if i < switch_at else second
+            packs, days = self.monthly_packs(drug)
+            when = self.when(t)
+            if when >= self.end:
+                break
+            self.outpatient(p.psn_no, home, when, "11", doctor, ["I10"])
+            reason = "dose_change" if i == switch_at and rng.random() < 0.5 else None
+            self.line(p.psn_no, home, when, drug, packs, med_type="11", doctor=doctor, dx=["I10"], override=reason)
+            t += timedelta(days=days * rng.uniform(0.9, 1.05))
+        p.notes.append(f"switched from {first.generic_name_en} to {second.generic_name_en}")
+
+    def override_abuse(self, p: Patient, drug: Drug) -> None:
+        """7-8 fills of up to 28 days, 3-6 days apart at two pharmacies, each declaring an
+        override reason (travel, lost): the pattern of issue 13 (every answer was pass)."""
+        rng = self.rng
+        shops = [self.small_shop, rng.choice(self.pharmacies)]
+        pack_days = drug.days_supply(drug.units_per_pack)
+        packs = max(1, math.floor(28 / pack_days))
+        dx = drug.restricted_indications[0] if drug.restricted_indications else "I10"
+        t = self.start + timedelta(days=rng.uniform(5, max(6, (self.end - self.start).days - 60)))
+        n = rng.randint(7, 8)
+        for i in range(n):
+            reason = rng.choice(("travel", "travel", "lost"))
+            self.line(p.psn_no, shops[i % 2], self.when(t), drug, packs, med_type="41", dx=[dx], override=reason)
+            t += timedelta(days=rng.randint(3, 6))
+        p.notes.append(f"{n} fills of {drug.generic_name_en} with override reasons, 3-6 days apart")
 
     def frequent_visits(self, p: Patient, home: Institution) -> None:
         """16-22 outpatient visits in a month, at two hospitals (never three a day)."""
@@ -983,7 +1284,13 @@ class _Builder:
         plan: list[tuple[bool, str]] = [(False, s) for s, k in per.items() for _ in range(k)]
         profiles = list(LEGIT_PROFILES)
         weights = [LEGIT_PROFILES[x] for x in profiles]
-        plan += [(True, rng.choices(profiles, weights=weights)[0]) for _ in range(n_legit)]
+        slots = n_legit
+        while slots > 0:  # a paired profile brings a second legitimate patient (the buyer, the other half)
+            what = rng.choices(profiles, weights=weights)[0]
+            cost = 2 if what in PAIRED_PROFILES else 1
+            if cost <= slots:
+                plan.append((True, what))
+                slots -= cost
         rng.shuffle(plan)
         # the pill mill also serves a few legitimate patients, with its second doctor
         for legit, what in plan:
@@ -1005,6 +1312,11 @@ class _Builder:
         for code, sales in list(self.trace_sales.items()):
             if not all(s in kept for s in sales):
                 del self.trace_sales[code]
+        for group in self.trace_legit.values():
+            for code, sales in list(group.items()):
+                group[code] = [s for s in sales if s in kept]
+                if len(group[code]) < 2:
+                    del group[code]
 
     def pill_mill_regulars(self, count: int) -> None:
         assert self.pill_mill is not None
@@ -1019,7 +1331,7 @@ class _Builder:
         assert self.pill_mill is not None
         institutions: dict[str, Any] = {}
         prescribers: dict[str, Any] = {}
-        for inst in [*self.hospitals, *self.pharmacies, self.pill_mill]:
+        for inst in [*self.hospitals, *self.pharmacies, self.small_shop, self.pill_mill, *self.remote]:
             institutions[inst.code] = {
                 "name": inst.name,
                 "kind": inst.kind,
@@ -1071,8 +1383,15 @@ class _Builder:
             "trace_codes": {
                 "reused": {code: sales for code, sales in sorted(self.trace_sales.items())},
                 "resellers": {k: v for k, v in sorted(self.trace_resellers.items())},
+                # legitimately on several lines: refunded packs back on the shelf, split packs (拆零)
+                "returned": dict(sorted(self.trace_legit["returned"].items())),
+                "split": dict(sorted(self.trace_legit["split"].items())),
             },
         }
+
+
+def _line_id(record: dict[str, Any]) -> str:
+    return f"{record['fixmedins_code']}/{record['feedetl_sn']}"
 
 
 def until_is_past(until: datetime | None, when: datetime) -> bool:

@@ -16,8 +16,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from rxguard.dynamo import ActivityKey, ResultStore, activity_units
-from rxguard.engine.common import flagged_line_ids, trigger_lines
-from rxguard.engine.institutions import ActivityAggregate, previous_period
+from rxguard.engine import flagged_line_ids, trigger_lines
+from rxguard.engine.institutions import ActivityAggregate
+from rxguard.engine.rules.institution_outlier import InstitutionOutlierParameters, affected_periods
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding
 from rxguard.observability import logger
@@ -72,8 +73,10 @@ def screen_institutions(
     touched: set[str] = set()
     for entry in ok_results(request.chunk_results):
         touched.update(ChunkFindings.model_validate(results.get_json(str(entry["result_key"]))).activity_periods)
-    evaluated = touched | {next_period(p) for p in touched}
-    activity = repo.load_activity(evaluated | {previous_period(p) for p in evaluated}) if evaluated else []
+    rule = kb.rules.get("institution-outlier")
+    window = InstitutionOutlierParameters.model_validate(rule.parameters).window_months if rule else 1
+    evaluated, needed = affected_periods(touched, window)
+    activity = repo.load_activity(needed) if evaluated else []
     found = [f for f in institution_findings(activity, kb) if f.figures.get("period") in evaluated]
     by_scope: dict[str, list[Finding]] = defaultdict(list)
     for a in activity:

@@ -4,7 +4,7 @@ records lines idempotently and reconciles findings), keep the changes for Notify
 from __future__ import annotations
 
 from rxguard.dynamo import DynamoRepository, ResultStore, activity_units
-from rxguard.engine.common import trigger_lines
+from rxguard.engine.rules import trigger_lines
 from rxguard.ingest import read_chunk
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding, Scene
