@@ -29,3 +29,14 @@ def kb():  # type: ignore[no-untyped-def]
     from rxguard.kb import get_knowledge_base
 
     return get_knowledge_base()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_letter_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Letters issued without a counter store take numbers (and remember which findings
+    each addressee's letter of a period held) from one store per process; each test gets
+    its own, so a test's letter is never a 'supplementary' one because another test
+    lettered the same institution and month first."""
+    import rxguard.letters as letters
+
+    monkeypatch.setattr(letters, "_PROCESS_COUNTERS", type(letters._PROCESS_COUNTERS)())

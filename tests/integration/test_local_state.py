@@ -25,6 +25,7 @@ from rxguard.local.state import (
     StateBusy,
     StateError,
     content_batch_id,
+    encode_line,
 )
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
 from rxguard.scope import Scope
@@ -188,12 +189,25 @@ def test_schema_versions(tmp_path: Path) -> None:
 
 def test_a_state_of_the_first_version_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
     # Given a state written at schema version 1 (the first release), with a line and a counter
+    # (written as the first release wrote it: later versions add columns its rows lack)
+    first = line("P1", "1")
     conn = sqlite3.connect(tmp_path / STATE_FILE, isolation_level=None)
     conn.executescript(MIGRATIONS[1] + "PRAGMA user_version=1;")
+    conn.execute(
+        "INSERT INTO lines (line_id, psn_no, t, period, fixmedins_code, bilg_dr_codg, admdvs, monitored, body) "
+        "VALUES (?, ?, ?, ?, ?, NULL, ?, 1, ?)",
+        (
+            first.line_id,
+            first.psn_no,
+            first.fee_ocur_time.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+            first.fee_ocur_time.strftime("%Y-%m"),
+            first.fixmedins_code,
+            first.admdvs,
+            encode_line(first),
+        ),
+    )
+    conn.execute("INSERT INTO counters (name, value) VALUES ('letters', 1)")
     conn.close()
-    with State(tmp_path / STATE_FILE) as old:  # the adapters of v1 tables work without migrating
-        old.repository().record_lines([line("P1", "1")])
-        assert old.next_counter("letters") == 1
     # When the current rxguard opens it
     with State.open(tmp_path) as state:
         # Then it is migrated to the current version, and the data is still there
