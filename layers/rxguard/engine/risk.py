@@ -18,12 +18,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from rxguard.engine.rules import CATALOGUE
 from rxguard.models import Severity
+
+# Claim-line times are China time without an offset (as fee_ocur_time), so not RFC 3339 date-times
+ChinaTime = Annotated[
+    datetime,
+    WithJsonSchema({"type": "string", "description": "China time (UTC+8) without an offset: YYYY-MM-DDTHH:MM:SS"}),
+]
 
 SEVERITY_WEIGHT = {Severity.HIGH: 1.0, Severity.MEDIUM: 0.6, Severity.LOW: 0.1}
 REVIEW_WEIGHT = {"confirmed": 1.5, "dismissed": 0.0}
@@ -59,7 +65,7 @@ class RiskContribution(BaseModel):
     finding_id: str
     rule_id: str
     severity: Severity
-    occurred_at: datetime
+    occurred_at: ChinaTime
     age_days: float
     review: str = Field(description="confirmed | dismissed | not reviewed")
     points: float
@@ -69,7 +75,7 @@ class PatientRisk(BaseModel):
     score: int = Field(ge=0, le=100, description="0-100: 100 x (1 - exp(-points / 2))")
     level: str = Field(description="low (< 30) | medium (30-69) | high (>= 70)")
     points: float
-    as_of: datetime
+    as_of: ChinaTime
     findings: int = Field(description="current findings counted")
     parts: list[RiskPart] = Field(description="points per rule, largest first")
     top: list[RiskContribution] = Field(description="the findings that weigh most (at most 10)")
