@@ -176,9 +176,13 @@ class KnowledgeBaseError(ValueError):
     """A knowledge-base file is invalid; the message names the file, entry and field."""
 
     def __init__(self, file: str, entry: str | None, field: str | None, message: str) -> None:
-        self.file, self.entry, self.field = file, entry, field
+        self.file, self.entry, self.field, self.message = file, entry, field, message
         where = file + (f", entry {entry}" if entry else "") + (f", field {field}" if field else "")
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self) -> tuple[type[KnowledgeBaseError], tuple[str, str | None, str | None, str]]:
+        """Picklable with its four parts (a worker process's error reaches the parent whole)."""
+        return (KnowledgeBaseError, (self.file, self.entry, self.field, self.message))
 
 
 def _raise_from_validation(file: str, entry: str, exc: ValidationError) -> None:

@@ -232,3 +232,13 @@ def test_serve_over_a_state_answers_backtests(state_dir: Path, tmp_path: Path) -
         assert json.loads(answer["body"])["rules"]["early-refill"]["removed"] > 0
     finally:
         site.close()
+
+
+def test_a_rule_base_error_crosses_a_process_boundary_whole() -> None:
+    import pickle
+
+    from rxguard.kb import KnowledgeBaseError
+
+    error = pickle.loads(pickle.dumps(KnowledgeBaseError("try.yaml", "early-refill", "parameters", "bad value")))
+    assert (error.file, error.entry, error.field) == ("try.yaml", "early-refill", "parameters")
+    assert str(error) == "try.yaml, entry early-refill, field parameters: bad value"
