@@ -325,3 +325,14 @@ def test_the_memory_backend_runs_the_same_steps(tmp_path: Path, kb: Any) -> None
     # Then the findings are the engine's
     assert [b.status for b in result.batches] == ["SUCCEEDED"] * len(SAMPLE_FILES)
     assert [f.model_dump(mode="json") for f in backend.current_findings()] == _engine_findings(SAMPLE_FILES)
+
+
+def test_make_run_with_relative_folders_writes_its_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the folders `make run` gives: relative to the working directory
+    sample = (Path(__file__).resolve().parents[2] / "events/batches/01_shanghai_his_utf8.csv").resolve()
+    monkeypatch.chdir(tmp_path)
+    # When the local run writes its objects (their locations are file:// URIs)
+    assert main([str(sample), "--state", "out/state", "--out", "out"]) == 0
+    # Then the outputs and the state are where the relative paths say
+    assert (tmp_path / "out/findings.jsonl").read_text(encoding="utf-8").strip()
+    assert (tmp_path / "out/state/state.db").is_file()

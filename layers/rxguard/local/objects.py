@@ -25,7 +25,7 @@ class LocalObjects(ResultStore):
 
     def __init__(self, root: Path) -> None:  # no S3 client: nothing of the parent is used
         self.bucket = "local"
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # absolute: object URIs are file:// URIs
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
