@@ -18,37 +18,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rxguard.engine import ActivityAggregate, flagged_line_ids
+from rxguard.engine.institutions import aggregate_from_counts
 from rxguard.kb import KnowledgeBase
 from rxguard.local.state import State
-from rxguard.models import ClaimLine, Finding, InstitutionKind
+from rxguard.models import ClaimLine, Finding
 from rxguard.planning.history import iter_timelines, iter_trace_sales, patient_partition, resolve, shared_codes
+from rxguard.scope import Scope
 from rxguard.screening import RECORDING_SCENES, engine_for, institution_findings
 
 Unit = tuple[str, str, str]  # (subject_type, code, period)
 
 
+def _units(line: ClaimLine) -> list[Unit]:
+    """The unit-months a monitored line counts for: its institution's, and its prescriber's."""
+    period = line.fee_ocur_time.strftime("%Y-%m")
+    units: list[Unit] = [("institution", line.fixmedins_code, period)]
+    if line.bilg_dr_codg:
+        units.append(("prescriber", line.bilg_dr_codg, period))
+    return units
+
+
 @dataclass
 class Activity:
     """Monitored lines per institution-month and prescriber-month, accumulated line by
-    line (the same aggregates as `rxguard.engine.activity_from_lines`)."""
+    line and turned into aggregates by `engine.institutions.aggregate_from_counts`, as the
+    stores do (the same aggregates as `rxguard.engine.activity_from_lines`)."""
 
-    regions: dict[Unit, Counter[str | None]] = field(default_factory=dict)
+    regions: dict[Unit, Counter[str]] = field(default_factory=dict)  # admdvs ("" unknown) -> lines
     places: dict[Unit, Counter[str]] = field(default_factory=dict)  # a prescriber's institutions
-    kinds: dict[Unit, InstitutionKind] = field(default_factory=dict)
     units_of: dict[str, list[Unit]] = field(default_factory=dict)  # flagged line id -> its units
 
     def add(self, line: ClaimLine, flagged: set[str]) -> None:
         if not line.monitored:
             return
-        period = line.fee_ocur_time.strftime("%Y-%m")
-        units: list[Unit] = [("institution", line.fixmedins_code, period)]
-        self.kinds.setdefault(units[0], line.institution_kind)
-        if line.bilg_dr_codg:
-            doctor: Unit = ("prescriber", line.bilg_dr_codg, period)
-            units.append(doctor)
-            self.places.setdefault(doctor, Counter())[line.fixmedins_code] += 1
+        units = _units(line)
         for unit in units:
-            self.regions.setdefault(unit, Counter())[line.admdvs] += 1
+            self.regions.setdefault(unit, Counter())[line.admdvs or ""] += 1
+            if unit[0] == "prescriber":
+                self.places.setdefault(unit, Counter())[line.fixmedins_code] += 1
         if line.line_id in flagged:
             self.units_of[line.line_id] = units
 
@@ -57,8 +64,6 @@ class Activity:
             self.regions.setdefault(unit, Counter()).update(counts)
         for unit, places in other.places.items():
             self.places.setdefault(unit, Counter()).update(places)
-        for unit, kind in other.kinds.items():
-            self.kinds.setdefault(unit, kind)
         self.units_of.update(other.units_of)
 
     def aggregates(self, flagged: set[str], unit_lookup: dict[str, list[Unit]]) -> list[ActivityAggregate]:
@@ -69,31 +74,9 @@ class Activity:
         out = []
         for unit, regions in self.regions.items():
             subject_type, code, period = unit
-            if subject_type == "institution":
-                main, kind = code, self.kinds[unit]
-            else:
-                main = _most(self.places[unit]) or ""
-                kind = InstitutionKind.from_code(main)
-            out.append(
-                ActivityAggregate(
-                    subject_type="institution" if subject_type == "institution" else "prescriber",
-                    code=code,
-                    period=period,
-                    kind=kind,
-                    monitored_lines=sum(regions.values()),
-                    flagged_lines=tuple(sorted(by_unit.get(unit, ()))),
-                    fixmedins_code=main,
-                    admdvs=_most(regions),
-                )
-            )
+            subject = Scope.institution(code) if subject_type == "institution" else Scope.prescriber(code)
+            out.append(aggregate_from_counts(subject, period, regions, by_unit.get(unit, ()), self.places.get(unit)))
         return sorted(out, key=lambda a: (a.subject_type, a.code, a.period))
-
-
-def _most(counts: Counter[str | None] | Counter[str]) -> str | None:
-    """The most frequent value, ties broken by the smallest (the engine's rule)."""
-    if not counts:
-        return None
-    return min(counts.items(), key=lambda kv: (-kv[1], kv[0] or ""))[0]
 
 
 @dataclass
@@ -179,11 +162,6 @@ def _units_of_lines(state: State, line_ids: Iterable[str], kb: KnowledgeBase | N
     out: dict[str, list[Unit]] = {}
     for line_id, line in lines.items():
         resolved = resolve(line, kb) if kb is not None else line
-        if not resolved.monitored:
-            continue
-        period = resolved.fee_ocur_time.strftime("%Y-%m")
-        units: list[Unit] = [("institution", resolved.fixmedins_code, period)]
-        if resolved.bilg_dr_codg:
-            units.append(("prescriber", resolved.bilg_dr_codg, period))
-        out[line_id] = units
+        if resolved.monitored:
+            out[line_id] = _units(resolved)
     return out
