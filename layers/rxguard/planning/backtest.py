@@ -8,6 +8,7 @@ reviews, and the spending the rule's findings cite (docs/planning.md)."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from rxguard.kb import KnowledgeBase, Phase
 from rxguard.local.state import State
 from rxguard.models import Finding
 from rxguard.planning.evaluate import Evaluation, evaluate_history
-from rxguard.planning.history import with_phase
+from rxguard.planning.history import overlay_rule_entries, with_phase
 
 
 @dataclass
@@ -155,8 +156,6 @@ def _reviews(state: State) -> dict[str, str]:
 
 
 def _spending(state: State, findings: Iterable[Finding]) -> dict[str, float]:
-    import json
-
     ids = sorted({x for f in findings for x in f.evidence})
     out: dict[str, float] = {}
     for start in range(0, len(ids), 5000):
@@ -224,7 +223,6 @@ def phase_plan(
 def state_planner(state_dir: str | Path, kb: KnowledgeBase, workers: int | None = None) -> Any:
     """The API's planner (`rxguard.api.service.Planner`) over a local state: rule entries as
     in rules.yaml, merged over `kb`'s, backtested on the state's history."""
-    from rxguard.planning.history import overlay_rule_entries
 
     def plan(entries: list[dict[str, Any]], since: str | None) -> dict[str, Any]:
         trial = overlay_rule_entries(kb, {"rules": entries}, "request")
