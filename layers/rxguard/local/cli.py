@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from rxguard.local.backend import Backend
 from rxguard.local.orchestrator import BatchRun, Progress, RunResult
+from rxguard.texttable import table
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
 
@@ -254,20 +255,6 @@ def mask_psn(psn_no: str | None) -> str:
     return psn_no[:2] + "***" + psn_no[-2:] if len(psn_no) >= 8 else "***"
 
 
-def _width(text: str) -> int:
-    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)  # CJK characters take two columns
-
-
-def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> list[str]:
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(_width(r[i]) for r in cells) for i in range(len(header))]
-
-    def fmt(row: Sequence[str]) -> str:
-        return "  ".join(c + " " * (w - _width(c)) for c, w in zip(row, widths, strict=True)).rstrip()
-
-    return [fmt(cells[0]), "  ".join("-" * w for w in widths), *[fmt(r) for r in cells[1:]]]
-
-
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as fh:
         for row in rows:
@@ -348,11 +335,11 @@ def _summary(
             ]
         )
     lines = ["", "Batches"]
-    lines += _table(rows, ["file", "status", "read", "accepted", "rejected", "new", "superseded", "by rule"])
+    lines += table(rows, ["file", "status", "read", "accepted", "rejected", "new", "superseded", "by rule"])
     matrix: Counter[tuple[str, str]] = Counter((str(f["rule_id"]), str(f["severity"])) for f in findings)
     severities = ["high", "medium", "low"]
     lines += ["", f"Findings of the state ({len(findings)} current)"]
-    lines += _table(
+    lines += table(
         [
             [rule, *[matrix[(rule, s)] or "" for s in severities], sum(matrix[(rule, s)] for s in severities)]
             for rule in sorted({rule for rule, _ in matrix})
@@ -364,7 +351,7 @@ def _summary(
     )[:5]
     if top:
         lines += ["", "First findings (psn_no masked)"]
-        lines += _table(
+        lines += table(
             [
                 [
                     f["severity"],

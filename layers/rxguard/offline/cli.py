@@ -31,6 +31,7 @@ from typing import Any, TextIO
 
 from rxguard.models import Finding
 from rxguard.offline.environment import PROJECT_ROOT, Environment, Execution, Subscription
+from rxguard.texttable import table
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
 
@@ -356,20 +357,6 @@ def _overall(
     }
 
 
-def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> list[str]:
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(_width(r[i]) for r in cells) for i in range(len(header))]
-
-    def fmt(row: Sequence[str]) -> str:
-        return "  ".join(c + " " * (w - _width(c)) for c, w in zip(row, widths, strict=True)).rstrip()
-
-    return [fmt(cells[0]), "  ".join("-" * w for w in widths), *[fmt(r) for r in cells[1:]]]
-
-
-def _width(text: str) -> int:
-    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)  # CJK characters take two columns
-
-
 def _summary(
     batches: Sequence[Batch],
     findings: Sequence[dict[str, Any]],
@@ -396,13 +383,13 @@ def _summary(
     lines = [
         "",
         "Batches",
-        *_table(rows, ["file", "status", "read", "accepted", "rejected", "new findings", "by rule"]),
+        *table(rows, ["file", "status", "read", "accepted", "rejected", "new findings", "by rule"]),
     ]
     matrix: Counter[tuple[str, str]] = Counter((str(f["rule_id"]), str(f["severity"])) for f in findings)
     severities = ["high", "medium", "low"]
     rules = sorted({rule for rule, _ in matrix})
     lines += ["", f"Findings ({len(findings)} current)"]
-    lines += _table(
+    lines += table(
         [
             [rule, *[matrix[(rule, s)] or "" for s in severities], sum(matrix[(rule, s)] for s in severities)]
             for rule in rules
@@ -414,7 +401,7 @@ def _summary(
     )
     if top:
         lines += ["", "First findings (psn_no masked)"]
-        lines += _table(
+        lines += table(
             [
                 [
                     f["severity"],
@@ -428,7 +415,7 @@ def _summary(
             ["severity", "rule", "patient", "institution", "explanation"],
         )
     lines += ["", "Subscriptions (local SQS queues)"]
-    lines += _table(
+    lines += table(
         [
             [
                 s.name,

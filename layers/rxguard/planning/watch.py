@@ -6,13 +6,12 @@ stored lines, monitored or not); Python only ranks the few hundred drugs that re
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rxguard.kb import KnowledgeBase
 from rxguard.local.state import State
+from rxguard.texttable import table
 
 # thresholds of the reasons (docs/planning.md)
 HIGH_SPEND_PERCENTILE = 0.8
@@ -259,29 +258,21 @@ def _as_json(d: DrugWatch, last: str) -> dict[str, Any]:
 
 
 def format_watch(report: dict[str, Any], limit: int = 20) -> str:
-    rows: list[Sequence[str]] = [("rank", "drug", "name", "monitored", "last month", "MoM", "score", "reasons")]
-    for d in report["drugs"][:limit]:
-        rows.append(
-            (
-                str(d["rank"]),
-                d["med_list_codg"],
-                (d["name"] or "")[:16],
-                "yes" if d["monitored"] else "no",
-                f"{d['spend_last_month']:,.0f}",
-                "-" if d["growth_mom"] is None else f"{d['growth_mom']:+.0%}",
-                f"{d['score']:.1f}",
-                ", ".join(sorted({r["code"] for r in d["reasons"]})) or "-",
-            )
+    header = ("rank", "drug", "name", "monitored", "last month", "MoM", "score", "reasons")
+    rows = [
+        (
+            d["rank"],
+            d["med_list_codg"],
+            (d["name"] or "")[:16],
+            "yes" if d["monitored"] else "no",
+            f"{d['spend_last_month']:,.0f}",
+            "-" if d["growth_mom"] is None else f"{d['growth_mom']:+.0%}",
+            f"{d['score']:.1f}",
+            ", ".join(sorted({r["code"] for r in d["reasons"]})) or "-",
         )
-    widths: dict[int, int] = defaultdict(int)
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], _width(cell))
-    lines = ["  ".join(cell + " " * (widths[i] - _width(cell)) for i, cell in enumerate(row)) for row in rows]
+        for d in report["drugs"][:limit]
+    ]
+    lines = table(rows, header)
     window = report["window"]
     head = f"Drug watch: {window.get('since')} .. {window.get('last_month')}, {len(report['drugs'])} drugs"
     return "\n".join([head, *lines])
-
-
-def _width(text: str) -> int:
-    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)
