@@ -40,6 +40,7 @@ from rxguard.environment import (
     NotifyEnvironment,
     PrepareEnvironment,
     ScreenEnvironment,
+    SweeperEnvironment,
     init_environment_variables,
 )
 from rxguard.kb import KnowledgeBase, get_knowledge_base
@@ -48,6 +49,7 @@ from rxguard.workflow.settings import WorkflowSettings
 
 if TYPE_CHECKING:
     from rxguard.alerts.aws import AwsNotificationSink
+    from rxguard.alerts.outbox_dynamo import DynamoOutbox
     from rxguard.alerts.settings import AlertSettings
     from rxguard.api.serve import LocalSite
     from rxguard.api.service import Services
@@ -171,14 +173,56 @@ def notify(env: NotifyEnvironment) -> Callable[[contract.NotifyRequest], dict[st
 
     def run(request: contract.NotifyRequest) -> dict[str, Any]:
         alerts = AlertSettings.from_env()
+        sink = aws_sink(env)
         return notify_chunks(
             request,
             results=results,
             kb=kb,
-            sink=aws_sink(env),
+            sink=sink,
             alert_settings=alerts,
             counters=letter_counters(alerts),
+            outbox=alert_outbox(env.outbox_table),
+            deliver=sink.deliver,
+            drain_limit=env.outbox_drain_limit,
         )
+
+    return run
+
+
+def alert_outbox(table: str | None) -> DynamoOutbox | None:
+    """The alert outbox (OutboxTable) when configured: messages recorded, then published."""
+    from rxguard.alerts.outbox_dynamo import DynamoOutbox
+
+    return DynamoOutbox(table, client("dynamodb")) if table else None
+
+
+def sweeper(env: SweeperEnvironment) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The scheduled sweeper (EventBridge Scheduler, every 15 minutes): batches RUNNING past
+    `batch_timeout_minutes` become FAILED with a reason and a report, then the outbox's
+    pending messages are published (what a failed Notify or API request left behind)."""
+    from datetime import timedelta
+
+    from rxguard.alerts.outbox import drain
+    from rxguard.observability import logger
+    from rxguard.workflow.finalize import sweep_stuck_batches
+
+    results, batches = ResultStore(env.results_bucket), BatchStore(env.batches_table)
+
+    def run(event: dict[str, Any]) -> dict[str, Any]:
+        swept = sweep_stuck_batches(
+            results=results, batches=batches, timeout=timedelta(minutes=env.batch_timeout_minutes)
+        )
+        outbox = alert_outbox(env.outbox_table)
+        answer: dict[str, Any] = {"batches_failed": [r.batch_id for r in swept]}
+        if outbox is not None:
+            try:
+                answer["outbox_sent"], answer["outbox_pending"] = drain(
+                    outbox, aws_sink(env).deliver, limit=env.outbox_drain_limit
+                )
+            except Exception as exc:  # SNS still refusing: the messages stay pending for the next run
+                logger.warning("outbox not drained", extra={"error": type(exc).__name__})
+                answer["outbox_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        return answer
 
     return run
 

@@ -1282,14 +1282,28 @@ class BatchStore:
                 out[key] = json.loads(out[key])
         return out
 
-    def finish(self, batch_id: str, status: str, report: Mapping[str, Any], report_key: str, now: datetime) -> None:
-        """Record the final status and the report's counts (the report itself is in S3)."""
+    def finish(
+        self,
+        batch_id: str,
+        status: str,
+        report: Mapping[str, Any],
+        report_key: str,
+        now: datetime,
+        *,
+        only_if_status: str | None = None,
+    ) -> bool:
+        """Record the final status and the report's counts (the report itself is in S3).
+        `only_if_status` (the sweeper: RUNNING) records it only over that status; False when not."""
         values: dict[str, Any] = {
             ":st": {"S": status},
             ":fin": {"S": now.isoformat()},
             ":rk": {"S": report_key},
             ":rep": {"S": _bounded_json(report)},
         }
+        condition: dict[str, Any] = {}
+        if only_if_status is not None:
+            values[":only"] = {"S": only_if_status}
+            condition = {"ConditionExpression": "#st = :only"}
         try:
             self.ddb.update_item(
                 TableName=self.table,
@@ -1297,9 +1311,34 @@ class BatchStore:
                 UpdateExpression="SET #st = :st, finished_at = :fin, report_key = :rk, report = :rep",
                 ExpressionAttributeNames={"#st": "status"},
                 ExpressionAttributeValues=values,
+                **condition,
             )
         except ClientError as exc:
+            if only_if_status is not None and _error_code(exc) == "ConditionalCheckFailedException":
+                return False
             raise _transient(exc, "UpdateItem batches") from exc
+        return True
+
+    def running(self, started_before: datetime) -> list[dict[str, str]]:
+        """Batches still RUNNING that started before a time (the sweeper's Scan: one item a
+        batch, a small table; docs/workflow.md)."""
+        out: list[dict[str, str]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "#st = :running AND started_at < :before",
+            "ProjectionExpression": "batch_id, started_at, execution_id",
+            "ExpressionAttributeNames": {"#st": "status"},
+            "ExpressionAttributeValues": {":running": {"S": "RUNNING"}, ":before": {"S": started_before.isoformat()}},
+        }
+        while True:
+            try:
+                page = self.ddb.scan(**kwargs)
+            except ClientError as exc:
+                raise _transient(exc, "Scan batches") from exc
+            out += [{k: v["S"] for k, v in item.items() if "S" in v} for item in page.get("Items", [])]
+            if not page.get("LastEvaluatedKey"):
+                return sorted(out, key=lambda b: b.get("started_at", ""))
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def _bounded_json(data: Mapping[str, Any], limit: int = 300_000) -> str:

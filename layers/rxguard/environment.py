@@ -82,6 +82,18 @@ class ScreenEnvironment(HistoryEnvironment):
 class NotifyEnvironment(HandlerEnvironment):
     alerts_topic_arn: str = Field(min_length=1, alias="RXGUARD_ALERTS_TOPIC_ARN")
     letters_topic_arn: str = Field(min_length=1, alias="RXGUARD_LETTERS_TOPIC_ARN")
+    # the alert outbox (OutboxTable); without it messages are published directly (S3 markers)
+    outbox_table: str | None = Field(default=None, alias="RXGUARD_OUTBOX_TABLE")
+    outbox_drain_limit: int = Field(default=5000, ge=1, alias="RXGUARD_OUTBOX_DRAIN_LIMIT")
+
+
+class SweeperEnvironment(NotifyEnvironment):
+    """The scheduled sweeper: batches RUNNING past their timeout become FAILED (a report in
+    the results bucket), and the outbox's pending messages are published."""
+
+    batches_table: str = Field(min_length=1, alias="RXGUARD_BATCHES_TABLE")
+    outbox_table: str = Field(min_length=1, alias="RXGUARD_OUTBOX_TABLE")  # type: ignore[assignment]
+    batch_timeout_minutes: int = Field(default=360, ge=1, alias="RXGUARD_BATCH_TIMEOUT_MINUTES")
 
 
 class DigestEnvironment(NotifyEnvironment):
@@ -95,6 +107,7 @@ class ApiEnvironment(HistoryEnvironment):
 
     alerts_topic_arn: str | None = Field(default=None, alias="RXGUARD_ALERTS_TOPIC_ARN")
     letters_topic_arn: str | None = Field(default=None, alias="RXGUARD_LETTERS_TOPIC_ARN")
+    outbox_table: str | None = Field(default=None, alias="RXGUARD_OUTBOX_TABLE")  # alerts recorded, then published
 
 
 def parse_environment[Model: HandlerEnvironment](model: type[Model], env: Mapping[str, str] | None = None) -> Model:

@@ -3,7 +3,16 @@ results bucket for letters and for the "sent" markers that make publishing idemp
 
 The only module of the alerts and letters packages that talks to AWS.
 
-Exactly-once, as far as SNS standard topics allow: before publishing message M the sink
+Two ways to publish:
+
+- `deliver(entry)`, the outbox's way (Notify, the sweeper, the API): the message was recorded
+  in the outbox (DynamoDB) first, is published with its deterministic `message_id` as a
+  message attribute (subscribers drop a repeat by it), and the outbox marks it sent only
+  after SNS acknowledged it. At least once: a process killed between SNS's answer and the
+  mark publishes it again, never loses it. Throttling and 5xx raise TransientError.
+- `publish_alert` / `publish_letter` (the scheduled digests): a marker per message, below.
+
+Markers, as far as SNS standard topics allow: before publishing message M the sink
 creates `notifications/sent/<M.message_id>` with a conditional put (`If-None-Match: *`).
 If the marker exists, M was published by an earlier attempt and is skipped. If the
 publish fails, the marker is deleted again so a retry publishes M. A process killed
@@ -17,12 +26,15 @@ import logging
 from typing import Any
 
 from rxguard.alerts.messages import sns_publish_arguments
+from rxguard.alerts.outbox import OutboxEntry
 from rxguard.alerts.schema import AlertMessage
 from rxguard.alerts.sink import NotificationSink
+from rxguard.errors import TransientError
 
 logger = logging.getLogger(__name__)
 
 MARKER_PREFIX = "notifications/sent/"
+_RETRYABLE = {"Throttling", "ThrottlingException", "ThrottledException", "KMSThrottlingException", "InternalError"}
 
 
 class AwsNotificationSink(NotificationSink):
@@ -45,6 +57,24 @@ class AwsNotificationSink(NotificationSink):
 
     def publish_letter(self, message: AlertMessage) -> bool:
         return self._publish_once(self.letters_topic_arn, message)
+
+    def deliver(self, entry: OutboxEntry) -> None:
+        """Publish an outbox entry on its topic; raises unless SNS acknowledged it."""
+        message = entry.message
+        topic_arn = self.letters_topic_arn if entry.topic == "letters" else self.alerts_topic_arn
+        attributes = {
+            **message.sns_attributes(),
+            "message_id": {"DataType": "String", "StringValue": message.message_id},  # subscribers dedupe by it
+        }
+        try:
+            self.sns.publish(TopicArn=topic_arn, MessageAttributes=attributes, **sns_publish_arguments(message))
+        except Exception as exc:  # botocore ClientError; business code never imports botocore
+            response = getattr(exc, "response", None) or {}
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if code in _RETRYABLE or status >= 500:
+                raise TransientError(f"SNS publish {message.message_id}: {code or status}") from exc
+            raise
 
     def put_letter(self, key: str, body: bytes, content_type: str) -> str:
         self.s3.put_object(Bucket=self.results_bucket, Key=key, Body=body, ContentType=content_type)

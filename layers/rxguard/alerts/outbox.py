@@ -8,7 +8,8 @@ only after the sink acknowledged it (docs/local.md, "Alerts and letters").
 
 A run that dies between recording and publishing leaves its messages pending; the next
 run publishes them first. Adapters: `InMemoryOutbox` (here; tests, dry runs),
-`rxguard.local.state` (SQLite, the local deployment) and the DynamoDB one.
+`rxguard.local.state` (SQLite, the local deployment) and `rxguard.alerts.outbox_dynamo`
+(the OutboxTable on AWS). `RecordingSink` records what `notify_batch` would publish.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from rxguard.alerts.schema import AlertMessage
+from rxguard.alerts.sink import NotificationSink
 
 Topic = str  # "alerts" | "letters"
 TOPICS = ("alerts", "letters")
@@ -92,12 +94,27 @@ class InMemoryOutbox(Outbox):
 Deliver = Callable[[OutboxEntry], None]  # raises when the sink did not take the message
 
 
-def drain(outbox: Outbox, deliver: Deliver, *, batch: int = 500) -> tuple[int, int]:
+def drain(
+    outbox: Outbox,
+    deliver: Deliver,
+    *,
+    batch: int = 500,
+    only: Collection[str] | None = None,
+    limit: int | None = None,
+) -> tuple[int, int]:
     """Publish every pending entry through `deliver`, marking each sent only after
     `deliver` returned. Stops at the first failure (the rest stays pending for the next
-    run) and re-raises it. Returns (sent, still pending)."""
+    run) and re-raises it. Returns (sent, still pending).
+
+    `only` restricts the drain to those message ids (an API request publishes its own, not a
+    backlog); `limit` publishes at most that many (a Lambda leaves the rest to the next run)."""
     sent = 0
     todo = outbox.pending()
+    if only is not None:
+        wanted = set(only)
+        todo = [e for e in todo if e.message_id in wanted]
+    if limit is not None:
+        todo = todo[:limit]
     done: list[str] = []
     try:
         for entry in todo:
@@ -112,3 +129,40 @@ def drain(outbox: Outbox, deliver: Deliver, *, batch: int = 500) -> tuple[int, i
             outbox.mark_sent(done)
             sent += len(done)
     return sent, len(todo) - sent
+
+
+class RecordingSink(NotificationSink):
+    """A sink that records instead of publishing: alerts and letter announcements go into
+    the outbox (`publish_*` is True when the id is new), letter documents to `documents`
+    (a sink that stores them: S3 on AWS). `drain(outbox, ...)` then publishes. So every
+    message of a batch is recorded before the first is published (issue 15)."""
+
+    def __init__(self, outbox: Outbox, documents: NotificationSink) -> None:
+        self.outbox = outbox
+        self.documents = documents
+        self.recorded_ids: list[str] = []  # recorded through this sink, in order
+
+    def _record(self, topic: Topic, message: AlertMessage) -> bool:
+        fresh = bool(self.outbox.record([OutboxEntry(topic, message)]))
+        if fresh:
+            self.recorded_ids.append(message.message_id)
+        return fresh
+
+    def publish_alert(self, message: AlertMessage) -> bool:
+        return self._record("alerts", message)
+
+    def publish_letter(self, message: AlertMessage) -> bool:
+        return self._record("letters", message)
+
+    def put_letter(self, key: str, body: bytes, content_type: str) -> str:
+        return self.documents.put_letter(key, body, content_type)
+
+    def letter_uri(self, key: str) -> str:
+        return self.documents.letter_uri(key)
+
+    def was_published(self, message_id: str) -> bool:
+        """Recorded before (sent, or pending and published by the drain that follows)."""
+        try:
+            return message_id in self.outbox.recorded([message_id])
+        except NotImplementedError:
+            return self.documents.was_published(message_id)

@@ -2,13 +2,17 @@
 table. SUCCEEDED when every chunk of the manifest was screened, PARTIAL when some are
 missing (a null Map entry, an `ok: false` entry or fewer results than chunks: moto turns
 a failed Map item into null, and the check protects us on AWS too), FAILED when the file
-could not be read at all, no chunk was screened, or a step failed (mode `failed`)."""
+could not be read at all, no chunk was screened, or a step failed (mode `failed`).
+
+`sweep_stuck_batches` (the sweeper, run by EventBridge Scheduler) finalizes in failure mode
+every batch still RUNNING past its timeout - an execution that timed out, was stopped, or
+whose Finalize kept failing - with the reason and a report, as RecordFailure would have."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rxguard.dynamo import BatchStore, ResultStore
@@ -39,7 +43,10 @@ def finalize_batch(
     results: ResultStore,
     batches: BatchStore,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    only_if_running: bool = False,
 ) -> FinalizeResult:
+    """`only_if_running` (the sweeper): the status is recorded only over RUNNING, so a batch
+    that finished meanwhile keeps its own."""
     state = request.state
     batch_id = request.batch_id or naming.batch_id_from_state(state)
     if batch_id is None:
@@ -101,8 +108,14 @@ def finalize_batch(
         "rejected_key": naming.rejected_key(batch_id) if manifest else None,
     }
     key = naming.report_key(batch_id)
-    results.put_json(key, report)
-    batches.finish(batch_id, status, _summary(report), key, finished)
+    if only_if_running:  # the status first: a batch that finished meanwhile keeps its report too
+        if not batches.finish(batch_id, status, _summary(report), key, finished, only_if_status="RUNNING"):
+            logger.info("batch finished meanwhile: left as it is", extra={"batch_id": batch_id})
+            return FinalizeResult(batch_id=batch_id, status=status, report_key=None)
+        results.put_json(key, report)
+    else:
+        results.put_json(key, report)
+        batches.finish(batch_id, status, _summary(report), key, finished)
     logger.info(
         "batch finalized",
         extra={
@@ -115,6 +128,42 @@ def finalize_batch(
     return FinalizeResult(
         batch_id=batch_id, status=status, report_key=key, missing_chunks=missing, findings_new=counts["findings"]["new"]
     )
+
+
+def sweep_stuck_batches(
+    *,
+    results: ResultStore,
+    batches: BatchStore,
+    timeout: timedelta,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> list[FinalizeResult]:
+    """Every batch RUNNING for longer than `timeout` becomes FAILED with the reason
+    (`BatchTimedOut`: since when, which execution) and a report.json of what is known (the
+    manifest's counts when Prepare wrote one). The state machine's own timeout is shorter,
+    so the execution is over when the sweeper acts."""
+    at = now()
+    swept: list[FinalizeResult] = []
+    for batch in batches.running(at - timeout):
+        batch_id = batch["batch_id"]
+        execution = batch.get("execution_id")
+        cause = (
+            f"RUNNING since {batch.get('started_at')}, past the {timeout.total_seconds() / 60:g}-minute batch "
+            f"timeout: execution {execution} timed out, was stopped, or its Finalize kept failing; "
+            "marked FAILED by the sweeper. Re-drop the file to screen it again."
+        )
+        request = FinalizeRequest(
+            mode="failed",
+            batch_id=batch_id,
+            state={"batch_id": batch_id, "error": {"Error": "BatchTimedOut", "Cause": cause}},
+            execution_id=execution,
+        )
+        result = finalize_batch(request, results=results, batches=batches, now=now, only_if_running=True)
+        if result.report_key is not None:
+            swept.append(result)
+            logger.warning(
+                "stuck batch marked FAILED", extra={"batch_id": batch_id, "started_at": batch.get("started_at")}
+            )
+    return swept
 
 
 def _manifest(results: ResultStore, batch_id: str, state: Mapping[str, Any]) -> PrepareOutput | None:

@@ -1,5 +1,12 @@
 """Notify: alert the batch's new and updated findings and render their letters (the
-alerts module alerts each finding at most once, however often this runs)."""
+alerts module alerts each finding at most once, however often this runs).
+
+With an outbox (AWS: the OutboxTable; issue 15) every message of the batch is recorded
+first, with its finding id; then whatever is pending is published - this batch's messages
+and any an earlier Notify left behind (SNS throttled, the Lambda died) - each marked sent
+only after SNS acknowledged it. A publish that fails raises (TransientError on throttling:
+the state machine retries Notify, which records nothing twice and publishes the rest); what
+is still pending when the batch gives up is published by the next Notify or the sweeper."""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from functools import partial
 from typing import Any
 
 from rxguard.alerts import notify_batch
+from rxguard.alerts.outbox import Deliver, Outbox, RecordingSink, drain
 from rxguard.dynamo import ResultStore
 from rxguard.kb import KnowledgeBase
 from rxguard.letters import issue_letters
@@ -61,20 +69,28 @@ def notify_chunks(
     current: Callable[[Collection[str]], Mapping[str, Finding]] | None = None,
     counters: Any = None,
     letters: Any = None,
+    outbox: Outbox | None = None,
+    deliver: Deliver | None = None,
+    drain_limit: int | None = None,
 ) -> dict[str, Any]:
     """`current` (finding ids -> stored findings), when given, re-reads each finding before
     it is alerted: the local orchestrator notifies after every batch of a run is screened,
     so a finding a later file superseded is neither alerted nor cited (docs/local.md).
     `counters` (a `rxguard.letters.CounterStore`: the DynamoDB CountersTable, the local
     state) numbers the letters (docs/letters.md). `letters` replaces the letter issuer
-    (the local deployment renders the PDFs after Notify: docs/local.md)."""
+    (the local deployment renders the PDFs after Notify: docs/local.md). `outbox` with
+    `deliver` (`AwsNotificationSink.deliver`): messages are recorded in the outbox, then the
+    pending ones published (at most `drain_limit` per call; the sweeper publishes the rest)."""
     todo = findings_to_alert(results, [*request.chunk_results, request.institutions])
     findings = todo.findings if current is None else settled(todo.findings, current)
+    if outbox is not None and deliver is None:
+        raise ValueError("notify_chunks: an outbox needs a deliver function (the sink that publishes)")
+    recording = RecordingSink(outbox, sink) if outbox is not None else None
     summary = notify_batch(
         findings,
         batch_id=request.batch_id,
         kb=kb,
-        sink=sink,
+        sink=recording if recording is not None else sink,
         settings=alert_settings,
         institution_names=todo.institutions,
         lines=todo.lines,
@@ -86,6 +102,16 @@ def notify_chunks(
     )
     out = _as_dict(summary)
     out.setdefault("findings", len(findings))
+    if outbox is not None and deliver is not None and recording is not None:
+        out["outbox_recorded"] = len(recording.recorded_ids)
+        try:
+            out["outbox_sent"], out["outbox_pending"] = drain(outbox, deliver, limit=drain_limit)
+        except Exception:
+            logger.warning(
+                "publishing stopped: messages stay pending in the outbox",
+                extra={"batch_id": request.batch_id, "recorded": len(recording.recorded_ids)},
+            )
+            raise
     logger.info(
         "batch notified", extra={"batch_id": request.batch_id, **{k: v for k, v in out.items() if isinstance(v, int)}}
     )
