@@ -1282,18 +1282,25 @@ class BatchStore:
                 out[key] = json.loads(out[key])
         return out
 
-    def finish(
+    def finish(self, batch_id: str, status: str, report: Mapping[str, Any], report_key: str, now: datetime) -> None:
+        """Record the final status and the report's counts (the report itself is in S3)."""
+        self._finish(batch_id, status, report, report_key, now, None)
+
+    def finish_if(
+        self, batch_id: str, expected: str, status: str, report: Mapping[str, Any], report_key: str, now: datetime
+    ) -> bool:
+        """`finish`, only over the `expected` status (the sweeper: RUNNING); False when not."""
+        return self._finish(batch_id, status, report, report_key, now, expected)
+
+    def _finish(
         self,
         batch_id: str,
         status: str,
         report: Mapping[str, Any],
         report_key: str,
         now: datetime,
-        *,
-        only_if_status: str | None = None,
+        expected: str | None,
     ) -> bool:
-        """Record the final status and the report's counts (the report itself is in S3).
-        `only_if_status` (the sweeper: RUNNING) records it only over that status; False when not."""
         values: dict[str, Any] = {
             ":st": {"S": status},
             ":fin": {"S": now.isoformat()},
@@ -1301,9 +1308,9 @@ class BatchStore:
             ":rep": {"S": _bounded_json(report)},
         }
         condition: dict[str, Any] = {}
-        if only_if_status is not None:
-            values[":only"] = {"S": only_if_status}
-            condition = {"ConditionExpression": "#st = :only"}
+        if expected is not None:
+            values[":expected"] = {"S": expected}
+            condition = {"ConditionExpression": "#st = :expected"}
         try:
             self.ddb.update_item(
                 TableName=self.table,
@@ -1314,7 +1321,7 @@ class BatchStore:
                 **condition,
             )
         except ClientError as exc:
-            if only_if_status is not None and _error_code(exc) == "ConditionalCheckFailedException":
+            if expected is not None and _error_code(exc) == "ConditionalCheckFailedException":
                 return False
             raise _transient(exc, "UpdateItem batches") from exc
         return True

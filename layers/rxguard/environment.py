@@ -92,7 +92,7 @@ class SweeperEnvironment(NotifyEnvironment):
     the results bucket), and the outbox's pending messages are published."""
 
     batches_table: str = Field(min_length=1, alias="RXGUARD_BATCHES_TABLE")
-    outbox_table: str = Field(min_length=1, alias="RXGUARD_OUTBOX_TABLE")  # type: ignore[assignment]
+    outbox_table: str = Field(min_length=1, alias="RXGUARD_OUTBOX_TABLE")
     batch_timeout_minutes: int = Field(default=360, ge=1, alias="RXGUARD_BATCH_TIMEOUT_MINUTES")
 
 

@@ -109,7 +109,7 @@ def finalize_batch(
     }
     key = naming.report_key(batch_id)
     if only_if_running:  # the status first: a batch that finished meanwhile keeps its report too
-        if not batches.finish(batch_id, status, _summary(report), key, finished, only_if_status="RUNNING"):
+        if not batches.finish_if(batch_id, "RUNNING", status, _summary(report), key, finished):
             logger.info("batch finished meanwhile: left as it is", extra={"batch_id": batch_id})
             return FinalizeResult(batch_id=batch_id, status=status, report_key=None)
         results.put_json(key, report)
