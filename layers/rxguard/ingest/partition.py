@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from hashlib import blake2b
@@ -216,7 +217,7 @@ def _spill(
     part_rows: list[list[str]] = [[] for _ in range(n_parts)]  # buffered: one write per partition per flush
     key_rows: list[list[str]] = [[] for _ in range(n_parts)]
     # per task, what the reader rejected before each of its records: written in file order
-    held: dict[int, list[tuple[int, Rejection]]] = {}
+    held: deque[list[tuple[int, Rejection]]] = deque()  # one entry per task, taken in task order
 
     def flush() -> None:
         for handles, buffers in ((parts, part_rows), (keys, key_rows)):
@@ -235,18 +236,18 @@ def _spill(
             if type(item) is RawRecord:
                 records.append((item.line, item.record))
                 if len(records) == TASK_RECORDS:
-                    held[len(held)] = early
+                    held.append(early)
                     yield task(records)
                     records, early = [], []
             elif isinstance(item, Rejection):
                 early.append((len(records), item))
-        held[len(held)] = early
+        held.append(early)
         yield task(records)
 
     try:
         count = 0
-        for number, outcomes in enumerate((mapper or _serial(kb))(tasks())):
-            early = held.pop(number, [])
+        for outcomes in (mapper or _serial(kb))(tasks()):
+            early = held.popleft()
             for index, (part, row, key_part, key_row) in enumerate(outcomes):
                 while early and early[0][0] <= index:  # counted by the reader already
                     rejected_out.write(early.pop(0)[1].model_dump_json() + "\n")
