@@ -74,6 +74,8 @@ class DeferTraceScopes(HistoryRepository):
     trace-code scopes are not reconciled here (a code's sales may be spread over chunks
     screened at the same moment); the codes are kept for the settlement after the Map."""
 
+    defers_trace_scopes = True
+
     def __init__(self, inner: HistoryRepository) -> None:
         self.inner = inner
         self.codes: set[str] = set()
