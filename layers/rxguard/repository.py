@@ -53,22 +53,27 @@ class TraceSale:
         return cls(*head)
 
     def encode(self) -> str:
-        """`time|psn_no|fixmedins_code[|r=<line>|p=<drug>:<units>]`: how adapters store a sale."""
+        """`time|psn_no|fixmedins_code[|r=<line>|p=<drug>:<units>][|l=1]`: how adapters store
+        a sale (`l=1`: it arrived late, so a finding it causes names its submitter)."""
         head = f"{self.time.isoformat()}|{self.psn_no}|{self.fixmedins_code}"
         if self.returns:
-            return f"{head}|r={self.returns}"
-        if self.split_units is not None:
-            return f"{head}|p={self.drug_code}:{self.split_units!r}"
-        return head
+            head = f"{head}|r={self.returns}"
+        elif self.split_units is not None:
+            head = f"{head}|p={self.drug_code}:{self.split_units!r}"
+        return f"{head}|l=1" if self.late else head
 
     @classmethod
     def decode(cls, code: str, line_id: str, text: str) -> TraceSale:
         time_text, rest = text.split("|", 1)
         extra: dict[str, Any] = {}
-        head, _, tail = rest.rpartition("|")
-        if head and "=" in tail:  # an institution code never holds "="
+        for _ in range(2):  # at most a return or split units, then the late mark
+            head, _, tail = rest.rpartition("|")
+            if not head or "=" not in tail:  # an institution code never holds "="
+                break
             rest = head
-            if tail.startswith("r="):
+            if tail == "l=1":
+                extra["late"] = True
+            elif tail.startswith("r="):
                 extra["returns"] = tail[2:]
             elif tail.startswith("p="):
                 drug, _, units = tail[2:].rpartition(":")

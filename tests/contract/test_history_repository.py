@@ -194,6 +194,32 @@ def test_trace_sales_keep_returns_and_split_pack_units(backend: Backend) -> None
     assert sales[2].drug_code == part.med_list_codg
 
 
+def test_trace_sales_keep_the_late_mark_of_a_late_api_dispensation(backend: Backend) -> None:
+    # Given a code sold on time by a batch, then a late API dispensation (received 4 days after
+    # its sale) and a late return of it, and a late split-pack sale
+    on_time = make_line("P1", "1", trace_codes=[CODE])
+    late = make_line("P2", "2", time="2026-03-02 09:00:00", trace_codes=[CODE]).model_copy(
+        update={"received_at": datetime(2026, 3, 6, 9)}
+    )
+    late_return = make_line("P2", "3", time="2026-03-02 10:00:00", trace_codes=[CODE]).model_copy(
+        update={"cnt": -2, "det_item_fee_sumamt": -25.0, "quantity_units": -60, "init_feedetl_sn": "2",
+                "received_at": datetime(2026, 3, 6, 9)}
+    )  # fmt: skip
+    late_split = make_line("P3", "4", time="2026-03-03 09:00:00", trace_codes=[CODE], units=10).model_copy(
+        update={"trdn_flag": True, "received_at": datetime(2026, 3, 7, 9)}
+    )
+    backend.repo().record_lines([on_time, late, late_return, late_split])
+    # When the code's sales are loaded (by a new repository: from storage)
+    sales = backend.repo().load_trace_sales([CODE])[CODE]
+    # Then the late ones are still marked late, beside what else they say
+    assert [(s.line_id, s.late, s.returns, s.split_units) for s in sales] == [
+        (on_time.line_id, False, None, None),
+        (late.line_id, True, None, None),
+        (late_return.line_id, True, late.line_id, None),
+        (late_split.line_id, True, None, 10.0),
+    ]
+
+
 def test_a_line_sent_again_with_another_time_is_still_recorded_once(backend: Backend) -> None:
     if backend.name == "dynamo":  # remove once rxguard.dynamo records on the line id
         pytest.xfail(

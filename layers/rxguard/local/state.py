@@ -430,7 +430,9 @@ class SqliteRepository(HistoryRepository):
                         _ts(line.fee_ocur_time),
                         line.psn_no,
                         line.fixmedins_code,
-                        TraceSale.of(line, code).encode() if line.reverses or line.trdn_flag else None,
+                        TraceSale.of(line, code).encode()
+                        if line.reverses or line.trdn_flag or line.received_at
+                        else None,
                     )
                     for line in fresh
                     for code in dict.fromkeys(line.trace_codes)
