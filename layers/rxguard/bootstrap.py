@@ -292,9 +292,16 @@ def api_services(env: ApiEnvironment, settings: ApiSettings | None = None) -> Se
     ddb = client("dynamodb")
     notifier = None
     subscriptions = None
+    access_alerts: Callable[[Any], object] | None = None
     if env.alerts_topic_arn and env.letters_topic_arn:
         alerts = AlertSettings.from_env()
-        notifier = alerts_notifier(kb, aws_sink(env), alerts, letter_counters(alerts))
+        sink = aws_sink(env)
+        outbox = alert_outbox(env.outbox_table)
+        if outbox is None:  # published directly (S3 markers)
+            notifier = alerts_notifier(kb, sink, alerts, letter_counters(alerts))
+            access_alerts = sink.publish_alert
+        else:  # recorded, then this request's messages published; what SNS refuses waits for the sweeper
+            notifier, access_alerts = _outboxed_api_alerts(kb, sink, outbox, alerts)
         topics = {"alerts": env.alerts_topic_arn, "letters": env.letters_topic_arn}
         subscriptions = AwsSubscriptions(client("sns"), topics)
     settings = settings or ApiSettings.from_env()  # microseconds: per request, so tests may change it
@@ -307,7 +314,38 @@ def api_services(env: ApiEnvironment, settings: ApiSettings | None = None) -> Se
         default_admdvs=env.default_admdvs,
         subscriptions=subscriptions,
         audit=DynamoAuditLog(settings.audit_table, ddb) if settings.audit_table else None,
+        access_alerts=access_alerts,
     )
+
+
+def _outboxed_api_alerts(
+    kb: KnowledgeBase, sink: AwsNotificationSink, outbox: DynamoOutbox, alerts: AlertSettings
+) -> tuple[Callable[..., int], Callable[[Any], object]]:
+    """The API's alerts through the outbox: a dispensation's findings and the access alerts
+    are recorded first, then only this request's messages are published (a backlog is the
+    sweeper's, not a request's); a publish SNS refuses stays pending."""
+    from rxguard.alerts.outbox import OutboxEntry, RecordingSink, drain
+    from rxguard.api.service import alerts_notifier
+    from rxguard.observability import logger
+
+    def publish(ids: list[str]) -> None:
+        try:
+            drain(outbox, sink.deliver, only=ids)
+        except Exception as exc:
+            logger.warning("alerts left pending for the sweeper", extra={"messages": len(ids), "error": str(exc)})
+
+    def notify(findings: Any, batch_id: str, lines: Any) -> int:
+        recording = RecordingSink(outbox, sink)
+        recorded = alerts_notifier(kb, recording, alerts, letter_counters(alerts))(findings, batch_id, lines)
+        if recording.recorded_ids:
+            publish(recording.recorded_ids)
+        return recorded
+
+    def access(message: Any) -> None:
+        if outbox.record([OutboxEntry("alerts", message)]):
+            publish([message.message_id])
+
+    return notify, access
 
 
 # ------------------------------------------------------------------ the local runtime
@@ -324,6 +362,9 @@ def local_api_services(state: State, settings: ApiSettings, core: Settings | Non
     from rxguard.local.audit import SqliteAuditLog
 
     core = core or Settings.from_env()
+    from rxguard.alerts.outbox import OutboxEntry
+
+    outbox = state.outbox()
     return Services(
         kb=get_knowledge_base(core.rules_dir, core.phase),
         repo=state.repository(line_cache=LINE_CACHE),
@@ -331,6 +372,8 @@ def local_api_services(state: State, settings: ApiSettings, core: Settings | Non
         settings=settings,
         default_admdvs=core.default_admdvs,
         audit=SqliteAuditLog(state.path),  # table access_audit of the same state DB file
+        # access alerts into the state's outbox: out/alerts.jsonl at the next `rxguard run`
+        access_alerts=lambda message: outbox.record([OutboxEntry("alerts", message)]),
     )
 
 

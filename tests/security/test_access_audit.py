@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
-from rxguard.alerts.schema import pseudonym
+import jsonschema
+
+from rxguard.alerts.messages import sns_publish_arguments
+from rxguard.alerts.schema import AlertMessage, pseudonym
 from rxguard.api.audit import InMemoryAuditLog
 from rxguard.api.service import Services
 from rxguard.kb import KnowledgeBase
-from tests.conftest import load_event
+from tests.conftest import ROOT, load_event
 from tests.security.test_api_fuzz import AUDITOR, HOSPITAL, PHARMACY, _call, _get, _post, _seed, _services
 
 KEY = "rxguard-offline-pseudonym-key"
@@ -93,3 +97,64 @@ def test_checking_many_patients_never_dispensed_to_raises_one_alert(kb: Knowledg
     alerts = [r for r in log.records if r.action == "alert"]
     assert [(a.caller, a.decision) for a in alerts] == [(PHARMACY, "alert")]
     assert "5 patients" in (alerts[0].detail or "")
+
+
+def _strangers(svc: Services, count: int) -> None:
+    for n in range(count):
+        _check(svc, f"STRANGER{n}")
+
+
+SCHEMA = json.loads((ROOT / "docs" / "alert-message.schema.json").read_text(encoding="utf-8"))
+
+
+def test_the_stranger_alert_is_published_as_an_access_alert_without_any_patient(kb: KnowledgeBase) -> None:
+    # Given a limit of 3 strangers and a publisher of access alerts
+    svc, _ = _audited(kb, audit_stranger_limit=3)
+    published: list[AlertMessage] = []
+    svc.access_alerts = published.append
+    # When the pharmacy checks 5 patients it never dispensed to
+    _strangers(svc, 5)
+    # Then one access alert is published: it names the caller and its institution, counts the
+    # patients, validates against the published schema, and holds no patient (clear or pseudonym)
+    [message] = published
+    assert message.message_type == "access" and message.attributes["message_type"] == "access"
+    assert (message.body["caller"], message.body["institution_id"]) == (PHARMACY, "P4401001")
+    assert message.body["patients_without_dispensation"] == 3 and message.body["limit"] == 3
+    jsonschema.validate(message.body, SCHEMA)
+    text = message.model_dump_json() + json.dumps(sns_publish_arguments(message), ensure_ascii=False)
+    for n in range(5):
+        assert f"STRANGER{n}" not in text and pseudonym(f"STRANGER{n}", KEY) not in text
+
+
+def test_a_publisher_that_fails_does_not_fail_the_check(kb: KnowledgeBase) -> None:
+    svc, log = _audited(kb, audit_stranger_limit=2)
+
+    def down(message: AlertMessage) -> None:
+        raise ConnectionError("SNS down")
+
+    svc.access_alerts = down
+    _strangers(svc, 2)
+    assert _check(svc, "STRANGER9") == 200  # answered; the alert record is in the log
+    assert [r.action for r in log.records].count("alert") == 1
+
+
+def test_offline_the_access_alert_goes_to_the_state_outbox(kb: KnowledgeBase, tmp_path: Path) -> None:
+    # Given the API's services over a local state (`rxguard serve --state DIR`), limit 2
+    from rxguard.api.settings import ApiSettings
+    from rxguard.bootstrap import local_api_services
+    from rxguard.local.state import State
+
+    with State.open(tmp_path / "state") as state:
+        base = _services(kb, audit_stranger_limit=2)
+        svc = local_api_services(state, base.settings)
+        assert isinstance(svc.settings, ApiSettings)
+        svc.check_lines, svc.clock = base.check_lines, base.clock
+        # When a caller checks 3 strangers
+        for n in range(3):
+            body = json.loads(load_event("api/check.json")["body"])
+            body["psn_no"] = f"STRANGER{n}"
+            assert _call(svc, _post("api/check.json", body, caller=PHARMACY))[0] == 200
+        # Then the access alert waits in the state's outbox (the next run writes out/alerts.jsonl)
+        pending = state.outbox().pending()
+        assert [(e.topic, e.message.message_type) for e in pending] == [("alerts", "access")]
+        assert "STRANGER" not in pending[0].message.model_dump_json()

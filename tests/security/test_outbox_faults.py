@@ -254,3 +254,53 @@ def test_the_sweeper_fails_batches_running_past_their_timeout_with_a_reason_and_
     assert report["status"] == "FAILED" and report["error"]["error"] == "BatchTimedOut"
     assert "arn:aws:states:execution:stuck-batch" in report["error"]["cause"]
     assert report["source"] == {"bucket": "b", "key": "incoming/x.csv"}
+
+
+def test_on_aws_the_stranger_alert_reaches_the_alerts_topic_through_the_outbox(tmp_path: Path) -> None:
+    from tests.conftest import load_event
+
+    # Given the API function on moto with a limit of 3 strangers, and SNS refusing the first
+    # publish of the access alert
+    callers = load_event("api/callers.json")
+    pharmacy = next(c for c, v in callers.items() if v.get("institutions") == ["P4401001"])
+    base = {
+        **NO_LETTERS,
+        "RXGUARD_API_AUTH": "enforce",
+        "RXGUARD_API_CALLERS": json.dumps(callers),
+        "RXGUARD_AUDIT_STRANGER_LIMIT": "3",
+    }
+    refused = {"n": 0}
+
+    def refuse_once(operation: str, params: dict[str, Any]) -> Any:
+        if operation == "Publish" and refused["n"] == 0 and "access" in str(params.get("body")):
+            refused["n"] += 1
+            return _throttled()
+        return None
+
+    with (
+        (tmp_path / "functions.log").open("w") as log,
+        Environment(handler_output=log, base_environment=base, parameters={"ApiCallers": json.dumps(callers)}) as env,
+        SnsHook(refuse_once),
+    ):
+        alerts = env.subscribe_queue("AlertsTopic", "alerts")
+        route = env.router.route_for(env.name("ApiFunction"))
+        assert route is not None
+        # When the pharmacy checks 4 patients it never dispensed to
+        for n in range(4):
+            event = load_event("api/check.json")
+            body = json.loads(event["body"])
+            body["psn_no"] = f"STRANGER{n}"
+            event["body"] = json.dumps(body)
+            event["requestContext"]["identity"]["userArn"] = pharmacy
+            payload, errored = env.router.invoke(route, event)
+            assert not errored and json.loads(payload)["statusCode"] == 200  # SNS refusing is not the caller's error
+        # Then the refused alert waits in the outbox, and the sweeper publishes it once
+        assert refused["n"] == 1
+        assert env.drain(alerts) == []
+        assert [i["message_id"]["S"].split("/")[0] for i in _pending(env)] == ["access"]
+        _sweep(env)
+        [message] = env.drain(alerts)
+        assert message["MessageAttributes"]["message_type"]["StringValue"] == "access"
+        body = json.loads(message["Body"])
+        assert body["caller"] == pharmacy and body["patients_without_dispensation"] == 3
+        assert "STRANGER" not in message["Body"] and _pending(env) == []

@@ -341,6 +341,18 @@ def readable(message: AlertMessage) -> tuple[str, str, str]:
         ]
         due = _date_zh(body.get("response_due"))
         sms = f"{TAG}已制发{body['letter_kind_zh']}{body['letter_number']}，请于{due}前回复。"
+    elif kind == "access":
+        who = body.get("institution_id") or body.get("caller") or "—"
+        subject = f"{TAG}访问审计预警：{who}查询{body['patients_without_dispensation']}名未在本机构购药的参保人"
+        lines = [
+            f"调用方：{body.get('caller')}",
+            f"定点医药机构：{body.get('institution_id') or '—'}",
+            f"{body['window_hours']:g}小时内查询未在本机构购药的参保人：{body['patients_without_dispensation']}名"
+            f"（阈值{body['limit']}名）",
+            "明细请在监管平台访问审计（GET /v1/audit）中查看。",
+        ]
+        checked = body["patients_without_dispensation"]
+        sms = f"{TAG}{who}{body['window_hours']:g}小时内查询{checked}名非本机构参保人，请核查。"
     else:
         subject = f"{TAG}通知"
         lines = [json.dumps(body, ensure_ascii=False)]

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = "1"
 
-MessageType = Literal["finding", "digest", "letter", "correction"]
+MessageType = Literal["finding", "digest", "letter", "correction", "access"]
 
 # Attribute names every message carries (filter policies use them).
 ATTRIBUTES = ("message_type", "severity", "rule_id", "region", "institution_id", "subject_type", "batch_id")

@@ -8,7 +8,9 @@ findings, finding) and the decision (the answer's pass / warn / block, `allowed`
 A caller that checks many patients it never dispensed to within a window (a scraping
 HIS, a stolen credential) raises an alert: `AuditLog.strangers` counts them from the log
 itself (no extra history read on the check path), and the service records the alert as
-an `alert` record (one per caller and window) and logs it for the alarm.
+an `alert` record (one per caller and window), logs it for the alarm, and publishes
+`stranger_alert` (message_type `access`, no patient in it) through the alerts outbox:
+SNS on AWS, the local outbox (out/alerts.jsonl at the next run) offline.
 
 Storage: `AuditLog` here with an in-memory and a DynamoDB implementation (AuditTable of
 template.yaml); SQLite in `rxguard.local.audit` (table `access_audit` of the state DB).
@@ -26,6 +28,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from rxguard.alerts.schema import SCHEMA_VERSION, AlertMessage
 
 Action = Literal["check", "dispensation", "findings", "finding", "alert"]
 RETENTION = timedelta(days=5 * 365 + 1)  # the case-file retention (docs/security.md)
@@ -231,3 +235,48 @@ def _record(item: dict[str, Any]) -> AccessRecord:
 def _token(answer: dict[str, Any]) -> str | None:
     key = answer.get("LastEvaluatedKey")
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode() if key else None
+
+
+# ---------------------------------------------------------------- the stranger alert on the alerts topic
+
+ACCESS_BATCH = "api"  # the `batch_id` of access alerts: they come from the API, not from a batch
+
+
+def stranger_alert(
+    caller: str, institution: str | None, patients: int, *, limit: int, window_hours: float, at: datetime
+) -> AlertMessage:
+    """The alert (message_type `access`) of a caller that checked `patients` patients it never
+    dispensed to within the window. Names the caller and its institution, counts the patients:
+    no patient number, not even a pseudonym (the regulator reads them at GET /v1/audit).
+    Id `access/<caller>/<UTC hour>`: once per caller and hour, however often it is published."""
+    at = at.astimezone(UTC)
+    token = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in caller)[:64] or "_"
+    return AlertMessage(
+        message_id=f"access/{token}/{at:%Y%m%dT%H}",
+        message_type="access",
+        subject=f"[rxguard] access audit: {token} checked {patients} patients without dispensing"[:99],
+        body={
+            "schema_version": SCHEMA_VERSION,
+            "message_type": "access",
+            "batch_id": ACCESS_BATCH,
+            "caller": caller,
+            "institution_id": institution,
+            "patients_without_dispensation": patients,
+            "limit": limit,
+            "window_hours": window_hours,
+            "detected_at": at.isoformat(),
+            "reason": (
+                f"{patients} patients checked within {window_hours:g} h without a dispensation (limit {limit}); "
+                "the regulator reads them at GET /v1/audit"
+            ),
+        },
+        attributes={
+            "message_type": "access",
+            "severity": "high",
+            "rule_id": "access-audit",
+            "region": "",
+            "institution_id": institution or "",
+            "subject_type": "institution",
+            "batch_id": ACCESS_BATCH,
+        },
+    )

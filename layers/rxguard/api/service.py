@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from rxguard import claimline, screening
 from rxguard.alerts import notify_batch
-from rxguard.alerts.schema import pseudonym
+from rxguard.alerts.schema import AlertMessage, pseudonym
 from rxguard.api import nhsa
 from rxguard.api.access import (
     Caller,
@@ -32,7 +32,7 @@ from rxguard.api.access import (
     require_institutions,
     require_reviewer,
 )
-from rxguard.api.audit import AccessRecord, Action, AuditLog, AuditPage, AuditQuery, InMemoryAuditLog
+from rxguard.api.audit import AccessRecord, Action, AuditLog, AuditPage, AuditQuery, InMemoryAuditLog, stranger_alert
 from rxguard.api.errors import Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge
 from rxguard.api.models import (
     BacktestRequest,
@@ -126,6 +126,8 @@ class Services:
     national: nhsa.NationalDictionary = field(default_factory=nhsa.dictionary)
     subscriptions: Subscriptions | None = None  # SNS subscriptions (POST/GET/DELETE /v1/subscriptions)
     planner: Planner | None = None  # backtests over the stored history
+    # publishes an access alert (the stranger alert): SNS through the outbox on AWS, the local outbox offline
+    access_alerts: Callable[[AlertMessage], object] | None = None
 
     def now(self) -> datetime:
         if self.clock is not None:
@@ -681,6 +683,20 @@ def _stranger_alert(services: Services, caller: Caller) -> None:
         "access audit alert: a caller checks patients it never dispensed to",
         extra={"caller": caller.principal, "patients": count},
     )
+    if services.access_alerts is not None:
+        institution = next(iter(sorted(caller.institutions))) if len(caller.institutions) == 1 else None
+        message = stranger_alert(
+            caller.principal,
+            institution,
+            count,
+            limit=settings.audit_stranger_limit,
+            window_hours=settings.audit_window_hours,
+            at=_utc(services),
+        )
+        try:
+            services.access_alerts(message)
+        except Exception:  # the answer is not refused for it: the message stays in the outbox
+            logger.exception("access alert not published now", extra={"message_id": message.message_id})
 
 
 def _selection(services: Services, body: CheckBody) -> tuple[set[str] | None, Scene]:
