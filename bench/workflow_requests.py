@@ -72,10 +72,10 @@ def measure(lines: int) -> dict[str, Any]:
     from rxguard import dynamo
     from rxguard.ingest import prepare_batch, read_chunk
     from rxguard.kb import get_knowledge_base
-    from rxguard.offline.patches import narrow_hash_key_query
     from rxguard.screening import screen_lines
     from rxguard.workflow.contract import ChunkFindings, InstitutionsRequest
     from rxguard.workflow.institutions import screen_institutions
+    from rxguard_tools.offline.patches import narrow_hash_key_query
     from tests.integration.conftest import TABLES, _create_table, template_resources
 
     logging.getLogger("moto").setLevel(logging.CRITICAL)
@@ -189,7 +189,7 @@ def monthly_population(lines: int, history_months: int, seed: int = 11) -> tuple
     """(the measured month's records, the history months' records) of one synthetic
     population: whole patients, trimmed so that the measured month has about `lines` lines."""
     from rxguard.kb import get_knowledge_base
-    from rxguard.synth import SynthConfig, generate
+    from rxguard_tools.synth import SynthConfig, generate
 
     kb = get_knowledge_base()
     months = history_months + 1
@@ -231,10 +231,10 @@ def measure_monthly(lines: int = 20_000, history_months: int = 1, chunk_size: in
     from rxguard import dynamo
     from rxguard.ingest import prepare_batch, read_chunk
     from rxguard.kb import get_knowledge_base
-    from rxguard.offline.patches import narrow_hash_key_query
     from rxguard.screening import screen_lines
     from rxguard.workflow.institutions import InstitutionsRequest, screen_institutions
     from rxguard.workflow.screen import ChunkFindings, _update_flags
+    from rxguard_tools.offline.patches import narrow_hash_key_query
     from tests.integration.conftest import TABLES, _create_table, template_resources
 
     logging.getLogger("moto").setLevel(logging.CRITICAL)

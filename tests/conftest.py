@@ -1,4 +1,4 @@
-"""Shared fixtures. The layer is on the path (pyproject: pythonpath = layers)."""
+"""Shared fixtures. The layer and the tools are on the path (pyproject: pythonpath = layers, tools)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "rxguard")
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
+# the import path of a child interpreter (`rxguard serve`, `rxguard run`): the layer, the tools, the root
+CHILD_PYTHONPATH = os.pathsep.join(str(ROOT / folder) for folder in ("layers", "tools", ""))
 
 
 def load_event(name: str) -> Any:

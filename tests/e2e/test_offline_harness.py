@@ -12,9 +12,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from rxguard.offline import Environment, load_template
-from rxguard.offline.cfn import Resolver, TemplateError
-from rxguard.offline.patches import narrow_hash_key_query
+from rxguard_tools.offline import Environment, load_template
+from rxguard_tools.offline.cfn import Resolver, TemplateError
+from rxguard_tools.offline.patches import narrow_hash_key_query
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -227,7 +227,7 @@ def test_patched_query_answers_exactly_as_moto_does(seed):
 
 def test_an_index_query_does_not_rebuild_its_grouping_after_writes(monkeypatch):
     # Given a table with a GSI of 2,000 items and the patch counting how often it groups the table
-    from rxguard.offline import patches
+    from rxguard_tools.offline import patches
 
     built = {"n": 0}
     original = patches._IndexGroups.__init__

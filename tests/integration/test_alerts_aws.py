@@ -18,7 +18,7 @@ from rxguard.alerts import AlertSettings, notify_batch
 from rxguard.alerts.aws import AwsNotificationSink
 from rxguard.letters import issue_letters
 from rxguard.models import Finding, Severity
-from rxguard.offline.cfn import Resolver, load_template
+from rxguard_tools.offline.cfn import Resolver, load_template
 from tests.factories import make_finding
 
 ROOT = Path(__file__).resolve().parents[2]

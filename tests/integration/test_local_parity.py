@@ -14,8 +14,6 @@ import pytest
 from pydantic import BaseModel
 
 from rxguard.local.backend import SqliteBackend
-from rxguard.local.cli import run
-from rxguard.offline import Environment
 from rxguard.workflow.contract import (
     ChunkRequest,
     ChunkResult,
@@ -27,6 +25,8 @@ from rxguard.workflow.contract import (
     PrepareRequest,
 )
 from rxguard.workflow.naming import S3ObjectRef
+from rxguard_tools.local_cli import run
+from rxguard_tools.offline import Environment
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "events" / "batches" / "03_yulin_bom.csv"

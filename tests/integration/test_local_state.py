@@ -29,6 +29,7 @@ from rxguard.local.state import (
 )
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
 from rxguard.scope import Scope
+from tests.conftest import CHILD_PYTHONPATH
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,7 +108,7 @@ print(",".join(map(str, numbers)))
 
 def test_two_processes_writing_one_state_keep_every_write(tmp_path: Path) -> None:
     # Given a new state directory and two writer processes started together
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT)])}
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _WRITER, str(tmp_path), name, "1500"],

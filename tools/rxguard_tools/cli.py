@@ -22,23 +22,31 @@ from collections.abc import Callable, Sequence
 # subcommand -> (module, function, one-line help); the function takes argv and returns an exit code
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": (
-        "rxguard.cli",
+        "rxguard_tools.cli",
         "run",
         "screen claim batches: rxguard run FILE... --out DIR [--state DIR] [--simulate-aws: the ASL on moto]",
     ),
-    "validate": ("rxguard.ingest.cli", "main", "validate claim batches and summarise accepted/rejected lines"),
-    "kb": ("rxguard.kb_cli", "main", "knowledge base: rxguard kb import CSV [--out rules/drugs.json]"),
-    "serve": ("rxguard.offline.serve", "main", "serve the check API: rxguard serve [--state DIR | --simulate-aws]"),
-    "synth": ("rxguard.synth.cli", "main", "generate a synthetic population with ground truth"),
-    "eval": ("rxguard.offline.evaluate", "main", "precision/recall of the rules on a synthetic population"),
-    "watch": ("rxguard.planning.cli", "watch_main", "rank drugs for the monitored list: rxguard watch --state DIR"),
+    "validate": ("rxguard_tools.validate_cli", "main", "validate claim batches and summarise accepted/rejected lines"),
+    "kb": ("rxguard_tools.kb_cli", "main", "knowledge base: rxguard kb import CSV [--out rules/drugs.json]"),
+    "serve": (
+        "rxguard_tools.offline.serve",
+        "main",
+        "serve the check API: rxguard serve [--state DIR | --simulate-aws]",
+    ),
+    "synth": ("rxguard_tools.synth.cli", "main", "generate a synthetic population with ground truth"),
+    "eval": ("rxguard_tools.offline.evaluate", "main", "precision/recall of the rules on a synthetic population"),
+    "watch": (
+        "rxguard_tools.planning_cli",
+        "watch_main",
+        "rank drugs for the monitored list: rxguard watch --state DIR",
+    ),
     "backtest": (
-        "rxguard.planning.cli",
+        "rxguard_tools.planning_cli",
         "backtest_main",
         "try rules on the stored history: rxguard backtest --state DIR --rules NEW.yaml | --phases",
     ),
     "digest": (
-        "rxguard.digest_cli",
+        "rxguard_tools.digest_cli",
         "main",
         "daily/weekly digests per region and institution: rxguard digest --findings F|--state DIR --out DIR",
     ),
@@ -49,10 +57,10 @@ def run(argv: Sequence[str]) -> int:
     """`rxguard run`: the local deployment, or with --simulate-aws the real ASL on moto."""
     args = list(argv)
     if "--simulate-aws" in args:
-        from rxguard.offline import cli as offline
+        from rxguard_tools.offline import cli as offline
 
         return offline.main([a for a in args if a != "--simulate-aws"])
-    from rxguard.local import cli as local
+    from rxguard_tools import local_cli as local
 
     return local.main(args)
 

@@ -1,6 +1,6 @@
 """A sample warning letter from illustrative data, for the docs and for trying templates:
 
-    python -m rxguard.letters.sample OUT_DIR [--templates DIR]
+    python -m rxguard_tools.letters_sample OUT_DIR [--templates DIR]
 
 writes OUT_DIR/sample-letter.{html,pdf} (and sample-letter.png, sample-letter-signature.png,
 sample-letter-last.png: its first page, the page with the signature and seal, and the annex
@@ -102,7 +102,7 @@ def sample(kb: KnowledgeBase) -> tuple[list[Finding], dict[str, ClaimLine]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rxguard.letters.sample", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rxguard_tools.letters_sample", description=__doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("--templates", type=Path, default=None)
     args = parser.parse_args(argv)

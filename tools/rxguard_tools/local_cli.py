@@ -1,6 +1,6 @@
 """`rxguard run FILE... --state DIR --out DIR`: screen claim batches against a persistent
 local state (docs/local.md). (`rxguard run --simulate-aws FILE... --out DIR` runs the
-real ASL on moto instead: rxguard.cli sends it to rxguard.offline.cli, docs/offline.md.)
+real ASL on moto instead: rxguard_tools.cli sends it to rxguard_tools.offline.cli, docs/offline.md.)
 
 Writes DIR/findings.jsonl (every current finding of the state), rejected.jsonl,
 report.json, alerts.jsonl, letters.jsonl, letters/ and logs/run.log; prints per batch

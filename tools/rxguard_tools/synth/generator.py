@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-import rxguard.synth.catalogue as cat
+import rxguard_tools.synth.catalogue as cat
 from rxguard import claimline as contract
 from rxguard.engine.rules import scenario_rules
 from rxguard.kb import Drug, KnowledgeBase
-from rxguard.synth.catalogue import Condition, Item
+from rxguard_tools.synth.catalogue import Condition, Item
 
 # Field order of the written files: the claim-line contract's columns (docs/ingest.md).
 FIELDS = contract.COLUMNS
@@ -1355,7 +1355,7 @@ class _Builder:
         for p in self.patients.values():
             profiles[("legitimate/" if p.legitimate else "abusive/") + p.profile] += 1
         return {
-            "generator": "rxguard.synth",
+            "generator": "rxguard_tools.synth",
             "format_version": 1,
             "seed": self.cfg.seed,
             "patients_requested": self.cfg.patients,

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rxguard.models import Finding
-from rxguard.offline.environment import PROJECT_ROOT, Environment, Execution, Subscription
 from rxguard.texttable import table
+from rxguard_tools.offline.environment import PROJECT_ROOT, Environment, Execution, Subscription
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
 
