@@ -24,7 +24,7 @@ from pydantic import Discriminator, Tag
 from rxguard.api import nhsa, service
 from rxguard.api.access import Caller, identify, require_grant
 from rxguard.api.audit import AuditPage
-from rxguard.api.errors import ApiError, PayloadTooLarge, from_validation_errors
+from rxguard.api.errors import ApiError, InternalError, NotFound, PayloadTooLarge, from_validation_errors
 from rxguard.api.guard import request_guard, with_json_content_type
 from rxguard.api.models import (
     BacktestRequest,
@@ -385,17 +385,13 @@ def _too_deep(error: RecursionError) -> Response[str]:  # json.loads of a nestin
 
 @app.not_found
 def _not_found(error: NotFoundError) -> Response[str]:
-    err = ApiError(f"no route {app.current_event.http_method} {app.current_event.path}", code="no_route")
-    err.status = 404
-    return _answer(err)
+    return _answer(NotFound(f"no route {app.current_event.http_method} {app.current_event.path}", code="no_route"))
 
 
 @app.exception_handler(Exception)
 def _unexpected(error: Exception) -> Response[str]:
     logger.exception("unexpected error in %s %s", app.current_event.http_method, app.current_event.resource)
-    err = ApiError("internal error; the request id identifies it in the logs", code="internal")
-    err.status = 500
-    return _answer(err)
+    return _answer(InternalError("internal error; the request id identifies it in the logs"))
 
 
 # ------------------------------------------------------------------ entry points
