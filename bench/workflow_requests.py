@@ -65,6 +65,30 @@ class WriteUnits:
                     self.units[table] += max(1, math.ceil(item_size(item) / 1024)) if item else 1
 
 
+def _tables_and_results(ddb: Any) -> tuple[dict[str, str], Any, Any]:
+    """The template's tables (bench-<logical id>: their names by logical id, as
+    `dynamo.TableNames`) and a results bucket, on moto."""
+    from rxguard import dynamo
+    from tests.factories import create_table
+    from tests.integration.conftest import TABLES, template_resources
+
+    resources = template_resources()
+    names = {}
+    for logical_id in TABLES:
+        names[logical_id] = f"bench-{logical_id}"
+        create_table(ddb, names[logical_id], resources[logical_id]["Properties"])
+    tables = dynamo.TableNames(
+        purchases=names["PurchasesTable"],
+        trace_codes=names["TraceCodesTable"],
+        findings=names["FindingsTable"],
+        batches=names["BatchesTable"],
+        aggregates=names["AggregatesTable"],
+    )
+    s3 = dynamo.client("s3")
+    s3.create_bucket(Bucket="bench-results")
+    return names, tables, dynamo.ResultStore("bench-results", s3)
+
+
 def measure(lines: int) -> dict[str, Any]:
     from moto import mock_aws
 
@@ -76,7 +100,6 @@ def measure(lines: int) -> dict[str, Any]:
     from rxguard.workflow.contract import ChunkFindings, InstitutionsRequest
     from rxguard.workflow.institutions import screen_institutions
     from rxguard_tools.offline.patches import narrow_hash_key_query
-    from tests.integration.conftest import TABLES, _create_table, template_resources
 
     logging.getLogger("moto").setLevel(logging.CRITICAL)
     for key, value in {
@@ -94,21 +117,7 @@ def measure(lines: int) -> dict[str, Any]:
         ddb = dynamo.client("dynamodb")
         units = WriteUnits()
         ddb.meta.events.register("before-parameter-build.dynamodb.*", units)
-        resources = template_resources()
-        names = {}
-        for logical_id in TABLES:
-            names[logical_id] = f"bench-{logical_id}"
-            _create_table(ddb, names[logical_id], resources[logical_id]["Properties"])
-        tables = dynamo.TableNames(
-            purchases=names["PurchasesTable"],
-            trace_codes=names["TraceCodesTable"],
-            findings=names["FindingsTable"],
-            batches=names["BatchesTable"],
-            aggregates=names["AggregatesTable"],
-        )
-        s3 = dynamo.client("s3")
-        s3.create_bucket(Bucket="bench-results")
-        results = dynamo.ResultStore("bench-results", s3)
+        _, tables, results = _tables_and_results(ddb)
         dynamo.REQUESTS.reset()
         units.units.clear()
         started = time.perf_counter()
@@ -235,7 +244,6 @@ def measure_monthly(lines: int = 20_000, history_months: int = 1, chunk_size: in
     from rxguard.workflow.institutions import InstitutionsRequest, screen_institutions
     from rxguard.workflow.screen import ChunkFindings, _update_flags
     from rxguard_tools.offline.patches import narrow_hash_key_query
-    from tests.integration.conftest import TABLES, _create_table, template_resources
 
     logging.getLogger("moto").setLevel(logging.CRITICAL)
     for key, value in {
@@ -293,21 +301,7 @@ def measure_monthly(lines: int = 20_000, history_months: int = 1, chunk_size: in
         dynamo.reset_clients()
         ddb = dynamo.client("dynamodb")
         ddb.meta.events.register("before-parameter-build.dynamodb.*", count_units)
-        resources = template_resources()
-        names = {}
-        for logical_id in TABLES:
-            names[logical_id] = f"bench-{logical_id}"
-            _create_table(ddb, names[logical_id], resources[logical_id]["Properties"])
-        tables = dynamo.TableNames(
-            purchases=names["PurchasesTable"],
-            trace_codes=names["TraceCodesTable"],
-            findings=names["FindingsTable"],
-            batches=names["BatchesTable"],
-            aggregates=names["AggregatesTable"],
-        )
-        s3 = dynamo.client("s3")
-        s3.create_bucket(Bucket="bench-results")
-        results = dynamo.ResultStore("bench-results", s3)
+        names, tables, results = _tables_and_results(ddb)
 
         def screen_file(records: list[Any], name: str) -> tuple[int, int, float]:
             path = Path(tmp) / f"{name}.jsonl"
