@@ -31,15 +31,9 @@ SIZES = (10_000, 100_000)
 def synthetic_batch(lines: int, path: Path, seed: int = 1) -> int:
     """Write `lines` claim lines (JSON Lines) of a synthetic population to `path`."""
     from rxguard.kb import get_knowledge_base
-    from rxguard_tools.synth.generator import SynthConfig, generate
+    from rxguard_tools.synth.generator import grown_records
 
-    kb = get_knowledge_base()
-    patients = max(20, lines // 18)
-    while True:
-        records = generate(SynthConfig(patients=patients, seed=seed), kb).records
-        if len(records) >= lines:
-            break
-        patients = int(patients * lines / max(len(records), 1) * 1.1) + 10
+    records = grown_records(lines, get_knowledge_base(), patients=max(20, lines // 18), seed=seed)
     with path.open("w", encoding="utf-8") as fh:
         for record in records[:lines]:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")

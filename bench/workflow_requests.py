@@ -198,18 +198,18 @@ def monthly_population(lines: int, history_months: int, seed: int = 11) -> tuple
     """(the measured month's records, the history months' records) of one synthetic
     population: whole patients, trimmed so that the measured month has about `lines` lines."""
     from rxguard.kb import get_knowledge_base
-    from rxguard_tools.synth import SynthConfig, generate
+    from rxguard_tools.synth.generator import grown_records
 
-    kb = get_knowledge_base()
-    months = history_months + 1
-    patients = max(200, int(lines / 3.2))
-    while True:
-        records = generate(SynthConfig(patients=patients, seed=seed, months=months), kb).records
+    def last_month(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         last = max(str(r["fee_ocur_time"])[:7] for r in records)
-        batch = [r for r in records if str(r["fee_ocur_time"])[:7] == last]
-        if len(batch) >= lines:
-            break
-        patients = int(patients * lines / max(len(batch), 1) * 1.1) + 10
+        return [r for r in records if str(r["fee_ocur_time"])[:7] == last]
+
+    kb, patients, months = get_knowledge_base(), max(200, int(lines / 3.2)), history_months + 1
+    records = grown_records(
+        lines, kb, patients=patients, seed=seed, months=months, counted=lambda r: len(last_month(r))
+    )
+    last = max(str(r["fee_ocur_time"])[:7] for r in records)
+    batch = last_month(records)
     by_patient: dict[str, list[dict[str, Any]]] = {}
     for r in batch:
         by_patient.setdefault(r["psn_no"], []).append(r)

@@ -22,7 +22,7 @@ import math
 import random
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -1405,3 +1405,22 @@ def generate(config: SynthConfig, kb: KnowledgeBase) -> Population:
     if not 1 <= config.months <= 24:
         raise ValueError("months must be between 1 and 24")
     return _Builder(config, kb).build()
+
+
+def grown_records(
+    lines: int,
+    kb: KnowledgeBase,
+    *,
+    patients: int,
+    seed: int,
+    months: int = SynthConfig.months,
+    counted: Callable[[list[dict[str, Any]]], int] = len,
+) -> list[dict[str, Any]]:
+    """The records of a population of at least `patients` patients, grown until `counted`
+    (by default all records) reaches `lines`: for benchmarks that need a batch of a size."""
+    while True:
+        records = generate(SynthConfig(patients=patients, seed=seed, months=months), kb).records
+        got = counted(records)
+        if got >= lines:
+            return records
+        patients = int(patients * lines / max(got, 1) * 1.1) + 10
