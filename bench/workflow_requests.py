@@ -65,6 +65,14 @@ class WriteUnits:
                     self.units[table] += max(1, math.ceil(item_size(item) / 1024)) if item else 1
 
 
+def _quiet_fake_aws() -> None:
+    """moto's logging off and fake credentials (kept when the environment has some)."""
+    logging.getLogger("moto").setLevel(logging.CRITICAL)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
 def _tables_and_results(ddb: Any) -> tuple[dict[str, str], Any, Any]:
     """The template's tables (bench-<logical id>: their names by logical id, as
     `dynamo.TableNames`) and a results bucket, on moto."""
@@ -101,13 +109,7 @@ def measure(lines: int) -> dict[str, Any]:
     from rxguard.workflow.institutions import screen_institutions
     from rxguard_tools.offline.patches import narrow_hash_key_query
 
-    logging.getLogger("moto").setLevel(logging.CRITICAL)
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        os.environ.setdefault(key, value)
+    _quiet_fake_aws()
     kb = get_knowledge_base()
     with tempfile.TemporaryDirectory(prefix="rxguard-bench-") as tmp, mock_aws(), narrow_hash_key_query():
         batch = Path(tmp) / "batch.jsonl"
@@ -245,13 +247,7 @@ def measure_monthly(lines: int = 20_000, history_months: int = 1, chunk_size: in
     from rxguard.workflow.screen import ChunkFindings, _update_flags
     from rxguard_tools.offline.patches import narrow_hash_key_query
 
-    logging.getLogger("moto").setLevel(logging.CRITICAL)
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        os.environ.setdefault(key, value)
+    _quiet_fake_aws()
     kb = get_knowledge_base()
     batch_records, history = monthly_population(lines, history_months)
     moto_cpu = [0.0]
