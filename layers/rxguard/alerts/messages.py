@@ -146,32 +146,57 @@ def digest(
         "by_rule": dict(sorted(by_rule.items())),
         "alerted_separately": sorted(alerted),
         "top": [
-            {
-                "finding_id": f.finding_id,
-                "rule_id": f.rule_id,
-                "severity": f.severity.value,
-                "subject_type": f.subject_type,
-                "psn_pseudonym": pseudonym(f.psn_no, key) if f.psn_no else None,
-                "occurred_at": f.occurred_at.isoformat(),
-                "evidence": list(f.evidence),
-                "explanation_zh": _scrub(f.explanation_zh, f.psn_no, key),
-            }
-            for f in ordered[:top]
+            _top_item(f, key, {"subject_type": f.subject_type}, {"evidence": list(f.evidence)}) for f in ordered[:top]
         ],
     }
+    return _digest_message(
+        f"digest/{batch_id}/{institution_id}",
+        f"[rxguard] digest {institution_id}: {len(findings)} findings, max {severity.value}",
+        body,
+        findings,
+        region=regions[0] if len(regions) == 1 else regions,
+        institution_id="" if institution_id == NO_INSTITUTION else institution_id,
+    )
+
+
+def _top_item(f: Finding, key: str, where: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """One of a digest's most severe findings, psn_no as its pseudonym; `where` after its
+    severity (subject type or institution), `more` after its time (evidence)."""
+    return {
+        "finding_id": f.finding_id,
+        "rule_id": f.rule_id,
+        "severity": f.severity.value,
+        **where,
+        "psn_pseudonym": pseudonym(f.psn_no, key) if f.psn_no else None,
+        "occurred_at": f.occurred_at.isoformat(),
+        **more,
+        "explanation_zh": _scrub(f.explanation_zh, f.psn_no, key),
+    }
+
+
+def _digest_message(
+    message_id: str,
+    subject: str,
+    body: dict[str, Any],
+    findings: Sequence[Finding],
+    *,
+    region: Any,
+    institution_id: str,
+) -> AlertMessage:
+    """A digest message; its SNS attributes (what subscribers filter on) from its findings."""
     return AlertMessage(
-        message_id=f"digest/{batch_id}/{institution_id}",
+        message_id=message_id,
         message_type="digest",
-        subject=_ascii(f"[rxguard] digest {institution_id}: {len(findings)} findings, max {severity.value}"),
+        subject=_ascii(subject),
         body=body,
         attributes={
             "message_type": "digest",
-            "severity": severity.value,
-            "rule_id": sorted(by_rule),
-            "region": regions[0] if len(regions) == 1 else regions,
-            "institution_id": "" if institution_id == NO_INSTITUTION else institution_id,
+            "severity": body["max_severity"],
+            "rule_id": sorted(body["by_rule"]),
+            "region": region,
+            "institution_id": institution_id,
             "subject_type": sorted({f.subject_type for f in findings}),
-            "batch_id": batch_id,
+            "batch_id": body["batch_id"],
         },
     )
 
@@ -406,31 +431,13 @@ def periodic_digest(
         "by_severity": dict(sorted(Counter(f.severity.value for f in findings).items())),
         "by_rule": dict(sorted(by_rule.items())),
         "by_institution": dict(by_institution.most_common()),
-        "top": [
-            {
-                "finding_id": f.finding_id,
-                "rule_id": f.rule_id,
-                "severity": f.severity.value,
-                "fixmedins_code": f.fixmedins_code,
-                "psn_pseudonym": pseudonym(f.psn_no, pseudonym_key) if f.psn_no else None,
-                "occurred_at": f.occurred_at.isoformat(),
-                "explanation_zh": _scrub(f.explanation_zh, f.psn_no, pseudonym_key),
-            }
-            for f in ordered[:top]
-        ],
+        "top": [_top_item(f, pseudonym_key, {"fixmedins_code": f.fixmedins_code}, {}) for f in ordered[:top]],
     }
-    return AlertMessage(
-        message_id=f"digest/{period}/{scope}/{key}",
-        message_type="digest",
-        subject=_ascii(f"[rxguard] {period} digest {scope} {key}: {len(findings)} findings"),
-        body=body,
-        attributes={
-            "message_type": "digest",
-            "severity": severity.value,
-            "rule_id": sorted(by_rule),
-            "region": key if scope == "region" else (regions[0] if len(regions) == 1 else regions),
-            "institution_id": key if scope == "institution" else "",
-            "subject_type": sorted({f.subject_type for f in findings}),
-            "batch_id": period,
-        },
+    return _digest_message(
+        f"digest/{period}/{scope}/{key}",
+        f"[rxguard] {period} digest {scope} {key}: {len(findings)} findings",
+        body,
+        findings,
+        region=key if scope == "region" else (regions[0] if len(regions) == 1 else regions),
+        institution_id=key if scope == "institution" else "",
     )
