@@ -40,7 +40,7 @@ from rxguard.config import Settings
 from rxguard.engine.rules import PATIENT_RULES, RULE_IDS
 from rxguard.ingest import read_batch
 from rxguard.kb import KnowledgeBase, get_knowledge_base
-from rxguard.models import ClaimLine
+from rxguard.models import ClaimLine, patient_chunks
 from rxguard.repository import InMemoryRepository
 from rxguard.scope import Scope
 from rxguard_tools.synth.generator import SynthConfig, generate
@@ -67,20 +67,6 @@ def read_lines(files: Sequence[Path], kb: KnowledgeBase) -> tuple[list[list[Any]
                 rejected[item.reason] += 1
         batches.append(lines)
     return batches, rejected
-
-
-def patient_chunks(lines: Sequence[Any], size: int) -> list[list[Any]]:
-    """Lines grouped by patient (each patient's lines in one chunk, as the workflow's
-    Prepare partitions), packed into chunks of about `size` lines, in a stable order."""
-    by_patient: dict[str, list[Any]] = {}
-    for line in lines:
-        by_patient.setdefault(line.psn_no, []).append(line)
-    chunks: list[list[Any]] = [[]]
-    for psn in sorted(by_patient):
-        if chunks[-1] and len(chunks[-1]) + len(by_patient[psn]) > size:
-            chunks.append([])
-        chunks[-1].extend(by_patient[psn])
-    return [c for c in chunks if c]
 
 
 def run_engine(
