@@ -83,21 +83,7 @@ def finding_alert(finding: Finding, *, batch_id: str, kb: KnowledgeBase, key: st
         "finding": finding_payload(finding, kb, key),
     }
     subject = f"[rxguard] {finding.severity.value} {finding.rule_id} {finding.fixmedins_code or ''}".strip()
-    return AlertMessage(
-        message_id=f"finding/{finding.finding_id}",
-        message_type="finding",
-        subject=_ascii(subject),
-        body=body,
-        attributes={
-            "message_type": "finding",
-            "severity": finding.severity.value,
-            "rule_id": finding.rule_id,
-            "region": finding.admdvs or "",
-            "institution_id": finding.fixmedins_code or "",
-            "subject_type": finding.subject_type,
-            "batch_id": batch_id,
-        },
-    )
+    return _message("finding", f"finding/{finding.finding_id}", subject, body, *_of_finding(finding, batch_id))
 
 
 def _order(f: Finding) -> tuple[int, str, str]:
@@ -183,22 +169,36 @@ def _digest_message(
     region: Any,
     institution_id: str,
 ) -> AlertMessage:
-    """A digest message; its SNS attributes (what subscribers filter on) from its findings."""
+    """A digest message; its attributes from its body and findings."""
+    severity, rules, subject_types = (
+        body["max_severity"],
+        sorted(body["by_rule"]),
+        sorted({f.subject_type for f in findings}),
+    )
+    attributes = (severity, rules, region, institution_id, subject_types, body["batch_id"])
+    return _message("digest", message_id, subject, body, *attributes)
+
+
+# The SNS message attributes subscribers filter on (docs/alerts.md), after message_type, in order
+ATTRIBUTES = ("severity", "rule_id", "region", "institution_id", "subject_type", "batch_id")
+
+
+def _message(kind: str, message_id: str, subject: str, body: dict[str, Any], *attributes: Any) -> AlertMessage:
+    """A message of `kind`; `attributes` are the values of ATTRIBUTES, in order."""
+    named = dict(zip(ATTRIBUTES, attributes, strict=True))
     return AlertMessage(
         message_id=message_id,
-        message_type="digest",
+        message_type=kind,
         subject=_ascii(subject),
         body=body,
-        attributes={
-            "message_type": "digest",
-            "severity": body["max_severity"],
-            "rule_id": sorted(body["by_rule"]),
-            "region": region,
-            "institution_id": institution_id,
-            "subject_type": sorted({f.subject_type for f in findings}),
-            "batch_id": body["batch_id"],
-        },
+        attributes={"message_type": kind, **named},
     )
+
+
+def _of_finding(finding: Finding, batch_id: str) -> tuple[Any, ...]:
+    """The attributes of a message about one finding (its alert, its correction)."""
+    f = finding
+    return (f.severity.value, f.rule_id, f.admdvs or "", f.fixmedins_code or "", f.subject_type, batch_id)
 
 
 def letter_announcement(
@@ -233,21 +233,10 @@ def letter_announcement(
         "finding_ids": sorted(f.finding_id for f in findings),
         "locations": dict(sorted(locations.items())),
     }
-    return AlertMessage(
-        message_id=message_id or f"letter/{batch_id}/{letter_id}",
-        message_type="letter",
-        subject=_ascii(f"[rxguard] letter {letter_id} ({len(findings)} findings)"),
-        body=body,
-        attributes={
-            "message_type": "letter",
-            "severity": severity.value,
-            "rule_id": sorted({f.rule_id for f in findings}),
-            "region": regions[0] if len(regions) == 1 else regions,
-            "institution_id": institution_id or "",
-            "subject_type": addressee_type,
-            "batch_id": batch_id,
-        },
-    )
+    rules, region = sorted({f.rule_id for f in findings}), regions[0] if len(regions) == 1 else regions
+    attributes = (severity.value, rules, region, institution_id or "", addressee_type, batch_id)
+    subject = f"[rxguard] letter {letter_id} ({len(findings)} findings)"
+    return _message("letter", message_id or f"letter/{batch_id}/{letter_id}", subject, body, *attributes)
 
 
 def correction(finding: Finding, *, batch_id: str, reason: str, key: str) -> AlertMessage:
@@ -268,20 +257,9 @@ def correction(finding: Finding, *, batch_id: str, reason: str, key: str) -> Ale
         "status": finding.status,
         "reason": reason,
     }
-    return AlertMessage(
-        message_id=f"correction/{finding.finding_id}/{batch_id}",
-        message_type="correction",
-        subject=_ascii(f"[rxguard] correction {finding.rule_id} {finding.fixmedins_code or ''}".strip()),
-        body=body,
-        attributes={
-            "message_type": "correction",
-            "severity": finding.severity.value,
-            "rule_id": finding.rule_id,
-            "region": finding.admdvs or "",
-            "institution_id": finding.fixmedins_code or "",
-            "subject_type": finding.subject_type,
-            "batch_id": batch_id,
-        },
+    subject = f"[rxguard] correction {finding.rule_id} {finding.fixmedins_code or ''}".strip()
+    return _message(
+        "correction", f"correction/{finding.finding_id}/{batch_id}", subject, body, *_of_finding(finding, batch_id)
     )
 
 
