@@ -19,7 +19,8 @@ from rxguard.api.service import Services
 from rxguard.api.store import FindingQuery, RuleFigures
 from rxguard.engine import trigger_lines
 from rxguard.engine.institutions import ActivityAggregate
-from rxguard.models import ClaimLine, Finding, Severity
+from rxguard.kb import RuleDefinition
+from rxguard.models import ClaimLine, Finding
 from rxguard.scope import Scope
 
 PAGE = 500  # findings per store page while reading the whole queue
@@ -409,15 +410,10 @@ def report_card(
 
 @dataclass(frozen=True, kw_only=True)
 class RuleRow(RuleFigures):
-    """A rule as the console lists it: the rule base's fields, its findings in the view, and
+    """A rule as the console lists it: its definition, its findings in the view, and
     its review and disposition figures (precision, continue and modify rates: RuleFigures)."""
 
-    rule_id: str
-    name_zh: str
-    name_en: str
-    severity: Severity
-    version: int
-    enabled: bool
+    rule: RuleDefinition  # id, names, version, severity, enabled
     open: int
     per_month: dict[str, int]
 
@@ -433,12 +429,7 @@ def rule_rows(services: Services, findings: Sequence[FindingView]) -> tuple[list
             open_[f.rule_id] += 1
     rows = [
         RuleRow(
-            rule_id=rule.id,
-            name_zh=rule.name_zh,
-            name_en=rule.name_en,
-            severity=rule.severity,
-            version=rule.version,
-            enabled=rule.enabled,
+            rule=rule,
             open=open_[rule.id],
             per_month={m: per[rule.id][m] for m in months},
             **asdict(figures.get(rule.id, RuleFigures())),

@@ -123,14 +123,7 @@ class ChunkFindings(BaseModel):
     @classmethod
     def of_changes(cls, chunk_key: str, changes: FindingChanges, **more: Any) -> ChunkFindings:
         """The results file of what a screening changed (`more`: recorded, institutions, ...)."""
-        return cls(
-            chunk_key=chunk_key,
-            new=changes.new,
-            updated=changes.updated,
-            superseded=changes.superseded,
-            unchanged=changes.unchanged,
-            **more,
-        )
+        return cls(chunk_key=chunk_key, **vars(changes), **more)  # new, updated, superseded, unchanged
 
     def counts(self) -> dict[str, int]:
         """The ChunkResult's `findings`: how many findings are new, updated, superseded, unchanged."""
