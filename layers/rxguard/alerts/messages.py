@@ -77,9 +77,6 @@ def finding_payload(finding: Finding, kb: KnowledgeBase, key: str) -> dict[str, 
 
 def finding_alert(finding: Finding, *, batch_id: str, kb: KnowledgeBase, key: str) -> AlertMessage:
     body = {
-        "schema_version": SCHEMA_VERSION,
-        "message_type": "finding",
-        "batch_id": batch_id,
         "finding": finding_payload(finding, kb, key),
     }
     subject = f"[rxguard] {finding.severity.value} {finding.rule_id} {finding.fixmedins_code or ''}".strip()
@@ -120,9 +117,6 @@ def digest(
     regions = sorted({f.admdvs for f in findings if f.admdvs})
     severity = max_severity(findings)
     body = {
-        "schema_version": SCHEMA_VERSION,
-        "message_type": "digest",
-        "batch_id": batch_id,
         "institution_id": institution_id,
         "institution_name": institution_name,
         "regions": regions,
@@ -140,6 +134,7 @@ def digest(
         f"[rxguard] digest {institution_id}: {len(findings)} findings, max {severity.value}",
         body,
         findings,
+        batch_id=batch_id,
         region=regions[0] if len(regions) == 1 else regions,
         institution_id="" if institution_id == NO_INSTITUTION else institution_id,
     )
@@ -163,29 +158,32 @@ def _top_item(f: Finding, key: str, where: dict[str, Any], more: dict[str, Any])
 def _digest_message(
     message_id: str,
     subject: str,
-    body: dict[str, Any],
+    fields: dict[str, Any],
     findings: Sequence[Finding],
     *,
+    batch_id: str,
     region: Any,
     institution_id: str,
 ) -> AlertMessage:
-    """A digest message; its attributes from its body and findings."""
+    """A digest message; its attributes from its fields and findings."""
     severity, rules, subject_types = (
-        body["max_severity"],
-        sorted(body["by_rule"]),
+        fields["max_severity"],
+        sorted(fields["by_rule"]),
         sorted({f.subject_type for f in findings}),
     )
-    attributes = (severity, rules, region, institution_id, subject_types, body["batch_id"])
-    return _message("digest", message_id, subject, body, *attributes)
+    attributes = (severity, rules, region, institution_id, subject_types, batch_id)
+    return _message("digest", message_id, subject, fields, *attributes)
 
 
 # The SNS message attributes subscribers filter on (docs/alerts.md), after message_type, in order
 ATTRIBUTES = ("severity", "rule_id", "region", "institution_id", "subject_type", "batch_id")
 
 
-def _message(kind: str, message_id: str, subject: str, body: dict[str, Any], *attributes: Any) -> AlertMessage:
-    """A message of `kind`; `attributes` are the values of ATTRIBUTES, in order."""
+def _message(kind: str, message_id: str, subject: str, fields: dict[str, Any], *attributes: Any) -> AlertMessage:
+    """A message of `kind`: its body is the schema version, the kind and the batch, then
+    `fields`; `attributes` are the values of ATTRIBUTES, in order (the batch last)."""
     named = dict(zip(ATTRIBUTES, attributes, strict=True))
+    body = {"schema_version": SCHEMA_VERSION, "message_type": kind, "batch_id": named["batch_id"], **fields}
     return AlertMessage(
         message_id=message_id,
         message_type=kind,
@@ -219,9 +217,6 @@ def letter_announcement(
     regions = sorted({f.admdvs for f in findings if f.admdvs})
     severity = max_severity(findings)
     body = {
-        "schema_version": SCHEMA_VERSION,
-        "message_type": "letter",
-        "batch_id": batch_id,
         "letter_id": letter_id,
         "letter_number": number,
         "letter_kind_zh": kind_zh,
@@ -244,9 +239,6 @@ def correction(finding: Finding, *, batch_id: str, reason: str, key: str) -> Ale
     lines, or withdrawn). Id `correction/<finding_id>/<batch_id>`: once per batch that
     withdrew it; subscribers match it to the alert `finding/<finding_id>`."""
     body = {
-        "schema_version": SCHEMA_VERSION,
-        "message_type": "correction",
-        "batch_id": batch_id,
         "corrects": f"finding/{finding.finding_id}",
         "finding_id": finding.finding_id,
         "rule_id": finding.rule_id,
@@ -394,9 +386,6 @@ def periodic_digest(
     by_institution = Counter(f.fixmedins_code or NO_INSTITUTION for f in findings)
     regions = sorted({f.admdvs for f in findings if f.admdvs})
     body = {
-        "schema_version": SCHEMA_VERSION,
-        "message_type": "digest",
-        "batch_id": period,
         "period": period,
         "period_label": period_label,
         "scope": scope,
@@ -416,6 +405,7 @@ def periodic_digest(
         f"[rxguard] {period} digest {scope} {key}: {len(findings)} findings",
         body,
         findings,
+        batch_id=period,
         region=key if scope == "region" else (regions[0] if len(regions) == 1 else regions),
         institution_id=key if scope == "institution" else "",
     )
