@@ -15,7 +15,7 @@ import pytest
 
 from rxguard.alerts.outbox import InMemoryOutbox, Outbox, OutboxEntry, drain
 from rxguard.alerts.schema import AlertMessage
-from rxguard.offline.cfn import load_template
+from rxguard_tools.offline.cfn import load_template
 from tests.conftest import ROOT
 from tests.factories import create_table
 

@@ -24,7 +24,7 @@ from typing import Any
 import boto3
 import pytest
 
-from rxguard.offline import Environment
+from rxguard_tools.offline import Environment
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "events" / "batches" / "03_yulin_bom.csv"  # refills across institutions: several findings
