@@ -358,12 +358,11 @@ def local_api_services(state: State, settings: ApiSettings, core: Settings | Non
     stored history, a dispensation is screened on the same repository as a batch's lines (so
     it is history for the next batch), findings are listed and reviewed in the state the runs
     write. No alerts topic here: `alerts_sent` is null (the batch runs write the alerts)."""
+    from rxguard.alerts.outbox import OutboxEntry
     from rxguard.api.service import Services
     from rxguard.local.audit import SqliteAuditLog
 
     core = core or Settings.from_env()
-    from rxguard.alerts.outbox import OutboxEntry
-
     outbox = state.outbox()
     return Services(
         kb=get_knowledge_base(core.rules_dir, core.phase),
