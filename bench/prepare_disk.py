@@ -124,7 +124,11 @@ def measure(mb: int, budget_mb: int, chunk_size: int = 5000) -> dict[str, Any]:
             if used > peak["bytes"]:
                 peak["bytes"], peak["at_lines"] = used, lines
             if used > budget:
-                raise BudgetExceeded(f"temporary disk {used / MB:.0f} MB over the {budget_mb} MB budget")
+                read = bodies[-1].served if bodies else 0
+                raise BudgetExceeded(
+                    f"temporary disk {used / MB:.0f} MB over the {budget_mb} MB budget after {read / MB:.0f} MB of "
+                    f"input ({lines:,} lines), {time.process_time() - started_cpu:.0f} s CPU"
+                )
 
         def hand_on(info: ChunkInfo) -> None:  # Prepare uploads the chunk, then deletes it
             sample(-1)
