@@ -343,6 +343,15 @@ def _na(section: dict[str, Any]) -> str | None:
     return None if section.get("available") else f"not available: {section.get('why')}"
 
 
+def _section(out: list[str], title: str, section: dict[str, Any]) -> bool:
+    """Add a section's heading (and "not available: why" when it is); True when it has figures."""
+    out += [f"## {title}", ""]
+    if (na := _na(section)) is not None:
+        out += [na, ""]
+        return False
+    return True
+
+
 def _g(d: dict[str, Any], *keys: str) -> Any:
     for key in keys:
         if key in d:
@@ -368,11 +377,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["**Quick run: smaller sizes than the issue asks for.**", ""]
     shortfalls: list[str] = []
 
-    out += ["## Engine throughput (one core)", ""]
     e = s.get("engine", {})
-    if (na := _na(e)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "Engine throughput (one core)", e):
         pop = e.get("population", {})
         out += [
             "| figure | value |",
@@ -386,11 +392,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
         ]
 
-    out += ["## Cost against one patient's history (CPU, one core)", ""]
     h = s.get("history", {})
-    if (na := _na(h)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "Cost against one patient's history (CPU, one core)", h):
         out += [
             "| history lines | check ms | x smallest | screen one line ms | x smallest |",
             "|---|---|---|---|---|",
@@ -411,11 +414,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         if a.get("bytes", 0) >= 1_000_000:
             shortfalls.append(f"a 200-line check answers {a.get('bytes', 0):,} bytes (target: under 1 MB)")
 
-    out += ["## Offline workflow wall time", ""]
     w = s.get("workflow", {})
-    if (na := _na(w)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "Offline workflow wall time", w):
         out += [
             "| lines | status | wall s | s per 1k lines | DynamoDB read calls /1k | write calls /1k | handler s |",
             "|---:|---|---:|---:|---:|---:|---|",
@@ -432,11 +432,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 shortfalls.append(f"the offline workflow ended {r.get('status')} on {int(n):,} lines")
         out.append("")
 
-    out += ["## DynamoDB units and AWS cost per million lines", ""]
     c = s.get("cost", {})
-    if (na := _na(c)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "DynamoDB units and AWS cost per million lines", c):
         per_k = c["per_1000_lines"]
         comps = c["components_usd_per_million_lines"]
         out += [
@@ -500,11 +497,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "trip, and Notify renders PDF letters; S3 PUTs are mostly letters"
             )
 
-    out += ["## Packed storage: a monthly batch after history (docs/storage-aws.md)", ""]
     st = s.get("storage", {})
-    if (na := _na(st)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "Packed storage: a monthly batch after history (docs/storage-aws.md)", st):
         runs = st["runs"]
         out += [
             "Targets (issue 14): <= 100 DynamoDB requests per 1,000 lines, <= 0.8 write units a line "
@@ -551,11 +545,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                     f"(target $1.50): storage and PITR of {r['stored_bytes_per_line']} bytes a line dominate"
                 )
 
-    out += ["## Check API", ""]
     a = s.get("api", {})
-    if (na := _na(a)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "Check API", a):
         out += ["| figure | value |", "|---|---:|"]
         out += [f"| {k.replace('_', ' ')} | {v} |" for k, v in a.items() if k not in ("available", "section_seconds")]
         out.append("")
@@ -574,11 +565,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
         ]
 
-    out += ["## Cold-start import time per function", ""]
     cs = s.get("coldstart", {})
-    if (na := _na(cs)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "Cold-start import time per function", cs):
         out += [
             "| function | CPU ms, median | wall ms, median | wall ms, max | <= 300 ms |",
             "|---|---:|---:|---:|---|",
@@ -616,11 +604,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "",
             ]
 
-    out += ["## Ingestion peak memory", ""]
     ing = s.get("ingest", {})
-    if (na := _na(ing)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "Ingestion peak memory", ing):
         out += [
             "| lines | file MB | seconds | lines/s | peak RSS MB | start RSS MB |",
             "|---:|---:|---:|---:|---:|---:|",
@@ -639,11 +624,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         if not ing["flat"]:
             shortfalls.append(f"ingestion peak memory grows {ing['peak_growth_at_10x_lines']}x for 10x the lines")
 
-    out += ["## Local deployment (`rxguard run --state`)", ""]
     loc = s.get("local", {})
-    if (na := _na(loc)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "Local deployment (`rxguard run --state`)", loc):
         out += [
             "End to end: file in, findings.jsonl, alerts and HTML letters out, on a fresh state, "
             f"{loc.get('workers', 2)} worker processes (`--pdf on-demand`; a letter's PDF is the last column). "
