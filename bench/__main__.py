@@ -343,12 +343,14 @@ def _na(section: dict[str, Any]) -> str | None:
     return None if section.get("available") else f"not available: {section.get('why')}"
 
 
-def _section(out: list[str], title: str, section: dict[str, Any]) -> bool:
-    """Add a section's heading (and "not available: why" when it is); True when it has figures."""
+def _section(out: list[str], title: str, section: dict[str, Any], *table: str) -> bool:
+    """Add a section's heading, then "not available: why" or its table's header lines
+    (`table`); True when it has figures."""
     out += [f"## {title}", ""]
     if (na := _na(section)) is not None:
         out += [na, ""]
         return False
+    out += table
     return True
 
 
@@ -393,11 +395,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
 
     h = s.get("history", {})
-    if _section(out, "Cost against one patient's history (CPU, one core)", h):
-        out += [
-            "| history lines | check ms | x smallest | screen one line ms | x smallest |",
-            "|---|---|---|---|---|",
-        ]
+    if _section(
+        out,
+        "Cost against one patient's history (CPU, one core)",
+        h,
+        "| history lines | check ms | x smallest | screen one line ms | x smallest |",
+        "|---|---|---|---|---|",
+    ):
         for r in h.get("rows", []):
             out.append(
                 f"| {r['history_lines']:,} | {r['check_cpu_ms']} | {r['check_ratio_to_smallest']} | "
@@ -415,11 +419,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             shortfalls.append(f"a 200-line check answers {a.get('bytes', 0):,} bytes (target: under 1 MB)")
 
     w = s.get("workflow", {})
-    if _section(out, "Offline workflow wall time", w):
-        out += [
-            "| lines | status | wall s | s per 1k lines | DynamoDB read calls /1k | write calls /1k | handler s |",
-            "|---:|---|---:|---:|---:|---:|---|",
-        ]
+    if _section(
+        out,
+        "Offline workflow wall time",
+        w,
+        "| lines | status | wall s | s per 1k lines | DynamoDB read calls /1k | write calls /1k | handler s |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ):
         for n, r in sorted(w["runs"].items(), key=lambda kv: int(kv[0])):
             handlers = ", ".join(
                 f"{k.replace('Function', '')} {v}" for k, v in (r.get("handler_seconds") or {}).items()
@@ -566,11 +572,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
 
     cs = s.get("coldstart", {})
-    if _section(out, "Cold-start import time per function", cs):
-        out += [
-            "| function | CPU ms, median | wall ms, median | wall ms, max | <= 300 ms |",
-            "|---|---:|---:|---:|---|",
-        ]
+    if _section(
+        out,
+        "Cold-start import time per function",
+        cs,
+        "| function | CPU ms, median | wall ms, median | wall ms, max | <= 300 ms |",
+        "|---|---:|---:|---:|---|",
+    ):
         for name, f in cs["functions"].items():
             cpu = f.get("import_cpu_ms_median", f["import_ms_median"])
             out.append(
@@ -605,11 +613,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             ]
 
     ing = s.get("ingest", {})
-    if _section(out, "Ingestion peak memory", ing):
-        out += [
-            "| lines | file MB | seconds | lines/s | peak RSS MB | start RSS MB |",
-            "|---:|---:|---:|---:|---:|---:|",
-        ]
+    if _section(
+        out,
+        "Ingestion peak memory",
+        ing,
+        "| lines | file MB | seconds | lines/s | peak RSS MB | start RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ):
         for n, r in ing["runs"].items():
             out.append(
                 f"| {int(n):,} | {r.get('file_mb')} | {r.get('seconds')} | {r.get('lines_per_s')} | "
