@@ -68,8 +68,9 @@ class Hit:
         cls, psn_no: str, line: ClaimLine, severity: Severity, evidence: Iterable[str], figures: Figures, **more: Any
     ) -> Hit:
         """A patient hit located at one of its lines: its time, institution, prescriber, region."""
-        where = {"fixmedins_code": line.fixmedins_code, "bilg_dr_codg": line.bilg_dr_codg, "admdvs": line.admdvs}
-        return cls(Scope.patient(psn_no), severity, line.fee_ocur_time, evidence, figures, psn_no, **where, **more)
+        subject, at = Scope.patient(psn_no), line.fee_ocur_time
+        where = (line.fixmedins_code, line.bilg_dr_codg, line.admdvs)
+        return cls(subject, severity, at, evidence, figures, psn_no, *where, **more)
 
 
 class Rule:
