@@ -13,6 +13,7 @@ medium -> warn, low -> pass (the hit is still reported, as information).
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -426,18 +427,79 @@ def advise(
             found = check([*others, moved], view).get(claim.line_id, [])
             return not any(f.rule_id in WAITABLE_RULES and (allowed is None or f.rule_id in allowed) for f in found)
 
-        if not passes(NEXT_FILL_HORIZON_DAYS):
-            advice.next_fill_on[claim.line_id] = searched[group] = None
-            continue
-        low, high = 0, NEXT_FILL_HORIZON_DAYS  # fails at low (today), passes at high
-        while high - low > 1:
-            middle = (low + high) // 2
-            if passes(middle):
-                high = middle
-            else:
-                low = middle
-        advice.next_fill_on[claim.line_id] = searched[group] = claim.fee_ocur_time.date() + timedelta(days=high)
+        days = first_passing_day(passes, _wait_estimate(waitable), NEXT_FILL_HORIZON_DAYS)
+        advice.next_fill_on[claim.line_id] = searched[group] = (
+            None if days is None else claim.fee_ocur_time.date() + timedelta(days=days)
+        )
     return advice
+
+
+def first_passing_day(passes: Callable[[int], bool], guess: int | None, horizon: int) -> int | None:
+    """The least d in 1..horizon with passes(d), given that day 0 fails and passes is monotone
+    (fails, then passes); None when even the horizon fails.
+
+    Without a guess: the horizon, then bisection (1 + log2(horizon) probes, 10 for 400 days).
+    With one: the guess, then galloping away from it (steps 1, 2, 4...) until the answer is
+    bracketed, then bisection: 2 probes when the guess is exact, 2 log2(error) + 2 otherwise.
+    The guess only orders the probes; the answer is the same."""
+    if guess is None:
+        if not passes(horizon):
+            return None
+        low, high = 0, horizon  # fails at low (today), passes at high
+    else:
+        probe = min(max(guess, 1), horizon)
+        if passes(probe):
+            high, step, low = probe, 1, 0
+            while high - step > 0:  # gallop down until a failing day
+                if not passes(high - step):
+                    low = high - step
+                    break
+                high, step = high - step, step * 2
+        else:
+            low, step, high = probe, 1, 0
+            while high == 0:  # gallop up until a passing day
+                if low + step >= horizon:
+                    if not passes(horizon):
+                        return None
+                    high = horizon
+                elif passes(low + step):
+                    high = low + step
+                else:
+                    low, step = low + step, step * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if passes(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _wait_estimate(findings: Sequence[Finding]) -> int | None:
+    """Days to wait before the supply findings would stop firing, estimated from their figures
+    (early-refill: the previous supply `used_fraction_threshold` used, the stock beyond the
+    carry tolerance run down; cross-institution-repeat: the overlap under its minimum;
+    cumulative-oversupply: the stock run down to the threshold). Only a starting point for
+    `first_passing_day`, which re-checks: the wait of all of them, or None when one has no estimate."""
+    days = []
+    for finding in findings:
+        f = finding.figures
+        try:
+            if finding.rule_id == "early-refill":
+                previous = float(f["previous_days_supplied"])
+                threshold = float(f["used_fraction_threshold"])
+                by_interval = threshold * previous - float(f["elapsed_days"])
+                by_stock = float(f["stock_before_days"]) - float(f["carry_tolerance_days"]) - (1 - threshold) * previous
+                days.append(max(by_interval, by_stock))
+            elif finding.rule_id == "cross-institution-repeat":
+                days.append(float(f["overlap_days"]) - float(f["min_overlap_days"]))
+            elif finding.rule_id == "cumulative-oversupply":
+                days.append(float(f["stock_days"]) - float(f["threshold_days"]))
+            else:
+                return None
+        except (KeyError, TypeError, ValueError):
+            return None
+    return math.ceil(max(days)) if days else None
 
 
 class _OneIngredient(HistoryRepository):
@@ -600,6 +662,34 @@ def _utc(services: Services) -> datetime:
     return services.now().replace(tzinfo=CHINA).astimezone(UTC)
 
 
+def _access_records(
+    services: Services,
+    caller: Caller,
+    action: Action,
+    patients: Sequence[str | None],
+    decision: str,
+    *,
+    institution: str | None = None,
+    detail: str | None = None,
+) -> list[AccessRecord]:
+    """An access record per patient (pseudonymised), or one without a patient."""
+    at = _utc(services)
+    key = services.settings.pseudonym_key
+    acting = institution or (next(iter(sorted(caller.institutions))) if len(caller.institutions) == 1 else None)
+    return [
+        AccessRecord(
+            at=at,
+            caller=caller.principal,
+            institution=acting,
+            patient=pseudonym(p, key) if p else None,
+            action=action,
+            decision=decision,
+            detail=detail,
+        )
+        for p in (patients or [None])
+    ]
+
+
 def _audit(
     services: Services,
     caller: Caller,
@@ -613,22 +703,8 @@ def _audit(
     """Record an access per patient (pseudonymised), or one without a patient."""
     if services.audit is None:
         return
-    at = _utc(services)
-    key = services.settings.pseudonym_key
-    acting = institution or (next(iter(sorted(caller.institutions))) if len(caller.institutions) == 1 else None)
     services.audit.record(
-        [
-            AccessRecord(
-                at=at,
-                caller=caller.principal,
-                institution=acting,
-                patient=pseudonym(p, key) if p else None,
-                action=action,
-                decision=decision,
-                detail=detail,
-            )
-            for p in (patients or [None])
-        ]
+        _access_records(services, caller, action, patients, decision, institution=institution, detail=detail)
     )
 
 
@@ -655,10 +731,14 @@ def _audit_lines(
     for claim in claims:
         by_patient.setdefault(claim.psn_no, []).append(decision_of(hits.get(claim.line_id, [])))
     institutions = sorted({c.fixmedins_code for c in claims})
-    for psn_no, decisions in sorted(by_patient.items()):
-        _audit(
+    records = [
+        record
+        for psn_no, decisions in sorted(by_patient.items())
+        for record in _access_records(
             services, caller, action, [psn_no], worst(decisions), institution=institutions[0] if institutions else None
         )
+    ]
+    services.audit.record(records)  # one write (one transaction) for the whole answer
     if action == "check":
         _stranger_alert(services, caller)
 

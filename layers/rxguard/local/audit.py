@@ -66,11 +66,16 @@ class SqliteAuditLog(AuditLog):
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
+            # as the state's own connections (rxguard.local.state): a commit survives the process
+            # (kill, crash); only a power cut or an OS crash may lose the last commits, the lines they audit with them
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             self._local.conn = conn
         return conn
 
     def record(self, records: Sequence[AccessRecord]) -> None:
+        if not records:
+            return
         rows = []
         for rec in records:
             rid = rec.record_id or uuid.uuid4().hex
