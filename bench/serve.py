@@ -113,12 +113,17 @@ def _client_process(
 
 
 def measure(
-    patients: int = 300, clients: int = 20, requests: int = 50, seed: int = 7, workers: int | None = None
+    patients: int = 300,
+    clients: int = 20,
+    requests: int = 50,
+    seed: int = 7,
+    workers: int | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     from bench.engine import population
     from rxguard.local.state import State
 
-    serve_args = ["--threads", "8", *(["--workers", str(workers)] if workers else [])]
+    serve_args = [*(["--threads", str(threads)] if threads else []), *(["--workers", str(workers)] if workers else [])]
     lines = population(patients, 12, seed)
     bodies, history_lines = _bodies(lines, min(patients, 100))
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,8 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--workers", type=int, default=None, help="serve's worker processes (default: serve's)")
+    parser.add_argument("--threads", type=int, default=None, help="serve's threads per worker (default: serve's)")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.patients, args.clients, args.requests, workers=args.workers), indent=1))
+    figures = measure(args.patients, args.clients, args.requests, workers=args.workers, threads=args.threads)
+    print(json.dumps(figures, indent=1))
     return 0
 
 

@@ -12,6 +12,7 @@ medium -> warn, low -> pass (the hit is still reported, as information).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -81,6 +82,10 @@ EVIDENCE_CAP = 5  # evidence line ids a hit lists (the finding keeps them all; G
 TRIGGER_CAP = 3  # trigger line ids a hit's figures list (with trigger_lines_count)
 # Rules a dispenser can wait out: the fill passes once enough of the earlier supply is used.
 WAITABLE_RULES = frozenset({"early-refill", "cumulative-oversupply", "cross-institution-repeat"})
+# What the next-fill search re-checks: the waitable rules and override-frequency, which the
+# supply walk (rxguard.engine.supply) evaluates first to settle which override reasons hold.
+# No other rule changes a waitable finding, so the search skips them.
+SEARCH_RULES = WAITABLE_RULES | {"override-frequency"}
 NEXT_FILL_HORIZON_DAYS = 400  # beyond this, waiting is not the answer (next_fill_on null)
 # A continued warning's reason (3103 dspo_way_rea, free text) -> the line's override reason,
 # by the first matching words; a reason matching none is counted in the figures only.
@@ -305,6 +310,19 @@ def decision_of(findings: Sequence[Finding]) -> Decision:
 def worst(decisions: Sequence[Decision]) -> Decision:
     order = {"pass": 0, "warn": 1, "block": 2}
     return max(decisions, key=lambda d: order[d], default="pass")
+
+
+_SEARCH_KBS: dict[int, tuple[KnowledgeBase, KnowledgeBase]] = {}
+
+
+def search_kb(kb: KnowledgeBase) -> KnowledgeBase:
+    """The knowledge base narrowed to SEARCH_RULES (one per knowledge base, kept: the engine
+    cache is keyed by the knowledge base)."""
+    cached = _SEARCH_KBS.get(id(kb))
+    if cached is None or cached[0] is not kb:
+        narrowed = dataclasses.replace(kb, rules={r: d for r, d in kb.rules.items() if r in SEARCH_RULES})
+        cached = _SEARCH_KBS[id(kb)] = (kb, narrowed)
+    return cached[1]
 
 
 class _CachedReads(HistoryRepository):
@@ -804,11 +822,13 @@ def check(
         require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     reads = _CachedReads(services.repo)
 
-    def run(lines: Sequence[ClaimLine], repo: HistoryRepository = reads) -> dict[str, list[Finding]]:
+    def run(
+        lines: Sequence[ClaimLine], repo: HistoryRepository = reads, kb: KnowledgeBase = services.kb
+    ) -> dict[str, list[Finding]]:
         if scene is Scene.PRE:
-            found = services.check_lines(lines, repo, services.kb)
+            found = services.check_lines(lines, repo, kb)
         else:
-            found = services.check_lines(lines, repo, services.kb, scenes=(scene,))
+            found = services.check_lines(lines, repo, kb, scenes=(scene,))
         if allowed is None:
             return found
         return {line_id: [f for f in fs if f.rule_id in allowed] for line_id, fs in found.items()}
@@ -816,7 +836,8 @@ def check(
     hits = run(claims)  # the history read once: the next-fill search below reuses it
     _audit_lines(services, caller, "check", claims, hits)
     answered = [(c, r) for c, r in zip(claims, request_lines, strict=True) if r.answer]
-    advice = advise(services, [c for c, _ in answered], hits, reads, run, allowed, claims)
+    search = partial(run, kb=search_kb(services.kb))  # the waitable rules only
+    advice = advise(services, [c for c, _ in answered], hits, reads, search, allowed, claims)
     warnings = {f.finding_id: f for c, _ in answered for f in hits.get(c.line_id, [])}
     if warnings:
         services.store.record_warnings(list(warnings.values()), now, [c.line_id for c, _ in answered])
