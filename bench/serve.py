@@ -120,6 +120,83 @@ def _client_process(
     queue.put((samples, errors, usage.ru_utime + usage.ru_stime))
 
 
+def _load(port: int, clients: int, requests: int, bodies: list[dict[str, Any]]) -> tuple[list[Any], float]:
+    """`clients` keep-alive clients over CLIENT_PROCESSES processes; (their results, wall seconds)."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    per_process = [clients // CLIENT_PROCESSES + (i < clients % CLIENT_PROCESSES) for i in range(CLIENT_PROCESSES)]
+    procs = []
+    offset = 0
+    started = time.perf_counter()
+    for threads in per_process:
+        if threads:
+            p = ctx.Process(target=_client_process, args=(port, threads, requests, bodies, offset, queue))
+            p.start()
+            procs.append(p)
+            offset += threads
+    results = [queue.get() for _ in procs]
+    wall = time.perf_counter() - started
+    for p in procs:
+        p.join()
+    return results, wall
+
+
+def _figures(results: list[Any], wall: float, server_cpu: float, machine_busy: float) -> dict[str, Any]:
+    samples = sorted(s for r in results for s in r[0])
+    errors = [e for r in results for e in r[1]]
+    client_cpu = sum(r[2] for r in results)
+
+    def pct(q: float) -> float:
+        return round(samples[min(len(samples) - 1, round(q * (len(samples) - 1)))] * 1000, 2)
+
+    return {
+        "requests": len(samples),
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors)),
+        "latency_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": pct(1.0)},
+        "mean_ms": round(statistics.fmean(samples) * 1000, 2),
+        "throughput_rps_wall": round(len(samples) / wall, 1),
+        "wall_seconds": round(wall, 2),
+        "server_cpu_seconds": round(server_cpu, 3),
+        "server_cpu_ms_per_request": round(server_cpu / len(samples) * 1000, 3),
+        "client_cpu_ms_per_request": round(client_cpu / len(samples) * 1000, 3),
+        # What else ran meanwhile: other processes' CPU over the run, in cores (shared machine)
+        "other_processes_cores": round(max(0.0, machine_busy - server_cpu - client_cpu) / wall, 2),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def baseline(clients: int = 20, requests: int = 50) -> dict[str, Any]:
+    """The same load against a WSGI app that does nothing (a fixed 1 kB answer) on waitress
+    in this process: the latency this machine gives a server that needs no CPU, at this moment.
+    When it is far from zero, other processes hold the cores."""
+    import logging
+    import socket
+
+    from waitress.server import create_server
+
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    answer = b'{"decision": "pass"}' + b" " * 1004
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [answer]
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    server = create_server(app, sockets=[listener], threads=8)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        bodies = [{"psn_no": "0" * 20, "lines": [{"med_list_codg": "X", "cnt": 1, "pric": 1.0}]}]
+        cpu_before, busy_before = time.process_time(), _machine_busy_seconds()
+        results, wall = _load(int(listener.getsockname()[1]), clients, requests, bodies)
+        figures = _figures(results, wall, time.process_time() - cpu_before, _machine_busy_seconds() - busy_before)
+    finally:
+        server.close()
+    return figures
+
+
 def measure(
     patients: int = 300,
     clients: int = 20,
@@ -155,64 +232,27 @@ def measure(
             _client_process(port, 1, 20, bodies, 0, _warm)
             _warm.get()
             cpu_before, busy_before = _cpu_seconds(server.pid), _machine_busy_seconds()
-            ctx = multiprocessing.get_context("spawn")
-            queue = ctx.Queue()
-            per_process = [
-                clients // CLIENT_PROCESSES + (i < clients % CLIENT_PROCESSES) for i in range(CLIENT_PROCESSES)
-            ]
-            procs = []
-            offset = 0
-            started = time.perf_counter()
-            for threads in per_process:
-                if threads:
-                    p = ctx.Process(target=_client_process, args=(port, threads, requests, bodies, offset, queue))
-                    p.start()
-                    procs.append(p)
-                    offset += threads
-            results = [queue.get() for _ in procs]
-            wall = time.perf_counter() - started
-            for p in procs:
-                p.join()
-            server_cpu = _cpu_seconds(server.pid) - cpu_before
-            machine_busy = _machine_busy_seconds() - busy_before
-            load = os.getloadavg()
+            results, wall = _load(port, clients, requests, bodies)
+            figures = _figures(
+                results, wall, _cpu_seconds(server.pid) - cpu_before, _machine_busy_seconds() - busy_before
+            )
         finally:
             server.terminate()
             server.wait(timeout=30)
-    samples = sorted(s for r in results for s in r[0])
-    errors = [e for r in results for e in r[1]]
-    client_cpu = sum(r[2] for r in results)
     cores = os.cpu_count() or 1
-    others = max(0.0, machine_busy - server_cpu - client_cpu)
-
-    def pct(q: float) -> float:
-        return round(samples[min(len(samples) - 1, round(q * (len(samples) - 1)))] * 1000, 2)
-
-    per_request = (server_cpu + client_cpu) / len(samples)
+    per_request = (figures["server_cpu_ms_per_request"] + figures["client_cpu_ms_per_request"]) / 1000
     return {
         "population_lines": len(lines),
         "checked_patients": len(bodies),
         "history_lines_median": history_lines,
         "clients": clients,
         "requests_per_client": requests,
-        "requests": len(samples),
-        "errors": len(errors),
-        "error_kinds": sorted(set(errors)),
-        "latency_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": pct(1.0)},
-        "mean_ms": round(statistics.fmean(samples) * 1000, 2),
-        "throughput_rps_wall": round(len(samples) / wall, 1),
         "serve_args": serve_args,
-        "wall_seconds": round(wall, 2),
-        "server_cpu_seconds": round(server_cpu, 3),
-        "server_cpu_ms_per_request": round(server_cpu / len(samples) * 1000, 3),
-        "client_cpu_ms_per_request": round(client_cpu / len(samples) * 1000, 3),
-        # Closed loop: each client waits for its answer before the next request, so with the
-        # machine to ourselves the mean latency is at least clients x CPU a request / cores.
+        **figures,
+        # Closed loop: each client waits for its answer before its next request, so even with
+        # the machine to ourselves the mean latency is at least clients x CPU a request / cores.
         "cpu_bound_mean_ms": round(clients * per_request / cores * 1000, 2),
-        # What else ran meanwhile: other processes' CPU over the run, in cores (shared machine)
-        "other_processes_cores": round(others / wall, 2),
         "cores": cores,
-        "load_average": [round(x, 2) for x in load],
         "target": "20 x 50, 0 errors, p99 <= 50 ms",
     }
 
@@ -224,8 +264,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--workers", type=int, default=None, help="serve's worker processes (default: serve's)")
     parser.add_argument("--threads", type=int, default=None, help="serve's threads per worker (default: serve's)")
+    parser.add_argument(
+        "--baseline", action="store_true", help="also the same load on a do-nothing app (the machine's share)"
+    )
     args = parser.parse_args(argv)
     figures = measure(args.patients, args.clients, args.requests, workers=args.workers, threads=args.threads)
+    if args.baseline:
+        figures["baseline_do_nothing_app"] = baseline(args.clients, args.requests)
     print(json.dumps(figures, indent=1))
     return 0
 
