@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from pathlib import Path
 from rxguard.api.audit import AccessRecord, AuditLog, AuditQuery
 
 STATE_FILE = "state.db"  # the state DB of rxguard.local.state
+_FIRST_WAIT, _MAX_WAIT = 0.0001, 0.005  # sleeps while another writer holds the lock (seconds)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS access_audit (
     record_id TEXT PRIMARY KEY,
@@ -90,7 +92,7 @@ class SqliteAuditLog(AuditLog):
         self._local = threading.local()
         conn = self._connection()
         conn.executescript(_SCHEMA)
-        conn.execute("BEGIN IMMEDIATE")  # one process creates the summary and fills it from the records
+        self._begin(conn)  # one process creates the summary and fills it from the records
         try:
             exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'access_strangers'")
             if not exists.fetchone():
@@ -111,9 +113,26 @@ class SqliteAuditLog(AuditLog):
             # as the state's own connections (rxguard.local.state): a commit survives the process
             # (kill, crash); only a power cut or an OS crash may lose the last commits, the lines they audit with them
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            # the write lock is waited for by `_begin` (short, growing sleeps from 0.1 ms, as the
+            # state's writes): SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms, far longer than
+            # another worker's sub-millisecond audit write holds the lock
+            conn.execute("PRAGMA busy_timeout=0")
             self._local.conn = conn
         return conn
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting for the write lock up to `busy_timeout` seconds."""
+        deadline, delay = time.monotonic() + self.busy_timeout, _FIRST_WAIT
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                text = str(exc).lower()
+                if ("locked" not in text and "busy" not in text) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_WAIT)
 
     def record(self, records: Sequence[AccessRecord]) -> None:
         if not records:
@@ -130,7 +149,7 @@ class SqliteAuditLog(AuditLog):
             if row[4] is not None and row[6] != "denied" and row[5] in ("check", "dispensation")
         ]
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin(conn)
         try:
             conn.executemany(f"INSERT INTO access_audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             conn.executemany(_LATEST, latest)
