@@ -184,7 +184,7 @@ def section_serve(quick: bool) -> dict[str, Any]:
 def function_environments() -> dict[str, dict[str, str]]:
     """Each function's environment as the offline mode resolves template.yaml (Globals
     merged under the function's own variables), by its CodeUri folder name."""
-    from rxguard.offline import Environment
+    from rxguard_tools.offline import Environment
 
     env = Environment()  # not entered: nothing is started, only the template is resolved
     env._plan()

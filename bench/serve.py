@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "layers"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "layers"), str(ROOT / "tools"), str(ROOT)]
 
 CLIENT_PROCESSES = 4
 
@@ -216,9 +216,9 @@ def measure(
             repo = state.repository()
             for start in range(0, len(lines), 5000):
                 repo.record_lines(lines[start : start + 5000])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT)])}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT / "tools"), str(ROOT)])}
         server = subprocess.Popen(
-            [sys.executable, "-m", "rxguard.cli", "serve", "--port", "0", "--state", tmp, *serve_args],
+            [sys.executable, "-m", "rxguard_tools.cli", "serve", "--port", "0", "--state", tmp, *serve_args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -12,6 +12,7 @@ from rxguard.letters.context import LetterContext
 TEMPLATES = {"institution": "institution_letter.html.j2", "patient": "patient_letter.html.j2"}
 
 
+@lru_cache(maxsize=1)
 def default_templates_dir() -> Path:
     """`templates/letters`: `/opt/templates/letters` in Lambda (fonts layer), the repo's otherwise."""
     base = Path(__file__).resolve().parents[3]  # /opt in Lambda, the repo root here

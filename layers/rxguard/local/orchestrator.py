@@ -33,7 +33,15 @@ from rxguard.alerts.settings import AlertSettings
 from rxguard.alerts.sink import NotificationSink
 from rxguard.config import Settings
 from rxguard.errors import TransientError
-from rxguard.ingest.partition import NormalizeTask, SpillOutcome, TaskMapper, normalize_task
+from rxguard.ingest.partition import (
+    ChunkTask,
+    NormalizeTask,
+    PartitionChunks,
+    TaskMapper,
+    TaskOutcome,
+    chunk_partition,
+    normalize_task,
+)
 from rxguard.kb import KnowledgeBase, Phase, get_knowledge_base
 from rxguard.local.backend import Backend, BackendSpec, open_backend
 from rxguard.local.objects import InputFiles, LocalObjects
@@ -145,7 +153,7 @@ def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return {"chunk_key": request.chunk_key, "ok": False, "error": error}, []
 
 
-def normalize_part(task: NormalizeTask) -> list[SpillOutcome]:
+def normalize_part(task: NormalizeTask) -> TaskOutcome:
     """Prepare's normalization of one task of records, in a worker (ingest.partition)."""
     return normalize_task(task, _WORKER["ctx"].kb)
 
@@ -160,6 +168,20 @@ def bounded_map[In, Out](pool: Executor, fn: Callable[[In], Out], items: Iterabl
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
+
+
+@dataclass(frozen=True)
+class PoolMapper:
+    """Prepare's normalization and chunking tasks over the worker pool (ingest.TaskMapper)."""
+
+    pool: Executor
+    ahead: int
+
+    def normalize(self, tasks: Iterable[NormalizeTask]) -> Iterator[TaskOutcome]:
+        return bounded_map(self.pool, normalize_part, tasks, self.ahead)
+
+    def chunk(self, tasks: Iterable[ChunkTask]) -> Iterator[PartitionChunks]:
+        return bounded_map(self.pool, chunk_partition, tasks, self.ahead)
 
 
 def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
@@ -469,10 +491,10 @@ class LocalOrchestrator:
         batch.status = "SCREENED"
 
     def _normalizer(self, pool: Executor) -> TaskMapper | None:
-        """Prepare's normalization over the worker processes (in this process without them)."""
+        """Prepare's passes over the worker processes (in this process without them)."""
         if isinstance(pool, InProcess):
             return None
-        return lambda tasks: bounded_map(pool, normalize_part, tasks, ahead=3 * self.workers)
+        return PoolMapper(pool, ahead=3 * self.workers)
 
     def _map(self, prepared: PrepareOutput, pool: Executor) -> list[dict[str, Any]]:
         """The Screen Map: one item per chunk (the ASL's ItemSelector), then the trace codes."""
