@@ -41,7 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-SECTIONS = ("engine", "history", "workflow", "cost", "storage", "api", "coldstart", "ingest", "local")
+SECTIONS = ("engine", "history", "workflow", "cost", "storage", "api", "serve", "coldstart", "ingest", "local")
 LOCAL_TARGET_LINES_PER_S = 10_000  # end to end on 2 cores, 100k lines
 LOCAL_TARGET_1M_SECONDS = 120.0
 LOCAL_TARGET_RSS_MB = 1024.0
@@ -49,6 +49,7 @@ LOCAL_TARGET_RSS_MB = 1024.0
 COLD_START_TARGET_MS = 300.0
 CHECK_P99_TARGET_MS = 5.0
 CHECK_ROUND_TRIPS_TARGET = 2
+SERVE_P99_TARGET_MS = 50.0  # rxguard serve --state, 20 clients x 50 checks (issue 11)
 FLAT_MEMORY_RATIO = 1.25  # peak RSS at 10x the lines may grow at most this much
 
 _COLD_CHILD = """
@@ -169,6 +170,14 @@ def section_api(quick: bool) -> dict[str, Any]:
     from bench import api
 
     figures: dict[str, Any] = api.measure(checks=100 if quick else 300)
+    return figures
+
+
+def section_serve(quick: bool) -> dict[str, Any]:
+    from bench import serve
+
+    figures: dict[str, Any] = serve.measure(requests=10 if quick else 50)
+    figures["baseline_do_nothing_app"] = serve.baseline(requests=10 if quick else 50)
     return figures
 
 
@@ -315,6 +324,7 @@ RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "cost": section_cost,
     "storage": section_storage,
     "api": section_api,
+    "serve": section_serve,
     "coldstart": section_coldstart,
     "ingest": section_ingest,
     "local": section_local,
@@ -570,6 +580,40 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"<= {CHECK_ROUND_TRIPS_TARGET} DynamoDB round trips per check.",
             "",
         ]
+
+    sv = s.get("serve", {})
+    if _section(out, "`rxguard serve --state` under concurrent clients", sv):
+        lat, base = sv.get("latency_ms", {}), sv.get("baseline_do_nothing_app", {})
+        blat = base.get("latency_ms", {})
+        out += [
+            f"{sv.get('clients')} keep-alive clients x {sv.get('requests_per_client')} checks of one refill for a "
+            f"patient with a year of history (median {sv.get('history_lines_median')} lines), load generator in "
+            "its own processes; the do-nothing app is the same load on waitress answering a fixed 1 kB.",
+            "",
+            "| figure | rxguard serve | do-nothing app |",
+            "|---|---:|---:|",
+            f"| errors | {sv.get('errors')} of {sv.get('requests')} | {base.get('errors')} of {base.get('requests')} |",
+            *(f"| latency {q} (ms) | {lat.get(q)} | {blat.get(q)} |" for q in ("p50", "p95", "p99", "max")),
+            f"| server CPU per request (ms) | {sv.get('server_cpu_ms_per_request')} | "
+            f"{base.get('server_cpu_ms_per_request')} |",
+            f"| client CPU per request (ms) | {sv.get('client_cpu_ms_per_request')} | "
+            f"{base.get('client_cpu_ms_per_request')} |",
+            f"| other processes during the run (cores of {sv.get('cores')}) | {sv.get('other_processes_cores')} | "
+            f"{base.get('other_processes_cores')} |",
+            f"| load average (1, 5, 15 min) | {sv.get('load_average')} | {base.get('load_average')} |",
+            f"| CPU-bound mean latency: clients x CPU a request / cores (ms) | {sv.get('cpu_bound_mean_ms')} | - |",
+            "",
+            f"Target: 0 errors, p99 <= {SERVE_P99_TARGET_MS:g} ms. Closed loop: the mean latency cannot be below "
+            "the CPU-bound figure even on an idle machine.",
+            "",
+        ]
+        p99 = lat.get("p99")
+        if (isinstance(p99, int | float) and p99 > SERVE_P99_TARGET_MS) or sv.get("errors"):
+            shortfalls.append(
+                f"serve p99 {p99} ms > {SERVE_P99_TARGET_MS:g} ms with {sv.get('errors')} errors "
+                f"({sv.get('server_cpu_ms_per_request')} ms of server CPU a check: CPU-bound mean "
+                f"{sv.get('cpu_bound_mean_ms')} ms; the do-nothing app's p99 {blat.get('p99')} ms on the same machine)"
+            )
 
     cs = s.get("coldstart", {})
     if _section(

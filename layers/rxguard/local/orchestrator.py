@@ -23,6 +23,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_complet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -172,16 +173,23 @@ def bounded_map[In, Out](pool: Executor, fn: Callable[[In], Out], items: Iterabl
 
 @dataclass(frozen=True)
 class PoolMapper:
-    """Prepare's normalization and chunking tasks over the worker pool (ingest.TaskMapper)."""
+    """Prepare's normalization and chunking tasks over the worker pool (ingest.TaskMapper);
+    `spent(cpu, pid)` is told the CPU each task took in its worker."""
 
     pool: Executor
     ahead: int
+    spent: Callable[[float, int], None]
+
+    def _map[T, R](self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        for result, cpu, pid in bounded_map(self.pool, partial(timed, fn), tasks, self.ahead):
+            self.spent(cpu, pid)
+            yield result
 
     def normalize(self, tasks: Iterable[NormalizeTask]) -> Iterator[TaskOutcome]:
-        return bounded_map(self.pool, normalize_part, tasks, self.ahead)
+        return self._map(normalize_part, tasks)
 
     def chunk(self, tasks: Iterable[ChunkTask]) -> Iterator[PartitionChunks]:
-        return bounded_map(self.pool, chunk_partition, tasks, self.ahead)
+        return self._map(chunk_partition, tasks)
 
 
 def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
@@ -494,7 +502,7 @@ class LocalOrchestrator:
         """Prepare's passes over the worker processes (in this process without them)."""
         if isinstance(pool, InProcess):
             return None
-        return PoolMapper(pool, ahead=3 * self.workers)
+        return PoolMapper(pool, ahead=3 * self.workers, spent=self._worker_cpu)
 
     def _map(self, prepared: PrepareOutput, pool: Executor) -> list[dict[str, Any]]:
         """The Screen Map: one item per chunk (the ASL's ItemSelector), then the trace codes."""
@@ -567,8 +575,6 @@ class LocalOrchestrator:
     def _letters(self) -> Callable[..., Any]:
         """The letter issuer: numbers from the state's counters; HTML now, the PDF of each
         letter queued for `render_pdfs` (in parallel after Notify, or on demand)."""
-        from functools import partial
-
         from rxguard.letters import issue_letters, render_letter
 
         def html_now(letter: Any, settings: AlertSettings) -> tuple[str, bytes | None]:
