@@ -214,25 +214,16 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     owners = sorted({s.psn_no for found in sales.values() for s in found if s.line_id in cited})
     lines = [x for h in (repo.load_history(owners) if owners else {}).values() for x in h if x.line_id in cited]
     chunk_key = f"{TRACES}-{part:03d}"
-    found = ChunkFindings(
-        chunk_key=chunk_key,
-        new=changes.new,
-        updated=changes.updated,
-        superseded=changes.superseded,
-        unchanged=changes.unchanged,
+    found = ChunkFindings.of_changes(
+        chunk_key,
+        changes,
         institutions={x.fixmedins_code: x.fixmedins_name for x in lines if x.fixmedins_name},
         evidence_lines=lines,
     )
     key = naming.result_key(batch_id, chunk_key)
     ctx.results.put_json(key, found.model_dump(mode="json"))
-    counts = {"new": len(found.new), "updated": len(found.updated), "superseded": len(found.superseded)}
     return ChunkResult(
-        chunk_key=chunk_key,
-        lines=0,
-        recorded=0,
-        duplicates=0,
-        findings={**counts, "unchanged": found.unchanged},
-        result_key=key,
+        chunk_key=chunk_key, lines=0, recorded=0, duplicates=0, findings=found.counts(), result_key=key
     ).model_dump(mode="json")
 
 
