@@ -319,14 +319,19 @@ class LocalOrchestrator:
     # -------------------------------------------------------------- the run
     @contextmanager
     def _phase(self, name: str) -> Iterator[None]:
-        """Time a phase of the run (wall, and the CPU of this process: the serial part)."""
-        wall, cpu = time.monotonic(), time.process_time()
+        """Time a phase of the run: wall, the CPU of this process (the serial part) and of
+        the worker processes' tasks. On an idle machine a phase takes about
+        max(main, (main + workers) / cores) seconds: `bench.local` reports that estimate."""
+        wall, cpu, workers = time.monotonic(), time.process_time(), self.worker_cpu_seconds
         try:
             yield
         finally:
-            got = self.phases.setdefault(name, {"wall_seconds": 0.0, "main_cpu_seconds": 0.0})
+            got = self.phases.setdefault(
+                name, {"wall_seconds": 0.0, "main_cpu_seconds": 0.0, "worker_cpu_seconds": 0.0}
+            )
             got["wall_seconds"] = round(got["wall_seconds"] + time.monotonic() - wall, 3)
             got["main_cpu_seconds"] = round(got["main_cpu_seconds"] + time.process_time() - cpu, 3)
+            got["worker_cpu_seconds"] = round(got["worker_cpu_seconds"] + self.worker_cpu_seconds - workers, 3)
 
     def run(self, files: Sequence[Path]) -> RunResult:
         cpu0, wall0 = time.process_time(), time.monotonic()
