@@ -13,7 +13,7 @@ from rxguard_tools.cli import COMMANDS, main
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_subcommand_names_a_function_of_the_tools(name: str) -> None:
     # Given the table's target `module:function`, When it is imported below rxguard_tools
-    module_name, func_name = COMMANDS[name][0].split(":")
+    module_name, func_name = COMMANDS[name].target.split(":")
     module = importlib.import_module(f"rxguard_tools.{module_name}")
     # Then it is a function taking the arguments
     assert callable(getattr(module, func_name))

@@ -11,7 +11,7 @@ import pytest
 
 from rxguard.ingest import partition, prepare_batch, read_batch, read_chunk, read_rejections
 from rxguard.models import ClaimLine, Rejection
-from tests.unit.ingest_helpers import record, write_csv, write_jsonl
+from tests.unit.ingest_helpers import PicklingMapper, record, write_csv, write_jsonl
 
 BATCHES = Path(__file__).resolve().parents[2] / "events" / "batches"
 
@@ -204,24 +204,9 @@ def test_normalizing_in_other_processes_gives_the_same_chunks_and_rejections(
 
     # When its records are normalized by a mapper whose tasks and results cross a pickle
     # (as to a worker process), taken in order
-    import pickle
-
-    seen: list[int] = []
-    parts: list[int] = []
-
-    class Shipping:
-        def normalize(self, tasks):
-            for task in tasks:
-                seen.append(len(task.records))
-                shipped = pickle.loads(pickle.dumps(task))
-                yield pickle.loads(pickle.dumps(partition.normalize_task(shipped, kb)))
-
-        def chunk(self, tasks):
-            for task in tasks:
-                parts.append(task.part)
-                yield pickle.loads(pickle.dumps(partition.chunk_partition(pickle.loads(pickle.dumps(task)))))
-
-    mapped = prepare_batch(path, kb, tmp_path / "mapped", chunk_size=20, mapper=Shipping())
+    mapper = PicklingMapper(kb)
+    mapped = prepare_batch(path, kb, tmp_path / "mapped", chunk_size=20, mapper=mapper)
+    seen, parts = mapper.normalized, mapper.chunked
 
     # Then the mapper did the work, in many tasks, and the outcome is the serial one, byte for byte
     assert len(seen) > 10 and sum(seen) == serial.lines_read - serial.rejected_by_reason.get("malformed", 0) - 1

@@ -19,18 +19,30 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
-# subcommand -> (module of rxguard_tools:function, one-line help); the function takes argv, returns an exit code
-COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("cli:run", "screen claim batches: FILE... --out DIR [--state DIR] [--simulate-aws: the ASL on moto]"),
-    "validate": ("validate_cli:main", "validate claim batches and summarise accepted/rejected lines"),
-    "kb": ("kb_cli:main", "knowledge base: rxguard kb import CSV [--out rules/drugs.json]"),
-    "serve": ("offline.serve:main", "serve the check API: rxguard serve [--state DIR | --simulate-aws]"),
-    "synth": ("synth.cli:main", "generate a synthetic population with ground truth"),
-    "eval": ("offline.evaluate:main", "precision/recall of the rules on a synthetic population"),
-    "watch": ("planning_cli:watch_main", "rank drugs for the monitored list: rxguard watch --state DIR"),
-    "backtest": ("planning_cli:backtest_main", "try rules on the history: --state DIR --rules NEW.yaml|--phases"),
-    "digest": ("digest_cli:main", "daily/weekly digests by region and institution: --findings F|--state DIR --out DIR"),
+
+class Command(NamedTuple):
+    target: str  # "module:function" below rxguard_tools; the function takes argv and returns an exit code
+    help: str  # one line
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command(
+        "cli:run", "screen claim batches: FILE... --out DIR [--state DIR] [--simulate-aws: the ASL on moto]"
+    ),
+    "validate": Command("validate_cli:main", "validate claim batches and summarise accepted/rejected lines"),
+    "kb": Command("kb_cli:main", "knowledge base: rxguard kb import CSV [--out rules/drugs.json]"),
+    "serve": Command("offline.serve:main", "serve the check API: rxguard serve [--state DIR | --simulate-aws]"),
+    "synth": Command("synth.cli:main", "generate a synthetic population with ground truth"),
+    "eval": Command("offline.evaluate:main", "precision/recall of the rules on a synthetic population"),
+    "watch": Command("planning_cli:watch_main", "rank drugs for the monitored list: rxguard watch --state DIR"),
+    "backtest": Command(
+        "planning_cli:backtest_main", "try rules on the history: --state DIR --rules NEW.yaml|--phases"
+    ),
+    "digest": Command(
+        "digest_cli:main", "daily/weekly digests by region and institution: --findings F|--state DIR --out DIR"
+    ),
 }
 
 
@@ -49,7 +61,7 @@ def run(argv: Sequence[str]) -> int:
 def _usage() -> str:
     width = max(len(c) for c in COMMANDS)
     lines = ["usage: rxguard COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name.ljust(width)}  {command.help}" for name, command in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -65,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"rxguard: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, func_name = COMMANDS[name][0].split(":")
+    module_name, func_name = COMMANDS[name].target.split(":")
     func: Callable[[list[str]], int] = getattr(importlib.import_module(f"rxguard_tools.{module_name}"), func_name)
     return int(func(rest) or 0)
 

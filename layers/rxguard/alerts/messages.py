@@ -87,6 +87,16 @@ def _order(f: Finding) -> tuple[int, str, str]:
     return (-f.severity.rank, f.occurred_at.isoformat(), f.finding_id)
 
 
+def _regions(findings: Sequence[Finding]) -> list[str]:
+    """The regions (admdvs) of the findings, sorted."""
+    return sorted({f.admdvs for f in findings if f.admdvs})
+
+
+def _region(regions: list[str]) -> str | list[str]:
+    """The region attribute of a message: one region as a string, several as a list."""
+    return regions[0] if len(regions) == 1 else regions
+
+
 def max_severity(findings: Sequence[Finding]) -> Severity:
     return max((f.severity for f in findings), key=lambda s: s.rank)
 
@@ -114,8 +124,7 @@ def digest(
         entry["by_severity"][f.severity.value] += 1
     for entry in by_rule.values():
         entry["by_severity"] = dict(sorted(entry["by_severity"].items()))
-    regions = sorted({f.admdvs for f in findings if f.admdvs})
-    severity = max_severity(findings)
+    regions, severity = _regions(findings), max_severity(findings)
     body = {
         "institution_id": institution_id,
         "institution_name": institution_name,
@@ -135,7 +144,7 @@ def digest(
         body,
         findings,
         batch_id=batch_id,
-        region=regions[0] if len(regions) == 1 else regions,
+        region=_region(regions),
         institution_id="" if institution_id == NO_INSTITUTION else institution_id,
     )
 
@@ -214,8 +223,7 @@ def letter_announcement(
     response_due: str,
     message_id: str | None = None,
 ) -> AlertMessage:
-    regions = sorted({f.admdvs for f in findings if f.admdvs})
-    severity = max_severity(findings)
+    regions, severity = _regions(findings), max_severity(findings)
     body = {
         "letter_id": letter_id,
         "letter_number": number,
@@ -228,7 +236,7 @@ def letter_announcement(
         "finding_ids": sorted(f.finding_id for f in findings),
         "locations": dict(sorted(locations.items())),
     }
-    rules, region = sorted({f.rule_id for f in findings}), regions[0] if len(regions) == 1 else regions
+    rules, region = sorted({f.rule_id for f in findings}), _region(regions)
     attributes = (severity.value, rules, region, institution_id or "", addressee_type, batch_id)
     subject = f"[rxguard] letter {letter_id} ({len(findings)} findings)"
     return _message("letter", message_id or f"letter/{batch_id}/{letter_id}", subject, body, *attributes)
@@ -396,7 +404,7 @@ def periodic_digest(
         entry["count"] += 1
     severity = max_severity(findings)
     by_institution = Counter(f.fixmedins_code or NO_INSTITUTION for f in findings)
-    regions = sorted({f.admdvs for f in findings if f.admdvs})
+    regions = _regions(findings)
     body = {
         "period": period,
         "period_label": period_label,
@@ -418,6 +426,6 @@ def periodic_digest(
         body,
         findings,
         batch_id=period,
-        region=key if scope == "region" else (regions[0] if len(regions) == 1 else regions),
+        region=key if scope == "region" else _region(regions),
         institution_id=key if scope == "institution" else "",
     )

@@ -32,6 +32,7 @@ from __future__ import annotations
 import _thread
 import argparse
 import json
+import logging
 import os
 import signal
 import socket
@@ -285,6 +286,9 @@ def _serve(
     """waitress on an already listening socket, in this process, until interrupted."""
     from waitress.server import create_server  # local serving only: not in the Lambda layer
 
+    # waitress warns "Task queue depth is N" on every request queued behind a busy thread: under
+    # load, one stderr line a request (and its cost), saying only that requests wait their turn
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server = create_server(
         app,
         sockets=[listener],

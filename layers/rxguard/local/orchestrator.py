@@ -23,6 +23,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_complet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -172,16 +173,23 @@ def bounded_map[In, Out](pool: Executor, fn: Callable[[In], Out], items: Iterabl
 
 @dataclass(frozen=True)
 class PoolMapper:
-    """Prepare's normalization and chunking tasks over the worker pool (ingest.TaskMapper)."""
+    """Prepare's normalization and chunking tasks over the worker pool (ingest.TaskMapper);
+    `spent(cpu, pid)` is told the CPU each task took in its worker."""
 
     pool: Executor
     ahead: int
+    spent: Callable[[float, int], None]
+
+    def _map[T, R](self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        for result, cpu, pid in bounded_map(self.pool, partial(timed, fn), tasks, self.ahead):
+            self.spent(cpu, pid)
+            yield result
 
     def normalize(self, tasks: Iterable[NormalizeTask]) -> Iterator[TaskOutcome]:
-        return bounded_map(self.pool, normalize_part, tasks, self.ahead)
+        return self._map(normalize_part, tasks)
 
     def chunk(self, tasks: Iterable[ChunkTask]) -> Iterator[PartitionChunks]:
-        return bounded_map(self.pool, chunk_partition, tasks, self.ahead)
+        return self._map(chunk_partition, tasks)
 
 
 def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
@@ -206,25 +214,16 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     owners = sorted({s.psn_no for found in sales.values() for s in found if s.line_id in cited})
     lines = [x for h in (repo.load_history(owners) if owners else {}).values() for x in h if x.line_id in cited]
     chunk_key = f"{TRACES}-{part:03d}"
-    found = ChunkFindings(
-        chunk_key=chunk_key,
-        new=changes.new,
-        updated=changes.updated,
-        superseded=changes.superseded,
-        unchanged=changes.unchanged,
+    found = ChunkFindings.of_changes(
+        chunk_key,
+        changes,
         institutions={x.fixmedins_code: x.fixmedins_name for x in lines if x.fixmedins_name},
         evidence_lines=lines,
     )
     key = naming.result_key(batch_id, chunk_key)
     ctx.results.put_json(key, found.model_dump(mode="json"))
-    counts = {"new": len(found.new), "updated": len(found.updated), "superseded": len(found.superseded)}
     return ChunkResult(
-        chunk_key=chunk_key,
-        lines=0,
-        recorded=0,
-        duplicates=0,
-        findings={**counts, "unchanged": found.unchanged},
-        result_key=key,
+        chunk_key=chunk_key, lines=0, recorded=0, duplicates=0, findings=found.counts(), result_key=key
     ).model_dump(mode="json")
 
 
@@ -320,14 +319,19 @@ class LocalOrchestrator:
     # -------------------------------------------------------------- the run
     @contextmanager
     def _phase(self, name: str) -> Iterator[None]:
-        """Time a phase of the run (wall, and the CPU of this process: the serial part)."""
-        wall, cpu = time.monotonic(), time.process_time()
+        """Time a phase of the run: wall, the CPU of this process (the serial part) and of
+        the worker processes' tasks. On an idle machine a phase takes about
+        max(main, (main + workers) / cores) seconds: `bench.local` reports that estimate."""
+        wall, cpu, workers = time.monotonic(), time.process_time(), self.worker_cpu_seconds
         try:
             yield
         finally:
-            got = self.phases.setdefault(name, {"wall_seconds": 0.0, "main_cpu_seconds": 0.0})
+            got = self.phases.setdefault(
+                name, {"wall_seconds": 0.0, "main_cpu_seconds": 0.0, "worker_cpu_seconds": 0.0}
+            )
             got["wall_seconds"] = round(got["wall_seconds"] + time.monotonic() - wall, 3)
             got["main_cpu_seconds"] = round(got["main_cpu_seconds"] + time.process_time() - cpu, 3)
+            got["worker_cpu_seconds"] = round(got["worker_cpu_seconds"] + self.worker_cpu_seconds - workers, 3)
 
     def run(self, files: Sequence[Path]) -> RunResult:
         cpu0, wall0 = time.process_time(), time.monotonic()
@@ -494,7 +498,7 @@ class LocalOrchestrator:
         """Prepare's passes over the worker processes (in this process without them)."""
         if isinstance(pool, InProcess):
             return None
-        return PoolMapper(pool, ahead=3 * self.workers)
+        return PoolMapper(pool, ahead=3 * self.workers, spent=self._worker_cpu)
 
     def _map(self, prepared: PrepareOutput, pool: Executor) -> list[dict[str, Any]]:
         """The Screen Map: one item per chunk (the ASL's ItemSelector), then the trace codes."""
@@ -567,8 +571,6 @@ class LocalOrchestrator:
     def _letters(self) -> Callable[..., Any]:
         """The letter issuer: numbers from the state's counters; HTML now, the PDF of each
         letter queued for `render_pdfs` (in parallel after Notify, or on demand)."""
-        from functools import partial
-
         from rxguard.letters import issue_letters, render_letter
 
         def html_now(letter: Any, settings: AlertSettings) -> tuple[str, bytes | None]:

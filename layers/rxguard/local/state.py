@@ -207,6 +207,10 @@ class State:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-65536")  # 64 MB page cache per connection
             conn.execute("PRAGMA temp_store=MEMORY")
+            # checkpoint every 32 MB of WAL, not every 4 MB: a batch's chunk transactions (a few
+            # MB each) no longer each copy the pages into the database, and an index page
+            # written by several of them is copied once
+            conn.execute("PRAGMA wal_autocheckpoint=8192")
             # From here on a busy lock is retried by `_retrying` (short, growing sleeps from
             # 0.1 ms): SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms, far longer than
             # the sub-millisecond transactions of another worker hold the lock.
@@ -404,23 +408,26 @@ class SqliteRepository(HistoryRepository):
                     "SELECT line_id FROM lines WHERE line_id IN (SELECT value FROM json_each(?))", (_ids(unique),)
                 )
             }
-            fresh = [line for line_id, line in unique.items() if line_id not in stored]
+            fresh_rows = [
+                (line_id, line, _ts(line.fee_ocur_time)) for line_id, line in unique.items() if line_id not in stored
+            ]
+            fresh = [line for _, line, _ in fresh_rows]
             conn.executemany(
                 "INSERT INTO lines (line_id, psn_no, t, period, fixmedins_code, bilg_dr_codg, admdvs, monitored, body)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        line.line_id,
+                        line_id,
                         line.psn_no,
-                        _ts(line.fee_ocur_time),
-                        f"{line.fee_ocur_time:%Y-%m}",
+                        t,
+                        t[:7],  # the period, YYYY-MM
                         line.fixmedins_code,
                         line.bilg_dr_codg,
                         line.admdvs,
                         int(line.monitored),
                         encode_line(line),
                     )
-                    for line in fresh
+                    for line_id, line, t in fresh_rows
                 ],
             )
             conn.executemany(
@@ -429,31 +436,37 @@ class SqliteRepository(HistoryRepository):
                 [
                     (
                         code,
-                        line.line_id,
-                        _ts(line.fee_ocur_time),
+                        line_id,
+                        t,
                         line.psn_no,
                         line.fixmedins_code,
                         TraceSale.of(line, code).encode()
                         if line.reverses or line.trdn_flag or line.received_at
                         else None,
                     )
-                    for line in fresh
+                    for line_id, line, t in fresh_rows
                     for code in dict.fromkeys(line.trace_codes)
                 ],
             )
-        self._recent = {line.line_id: line for line in fresh}
+        self._recent = {line_id: line for line_id, line, _ in fresh_rows}
         return fresh
 
+    def _keyed(self, keys: Collection[str], sql: str) -> tuple[dict[str, list[Any]], list[Any]]:
+        """An empty list for each key, and the rows of `sql`, whose one parameter is the keys
+        (`IN (SELECT value FROM json_each(?))`; no read when there is no key)."""
+        out: dict[str, list[Any]] = {key: [] for key in keys}
+        return out, (self.state.read(sql, (_ids(out),)) if out else [])
+
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
-        out: dict[str, list[ClaimLine]] = {p: [] for p in psn_nos}
-        if not out:
-            return out
         # the ids first, from the index alone; then the bodies of the lines not decoded yet
-        rows = self.state.read(
+        out: dict[str, list[ClaimLine]]
+        out, rows = self._keyed(
+            psn_nos,
             "SELECT psn_no, line_id FROM lines WHERE psn_no IN (SELECT value FROM json_each(?)) "
             "ORDER BY psn_no, t, line_id",
-            (_ids(out),),
         )
+        if not rows:
+            return out
         recent, cache = self._recent, self._cache
         known: dict[str, ClaimLine] = {}
         for _, line_id in rows:
@@ -493,13 +506,11 @@ class SqliteRepository(HistoryRepository):
         return int(self.state.read("SELECT count(*) FROM lines")[0][0])
 
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
-        out: dict[str, list[TraceSale]] = {c: [] for c in codes}
-        if not out:
-            return out
-        rows = self.state.read(
+        out: dict[str, list[TraceSale]]
+        out, rows = self._keyed(
+            codes,
             "SELECT code, t, line_id, psn_no, fixmedins_code, sale FROM trace_sales "
             "WHERE code IN (SELECT value FROM json_each(?)) ORDER BY code, t, line_id",
-            (_ids(out),),
         )
         for code, t, line_id, psn_no, fixmedins_code, sale in rows:
             if sale:
@@ -510,13 +521,11 @@ class SqliteRepository(HistoryRepository):
 
     # ------------------------------------------------------------ findings
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
-        out: dict[str, list[Finding]] = {s: [] for s in scopes}
-        if not out:
-            return out
-        rows = self.state.read(
+        out: dict[str, list[Finding]]
+        out, rows = self._keyed(
+            scopes,
             "SELECT scope, status, body FROM findings WHERE scope IN (SELECT value FROM json_each(?)) "
             "AND status != 'superseded' ORDER BY scope, finding_id",
-            (_ids(out),),
         )
         for scope, status, body in rows:
             out[scope].append(_decode_finding(body, status))
