@@ -191,25 +191,6 @@ _SHORT = {
 _LONG = {v: k for k, v in _SHORT.items()}
 
 
-def encode_line(line: ClaimLine) -> str:
-    """The compact JSON body of a purchase item (no psn_no, short names, no defaults)."""
-    data = line.model_dump(mode="json", exclude_defaults=True, exclude_none=True)
-    data.pop("psn_no", None)
-    body = {_SHORT.get(k, k): v for k, v in data.items()}
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-
-
-def decode_line(psn_no: str, body: str) -> ClaimLine:
-    data = {_LONG.get(k, k): v for k, v in json.loads(body).items()}
-    data["psn_no"] = psn_no
-    return ClaimLine.model_validate(data)
-
-
-def purchase_sort_key(line: ClaimLine) -> str:
-    """`<ATC or drug code>#<fee time>#<line id>`: deterministic, so a re-sent line hits the same item."""
-    return f"{line.atc_code or line.med_list_codg}#{line.fee_ocur_time.isoformat()}#{line.line_id}"
-
-
 def _epoch(at: datetime) -> int:
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
