@@ -16,6 +16,7 @@ arguments, so the CLI stays a table of contents:
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -65,6 +66,9 @@ def _usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # No X-Ray daemon runs beside a command (it is Lambda's): importing the X-Ray SDK would
+    # cost ~0.5 s in this process and again in each worker server (rxguard.observability).
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())

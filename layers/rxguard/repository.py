@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from rxguard.models import ClaimLine, Finding
 
@@ -89,6 +89,11 @@ class FindingChanges:
 
 class HistoryRepository(ABC):
     """Storage as the rule engine sees it. Implementations batch their reads."""
+
+    # True for a repository under which the trace-code scopes are settled after the whole
+    # batch is recorded (the local runtime's workers, docs/local.md): `screen_lines` then
+    # only names each code's scope (replace_findings with no findings) instead of judging it.
+    defers_trace_scopes: ClassVar[bool] = False
 
     @abstractmethod
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:

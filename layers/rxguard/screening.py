@@ -121,7 +121,8 @@ def screen_lines(
     patients = sorted({line.psn_no for line in batch})
     codes = sorted({code for line in batch for code in line.trace_codes})
     history = repo.load_history(patients) if patients else {}
-    sales = repo.load_trace_sales(codes) if codes else {}
+    defer = repo.defers_trace_scopes
+    sales = repo.load_trace_sales(codes) if codes and not defer else {}
     engine = engine_for(kb, RECORDING_SCENES)
     outcome = ScreenOutcome(recorded=recorded, duplicates=duplicates)
     by_patient: dict[str, list[ClaimLine]] = {}
@@ -133,9 +134,9 @@ def screen_lines(
         scope = Scope.patient(psn)
         merge_changes(outcome.changes, repo.replace_findings(scope, engine.evaluate_patient(psn, timeline)))
         outcome.scopes.append(scope)
-    batch_sales = _sales_by_code(batch)  # per code once (not the whole batch per code)
+    batch_sales = {} if defer else _sales_by_code(batch)  # per code once (not the whole batch per code)
     for code in codes:
-        found = engine.evaluate_trace_code(code, _sales_with(sales.get(code, ()), batch_sales.get(code, [])))
+        found = [] if defer else engine.evaluate_trace_code(code, _sales_with(sales.get(code, ()), batch_sales[code]))
         scope = Scope.trace(code)
         merge_changes(outcome.changes, repo.replace_findings(scope, found))
         outcome.scopes.append(scope)

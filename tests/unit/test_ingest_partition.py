@@ -182,3 +182,45 @@ def test_the_json_sanitizer_bounds_numbers_outside_strings_only() -> None:
     assert out == ["9" * 150_000 + ".0", "x" * 150_000 + "\ufffd", "1e999999"]
     out = json.loads(_sanitized(SANITIZER_CASES[4], 3))
     assert out == {"p": "\ufffdx", "e": "\U0001f600", "l": "\ufffd", "b": "\\ud800", "h": "\ufffd"}
+
+
+def test_normalizing_in_other_processes_gives_the_same_chunks_and_rejections(
+    kb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a batch whose reader-level rejections (a ragged row, a repeated header) fall
+    # between records that normalization rejects or accepts, split into many small tasks
+    recs = _population(seed=11, patients=40)
+    path = write_csv(tmp_path / "batch.csv", recs)
+    rows = path.read_text(encoding="utf-8").splitlines()
+    header = rows[0]
+    rows.insert(7, "a,b")  # ragged
+    rows.insert(30, header)  # a repeated header row
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    monkeypatch.setattr(partition, "TASK_RECORDS", 4)
+    serial = prepare_batch(path, kb, tmp_path / "serial", chunk_size=20)
+
+    # When its records are normalized by a mapper whose tasks and results cross a pickle
+    # (as to a worker process), taken in order
+    import pickle
+
+    seen: list[int] = []
+
+    def mapper(tasks):
+        for task in tasks:
+            seen.append(len(task.records))
+            shipped = pickle.loads(pickle.dumps(task))
+            yield pickle.loads(pickle.dumps(partition.normalize_task(shipped, kb)))
+
+    mapped = prepare_batch(path, kb, tmp_path / "mapped", chunk_size=20, mapper=mapper)
+
+    # Then the mapper did the work, in many tasks, and the outcome is the serial one, byte for byte
+    assert len(seen) > 10 and sum(seen) == serial.lines_read - serial.rejected_by_reason.get("malformed", 0) - 1
+    assert mapped.as_dict() | {"chunks": [], "rejected_path": ""} == serial.as_dict() | {
+        "chunks": [],
+        "rejected_path": "",
+    }
+    assert [c.path.read_bytes() for c in mapped.chunks] == [c.path.read_bytes() for c in serial.chunks]
+    assert mapped.rejected_path.read_bytes() == serial.rejected_path.read_bytes()
+    lines = [r.line for r in read_rejections(mapped.rejected_path)]
+    assert 8 in lines and 31 in lines  # the reader's own rejections kept their place
+    assert lines[: lines.index(8)] == sorted(lines[: lines.index(8)])

@@ -15,21 +15,21 @@ import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from pathlib import Path
 from typing import IO, Any
 
-from rxguard.ingest.normalize import DUPLICATE, TimeWindow
-from rxguard.ingest.reader import BatchReader, Opener
+from rxguard.ingest.normalize import DUPLICATE, LineRejected, TimeWindow, normalize_record
+from rxguard.ingest.reader import BatchReader, Opener, RawRecord, located
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Rejection
 
 PARTITION_SOURCE_BYTES = 2 * 1024 * 1024  # about this much input per partition (about 12k CSV lines)
 MAX_PARTITIONS = 256
-PROGRESS_EVERY = 10_000
-FLUSH_EVERY = 4096  # lines buffered across partitions before writing (a few MB)
+FLUSH_EVERY = 8192  # lines buffered across partitions before writing (a few MB); progress is told then
 _ADMDVS = re.compile(r"[0-9]{6}")
 
 
@@ -96,11 +96,14 @@ def prepare_batch(
     window: TimeWindow | None = None,
     size: int | None = None,
     on_chunk: Callable[[ChunkInfo], None] | None = None,
+    mapper: TaskMapper | None = None,
 ) -> PrepareResult:
     """Validate and normalize a batch; write `out_dir/chunk-NNNNN.jsonl` (whole patients,
     sorted by (fee_ocur_time, line_id), about `chunk_size` lines each) and
     `out_dir/rejected.jsonl` (one Rejection a line, the file error included).
-    `progress(lines_read)` is called every 10,000 lines and at the end."""
+    `progress(lines_read)` is called every 8,192 lines or so and at the end. `mapper`
+    normalizes the records (`normalize_task` over `NormalizeTask`s, in order): by default
+    in this process; the local runtime passes its worker processes."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
     if default_admdvs is not None and _ADMDVS.fullmatch(default_admdvs) is None:
@@ -109,7 +112,7 @@ def prepare_batch(
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("chunk-*.jsonl"):
         old.unlink()
-    reader = BatchReader(path, kb, name=name, default_admdvs=default_admdvs, dedupe=False, window=window)
+    reader = BatchReader(path, kb, name=name, default_admdvs=default_admdvs, dedupe=False, window=window, defer=True)
     if size is None:
         try:
             size = Path(path).stat().st_size if isinstance(path, str | Path) else 0
@@ -131,7 +134,7 @@ def prepare_batch(
     spill = Path(tempfile.mkdtemp(prefix=".spill-", dir=out_dir))
     try:
         with rejected_path.open("w", encoding="utf-8") as rejected_out:
-            _spill(reader, spill, n_parts, rejected_out, progress)
+            _spill(reader, kb, spill, n_parts, rejected_out, progress, mapper)
             result.format, result.encoding = reader.format, reader.encoding
             result.lines_read, result.accepted, result.rejected = reader.lines_read, reader.accepted, reader.rejected
             result.rejected_by_reason = dict(reader.rejected_by_reason)
@@ -146,20 +149,75 @@ def prepare_batch(
     return result
 
 
+@dataclass(frozen=True)
+class NormalizeTask:
+    """A batch of records to normalize into spill rows (picklable: it may go to a worker
+    process). `records` are (line, fields as read)."""
+
+    file: str
+    file_format: str | None
+    default_admdvs: str | None
+    window: TimeWindow | None
+    n_parts: int
+    records: list[tuple[int, dict[str, Any]]]
+
+
+# the outcome of one record: (patient partition, spill row, key partition, key row) for an
+# accepted line; (-1, rejection JSON, -1, reason) for a rejected one
+SpillOutcome = tuple[int, str, int, str]
+# how Prepare maps `normalize_task` over its tasks: in order, lazily (the default is in this
+# process; the local runtime passes its worker pool, docs/local.md)
+TaskMapper = Callable[[Iterable[NormalizeTask]], Iterator[list[SpillOutcome]]]
+TASK_RECORDS = 1000  # records per NormalizeTask
+
+
+def normalize_task(task: NormalizeTask, kb: KnowledgeBase) -> list[SpillOutcome]:
+    """Normalize a task's records; render each accepted line as its patient-partition row
+    (`patient, source_line, time, line_id, JSON`) and its key-partition row."""
+    out: list[SpillOutcome] = []
+    n_parts = task.n_parts
+    for line_no, record in task.records:
+        try:
+            item = normalize_record(
+                record, kb, file=task.file, line=line_no, default_admdvs=task.default_admdvs, window=task.window
+            )
+        except LineRejected as exc:
+            rejection = located(exc.rejection, task.file_format)
+            out.append((-1, rejection.model_dump_json(), -1, rejection.reason))
+            continue
+        patient = _patient_key(item.psn_no)
+        part = int(patient[:8], 16) % n_parts
+        line_id = f"{item.fixmedins_code}/{item.feedetl_sn}"
+        row = f"{patient}\t{item.source_line}\t{item.fee_ocur_time.isoformat()}\t{line_id}\t{item.model_dump_json()}\n"
+        key_part = zlib.crc32(line_id.encode("utf-8")) % n_parts
+        out.append((part, row, key_part, f"{line_id}\t{item.source_line}\t{part}\n"))
+    return out
+
+
+def _serial(kb: KnowledgeBase) -> TaskMapper:
+    return lambda tasks: (normalize_task(task, kb) for task in tasks)
+
+
 def _spill(
     reader: BatchReader,
+    kb: KnowledgeBase,
     spill: Path,
     n_parts: int,
     rejected_out: IO[str],
     progress: Callable[[int], None] | None,
+    mapper: TaskMapper | None = None,
 ) -> None:
-    """Pass 1: every accepted line to its patient partition, its line id to a key partition."""
+    """Pass 1: every accepted line to its patient partition, its line id to a key partition.
+    Records are normalized in tasks of `TASK_RECORDS` (by `mapper`, in order); what the
+    reader rejects itself keeps its place among them in rejected.jsonl."""
     # patient partitions compressed (zlib level 1, ~8x on claim JSON): the spill stays well under
     # the input's size on disk, where plain it was ~4.8x (issue 15: Lambda's ephemeral storage)
     parts = [gzip.open(spill / f"p{i}", "wt", encoding="utf-8", compresslevel=1) for i in range(n_parts)]  # noqa: SIM115
     keys = [gzip.open(spill / f"k{i}", "wt", encoding="utf-8", compresslevel=1) for i in range(n_parts)]  # noqa: SIM115
     part_rows: list[list[str]] = [[] for _ in range(n_parts)]  # buffered: one write per partition per flush
     key_rows: list[list[str]] = [[] for _ in range(n_parts)]
+    # per task, what the reader rejected before each of its records: written in file order
+    held: deque[list[tuple[int, Rejection]]] = deque()  # one entry per task, taken in task order
 
     def flush() -> None:
         for handles, buffers in ((parts, part_rows), (keys, key_rows)):
@@ -168,27 +226,46 @@ def _spill(
                     handle.write("".join(rows))
                     rows.clear()
 
+    def task(records: list[tuple[int, dict[str, Any]]]) -> NormalizeTask:
+        return NormalizeTask(reader.name, reader.format, reader.default_admdvs, reader.window, n_parts, records)
+
+    def tasks() -> Iterator[NormalizeTask]:
+        records: list[tuple[int, dict[str, Any]]] = []
+        early: list[tuple[int, Rejection]] = []  # (records before it in this task, rejection)
+        for item in reader.deferred():
+            if type(item) is RawRecord:
+                records.append((item.line, item.record))
+                if len(records) == TASK_RECORDS:
+                    held.append(early)
+                    yield task(records)
+                    records, early = [], []
+            elif isinstance(item, Rejection):
+                early.append((len(records), item))
+        held.append(early)
+        yield task(records)
+
     try:
-        count = buffered = 0
-        for item in reader:
-            count += 1
-            if progress is not None and count % PROGRESS_EVERY == 0:
-                progress(reader.lines_read)
-            if type(item) is not ClaimLine:
-                rejected_out.write(item.model_dump_json() + "\n")
-                continue
-            patient = _patient_key(item.psn_no)
-            part = int(patient[:8], 16) % n_parts
-            line_id = f"{item.fixmedins_code}/{item.feedetl_sn}"
-            part_rows[part].append(
-                f"{patient}\t{item.source_line}\t{item.fee_ocur_time.isoformat()}\t{line_id}\t"
-                f"{item.model_dump_json()}\n"
-            )
-            key_rows[zlib.crc32(line_id.encode("utf-8")) % n_parts].append(f"{line_id}\t{item.source_line}\t{part}\n")
-            buffered += 1
-            if buffered == FLUSH_EVERY:
+        count = 0
+        for outcomes in (mapper or _serial(kb))(tasks()):
+            early = held.popleft()
+            for index, (part, row, key_part, key_row) in enumerate(outcomes):
+                while early and early[0][0] <= index:  # counted by the reader already
+                    rejected_out.write(early.pop(0)[1].model_dump_json() + "\n")
+                if part < 0:
+                    reader.account(key_row)
+                    rejected_out.write(row + "\n")
+                    continue
+                reader.account(None)
+                part_rows[part].append(row)
+                key_rows[key_part].append(key_row)
+            for _, rejection in early:
+                rejected_out.write(rejection.model_dump_json() + "\n")
+            count += len(outcomes) + len(early)
+            if count >= FLUSH_EVERY:
                 flush()
-                buffered = 0
+                if progress is not None:
+                    progress(reader.lines_read)
+                count = 0
         flush()
     finally:
         for handle in parts + keys:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from rxguard.ingest.normalize import (
     DUPLICATE,
@@ -441,6 +441,29 @@ class _CrToLf(io.RawIOBase):
         return len(data)
 
 
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A record read but not normalized yet (`BatchReader(defer=True)`): its 1-based line
+    (element index for a JSON document) and its fields as read. `prepare_batch` normalizes
+    these in batches, possibly in other processes, and accounts each outcome back with
+    `BatchReader.account`."""
+
+    line: int
+    record: dict[str, Any]
+
+
+_Item = ClaimLine | Rejection | RawRecord
+
+
+def located(rejection: Rejection, file_format: str | None) -> Rejection:
+    """A line's rejection as the reader reports it: in a JSON document, `line` is the
+    element's index, which the message says."""
+    if file_format != "json":
+        return rejection
+    where = f"(element {rejection.line} of the feedetail list) "
+    return rejection.model_copy(update={"message": where + rejection.message})
+
+
 class BatchReader(Iterator[ClaimLine | Rejection]):
     """Iterates a claim batch: one `ClaimLine` or `Rejection` per non-blank line.
 
@@ -459,6 +482,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
         default_admdvs: str | None = None,
         dedupe: bool = True,
         window: TimeWindow | None = None,
+        defer: bool = False,
     ) -> None:
         if default_admdvs is not None and not (
             len(default_admdvs) == 6 and default_admdvs.isascii() and default_admdvs.isdigit()
@@ -484,13 +508,36 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
         self.rejected_by_reason: dict[str, int] = {}
         self.file_error: Rejection | None = None
         self._seen: dict[int, int] | None = {} if dedupe else None  # hash of line id -> first line
+        self._defer = defer  # yield RawRecord instead of normalizing (the caller accounts the outcome)
+        self._deferred = 0  # records yielded as RawRecord so far
         self._gen = self._run()
 
     def __iter__(self) -> BatchReader:
         return self
 
     def __next__(self) -> ClaimLine | Rejection:
-        return next(self._gen)
+        if self._defer:
+            raise TypeError("a BatchReader(defer=True) is read with .deferred()")
+        return cast(ClaimLine | Rejection, next(self._gen))
+
+    def deferred(self) -> Iterator[ClaimLine | Rejection | RawRecord]:
+        """The items of a `BatchReader(defer=True)`: Rejections found while reading, and a
+        RawRecord for every record to normalize (then `account` its outcome)."""
+        if not self._defer:
+            raise TypeError("deferred() needs BatchReader(defer=True)")
+        return self._gen
+
+    def account(self, rejected: str | None) -> None:
+        """Count the outcome of a deferred record: accepted (None) or rejected for a reason."""
+        self.lines_read += 1
+        if rejected is None:
+            self.accepted += 1
+        else:
+            self.rejected += 1
+            self.rejected_by_reason[rejected] = self.rejected_by_reason.get(rejected, 0) + 1
+
+    def _nothing_read(self) -> bool:
+        return self.lines_read == 0 and self._deferred == 0
 
     # --- bookkeeping ---------------------------------------------------------------
 
@@ -515,17 +562,16 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             )
         )
 
-    def _accept(self, record: dict[str, Any], line_no: int) -> ClaimLine | Rejection:
+    def _accept(self, record: dict[str, Any], line_no: int) -> ClaimLine | Rejection | RawRecord:
+        if self._defer:
+            self._deferred += 1
+            return RawRecord(line_no, record)
         try:
             claim = normalize_record(
                 record, self.kb, file=self.name, line=line_no, default_admdvs=self.default_admdvs, window=self.window
             )
         except LineRejected as exc:
-            rejection = exc.rejection
-            if self.format == "json":
-                where = f"(element {line_no} of the feedetail list) "
-                rejection = rejection.model_copy(update={"message": where + rejection.message})
-            return self._reject(rejection)
+            return self._reject(located(exc.rejection, self.format))
         if self._seen is not None:
             key = hash((claim.fixmedins_code, claim.feedetl_sn))
             first = self._seen.get(key)
@@ -547,7 +593,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
 
     # --- the run ---------------------------------------------------------------------
 
-    def _run(self) -> Iterator[ClaimLine | Rejection]:
+    def _run(self) -> Iterator[_Item]:
         sniffed = sniff(self._open, self.name)
         if isinstance(sniffed, Rejection):
             self.file_error = sniffed
@@ -568,7 +614,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             else:
                 yield from self._csv(lines)
 
-    def _json_lines(self, lines: Iterator[tuple[int, str | None, str | None]]) -> Iterator[ClaimLine | Rejection]:
+    def _json_lines(self, lines: Iterator[tuple[int, str | None, str | None]]) -> Iterator[_Item]:
         loads = json.loads
         for line_no, text, error in lines:
             if text is None:
@@ -592,7 +638,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             return self._line(line_no, TOO_LONG, f"longer than {MAX_LINE_BYTES} bytes; skipped unread")
         return self._line(line_no, ENCODING, f"bytes not valid {self.encoding}")
 
-    def _csv(self, lines: Iterator[tuple[int, str | None, str | None]]) -> Iterator[ClaimLine | Rejection]:
+    def _csv(self, lines: Iterator[tuple[int, str | None, str | None]]) -> Iterator[_Item]:
         preamble: list[tuple[int, str | None, str | None]] = []
         header: tuple[str, list[tuple[int, str]], int] | None = None
         best_missing: list[str] = []
@@ -651,11 +697,11 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
                 yield self._line(line_no, MALFORMED, "a repeated header row (files joined together?), not a claim line")
                 continue
             yield self._accept(record, line_no)
-        if self.lines_read == 0:  # like an empty feedetail list: nothing to screen
+        if self._nothing_read():  # like an empty feedetail list: nothing to screen
             self.file_error = _file_error(self.name, FILE_EMPTY, "has a header row but no claim lines")
             yield self.file_error
 
-    def _json_document(self, encoding: str, skip: int) -> Iterator[ClaimLine | Rejection]:
+    def _json_document(self, encoding: str, skip: int) -> Iterator[_Item]:
         with self._open() as fh:  # pass 1: which list holds the claim lines (exactly one)
             fh.read(skip)
             prefix = _find_items_prefix(fh, encoding)
@@ -668,7 +714,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             fh.read(skip)
             yield from self._json_elements(fh, encoding, prefix)
 
-    def _json_elements(self, fh: IO[bytes], encoding: str, prefix: str) -> Iterator[ClaimLine | Rejection]:
+    def _json_elements(self, fh: IO[bytes], encoding: str, prefix: str) -> Iterator[_Item]:
         import ijson  # only JSON documents need it; decimals come as Decimal (use_float overflows on big ints)
 
         stream = io.BufferedReader(_TranscodeToUtf8(fh, encoding), 64 * 1024)
@@ -695,7 +741,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
                 f"(element {index + 1} of the feedetail list) the JSON document is invalid or cut here "
                 f"({_parse_error(exc)}); the rest of the file is not read",
             )
-        if index == 0 and self.lines_read == 0:
+        if index == 0 and self._nothing_read():
             self.file_error = _file_error(self.name, FILE_EMPTY, f"the {prefix[:-5] or 'top-level'} list is empty")
             yield self.file_error
 

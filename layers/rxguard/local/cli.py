@@ -309,6 +309,7 @@ def _report(
             "cpu_seconds": result.cpu_seconds,
             "wall_seconds": result.wall_seconds,
             "lines_per_cpu_second": round(lines / result.cpu_seconds, 1) if result.cpu_seconds else None,
+            "phases": result.phases,
         },
     }
 

@@ -16,8 +16,10 @@ import os
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing import get_context
@@ -30,6 +32,7 @@ from rxguard.alerts.settings import AlertSettings
 from rxguard.alerts.sink import NotificationSink
 from rxguard.config import Settings
 from rxguard.errors import TransientError
+from rxguard.ingest.partition import NormalizeTask, SpillOutcome, TaskMapper, normalize_task
 from rxguard.kb import KnowledgeBase, Phase, get_knowledge_base
 from rxguard.local.backend import Backend, BackendSpec, open_backend
 from rxguard.local.objects import InputFiles, LocalObjects
@@ -70,6 +73,8 @@ class DeferTraceScopes(HistoryRepository):
     """The repository a chunk screens against: everything passes through, except that the
     trace-code scopes are not reconciled here (a code's sales may be spread over chunks
     screened at the same moment); the codes are kept for the settlement after the Map."""
+
+    defers_trace_scopes = True
 
     def __init__(self, inner: HistoryRepository) -> None:
         self.inner = inner
@@ -137,6 +142,23 @@ def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             traceback.print_exc()
             break
     return {"chunk_key": request.chunk_key, "ok": False, "error": error}, []
+
+
+def normalize_part(task: NormalizeTask) -> list[SpillOutcome]:
+    """Prepare's normalization of one task of records, in a worker (ingest.partition)."""
+    return normalize_task(task, _WORKER["ctx"].kb)
+
+
+def bounded_map[In, Out](pool: Executor, fn: Callable[[In], Out], items: Iterable[In], ahead: int) -> Iterator[Out]:
+    """`fn` over `items` on the pool, results in order, at most `ahead` submitted and not
+    yet taken (Executor.map would read the whole input first: a 1M-line file in memory)."""
+    pending: deque[Future[Out]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +261,7 @@ class RunResult:
     cpu_seconds: float
     wall_seconds: float
     steps: StepLog
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class Progress:
@@ -268,9 +291,21 @@ class LocalOrchestrator:
     worker_cpu_seconds: float = 0.0  # CPU of the worker processes' tasks
     crash_after_chunks: int | None = None  # tests: die (os._exit) once this many chunks are screened
     _chunks_done: int = 0
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> wall, this process's CPU
     run_id: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
     # -------------------------------------------------------------- the run
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Time a phase of the run (wall, and the CPU of this process: the serial part)."""
+        wall, cpu = time.monotonic(), time.process_time()
+        try:
+            yield
+        finally:
+            got = self.phases.setdefault(name, {"wall_seconds": 0.0, "main_cpu_seconds": 0.0})
+            got["wall_seconds"] = round(got["wall_seconds"] + time.monotonic() - wall, 3)
+            got["main_cpu_seconds"] = round(got["main_cpu_seconds"] + time.process_time() - cpu, 3)
+
     def run(self, files: Sequence[Path]) -> RunResult:
         cpu0, wall0 = time.process_time(), time.monotonic()
         interrupted = self.mark_interrupted()
@@ -283,13 +318,17 @@ class LocalOrchestrator:
         sink = OutboxSink(self.backend.outbox(), LocalObjects(self.out))
         for batch in batches:
             if batch.status == "SCREENED":
-                self._notify(batch, sink)
+                with self._phase("notify"):
+                    self._notify(batch, sink)
             if batch.status in ("SCREENED", "ERROR"):
-                self._finalize(batch)
+                with self._phase("finalize"):
+                    self._finalize(batch)
         if self.pdf == "parallel":
-            self.render_pdfs()
-        corrections = self._corrections(batches)
-        alerts, letters = deliver_pending(self.backend.outbox(), self.out)
+            with self._phase("pdfs"):
+                self.render_pdfs()
+        with self._phase("deliver"):
+            corrections = self._corrections(batches)
+            alerts, letters = deliver_pending(self.backend.outbox(), self.out)
         cpu = time.process_time() - cpu0 + self.worker_cpu_seconds
         return RunResult(
             batches,
@@ -300,6 +339,7 @@ class LocalOrchestrator:
             round(cpu, 3),
             round(time.monotonic() - wall0, 3),
             self.steps,
+            self.phases,
         )
 
     def mark_interrupted(self) -> list[str]:
@@ -381,15 +421,17 @@ class LocalOrchestrator:
         request = PrepareRequest(source=ref, execution_id=execution_id)
         self._release_partial(batch.batch_id)
         try:
-            prepared = prepare_object(
-                request,
-                ingest=inputs,
-                results=self.results,
-                batches=self.backend.batch_records(),
-                kb=self.kb,
-                settings=self._workflow_settings(),
-                workdir=self.results.root,
-            )
+            with self._phase("prepare"):
+                prepared = prepare_object(
+                    request,
+                    ingest=inputs,
+                    results=self.results,
+                    batches=self.backend.batch_records(),
+                    kb=self.kb,
+                    settings=self._workflow_settings(),
+                    workdir=self.results.root,
+                    mapper=self._normalizer(pool),
+                )
         except Exception as exc:  # Prepare's Catch -> RecordFailure
             self._fail(batch, {"detail": {"bucket": {"name": LOCAL_BUCKET}, "object": {"key": batch.key}}}, exc)
             return
@@ -407,14 +449,16 @@ class LocalOrchestrator:
                 batch.state["chunk_results"] = []
                 batch.skip_notify = True
                 return
-            chunk_results = self._map(prepared, pool)
+            with self._phase("screen"):
+                chunk_results = self._map(prepared, pool)
             inst_request = InstitutionsRequest(batch_id=prepared.batch_id, chunk_results=chunk_results)
-            inst = screen_institutions(
-                inst_request,
-                results=self.results,
-                repo=self.backend.repository(writer=f"{prepared.batch_id[:16]}-i"),  # type: ignore[arg-type]
-                kb=self.kb,
-            )
+            with self._phase("institutions"):
+                inst = screen_institutions(
+                    inst_request,
+                    results=self.results,
+                    repo=self.backend.repository(writer=f"{prepared.batch_id[:16]}-i"),  # type: ignore[arg-type]
+                    kb=self.kb,
+                )
             self._log("ScreenInstitutions", inst_request, inst)
         except Exception as exc:  # the Map's / ScreenInstitutions' Catch -> RecordFailure
             self._fail(batch, batch.state, exc)
@@ -422,6 +466,12 @@ class LocalOrchestrator:
         batch.state["chunk_results"] = chunk_results
         batch.state["institutions"] = {"result": inst.model_dump(mode="json")}
         batch.status = "SCREENED"
+
+    def _normalizer(self, pool: Executor) -> TaskMapper | None:
+        """Prepare's normalization over the worker processes (in this process without them)."""
+        if isinstance(pool, InProcess):
+            return None
+        return lambda tasks: bounded_map(pool, normalize_part, tasks, ahead=3 * self.workers)
 
     def _map(self, prepared: PrepareOutput, pool: Executor) -> list[dict[str, Any]]:
         """The Screen Map: one item per chunk (the ASL's ItemSelector), then the trace codes."""

@@ -156,6 +156,9 @@ MIGRATIONS: dict[int, str] = {
     2: _SCHEMA_V2,
     # a sale's return (退费) or split-pack units (拆零): TraceSale.encode, NULL for a plain sale
     3: "ALTER TABLE trace_sales ADD COLUMN sale TEXT",
+    # institution activity (load_activity) read from the index alone, not from the wide rows
+    4: "DROP INDEX lines_by_period; CREATE INDEX lines_activity ON lines "
+    "(period, fixmedins_code, admdvs, bilg_dr_codg, monitored) WHERE monitored = 1",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -13,6 +13,7 @@ from urllib.parse import unquote_plus
 
 from rxguard.dynamo import BatchStore, ResultStore
 from rxguard.ingest import ChunkInfo, TimeWindow, prepare_batch
+from rxguard.ingest.partition import TaskMapper
 from rxguard.ingest.reader import Opener
 from rxguard.kb import KnowledgeBase
 from rxguard.observability import logger
@@ -32,7 +33,10 @@ def prepare_object(
     settings: WorkflowSettings,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     workdir: Path | None = None,
+    mapper: TaskMapper | None = None,
 ) -> PrepareOutput:
+    """The Prepare step. `mapper` normalizes the records (ingest.partition: in this process
+    by default, as on Lambda; the local runtime passes its worker pool)."""
     ref = request.source
     batch_id = naming.batch_id_for(ref)
     claim = batches.claim(batch_id, request.execution_id, ref.as_dict(), now())
@@ -68,6 +72,7 @@ def prepare_object(
             ),
             size=size,
             on_chunk=upload,
+            mapper=mapper,
         )
         rejected_key = naming.rejected_key(batch_id)
         rejected_path = Path(result.rejected_path) if result.rejected_path else None
