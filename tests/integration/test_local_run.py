@@ -228,10 +228,15 @@ def test_a_chunk_that_fails_makes_the_batch_partial_and_a_rerun_completes_it(
     report = json.loads((tmp_path / "o1" / "report.json").read_text())
     assert report["batches"][0]["status"] == "PARTIAL"
     assert report["batches"][0]["report"]["chunks"]["missing"] == 1
+    chunk_files = tmp_path / "state" / "results" / "chunks"
+    assert list(chunk_files.rglob("*.jsonl"))  # a PARTIAL batch keeps its chunk files
     # and given again once the fault is gone, the batch is re-screened to the clean result
     monkeypatch.setattr(orch, "screen_chunk", real)
     assert run(files, tmp_path / "o2", state=tmp_path / "state", stdout=io.StringIO()) == 0
     assert _lines(tmp_path / "o2" / "findings.jsonl") == _lines(tmp_path / "clean" / "findings.jsonl")
+    # and once it has SUCCEEDED its chunk files (intermediate patient data) are gone from the state
+    assert not list(chunk_files.rglob("*.jsonl"))
+    assert list((tmp_path / "clean-state" / "results" / "batches").rglob("report.json"))
 
 
 # ------------------------------------------------------------------ alerts and letters within a run

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 import traceback
 import uuid
@@ -599,6 +600,11 @@ class LocalOrchestrator:
         batch.status = result.status
         if result.report_key and self.results.exists(result.report_key):
             batch.report = self.results.get_json(result.report_key)
+        if result.status == "SUCCEEDED" and batch.batch_id:
+            # chunk files are intermediate patient data (on AWS the bucket expires them after 30
+            # days): once the batch has succeeded nothing reads them, and a state that keeps them
+            # grows by more than each input's size every month
+            shutil.rmtree(self.results.path(naming.chunk_key(batch.batch_id, 0)).parent, ignore_errors=True)
         self.progress.batch(batch, f"{result.status}")
 
     def _fail(self, batch: BatchRun, state: dict[str, Any], exc: BaseException) -> None:
