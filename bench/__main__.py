@@ -588,6 +588,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
         if head["write_units_per_line"] > 0.8:
             shortfalls.append(f"{head['write_units_per_line']} write units a line (target 0.8)")
+        for r in runs:
+            if r["history_months"] > 1 and r["cost"]["total_usd_per_million_lines"] > STORAGE_TARGET_USD:
+                shortfalls.append(
+                    f"after {r['history_months']} months of history ({r['lines']:,}-line month): "
+                    f"${r['cost']['total_usd_per_million_lines']:.2f} per million lines, {r['write_units_per_line']} "
+                    "write units a line (a month leaving each returning patient's head is one more item a batch; "
+                    "docs/storage-aws.md)"
+                )
         if head["cost"]["total_usd_per_million_lines"] > STORAGE_TARGET_USD:
             shortfalls.append(
                 f"${head['cost']['total_usd_per_million_lines']:.2f} per million lines with storage and PITR "
