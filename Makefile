@@ -31,9 +31,9 @@ e2e: venv
 	$(PY) -m pytest tests/e2e
 
 lint: venv
-	$(VENV)/bin/ruff check layers functions tests bench scripts
-	$(VENV)/bin/ruff format --check layers functions tests bench scripts
-	cd layers && ../$(VENV)/bin/lint-imports --config ../.importlinter --no-cache
+	$(VENV)/bin/ruff check layers tools functions tests bench scripts
+	$(VENV)/bin/ruff format --check layers tools functions tests bench scripts
+	PYTHONPATH=layers:tools $(VENV)/bin/lint-imports --config .importlinter --no-cache
 
 types: venv
 	$(VENV)/bin/mypy

@@ -48,7 +48,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-SECTIONS = ("engine", "history", "workflow", "cost", "storage", "datalake", "api", "coldstart", "ingest", "local")
+SECTIONS = (
+    "engine",
+    "history",
+    "workflow",
+    "cost",
+    "storage",
+    "datalake",
+    "api",
+    "serve",
+    "coldstart",
+    "ingest",
+    "local",
+)
 LOCAL_TARGET_LINES_PER_S = 10_000  # end to end on 2 cores, 100k lines
 LOCAL_TARGET_1M_SECONDS = 120.0
 LOCAL_TARGET_RSS_MB = 1024.0
@@ -56,6 +68,7 @@ LOCAL_TARGET_RSS_MB = 1024.0
 COLD_START_TARGET_MS = 250.0  # issue 14: CPU ms of importing app.py from the built layer
 CHECK_P99_TARGET_MS = 5.0
 CHECK_ROUND_TRIPS_TARGET = 2
+SERVE_P99_TARGET_MS = 50.0  # rxguard serve --state, 20 clients x 50 checks (issue 11)
 FLAT_MEMORY_RATIO = 1.25  # peak RSS at 10x the lines may grow at most this much
 
 
@@ -170,10 +183,18 @@ def section_api(quick: bool) -> dict[str, Any]:
     return figures
 
 
+def section_serve(quick: bool) -> dict[str, Any]:
+    from bench import serve
+
+    figures: dict[str, Any] = serve.measure(requests=10 if quick else 50)
+    figures["baseline_do_nothing_app"] = serve.baseline(requests=10 if quick else 50)
+    return figures
+
+
 def function_environments() -> dict[str, dict[str, str]]:
     """Each function's environment as the offline mode resolves template.yaml (Globals
     merged under the function's own variables), by its CodeUri folder name."""
-    from rxguard.offline import Environment
+    from rxguard_tools.offline import Environment
 
     env = Environment()  # not entered: nothing is started, only the template is resolved
     env._plan()
@@ -319,6 +340,7 @@ RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "storage": section_storage,
     "datalake": section_datalake,
     "api": section_api,
+    "serve": section_serve,
     "coldstart": section_coldstart,
     "ingest": section_ingest,
     "local": section_local,
@@ -347,6 +369,17 @@ def _na(section: dict[str, Any]) -> str | None:
     return None if section.get("available") else f"not available: {section.get('why')}"
 
 
+def _section(out: list[str], title: str, section: dict[str, Any], *table: str) -> bool:
+    """Add a section's heading, then "not available: why" or its table's header lines
+    (`table`); True when it has figures."""
+    out += [f"## {title}", ""]
+    if (na := _na(section)) is not None:
+        out += [na, ""]
+        return False
+    out += table
+    return True
+
+
 def _g(d: dict[str, Any], *keys: str) -> Any:
     for key in keys:
         if key in d:
@@ -372,11 +405,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["**Quick run: smaller sizes than the issue asks for.**", ""]
     shortfalls: list[str] = []
 
-    out += ["## Engine throughput (one core)", ""]
     e = s.get("engine", {})
-    if (na := _na(e)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "Engine throughput (one core)", e):
         pop = e.get("population", {})
         out += [
             "| figure | value |",
@@ -390,15 +420,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
         ]
 
-    out += ["## Cost against one patient's history (CPU, one core)", ""]
     h = s.get("history", {})
-    if (na := _na(h)) is not None:
-        out += [na, ""]
-    else:
-        out += [
-            "| history lines | check ms | x smallest | screen one line ms | x smallest |",
-            "|---|---|---|---|---|",
-        ]
+    if _section(
+        out,
+        "Cost against one patient's history (CPU, one core)",
+        h,
+        "| history lines | check ms | x smallest | screen one line ms | x smallest |",
+        "|---|---|---|---|---|",
+    ):
         for r in h.get("rows", []):
             out.append(
                 f"| {r['history_lines']:,} | {r['check_cpu_ms']} | {r['check_ratio_to_smallest']} | "
@@ -415,15 +444,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         if a.get("bytes", 0) >= 1_000_000:
             shortfalls.append(f"a 200-line check answers {a.get('bytes', 0):,} bytes (target: under 1 MB)")
 
-    out += ["## Offline workflow wall time", ""]
     w = s.get("workflow", {})
-    if (na := _na(w)) is not None:
-        out += [na, ""]
-    else:
-        out += [
-            "| lines | status | wall s | s per 1k lines | DynamoDB read calls /1k | write calls /1k | handler s |",
-            "|---:|---|---:|---:|---:|---:|---|",
-        ]
+    if _section(
+        out,
+        "Offline workflow wall time",
+        w,
+        "| lines | status | wall s | s per 1k lines | DynamoDB read calls /1k | write calls /1k | handler s |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ):
         for n, r in sorted(w["runs"].items(), key=lambda kv: int(kv[0])):
             handlers = ", ".join(
                 f"{k.replace('Function', '')} {v}" for k, v in (r.get("handler_seconds") or {}).items()
@@ -436,11 +464,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 shortfalls.append(f"the offline workflow ended {r.get('status')} on {int(n):,} lines")
         out.append("")
 
-    out += ["## DynamoDB units and AWS cost per million lines", ""]
     c = s.get("cost", {})
-    if (na := _na(c)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "DynamoDB units and AWS cost per million lines", c):
         per_k = c["per_1000_lines"]
         comps = c["components_usd_per_million_lines"]
         out += [
@@ -504,11 +529,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "trip, and Notify renders PDF letters; S3 PUTs are mostly letters"
             )
 
-    out += ["## DynamoDB storage and the full AWS cost: a month after history (docs/storage-aws.md)", ""]
     st = s.get("storage", {})
-    if (na := _na(st)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "DynamoDB storage and the full AWS cost: a month after history (docs/storage-aws.md)", st):
         runs = st["runs"]
         out += [
             "Targets (issue 14, on a 20,000-line month screened after a month of history of the same "
@@ -653,11 +675,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
         ]
 
-    out += ["## Check API", ""]
     a = s.get("api", {})
-    if (na := _na(a)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "Check API", a):
         out += ["| figure | value |", "|---|---:|"]
         out += [f"| {k.replace('_', ' ')} | {v} |" for k, v in a.items() if k not in ("available", "section_seconds")]
         out.append("")
@@ -676,16 +695,49 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
         ]
 
-    out += ["## Cold start per function, from the built layer", ""]
-    cs = s.get("coldstart", {})
-    if (na := _na(cs)) is not None:
-        out += [na, ""]
-    else:
-        target = cs.get("target_ms", COLD_START_TARGET_MS)
+    sv = s.get("serve", {})
+    if _section(out, "`rxguard serve --state` under concurrent clients", sv):
+        lat, base = sv.get("latency_ms", {}), sv.get("baseline_do_nothing_app", {})
+        blat = base.get("latency_ms", {})
         out += [
-            f"| function | import CPU ms, median | min | max | wall ms, median | process CPU ms | <= {target:.0f} ms |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            f"{sv.get('clients')} keep-alive clients x {sv.get('requests_per_client')} checks of one refill for a "
+            f"patient with a year of history (median {sv.get('history_lines_median')} lines), load generator in "
+            "its own processes; the do-nothing app is the same load on waitress answering a fixed 1 kB.",
+            "",
+            "| figure | rxguard serve | do-nothing app |",
+            "|---|---:|---:|",
+            f"| errors | {sv.get('errors')} of {sv.get('requests')} | {base.get('errors')} of {base.get('requests')} |",
+            *(f"| latency {q} (ms) | {lat.get(q)} | {blat.get(q)} |" for q in ("p50", "p95", "p99", "max")),
+            f"| server CPU per request (ms) | {sv.get('server_cpu_ms_per_request')} | "
+            f"{base.get('server_cpu_ms_per_request')} |",
+            f"| client CPU per request (ms) | {sv.get('client_cpu_ms_per_request')} | "
+            f"{base.get('client_cpu_ms_per_request')} |",
+            f"| other processes during the run (cores of {sv.get('cores')}) | {sv.get('other_processes_cores')} | "
+            f"{base.get('other_processes_cores')} |",
+            f"| load average (1, 5, 15 min) | {sv.get('load_average')} | {base.get('load_average')} |",
+            f"| CPU-bound mean latency: clients x CPU a request / cores (ms) | {sv.get('cpu_bound_mean_ms')} | - |",
+            "",
+            f"Target: 0 errors, p99 <= {SERVE_P99_TARGET_MS:g} ms. Closed loop: the mean latency cannot be below "
+            "the CPU-bound figure even on an idle machine.",
+            "",
         ]
+        p99 = lat.get("p99")
+        if (isinstance(p99, int | float) and p99 > SERVE_P99_TARGET_MS) or sv.get("errors"):
+            shortfalls.append(
+                f"serve p99 {p99} ms > {SERVE_P99_TARGET_MS:g} ms with {sv.get('errors')} errors "
+                f"({sv.get('server_cpu_ms_per_request')} ms of server CPU a check: CPU-bound mean "
+                f"{sv.get('cpu_bound_mean_ms')} ms; the do-nothing app's p99 {blat.get('p99')} ms on the same machine)"
+            )
+
+    cs = s.get("coldstart", {})
+    target = cs.get("target_ms", COLD_START_TARGET_MS)
+    if _section(
+        out,
+        "Cold start per function, from the built layer",
+        cs,
+        f"| function | import CPU ms, median | min | max | wall ms, median | process CPU ms | <= {target:.0f} ms |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ):
         for name, f in cs["functions"].items():
             cpu = f["import_cpu_ms_median"]
             if name.startswith("("):
@@ -728,15 +780,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "",
             ]
 
-    out += ["## Ingestion peak memory", ""]
     ing = s.get("ingest", {})
-    if (na := _na(ing)) is not None:
-        out += [na, ""]
-    else:
-        out += [
-            "| lines | file MB | seconds | lines/s | peak RSS MB | start RSS MB |",
-            "|---:|---:|---:|---:|---:|---:|",
-        ]
+    if _section(
+        out,
+        "Ingestion peak memory",
+        ing,
+        "| lines | file MB | seconds | lines/s | peak RSS MB | start RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ):
         for n, r in ing["runs"].items():
             out.append(
                 f"| {int(n):,} | {r.get('file_mb')} | {r.get('seconds')} | {r.get('lines_per_s')} | "
@@ -751,11 +802,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         if not ing["flat"]:
             shortfalls.append(f"ingestion peak memory grows {ing['peak_growth_at_10x_lines']}x for 10x the lines")
 
-    out += ["## Local deployment (`rxguard run --state`)", ""]
     loc = s.get("local", {})
-    if (na := _na(loc)) is not None:
-        out += [na, ""]
-    else:
+    if _section(out, "Local deployment (`rxguard run --state`)", loc):
         out += [
             "End to end: file in, findings.jsonl, alerts and HTML letters out, on a fresh state, "
             f"{loc.get('workers', 2)} worker processes (`--pdf on-demand`; a letter's PDF is the last column). "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "layers"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "layers"), str(ROOT / "tools"), str(ROOT)]
 
 DRUGS = ["XA10BA02A001", "XJ05AH02A001", "XR03AC02A001", "XA10BA02A002"]
 
@@ -106,7 +106,7 @@ def measure_memory(patients: int = 200, checks: int = 300) -> dict[str, Any]:
 
 
 def measure_moto(patients: int = 40, checks: int = 100) -> dict[str, Any]:
-    from rxguard.offline import Environment
+    from rxguard_tools.offline import Environment
 
     quiet = {"RXGUARD_API_AUTH": "open", "POWERTOOLS_LOG_LEVEL": "WARNING"}
     # the handlers' stdout (metrics and logs, as Lambda would ship them) is not the report

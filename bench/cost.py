@@ -3,8 +3,8 @@
     python -m bench.cost                  # 10,000 lines, default chunk size
     python -m bench.cost 20000 --chunk 2000
 
-One synthetic batch (rxguard.synth, trimmed to the line count) runs through the real
-ClaimBatch state machine and handlers on moto (rxguard.offline.Environment). Every AWS
+One synthetic batch (rxguard_tools.synth, trimmed to the line count) runs through the real
+ClaimBatch state machine and handlers on moto (rxguard_tools.offline.Environment). Every AWS
 call the handlers make through boto3's default session is counted by service and
 operation (a botocore `before-parameter-build` hook, which sees the API parameters);
 DynamoDB request units are computed from the calls themselves: a write costs one WRU per started KB of each item
@@ -116,7 +116,7 @@ DAYS_PER_MONTH = 30.4
 
 def table_classes() -> dict[str, str]:
     """The table class of each DynamoDB table of template.yaml (`STANDARD` unless set)."""
-    from rxguard.offline.cfn import load_template
+    from rxguard_tools.offline.cfn import load_template
 
     resources = load_template(ROOT / "template.yaml")["Resources"]
     return {
@@ -269,7 +269,7 @@ def _gsi_of(logical_id: str) -> dict[str, Any]:
     """A table's secondary indexes as template.yaml declares them: name -> projected size.
     Each write of an item carrying the index key writes the index too, billed like a table
     write of the projected size (at least one unit)."""
-    from rxguard.offline.cfn import load_template
+    from rxguard_tools.offline.cfn import load_template
 
     table = load_template(ROOT / "template.yaml")["Resources"][logical_id]["Properties"]
     out = {}
@@ -414,7 +414,7 @@ def synthetic_batch(lines: int, path: Path, seed: int = 11) -> tuple[int, int]:
     import random
 
     from rxguard.kb import get_knowledge_base
-    from rxguard.synth import SynthConfig, generate
+    from rxguard_tools.synth import SynthConfig, generate
 
     kb = get_knowledge_base()
     patients = max(2000, lines // 20)
@@ -455,7 +455,7 @@ def _memory_by_function(env: Any) -> dict[str, int]:
 
 def measure_usage(lines: int, chunk_size: int | None = None, *, timeout: float = 7200.0) -> Usage:
     """Run one synthetic batch of `lines` lines through the offline workflow and count."""
-    from rxguard.offline import Environment
+    from rxguard_tools.offline import Environment
 
     logging.getLogger("moto").setLevel(logging.CRITICAL)
     parameters = {"ScreenChunkSize": str(chunk_size)} if chunk_size else None

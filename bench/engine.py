@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.engine [--patients 3000] [--months 6] [--seed 7]
 
-The population comes from `rxguard.synth` (legitimate chronic, long-term, acute,
+The population comes from `rxguard_tools.synth` (legitimate chronic, long-term, acute,
 multi-pharmacy patients beside abusive ones), normalized by the ingestion the workflow
 uses. Figures (this process is single-threaded, so one core):
 - `engine_lines_per_s`: `Engine.evaluate_patient` over every patient's whole timeline;
@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "layers"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "layers"), str(ROOT / "tools"), str(ROOT)]
 
 
 def population(patients: int, months: int, seed: int) -> list[Any]:
     """ClaimLines of a synthetic population, sorted by (time, line id)."""
     from rxguard.ingest import LineRejected, normalize_record
     from rxguard.kb import get_knowledge_base
-    from rxguard.synth.generator import SynthConfig, generate
+    from rxguard_tools.synth.generator import SynthConfig, generate
 
     kb = get_knowledge_base()
     pop = generate(SynthConfig(patients=patients, seed=seed, months=months), kb)
@@ -53,7 +53,7 @@ def measure(patients: int = 3000, months: int = 6, seed: int = 7, repeats: int =
     from rxguard.kb import get_knowledge_base
     from rxguard.repository import InMemoryRepository
     from rxguard.screening import check_lines, screen_lines
-    from rxguard.synth.evaluate import patient_chunks  # the Prepare-like partition the evaluation uses
+    from rxguard_tools.synth.evaluate import patient_chunks  # the Prepare-like partition the evaluation uses
 
     kb = get_knowledge_base()
     lines = population(patients, months, seed)

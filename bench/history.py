@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "layers"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "layers"), str(ROOT / "tools"), str(ROOT)]
 
 SIZES = (60, 240, 960, 3000)
 DRUGS = ("XB01AC04A001", "XC10AA07A001", "XN02AX02A001")  # clopidogrel, rosuvastatin, tramadol

@@ -102,7 +102,7 @@ def measure(lines: int, chunk_size: int = 5000, fmt: str = "csv") -> dict[str, A
         started = time.perf_counter()
         size = generate(batch, lines, fmt=fmt)
         generated = time.perf_counter() - started
-        env_path = [str(ROOT / "layers"), str(ROOT)]
+        env_path = [str(ROOT / "layers"), str(ROOT / "tools"), str(ROOT)]
         proc = subprocess.run(
             [sys.executable, "-c", _CHILD, str(batch), str(Path(tmp) / "out"), str(chunk_size)],
             capture_output=True,

@@ -62,13 +62,13 @@ print(json.dumps({"letters": len(pages), "cpu_seconds": time.process_time() - cp
 
 
 def _env() -> dict[str, str]:
-    path = os.pathsep.join([str(ROOT / "layers"), str(ROOT)])
+    path = os.pathsep.join([str(ROOT / "layers"), str(ROOT / "tools"), str(ROOT)])
     return {**os.environ, "PYTHONPATH": path}
 
 
 def make_batch(lines: int, directory: Path, seed: int = 7) -> Path:
     patients = max(40, round(lines / LINES_PER_PATIENT))
-    cmd = [sys.executable, "-m", "rxguard.cli", "synth", "--patients", str(patients), "--seed", str(seed)]
+    cmd = [sys.executable, "-m", "rxguard_tools.cli", "synth", "--patients", str(patients), "--seed", str(seed)]
     cmd += ["--single-file", "--out", str(directory)]
     subprocess.run(cmd, cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=7200)
     return directory / "claims.csv"
@@ -108,7 +108,17 @@ def measure(lines: int, workers: int = 2, *, pdf_sample: int = 10) -> dict[str, 
         batch = make_batch(lines, root / "batch")
         synth_seconds = time.monotonic() - started
         out = root / "out"
-        cmd = [sys.executable, "-m", "rxguard.cli", "run", str(batch), "--out", str(out), "--state", str(root / "st")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rxguard_tools.cli",
+            "run",
+            str(batch),
+            "--out",
+            str(out),
+            "--state",
+            str(root / "st"),
+        ]
         cmd += ["--workers", str(workers), "--pdf", "on-demand", "--quiet"]
         run, cpu, wall, rss = _children(cmd, timeout=7200)
         if run.returncode != 0:

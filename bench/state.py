@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "layers"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "layers"), str(ROOT / "tools"), str(ROOT)]
 
 
 def _cpu(func: Any) -> tuple[float, Any]:
@@ -43,7 +43,7 @@ def measure(patients: int = 3000, months: int = 6, seed: int = 7, chunk: int = 1
     from rxguard.local.state import State
     from rxguard.repository import InMemoryRepository
     from rxguard.screening import screen_lines
-    from rxguard.synth.evaluate import patient_chunks as _chunks
+    from rxguard_tools.synth.evaluate import patient_chunks as _chunks
 
     kb = get_knowledge_base()
     lines = population(patients, months, seed)

@@ -3,7 +3,7 @@
     python -m bench.workflow              # 10,000 and 100,000 lines
     python -m bench.workflow 20000        # any sizes
 
-One synthetic batch (rxguard.synth: a population with realistic refills, chronic
+One synthetic batch (rxguard_tools.synth: a population with realistic refills, chronic
 patients and abuse patterns; trimmed to the exact line count) is dropped into the
 ingest bucket of the offline environment and runs through the real ClaimBatch state
 machine and handlers on moto. DynamoDB requests are counted from the boto3 calls of the
@@ -31,15 +31,9 @@ SIZES = (10_000, 100_000)
 def synthetic_batch(lines: int, path: Path, seed: int = 1) -> int:
     """Write `lines` claim lines (JSON Lines) of a synthetic population to `path`."""
     from rxguard.kb import get_knowledge_base
-    from rxguard.synth.generator import SynthConfig, generate
+    from rxguard_tools.synth.generator import grown_records
 
-    kb = get_knowledge_base()
-    patients = max(20, lines // 18)
-    while True:
-        records = generate(SynthConfig(patients=patients, seed=seed), kb).records
-        if len(records) >= lines:
-            break
-        patients = int(patients * lines / max(len(records), 1) * 1.1) + 10
+    records = grown_records(lines, get_knowledge_base(), patients=max(20, lines // 18), seed=seed)
     with path.open("w", encoding="utf-8") as fh:
         for record in records[:lines]:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -48,7 +42,7 @@ def synthetic_batch(lines: int, path: Path, seed: int = 1) -> int:
 
 def measure(lines: int, *, letters: bool = True, timeout: float = 7200.0) -> dict[str, Any]:
     """Run one batch of `lines` synthetic lines offline; figures as a dict."""
-    from rxguard.offline import Environment
+    from rxguard_tools.offline import Environment
 
     logging.getLogger("moto").setLevel(logging.CRITICAL)
     environment = {} if letters else {"RXGUARD_ALERTS_CONFIG": '{"letters_enabled": false}'}

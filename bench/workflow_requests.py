@@ -66,6 +66,38 @@ class WriteUnits:
                     self.units[table] += max(1, math.ceil(item_size(item) / 1024)) if item else 1
 
 
+def _quiet_fake_aws() -> None:
+    """moto's logging off and fake credentials (kept when the environment has some)."""
+    logging.getLogger("moto").setLevel(logging.CRITICAL)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def _tables_and_results(ddb: Any) -> tuple[dict[str, str], Any, Any]:
+    """The template's tables (bench-<logical id>: their names by logical id, as
+    `dynamo.TableNames`) and a results bucket, on moto."""
+    from rxguard import dynamo
+    from tests.factories import create_table
+    from tests.integration.conftest import TABLES, template_resources
+
+    resources = template_resources()
+    names = {}
+    for logical_id in TABLES:
+        names[logical_id] = f"bench-{logical_id}"
+        create_table(ddb, names[logical_id], resources[logical_id]["Properties"])
+    tables = dynamo.TableNames(
+        purchases=names["PurchasesTable"],
+        trace_codes=names["TraceCodesTable"],
+        findings=names["FindingsTable"],
+        batches=names["BatchesTable"],
+        aggregates=names["AggregatesTable"],
+    )
+    s3 = dynamo.client("s3")
+    s3.create_bucket(Bucket="bench-results")
+    return names, tables, dynamo.ResultStore("bench-results", s3)
+
+
 def measure(lines: int) -> dict[str, Any]:
     from moto import mock_aws
 
@@ -73,20 +105,12 @@ def measure(lines: int) -> dict[str, Any]:
     from rxguard import dynamo
     from rxguard.ingest import prepare_batch, read_chunk
     from rxguard.kb import get_knowledge_base
-    from rxguard.offline.patches import narrow_hash_key_query
     from rxguard.screening import screen_lines
     from rxguard.workflow.contract import ChunkFindings, InstitutionsRequest
     from rxguard.workflow.institutions import screen_institutions
-    from tests.factories import create_table
-    from tests.integration.conftest import TABLES, template_resources
+    from rxguard_tools.offline.patches import narrow_hash_key_query
 
-    logging.getLogger("moto").setLevel(logging.CRITICAL)
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        os.environ.setdefault(key, value)
+    _quiet_fake_aws()
     kb = get_knowledge_base()
     with tempfile.TemporaryDirectory(prefix="rxguard-bench-") as tmp, mock_aws(), narrow_hash_key_query():
         batch = Path(tmp) / "batch.jsonl"
@@ -96,21 +120,7 @@ def measure(lines: int) -> dict[str, Any]:
         ddb = dynamo.client("dynamodb")
         units = WriteUnits()
         ddb.meta.events.register("before-parameter-build.dynamodb.*", units)
-        resources = template_resources()
-        names = {}
-        for logical_id in TABLES:
-            names[logical_id] = f"bench-{logical_id}"
-            create_table(ddb, names[logical_id], resources[logical_id]["Properties"])
-        tables = dynamo.TableNames(
-            purchases=names["PurchasesTable"],
-            trace_codes=names["TraceCodesTable"],
-            findings=names["FindingsTable"],
-            batches=names["BatchesTable"],
-            aggregates=names["AggregatesTable"],
-        )
-        s3 = dynamo.client("s3")
-        s3.create_bucket(Bucket="bench-results")
-        results = dynamo.ResultStore("bench-results", s3)
+        _, tables, results = _tables_and_results(ddb)
         dynamo.REQUESTS.reset()
         units.units.clear()
         started = time.perf_counter()
@@ -191,18 +201,18 @@ def monthly_population(lines: int, history_months: int, seed: int = 11) -> tuple
     """(the measured month's records, the history months' records) of one synthetic
     population: whole patients, trimmed so that the measured month has about `lines` lines."""
     from rxguard.kb import get_knowledge_base
-    from rxguard.synth import SynthConfig, generate
+    from rxguard_tools.synth.generator import grown_records
 
-    kb = get_knowledge_base()
-    months = history_months + 1
-    patients = max(200, int(lines / 3.2))
-    while True:
-        records = generate(SynthConfig(patients=patients, seed=seed, months=months), kb).records
+    def last_month(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         last = max(str(r["fee_ocur_time"])[:7] for r in records)
-        batch = [r for r in records if str(r["fee_ocur_time"])[:7] == last]
-        if len(batch) >= lines:
-            break
-        patients = int(patients * lines / max(len(batch), 1) * 1.1) + 10
+        return [r for r in records if str(r["fee_ocur_time"])[:7] == last]
+
+    kb, patients, months = get_knowledge_base(), max(200, int(lines / 3.2)), history_months + 1
+    records = grown_records(
+        lines, kb, patients=patients, seed=seed, months=months, counted=lambda r: len(last_month(r))
+    )
+    last = max(str(r["fee_ocur_time"])[:7] for r in records)
+    batch = last_month(records)
     by_patient: dict[str, list[dict[str, Any]]] = {}
     for r in batch:
         by_patient.setdefault(r["psn_no"], []).append(r)
@@ -233,20 +243,12 @@ def measure_monthly(lines: int = 20_000, history_months: int = 1, chunk_size: in
     from rxguard import dynamo
     from rxguard.ingest import prepare_batch, read_chunk
     from rxguard.kb import get_knowledge_base
-    from rxguard.offline.patches import narrow_hash_key_query
     from rxguard.screening import screen_lines
     from rxguard.workflow.institutions import InstitutionsRequest, screen_institutions
     from rxguard.workflow.screen import ChunkFindings, _update_flags
-    from tests.factories import create_table
-    from tests.integration.conftest import TABLES, template_resources
+    from rxguard_tools.offline.patches import narrow_hash_key_query
 
-    logging.getLogger("moto").setLevel(logging.CRITICAL)
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        os.environ.setdefault(key, value)
+    _quiet_fake_aws()
     kb = get_knowledge_base()
     batch_records, history = monthly_population(lines, history_months)
     moto_cpu = [0.0]
@@ -328,21 +330,7 @@ def measure_monthly(lines: int = 20_000, history_months: int = 1, chunk_size: in
         ddb.meta.events.register("before-parameter-build.dynamodb.*", count_units)
         ddb.meta.events.register("before-parameter-build.dynamodb.*", remember)
         ddb.meta.events.register("after-call.dynamodb.*", count_reads)
-        resources = template_resources()
-        names = {}
-        for logical_id in TABLES:
-            names[logical_id] = f"bench-{logical_id}"
-            create_table(ddb, names[logical_id], resources[logical_id]["Properties"])
-        tables = dynamo.TableNames(
-            purchases=names["PurchasesTable"],
-            trace_codes=names["TraceCodesTable"],
-            findings=names["FindingsTable"],
-            batches=names["BatchesTable"],
-            aggregates=names["AggregatesTable"],
-        )
-        s3 = dynamo.client("s3")
-        s3.create_bucket(Bucket="bench-results")
-        results = dynamo.ResultStore("bench-results", s3)
+        names, tables, results = _tables_and_results(ddb)
 
         def screen_file(records: list[Any], name: str) -> tuple[int, int, float]:
             path = Path(tmp) / f"{name}.jsonl"

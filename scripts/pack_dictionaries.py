@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "layers"))
+sys.path[:0] = [str(ROOT / "layers"), str(ROOT / "tools")]
 OUT = ROOT / "layers" / "rxguard" / "pack_dictionaries.json"
 VERSION = "1"
 
@@ -67,7 +67,7 @@ def findings_dictionary() -> str:
     import tempfile
 
     from rxguard.kb import get_knowledge_base
-    from rxguard.synth import SynthConfig, evaluate, generate
+    from rxguard_tools.synth import SynthConfig, evaluate, generate
 
     kb = get_knowledge_base()
     records = generate(SynthConfig(patients=2000, seed=3, months=3), kb).records

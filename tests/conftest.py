@@ -1,4 +1,4 @@
-"""Shared fixtures. The layer is on the path (pyproject: pythonpath = layers)."""
+"""Shared fixtures. The layer and the tools are on the path (pyproject: pythonpath = layers, tools)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,16 @@ os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "rxguard")
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
+# moto's fake credentials and region, and no X-Ray: the environment of every test on moto
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "POWERTOOLS_TRACE_DISABLED": "1",
+}
+# the import path of a child interpreter (`rxguard serve`, `rxguard run`): the layer, the tools, the root
+CHILD_PYTHONPATH = os.pathsep.join(str(ROOT / folder) for folder in ("layers", "tools", ""))
 
 
 def load_event(name: str) -> Any:

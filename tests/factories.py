@@ -1,5 +1,6 @@
 """Claim lines and findings as plain values, and the template's tables, for tests of every
-kind (one maker each, so the storage, workflow and contract tests build the same shapes)."""
+kind (one maker each, so the storage, workflow and contract tests build the same shapes).
+`make_finding` is rxguard.engine.factory's (the sample letters use it too)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
-from rxguard.scope import Scope
+from rxguard.engine.factory import make_finding
+from rxguard.models import ClaimLine, InstitutionKind
 
 
 def make_line(
@@ -54,28 +55,6 @@ def make_line(
     )
 
 
-def make_finding(
-    rule_id: str = "early-refill", psn_no: str = "P0001", evidence: tuple[str, ...] = ("H1/1",), **extra: Any
-) -> Finding:
-    """A patient finding with its deterministic id; any field may be given in `extra`."""
-    fields: dict[str, Any] = {
-        "finding_id": Finding.make_id(rule_id, Scope.patient(psn_no), list(evidence)),
-        "rule_id": rule_id,
-        "rule_version": 1,
-        "severity": Severity.HIGH,
-        "subject_type": "patient",
-        "psn_no": psn_no,
-        "fixmedins_code": "H31000000001",
-        "admdvs": "310000",
-        "occurred_at": datetime(2026, 3, 1, 9),
-        "evidence": sorted(evidence),
-        "figures": {"days_early": 10},
-        "explanation_zh": "提前购药",
-        "explanation_en": "early refill",
-    }
-    return Finding.model_validate({**fields, **extra})
-
-
 def create_table(ddb: Any, name: str, props: dict[str, Any]) -> None:
     """A DynamoDB table named `name` from a template.yaml table's Properties (key schema,
     attributes, billing, indexes): the tests' tables cannot drift from the template's."""
@@ -98,3 +77,6 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, str]]) -> Path:
     writer.writerows(rows)
     path.write_text(buffer.getvalue(), encoding="utf-8")
     return path
+
+
+__all__ = ["create_table", "make_finding", "make_line", "write_csv"]

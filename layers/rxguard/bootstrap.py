@@ -292,7 +292,7 @@ def local_api_services(state: State, settings: ApiSettings, core: Settings | Non
 
 def open_local(directory: Path, settings: ApiSettings) -> LocalSite:
     """Open (creating) the state under `directory` and build the API's services over it, for
-    `rxguard.api.serve.main` (handed by `rxguard.offline.serve`); a state that cannot be
+    `rxguard.api.serve.main` (handed by `rxguard_tools.offline.serve`); a state that cannot be
     opened raises `rxguard.local.state.StateError` naming the file."""
     from rxguard.api.serve import LocalSite
     from rxguard.local.state import State

@@ -24,14 +24,12 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        values: dict[str, object] = {}
-        for field, var in (
-            ("phase", "RXGUARD_PHASE"),
-            ("rules_dir", "RXGUARD_RULES_DIR"),
-            ("chunk_size", "RXGUARD_CHUNK_SIZE"),
-            ("default_admdvs", "RXGUARD_DEFAULT_ADMDVS"),
-        ):
-            if env.get(var):
-                values[field] = env[var]
-        return cls.model_validate(values)
+        names = {"phase": "RXGUARD_PHASE", "rules_dir": "RXGUARD_RULES_DIR", "chunk_size": "RXGUARD_CHUNK_SIZE"}
+        return cls.model_validate(set_variables(env, {**names, "default_admdvs": "RXGUARD_DEFAULT_ADMDVS"}))
+
+
+def set_variables(env: Mapping[str, str] | None, names: Mapping[str, str]) -> dict[str, object]:
+    """field -> value of its environment variable (`names`: field -> variable), for the
+    variables that are set and not empty (`env` defaults to os.environ)."""
+    env = os.environ if env is None else env
+    return {field: env[var] for field, var in names.items() if env.get(var)}

@@ -1,5 +1,5 @@
 """AWS data access for the workflow and the API: DynamoDB (history, findings, batches,
-aggregates) and the results bucket. With `rxguard.alerts.aws` and `rxguard.offline` the
+aggregates) and the results bucket. With `rxguard.alerts.aws` and `rxguard_tools.offline` the
 only modules that touch boto3 (docs/workflow.md "Tables" has the design).
 
 - `DynamoRepository` implements `HistoryRepository`: purchases and trace-code sales are

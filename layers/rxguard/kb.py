@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
@@ -224,54 +224,51 @@ def default_rules_dir() -> Path:
     return RULES_DIR
 
 
-def load_drugs(path: Path) -> dict[str, Drug]:
+def read_document(path: Path, parse: Callable[[str], Any], malformed: type[Exception], kind: str) -> Any:
+    """The file at `path` parsed by `parse`; a missing, non-UTF-8 or malformed (`malformed`
+    raised) file is a KnowledgeBaseError naming it, e.g. `not valid UTF-8 JSON: ...`."""
     name = str(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        return parse(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise KnowledgeBaseError(name, None, None, "file not found") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KnowledgeBaseError(name, None, None, f"not valid UTF-8 JSON: {exc}") from exc
-    entries = raw.get("drugs") if isinstance(raw, dict) else None
+    except (UnicodeDecodeError, malformed) as exc:
+        raise KnowledgeBaseError(name, None, None, f"not valid UTF-8 {kind}: {exc}") from exc
+
+
+def _entries_by_id[Entry: BaseModel](
+    name: str, raw: Any, list_key: str, expected: str, model: type[Entry], id_field: str, duplicate: str
+) -> dict[str, Entry]:
+    """The entries of the list `raw[list_key]`, validated as `model` and keyed by `id_field`;
+    errors name the file, the entry (its id, else `#n`) and the field."""
+    entries = raw.get(list_key) if isinstance(raw, dict) else None
     if not isinstance(entries, list):
-        raise KnowledgeBaseError(name, None, "drugs", "expected an object with a 'drugs' list")
-    drugs: dict[str, Drug] = {}
+        raise KnowledgeBaseError(name, None, list_key, f"expected {expected} with a '{list_key}' list")
+    by_id: dict[str, Entry] = {}
     for i, entry in enumerate(entries):
-        label = str(entry.get("drug_code") or f"#{i + 1}") if isinstance(entry, dict) else f"#{i + 1}"
+        label = str(entry.get(id_field) or f"#{i + 1}") if isinstance(entry, dict) else f"#{i + 1}"
         try:
-            drug = Drug.model_validate(entry)
+            item = model.model_validate(entry)
         except ValidationError as exc:
             _raise_from_validation(name, label, exc)
-        if drug.drug_code in drugs:
-            raise KnowledgeBaseError(name, label, "drug_code", "duplicate drug_code")
-        drugs[drug.drug_code] = drug
-    return drugs
+        key = getattr(item, id_field)
+        if key in by_id:
+            raise KnowledgeBaseError(name, label, id_field, duplicate)
+        by_id[key] = item
+    return by_id
+
+
+def load_drugs(path: Path) -> dict[str, Drug]:
+    raw = read_document(path, json.loads, json.JSONDecodeError, "JSON")
+    return _entries_by_id(str(path), raw, "drugs", "an object", Drug, "drug_code", "duplicate drug_code")
 
 
 def load_rules(path: Path) -> dict[str, RuleDefinition]:
     import yaml  # imported here: only loading the rule base needs it
 
-    name = str(path)
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except FileNotFoundError as exc:
-        raise KnowledgeBaseError(name, None, None, "file not found") from exc
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise KnowledgeBaseError(name, None, None, f"not valid UTF-8 YAML: {exc}") from exc
-    entries = raw.get("rules") if isinstance(raw, dict) else None
-    if not isinstance(entries, list):
-        raise KnowledgeBaseError(name, None, "rules", "expected a mapping with a 'rules' list")
-    rules: dict[str, RuleDefinition] = {}
-    for i, entry in enumerate(entries):
-        label = str(entry.get("id") or f"#{i + 1}") if isinstance(entry, dict) else f"#{i + 1}"
-        try:
-            rule = RuleDefinition.model_validate(entry)
-        except ValidationError as exc:
-            _raise_from_validation(name, label, exc)
-        if rule.id in rules:
-            raise KnowledgeBaseError(name, label, "id", "duplicate rule id")
-        rules[rule.id] = rule
-    return rules
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    raw = read_document(path, lambda text: yaml.load(text, Loader=loader), yaml.YAMLError, "YAML")
+    return _entries_by_id(str(path), raw, "rules", "a mapping", RuleDefinition, "id", "duplicate rule id")
 
 
 def load_knowledge_base(rules_dir: Path | None = None, phase: Phase | str = Phase.FULL) -> KnowledgeBase:

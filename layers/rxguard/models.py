@@ -8,6 +8,7 @@ a rule. Everything else (ingestion, engine, repositories, API, letters) speaks t
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -148,3 +149,17 @@ class Finding(BaseModel):
         """Deterministic id from rule + subject + evidence lines (order-insensitive)."""
         key = "\x1f".join([rule_id, subject, *sorted(evidence)])
         return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def patient_chunks[Line: ClaimLine](lines: Sequence[Line], size: int) -> list[list[Line]]:
+    """Lines grouped by patient (each patient's lines in one chunk, as the workflow's
+    Prepare partitions), packed into chunks of about `size` lines, in a stable order."""
+    by_patient: dict[str, list[Line]] = {}
+    for line in lines:
+        by_patient.setdefault(line.psn_no, []).append(line)
+    chunks: list[list[Line]] = [[]]
+    for psn in sorted(by_patient):
+        if chunks[-1] and len(chunks[-1]) + len(by_patient[psn]) > size:
+            chunks.append([])
+        chunks[-1].extend(by_patient[psn])
+    return [c for c in chunks if c]

@@ -1,6 +1,6 @@
 """The browser tests' harness: a real server over a populated state, and headless Chromium driven by Playwright.
 
-The state: a synthetic population (rxguard.synth, three monthly files) and the sample
+The state: a synthetic population (rxguard_tools.synth, three monthly files) and the sample
 batches (one of which has rejected lines), screened by the domain's own ingestion and
 engine into the in-memory services (rxguard.console.demo). The server: the API and the
 console mounted in one WSGI app (paths under /v1/ to the API, as `rxguard serve` mounts them), in a
@@ -97,8 +97,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     from rxguard.kb import get_knowledge_base
     from rxguard.privacy import Pseudonymizer
     from rxguard.repository import InMemoryRepository
-    from rxguard.synth.generator import SynthConfig, generate
-    from rxguard.synth.output import write_population
+    from rxguard_tools.synth.generator import SynthConfig, generate
+    from rxguard_tools.synth.output import write_population
 
     kb = get_knowledge_base()
     folder = tmp_path_factory.mktemp("population")

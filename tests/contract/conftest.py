@@ -12,7 +12,6 @@ instance each call where the adapter caches per instance, as the workflow does p
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from contract_helpers import Backend
 
 from rxguard.api.store import InMemoryFindingsStore
 from rxguard.repository import InMemoryRepository
+from tests.conftest import FAKE_AWS
 from tests.factories import create_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,15 +50,6 @@ def _table_props(logical_id: str) -> dict[str, Any]:
     return dict(yaml.load(text, Loader=_TagTolerantLoader)["Resources"][logical_id]["Properties"])
 
 
-_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "POWERTOOLS_TRACE_DISABLED": "1",
-}
-
-
 @pytest.fixture(scope="module")
 def moto_ddb() -> Iterator[Any]:
     """One moto DynamoDB per module (tables are fresh per test). Not per session: a mock
@@ -66,17 +57,11 @@ def moto_ddb() -> Iterator[Any]:
     import boto3
     from moto import mock_aws
 
-    saved = {k: os.environ.get(k) for k in _ENV}
-    os.environ.update(_ENV)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in FAKE_AWS.items():
+            patch.setenv(key, value)
         with mock_aws():
             yield boto3.client("dynamodb", region_name="us-east-1")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 _COUNTER = itertools.count()

@@ -9,12 +9,12 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 
 import pytest
-from contract_helpers import Backend
+from contract_helpers import Backend, store_finding
 
 from rxguard.api.errors import Conflict, InvalidField, NotFound
 from rxguard.api.models import Review
 from rxguard.api.store import FindingQuery, FindingsStore, view
-from rxguard.models import Finding, Severity
+from rxguard.models import Finding
 from rxguard.scope import Scope
 
 RULES = ["early-refill", "over-quantity", "trace-code-reuse"]
@@ -29,19 +29,7 @@ def make_findings() -> list[tuple[str, Finding]]:
         patient = f"SYN{i % 4}"
         line = f"{INSTITUTIONS[i % 3]}/L{i}"
         rule = RULES[i % 3]
-        found = Finding(
-            finding_id=Finding.make_id(rule, Scope.patient(patient), [line]),
-            rule_id=rule,
-            rule_version=1,
-            severity=Severity.MEDIUM,
-            subject_type="patient",
-            psn_no=patient,
-            fixmedins_code=INSTITUTIONS[i % 3],
-            occurred_at=start + timedelta(days=i // 2, hours=(i % 2) * (i % 5 != 0)),
-            evidence=[line],
-            explanation_zh="说明",
-            explanation_en="explanation",
-        )
+        found = store_finding(rule, patient, line, start + timedelta(days=i // 2, hours=(i % 2) * (i % 5 != 0)))
         out.append((Scope.patient(patient), found))
     return out
 

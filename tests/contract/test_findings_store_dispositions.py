@@ -6,31 +6,19 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
-from contract_helpers import Backend
+from contract_helpers import Backend, store_finding
 
 from rxguard.api.errors import NotFound
 from rxguard.api.models import Disposition
 from rxguard.api.store import FindingQuery
-from rxguard.models import Finding, Severity
+from rxguard.models import Finding
 from rxguard.scope import Scope
 
 AT = datetime(2026, 3, 5, 10, 0)
 
 
 def finding(rule: str, psn: str, line: str) -> Finding:
-    return Finding(
-        finding_id=Finding.make_id(rule, Scope.patient(psn), [line]),
-        rule_id=rule,
-        rule_version=1,
-        severity=Severity.MEDIUM,
-        subject_type="patient",
-        psn_no=psn,
-        fixmedins_code=line.split("/")[0],
-        occurred_at=AT - timedelta(days=1),
-        evidence=[line],
-        explanation_zh="说明",
-        explanation_en="explanation",
-    )
+    return store_finding(rule, psn, line, AT - timedelta(days=1))
 
 
 def disposition(action: str, reason: str | None = None) -> Disposition:

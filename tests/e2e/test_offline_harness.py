@@ -12,9 +12,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from rxguard.offline import Environment, load_template
-from rxguard.offline.cfn import Resolver, TemplateError
-from rxguard.offline.patches import narrow_hash_key_query
+from rxguard_tools.offline import Environment, load_template
+from rxguard_tools.offline.cfn import Resolver, TemplateError
+from rxguard_tools.offline.patches import narrow_hash_key_query
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -227,7 +227,7 @@ def test_patched_query_answers_exactly_as_moto_does(seed):
 
 def test_an_index_query_does_not_rebuild_its_grouping_after_writes(monkeypatch):
     # Given a table with a GSI of 2,000 items and the patch counting how often it groups the table
-    from rxguard.offline import patches
+    from rxguard_tools.offline import patches
 
     built = {"n": 0}
     original = patches._IndexGroups.__init__
@@ -254,32 +254,20 @@ def test_an_index_query_does_not_rebuild_its_grouping_after_writes(monkeypatch):
         )
         for i in range(2000):
             ddb.put_item(TableName="f", Item={"id": {"S": f"f{i}"}, "scope": {"S": f"s{i % 50}"}})
+
+        def by_scope(scope: str) -> list[dict[str, dict[str, str]]]:
+            query = {"KeyConditionExpression": "#s = :s", "ExpressionAttributeNames": {"#s": "scope"}}
+            values = {":s": {"S": scope}}
+            answer = ddb.query(TableName="f", IndexName="by_scope", **query, ExpressionAttributeValues=values)
+            return list(answer["Items"])
+
         with patches.narrow_hash_key_query():
             # When writes (puts moving items between scopes, deletes) alternate with queries
             for i in range(100):
                 ddb.put_item(TableName="f", Item={"id": {"S": f"f{i}"}, "scope": {"S": "moved"}})
                 ddb.delete_item(TableName="f", Key={"id": {"S": f"f{1000 + i}"}})
-                ddb.query(
-                    TableName="f",
-                    IndexName="by_scope",
-                    KeyConditionExpression="#s = :s",
-                    ExpressionAttributeNames={"#s": "scope"},
-                    ExpressionAttributeValues={":s": {"S": "moved"}},
-                )
-            moved = ddb.query(
-                TableName="f",
-                IndexName="by_scope",
-                KeyConditionExpression="#s = :s",
-                ExpressionAttributeNames={"#s": "scope"},
-                ExpressionAttributeValues={":s": {"S": "moved"}},
-            )["Items"]
-            s1 = ddb.query(
-                TableName="f",
-                IndexName="by_scope",
-                KeyConditionExpression="#s = :s",
-                ExpressionAttributeNames={"#s": "scope"},
-                ExpressionAttributeValues={":s": {"S": "s1"}},
-            )["Items"]
+                by_scope("moved")
+            moved, s1 = by_scope("moved"), by_scope("s1")
     # Then the table was grouped once, and the grouping followed every write
     assert built["n"] == 1
     assert sorted(i["id"]["S"] for i in moved) == sorted(f"f{i}" for i in range(100))

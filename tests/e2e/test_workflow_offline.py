@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from rxguard.dynamo import finding_body, scan_purchases, scan_trace_codes
-from rxguard.offline import Environment
-from rxguard.offline.cli import main, run
+from rxguard_tools.offline import Environment
+from rxguard_tools.offline.cli import main, run
 from tests.factories import write_csv
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from moto import mock_aws
 
+from tests.conftest import FAKE_AWS
 from tests.factories import create_table, make_finding, make_line
 
 __all__ = ["Stack", "make_finding", "make_line", "tables_of"]  # the makers, for the integration tests
@@ -78,16 +79,8 @@ def _subscribe(sns: Any, sqs: Any, topic_arn: str, name: str) -> str:
 @pytest.fixture
 def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """moto with the template's tables, the two buckets and the two topics (each with a queue)."""
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-        "POWERTOOLS_TRACE_DISABLED": "1",
-        "POWERTOOLS_METRICS_NAMESPACE": "Rxguard",
-        "POWERTOOLS_SERVICE_NAME": "rxguard",
-    }.items():
+    powertools = {"POWERTOOLS_METRICS_NAMESPACE": "Rxguard", "POWERTOOLS_SERVICE_NAME": "rxguard"}
+    for key, value in {**FAKE_AWS, "AWS_REGION": "us-east-1", **powertools}.items():
         monkeypatch.setenv(key, value)
     from rxguard import dynamo
 

@@ -18,7 +18,8 @@ from rxguard.alerts import AlertSettings, notify_batch
 from rxguard.alerts.aws import AwsNotificationSink
 from rxguard.letters import issue_letters
 from rxguard.models import Finding, Severity
-from rxguard.offline.cfn import Resolver, load_template
+from rxguard_tools.offline.cfn import Resolver, load_template
+from tests.conftest import FAKE_AWS
 from tests.factories import make_finding
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,11 +56,7 @@ class Env:
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
+    for key, value in FAKE_AWS.items():
         monkeypatch.setenv(key, value)
     template = load_template(ROOT / "template.yaml")
     with mock_aws():

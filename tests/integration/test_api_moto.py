@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from rxguard.offline import Environment
+from rxguard_tools.offline import Environment
 from tests.conftest import load_event
 
 AUDITOR = "arn:aws:iam::123456789012:role/bureau-auditor"

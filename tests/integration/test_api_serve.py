@@ -17,21 +17,21 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, load_event
+from tests.conftest import CHILD_PYTHONPATH, ROOT, load_event
 
 START_TIMEOUT = 60
 
 
 @pytest.fixture(scope="module", params=["state", "moto", "memory"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    args = [sys.executable, "-m", "rxguard.cli", "serve", "--port", "0", "--max-seconds", "80"]
+    args = [sys.executable, "-m", "rxguard_tools.cli", "serve", "--port", "0", "--max-seconds", "80"]
     if request.param == "memory":
         args.append("--memory")
     elif request.param == "moto":
         args.append("--simulate-aws")
     else:
         args += ["--state", str(tmp_path_factory.mktemp("state"))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT)])}
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
@@ -139,7 +139,7 @@ def test_serve_enforces_grants_with_the_caller_header(tmp_path: Any) -> None:
     args = [
         sys.executable,
         "-m",
-        "rxguard.cli",
+        "rxguard_tools.cli",
         "serve",
         "--port",
         "0",
@@ -149,7 +149,7 @@ def test_serve_enforces_grants_with_the_caller_header(tmp_path: Any) -> None:
         "40",
     ]
     args += ["--callers", str(ROOT / "events/api/callers.json")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT)])}
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None

@@ -11,7 +11,7 @@ from tests.unit.test_digests import FINDINGS
 
 def test_the_digest_function_publishes_yesterdays_digests_once() -> None:
     from rxguard.dynamo import DynamoRepository, TableNames
-    from rxguard.offline import Environment
+    from rxguard_tools.offline import Environment
 
     with Environment() as env:
         ddb = env.clients.dynamodb

@@ -14,19 +14,10 @@ import pytest
 from pydantic import BaseModel
 
 from rxguard.local.backend import SqliteBackend
-from rxguard.local.cli import run
-from rxguard.offline import Environment
-from rxguard.workflow.contract import (
-    ChunkRequest,
-    ChunkResult,
-    FinalizeRequest,
-    FinalizeResult,
-    InstitutionsRequest,
-    NotifyRequest,
-    PrepareOutput,
-    PrepareRequest,
-)
+from rxguard.workflow import contract
 from rxguard.workflow.naming import S3ObjectRef
+from rxguard_tools.local_cli import run
+from rxguard_tools.offline import Environment
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "events" / "batches" / "03_yulin_bom.csv"
@@ -52,16 +43,16 @@ def _asl_step(logical_id: str, event: dict[str, Any], result: Any) -> tuple[str,
 
     if logical_id == "PrepareFunction":
         req = {"source": S3ObjectRef.from_detail(event["detail"]), "execution_id": event["execution_id"]}
-        return ("Prepare", *both(PrepareRequest, PrepareOutput, req))
+        return ("Prepare", *both(contract.PrepareRequest, contract.PrepareOutput, req))
     if logical_id == "ScreenFunction" and event.get("mode") == "institutions":
-        return ("ScreenInstitutions", *both(InstitutionsRequest, ChunkResult))
+        return ("ScreenInstitutions", *both(contract.InstitutionsRequest, contract.ChunkResult))
     if logical_id == "ScreenFunction":
-        return ("ScreenChunk", *both(ChunkRequest, ChunkResult))
+        return ("ScreenChunk", *both(contract.ChunkRequest, contract.ChunkResult))
     if logical_id == "NotifyFunction":
-        return ("Notify", *both(NotifyRequest, None))
+        return ("Notify", *both(contract.NotifyRequest, None))
     if logical_id == "FinalizeFunction":
         name = "Finalize" if event.get("mode") == "complete" else "RecordFailure"
-        return (name, *both(FinalizeRequest, FinalizeResult))
+        return (name, *both(contract.FinalizeRequest, contract.FinalizeResult))
     raise AssertionError(f"unexpected function {logical_id}")
 
 

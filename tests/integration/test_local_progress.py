@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rxguard.local.cli import RichProgress, main
 from rxguard.local.orchestrator import BatchRun
+from rxguard_tools.local_cli import RichProgress, main
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "events" / "batches" / "01_shanghai_his_utf8.csv"

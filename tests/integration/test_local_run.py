@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 
 from rxguard.alerts.settings import AlertSettings
 from rxguard.local.backend import MemoryBackend, SqliteBackend
-from rxguard.local.cli import main, run
 from rxguard.local.objects import LocalObjects
 from rxguard.local.orchestrator import LocalOrchestrator
+from rxguard_tools.local_cli import main, run
+from tests.conftest import CHILD_PYTHONPATH
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "events" / "batches"
@@ -42,8 +43,8 @@ def no_letters(monkeypatch: pytest.MonkeyPatch) -> None:
 def population(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """A small synthetic population, one claim file a month (rxguard synth)."""
     from rxguard.kb import get_knowledge_base
-    from rxguard.synth.generator import SynthConfig, generate
-    from rxguard.synth.output import write_population
+    from rxguard_tools.synth.generator import SynthConfig, generate
+    from rxguard_tools.synth.output import write_population
 
     out = tmp_path_factory.mktemp("population")
     config = SynthConfig(patients=40, seed=11, months=4, start=date(2026, 1, 1), min_per_scenario=2)
@@ -175,12 +176,12 @@ def test_a_run_killed_between_chunks_is_marked_failed_and_the_next_run_converges
     clean = _lines(tmp_path / "clean" / "findings.jsonl")
     # When a run on a fresh state dies (os._exit) after two chunks of the first batch
     script = (
-        "import sys; from pathlib import Path; from rxguard.local.cli import run; "
+        "import sys; from pathlib import Path; from rxguard_tools.local_cli import run; "
         "run([Path(p) for p in sys.argv[3:]], Path(sys.argv[1]), state=Path(sys.argv[2]), crash_after_chunks=2)"
     )
     killed = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "o1"), str(tmp_path / "state"), *map(str, files)],
-        env={**env, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT)])},
+        env={**env, "PYTHONPATH": CHILD_PYTHONPATH},
         capture_output=True,
         timeout=300,
     )

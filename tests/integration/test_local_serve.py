@@ -23,7 +23,7 @@ from rxguard.kb import KnowledgeBase
 from rxguard.local.state import State
 from rxguard.models import ClaimLine, Scene
 from rxguard.screening import screen_lines
-from tests.conftest import ROOT, load_event
+from tests.conftest import CHILD_PYTHONPATH, ROOT, load_event
 
 AUDITOR = "arn:aws:iam::123456789012:role/bureau-auditor"
 PHARMACY = "arn:aws:iam::123456789012:user/his-P4401001"
@@ -135,8 +135,8 @@ def test_a_dispensation_posted_to_serve_is_history_for_the_next_batch(tmp_path: 
 
 def test_serve_answers_over_http_while_a_batch_writes_the_same_state(tmp_path: Path, kb: KnowledgeBase) -> None:
     # Given `rxguard serve --state DIR` in its own process
-    args = [sys.executable, "-m", "rxguard.cli", "serve", "--port", "0", "--state", str(tmp_path)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT)])}
+    args = [sys.executable, "-m", "rxguard_tools.cli", "serve", "--port", "0", "--state", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
     proc = subprocess.Popen(
         [*args, "--max-seconds", "120"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -28,7 +28,8 @@ from rxguard.local.state import (
     encode_line,
 )
 from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
-from rxguard.scope import Scope
+from tests.conftest import CHILD_PYTHONPATH
+from tests.factories import make_finding
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,20 +61,9 @@ def line(
 
 
 def finding(rule: str, psn: str, trigger: list[str], severity: Severity = Severity.HIGH) -> Finding:
-    return Finding(
-        finding_id=Finding.make_id(rule, Scope.patient(psn), trigger),
-        rule_id=rule,
-        rule_version=1,
-        severity=severity,
-        subject_type="patient",
-        psn_no=psn,
-        fixmedins_code="H31000000001",
-        occurred_at=datetime(2026, 3, 1),
-        evidence=sorted(trigger),
-        figures={"trigger_lines": trigger},
-        explanation_zh="说明",
-        explanation_en="explanation",
-    )
+    text = {"explanation_zh": "说明", "explanation_en": "explanation"}
+    at, figures = datetime(2026, 3, 1), {"trigger_lines": trigger}
+    return make_finding(rule, psn, trigger, severity=severity, admdvs=None, occurred_at=at, figures=figures, **text)
 
 
 _WRITER = """
@@ -107,7 +97,7 @@ print(",".join(map(str, numbers)))
 
 def test_two_processes_writing_one_state_keep_every_write(tmp_path: Path) -> None:
     # Given a new state directory and two writer processes started together
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT)])}
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _WRITER, str(tmp_path), name, "1500"],

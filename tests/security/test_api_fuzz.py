@@ -22,10 +22,10 @@ from rxguard.api.service import Services
 from rxguard.api.settings import ApiSettings
 from rxguard.api.store import InMemoryFindingsStore
 from rxguard.kb import KnowledgeBase
-from rxguard.models import Finding, Severity
+from rxguard.models import Finding
 from rxguard.repository import InMemoryRepository
-from rxguard.scope import Scope
 from tests.conftest import ROOT, load_event
+from tests.factories import make_finding
 
 CALLERS = json.loads((ROOT / "events/api/callers.json").read_text(encoding="utf-8"))
 PHARMACY = "arn:aws:iam::123456789012:user/his-P4401001"
@@ -190,19 +190,9 @@ def _seed(svc: Services) -> dict[str, Finding]:
     out = {}
     for inst, psn, day in [("P4401001", "SHARED01", 1), ("H6108001", "SHARED01", 2), ("H6108001", "ONLYH01", 3)]:
         evidence = [f"{inst}/S{day}"]
-        f = Finding(
-            finding_id=Finding.make_id("early-refill", Scope.patient(psn), evidence),
-            rule_id="early-refill",
-            rule_version=1,
-            severity=Severity.HIGH,
-            subject_type="patient",
-            psn_no=psn,
-            fixmedins_code=inst,
-            occurred_at=datetime(2026, 2, day, 9),
-            evidence=evidence,
-            explanation_zh="说明",
-            explanation_en="explanation",
-        )
+        text = {"explanation_zh": "说明", "explanation_en": "explanation", "figures": {}}
+        at = datetime(2026, 2, day, 9)
+        f = make_finding("early-refill", psn, evidence, fixmedins_code=inst, admdvs=None, occurred_at=at, **text)
         svc.repo.replace_findings(f"patient:{psn}:{inst}", [f])
         out[f"{inst}:{psn}"] = f
     return out

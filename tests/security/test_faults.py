@@ -1,6 +1,6 @@
 """Faults on the offline workflow end in the state of a clean run (docs/security.md, R1-R6).
 
-Each test runs the real template, ASL and handlers on moto (rxguard.offline.Environment),
+Each test runs the real template, ASL and handlers on moto (rxguard_tools.offline.Environment),
 injects one fault, and compares what is stored - purchases, trace codes, current findings
 (id, rule, status, evidence) - with a clean run of the same input. Faults are injected
 with a botocore `before-call` hook on the handlers' DynamoDB clients (they come from the
@@ -24,8 +24,8 @@ import boto3
 import pytest
 
 from rxguard.dynamo import finding_body, scan_purchases, scan_trace_codes
-from rxguard.offline import Environment
-from rxguard.offline.environment import REGION
+from rxguard_tools.offline import Environment
+from rxguard_tools.offline.environment import REGION
 from tests.factories import write_csv
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -88,6 +88,37 @@ def test_hostile_batch_is_rejected_by_name_without_crash_or_partial_write(
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".spill")) == []  # temp files cleaned
 
 
+def test_every_hostile_batch_prepares_the_same_through_worker_tasks(
+    kb: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given every hostile batch, prepared in one process and through tasks that cross a
+    # pickle as they do to the local runtime's workers (tiny tasks: many per file)
+    from rxguard.ingest import partition
+    from tests.unit.ingest_helpers import PicklingMapper
+
+    monkeypatch.setattr(partition, "TASK_RECORDS", 3)
+    monkeypatch.setattr(partition, "TASK_ROWS_PER_PART", 0)
+    for case in CASES:
+        path = tmp_path / case.name
+        path.write_bytes(case.make())
+        serial = prepare_batch(path, kb, tmp_path / "serial" / case.name, chunk_size=2)  # type: ignore[arg-type]
+        mapped = prepare_batch(
+            path,
+            kb,
+            tmp_path / "mapped" / case.name,
+            chunk_size=2,
+            mapper=PicklingMapper(kb),  # type: ignore[arg-type]
+        )
+        # Then the counts, the rejections (in file order) and the chunks are the same, byte for byte
+        assert {**mapped.as_dict(), "chunks": None, "rejected_path": None} == {
+            **serial.as_dict(),
+            "chunks": None,
+            "rejected_path": None,
+        }, case.name
+        assert mapped.rejected_path.read_bytes() == serial.rejected_path.read_bytes(), case.name
+        assert [c.path.read_bytes() for c in mapped.chunks] == [c.path.read_bytes() for c in serial.chunks]
+
+
 def test_prepare_batch_writes_no_chunk_when_the_file_is_rejected_whole(kb: object, tmp_path: Path) -> None:
     # Given an out dir holding chunks of an earlier batch, and a binary file dropped in its place
     out = tmp_path / "out"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from rxguard.offline.cfn import load_template
+from rxguard_tools.offline.cfn import load_template
 from tests.conftest import ROOT
 
 TEMPLATE = load_template(ROOT / "template.yaml")

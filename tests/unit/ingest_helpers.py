@@ -69,3 +69,32 @@ def write_document(path: Path, records: list[Any], *, indent: int | None = 1) ->
     doc = {"infno": "2204", "input": {"feedetail": records}}
     path.write_text(json.dumps(doc, ensure_ascii=False, indent=indent), encoding="utf-8")
     return path
+
+
+class PicklingMapper:
+    """A Prepare TaskMapper whose tasks and outcomes cross a pickle both ways, as they do to
+    the local runtime's worker processes; counts the tasks it ran."""
+
+    def __init__(self, kb: Any) -> None:
+        self.kb = kb
+        self.normalized: list[int] = []  # records per normalization task
+        self.chunked: list[int] = []  # partitions, in the order chunked
+
+    def normalize(self, tasks: Any) -> Any:
+        import pickle
+
+        from rxguard.ingest import partition
+
+        for task in tasks:
+            self.normalized.append(len(task.records))
+            shipped = pickle.loads(pickle.dumps(task))
+            yield pickle.loads(pickle.dumps(partition.normalize_task(shipped, self.kb)))
+
+    def chunk(self, tasks: Any) -> Any:
+        import pickle
+
+        from rxguard.ingest import partition
+
+        for task in tasks:
+            self.chunked.append(task.part)
+            yield pickle.loads(pickle.dumps(partition.chunk_partition(pickle.loads(pickle.dumps(task)))))

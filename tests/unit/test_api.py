@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +27,7 @@ from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding, Severity
 from rxguard.repository import HistoryRepository, InMemoryRepository
 from rxguard.scope import Scope
-from tests.conftest import ROOT, load_event
+from tests.conftest import CHILD_PYTHONPATH, ROOT, load_event
 
 CALLERS = json.loads((ROOT / "events/api/callers.json").read_text(encoding="utf-8"))
 PHARMACY = "arn:aws:iam::123456789012:user/his-P4401001"
@@ -564,3 +567,49 @@ def test_openapi_document_is_served(kb: KnowledgeBase) -> None:
     status, document = get(services(kb), "/v1/openapi.json")
     assert status == 200
     assert document == json.loads(Path(ROOT / "openapi.json").read_text(encoding="utf-8"))
+
+
+OPENAPI_PROBE = """
+import json, sys
+from rxguard.api import resolver
+from tests.unit.test_api import call_first_request
+routes = [*resolver.app._static_routes, *resolver.app._dynamic_routes]
+check = next(r for r in routes if r.func.__name__ == "post_check")
+documented_on_import = [r.func.__name__ for r in routes if r.responses]
+status = call_first_request()
+built_on_call = len(check.dependant.response_extra_models)
+document = json.loads(resolver.openapi_json())
+print(json.dumps({
+    "status": status,
+    "documented_on_import": documented_on_import,
+    "built_on_call": built_on_call,
+    "built_for_the_document": len(check.dependant.response_extra_models),
+    "check_400": document["paths"]["/v1/checks"]["post"]["responses"]["400"]["description"],
+    "handlers": sorted(r.func.__name__ for r in routes),
+    "documented": sorted(resolver.OPENAPI_ANSWERS),
+}))
+"""
+
+
+def call_first_request() -> int:
+    """A check in the probe's fresh interpreter (the first request after a cold start)."""
+    from rxguard.kb import get_knowledge_base
+
+    status, _ = call(services(get_knowledge_base()), load_event("api/check.json"))
+    return status
+
+
+def test_the_openapi_answers_are_built_for_the_document_only_not_on_import_or_first_call() -> None:
+    # Given a fresh interpreter (a cold start), When it imports the resolver and answers one check
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
+    out = subprocess.run([sys.executable, "-c", OPENAPI_PROBE], env=env, capture_output=True, text=True, check=True)
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    # Then no route carries its documented answers, and the check built no model for them
+    assert probe["status"] == 200
+    assert probe["documented_on_import"] == []
+    assert probe["built_on_call"] == 0
+    # And the OpenAPI document, when asked for, has them (the 200 model and the common errors)
+    assert probe["built_for_the_document"] > 1
+    assert probe["check_400"] == "Bad request: the error names the field"
+    # And every documented handler is a route (a renamed handler would lose its answers)
+    assert set(probe["documented"]) <= set(probe["handlers"])

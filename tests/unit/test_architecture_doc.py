@@ -17,6 +17,7 @@ TOP = (
     "statemachines/",
     "docs/",
     "layers/",
+    "tools/",
     "template.yaml",
     ".importlinter",
     "openapi.json",

@@ -42,7 +42,7 @@ def test_storage_short_names_keep_the_ones_already_stored() -> None:
 def test_the_generator_the_sample_maker_and_the_helpers_use_the_contract_columns() -> None:
     import importlib.util
 
-    from rxguard.synth.generator import FIELDS
+    from rxguard_tools.synth.generator import FIELDS
 
     spec = importlib.util.spec_from_file_location("make_samples", Path("scripts/make_samples.py"))
     assert spec is not None and spec.loader is not None

@@ -10,10 +10,10 @@ from pathlib import Path
 from rxguard.alerts import AlertSettings
 from rxguard.alerts.digests import periodic_digests, previous, window
 from rxguard.alerts.messages import readable
-from rxguard.digest_cli import main as digest_main
 from rxguard.kb import KnowledgeBase
 from rxguard.models import Finding, Severity
 from rxguard.scope import Scope
+from rxguard_tools.digest_cli import main as digest_main
 
 
 def finding(n: int, day: date, institution: str, admdvs: str, severity: Severity = Severity.MEDIUM) -> Finding:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rxguard.ingest import LineRejected, normalize_record, read_batch
-from rxguard.ingest.cli import main as validate_main
 from rxguard.models import ClaimLine, InstitutionKind, Rejection
+from rxguard_tools.validate_cli import main as validate_main
 from tests.unit.ingest_helpers import (
     ENTECAVIR,
     UNMONITORED,

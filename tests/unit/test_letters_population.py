@@ -1,4 +1,4 @@
-"""Letters rendered from a synthetic population of our own (rxguard.synth, screened by the
+"""Letters rendered from a synthetic population of our own (rxguard_tools.synth, screened by the
 real engine): what the addressee reads is Chinese (no English words, no finding ids, shares
 as percentages) and Chinese line breaking holds on every line of every page."""
 
@@ -24,7 +24,7 @@ from rxguard.letters.linebreak import CANNOT_END, CANNOT_START
 from rxguard.letters.numbers import InMemoryCounterStore
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import InMemoryRepository
-from rxguard.synth.generator import SynthConfig, generate
+from rxguard_tools.synth.generator import SynthConfig, generate
 
 # codes (a digit in them), and numbers with a legal unit symbol (GB 3100: 4mg, 5ml, 100μg)
 CODE = re.compile(

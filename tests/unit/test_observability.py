@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rxguard.offline.cfn import load_template
+from rxguard_tools.offline.cfn import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,12 +14,12 @@ from rxguard.kb import KnowledgeBase, Phase, get_knowledge_base
 from rxguard.local.state import State
 from rxguard.models import ClaimLine, Finding, InstitutionKind
 from rxguard.planning.backtest import backtest, phase_plan
-from rxguard.planning.cli import backtest_main, watch_main
 from rxguard.planning.history import overlay_rule_entries, with_phase
 from rxguard.planning.watch import drug_watch
-from rxguard.synth.evaluate import patient_chunks, read_lines
-from rxguard.synth.generator import SynthConfig, generate
-from rxguard.synth.output import write_population
+from rxguard_tools.planning_cli import backtest_main, watch_main
+from rxguard_tools.synth.evaluate import patient_chunks, read_lines
+from rxguard_tools.synth.generator import SynthConfig, generate
+from rxguard_tools.synth.output import write_population
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,7 @@ def test_serve_over_a_state_answers_backtests(state_dir: Path, tmp_path: Path) -
 
     from rxguard.api.resolver import handle
     from rxguard.api.settings import ApiSettings
-    from rxguard.offline.serve import open_local_with_planner
+    from rxguard_tools.offline.serve import open_local_with_planner
     from tests.conftest import load_event
 
     copy = tmp_path / "served"

@@ -10,7 +10,7 @@ from rxguard.api.nhsa import behaviour_type
 from rxguard.engine import Engine
 from rxguard.engine.rules import CATALOGUE, DISPENSING_RULES, PATIENT_RULES, RULE_IDS, Rule
 from rxguard.kb import KnowledgeBaseError, RegionOverride
-from rxguard.synth.generator import SCENARIOS
+from rxguard_tools.synth.generator import SCENARIOS
 from tests.unit.test_engine import with_rule
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from rxguard.ingest import normalize_record
-from rxguard.synth import SCENARIOS, SynthConfig, generate, write_population
-from rxguard.synth.cli import main as synth_main
+from rxguard_tools.synth import SCENARIOS, SynthConfig, generate, write_population
+from rxguard_tools.synth.cli import main as synth_main
 
 SMALL = SynthConfig(patients=400, seed=11, months=4, start=date(2026, 1, 1))
 

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rxguard.synth.evaluate import main as eval_main
-from rxguard.synth.evaluate import patient_chunks, score
+from rxguard_tools.synth.evaluate import main as eval_main
+from rxguard_tools.synth.evaluate import patient_chunks, score
 
 
 def _labels() -> dict[str, Any]:

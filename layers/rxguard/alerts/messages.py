@@ -77,31 +77,24 @@ def finding_payload(finding: Finding, kb: KnowledgeBase, key: str) -> dict[str, 
 
 def finding_alert(finding: Finding, *, batch_id: str, kb: KnowledgeBase, key: str) -> AlertMessage:
     body = {
-        "schema_version": SCHEMA_VERSION,
-        "message_type": "finding",
-        "batch_id": batch_id,
         "finding": finding_payload(finding, kb, key),
     }
     subject = f"[rxguard] {finding.severity.value} {finding.rule_id} {finding.fixmedins_code or ''}".strip()
-    return AlertMessage(
-        message_id=f"finding/{finding.finding_id}",
-        message_type="finding",
-        subject=_ascii(subject),
-        body=body,
-        attributes={
-            "message_type": "finding",
-            "severity": finding.severity.value,
-            "rule_id": finding.rule_id,
-            "region": finding.admdvs or "",
-            "institution_id": finding.fixmedins_code or "",
-            "subject_type": finding.subject_type,
-            "batch_id": batch_id,
-        },
-    )
+    return _message("finding", f"finding/{finding.finding_id}", subject, body, *_of_finding(finding, batch_id))
 
 
 def _order(f: Finding) -> tuple[int, str, str]:
     return (-f.severity.rank, f.occurred_at.isoformat(), f.finding_id)
+
+
+def _regions(findings: Sequence[Finding]) -> list[str]:
+    """The regions (admdvs) of the findings, sorted."""
+    return sorted({f.admdvs for f in findings if f.admdvs})
+
+
+def _region(regions: list[str]) -> str | list[str]:
+    """The region attribute of a message: one region as a string, several as a list."""
+    return regions[0] if len(regions) == 1 else regions
 
 
 def max_severity(findings: Sequence[Finding]) -> Severity:
@@ -131,12 +124,8 @@ def digest(
         entry["by_severity"][f.severity.value] += 1
     for entry in by_rule.values():
         entry["by_severity"] = dict(sorted(entry["by_severity"].items()))
-    regions = sorted({f.admdvs for f in findings if f.admdvs})
-    severity = max_severity(findings)
+    regions, severity = _regions(findings), max_severity(findings)
     body = {
-        "schema_version": SCHEMA_VERSION,
-        "message_type": "digest",
-        "batch_id": batch_id,
         "institution_id": institution_id,
         "institution_name": institution_name,
         "regions": regions,
@@ -146,34 +135,77 @@ def digest(
         "by_rule": dict(sorted(by_rule.items())),
         "alerted_separately": sorted(alerted),
         "top": [
-            {
-                "finding_id": f.finding_id,
-                "rule_id": f.rule_id,
-                "severity": f.severity.value,
-                "subject_type": f.subject_type,
-                "psn_pseudonym": pseudonym(f.psn_no, key) if f.psn_no else None,
-                "occurred_at": f.occurred_at.isoformat(),
-                "evidence": list(f.evidence),
-                "explanation_zh": _scrub(f.explanation_zh, f.psn_no, key),
-            }
-            for f in ordered[:top]
+            _top_item(f, key, {"subject_type": f.subject_type}, {"evidence": list(f.evidence)}) for f in ordered[:top]
         ],
     }
-    return AlertMessage(
-        message_id=f"digest/{batch_id}/{institution_id}",
-        message_type="digest",
-        subject=_ascii(f"[rxguard] digest {institution_id}: {len(findings)} findings, max {severity.value}"),
-        body=body,
-        attributes={
-            "message_type": "digest",
-            "severity": severity.value,
-            "rule_id": sorted(by_rule),
-            "region": regions[0] if len(regions) == 1 else regions,
-            "institution_id": "" if institution_id == NO_INSTITUTION else institution_id,
-            "subject_type": sorted({f.subject_type for f in findings}),
-            "batch_id": batch_id,
-        },
+    return _digest_message(
+        f"digest/{batch_id}/{institution_id}",
+        f"[rxguard] digest {institution_id}: {len(findings)} findings, max {severity.value}",
+        body,
+        findings,
+        batch_id=batch_id,
+        region=_region(regions),
+        institution_id="" if institution_id == NO_INSTITUTION else institution_id,
     )
+
+
+def _top_item(f: Finding, key: str, where: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """One of a digest's most severe findings, psn_no as its pseudonym; `where` after its
+    severity (subject type or institution), `more` after its time (evidence)."""
+    return {
+        "finding_id": f.finding_id,
+        "rule_id": f.rule_id,
+        "severity": f.severity.value,
+        **where,
+        "psn_pseudonym": pseudonym(f.psn_no, key) if f.psn_no else None,
+        "occurred_at": f.occurred_at.isoformat(),
+        **more,
+        "explanation_zh": _scrub(f.explanation_zh, f.psn_no, key),
+    }
+
+
+def _digest_message(
+    message_id: str,
+    subject: str,
+    fields: dict[str, Any],
+    findings: Sequence[Finding],
+    *,
+    batch_id: str,
+    region: Any,
+    institution_id: str,
+) -> AlertMessage:
+    """A digest message; its attributes from its fields and findings."""
+    severity, rules, subject_types = (
+        fields["max_severity"],
+        sorted(fields["by_rule"]),
+        sorted({f.subject_type for f in findings}),
+    )
+    attributes = (severity, rules, region, institution_id, subject_types, batch_id)
+    return _message("digest", message_id, subject, fields, *attributes)
+
+
+# The SNS message attributes subscribers filter on (docs/alerts.md), after message_type, in order
+ATTRIBUTES = ("severity", "rule_id", "region", "institution_id", "subject_type", "batch_id")
+
+
+def _message(kind: str, message_id: str, subject: str, fields: dict[str, Any], *attributes: Any) -> AlertMessage:
+    """A message of `kind`: its body is the schema version, the kind and the batch, then
+    `fields`; `attributes` are the values of ATTRIBUTES, in order (the batch last)."""
+    named = dict(zip(ATTRIBUTES, attributes, strict=True))
+    body = {"schema_version": SCHEMA_VERSION, "message_type": kind, "batch_id": named["batch_id"], **fields}
+    return AlertMessage(
+        message_id=message_id,
+        message_type=kind,
+        subject=_ascii(subject),
+        body=body,
+        attributes={"message_type": kind, **named},
+    )
+
+
+def _of_finding(finding: Finding, batch_id: str) -> tuple[Any, ...]:
+    """The attributes of a message about one finding (its alert, its correction)."""
+    f = finding
+    return (f.severity.value, f.rule_id, f.admdvs or "", f.fixmedins_code or "", f.subject_type, batch_id)
 
 
 def letter_announcement(
@@ -191,12 +223,8 @@ def letter_announcement(
     response_due: str,
     message_id: str | None = None,
 ) -> AlertMessage:
-    regions = sorted({f.admdvs for f in findings if f.admdvs})
-    severity = max_severity(findings)
+    regions, severity = _regions(findings), max_severity(findings)
     body = {
-        "schema_version": SCHEMA_VERSION,
-        "message_type": "letter",
-        "batch_id": batch_id,
         "letter_id": letter_id,
         "letter_number": number,
         "letter_kind_zh": kind_zh,
@@ -208,21 +236,10 @@ def letter_announcement(
         "finding_ids": sorted(f.finding_id for f in findings),
         "locations": dict(sorted(locations.items())),
     }
-    return AlertMessage(
-        message_id=message_id or f"letter/{batch_id}/{letter_id}",
-        message_type="letter",
-        subject=_ascii(f"[rxguard] letter {letter_id} ({len(findings)} findings)"),
-        body=body,
-        attributes={
-            "message_type": "letter",
-            "severity": severity.value,
-            "rule_id": sorted({f.rule_id for f in findings}),
-            "region": regions[0] if len(regions) == 1 else regions,
-            "institution_id": institution_id or "",
-            "subject_type": addressee_type,
-            "batch_id": batch_id,
-        },
-    )
+    rules, region = sorted({f.rule_id for f in findings}), _region(regions)
+    attributes = (severity.value, rules, region, institution_id or "", addressee_type, batch_id)
+    subject = f"[rxguard] letter {letter_id} ({len(findings)} findings)"
+    return _message("letter", message_id or f"letter/{batch_id}/{letter_id}", subject, body, *attributes)
 
 
 def correction(finding: Finding, *, batch_id: str, reason: str, key: str) -> AlertMessage:
@@ -230,9 +247,6 @@ def correction(finding: Finding, *, batch_id: str, reason: str, key: str) -> Ale
     lines, or withdrawn). Id `correction/<finding_id>/<batch_id>`: once per batch that
     withdrew it; subscribers match it to the alert `finding/<finding_id>`."""
     body = {
-        "schema_version": SCHEMA_VERSION,
-        "message_type": "correction",
-        "batch_id": batch_id,
         "corrects": f"finding/{finding.finding_id}",
         "finding_id": finding.finding_id,
         "rule_id": finding.rule_id,
@@ -243,20 +257,9 @@ def correction(finding: Finding, *, batch_id: str, reason: str, key: str) -> Ale
         "status": finding.status,
         "reason": reason,
     }
-    return AlertMessage(
-        message_id=f"correction/{finding.finding_id}/{batch_id}",
-        message_type="correction",
-        subject=_ascii(f"[rxguard] correction {finding.rule_id} {finding.fixmedins_code or ''}".strip()),
-        body=body,
-        attributes={
-            "message_type": "correction",
-            "severity": finding.severity.value,
-            "rule_id": finding.rule_id,
-            "region": finding.admdvs or "",
-            "institution_id": finding.fixmedins_code or "",
-            "subject_type": finding.subject_type,
-            "batch_id": batch_id,
-        },
+    subject = f"[rxguard] correction {finding.rule_id} {finding.fixmedins_code or ''}".strip()
+    return _message(
+        "correction", f"correction/{finding.finding_id}/{batch_id}", subject, body, *_of_finding(finding, batch_id)
     )
 
 
@@ -389,11 +392,8 @@ def periodic_digest(
         entry["count"] += 1
     severity = max_severity(findings)
     by_institution = Counter(f.fixmedins_code or NO_INSTITUTION for f in findings)
-    regions = sorted({f.admdvs for f in findings if f.admdvs})
+    regions = _regions(findings)
     body = {
-        "schema_version": SCHEMA_VERSION,
-        "message_type": "digest",
-        "batch_id": period,
         "period": period,
         "period_label": period_label,
         "scope": scope,
@@ -406,31 +406,14 @@ def periodic_digest(
         "by_severity": dict(sorted(Counter(f.severity.value for f in findings).items())),
         "by_rule": dict(sorted(by_rule.items())),
         "by_institution": dict(by_institution.most_common()),
-        "top": [
-            {
-                "finding_id": f.finding_id,
-                "rule_id": f.rule_id,
-                "severity": f.severity.value,
-                "fixmedins_code": f.fixmedins_code,
-                "psn_pseudonym": pseudonym(f.psn_no, pseudonym_key) if f.psn_no else None,
-                "occurred_at": f.occurred_at.isoformat(),
-                "explanation_zh": _scrub(f.explanation_zh, f.psn_no, pseudonym_key),
-            }
-            for f in ordered[:top]
-        ],
+        "top": [_top_item(f, pseudonym_key, {"fixmedins_code": f.fixmedins_code}, {}) for f in ordered[:top]],
     }
-    return AlertMessage(
-        message_id=f"digest/{period}/{scope}/{key}",
-        message_type="digest",
-        subject=_ascii(f"[rxguard] {period} digest {scope} {key}: {len(findings)} findings"),
-        body=body,
-        attributes={
-            "message_type": "digest",
-            "severity": severity.value,
-            "rule_id": sorted(by_rule),
-            "region": key if scope == "region" else (regions[0] if len(regions) == 1 else regions),
-            "institution_id": key if scope == "institution" else "",
-            "subject_type": sorted({f.subject_type for f in findings}),
-            "batch_id": period,
-        },
+    return _digest_message(
+        f"digest/{period}/{scope}/{key}",
+        f"[rxguard] {period} digest {scope} {key}: {len(findings)} findings",
+        body,
+        findings,
+        batch_id=period,
+        region=key if scope == "region" else _region(regions),
+        institution_id=key if scope == "institution" else "",
     )

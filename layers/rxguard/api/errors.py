@@ -11,8 +11,15 @@ from typing import Any
 
 
 class ApiError(Exception):
+    """An error answer: its HTTP status and code are the class's (`class NotFound(ApiError,
+    status=404, code="not_found")`), the code may be refined per error (`code="no_route"`)."""
+
     status = 400
     code = "bad_request"
+
+    def __init_subclass__(cls, *, status: int, code: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status, cls.code = status, code
 
     def __init__(self, message: str, field: str | None = None, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -25,34 +32,25 @@ class ApiError(Exception):
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}
 
 
-class InvalidField(ApiError):
-    status = 400
-    code = "invalid_field"
+class InvalidField(ApiError, status=400, code="invalid_field"): ...
 
 
-class PayloadTooLarge(ApiError):
-    status = 413
-    code = "too_large"
+class Forbidden(ApiError, status=403, code="forbidden"): ...
 
 
-class UnsupportedMediaType(ApiError):
-    status = 415
-    code = "unsupported_media_type"
+class NotFound(ApiError, status=404, code="not_found"): ...
 
 
-class Forbidden(ApiError):
-    status = 403
-    code = "forbidden"
+class Conflict(ApiError, status=409, code="conflict"): ...
 
 
-class NotFound(ApiError):
-    status = 404
-    code = "not_found"
+class PayloadTooLarge(ApiError, status=413, code="too_large"): ...
 
 
-class Conflict(ApiError):
-    status = 409
-    code = "conflict"
+class UnsupportedMediaType(ApiError, status=415, code="unsupported_media_type"): ...
+
+
+class InternalError(ApiError, status=500, code="internal"): ...
 
 
 def field_path(loc: Sequence[Any]) -> str | None:

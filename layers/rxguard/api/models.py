@@ -128,16 +128,23 @@ class RuleHit(BaseModel):
     name_en: str
     severity: Severity
     decision: Decision
-    explanation_zh: str
-    explanation_en: str
+    explanation_zh: str | None = Field(
+        description="why, in Chinese; null when `details_in` names the line whose hit of this finding explains it"
+    )
+    explanation_en: str | None = Field(description="why, in English; null as explanation_zh")
     evidence: list[str] = Field(
         description="line ids fixmedins_code/feedetl_sn, the proposed ones included; at most 5: the line answered "
         "and the trigger lines first (GET /v1/findings/{id} lists them all)"
     )
     evidence_count: int = Field(description="how many evidence lines the finding has (evidence shows at most 5)")
-    figures: dict[str, Any] = Field(default_factory=dict)
-    mitigations: list[str] = Field(default_factory=list)
+    figures: dict[str, Any] | None = Field(default=None, description="the rule's figures; null as explanation_zh")
+    mitigations: list[str] | None = Field(default=None, description="null as explanation_zh")
     finding_id: str = Field(description="the jr_id: GET /v1/findings/{id} answers it, POST /v1/dispositions uses it")
+    details_in: str | None = Field(
+        default=None,
+        description="set when this finding was already given on an earlier line of this answer: that line's id, "
+        "whose hit of the same finding_id carries the explanations, figures and mitigations (not repeated here)",
+    )
     next_fill_on: date | None = Field(
         default=None,
         description="supply rules: the first day this line would pass the supply rules (null: waiting does not help)",

@@ -172,6 +172,24 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
 
 
+# The platform's message shapes, shared by 3101/3102 and 3103: a request is a `data` node,
+# alone or inside an envelope's `input`; an answer is `infcode`, `err_msg` and an `output`.
+class _DataNode[Data: BaseModel](_Lenient):
+    data: Data
+
+
+class _Envelope[Input: BaseModel](_Lenient):
+    infno: OptText = None
+    msgid: OptText = None
+    input: Input
+
+
+class _Answer[Output: BaseModel](BaseModel):
+    infcode: int = 0
+    err_msg: str | None = None
+    output: Output
+
+
 class NhsaDiagnose(_Lenient):
     dise_id: OptText = None
     inout_dise_type: OptText = None
@@ -242,24 +260,18 @@ class NhsaData(_Lenient):
     patient_dtos: Annotated[list[NhsaPatient], BeforeValidator(_as_list)] = Field(min_length=1)
 
 
-class NhsaRequest(_Lenient):
+class NhsaRequest(_DataNode[NhsaData]):
     """3101/3102 input as the `data` node (nothing beside it: the envelope has `input`)."""
 
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
-    data: NhsaData
+
+class NhsaInput(_DataNode[NhsaData]):
+    pass
 
 
-class NhsaInput(_Lenient):
-    data: NhsaData
-
-
-class NhsaEnvelope(_Lenient):
+class NhsaEnvelope(_Envelope[NhsaInput]):
     """3101/3102 input inside the platform's message envelope."""
-
-    infno: OptText = None
-    msgid: OptText = None
-    input: NhsaInput
 
 
 class NhsaWarn(_Lenient):
@@ -275,24 +287,18 @@ class NhsaDispositionData(_Lenient):
     warns: Annotated[list[NhsaWarn], BeforeValidator(_as_list)] = Field(min_length=1, max_length=200)
 
 
-class NhsaDispositionRequest(_Lenient):
+class NhsaDispositionRequest(_DataNode[NhsaDispositionData]):
     """3103 input as the `data` node."""
 
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
-    data: NhsaDispositionData
+
+class NhsaDispositionInput(_DataNode[NhsaDispositionData]):
+    pass
 
 
-class NhsaDispositionInput(_Lenient):
-    data: NhsaDispositionData
-
-
-class NhsaDispositionEnvelope(_Lenient):
+class NhsaDispositionEnvelope(_Envelope[NhsaDispositionInput]):
     """3103 input inside the platform's message envelope."""
-
-    infno: OptText = None
-    msgid: OptText = None
-    input: NhsaDispositionInput
 
 
 class NhsaDispositionResult(BaseModel):
@@ -305,10 +311,8 @@ class NhsaDispositionOutput(BaseModel):
     result: list[NhsaDispositionResult]
 
 
-class NhsaDispositionResponse(BaseModel):
-    infcode: int = 0
-    err_msg: str | None = None
-    output: NhsaDispositionOutput
+class NhsaDispositionResponse(_Answer[NhsaDispositionOutput]):
+    pass
 
 
 class NhsaViolationDetail(BaseModel):
@@ -346,10 +350,8 @@ class NhsaOutput(BaseModel):
     result: list[NhsaViolation]
 
 
-class NhsaResponse(BaseModel):
-    infcode: int = 0
-    err_msg: str | None = None
-    output: NhsaOutput
+class NhsaResponse(_Answer[NhsaOutput]):
+    pass
 
 
 def nhsa_data(body: NhsaRequest | NhsaEnvelope) -> tuple[NhsaData, str]:

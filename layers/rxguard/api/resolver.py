@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import date
 from functools import cache, partial
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
@@ -23,7 +24,7 @@ from pydantic import Discriminator, Tag
 from rxguard.api import nhsa, service
 from rxguard.api.access import Caller, identify, require_grant
 from rxguard.api.audit import AuditPage
-from rxguard.api.errors import ApiError, PayloadTooLarge, from_validation_errors
+from rxguard.api.errors import ApiError, InternalError, NotFound, PayloadTooLarge, from_validation_errors
 from rxguard.api.guard import request_guard, with_json_content_type
 from rxguard.api.models import (
     BacktestRequest,
@@ -58,62 +59,59 @@ API_DESCRIPTION = (
 )
 
 
-def _shape(value: Any) -> str:
+def _shape_by_keys(own_key: str, node: type, envelope: type) -> Callable[[Any], str]:
     """Which request shape a body is, by its keys: the national envelope has `input`, the
-    national data node `data`, rxguard's shape `lines` (the three are mutually exclusive)."""
-    if isinstance(value, dict):
-        if "lines" in value:
-            return "rxguard"
-        if "input" in value:
+    national data node `data`, rxguard's shape `own_key` (the three are mutually exclusive)."""
+
+    def shape(value: Any) -> str:
+        if isinstance(value, dict):
+            for key, tag in ((own_key, "rxguard"), ("input", "nhsa-envelope"), ("data", "nhsa")):
+                if key in value:
+                    return tag
+        elif isinstance(value, envelope):
             return "nhsa-envelope"
-        if "data" in value:
+        elif isinstance(value, node):
             return "nhsa"
-    elif isinstance(value, nhsa.NhsaEnvelope):
-        return "nhsa-envelope"
-    elif isinstance(value, nhsa.NhsaRequest):
-        return "nhsa"
-    return "rxguard"
+        return "rxguard"
+
+    return shape
 
 
-CheckBody = Annotated[
-    Annotated[DispensingRequest, Tag("rxguard")]
-    | Annotated[nhsa.NhsaRequest, Tag("nhsa")]
-    | Annotated[nhsa.NhsaEnvelope, Tag("nhsa-envelope")],
-    Discriminator(_shape),
-    Body(description="rxguard's dispensing shape, or the national 3101/3102 input (data node or envelope)"),
-]
-DispensationBody = Annotated[
-    Annotated[DispensationRequest, Tag("rxguard")]
-    | Annotated[nhsa.NhsaRequest, Tag("nhsa")]
-    | Annotated[nhsa.NhsaEnvelope, Tag("nhsa-envelope")],
-    Discriminator(_shape),
-    Body(description="rxguard's dispensing shape, or the national 3102 input (data node or envelope)"),
-]
+def _either_shape(own: type, own_key: str, node: type, envelope: type, description: str) -> Any:
+    """A body in rxguard's shape or the national one (data node or envelope), told apart by its keys."""
+    return Annotated[
+        Annotated[own, Tag("rxguard")] | Annotated[node, Tag("nhsa")] | Annotated[envelope, Tag("nhsa-envelope")],
+        Discriminator(_shape_by_keys(own_key, node, envelope)),
+        Body(description=description),
+    ]
 
 
-def _disposition_shape(value: Any) -> str:
-    """3103 shapes by their keys: `dispositions` rxguard's, `input` the envelope, `data` the node."""
-    if isinstance(value, dict):
-        if "dispositions" in value:
-            return "rxguard"
-        if "input" in value:
-            return "nhsa-envelope"
-        if "data" in value:
-            return "nhsa"
-    elif isinstance(value, nhsa.NhsaDispositionEnvelope):
-        return "nhsa-envelope"
-    elif isinstance(value, nhsa.NhsaDispositionRequest):
-        return "nhsa"
-    return "rxguard"
-
-
-DispositionBody = Annotated[
-    Annotated[DispositionRequest, Tag("rxguard")]
-    | Annotated[nhsa.NhsaDispositionRequest, Tag("nhsa")]
-    | Annotated[nhsa.NhsaDispositionEnvelope, Tag("nhsa-envelope")],
-    Discriminator(_disposition_shape),
-    Body(description="rxguard's disposition shape, or the national 3103 input (data node or envelope)"),
-]
+if TYPE_CHECKING:
+    CheckBody = DispensingRequest | nhsa.NhsaRequest | nhsa.NhsaEnvelope
+    DispensationBody = DispensationRequest | nhsa.NhsaRequest | nhsa.NhsaEnvelope
+    DispositionBody = DispositionRequest | nhsa.NhsaDispositionRequest | nhsa.NhsaDispositionEnvelope
+else:
+    CheckBody = _either_shape(
+        DispensingRequest,
+        "lines",
+        nhsa.NhsaRequest,
+        nhsa.NhsaEnvelope,
+        "rxguard's dispensing shape, or the national 3101/3102 input (data node or envelope)",
+    )
+    DispensationBody = _either_shape(
+        DispensationRequest,
+        "lines",
+        nhsa.NhsaRequest,
+        nhsa.NhsaEnvelope,
+        "rxguard's dispensing shape, or the national 3102 input (data node or envelope)",
+    )
+    DispositionBody = _either_shape(
+        DispositionRequest,
+        "dispositions",
+        nhsa.NhsaDispositionRequest,
+        nhsa.NhsaDispositionEnvelope,
+        "rxguard's disposition shape, or the national 3103 input (data node or envelope)",
+    )
 AnswerFormat = Annotated[
     Literal["rxguard", "nhsa"] | None,
     Query(alias="format", description="answer shape; default: the shape of the request"),
@@ -130,6 +128,43 @@ ERRORS: dict[int, Any] = {
     413: _error_content("Body larger than the limit, or too many drug lines"),
     415: _error_content("The body is not JSON (Content-Type)"),
     422: _error_content("Not used: validation errors are answered with 400"),
+}
+
+
+def _answers(description: str, model: Any, errors: dict[int, str] | None = None) -> dict[int, Any]:
+    """A route's documented answers: 200 with its model, its own errors, then the common ones."""
+    ok = {"description": description, "content": {content_types.APPLICATION_JSON: {"model": model}}}
+    own = {status: _error_content(text) for status, text in (errors or {}).items()}
+    return {200: ok, **own, **ERRORS}
+
+
+NO_SUBSCRIPTIONS = {404: "Subscriptions are not configured"}
+# What each route answers, by handler, for the OpenAPI document only. Powertools builds a
+# pydantic adapter for every model a route's `responses` names the first time the route is
+# called; attached by `openapi_json` instead of the decorators, they cost a cold start nothing.
+OPENAPI_ANSWERS: dict[str, dict[int, Any]] = {
+    "post_check": _answers("the check result", CheckResponse | nhsa.NhsaResponse),
+    "post_dispensation": _answers("what was recorded and the lines' findings", DispensationResponse),
+    "post_disposition": _answers(
+        "the findings or warnings with their dispositions",
+        DispositionResponse | nhsa.NhsaDispositionResponse,
+        {404: "No such finding or warning"},
+    ),
+    "get_findings": _answers("a page of findings", FindingsPage),
+    "get_finding": _answers("the finding", FindingView, {404: "No such finding"}),
+    "patch_finding": _answers(
+        "the reviewed finding", FindingView, {404: "No such finding", 409: "The finding is superseded"}
+    ),
+    "get_rules": _answers("the rules", RulesResponse),
+    "get_audit": _answers("a page of the log", AuditPage, {404: "No access audit is configured for this deployment"}),
+    "post_backtest": {
+        400: _error_content("A rule entry is invalid: the field is named"),
+        403: _error_content("Only regulators run backtests"),
+        409: _error_content("No stored history to re-evaluate (not a local state)"),
+    },
+    "post_subscription": _answers("the subscription", SubscriptionView, NO_SUBSCRIPTIONS),
+    "get_subscriptions": _answers("the subscriptions", SubscriptionsResponse, NO_SUBSCRIPTIONS),
+    "delete_subscription": _answers("the subscription removed", SubscriptionsResponse, {404: "No such subscription"}),
 }
 
 # UTF-8 JSON (Chinese names and explanations as characters, not \u escapes: half the bytes)
@@ -157,13 +192,6 @@ def _caller() -> Caller:
     summary="Check a proposed dispensing (records nothing)",
     description="pass | warn | block per line with the rule hits; high -> block, medium -> warn, low -> pass "
     "(reported as information). Unknown drug codes pass with the note 'not monitored'.",
-    responses={
-        200: {
-            "description": "the check result",
-            "content": {content_types.APPLICATION_JSON: {"model": CheckResponse | nhsa.NhsaResponse}},
-        },
-        **ERRORS,
-    },
     tags=["checks"],
 )
 def post_check(body: CheckBody, answer_format: AnswerFormat = None) -> CheckResponse | nhsa.NhsaResponse:
@@ -176,13 +204,6 @@ def post_check(body: CheckBody, answer_format: AnswerFormat = None) -> CheckResp
     summary="Record a completed dispensing (scene 'in')",
     description="Idempotent on fixmedins_code/feedetl_sn: a repeated request or a later settlement batch with "
     "the same lines counts nothing twice. New findings are alerted.",
-    responses={
-        200: {
-            "description": "what was recorded and the lines' findings",
-            "content": {content_types.APPLICATION_JSON: {"model": DispensationResponse}},
-        },
-        **ERRORS,
-    },
     tags=["dispensations"],
 )
 def post_dispensation(body: DispensationBody) -> DispensationResponse:
@@ -195,14 +216,6 @@ def post_dispensation(body: DispensationBody) -> DispensationResponse:
     description="warn_rslt_id / finding_id is the jr_id a check or dispensation answered. dspo_way 1 (continue) "
     "requires dspo_way_rea. Disposing again replaces the earlier disposition. Feeds GET /v1/rules' continue and "
     "modify rates.",
-    responses={
-        200: {
-            "description": "the findings or warnings with their dispositions",
-            "content": {content_types.APPLICATION_JSON: {"model": DispositionResponse | nhsa.NhsaDispositionResponse}},
-        },
-        404: _error_content("No such finding or warning"),
-        **ERRORS,
-    },
     tags=["dispositions"],
 )
 def post_disposition(body: DispositionBody) -> DispositionResponse | nhsa.NhsaDispositionResponse:
@@ -213,13 +226,6 @@ def post_disposition(body: DispositionBody) -> DispositionResponse | nhsa.NhsaDi
 @app.get(
     "/v1/findings",
     summary="Findings, newest first, paginated",
-    responses={
-        200: {
-            "description": "a page of findings",
-            "content": {content_types.APPLICATION_JSON: {"model": FindingsPage}},
-        },
-        **ERRORS,
-    },
     tags=["findings"],
 )
 def get_findings(
@@ -252,11 +258,6 @@ FindingId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 @app.get(
     "/v1/findings/<finding_id>",
     summary="One finding with its review and disposition; also a warning a check answered (its jr_id)",
-    responses={
-        200: {"description": "the finding", "content": {content_types.APPLICATION_JSON: {"model": FindingView}}},
-        404: _error_content("No such finding"),
-        **ERRORS,
-    },
     tags=["findings"],
 )
 def get_finding(finding_id: FindingId) -> FindingView:
@@ -266,15 +267,6 @@ def get_finding(finding_id: FindingId) -> FindingView:
 @app.patch(
     "/v1/findings/<finding_id>",
     summary="Review a finding: confirmed or dismissed, with a reason",
-    responses={
-        200: {
-            "description": "the reviewed finding",
-            "content": {content_types.APPLICATION_JSON: {"model": FindingView}},
-        },
-        404: _error_content("No such finding"),
-        409: _error_content("The finding is superseded"),
-        **ERRORS,
-    },
     tags=["findings"],
 )
 def patch_finding(finding_id: FindingId, review: Annotated[ReviewRequest, Body()]) -> FindingView:
@@ -285,10 +277,6 @@ def patch_finding(finding_id: FindingId, review: Annotated[ReviewRequest, Body()
     "/v1/rules",
     summary="The rule base with each rule's review figures (confirmed, dismissed, precision) and "
     "prescribers' continue and modify rates",
-    responses={
-        200: {"description": "the rules", "content": {content_types.APPLICATION_JSON: {"model": RulesResponse}}},
-        **ERRORS,
-    },
     tags=["rules"],
 )
 def get_rules() -> RulesResponse:
@@ -301,11 +289,6 @@ def get_rules() -> RulesResponse:
     summary="The access audit: every check and history read (regulator only)",
     description="Who (caller, institution) read or checked which patient (a keyed pseudonym), when, and the "
     "decision; `alert` records name callers that checked many patients they never dispensed to.",
-    responses={
-        200: {"description": "a page of the log", "content": {content_types.APPLICATION_JSON: {"model": AuditPage}}},
-        404: _error_content("No access audit is configured for this deployment"),
-        **ERRORS,
-    },
     tags=["audit"],
 )
 def get_audit(
@@ -335,11 +318,6 @@ def get_audit(
     "per rule: findings added, removed and changed in severity, patients and institutions affected, reviewed "
     "findings that would flip with a precision estimate, and the spending cited (docs/planning.md).",
     tags=["planning"],
-    responses={
-        400: _error_content("A rule entry is invalid: the field is named"),
-        403: _error_content("Only regulators run backtests"),
-        409: _error_content("No stored history to re-evaluate (not a local state)"),
-    },
 )
 def post_backtest(body: BacktestRequest) -> BacktestResponse:
     return service.backtest(_services(), _caller(), body)
@@ -351,14 +329,6 @@ def post_backtest(body: BacktestRequest) -> BacktestResponse:
     description="Creates an SNS subscription whose filter policy keeps the messages of a region prefix, "
     "institutions, rules (our ids or the platform's codes), severities and message types. Email and SMS "
     "subscribers receive Chinese text; queues and functions the JSON body. Institutions subscribe to their own.",
-    responses={
-        200: {
-            "description": "the subscription",
-            "content": {content_types.APPLICATION_JSON: {"model": SubscriptionView}},
-        },
-        404: _error_content("Subscriptions are not configured"),
-        **ERRORS,
-    },
     tags=["subscriptions"],
 )
 def post_subscription(body: Annotated[SubscriptionRequest, Body()]) -> SubscriptionView:
@@ -368,14 +338,6 @@ def post_subscription(body: Annotated[SubscriptionRequest, Body()]) -> Subscript
 @app.get(
     "/v1/subscriptions",
     summary="The subscriptions the caller may see, with their filter policies",
-    responses={
-        200: {
-            "description": "the subscriptions",
-            "content": {content_types.APPLICATION_JSON: {"model": SubscriptionsResponse}},
-        },
-        404: _error_content("Subscriptions are not configured"),
-        **ERRORS,
-    },
     tags=["subscriptions"],
 )
 def get_subscriptions() -> SubscriptionsResponse:
@@ -388,14 +350,6 @@ SubscriptionId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-
 @app.delete(
     "/v1/subscriptions/<subscription_id>",
     summary="Remove a subscription",
-    responses={
-        200: {
-            "description": "the subscription removed",
-            "content": {content_types.APPLICATION_JSON: {"model": SubscriptionsResponse}},
-        },
-        404: _error_content("No such subscription"),
-        **ERRORS,
-    },
     tags=["subscriptions"],
 )
 def delete_subscription(subscription_id: SubscriptionId) -> SubscriptionsResponse:
@@ -431,17 +385,13 @@ def _too_deep(error: RecursionError) -> Response[str]:  # json.loads of a nestin
 
 @app.not_found
 def _not_found(error: NotFoundError) -> Response[str]:
-    err = ApiError(f"no route {app.current_event.http_method} {app.current_event.path}", code="no_route")
-    err.status = 404
-    return _answer(err)
+    return _answer(NotFound(f"no route {app.current_event.http_method} {app.current_event.path}", code="no_route"))
 
 
 @app.exception_handler(Exception)
 def _unexpected(error: Exception) -> Response[str]:
     logger.exception("unexpected error in %s %s", app.current_event.http_method, app.current_event.resource)
-    err = ApiError("internal error; the request id identifies it in the logs", code="internal")
-    err.status = 500
-    return _answer(err)
+    return _answer(InternalError("internal error; the request id identifies it in the logs"))
 
 
 # ------------------------------------------------------------------ entry points
@@ -482,6 +432,9 @@ def openapi_json() -> str:
     """The OpenAPI document (checked in as openapi.json; served at /v1/openapi.json)."""
     from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn  # slow import: only here
 
+    for route in [*app._static_routes, *app._dynamic_routes]:
+        route.responses = OPENAPI_ANSWERS.get(route.func.__name__)
+        route._dependant = None  # Powertools rebuilds it with the answers' models
     return app.get_openapi_json_schema(
         title=API_TITLE,
         version=API_VERSION,

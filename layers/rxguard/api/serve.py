@@ -18,9 +18,9 @@ Paths under `/v1/` are the API. Other paths go to the console (`rxguard.console.
 `console_app(services)`) when it is wired in, else they answer 404 as the API does.
 
 This module is the HTTP side (the API layer); the state, the console and the moto harness
-sit above the API, so `rxguard.offline.serve` (the `rxguard serve` entry point) hands
+sit above the API, so `rxguard_tools.offline.serve` (the `rxguard serve` entry point) hands
 `main` what builds them: `local` (rxguard.bootstrap.open_local), `console`
-(rxguard.console.app.console_app) and `moto` (rxguard.offline.serve.moto_invoke).
+(rxguard.console.app.console_app) and `moto` (rxguard_tools.offline.serve.moto_invoke).
 
 Local-only conveniences: the header `X-Rxguard-Caller: <principal ARN>` plays the SigV4
 identity (requestContext.identity.userArn); without `--callers FILE` every caller may do
@@ -32,6 +32,7 @@ from __future__ import annotations
 import _thread
 import argparse
 import json
+import logging
 import os
 import signal
 import socket
@@ -68,7 +69,7 @@ class LocalSite:
 # (state directory, API settings) -> the site; raises with a message for people when the state cannot be opened
 LocalOpener = Callable[[Path, ApiSettings], LocalSite]
 ConsoleFactory = Callable[[Services], WsgiApp]  # rxguard.console.app.console_app
-# Builds the moto-backed invoke (rxguard.offline.serve): the offline harness sits above the
+# Builds the moto-backed invoke (rxguard_tools.offline.serve): the offline harness sits above the
 # API, so it hands this in rather than the API importing it.
 MotoInvoke = Callable[[ExitStack, "dict[str, Any] | None"], Invoke]
 
@@ -236,9 +237,9 @@ def main(
         {"auth_mode": "enforce" if callers is not None else "open", "callers": callers or {}}
     )
     if args.simulate_aws and moto is None:
-        parser.error("--simulate-aws runs through `rxguard serve` (rxguard.offline.serve)")
+        parser.error("--simulate-aws runs through `rxguard serve` (rxguard_tools.offline.serve)")
     if not (args.simulate_aws or args.memory) and local is None:
-        parser.error("the state runs through `rxguard serve` (rxguard.offline.serve); use --memory here")
+        parser.error("the state runs through `rxguard serve` (rxguard_tools.offline.serve); use --memory here")
     with ExitStack() as stack:
         services: Services | None = None
         site: LocalSite | None = None
@@ -285,6 +286,9 @@ def _serve(
     """waitress on an already listening socket, in this process, until interrupted."""
     from waitress.server import create_server  # local serving only: not in the Lambda layer
 
+    # waitress warns "Task queue depth is N" on every request queued behind a busy thread: under
+    # load, one stderr line a request (and its cost), saying only that requests wait their turn
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     server = create_server(
         app,
         sockets=[listener],

@@ -12,7 +12,9 @@ medium -> warn, low -> pass (the hit is still reported, as information).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -80,6 +82,10 @@ EVIDENCE_CAP = 5  # evidence line ids a hit lists (the finding keeps them all; G
 TRIGGER_CAP = 3  # trigger line ids a hit's figures list (with trigger_lines_count)
 # Rules a dispenser can wait out: the fill passes once enough of the earlier supply is used.
 WAITABLE_RULES = frozenset({"early-refill", "cumulative-oversupply", "cross-institution-repeat"})
+# What the next-fill search re-checks: the waitable rules and override-frequency, which the
+# supply walk (rxguard.engine.supply) evaluates first to settle which override reasons hold.
+# No other rule changes a waitable finding, so the search skips them.
+SEARCH_RULES = WAITABLE_RULES | {"override-frequency"}
 NEXT_FILL_HORIZON_DAYS = 400  # beyond this, waiting is not the answer (next_fill_on null)
 # A continued warning's reason (3103 dspo_way_rea, free text) -> the line's override reason,
 # by the first matching words; a reason matching none is counted in the figures only.
@@ -306,6 +312,19 @@ def worst(decisions: Sequence[Decision]) -> Decision:
     return max(decisions, key=lambda d: order[d], default="pass")
 
 
+_SEARCH_KBS: dict[int, tuple[KnowledgeBase, KnowledgeBase]] = {}
+
+
+def search_kb(kb: KnowledgeBase) -> KnowledgeBase:
+    """The knowledge base narrowed to SEARCH_RULES (one per knowledge base, kept: the engine
+    cache is keyed by the knowledge base)."""
+    cached = _SEARCH_KBS.get(id(kb))
+    if cached is None or cached[0] is not kb:
+        narrowed = dataclasses.replace(kb, rules={r: d for r, d in kb.rules.items() if r in SEARCH_RULES})
+        cached = _SEARCH_KBS[id(kb)] = (kb, narrowed)
+    return cached[1]
+
+
 class _CachedReads(HistoryRepository):
     """The history a check reads, read once: the next-fill search re-checks a line on later
     days without reading again, and the previous fill is looked up in what was read."""
@@ -426,18 +445,79 @@ def advise(
             found = check([*others, moved], view).get(claim.line_id, [])
             return not any(f.rule_id in WAITABLE_RULES and (allowed is None or f.rule_id in allowed) for f in found)
 
-        if not passes(NEXT_FILL_HORIZON_DAYS):
-            advice.next_fill_on[claim.line_id] = searched[group] = None
-            continue
-        low, high = 0, NEXT_FILL_HORIZON_DAYS  # fails at low (today), passes at high
-        while high - low > 1:
-            middle = (low + high) // 2
-            if passes(middle):
-                high = middle
-            else:
-                low = middle
-        advice.next_fill_on[claim.line_id] = searched[group] = claim.fee_ocur_time.date() + timedelta(days=high)
+        days = first_passing_day(passes, _wait_estimate(waitable), NEXT_FILL_HORIZON_DAYS)
+        advice.next_fill_on[claim.line_id] = searched[group] = (
+            None if days is None else claim.fee_ocur_time.date() + timedelta(days=days)
+        )
     return advice
+
+
+def first_passing_day(passes: Callable[[int], bool], guess: int | None, horizon: int) -> int | None:
+    """The least d in 1..horizon with passes(d), given that day 0 fails and passes is monotone
+    (fails, then passes); None when even the horizon fails.
+
+    Without a guess: the horizon, then bisection (1 + log2(horizon) probes, 10 for 400 days).
+    With one: the guess, then galloping away from it (steps 1, 2, 4...) until the answer is
+    bracketed, then bisection: 2 probes when the guess is exact, 2 log2(error) + 2 otherwise.
+    The guess only orders the probes; the answer is the same."""
+    if guess is None:
+        if not passes(horizon):
+            return None
+        low, high = 0, horizon  # fails at low (today), passes at high
+    else:
+        probe = min(max(guess, 1), horizon)
+        if passes(probe):
+            high, step, low = probe, 1, 0
+            while high - step > 0:  # gallop down until a failing day
+                if not passes(high - step):
+                    low = high - step
+                    break
+                high, step = high - step, step * 2
+        else:
+            low, step, high = probe, 1, 0
+            while high == 0:  # gallop up until a passing day
+                if low + step >= horizon:
+                    if not passes(horizon):
+                        return None
+                    high = horizon
+                elif passes(low + step):
+                    high = low + step
+                else:
+                    low, step = low + step, step * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if passes(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _wait_estimate(findings: Sequence[Finding]) -> int | None:
+    """Days to wait before the supply findings would stop firing, estimated from their figures
+    (early-refill: the previous supply `used_fraction_threshold` used, the stock beyond the
+    carry tolerance run down; cross-institution-repeat: the overlap under its minimum;
+    cumulative-oversupply: the stock run down to the threshold). Only a starting point for
+    `first_passing_day`, which re-checks: the wait of all of them, or None when one has no estimate."""
+    days = []
+    for finding in findings:
+        f = finding.figures
+        try:
+            if finding.rule_id == "early-refill":
+                previous = float(f["previous_days_supplied"])
+                threshold = float(f["used_fraction_threshold"])
+                by_interval = threshold * previous - float(f["elapsed_days"])
+                by_stock = float(f["stock_before_days"]) - float(f["carry_tolerance_days"]) - (1 - threshold) * previous
+                days.append(max(by_interval, by_stock))
+            elif finding.rule_id == "cross-institution-repeat":
+                days.append(float(f["overlap_days"]) - float(f["min_overlap_days"]))
+            elif finding.rule_id == "cumulative-oversupply":
+                days.append(float(f["stock_days"]) - float(f["threshold_days"]))
+            else:
+                return None
+        except (KeyError, TypeError, ValueError):
+            return None
+    return math.ceil(max(days)) if days else None
 
 
 class _OneIngredient(HistoryRepository):
@@ -466,15 +546,30 @@ class _OneIngredient(HistoryRepository):
         raise NotImplementedError("a check records nothing")
 
 
-def _hit(finding: Finding, kb: KnowledgeBase, line_id: str | None = None, advice: Advice | None = None) -> RuleHit:
+def _hit(
+    finding: Finding,
+    kb: KnowledgeBase,
+    line_id: str | None = None,
+    advice: Advice | None = None,
+    described: dict[str, str] | None = None,
+) -> RuleHit:
+    """The hit of `finding` on line `line_id`. `described` (finding id -> line id) spans one
+    answer: the first hit of a finding carries its explanation, figures and mitigations; a
+    later hit of the same finding (another line of the answer) names that line in `details_in`
+    instead of repeating them (a 200-line check of one drug named 11 findings 734 times)."""
     rule = kb.rules.get(finding.rule_id)
-    figures = dict(finding.figures)
-    triggers = figures.get("trigger_lines")
-    first = [*([line_id] if line_id else []), *(triggers if isinstance(triggers, list) else [])]
-    if isinstance(triggers, list) and len(triggers) > TRIGGER_CAP:
-        figures["trigger_lines"] = capped(triggers, first, TRIGGER_CAP)
-        figures["trigger_lines_count"] = len(triggers)
     waitable = finding.rule_id in WAITABLE_RULES and advice is not None and line_id is not None
+    triggers = finding.figures.get("trigger_lines")
+    first = [*([line_id] if line_id else []), *(triggers if isinstance(triggers, list) else [])]
+    details_in = described.get(finding.finding_id) if described is not None else None
+    figures: dict[str, Any] | None = None
+    if details_in is None:
+        if described is not None and line_id is not None:
+            described[finding.finding_id] = line_id
+        figures = dict(finding.figures)
+        if isinstance(triggers, list) and len(triggers) > TRIGGER_CAP:
+            figures["trigger_lines"] = capped(triggers, first, TRIGGER_CAP)
+            figures["trigger_lines_count"] = len(triggers)
     return RuleHit(
         rule_id=finding.rule_id,
         rule_version=finding.rule_version,
@@ -482,13 +577,14 @@ def _hit(finding: Finding, kb: KnowledgeBase, line_id: str | None = None, advice
         name_en=rule.name_en if rule else finding.rule_id,
         severity=finding.severity,
         decision=DECISION[finding.severity],
-        explanation_zh=finding.explanation_zh,
-        explanation_en=finding.explanation_en,
+        explanation_zh=None if details_in else finding.explanation_zh,
+        explanation_en=None if details_in else finding.explanation_en,
         evidence=capped(finding.evidence, first),
         evidence_count=len(finding.evidence),
         figures=figures,
-        mitigations=list(finding.mitigations),
+        mitigations=None if details_in else list(finding.mitigations),
         finding_id=finding.finding_id,
+        details_in=details_in,
         next_fill_on=advice.next_fill_on.get(line_id) if waitable and advice and line_id else None,
         previous_fill=advice.previous.get((line_id, finding.finding_id)) if advice and line_id else None,
     )
@@ -510,8 +606,14 @@ def capped(line_ids: Sequence[str], first: Sequence[str] = (), cap: int = EVIDEN
 
 
 def line_result(
-    line: ClaimLine, findings: Sequence[Finding], kb: KnowledgeBase, advice: Advice | None = None
+    line: ClaimLine,
+    findings: Sequence[Finding],
+    kb: KnowledgeBase,
+    advice: Advice | None = None,
+    described: dict[str, str] | None = None,
 ) -> LineResult:
+    """A line's answer; `described` (shared by the lines of one answer, see `_hit`) keeps each
+    finding's explanation, figures and mitigations to its first hit."""
     ordered = sorted(findings, key=lambda f: (-f.severity.rank, f.rule_id, f.finding_id))
     notes = [] if line.monitored else [NOT_MONITORED]
     return LineResult(
@@ -524,7 +626,7 @@ def line_result(
         decision=decision_of(ordered),
         next_fill_on=advice.next_fill_on.get(line.line_id) if advice else None,
         notes=notes,
-        hits=[_hit(f, kb, line.line_id, advice) for f in ordered],
+        hits=[_hit(f, kb, line.line_id, advice, described) for f in ordered],
     )
 
 
@@ -600,6 +702,34 @@ def _utc(services: Services) -> datetime:
     return services.now().replace(tzinfo=CHINA).astimezone(UTC)
 
 
+def _access_records(
+    services: Services,
+    caller: Caller,
+    action: Action,
+    patients: Sequence[str | None],
+    decision: str,
+    *,
+    institution: str | None = None,
+    detail: str | None = None,
+) -> list[AccessRecord]:
+    """An access record per patient (pseudonymised), or one without a patient."""
+    at = _utc(services)
+    key = services.settings.pseudonym_key
+    acting = institution or (next(iter(sorted(caller.institutions))) if len(caller.institutions) == 1 else None)
+    return [
+        AccessRecord(
+            at=at,
+            caller=caller.principal,
+            institution=acting,
+            patient=pseudonym(p, key) if p else None,
+            action=action,
+            decision=decision,
+            detail=detail,
+        )
+        for p in (patients or [None])
+    ]
+
+
 def _audit(
     services: Services,
     caller: Caller,
@@ -613,22 +743,8 @@ def _audit(
     """Record an access per patient (pseudonymised), or one without a patient."""
     if services.audit is None:
         return
-    at = _utc(services)
-    key = services.settings.pseudonym_key
-    acting = institution or (next(iter(sorted(caller.institutions))) if len(caller.institutions) == 1 else None)
     services.audit.record(
-        [
-            AccessRecord(
-                at=at,
-                caller=caller.principal,
-                institution=acting,
-                patient=pseudonym(p, key) if p else None,
-                action=action,
-                decision=decision,
-                detail=detail,
-            )
-            for p in (patients or [None])
-        ]
+        _access_records(services, caller, action, patients, decision, institution=institution, detail=detail)
     )
 
 
@@ -655,10 +771,14 @@ def _audit_lines(
     for claim in claims:
         by_patient.setdefault(claim.psn_no, []).append(decision_of(hits.get(claim.line_id, [])))
     institutions = sorted({c.fixmedins_code for c in claims})
-    for psn_no, decisions in sorted(by_patient.items()):
-        _audit(
+    records = [
+        record
+        for psn_no, decisions in sorted(by_patient.items())
+        for record in _access_records(
             services, caller, action, [psn_no], worst(decisions), institution=institutions[0] if institutions else None
         )
+    ]
+    services.audit.record(records)  # one write (one transaction) for the whole answer
     if action == "check":
         _stranger_alert(services, caller)
 
@@ -724,11 +844,13 @@ def check(
         require_institutions(caller, {c.fixmedins_code for c in claims})  # codes as normalized (upper case)
     reads = _CachedReads(services.repo)
 
-    def run(lines: Sequence[ClaimLine], repo: HistoryRepository = reads) -> dict[str, list[Finding]]:
+    def run(
+        lines: Sequence[ClaimLine], repo: HistoryRepository = reads, kb: KnowledgeBase = services.kb
+    ) -> dict[str, list[Finding]]:
         if scene is Scene.PRE:
-            found = services.check_lines(lines, repo, services.kb)
+            found = services.check_lines(lines, repo, kb)
         else:
-            found = services.check_lines(lines, repo, services.kb, scenes=(scene,))
+            found = services.check_lines(lines, repo, kb, scenes=(scene,))
         if allowed is None:
             return found
         return {line_id: [f for f in fs if f.rule_id in allowed] for line_id, fs in found.items()}
@@ -736,7 +858,8 @@ def check(
     hits = run(claims)  # the history read once: the next-fill search below reuses it
     _audit_lines(services, caller, "check", claims, hits)
     answered = [(c, r) for c, r in zip(claims, request_lines, strict=True) if r.answer]
-    advice = advise(services, [c for c, _ in answered], hits, reads, run, allowed, claims)
+    search = partial(run, kb=search_kb(services.kb))  # the waitable rules only
+    advice = advise(services, [c for c, _ in answered], hits, reads, search, allowed, claims)
     warnings = {f.finding_id: f for c, _ in answered for f in hits.get(c.line_id, [])}
     if warnings:
         services.store.record_warnings(list(warnings.values()), now, [c.line_id for c, _ in answered])
@@ -744,7 +867,8 @@ def check(
     if shape == "nhsa":
         task_id = next((r.task_id for r in request_lines if r.task_id), None) or f"rxguard-{now:%Y%m%d%H%M%S}"
         return nhsa_response(answered, hits, services.kb, task_id, services.national, advice)
-    results = [line_result(c, hits.get(c.line_id, []), services.kb, advice) for c, _ in answered]
+    described: dict[str, str] = {}
+    results = [line_result(c, hits.get(c.line_id, []), services.kb, advice, described) for c, _ in answered]
     return CheckResponse(decision=worst([r.decision for r in results]), checked_at=now, lines=results)
 
 
@@ -795,7 +919,8 @@ def dispense(services: Services, body: CheckBody, caller: Caller) -> Dispensatio
         for finding in findings:
             for line_id in finding.evidence:
                 by_line.setdefault(line_id, []).append(finding)
-    results = [line_result(c, by_line.get(c.line_id, []), services.kb) for c in claims]
+    described: dict[str, str] = {}
+    results = [line_result(c, by_line.get(c.line_id, []), services.kb, described=described) for c in claims]
     _audit_lines(services, caller, "dispensation", claims, by_line)
     return DispensationResponse(
         decision=worst([r.decision for r in results]),

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rxguard.config import set_variables
+
 
 class CallerGrant(BaseModel):
     """What one caller (an IAM principal) may do.
@@ -22,6 +24,24 @@ class CallerGrant(BaseModel):
     institutions: list[str] = Field(default_factory=list)
     regulator: bool = False
     patient_ids: bool = False
+
+
+# field -> the environment variable that sets it (RXGUARD_API_CALLERS, JSON, is read apart)
+VARIABLES = {
+    "max_body_bytes": "RXGUARD_API_MAX_BODY_BYTES",
+    "max_lines": "RXGUARD_API_MAX_LINES",
+    "auth_mode": "RXGUARD_API_AUTH",
+    "findings_table": "RXGUARD_FINDINGS_TABLE",
+    "findings_index": "RXGUARD_FINDINGS_INDEX",
+    "history_days": "RXGUARD_HISTORY_DAYS",
+    "clock_skew_minutes": "RXGUARD_CLOCK_SKEW_MINUTES",
+    "late_hours": "RXGUARD_LATE_HOURS",
+    "max_work": "RXGUARD_API_MAX_WORK",
+    "pseudonym_key": "RXGUARD_PSEUDONYM_KEY",
+    "audit_window_hours": "RXGUARD_AUDIT_WINDOW_HOURS",
+    "audit_stranger_limit": "RXGUARD_AUDIT_STRANGER_LIMIT",
+    "audit_table": "RXGUARD_AUDIT_TABLE",
+}
 
 
 class ApiSettings(BaseModel):
@@ -57,24 +77,7 @@ class ApiSettings(BaseModel):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
         env = os.environ if env is None else env
-        values: dict[str, object] = {}
-        for field, var in (
-            ("max_body_bytes", "RXGUARD_API_MAX_BODY_BYTES"),
-            ("max_lines", "RXGUARD_API_MAX_LINES"),
-            ("auth_mode", "RXGUARD_API_AUTH"),
-            ("findings_table", "RXGUARD_FINDINGS_TABLE"),
-            ("findings_index", "RXGUARD_FINDINGS_INDEX"),
-            ("history_days", "RXGUARD_HISTORY_DAYS"),
-            ("clock_skew_minutes", "RXGUARD_CLOCK_SKEW_MINUTES"),
-            ("late_hours", "RXGUARD_LATE_HOURS"),
-            ("max_work", "RXGUARD_API_MAX_WORK"),
-            ("pseudonym_key", "RXGUARD_PSEUDONYM_KEY"),
-            ("audit_window_hours", "RXGUARD_AUDIT_WINDOW_HOURS"),
-            ("audit_stranger_limit", "RXGUARD_AUDIT_STRANGER_LIMIT"),
-            ("audit_table", "RXGUARD_AUDIT_TABLE"),
-        ):
-            if env.get(var):
-                values[field] = env[var]
+        values = set_variables(env, VARIABLES)
         if env.get("RXGUARD_API_CALLERS"):
             try:
                 values["callers"] = json.loads(env["RXGUARD_API_CALLERS"])

@@ -75,6 +75,11 @@ class RuleFigures:
         disposed = self.continued + self.modified
         return None if disposed == 0 else self.continued / disposed
 
+    @property
+    def modify_rate(self) -> float | None:
+        disposed = self.continued + self.modified
+        return None if disposed == 0 else self.modified / disposed
+
 
 class FindingsStore(ABC):
     @abstractmethod
@@ -138,6 +143,21 @@ def decode_token(token: str) -> dict[str, Any]:
     return payload
 
 
+def token_position(token: str) -> tuple[float, str]:
+    """Where a next_token resumes: the (negated time, finding id) order of the last finding of
+    the page before (`page_token`)."""
+    payload = decode_token(token)
+    try:
+        return (float(payload["t"]), str(payload["id"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidField("next_token is not a token this API issued", "next_token") from exc
+
+
+def page_token(last: Finding) -> str:
+    """The next_token of a page ending at `last` (newest first)."""
+    return encode_token({"t": -last.occurred_at.timestamp(), "id": last.finding_id})
+
+
 def _order(finding: Finding) -> tuple[float, str]:
     return (-finding.occurred_at.timestamp(), finding.finding_id)
 
@@ -158,21 +178,14 @@ class InMemoryFindingsStore(FindingsStore):
         return found if recorded else found.model_copy(update={"recorded": False})
 
     def query(self, query: FindingQuery, limit: int, token: str | None = None) -> tuple[list[FindingView], str | None]:
-        after: tuple[float, str] | None = None
-        if token:
-            payload = decode_token(token)
-            try:
-                after = (float(payload["t"]), str(payload["id"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise InvalidField("next_token is not a token this API issued", "next_token") from exc
+        after = token_position(token) if token else None
         matching = sorted((f for f in self.repo.findings.values() if query.matches(f)), key=_order)
         if after is not None:
             matching = [f for f in matching if _order(f) > after]
         page = matching[:limit]
         next_token = None
         if len(matching) > limit:
-            last = _order(page[-1])
-            next_token = encode_token({"t": last[0], "id": last[1]})
+            next_token = page_token(page[-1])
         return [self._view(f) for f in page], next_token
 
     def get(self, finding_id: str) -> FindingView | None:

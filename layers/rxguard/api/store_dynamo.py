@@ -37,7 +37,16 @@ from botocore.exceptions import ClientError
 
 from rxguard.api.errors import Conflict, InvalidField, NotFound
 from rxguard.api.models import Disposition, FindingView, Review, ReviewStatus, SubscriptionView
-from rxguard.api.store import FindingQuery, FindingsStore, RuleFigures, decode_token, encode_token, view
+from rxguard.api.store import (
+    FindingQuery,
+    FindingsStore,
+    RuleFigures,
+    decode_token,
+    encode_token,
+    page_token,
+    token_position,
+    view,
+)
 from rxguard.api.subscriptions import Subscriptions, mask_endpoint
 from rxguard.dynamo import finding_from_item
 from rxguard.models import Finding
@@ -91,6 +100,17 @@ class DynamoFindingsStore(FindingsStore):
         self.ddb = dynamodb_client
 
     # ------------------------------------------------------------ reads
+    def _add_to_figures(self, rule_id: str, counts: dict[str, int]) -> dict[str, Any]:
+        """A transaction item adding `counts` (attribute -> delta) to a rule's figures item."""
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": {"finding_id": {"S": STATS_PREFIX + rule_id}},
+                "UpdateExpression": "ADD " + ", ".join(f"{name} :{name}" for name in counts),
+                "ExpressionAttributeValues": {f":{name}": {"N": str(n)} for name, n in counts.items()},
+            }
+        }
+
     def _batch_get(self, keys: list[str]) -> dict[str, Mapping[str, Any]]:
         """Items by key, BatchGetItem (100 keys a request), unprocessed keys retried."""
         items: dict[str, Mapping[str, Any]] = {}
@@ -265,17 +285,13 @@ class DynamoFindingsStore(FindingsStore):
             key=lambda f: (-f.occurred_at.timestamp(), f.finding_id),
         )
         if token:
-            payload = decode_token(token)
-            try:
-                after = (float(payload["t"]), str(payload["id"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise InvalidField("next_token is not a token this API issued", "next_token") from exc
+            after = token_position(token)
             findings = [f for f in findings if (-f.occurred_at.timestamp(), f.finding_id) > after]
         page = findings[:limit]
         next_token = None
         if len(findings) > limit:
             last = page[-1]
-            next_token = encode_token({"t": -last.occurred_at.timestamp(), "id": last.finding_id})
+            next_token = page_token(last)
         return self._views([f.finding_id for f in page]), next_token
 
     def _scan(self, query: FindingQuery, limit: int, token: str | None) -> tuple[list[FindingView], str | None]:
@@ -339,19 +355,7 @@ class DynamoFindingsStore(FindingsStore):
         if previous is not None:
             delta[previous.status] -= 1
         if any(delta.values()):
-            items.append(
-                {
-                    "Update": {
-                        "TableName": self.table,
-                        "Key": {"finding_id": {"S": STATS_PREFIX + finding.rule_id}},
-                        "UpdateExpression": "ADD confirmed :c, dismissed :d",
-                        "ExpressionAttributeValues": {
-                            ":c": {"N": str(delta["confirmed"])},
-                            ":d": {"N": str(delta["dismissed"])},
-                        },
-                    }
-                }
-            )
+            items.append(self._add_to_figures(finding.rule_id, delta))
         try:
             self.ddb.transact_write_items(TransactItems=items)
         except ClientError as exc:
@@ -426,19 +430,8 @@ class DynamoFindingsStore(FindingsStore):
             elif previous is not None and previous.action == "continue":
                 items.append({"Delete": {"TableName": self.table, "Key": key}})
         if any(delta.values()):
-            items.append(
-                {
-                    "Update": {
-                        "TableName": self.table,
-                        "Key": {"finding_id": {"S": STATS_PREFIX + finding.rule_id}},
-                        "UpdateExpression": "ADD continued :c, modified :m",
-                        "ExpressionAttributeValues": {
-                            ":c": {"N": str(delta["continue"])},
-                            ":m": {"N": str(delta["modify"])},
-                        },
-                    }
-                }
-            )
+            counts = {"continued": delta["continue"], "modified": delta["modify"]}
+            items.append(self._add_to_figures(finding.rule_id, counts))
         self.ddb.transact_write_items(TransactItems=items)
         found = view(finding, review, disposition)
         return found if recorded is not None else found.model_copy(update={"recorded": False})

@@ -470,7 +470,7 @@ class Console:
         rows, months = rm.rule_rows(self.services, findings)
         chart = {
             "months": months,
-            "series": [{"name": r.rule_id, "data": [r.per_month[m] for m in months]} for r in rows if r.per_month],
+            "series": [{"name": r.rule.id, "data": [r.per_month[m] for m in months]} for r in rows if r.per_month],
         }
         return self.render(
             request, "rules.html", caller=caller, rows=rows, months=months, chart=json.dumps(chart, ensure_ascii=False)

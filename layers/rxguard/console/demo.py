@@ -20,22 +20,10 @@ from rxguard.api.service import Services
 from rxguard.console.sources import BatchRecord, ConsoleSources, LetterRecord, MemoryBatches, MemoryLetters
 from rxguard.engine.common import finding_scope
 from rxguard.ingest import read_batch
-from rxguard.models import ClaimLine, Rejection
+from rxguard.models import ClaimLine, Rejection, patient_chunks
 from rxguard.repository import InMemoryRepository
 
 CHUNK_LINES = 500
-
-
-def _chunks(lines: Sequence[ClaimLine]) -> list[list[ClaimLine]]:
-    by_patient: dict[str, list[ClaimLine]] = {}
-    for line in lines:
-        by_patient.setdefault(line.psn_no, []).append(line)
-    chunks: list[list[ClaimLine]] = [[]]
-    for psn in sorted(by_patient):
-        if chunks[-1] and len(chunks[-1]) + len(by_patient[psn]) > CHUNK_LINES:
-            chunks.append([])
-        chunks[-1].extend(by_patient[psn])
-    return [c for c in chunks if c]
 
 
 def screen_files(services: Services, sources: ConsoleSources, files: Sequence[Path]) -> list[BatchRecord]:
@@ -55,7 +43,7 @@ def screen_files(services: Services, sources: ConsoleSources, files: Sequence[Pa
         for item in reader:
             (lines if isinstance(item, ClaimLine) else rejections).append(item)  # type: ignore[arg-type]
         new = 0
-        chunks = _chunks(lines)
+        chunks = patient_chunks(lines, CHUNK_LINES)
         for chunk in chunks:
             new += len(screening.screen_lines(chunk, repo, services.kb).changes.new)
         record = BatchRecord(

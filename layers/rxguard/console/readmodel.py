@@ -10,16 +10,17 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from rxguard.api.models import FindingView, Review
 from rxguard.api.service import Services
-from rxguard.api.store import FindingQuery
+from rxguard.api.store import FindingQuery, RuleFigures
 from rxguard.engine import trigger_lines
 from rxguard.engine.institutions import ActivityAggregate
-from rxguard.models import ClaimLine, Finding, Severity
+from rxguard.kb import RuleDefinition
+from rxguard.models import ClaimLine, Finding
 from rxguard.scope import Scope
 
 PAGE = 500  # findings per store page while reading the whole queue
@@ -407,35 +408,14 @@ def report_card(
 # ------------------------------------------------------------------ rules
 
 
-@dataclass
-class RuleRow:
-    rule_id: str
-    name_zh: str
-    name_en: str
-    severity: Severity
-    version: int
-    enabled: bool
-    confirmed: int
-    dismissed: int
+@dataclass(frozen=True, kw_only=True)
+class RuleRow(RuleFigures):
+    """A rule as the console lists it: its definition, its findings in the view, and
+    its review and disposition figures (precision, continue and modify rates: RuleFigures)."""
+
+    rule: RuleDefinition  # id, names, version, severity, enabled
     open: int
     per_month: dict[str, int]
-    continued: int = 0  # prescribers' dispositions (3103): continued past the warning
-    modified: int = 0  # ... or changed the prescription
-
-    @property
-    def precision(self) -> float | None:
-        reviewed = self.confirmed + self.dismissed
-        return None if reviewed == 0 else self.confirmed / reviewed
-
-    @property
-    def continue_rate(self) -> float | None:
-        disposed = self.continued + self.modified
-        return None if disposed == 0 else self.continued / disposed
-
-    @property
-    def modify_rate(self) -> float | None:
-        disposed = self.continued + self.modified
-        return None if disposed == 0 else self.modified / disposed
 
 
 def rule_rows(services: Services, findings: Sequence[FindingView]) -> tuple[list[RuleRow], list[str]]:
@@ -447,23 +427,13 @@ def rule_rows(services: Services, findings: Sequence[FindingView]) -> tuple[list
         per[f.rule_id][f.occurred_at.strftime("%Y-%m")] += 1
         if f.status == "new":
             open_[f.rule_id] += 1
-    rows = []
-    for rule in sorted(services.kb.rules.values(), key=lambda r: r.id):
-        fig = figures.get(rule.id)
-        rows.append(
-            RuleRow(
-                rule_id=rule.id,
-                name_zh=rule.name_zh,
-                name_en=rule.name_en,
-                severity=rule.severity,
-                version=rule.version,
-                enabled=rule.enabled,
-                confirmed=fig.confirmed if fig else 0,
-                dismissed=fig.dismissed if fig else 0,
-                open=open_[rule.id],
-                per_month={m: per[rule.id][m] for m in months},
-                continued=getattr(fig, "continued", 0) if fig else 0,
-                modified=getattr(fig, "modified", 0) if fig else 0,
-            )
+    rows = [
+        RuleRow(
+            rule=rule,
+            open=open_[rule.id],
+            per_month={m: per[rule.id][m] for m in months},
+            **asdict(figures.get(rule.id, RuleFigures())),
         )
+        for rule in sorted(services.kb.rules.values(), key=lambda r: r.id)
+    ]
     return rows, months

@@ -1,4 +1,4 @@
-"""A small factory of normalized claim lines, for tests, examples and benchmarks.
+"""A small factory of normalized claim lines and findings, for tests, examples and benchmarks.
 
 It resolves the knowledge-base facts the way ingestion does (minimum units, days of
 supply at the label maximum dose, ATC, institution kind), so callers write only what a
@@ -7,11 +7,13 @@ scenario is about: who, where, when, which drug, how many packs."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from rxguard.kb import KnowledgeBase
-from rxguard.models import ClaimLine, InstitutionKind
+from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
+from rxguard.scope import Scope
 
 _SERIAL = itertools.count(1)
 
@@ -82,3 +84,25 @@ def make_line(
 def days_later(start: datetime | str, days: float) -> datetime:
     t = datetime.fromisoformat(start) if isinstance(start, str) else start
     return t + timedelta(days=days)
+
+
+def make_finding(
+    rule_id: str = "early-refill", psn_no: str = "P0001", evidence: Sequence[str] = ("H1/1",), **extra: Any
+) -> Finding:
+    """A patient finding with its deterministic id; any field may be given in `extra`."""
+    fields: dict[str, Any] = {
+        "finding_id": Finding.make_id(rule_id, Scope.patient(psn_no), list(evidence)),
+        "rule_id": rule_id,
+        "rule_version": 1,
+        "severity": Severity.HIGH,
+        "subject_type": "patient",
+        "psn_no": psn_no,
+        "fixmedins_code": "H31000000001",
+        "admdvs": "310000",
+        "occurred_at": datetime(2026, 3, 1, 9),
+        "evidence": sorted(evidence),
+        "figures": {"days_early": 10},
+        "explanation_zh": "提前购药",
+        "explanation_en": "early refill",
+    }
+    return Finding.model_validate({**fields, **extra})

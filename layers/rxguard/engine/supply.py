@@ -9,6 +9,7 @@ one day of supply per calendar day. See docs/rules.md for the semantics.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -23,20 +24,15 @@ from rxguard.engine.stock import Stock
 from rxguard.models import Finding
 
 
+@dataclass(eq=False)
 class SupplyRules:
-    def __init__(
-        self,
-        over_quantity: OverQuantity,
-        early_refill: EarlyRefill,
-        cross_institution: CrossInstitutionRepeat,
-        cumulative: CumulativeOversupply,
-        overrides: OverrideFrequency,
-    ) -> None:
-        self.over_quantity = over_quantity
-        self.early_refill = early_refill
-        self.cross_institution = cross_institution
-        self.cumulative = cumulative
-        self.overrides = overrides
+    """The supply rules, walked together over one ingredient's fills."""
+
+    over_quantity: OverQuantity
+    early_refill: EarlyRefill
+    cross_institution: CrossInstitutionRepeat
+    cumulative: CumulativeOversupply
+    overrides: OverrideFrequency
 
     def evaluate(self, psn_no: str, fills_by_atc: dict[str, list[Fill]]) -> list[Finding]:
         out: list[Finding] = []

@@ -3,8 +3,10 @@
 `prepare_batch` reads the batch once (streaming), spills every accepted line to one of N
 hash partitions on disk (by a hash of psn_no) and its line id to one of N key partitions
 (by a hash of the line id). Then it finds duplicates one key partition at a time, and
-sorts one patient partition at a time into chunks of about `chunk_size` lines. Memory is
-bounded by one partition (N grows with the file size), not by the file.
+sorts one patient partition at a time into chunks of about `chunk_size` lines (a chunk
+never spans two partitions). Memory is bounded by one partition (N grows with the file
+size), not by the file. Normalization (pass 1) and chunking (pass 3) run as tasks through
+a `TaskMapper`: in this process on Lambda, over the worker processes locally.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from rxguard.ingest.normalize import DUPLICATE, LineRejected, TimeWindow, normalize_record
 from rxguard.ingest.reader import BatchReader, Opener, RawRecord, located
@@ -29,7 +31,7 @@ from rxguard.models import ClaimLine, Rejection
 
 PARTITION_SOURCE_BYTES = 2 * 1024 * 1024  # about this much input per partition (about 12k CSV lines)
 MAX_PARTITIONS = 256
-FLUSH_EVERY = 8192  # lines buffered across partitions before writing (a few MB); progress is told then
+PROGRESS_EVERY = 10_000
 _ADMDVS = re.compile(r"[0-9]{6}")
 
 
@@ -69,9 +71,15 @@ class PrepareResult:
         }
 
 
+def _chunk_json(line: ClaimLine) -> str:
+    """A line as a chunk holds it: its JSON without the fields at their default (a quarter
+    smaller; `read_chunk` validates it back to the same line)."""
+    return line.model_dump_json(exclude_defaults=True)
+
+
 def write_chunk(lines: Iterable[ClaimLine]) -> bytes:
-    """JSON Lines of `ClaimLine.model_dump(mode="json")`, one line each."""
-    return b"".join(line.model_dump_json().encode("utf-8") + b"\n" for line in lines)
+    """JSON Lines of the lines as chunks hold them, one line each."""
+    return b"".join(_chunk_json(line).encode("utf-8") + b"\n" for line in lines)
 
 
 def read_chunk(data: bytes | Path) -> list[ClaimLine]:
@@ -101,16 +109,16 @@ def prepare_batch(
     """Validate and normalize a batch; write `out_dir/chunk-NNNNN.jsonl` (whole patients,
     sorted by (fee_ocur_time, line_id), about `chunk_size` lines each) and
     `out_dir/rejected.jsonl` (one Rejection a line, the file error included).
-    `progress(lines_read)` is called every 8,192 lines or so and at the end. `mapper`
-    normalizes the records (`normalize_task` over `NormalizeTask`s, in order): by default
-    in this process; the local runtime passes its worker processes."""
+    `progress(lines_read)` is called every 10,000 lines or so and at the end. `mapper`
+    runs the normalization (pass 1) and the chunking (pass 3) tasks: by default in this
+    process; the local runtime passes its worker processes."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, not {chunk_size}")
     if default_admdvs is not None and _ADMDVS.fullmatch(default_admdvs) is None:
         raise ValueError(f"default_admdvs must be a 6-digit region code, not {default_admdvs!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("chunk-*.jsonl"):
+    for old in [*out_dir.glob("chunk-*.jsonl"), *out_dir.glob("part-*.jsonl")]:
         old.unlink()
     reader = BatchReader(path, kb, name=name, default_admdvs=default_admdvs, dedupe=False, window=window, defer=True)
     if size is None:
@@ -134,14 +142,15 @@ def prepare_batch(
     spill = Path(tempfile.mkdtemp(prefix=".spill-", dir=out_dir))
     try:
         with rejected_path.open("w", encoding="utf-8") as rejected_out:
-            _spill(reader, kb, spill, n_parts, rejected_out, progress, mapper)
+            mapper = mapper or SerialMapper(kb)
+            _spill(reader, spill, n_parts, rejected_out, progress, mapper)
             result.format, result.encoding = reader.format, reader.encoding
             result.lines_read, result.accepted, result.rejected = reader.lines_read, reader.accepted, reader.rejected
             result.rejected_by_reason = dict(reader.rejected_by_reason)
             result.file_error = reader.file_error
             if reader.file_error is None:
                 _find_duplicates(spill, n_parts)
-                _write_chunks(spill, n_parts, out_dir, chunk_size, rejected_out, result, on_chunk)
+                _write_chunks(spill, n_parts, out_dir, chunk_size, rejected_out, result, mapper, on_chunk)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     if progress is not None:
@@ -162,69 +171,110 @@ class NormalizeTask:
     records: list[tuple[int, dict[str, Any]]]
 
 
-# the outcome of one record: (patient partition, spill row, key partition, key row) for an
-# accepted line; (-1, rejection JSON, -1, reason) for a rejected one
-SpillOutcome = tuple[int, str, int, str]
-# how Prepare maps `normalize_task` over its tasks: in order, lazily (the default is in this
-# process; the local runtime passes its worker pool, docs/local.md)
-TaskMapper = Callable[[Iterable[NormalizeTask]], Iterator[list[SpillOutcome]]]
-TASK_RECORDS = 1000  # records per NormalizeTask
+@dataclass
+class TaskOutcome:
+    """What normalizing a task gives Prepare: per partition, its rows as one gzip member
+    (compressed where they were made: the process that writes the spill only appends bytes),
+    and the records rejected, by their index in the task."""
+
+    parts: dict[int, bytes] = field(default_factory=dict)  # patient partition -> gzip member of its rows
+    keys: dict[int, bytes] = field(default_factory=dict)  # key partition -> gzip member of its rows
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (index, Rejection JSON, reason)
+    accepted: int = 0
 
 
-def normalize_task(task: NormalizeTask, kb: KnowledgeBase) -> list[SpillOutcome]:
+@dataclass(frozen=True)
+class ChunkTask:
+    """Pass 3 of one patient partition (picklable: it may go to a worker process)."""
+
+    spill: str
+    part: int
+    out_dir: str
+    chunk_size: int
+
+
+@dataclass
+class PartitionChunks:
+    """The chunk files one partition became, and the duplicate lines it dropped."""
+
+    chunks: list[tuple[str, int, int]] = field(default_factory=list)  # (path, lines, patients)
+    duplicates: list[tuple[str, str, str]] = field(default_factory=list)  # (source_line, first line, line_id)
+
+
+class TaskMapper(Protocol):
+    """How Prepare runs its two parallel passes: each maps a task function over tasks, in
+    order, lazily. `SerialMapper` runs them in this process (as on Lambda); the local
+    runtime passes its worker pool (docs/local.md)."""
+
+    def normalize(self, tasks: Iterable[NormalizeTask]) -> Iterator[TaskOutcome]: ...
+
+    def chunk(self, tasks: Iterable[ChunkTask]) -> Iterator[PartitionChunks]: ...
+
+
+TASK_RECORDS = 1000  # records per NormalizeTask at least ...
+TASK_ROWS_PER_PART = 40  # ... and about this many rows per partition (a gzip member compresses well)
+
+
+def normalize_task(task: NormalizeTask, kb: KnowledgeBase) -> TaskOutcome:
     """Normalize a task's records; render each accepted line as its patient-partition row
     (`patient, source_line, time, line_id, JSON`) and its key-partition row."""
-    out: list[SpillOutcome] = []
+    outcome = TaskOutcome()
     n_parts = task.n_parts
-    for line_no, record in task.records:
+    parts: dict[int, list[str]] = {}
+    keys: dict[int, list[str]] = {}
+    for index, (line_no, record) in enumerate(task.records):
         try:
             item = normalize_record(
                 record, kb, file=task.file, line=line_no, default_admdvs=task.default_admdvs, window=task.window
             )
         except LineRejected as exc:
             rejection = located(exc.rejection, task.file_format)
-            out.append((-1, rejection.model_dump_json(), -1, rejection.reason))
+            outcome.rejected.append((index, rejection.model_dump_json(), rejection.reason))
             continue
         patient = _patient_key(item.psn_no)
         part = int(patient[:8], 16) % n_parts
         line_id = f"{item.fixmedins_code}/{item.feedetl_sn}"
-        row = f"{patient}\t{item.source_line}\t{item.fee_ocur_time.isoformat()}\t{line_id}\t{item.model_dump_json()}\n"
+        parts.setdefault(part, []).append(
+            f"{patient}\t{item.source_line}\t{item.fee_ocur_time.isoformat()}\t{line_id}\t{_chunk_json(item)}\n"
+        )
         key_part = zlib.crc32(line_id.encode("utf-8")) % n_parts
-        out.append((part, row, key_part, f"{line_id}\t{item.source_line}\t{part}\n"))
-    return out
+        keys.setdefault(key_part, []).append(f"{line_id}\t{item.source_line}\t{part}\n")
+        outcome.accepted += 1
+    # zlib level 1, ~5-8x on claim JSON: the spill stays under the input's size on disk, where
+    # plain it was ~4.8x (issue 15: Lambda's ephemeral storage)
+    outcome.parts = {p: gzip.compress("".join(rows).encode("utf-8"), 1, mtime=0) for p, rows in parts.items()}
+    outcome.keys = {p: gzip.compress("".join(rows).encode("utf-8"), 1, mtime=0) for p, rows in keys.items()}
+    return outcome
 
 
-def _serial(kb: KnowledgeBase) -> TaskMapper:
-    return lambda tasks: (normalize_task(task, kb) for task in tasks)
+@dataclass(frozen=True)
+class SerialMapper:
+    kb: KnowledgeBase
+
+    def normalize(self, tasks: Iterable[NormalizeTask]) -> Iterator[TaskOutcome]:
+        return (normalize_task(task, self.kb) for task in tasks)
+
+    def chunk(self, tasks: Iterable[ChunkTask]) -> Iterator[PartitionChunks]:
+        # chunk by chunk: each is handed on (uploaded, deleted) before the next is written
+        return (piece for task in tasks for piece in iter_partition_chunks(task))
 
 
 def _spill(
     reader: BatchReader,
-    kb: KnowledgeBase,
     spill: Path,
     n_parts: int,
     rejected_out: IO[str],
     progress: Callable[[int], None] | None,
-    mapper: TaskMapper | None = None,
+    mapper: TaskMapper,
 ) -> None:
-    """Pass 1: every accepted line to its patient partition, its line id to a key partition.
-    Records are normalized in tasks of `TASK_RECORDS` (by `mapper`, in order); what the
-    reader rejects itself keeps its place among them in rejected.jsonl."""
-    # patient partitions compressed (zlib level 1, ~8x on claim JSON): the spill stays well under
-    # the input's size on disk, where plain it was ~4.8x (issue 15: Lambda's ephemeral storage)
-    parts = [gzip.open(spill / f"p{i}", "wt", encoding="utf-8", compresslevel=1) for i in range(n_parts)]  # noqa: SIM115
-    keys = [gzip.open(spill / f"k{i}", "wt", encoding="utf-8", compresslevel=1) for i in range(n_parts)]  # noqa: SIM115
-    part_rows: list[list[str]] = [[] for _ in range(n_parts)]  # buffered: one write per partition per flush
-    key_rows: list[list[str]] = [[] for _ in range(n_parts)]
+    """Pass 1: every accepted line to its patient partition, its line id to a key partition
+    (files of gzip members, one per task). Records are normalized in tasks (by `mapper`, in
+    order); what the reader rejects itself keeps its place among them in rejected.jsonl."""
+    parts = [(spill / f"p{i}").open("wb") for i in range(n_parts)]
+    keys = [(spill / f"k{i}").open("wb") for i in range(n_parts)]
     # per task, what the reader rejected before each of its records: written in file order
     held: deque[list[tuple[int, Rejection]]] = deque()  # one entry per task, taken in task order
-
-    def flush() -> None:
-        for handles, buffers in ((parts, part_rows), (keys, key_rows)):
-            for handle, rows in zip(handles, buffers, strict=True):
-                if rows:
-                    handle.write("".join(rows))
-                    rows.clear()
+    per_task = max(TASK_RECORDS, TASK_ROWS_PER_PART * n_parts)
 
     def task(records: list[tuple[int, dict[str, Any]]]) -> NormalizeTask:
         return NormalizeTask(reader.name, reader.format, reader.default_admdvs, reader.window, n_parts, records)
@@ -235,7 +285,7 @@ def _spill(
         for item in reader.deferred():
             if type(item) is RawRecord:
                 records.append((item.line, item.record))
-                if len(records) == TASK_RECORDS:
+                if len(records) == per_task:
                     held.append(early)
                     yield task(records)
                     records, early = [], []
@@ -246,27 +296,21 @@ def _spill(
 
     try:
         count = 0
-        for outcomes in (mapper or _serial(kb))(tasks()):
-            early = held.popleft()
-            for index, (part, row, key_part, key_row) in enumerate(outcomes):
-                while early and early[0][0] <= index:  # counted by the reader already
-                    rejected_out.write(early.pop(0)[1].model_dump_json() + "\n")
-                if part < 0:
-                    reader.account(key_row)
-                    rejected_out.write(row + "\n")
-                    continue
-                reader.account(None)
-                part_rows[part].append(row)
-                key_rows[key_part].append(key_row)
-            for _, rejection in early:
-                rejected_out.write(rejection.model_dump_json() + "\n")
-            count += len(outcomes) + len(early)
-            if count >= FLUSH_EVERY:
-                flush()
-                if progress is not None:
-                    progress(reader.lines_read)
+        for outcome in mapper.normalize(tasks()):
+            early = held.popleft()  # counted by the reader already
+            rows = [(at, 0, rejection.model_dump_json()) for at, rejection in early]
+            for index, body, reason in outcome.rejected:
+                reader.account(reason)
+                rows.append((index, 1, body))
+            rejected_out.writelines(body + "\n" for _, _, body in sorted(rows))
+            reader.account_accepted(outcome.accepted)
+            for handles, members in ((parts, outcome.parts), (keys, outcome.keys)):
+                for part, member in members.items():
+                    handles[part].write(member)
+            count += outcome.accepted + len(rows)
+            if progress is not None and count >= PROGRESS_EVERY:
+                progress(reader.lines_read)
                 count = 0
-        flush()
     finally:
         for handle in parts + keys:
             handle.close()
@@ -304,50 +348,70 @@ def _write_chunks(
     chunk_size: int,
     rejected_out: IO[str],
     result: PrepareResult,
+    mapper: TaskMapper,
     on_chunk: Callable[[ChunkInfo], None] | None = None,
 ) -> None:
-    """Pass 3: per patient partition, drop duplicates, group by patient, and fill chunks
-    of whole patients; each chunk sorted by (fee_ocur_time, line_id)."""
-    pending: list[tuple[str, str, str]] = []
-    pending_patients = 0
+    """Pass 3: each patient partition into chunks (`chunk_partition`, by `mapper`); here the
+    chunks are numbered in partition order and handed to `on_chunk` one at a time."""
+    tasks = (ChunkTask(str(spill), i, str(out_dir), chunk_size) for i in range(n_parts))
+    for done in mapper.chunk(tasks):
+        for source_line, first_line, line_id in done.duplicates:
+            _reject_duplicate(rejected_out, result, source_line, first_line, line_id)
+        for made, lines, patients in done.chunks:
+            chunk_path = out_dir / f"chunk-{len(result.chunks):05d}.jsonl"
+            Path(made).replace(chunk_path)
+            info = ChunkInfo(path=chunk_path, lines=lines, patients=patients)
+            result.chunks.append(info)
+            if on_chunk is not None:
+                on_chunk(info)  # e.g. upload it and delete the file: few chunks on disk at a time
 
-    def flush() -> None:
-        nonlocal pending, pending_patients
-        if not pending:
-            return
-        pending.sort(key=lambda row: (row[0], row[1]))
-        chunk_path = out_dir / f"chunk-{len(result.chunks):05d}.jsonl"
-        with chunk_path.open("w", encoding="utf-8") as out:
-            out.writelines(row[2] + "\n" for row in pending)
-        info = ChunkInfo(path=chunk_path, lines=len(pending), patients=pending_patients)
-        result.chunks.append(info)
-        if on_chunk is not None:
-            on_chunk(info)  # e.g. upload it and delete the file: one chunk on disk at a time
-        pending, pending_patients = [], 0
 
-    for i in range(n_parts):
-        dup_path = spill / f"d{i}"
-        duplicate_of: dict[str, str] = {}
-        if dup_path.exists():
-            with dup_path.open(encoding="utf-8") as handle:
-                for row in handle:
-                    source_line, first_line = row.rstrip("\n").split("\t")
-                    duplicate_of[source_line] = first_line
-        patients: dict[str, list[tuple[str, str, str]]] = {}
-        with gzip.open(spill / f"p{i}", "rt", encoding="utf-8") as handle:
+def chunk_partition(task: ChunkTask) -> PartitionChunks:
+    """A whole partition's chunks at once (`iter_partition_chunks`, for a worker process)."""
+    done = PartitionChunks()
+    for piece in iter_partition_chunks(task):
+        done.chunks += piece.chunks
+        done.duplicates += piece.duplicates
+    return done
+
+
+def iter_partition_chunks(task: ChunkTask) -> Iterator[PartitionChunks]:
+    """One patient partition: drop its duplicates, group by patient and fill chunks of
+    whole patients, about `chunk_size` lines each (a chunk never spans partitions), each
+    sorted by (fee_ocur_time, line_id). Yields the duplicates, then each chunk as it is
+    written. The spill files of the partition are removed."""
+    spill, i = Path(task.spill), task.part
+    dup_path = spill / f"d{i}"
+    duplicate_of: dict[str, str] = {}
+    if dup_path.exists():
+        with dup_path.open(encoding="utf-8") as handle:
             for row in handle:
-                patient, source_line, time, line_id, payload = row.rstrip("\n").split("\t", 4)
-                if source_line in duplicate_of:
-                    _reject_duplicate(rejected_out, result, source_line, duplicate_of[source_line], line_id)
-                    continue
-                patients.setdefault(patient, []).append((time, line_id, payload))
-        (spill / f"p{i}").unlink()
-        for patient in sorted(patients):
-            pending.extend(patients[patient])
-            pending_patients += 1
-            if len(pending) >= chunk_size:
-                flush()
-    flush()
+                source_line, first_line = row.rstrip("\n").split("\t")
+                duplicate_of[source_line] = first_line
+        dup_path.unlink()
+    dropped = PartitionChunks()
+    patients: dict[str, list[tuple[str, str, str]]] = {}
+    with gzip.open(spill / f"p{i}", "rt", encoding="utf-8") as handle:
+        for row in handle:
+            patient, source_line, time, line_id, payload = row.rstrip("\n").split("\t", 4)
+            if source_line in duplicate_of:
+                dropped.duplicates.append((source_line, duplicate_of[source_line], line_id))
+                continue
+            patients.setdefault(patient, []).append((time, line_id, payload))
+    (spill / f"p{i}").unlink()
+    yield dropped
+    pending: list[tuple[str, str, str]] = []
+    pending_patients = made = 0
+    for n, patient in enumerate(sorted(patients), start=1):
+        pending.extend(patients[patient])
+        pending_patients += 1
+        if len(pending) >= task.chunk_size or n == len(patients):
+            pending.sort(key=lambda row: (row[0], row[1]))
+            chunk_path = Path(task.out_dir) / f"part-{i:05d}-{made:05d}.jsonl"
+            with chunk_path.open("w", encoding="utf-8") as out:
+                out.writelines(row[2] + "\n" for row in pending)
+            yield PartitionChunks(chunks=[(str(chunk_path), len(pending), pending_patients)])
+            pending, pending_patients, made = [], 0, made + 1
 
 
 def _reject_duplicate(out: IO[str], result: PrepareResult, source_line: str, first_line: str, line_id: str) -> None:

@@ -527,14 +527,16 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             raise TypeError("deferred() needs BatchReader(defer=True)")
         return self._gen
 
-    def account(self, rejected: str | None) -> None:
-        """Count the outcome of a deferred record: accepted (None) or rejected for a reason."""
+    def account(self, reason: str) -> None:
+        """Count a deferred record that was rejected for `reason`."""
         self.lines_read += 1
-        if rejected is None:
-            self.accepted += 1
-        else:
-            self.rejected += 1
-            self.rejected_by_reason[rejected] = self.rejected_by_reason.get(rejected, 0) + 1
+        self.rejected += 1
+        self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
+
+    def account_accepted(self, count: int) -> None:
+        """Count `count` deferred records that were accepted."""
+        self.lines_read += count
+        self.accepted += count
 
     def _nothing_read(self) -> bool:
         return self.lines_read == 0 and self._deferred == 0

@@ -153,6 +153,11 @@ Period = Literal["month", "quarter", "year"]
 QUARTER_ZH = ("一", "二", "三", "四")
 
 
+class LetterRenderError(ValueError):
+    """A letter cannot be rendered (font missing, template error); names the file. Here, not
+    in `letters.pdf`, so rendering HTML does not load reportlab (~0.6 s)."""
+
+
 @dataclass(frozen=True)
 class Person:
     """A patient's name and postal address from the bureau's person file."""

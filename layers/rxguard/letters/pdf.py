@@ -48,6 +48,7 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+from rxguard.letters.context import LetterRenderError
 from rxguard.letters.linebreak import break_markup
 
 FONT_NAME = "RxguardCJK"
@@ -65,10 +66,6 @@ _BLOCK = {
 }  # fmt: skip
 _INLINE = {"b": "b", "strong": "b", "i": "i", "em": "i", "u": "u", "sup": "super", "sub": "sub"}
 SEAL_RED = colors.HexColor("#c8102e")
-
-
-class LetterRenderError(ValueError):
-    """A letter cannot be rendered (font missing, template error); names the file."""
 
 
 # ---------------------------------------------------------------- fonts

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import jinja2
 
-from rxguard.letters.context import LetterContext
+from rxguard.letters.context import LetterContext, LetterRenderError
 
 TEMPLATES = {"institution": "institution_letter.html.j2", "patient": "patient_letter.html.j2"}
 
 
+@lru_cache(maxsize=1)
 def default_templates_dir() -> Path:
     """`templates/letters`: `/opt/templates/letters` in Lambda (fonts layer), the repo's otherwise."""
     base = Path(__file__).resolve().parents[3]  # /opt in Lambda, the repo root here
@@ -34,8 +35,6 @@ def environment(templates_dir: Path) -> jinja2.Environment:
 
 
 def render_html(letter: LetterContext, templates_dir: Path | None = None) -> str:
-    from rxguard.letters.pdf import LetterRenderError
-
     directory = templates_dir or default_templates_dir()
     name = TEMPLATES[letter.addressee_type]
     try:

@@ -23,6 +23,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_complet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,15 @@ from rxguard.alerts.settings import AlertSettings
 from rxguard.alerts.sink import NotificationSink
 from rxguard.config import Settings
 from rxguard.errors import TransientError
-from rxguard.ingest.partition import NormalizeTask, SpillOutcome, TaskMapper, normalize_task
+from rxguard.ingest.partition import (
+    ChunkTask,
+    NormalizeTask,
+    PartitionChunks,
+    TaskMapper,
+    TaskOutcome,
+    chunk_partition,
+    normalize_task,
+)
 from rxguard.kb import KnowledgeBase, Phase, get_knowledge_base
 from rxguard.local.backend import Backend, BackendSpec, open_backend
 from rxguard.local.objects import InputFiles, LocalObjects
@@ -145,7 +154,7 @@ def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return {"chunk_key": request.chunk_key, "ok": False, "error": error}, []
 
 
-def normalize_part(task: NormalizeTask) -> list[SpillOutcome]:
+def normalize_part(task: NormalizeTask) -> TaskOutcome:
     """Prepare's normalization of one task of records, in a worker (ingest.partition)."""
     return normalize_task(task, _WORKER["ctx"].kb)
 
@@ -160,6 +169,27 @@ def bounded_map[In, Out](pool: Executor, fn: Callable[[In], Out], items: Iterabl
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
+
+
+@dataclass(frozen=True)
+class PoolMapper:
+    """Prepare's normalization and chunking tasks over the worker pool (ingest.TaskMapper);
+    `spent(cpu, pid)` is told the CPU each task took in its worker."""
+
+    pool: Executor
+    ahead: int
+    spent: Callable[[float, int], None]
+
+    def _map[T, R](self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        for result, cpu, pid in bounded_map(self.pool, partial(timed, fn), tasks, self.ahead):
+            self.spent(cpu, pid)
+            yield result
+
+    def normalize(self, tasks: Iterable[NormalizeTask]) -> Iterator[TaskOutcome]:
+        return self._map(normalize_part, tasks)
+
+    def chunk(self, tasks: Iterable[ChunkTask]) -> Iterator[PartitionChunks]:
+        return self._map(chunk_partition, tasks)
 
 
 def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
@@ -184,25 +214,16 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     owners = sorted({s.psn_no for found in sales.values() for s in found if s.line_id in cited})
     lines = [x for h in (repo.load_history(owners) if owners else {}).values() for x in h if x.line_id in cited]
     chunk_key = f"{TRACES}-{part:03d}"
-    found = ChunkFindings(
-        chunk_key=chunk_key,
-        new=changes.new,
-        updated=changes.updated,
-        superseded=changes.superseded,
-        unchanged=changes.unchanged,
+    found = ChunkFindings.of_changes(
+        chunk_key,
+        changes,
         institutions={x.fixmedins_code: x.fixmedins_name for x in lines if x.fixmedins_name},
         evidence_lines=lines,
     )
     key = naming.result_key(batch_id, chunk_key)
     ctx.results.put_json(key, found.model_dump(mode="json"))
-    counts = {"new": len(found.new), "updated": len(found.updated), "superseded": len(found.superseded)}
     return ChunkResult(
-        chunk_key=chunk_key,
-        lines=0,
-        recorded=0,
-        duplicates=0,
-        findings={**counts, "unchanged": found.unchanged},
-        result_key=key,
+        chunk_key=chunk_key, lines=0, recorded=0, duplicates=0, findings=found.counts(), result_key=key
     ).model_dump(mode="json")
 
 
@@ -469,10 +490,10 @@ class LocalOrchestrator:
         batch.status = "SCREENED"
 
     def _normalizer(self, pool: Executor) -> TaskMapper | None:
-        """Prepare's normalization over the worker processes (in this process without them)."""
+        """Prepare's passes over the worker processes (in this process without them)."""
         if isinstance(pool, InProcess):
             return None
-        return lambda tasks: bounded_map(pool, normalize_part, tasks, ahead=3 * self.workers)
+        return PoolMapper(pool, ahead=3 * self.workers, spent=self._worker_cpu)
 
     def _map(self, prepared: PrepareOutput, pool: Executor) -> list[dict[str, Any]]:
         """The Screen Map: one item per chunk (the ASL's ItemSelector), then the trace codes."""
@@ -545,8 +566,6 @@ class LocalOrchestrator:
     def _letters(self) -> Callable[..., Any]:
         """The letter issuer: numbers from the state's counters; HTML now, the PDF of each
         letter queued for `render_pdfs` (in parallel after Notify, or on demand)."""
-        from functools import partial
-
         from rxguard.letters import issue_letters, render_letter
 
         def html_now(letter: Any, settings: AlertSettings) -> tuple[str, bytes | None]:

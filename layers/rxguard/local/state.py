@@ -442,16 +442,22 @@ class SqliteRepository(HistoryRepository):
         self._recent = {line.line_id: line for line in fresh}
         return fresh
 
+    def _keyed(self, keys: Collection[str], sql: str) -> tuple[dict[str, list[Any]], list[Any]]:
+        """An empty list for each key, and the rows of `sql`, whose one parameter is the keys
+        (`IN (SELECT value FROM json_each(?))`; no read when there is no key)."""
+        out: dict[str, list[Any]] = {key: [] for key in keys}
+        return out, (self.state.read(sql, (_ids(out),)) if out else [])
+
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
-        out: dict[str, list[ClaimLine]] = {p: [] for p in psn_nos}
-        if not out:
-            return out
         # the ids first, from the index alone; then the bodies of the lines not decoded yet
-        rows = self.state.read(
+        out: dict[str, list[ClaimLine]]
+        out, rows = self._keyed(
+            psn_nos,
             "SELECT psn_no, line_id FROM lines WHERE psn_no IN (SELECT value FROM json_each(?)) "
             "ORDER BY psn_no, t, line_id",
-            (_ids(out),),
         )
+        if not rows:
+            return out
         recent, cache = self._recent, self._cache
         known: dict[str, ClaimLine] = {}
         for _, line_id in rows:
@@ -491,13 +497,11 @@ class SqliteRepository(HistoryRepository):
         return int(self.state.read("SELECT count(*) FROM lines")[0][0])
 
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
-        out: dict[str, list[TraceSale]] = {c: [] for c in codes}
-        if not out:
-            return out
-        rows = self.state.read(
+        out: dict[str, list[TraceSale]]
+        out, rows = self._keyed(
+            codes,
             "SELECT code, t, line_id, psn_no, fixmedins_code, sale FROM trace_sales "
             "WHERE code IN (SELECT value FROM json_each(?)) ORDER BY code, t, line_id",
-            (_ids(out),),
         )
         for code, t, line_id, psn_no, fixmedins_code, sale in rows:
             if sale:
@@ -508,13 +512,11 @@ class SqliteRepository(HistoryRepository):
 
     # ------------------------------------------------------------ findings
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
-        out: dict[str, list[Finding]] = {s: [] for s in scopes}
-        if not out:
-            return out
-        rows = self.state.read(
+        out: dict[str, list[Finding]]
+        out, rows = self._keyed(
+            scopes,
             "SELECT scope, status, body FROM findings WHERE scope IN (SELECT value FROM json_each(?)) "
             "AND status != 'superseded' ORDER BY scope, finding_id",
-            (_ids(out),),
         )
         for scope, status, body in rows:
             out[scope].append(_decode_finding(body, status))

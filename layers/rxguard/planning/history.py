@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rxguard.kb import KnowledgeBase, KnowledgeBaseError, Phase, RuleDefinition
+from rxguard.kb import KnowledgeBase, KnowledgeBaseError, Phase, RuleDefinition, read_document
 from rxguard.local.state import State
 from rxguard.models import ClaimLine
 from rxguard.repository import TraceSale
@@ -25,14 +25,8 @@ def overlay_rules(kb: KnowledgeBase, path: Path) -> KnowledgeBase:
     Errors name the file, rule and field, as `rxguard.kb.load_rules` does."""
     import yaml
 
-    name = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise KnowledgeBaseError(name, None, None, "file not found") from exc
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise KnowledgeBaseError(name, None, None, f"not valid UTF-8 YAML: {exc}") from exc
-    return overlay_rule_entries(kb, raw, name)
+    raw = read_document(path, yaml.safe_load, yaml.YAMLError, "YAML")
+    return overlay_rule_entries(kb, raw, str(path))
 
 
 def overlay_rule_entries(kb: KnowledgeBase, raw: Any, name: str = "rules") -> KnowledgeBase:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rxguard.models import ClaimLine, Finding
+from rxguard.repository import FindingChanges
 from rxguard.workflow.naming import S3ObjectRef
 
 INSTITUTIONS = "institutions"  # the pseudo chunk key of the ScreenInstitutions step's result
@@ -118,6 +119,17 @@ class ChunkFindings(BaseModel):
     unchanged: int = 0
     institutions: dict[str, str] = Field(default_factory=dict)  # fixmedins_code -> name, for the letters
     evidence_lines: list[ClaimLine] = Field(default_factory=list)  # this chunk's lines cited by new/updated findings
+
+    @classmethod
+    def of_changes(cls, chunk_key: str, changes: FindingChanges, **more: Any) -> ChunkFindings:
+        """The results file of what a screening changed (`more`: recorded, institutions, ...)."""
+        return cls(chunk_key=chunk_key, **vars(changes), **more)  # new, updated, superseded, unchanged
+
+    def counts(self) -> dict[str, int]:
+        """The ChunkResult's `findings`: how many findings are new, updated, superseded, unchanged."""
+        changed = {"new": len(self.new), "updated": len(self.updated), "superseded": len(self.superseded)}
+        return {**changed, "unchanged": self.unchanged}
+
     activity_periods: list[str] = Field(default_factory=list)  # months whose institution activity changed
     # A retry after an attempt that reconciled but never wrote this file: the current findings
     # citing the chunk's lines, for Notify (alerts are once-only, so nothing is announced twice)

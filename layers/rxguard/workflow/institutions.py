@@ -94,25 +94,13 @@ def screen_institutions(
         changes.superseded += step.superseded
         changes.unchanged += step.unchanged
     repo.flush()
-    out = ChunkFindings(
-        chunk_key=INSTITUTIONS,
-        new=changes.new,
-        updated=changes.updated,
-        superseded=changes.superseded,
-        unchanged=changes.unchanged,
-    )
+    out = ChunkFindings.of_changes(INSTITUTIONS, changes)
     key = naming.result_key(request.batch_id, INSTITUTIONS)
     results.put_json(key, out.model_dump(mode="json"))
-    counts = {"new": len(out.new), "updated": len(out.updated), "superseded": len(out.superseded)}
+    counts = out.counts()
+    changed = {name: counts[name] for name in ("new", "updated", "superseded")}
     logger.info(
         "institutions screened",
-        extra={"batch_id": request.batch_id, "months": sorted(evaluated), "units": len(by_scope), **counts},
+        extra={"batch_id": request.batch_id, "months": sorted(evaluated), "units": len(by_scope), **changed},
     )
-    return ChunkResult(
-        chunk_key=INSTITUTIONS,
-        lines=0,
-        recorded=0,
-        duplicates=0,
-        findings={**counts, "unchanged": out.unchanged},
-        result_key=key,
-    )
+    return ChunkResult(chunk_key=INSTITUTIONS, lines=0, recorded=0, duplicates=0, findings=counts, result_key=key)

@@ -1,8 +1,10 @@
 """What the four supply rules share: how a fill reads in a sentence, the days a fill may
-supply, and the mitigations (override reasons, discharge medication) with their text."""
+supply, the mitigations (override reasons, discharge medication) and the remarks they note,
+with their text, and the one way their hits and explanations are put together."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
@@ -125,6 +127,34 @@ def mitigation_text(note: str) -> tuple[str, str] | None:
     return None
 
 
+# The sentence of each remark a supply rule notes on a hit (the mitigations': mitigation_text)
+NOTES = {
+    "long_term_ignored": (  # over-quantity
+        "处方标记为长期处方，但该药品不在长期处方适用范围内，不适用84天上限。",
+        "The line is flagged as a long-term prescription, but the drug is not eligible for one.",
+    ),
+    "covering_discharge": (  # cross-institution-repeat
+        "先前一次为出院带药，仅作提示。",
+        "The earlier dispensing was discharge medication: informational only.",
+    ),
+    "all_mitigated": (  # cumulative-oversupply
+        "超量配药均申报了特殊原因或为出院带药，风险等级下调。",
+        "Every dispensing that raised the stock declared an override reason or was discharge medication.",
+    ),
+}
+
+
+def explained(zh: list[str], en: list[str], notes: Iterable[str]) -> tuple[str, str]:
+    """A hit's zh and en text: its sentences, then one per note (`NOTES`, `mitigation_text`),
+    in the order of the notes."""
+    for note in notes:
+        pair = NOTES.get(note) or mitigation_text(note)
+        if pair is not None:
+            zh.append(pair[0])
+            en.append(pair[1])
+    return "".join(zh), " ".join(en)
+
+
 def patient_hit(
     psn_no: str,
     fill: Fill,
@@ -134,6 +164,7 @@ def patient_hit(
     mitigations: list[str],
     notes: list[str],
     facts: dict[str, Any],
+    id_key: list[str] | None = None,
 ) -> Hit:
     """A patient hit located at a fill (its institution, prescriber, region and time)."""
     return Hit(
@@ -149,4 +180,5 @@ def patient_hit(
         mitigations=mitigations,
         notes=notes,
         facts={"fill": fill, **facts},
+        id_key=id_key,
     )

@@ -27,9 +27,10 @@ from pydantic import BaseModel, ConfigDict
 
 from rxguard.engine.common import RuleSet
 from rxguard.kb import Drug, KnowledgeBase
-from rxguard.models import Finding, Scene, Severity
+from rxguard.models import ClaimLine, Finding, Scene, Severity
 from rxguard.scope import Scope
 
+Figures = dict[str, Any]  # a finding's figures (JSON values)
 SubjectType = Literal["patient", "institution", "prescriber", "trace_code"]
 ALL_SCENES = (Scene.PRE, Scene.IN, Scene.POST)
 
@@ -61,6 +62,15 @@ class Hit:
     notes: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     id_key: list[str] | None = None
+
+    @classmethod
+    def at_line(
+        cls, psn_no: str, line: ClaimLine, severity: Severity, evidence: Iterable[str], figures: Figures, **more: Any
+    ) -> Hit:
+        """A patient hit located at one of its lines: its time, institution, prescriber, region."""
+        subject, at = Scope.patient(psn_no), line.fee_ocur_time
+        where = (line.fixmedins_code, line.bilg_dr_codg, line.admdvs)
+        return cls(subject, severity, at, evidence, figures, psn_no, *where, **more)
 
 
 class Rule:

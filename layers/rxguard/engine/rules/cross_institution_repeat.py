@@ -9,7 +9,7 @@ from typing import Any
 
 from rxguard.engine.common import num, text
 from rxguard.engine.fills import Fill
-from rxguard.engine.rules._dispensing import day_text, inst, inst_en, mitigate, mitigation_text, patient_hit, what
+from rxguard.engine.rules._dispensing import day_text, explained, inst, inst_en, mitigate, patient_hit, what
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.models import Severity
 
@@ -84,11 +84,4 @@ class CrossInstitutionRepeat(Rule):
             f"while still covered, on {day_text(fill.day)} another institution, {inst_en(fill)}, dispensed the same "
             f"ingredient: {what_en}, overlapping by {text(overlap)} days."
         ]
-        for note in hit.notes:
-            if note == "covering_discharge":
-                zh.append("先前一次为出院带药，仅作提示。")
-                en.append("The earlier dispensing was discharge medication: informational only.")
-            elif (pair := mitigation_text(note)) is not None:
-                zh.append(pair[0])
-                en.append(pair[1])
-        return "".join(zh), " ".join(en)
+        return explained(zh, en, hit.notes)

@@ -10,11 +10,10 @@ from typing import Any
 
 from rxguard.engine.common import num, text
 from rxguard.engine.fills import Fill
-from rxguard.engine.rules._dispensing import BASIS, allowed_days, day_text, mitigate
+from rxguard.engine.rules._dispensing import BASIS, allowed_days, day_text, explained, mitigate, patient_hit
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.engine.stock import Stock
 from rxguard.models import Severity
-from rxguard.scope import Scope
 
 
 class CumulativeOversupplyParameters(Parameters):
@@ -120,20 +119,10 @@ class CumulativeOversupply(Rule):
             "days_supplied_total": num(sum(f.days for f in contributors)),
             "trigger_lines": sorted(i for f in ep.triggers for i in f.line_ids),
         }
-        return Hit(
-            subject=Scope.patient(psn_no),
-            severity=severity,
-            occurred_at=anchor.time,
-            evidence=[i for f in contributors for i in f.line_ids],
-            figures=figures,
-            psn_no=psn_no,
-            fixmedins_code=anchor.fixmedins_code,
-            bilg_dr_codg=anchor.lines[0].bilg_dr_codg,
-            admdvs=anchor.admdvs,
-            mitigations=mitigations,
-            notes=notes,
-            facts={"episode": ep, "contributors": contributors, "peak_fill": peak_fill},
-            id_key=["episode", *anchor.line_ids],
+        evidence = [i for f in contributors for i in f.line_ids]
+        facts = {"episode": ep, "contributors": contributors, "peak_fill": peak_fill}
+        return patient_hit(
+            psn_no, anchor, severity, evidence, figures, mitigations, notes, facts, id_key=["episode", *anchor.line_ids]
         )
 
     def explain(self, hit: Hit) -> tuple[str, str]:
@@ -157,7 +146,4 @@ class CumulativeOversupply(Rule):
             f"{day_text(peak_fill.day)}, beyond the {text(ep.allowed)} days allowed ({basis_en}) plus "
             f"{text(ep.tolerance)} days of tolerance."
         ]
-        if "all_mitigated" in hit.notes:
-            zh.append("超量配药均申报了特殊原因或为出院带药，风险等级下调。")
-            en.append("Every dispensing that raised the stock declared an override reason or was discharge medication.")
-        return "".join(zh), " ".join(en)
+        return explained(zh, en, hit.notes)

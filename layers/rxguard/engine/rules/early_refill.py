@@ -12,11 +12,11 @@ from rxguard.engine.common import higher, num, submitter, text
 from rxguard.engine.fills import Fill
 from rxguard.engine.rules._dispensing import (
     day_text,
+    explained,
     inst,
     inst_en,
     max_dose,
     mitigate,
-    mitigation_text,
     patient_hit,
     what,
 )
@@ -122,8 +122,4 @@ class EarlyRefill(Rule):
                 f"{100 - limit_pct}% of the previous purchase ({day_text(prev.day)}, {text(prev.days)} days) plus a "
                 f"{text(carry)}-day tolerance, so only about {pct}% of it can have been used."
             ]
-        for note in hit.notes:
-            if (pair := mitigation_text(note)) is not None:
-                zh.append(pair[0])
-                en.append(pair[1])
-        return "".join(zh), " ".join(en)
+        return explained(zh, en, hit.notes)

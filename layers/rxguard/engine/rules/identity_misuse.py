@@ -14,7 +14,6 @@ from datetime import timedelta
 
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.models import ClaimLine
-from rxguard.scope import Scope
 
 
 class IdentityMisuseParameters(Parameters):
@@ -64,28 +63,19 @@ class IdentityMisuse(Rule):
 
     def _hit(self, psn_no: str, first: ClaimLine, second: ClaimLine, gap: timedelta, limit: float, level: str) -> Hit:
         hours = round(gap.total_seconds() / 3600, 1)
-        return Hit(
-            subject=Scope.patient(psn_no),
-            severity=self.severity(second.admdvs),
-            occurred_at=second.fee_ocur_time,
-            evidence=[first.line_id, second.line_id],
-            figures={
-                "first_at": first.fee_ocur_time.isoformat(sep=" ", timespec="minutes"),
-                "first_institution": first.fixmedins_code,
-                "first_admdvs": first.admdvs,
-                "second_at": second.fee_ocur_time.isoformat(sep=" ", timespec="minutes"),
-                "second_institution": second.fixmedins_code,
-                "second_admdvs": second.admdvs,
-                "hours_apart": hours,
-                "regions_differ_in": level,
-                "limit_hours": limit,
-                "trigger_lines": [second.line_id],
-            },
-            psn_no=psn_no,
-            fixmedins_code=second.fixmedins_code,
-            bilg_dr_codg=second.bilg_dr_codg,
-            admdvs=second.admdvs,
-        )
+        figures = {
+            "first_at": first.fee_ocur_time.isoformat(sep=" ", timespec="minutes"),
+            "first_institution": first.fixmedins_code,
+            "first_admdvs": first.admdvs,
+            "second_at": second.fee_ocur_time.isoformat(sep=" ", timespec="minutes"),
+            "second_institution": second.fixmedins_code,
+            "second_admdvs": second.admdvs,
+            "hours_apart": hours,
+            "regions_differ_in": level,
+            "limit_hours": limit,
+            "trigger_lines": [second.line_id],
+        }
+        return Hit.at_line(psn_no, second, self.severity(second.admdvs), [first.line_id, second.line_id], figures)
 
     def explain(self, hit: Hit) -> tuple[str, str]:
         f = hit.figures

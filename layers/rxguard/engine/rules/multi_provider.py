@@ -16,7 +16,6 @@ from rxguard.engine.common import higher
 from rxguard.engine.fills import is_ward_use
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.models import ClaimLine
-from rxguard.scope import Scope
 
 
 class MultiProviderParameters(Parameters):
@@ -90,28 +89,20 @@ class MultiProvider(Rule):
         severity = self.severity(anchor.admdvs)
         if n_inst >= 2 * p.min_institutions and n_doc >= 2 * p.min_prescribers:
             severity = higher(severity)
-        return Hit(
-            subject=Scope.patient(psn_no),
-            severity=severity,
-            occurred_at=anchor.fee_ocur_time,
-            evidence=[ln.line_id for ln in window],
-            figures={
-                "atc_class": atc4,
-                "institutions": n_inst,
-                "prescribers": n_doc,
-                "window_days": p.window_days,
-                "min_institutions": p.min_institutions,
-                "min_prescribers": p.min_prescribers,
-                "window_from": window[0].day.isoformat(),
-                "window_to": window[-1].day.isoformat(),
-                "institution_codes": sorted({ln.fixmedins_code for ln in window}),
-                "trigger_lines": [anchor.line_id],
-            },
-            psn_no=psn_no,
-            fixmedins_code=anchor.fixmedins_code,
-            bilg_dr_codg=anchor.bilg_dr_codg,
-            admdvs=anchor.admdvs,
-            id_key=["providers", atc4, anchor.line_id],
+        figures = {
+            "atc_class": atc4,
+            "institutions": n_inst,
+            "prescribers": n_doc,
+            "window_days": p.window_days,
+            "min_institutions": p.min_institutions,
+            "min_prescribers": p.min_prescribers,
+            "window_from": window[0].day.isoformat(),
+            "window_to": window[-1].day.isoformat(),
+            "institution_codes": sorted({ln.fixmedins_code for ln in window}),
+            "trigger_lines": [anchor.line_id],
+        }
+        return Hit.at_line(
+            psn_no, anchor, severity, [ln.line_id for ln in window], figures, id_key=["providers", atc4, anchor.line_id]
         )
 
     def explain(self, hit: Hit) -> tuple[str, str]:

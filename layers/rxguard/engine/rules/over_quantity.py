@@ -12,11 +12,11 @@ from rxguard.engine.rules._dispensing import (
     BASIS,
     allowed_days,
     day_text,
+    explained,
     inst,
     inst_en,
     max_dose,
     mitigate,
-    mitigation_text,
     patient_hit,
     what,
 )
@@ -86,11 +86,4 @@ class OverQuantity(Rule):
             f"On {day_text(fill.day)} {inst_en(fill)} dispensed {what_en}: at {dose_en} it lasts at least "
             f"{text(fill.days)} days, more than the {text(allowed)} days allowed ({basis_en})."
         ]
-        for note in hit.notes:
-            if note == "long_term_ignored":
-                zh.append("处方标记为长期处方，但该药品不在长期处方适用范围内，不适用84天上限。")
-                en.append("The line is flagged as a long-term prescription, but the drug is not eligible for one.")
-            elif (pair := mitigation_text(note)) is not None:
-                zh.append(pair[0])
-                en.append(pair[1])
-        return "".join(zh), " ".join(en)
+        return explained(zh, en, hit.notes)

@@ -31,7 +31,7 @@ from moto.dynamodb.models.table import Table
 from moto.events.models import Rule
 from moto.utilities.arns import parse_arn
 
-from rxguard.offline.lambdas import LambdaRouter
+from rxguard_tools.offline.lambdas import LambdaRouter
 
 TargetCallback = Callable[[dict[str, Any], dict[str, Any]], None]  # (target, event)
 

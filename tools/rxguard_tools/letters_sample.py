@@ -1,6 +1,6 @@
 """A sample warning letter from illustrative data, for the docs and for trying templates:
 
-    python -m rxguard.letters.sample OUT_DIR [--templates DIR]
+    python -m rxguard_tools.letters_sample OUT_DIR [--templates DIR]
 
 writes OUT_DIR/sample-letter.{html,pdf} (and sample-letter.png, sample-letter-signature.png,
 sample-letter-last.png: its first page, the page with the signature and seal, and the annex
@@ -17,11 +17,11 @@ from datetime import date, datetime
 from pathlib import Path
 
 from rxguard.alerts.settings import AlertSettings
+from rxguard.engine.factory import make_finding, make_line
 from rxguard.kb import KnowledgeBase, get_knowledge_base
 from rxguard.letters import render_letter
 from rxguard.letters.context import build_letter
-from rxguard.models import ClaimLine, Finding, InstitutionKind, Severity
-from rxguard.scope import Scope
+from rxguard.models import ClaimLine, Finding, Severity
 
 HOSPITAL, PHARMACY = "H310104001", "P310104017"
 NAMES = {HOSPITAL: "示例市第一人民医院", PHARMACY: "示例大药房（滨江店）"}
@@ -29,29 +29,10 @@ PSN_A, PSN_B = "310104198203150017", "310104195511020026"
 
 
 def _line(kb: KnowledgeBase, inst: str, sn: str, psn: str, when: datetime, code: str, packs: int) -> ClaimLine:
-    drug = kb.drugs[code]
-    units = packs * drug.units_per_pack
-    price = drug.unit_price_yuan
-    return ClaimLine(
-        feedetl_sn=sn,
-        fixmedins_code=inst,
-        fixmedins_name=NAMES[inst],
-        institution_kind=InstitutionKind.from_code(inst),
-        admdvs="310104",
-        psn_no=psn,
-        mdtrt_id=f"{inst}-{when:%Y%m%d}",
-        med_type="41" if inst.startswith("P") else "11",
-        fee_ocur_time=when,
-        med_list_codg=code,
-        med_list_name=drug.generic_name_zh,
-        cnt=packs,
-        pric=price,
-        det_item_fee_sumamt=round(price * packs, 2),
-        quantity_units=units,
-        monitored=True,
-        atc_code=drug.atc_code,
-        days_supply=drug.days_supply(units),
-    )
+    return make_line(
+        kb, psn_no=psn, fixmedins_code=inst, drug_code=code, when=when, packs=packs, feedetl_sn=sn,
+        fixmedins_name=NAMES[inst], admdvs="310104",
+    )  # fmt: skip
 
 
 def sample(kb: KnowledgeBase) -> tuple[list[Finding], dict[str, ClaimLine]]:
@@ -64,22 +45,9 @@ def sample(kb: KnowledgeBase) -> tuple[list[Finding], dict[str, ClaimLine]]:
     a1, a2, b1 = (ln.line_id for ln in lines)
 
     def finding(rule: str, severity: Severity, psn: str, evidence: list[str], figures: dict[str, object], zh: str):  # type: ignore[no-untyped-def]
-        last = by_id[evidence[-1]]
-        return Finding(
-            finding_id=Finding.make_id(rule, Scope.patient(psn), evidence),
-            rule_id=rule,
-            rule_version=1,
-            severity=severity,
-            subject_type="patient",
-            psn_no=psn,
-            fixmedins_code=HOSPITAL,
-            admdvs="310104",
-            occurred_at=last.fee_ocur_time,
-            evidence=sorted(evidence),
-            figures=figures,
-            explanation_zh=zh,
-            explanation_en=rule,
-        )
+        at, where = by_id[evidence[-1]].fee_ocur_time, {"fixmedins_code": HOSPITAL, "admdvs": "310104"}
+        text = {"explanation_zh": zh, "explanation_en": rule}
+        return make_finding(rule, psn, evidence, severity=severity, occurred_at=at, figures=figures, **where, **text)
 
     findings = [
         finding(
@@ -102,7 +70,7 @@ def sample(kb: KnowledgeBase) -> tuple[list[Finding], dict[str, ClaimLine]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rxguard.letters.sample", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rxguard_tools.letters_sample", description=__doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("--templates", type=Path, default=None)
     args = parser.parse_args(argv)

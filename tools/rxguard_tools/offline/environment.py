@@ -34,11 +34,11 @@ from botocore.config import Config
 from moto import mock_aws
 
 from rxguard import dynamo
-from rxguard.offline.cfn import Identity, Resolver, TemplateError, load_template
-from rxguard.offline.lambdas import HANDLER_OUTPUT, FunctionRoute, LambdaRouter
-from rxguard.offline.patches import narrow_hash_key_query, route_event_targets, route_lambda
 from rxguard.workflow.naming import S3ObjectRef
 from rxguard.workflow.naming import execution_name as workflow_execution_name
+from rxguard_tools.offline.cfn import Identity, Resolver, TemplateError, load_template
+from rxguard_tools.offline.lambdas import HANDLER_OUTPUT, FunctionRoute, LambdaRouter
+from rxguard_tools.offline.patches import narrow_hash_key_query, route_event_targets, route_lambda
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 REGION = "us-east-1"

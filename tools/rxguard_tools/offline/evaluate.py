@@ -1,4 +1,4 @@
-"""`rxguard eval` with the offline workflow: the evaluation of `rxguard.synth.evaluate`,
+"""`rxguard eval` with the offline workflow: the evaluation of `rxguard_tools.synth.evaluate`,
 handed the runner that screens the population through the whole workflow on moto
 (`rxguard run`). The harness sits above the synthetic tools, so it wires them, not the
 reverse."""
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rxguard.offline.cli import main as run_main
-from rxguard.synth import evaluate
+from rxguard_tools.offline.cli import main as run_main
+from rxguard_tools.synth import evaluate
 
 
 def run_workflow(files: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -38,7 +38,7 @@ def run_workflow(files: Sequence[Path], out_dir: Path) -> tuple[list[dict[str, A
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`rxguard eval [...]` (arguments: rxguard.synth.evaluate); the workflow path by default."""
+    """`rxguard eval [...]` (arguments: rxguard_tools.synth.evaluate); the workflow path by default."""
     return evaluate.main(argv, workflow=run_workflow)
 
 

@@ -22,7 +22,7 @@ from rxguard.api.settings import ApiSettings
 def moto_invoke(stack: ExitStack, callers: dict[str, Any] | None) -> serve.Invoke:
     """The real handler behind the offline Lambda router, over the template's resources."""
     # Deferred: moto costs ~0.43 s CPU to import, which `rxguard serve --memory` never needs.
-    from rxguard.offline.environment import Environment
+    from rxguard_tools.offline.environment import Environment
 
     base = {"RXGUARD_API_AUTH": "enforce" if callers is not None else "open"}
     if callers is not None:

@@ -2,7 +2,7 @@
 
     rxguard eval [--patients N --seed S --months M] [--engine | --workflow] [--json FILE] [--keep DIR]
 
-Generates a population (rxguard.synth), screens it, and compares the findings with the
+Generates a population (rxguard_tools.synth), screens it, and compares the findings with the
 ground truth in labels.json:
 
 - patient rules (over-quantity ... indication-mismatch): patient level. A patient is
@@ -15,11 +15,11 @@ ground truth in labels.json:
 - legitimate patients flagged: distinct legitimate patients named by any patient
   finding, at medium/high and (separately) at low only.
 
-Paths: `--workflow` runs the whole offline workflow (rxguard.offline on moto: S3, Step
+Paths: `--workflow` runs the whole offline workflow (rxguard_tools.offline on moto: S3, Step
 Functions, Lambda handlers, DynamoDB) on the monthly claim files, one batch per month;
 `--engine` screens the same files with rxguard.screening on an InMemoryRepository
 (month by month, then institution-outlier from the lines and findings). The default is
-the workflow when rxguard.offline is importable, else the engine (with a note).
+the workflow when rxguard_tools.offline is importable, else the engine (with a note).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from rxguard.config import Settings
 from rxguard.engine.rules import PATIENT_RULES, RULE_IDS
 from rxguard.ingest import read_batch
 from rxguard.kb import KnowledgeBase, get_knowledge_base
-from rxguard.models import ClaimLine
+from rxguard.models import ClaimLine, patient_chunks
 from rxguard.repository import InMemoryRepository
 from rxguard.scope import Scope
-from rxguard.synth.generator import SynthConfig, generate
-from rxguard.synth.output import write_population
+from rxguard_tools.synth.generator import SynthConfig, generate
+from rxguard_tools.synth.output import write_population
 
 ALL_RULES = (*PATIENT_RULES, *(r for r in RULE_IDS if r not in PATIENT_RULES))
 TARGET = 0.97
@@ -67,20 +67,6 @@ def read_lines(files: Sequence[Path], kb: KnowledgeBase) -> tuple[list[list[Any]
                 rejected[item.reason] += 1
         batches.append(lines)
     return batches, rejected
-
-
-def patient_chunks(lines: Sequence[Any], size: int) -> list[list[Any]]:
-    """Lines grouped by patient (each patient's lines in one chunk, as the workflow's
-    Prepare partitions), packed into chunks of about `size` lines, in a stable order."""
-    by_patient: dict[str, list[Any]] = {}
-    for line in lines:
-        by_patient.setdefault(line.psn_no, []).append(line)
-    chunks: list[list[Any]] = [[]]
-    for psn in sorted(by_patient):
-        if chunks[-1] and len(chunks[-1]) + len(by_patient[psn]) > size:
-            chunks.append([])
-        chunks[-1].extend(by_patient[psn])
-    return [c for c in chunks if c]
 
 
 def run_engine(
@@ -112,7 +98,7 @@ def run_engine(
     return findings, info
 
 
-# The offline workflow runs findings out of claim files (rxguard.offline.evaluate.run_workflow);
+# The offline workflow runs findings out of claim files (rxguard_tools.offline.evaluate.run_workflow);
 # the harness sits above this package, so `rxguard eval` is handed it instead of importing it.
 WorkflowRunner = Callable[[Sequence[Path], Path], tuple[list[dict[str, Any]], dict[str, Any]]]
 
@@ -316,7 +302,7 @@ def evaluate(
     gen_s = time.perf_counter() - started
     if path == "workflow":
         if run_workflow is None:
-            raise ValueError("evaluate: path 'workflow' needs run_workflow (rxguard.offline.evaluate)")
+            raise ValueError("evaluate: path 'workflow' needs run_workflow (rxguard_tools.offline.evaluate)")
         findings, info = run_workflow(files, work_dir / "run")
     else:
         findings, info = run_engine(files, kb)
@@ -342,7 +328,7 @@ def evaluate(
 
 
 def main(argv: Sequence[str] | None = None, *, workflow: WorkflowRunner | None = None) -> int:
-    """`rxguard eval`; `workflow` runs the offline workflow (given by rxguard.offline.evaluate)."""
+    """`rxguard eval`; `workflow` runs the offline workflow (given by rxguard_tools.offline.evaluate)."""
     parser = argparse.ArgumentParser(prog="rxguard eval", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--patients", type=int, default=None, help="population size (default 3000 with --engine, 1000 on the workflow)"
@@ -362,10 +348,14 @@ def main(argv: Sequence[str] | None = None, *, workflow: WorkflowRunner | None =
     elif workflow is not None:
         path = "workflow"
     elif args.workflow:
-        parser.error("--workflow runs through `rxguard eval` (rxguard.offline.evaluate), which has the offline harness")
+        parser.error(
+            "--workflow runs through `rxguard eval` (rxguard_tools.offline.evaluate), which has the offline harness"
+        )
     else:
         path = "engine"
-        print("note: rxguard.offline is not available; screening with the engine in memory instead", file=sys.stderr)
+        print(
+            "note: rxguard_tools.offline is not available; screening with the engine in memory instead", file=sys.stderr
+        )
     patients = args.patients or (3000 if path == "engine" else 1000)
     config = SynthConfig(patients=patients, seed=args.seed, months=args.months)
     print(f"rxguard eval: {patients} patients, seed {args.seed}, {args.months} months, path: {path}", file=sys.stderr)

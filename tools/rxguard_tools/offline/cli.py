@@ -31,17 +31,11 @@ from typing import Any, TextIO
 
 from rxguard.dynamo import finding_body
 from rxguard.models import Finding
-from rxguard.offline.environment import PROJECT_ROOT, Environment, Execution, Subscription
 from rxguard.texttable import table
+from rxguard_tools.offline.environment import PROJECT_ROOT, Environment, Execution, Subscription
+from rxguard_tools.summary import findings_tables
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
-
-
-def mask_psn(psn_no: str | None) -> str:
-    """First 2 + *** + last 2 (short numbers entirely masked)."""
-    if not psn_no:
-        return "-"
-    return psn_no[:2] + "***" + psn_no[-2:] if len(psn_no) >= 8 else "***"
 
 
 @dataclass
@@ -386,35 +380,7 @@ def _summary(
         "Batches",
         *table(rows, ["file", "status", "read", "accepted", "rejected", "new findings", "by rule"]),
     ]
-    matrix: Counter[tuple[str, str]] = Counter((str(f["rule_id"]), str(f["severity"])) for f in findings)
-    severities = ["high", "medium", "low"]
-    rules = sorted({rule for rule, _ in matrix})
-    lines += ["", f"Findings ({len(findings)} current)"]
-    lines += table(
-        [
-            [rule, *[matrix[(rule, s)] or "" for s in severities], sum(matrix[(rule, s)] for s in severities)]
-            for rule in rules
-        ],
-        ["rule", *severities, "total"],
-    )
-    top = sorted(
-        findings, key=lambda f: ({"high": 0, "medium": 1, "low": 2}.get(str(f["severity"]), 3), f["finding_id"])
-    )
-    if top:
-        lines += ["", "First findings (psn_no masked)"]
-        lines += table(
-            [
-                [
-                    f["severity"],
-                    f["rule_id"],
-                    mask_psn(f.get("psn_no")),
-                    f.get("fixmedins_code") or "-",
-                    str(f.get("explanation_en") or "")[:70],
-                ]
-                for f in top[:5]
-            ],
-            ["severity", "rule", "patient", "institution", "explanation"],
-        )
+    lines += findings_tables(findings, f"Findings ({len(findings)} current)")
     lines += ["", "Subscriptions (local SQS queues)"]
     lines += table(
         [

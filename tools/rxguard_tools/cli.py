@@ -19,29 +19,29 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
-# subcommand -> (module, function, one-line help); the function takes argv and returns an exit code
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "run": (
-        "rxguard.cli",
-        "run",
-        "screen claim batches: rxguard run FILE... --out DIR [--state DIR] [--simulate-aws: the ASL on moto]",
+
+class Command(NamedTuple):
+    target: str  # "module:function" below rxguard_tools; the function takes argv and returns an exit code
+    help: str  # one line
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command(
+        "cli:run", "screen claim batches: FILE... --out DIR [--state DIR] [--simulate-aws: the ASL on moto]"
     ),
-    "validate": ("rxguard.ingest.cli", "main", "validate claim batches and summarise accepted/rejected lines"),
-    "kb": ("rxguard.kb_cli", "main", "knowledge base: rxguard kb import CSV [--out rules/drugs.json]"),
-    "serve": ("rxguard.offline.serve", "main", "serve the check API: rxguard serve [--state DIR | --simulate-aws]"),
-    "synth": ("rxguard.synth.cli", "main", "generate a synthetic population with ground truth"),
-    "eval": ("rxguard.offline.evaluate", "main", "precision/recall of the rules on a synthetic population"),
-    "watch": ("rxguard.planning.cli", "watch_main", "rank drugs for the monitored list: rxguard watch --state DIR"),
-    "backtest": (
-        "rxguard.planning.cli",
-        "backtest_main",
-        "try rules on the stored history: rxguard backtest --state DIR --rules NEW.yaml | --phases",
+    "validate": Command("validate_cli:main", "validate claim batches and summarise accepted/rejected lines"),
+    "kb": Command("kb_cli:main", "knowledge base: rxguard kb import CSV [--out rules/drugs.json]"),
+    "serve": Command("offline.serve:main", "serve the check API: rxguard serve [--state DIR | --simulate-aws]"),
+    "synth": Command("synth.cli:main", "generate a synthetic population with ground truth"),
+    "eval": Command("offline.evaluate:main", "precision/recall of the rules on a synthetic population"),
+    "watch": Command("planning_cli:watch_main", "rank drugs for the monitored list: rxguard watch --state DIR"),
+    "backtest": Command(
+        "planning_cli:backtest_main", "try rules on the history: --state DIR --rules NEW.yaml|--phases"
     ),
-    "digest": (
-        "rxguard.digest_cli",
-        "main",
-        "daily/weekly digests per region and institution: rxguard digest --findings F|--state DIR --out DIR",
+    "digest": Command(
+        "digest_cli:main", "daily/weekly digests by region and institution: --findings F|--state DIR --out DIR"
     ),
 }
 
@@ -50,10 +50,10 @@ def run(argv: Sequence[str]) -> int:
     """`rxguard run`: the local deployment, or with --simulate-aws the real ASL on moto."""
     args = list(argv)
     if "--simulate-aws" in args:
-        from rxguard.offline import cli as offline
+        from rxguard_tools.offline import cli as offline
 
         return offline.main([a for a in args if a != "--simulate-aws"])
-    from rxguard.local import cli as local
+    from rxguard_tools import local_cli as local
 
     return local.main(args)
 
@@ -61,7 +61,7 @@ def run(argv: Sequence[str]) -> int:
 def _usage() -> str:
     width = max(len(c) for c in COMMANDS)
     lines = ["usage: rxguard COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += [f"  {name.ljust(width)}  {command.help}" for name, command in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -77,8 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"rxguard: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, func_name, _ = COMMANDS[name]
-    func: Callable[[list[str]], int] = getattr(importlib.import_module(module_name), func_name)
+    module_name, func_name = COMMANDS[name].target.split(":")
+    func: Callable[[list[str]], int] = getattr(importlib.import_module(f"rxguard_tools.{module_name}"), func_name)
     return int(func(rest) or 0)
 
 

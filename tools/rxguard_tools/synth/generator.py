@@ -22,16 +22,16 @@ import math
 import random
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-import rxguard.synth.catalogue as cat
+import rxguard_tools.synth.catalogue as cat
 from rxguard import claimline as contract
 from rxguard.engine.rules import scenario_rules
 from rxguard.kb import Drug, KnowledgeBase
-from rxguard.synth.catalogue import Condition, Item
+from rxguard_tools.synth.catalogue import Condition, Item
 
 # Field order of the written files: the claim-line contract's columns (docs/ingest.md).
 FIELDS = contract.COLUMNS
@@ -766,20 +766,30 @@ class _Builder:
                     break
         p.notes.append(f"pharmacy spending of about {amount:.0f} yuan in {months} month(s)")
 
-    def override(self, p: Patient, home: Institution, doctor: str) -> None:
-        """A chronic patient with one documented early or large purchase (lost, travel, dose change)."""
-        rng = self.rng
-        regimen = self.regimen(2, hospital_only=False)
+    def course_to_split(
+        self, p: Patient, drugs: int, earliest: float, home: Institution, doctor: str
+    ) -> tuple[list[dict[str, Any]], dict[str, Any], Drug, _Held] | None:
+        """A chronic regimen of `drugs` drugs followed from the first day to a day drawn after
+        `earliest` days (at most 50 days before the end): the regimen, its first item and
+        drug, and what the patient holds of it then (None without a regimen or a fill)."""
+        regimen = self.regimen(drugs, hospital_only=False)
         if not regimen:
-            return
+            return None
         span = (self.end - self.start).days
-        split = self.start + timedelta(days=rng.uniform(min(60, span / 3), max(span / 3 + 1, span - 50)))
+        split = self.start + timedelta(days=self.rng.uniform(min(earliest, span / 3), max(span / 3 + 1, span - 50)))
         self.chronic_course(p, regimen, first=self.first_day(), end=split, home=home, doctor=doctor)
         item = regimen[0]
         drug: Drug = item["drug"]
         held = self.ledger.get((p.psn_no, drug.atc_code))
-        if held is None:
+        return None if held is None else (regimen, item, drug, held)
+
+    def override(self, p: Patient, home: Institution, doctor: str) -> None:
+        """A chronic patient with one documented early or large purchase (lost, travel, dose change)."""
+        rng = self.rng
+        course = self.course_to_split(p, 2, 60, home, doctor)
+        if course is None:
             return
+        regimen, item, drug, held = course
         reason = rng.choice(("lost", "travel", "dose_change"))
         pack_days = drug.days_supply(drug.units_per_pack)
         if reason == "travel":
@@ -811,17 +821,10 @@ class _Builder:
 
     def refund_story(self, p: Patient, buyer: Patient, home: Institution, doctor: str) -> None:
         rng = self.rng
-        regimen = self.regimen(1, hospital_only=False)
-        if not regimen:
+        course = self.course_to_split(p, 1, 50, home, doctor)
+        if course is None or course[3].days <= 0:
             return
-        span = (self.end - self.start).days
-        split = self.start + timedelta(days=rng.uniform(min(50, span / 3), max(span / 3 + 1, span - 50)))
-        self.chronic_course(p, regimen, first=self.first_day(), end=split, home=home, doctor=doctor)
-        item = regimen[0]
-        drug: Drug = item["drug"]
-        held = self.ledger.get((p.psn_no, drug.atc_code))
-        if held is None or held.days <= 0:
-            return
+        regimen, item, drug, held = course
         when = self.when(datetime.fromordinal(int(held.day + math.ceil(0.9 * held.days))))
         shop = self.pharmacy()
         pack_days = drug.days_supply(drug.units_per_pack)
@@ -1355,7 +1358,7 @@ class _Builder:
         for p in self.patients.values():
             profiles[("legitimate/" if p.legitimate else "abusive/") + p.profile] += 1
         return {
-            "generator": "rxguard.synth",
+            "generator": "rxguard_tools.synth",
             "format_version": 1,
             "seed": self.cfg.seed,
             "patients_requested": self.cfg.patients,
@@ -1405,3 +1408,22 @@ def generate(config: SynthConfig, kb: KnowledgeBase) -> Population:
     if not 1 <= config.months <= 24:
         raise ValueError("months must be between 1 and 24")
     return _Builder(config, kb).build()
+
+
+def grown_records(
+    lines: int,
+    kb: KnowledgeBase,
+    *,
+    patients: int,
+    seed: int,
+    months: int = SynthConfig.months,
+    counted: Callable[[list[dict[str, Any]]], int] = len,
+) -> list[dict[str, Any]]:
+    """The records of a population of at least `patients` patients, grown until `counted`
+    (by default all records) reaches `lines`: for benchmarks that need a batch of a size."""
+    while True:
+        records = generate(SynthConfig(patients=patients, seed=seed, months=months), kb).records
+        got = counted(records)
+        if got >= lines:
+            return records
+        patients = int(patients * lines / max(got, 1) * 1.1) + 10

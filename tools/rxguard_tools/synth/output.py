@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
-from rxguard.synth.generator import FIELDS, Population
+from rxguard_tools.synth.generator import FIELDS, Population
 
 Format = Literal["csv", "jsonl"]
 

@@ -1,6 +1,6 @@
 """`rxguard run FILE... --state DIR --out DIR`: screen claim batches against a persistent
 local state (docs/local.md). (`rxguard run --simulate-aws FILE... --out DIR` runs the
-real ASL on moto instead: rxguard.cli sends it to rxguard.offline.cli, docs/offline.md.)
+real ASL on moto instead: rxguard_tools.cli sends it to rxguard_tools.offline.cli, docs/offline.md.)
 
 Writes DIR/findings.jsonl (every current finding of the state), rejected.jsonl,
 report.json, alerts.jsonl, letters.jsonl, letters/ and logs/run.log; prints per batch
@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from rxguard.local.backend import Backend
 from rxguard.local.orchestrator import BatchRun, Progress, RunResult
 from rxguard.texttable import table
+from rxguard_tools.summary import findings_tables
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
 
@@ -248,13 +249,6 @@ def _progress(stream: TextIO | None) -> Iterator[Progress]:
 
 
 # ------------------------------------------------------------------ output
-def mask_psn(psn_no: str | None) -> str:
-    """First 2 + *** + last 2 (short numbers entirely masked), as `rxguard run --simulate-aws` prints them."""
-    if not psn_no:
-        return "-"
-    return psn_no[:2] + "***" + psn_no[-2:] if len(psn_no) >= 8 else "***"
-
-
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as fh:
         for row in rows:
@@ -337,34 +331,7 @@ def _summary(
         )
     lines = ["", "Batches"]
     lines += table(rows, ["file", "status", "read", "accepted", "rejected", "new", "superseded", "by rule"])
-    matrix: Counter[tuple[str, str]] = Counter((str(f["rule_id"]), str(f["severity"])) for f in findings)
-    severities = ["high", "medium", "low"]
-    lines += ["", f"Findings of the state ({len(findings)} current)"]
-    lines += table(
-        [
-            [rule, *[matrix[(rule, s)] or "" for s in severities], sum(matrix[(rule, s)] for s in severities)]
-            for rule in sorted({rule for rule, _ in matrix})
-        ],
-        ["rule", *severities, "total"],
-    )
-    top = sorted(
-        findings, key=lambda f: ({"high": 0, "medium": 1, "low": 2}.get(str(f["severity"]), 3), f["finding_id"])
-    )[:5]
-    if top:
-        lines += ["", "First findings (psn_no masked)"]
-        lines += table(
-            [
-                [
-                    f["severity"],
-                    f["rule_id"],
-                    mask_psn(f.get("psn_no")),
-                    f.get("fixmedins_code") or "-",
-                    str(f.get("explanation_en") or "")[:70],
-                ]
-                for f in top
-            ],
-            ["severity", "rule", "patient", "institution", "explanation"],
-        )
+    lines += findings_tables(findings, f"Findings of the state ({len(findings)} current)")
     t = report["totals"]
     lines += [
         "",

@@ -6,7 +6,7 @@
 See docs/measurement.md.
 """
 
-from rxguard.synth.generator import FIELDS, SCENARIOS, Population, SynthConfig, generate
-from rxguard.synth.output import write_population
+from rxguard_tools.synth.generator import FIELDS, SCENARIOS, Population, SynthConfig, generate
+from rxguard_tools.synth.output import write_population
 
 __all__ = ["FIELDS", "SCENARIOS", "Population", "SynthConfig", "generate", "write_population"]

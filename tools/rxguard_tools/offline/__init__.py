@@ -9,7 +9,7 @@ moto is a development dependency: import this package only where moto is install
 (CLI, tests, benchmarks), never from a Lambda handler.
 """
 
-from rxguard.offline.cfn import TemplateError, load_template
-from rxguard.offline.environment import Environment, Execution, Subscription, execution_name
+from rxguard_tools.offline.cfn import TemplateError, load_template
+from rxguard_tools.offline.environment import Environment, Execution, Subscription, execution_name
 
 __all__ = ["Environment", "Execution", "Subscription", "TemplateError", "execution_name", "load_template"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from rxguard.config import Settings
 from rxguard.kb import KnowledgeBaseError, get_knowledge_base
-from rxguard.synth.generator import SynthConfig, generate
-from rxguard.synth.output import write_population
+from rxguard_tools.synth.generator import SynthConfig, generate
+from rxguard_tools.synth.output import write_population
 
 
 def build_parser() -> argparse.ArgumentParser:
