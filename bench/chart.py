@@ -56,3 +56,65 @@ def render(
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+COST_GROUPS = {  # chart stack -> components of bench.cost.monthly_batch_cost
+    "DynamoDB writes (tables + indexes)": ("dynamodb_writes_tables", "dynamodb_writes_indexes"),
+    "DynamoDB storage, 400 days": ("dynamodb_storage_400d",),
+    "PITR, 400 days": ("dynamodb_pitr_400d",),
+    "DynamoDB reads": ("dynamodb_reads",),
+    "Lambda, Step Functions, S3, KMS, logs": (
+        "lambda_compute",
+        "lambda_requests",
+        "step_functions",
+        "s3_requests",
+        "sns",
+        "kms",
+        "cloudwatch_logs",
+    ),
+}
+
+
+def render_storage_cost(runs: Sequence[dict[str, Any]], out: Path, *, target: float, depth_lines: int) -> Path:
+    """Cost per million lines (400 days of storage and PITR included), stacked by component:
+    left by batch size (a month after one month of history), right by history depth (months
+    of the same patients screened before a `depth_lines`-line month). `runs`: figures of
+    bench.workflow_requests.measure_monthly with their `cost` (bench.cost.monthly_batch_cost)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_size = sorted((r for r in runs if r["history_months"] == 1), key=lambda r: r["lines"])
+    by_depth = sorted((r for r in runs if r.get("series_depth")), key=lambda r: r["history_months"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), dpi=110, sharey=True)
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:gray"]
+    depth_label = f"months of history ({depth_lines:,}-line month)"
+    panels = (
+        (axes[0], by_size, [f"{r['lines']:,}" for r in by_size], "lines in the month (after 1 month of history)"),
+        (axes[1], by_depth, [str(r["history_months"]) for r in by_depth], depth_label),
+    )
+    top = target
+    for ax, points, labels, xlabel in panels:
+        xs = list(range(len(points)))
+        bottom = [0.0] * len(points)
+        for (group, parts), colour in zip(COST_GROUPS.items(), colours, strict=True):
+            values = [sum(r["cost"]["components_usd_per_million_lines"].get(p, 0.0) for p in parts) for r in points]
+            ax.bar(xs, values, bottom=bottom, color=colour, label=group, width=0.6)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        for x, total in zip(xs, bottom, strict=True):
+            ax.annotate(f"${total:.2f}", (x, total), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
+        top = max([top, *bottom])
+        ax.axhline(target, color="tab:red", linestyle="--", label=f"target ${target:.2f}")
+        ax.set_xticks(xs, labels)
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel("USD per million lines")
+    axes[0].set_ylim(0, top * 1.2)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    fig.suptitle("rxguard on AWS: cost per million lines, 400 days of storage and PITR included", fontsize=10)
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -81,8 +81,25 @@ PRICES: dict[str, Price] = {
     "s3_get": Price(
         0.0004 / 1000, "GET and other", "https://aws.amazon.com/s3/pricing/ (S3 Standard, $0.0004 per 1,000)"
     ),
-    # The four below were not re-read on PRICES_READ_ON: AWS list prices unchanged since 2023
-    # on the pages named (re-check before quoting).
+    # The seven below were not re-read on PRICES_READ_ON: AWS list prices unchanged since 2023
+    # (Standard-IA: since the on-demand price cut of November 2024) on the pages named
+    # (re-check before quoting).
+    "dynamodb_ia_wru": Price(
+        0.78125 / 1e6,
+        "write request unit, Standard-IA",
+        "https://aws.amazon.com/dynamodb/pricing/on-demand/ (Standard-IA table class: 1.25x the Standard request "
+        "prices, as the China regions' page lists them: 0.0725 vs 0.058 CNY)",
+    ),
+    "dynamodb_ia_rru": Price(
+        0.15625 / 1e6,
+        "read request unit, Standard-IA",
+        "https://aws.amazon.com/dynamodb/pricing/on-demand/ (Standard-IA table class, 1.25x Standard)",
+    ),
+    "dynamodb_ia_storage_gb_month": Price(
+        0.10,
+        "GB-month, Standard-IA",
+        "https://aws.amazon.com/dynamodb/pricing/on-demand/ (Standard-IA table class: 60% below Standard's $0.25)",
+    ),
     "dynamodb_storage_gb_month": Price(
         0.25, "GB-month", "https://aws.amazon.com/dynamodb/pricing/on-demand/ (Standard table class, after 25 GB)"
     ),
@@ -97,36 +114,78 @@ RETENTION_DAYS = 400  # HistoryRetentionDays: how long a line's bytes are stored
 DAYS_PER_MONTH = 30.4
 
 
+def table_classes() -> dict[str, str]:
+    """The table class of each DynamoDB table of template.yaml (`STANDARD` unless set)."""
+    from rxguard_tools.offline.cfn import load_template
+
+    resources = load_template(ROOT / "template.yaml")["Resources"]
+    return {
+        logical_id: str((r.get("Properties") or {}).get("TableClass", "STANDARD"))
+        for logical_id, r in resources.items()
+        if isinstance(r, dict) and r.get("Type") == "AWS::DynamoDB::Table"
+    }
+
+
+def _table_prices(table: str, classes: Mapping[str, str]) -> tuple[float, float, float]:
+    """(per WRU, per RRU, per GB-month of storage) for a table or one of its indexes
+    (`Table.index`: an index is billed at its table's class)."""
+    p = {k: v.usd for k, v in PRICES.items()}
+    if classes.get(table.split(".", 1)[0]) == "STANDARD_INFREQUENT_ACCESS":
+        return p["dynamodb_ia_wru"], p["dynamodb_ia_rru"], p["dynamodb_ia_storage_gb_month"]
+    return p["dynamodb_wru"], p["dynamodb_rru"], p["dynamodb_storage_gb_month"]
+
+
 def monthly_batch_cost(figures: Mapping[str, Any], memory_mb: int = 1024) -> dict[str, Any]:
     """USD per million lines of a monthly batch measured by
     `bench.workflow_requests.measure_monthly`, each component shown: writes (tables and
-    secondary indexes), reads, storage and PITR of the lines' bytes for RETENTION_DAYS,
-    Lambda GB-seconds from Screen's CPU time outside moto plus an assumed round trip per
-    request, Lambda/Step Functions/S3 requests per chunk, KMS (DynamoDB's AWS-managed key
-    caches its data key: a few requests per table and hour, taken as one per chunk) and
-    CloudWatch Logs (a few hundred bytes per chunk and per batch)."""
+    secondary indexes) and reads at each table's class price (template.yaml `TableClass`),
+    storage and PITR of the lines' bytes for RETENTION_DAYS (the stored bytes of each table
+    over every line stored, history included), Lambda GB-seconds from Screen's CPU time
+    outside moto plus an assumed round trip per request, Lambda/Step Functions/S3 requests
+    per chunk, KMS (DynamoDB caches its data key: a few requests per table and hour, taken
+    as five per chunk) and CloudWatch Logs (a few hundred bytes per chunk and per batch)."""
     p = {k: v.usd for k, v in PRICES.items()}
+    classes = table_classes()
     lines = max(int(figures["lines"]), 1)
     scale = 1e6 / lines
     chunks = max(1, math.ceil(lines / 5000))
     months = RETENTION_DAYS / DAYS_PER_MONTH
-    gb_per_line = float(figures["stored_bytes_per_line"]) / 2**30
-    wru = sum(figures["write_units_by_table"].values())
-    reads = float(figures["dynamodb_reads_per_1k_lines"]) * lines / 1000
-    rru = float(figures.get("read_units", reads * 2))  # ~2 RRU a batched read (items of ~1-2 KB, eventual)
+    stored_lines = max(int(figures.get("history_lines", 0)) + lines, 1)
+    by_table: dict[str, dict[str, float]] = {}
+    for table, units in figures["write_units_by_table"].items():
+        wru, _, _ = _table_prices(table, classes)
+        key = "index_writes" if "." in table else "writes"
+        entry = by_table.setdefault(table.split(".", 1)[0], {})
+        entry[key] = entry.get(key, 0.0) + units * wru * scale
+    rru_by_table = figures.get("read_units_by_table") or {}
+    for table, units in rru_by_table.items():
+        _, rru, _ = _table_prices(table, classes)
+        entry = by_table.setdefault(table.split(".", 1)[0], {})
+        entry["reads"] = entry.get("reads", 0.0) + units * rru * scale
+    for table, stored in figures["stored"].items():
+        if not stored["bytes"]:
+            continue
+        _, _, gb_month = _table_prices(table, classes)
+        gb_per_million = stored["bytes"] / stored_lines * 1e6 / 2**30
+        entry = by_table.setdefault(table, {})
+        entry["storage_400d"] = gb_per_million * months * gb_month
+        entry["pitr_400d"] = gb_per_million * months * p["dynamodb_pitr_gb_month"]
+    if not rru_by_table:  # older figures: ~2 RRU a batched read at Standard prices
+        reads = float(figures["dynamodb_reads_per_1k_lines"]) * lines / 1000
+        by_table.setdefault("all", {})["reads"] = reads * 2 * p["dynamodb_rru"] * scale
     gb_s = (float(figures["screen_cpu_seconds_outside_moto"]) + float(figures["assumed_io_wait_seconds"])) * (
         memory_mb / 1024
     )
+
+    def total(part: str) -> float:
+        return sum(t.get(part, 0.0) for t in by_table.values())
+
     components = {
-        "dynamodb_writes_tables": sum(v for k, v in figures["write_units_by_table"].items() if "." not in k)
-        * p["dynamodb_wru"]
-        * scale,
-        "dynamodb_writes_indexes": sum(v for k, v in figures["write_units_by_table"].items() if "." in k)
-        * p["dynamodb_wru"]
-        * scale,
-        "dynamodb_reads": rru * p["dynamodb_rru"] * scale,
-        "dynamodb_storage_400d": gb_per_line * 1e6 * months * p["dynamodb_storage_gb_month"],
-        "dynamodb_pitr_400d": gb_per_line * 1e6 * months * p["dynamodb_pitr_gb_month"],
+        "dynamodb_writes_tables": total("writes"),
+        "dynamodb_writes_indexes": total("index_writes"),
+        "dynamodb_reads": total("reads"),
+        "dynamodb_storage_400d": total("storage_400d"),
+        "dynamodb_pitr_400d": total("pitr_400d"),
         "lambda_compute": gb_s * p["lambda_gb_second"] * scale,
         "lambda_requests": (chunks + 4) * p["lambda_request"] * scale,
         "step_functions": (12 + 2 * chunks) * p["sfn_transition"] * scale,
@@ -135,9 +194,14 @@ def monthly_batch_cost(figures: Mapping[str, Any], memory_mb: int = 1024) -> dic
         "kms": chunks * 5 * p["kms_request"] * scale,
         "cloudwatch_logs": (chunks * 2000 + 5000) / 2**30 * p["logs_ingest_gb"] * scale,
     }
+    wru = sum(figures["write_units_by_table"].values())
     return {
         "components_usd_per_million_lines": {k: round(v, 4) for k, v in components.items()},
         "total_usd_per_million_lines": round(sum(components.values()), 4),
+        "dynamodb_by_table_usd_per_million_lines": {
+            t: {k: round(v, 4) for k, v in sorted(parts.items())} for t, parts in sorted(by_table.items())
+        },
+        "table_classes": {t: c for t, c in classes.items() if t in by_table},
         "write_units_per_line": round(wru / lines, 3),
         "retention_days": RETENTION_DAYS,
     }

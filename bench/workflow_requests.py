@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -238,7 +239,7 @@ def measure_monthly(lines: int = 20_000, history_months: int = 1, chunk_size: in
     only (secondary indexes included), the stored bytes, and Screen's CPU time outside moto."""
     from moto import mock_aws
 
-    from bench.cost import GSI_FINDINGS, attribute_size, item_size, write_units
+    from bench.cost import GSI_FINDINGS, attribute_size, item_size, read_units, write_units
     from rxguard import dynamo
     from rxguard.ingest import prepare_batch, read_chunk
     from rxguard.kb import get_knowledge_base
@@ -253,7 +254,6 @@ def measure_monthly(lines: int = 20_000, history_months: int = 1, chunk_size: in
     moto_cpu = [0.0]
     wru: Counter[str] = Counter()
     queries: Counter[str] = Counter()
-    import threading
 
     from moto.core.botocore_stubber import BotocoreStubber
 
@@ -293,10 +293,43 @@ def measure_monthly(lines: int = 20_000, history_months: int = 1, chunk_size: in
                     if size:
                         wru[f"FindingsTable.{index}"] += write_units(size)
 
+    rru: Counter[str] = Counter()
+    asked = threading.local()
+
+    def remember(model: Any, params: dict[str, Any], **_: Any) -> None:
+        asked.params = params
+
+    def count_reads(model: Any, parsed: dict[str, Any], **_: Any) -> None:
+        """Read units from what came back: per item (Get, BatchGet) or per page (Query),
+        one per started 4 KB, half when eventually consistent."""
+        params = getattr(asked, "params", {}) or {}
+        op = model.name
+        if op == "GetItem":
+            table = params["TableName"]
+            found = [(table, parsed.get("Item") or {}, bool(params.get("ConsistentRead")))]
+        elif op == "BatchGetItem":
+            asked_for = params.get("RequestItems", {})
+            found = [
+                (t, i, bool(asked_for.get(t, {}).get("ConsistentRead")))
+                for t, items in (parsed.get("Responses") or {}).items()
+                for i in items
+            ]
+        elif op in ("Query", "Scan"):
+            table = params["TableName"] + (f".{params['IndexName']}" if params.get("IndexName") else "")
+            size = sum(item_size(i) for i in parsed.get("Items") or [])
+            rru[table.removeprefix("bench-")] += read_units(size, bool(params.get("ConsistentRead")))
+            return
+        else:
+            return
+        for table, item, consistent in found:
+            rru[table.removeprefix("bench-")] += read_units(item_size(item), consistent)
+
     with tempfile.TemporaryDirectory(prefix="rxguard-bench-") as tmp, mock_aws(), narrow_hash_key_query():
         dynamo.reset_clients()
         ddb = dynamo.client("dynamodb")
         ddb.meta.events.register("before-parameter-build.dynamodb.*", count_units)
+        ddb.meta.events.register("before-parameter-build.dynamodb.*", remember)
+        ddb.meta.events.register("after-call.dynamodb.*", count_reads)
         names, tables, results = _tables_and_results(ddb)
 
         def screen_file(records: list[Any], name: str) -> tuple[int, int, float]:
@@ -343,6 +376,7 @@ def measure_monthly(lines: int = 20_000, history_months: int = 1, chunk_size: in
         dynamo.REQUESTS.reset()
         queries.clear()
         wru.clear()
+        rru.clear()
         moto_cpu[0] = 0.0
         try:
             accepted, trace_codes, cpu = screen_file(batch_records, "batch")
@@ -376,6 +410,7 @@ def measure_monthly(lines: int = 20_000, history_months: int = 1, chunk_size: in
         "dynamodb_writes_per_1k_lines": round(ddb_writes * per_k, 1),
         "write_units_per_line": round(sum(wru.values()) / max(accepted, 1), 3),
         "write_units_by_table": dict(sorted(wru.items())),
+        "read_units_by_table": {k: round(v, 1) for k, v in sorted(rru.items())},
         "calls": {k: v for k, v in sorted(calls.items())},
         "queries_by_table_index": dict(sorted(queries.items())),
         "stored": stored,

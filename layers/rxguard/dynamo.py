@@ -13,7 +13,9 @@ only modules that touch boto3 (docs/workflow.md "Tables" has the design).
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import random
 import threading
 import time
@@ -191,25 +193,6 @@ _SHORT = {
 _LONG = {v: k for k, v in _SHORT.items()}
 
 
-def encode_line(line: ClaimLine) -> str:
-    """The compact JSON body of a purchase item (no psn_no, short names, no defaults)."""
-    data = line.model_dump(mode="json", exclude_defaults=True, exclude_none=True)
-    data.pop("psn_no", None)
-    body = {_SHORT.get(k, k): v for k, v in data.items()}
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-
-
-def decode_line(psn_no: str, body: str) -> ClaimLine:
-    data = {_LONG.get(k, k): v for k, v in json.loads(body).items()}
-    data["psn_no"] = psn_no
-    return ClaimLine.model_validate(data)
-
-
-def purchase_sort_key(line: ClaimLine) -> str:
-    """`<ATC or drug code>#<fee time>#<line id>`: deterministic, so a re-sent line hits the same item."""
-    return f"{line.atc_code or line.med_list_codg}#{line.fee_ocur_time.isoformat()}#{line.line_id}"
-
-
 def _epoch(at: datetime) -> int:
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
@@ -284,7 +267,7 @@ def _finding_item(scope: str, finding: Finding, now: str) -> dict[str, Any]:
         "severity": {"S": finding.severity.value},
         "occurred_at": {"S": finding.occurred_at.isoformat()},
         "updated_at": {"S": now},
-        "body": {"S": json.dumps(body, ensure_ascii=False, separators=(",", ":"))},
+        "body": {"B": pack(body, FINDINGS_DICT)},  # compressed: most of a finding's bytes
         "expires_at": {"N": str(_epoch(finding.occurred_at + FINDING_RETENTION))},  # TTL (docs/security.md)
     }
     if finding.fixmedins_code:
@@ -292,8 +275,20 @@ def _finding_item(scope: str, finding: Finding, now: str) -> dict[str, Any]:
     return item
 
 
-def _finding_from_item(item: Mapping[str, Any]) -> Finding:
-    data = json.loads(item["body"]["S"])
+def finding_body(value: Any) -> dict[str, Any]:
+    """A FindingsTable item's `body`, as the low-level client (`{"B": ...}`, `{"S": ...}`) or
+    a deserializer (bytes, Binary, str) gives it: packed (`B`), or JSON text (items written
+    before bodies were packed)."""
+    if isinstance(value, Mapping):
+        value = value["B"] if "B" in value else value["S"]
+    if isinstance(value, str):
+        return dict(json.loads(value))
+    return dict(unpack(_bytes(getattr(value, "value", value))))
+
+
+def finding_from_item(item: Mapping[str, Any]) -> Finding:
+    """The finding of a FindingsTable item (low-level client form)."""
+    data = finding_body(item["body"])
     data["status"] = item["status"]["S"]
     return Finding.model_validate(data)
 
@@ -311,21 +306,47 @@ REGISTRY_MARGIN = timedelta(seconds=5)  # clock skew between Lambdas (pack reads
 TRACE_BUCKET_TAIL = 7  # a bucket is a code without its last 7 characters
 
 
-def pack(data: Any) -> bytes:
-    """JSON, then zlib when that is smaller: first byte `z` (compressed) or `j` (raw)."""
+DICTIONARIES_FILE = Path(__file__).with_name("pack_dictionaries.json")
+LINES_DICT, FINDINGS_DICT, SALES_DICT = "L1", "F1", "S1"  # the versions new packs are written with
+
+
+@cache
+def _dictionary(name: str) -> bytes:
+    """A frozen preset deflate dictionary (scripts/pack_dictionaries.py made them; a pack
+    names the one it was written with, so a new version is added, never edited)."""
+    try:
+        return str(json.loads(DICTIONARIES_FILE.read_text(encoding="utf-8"))[name]).encode("utf-8")
+    except KeyError:
+        raise ValueError(f"{DICTIONARIES_FILE.name}: no pack dictionary {name!r}") from None
+
+
+def pack(data: Any, dictionary: str | None = None) -> bytes:
+    """JSON, then compressed when that is smaller. With `dictionary` (a 2-character name):
+    raw deflate level 9 primed with that preset dictionary, first bytes `d<name>` (small
+    packs compress to about 60-70% of plain zlib's size: the names and common values are
+    in the dictionary). Without: zlib level 6, first byte `z`; raw: `j`."""
     raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    squeezed = zlib.compress(raw, 6)
-    return b"z" + squeezed if len(squeezed) < len(raw) else b"j" + raw
+    if dictionary is not None:
+        squeezer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _dictionary(dictionary))
+        squeezed = b"d" + dictionary.encode("ascii") + squeezer.compress(raw) + squeezer.flush()
+    else:
+        squeezed = b"z" + zlib.compress(raw, 6)
+    return squeezed if len(squeezed) <= len(raw) else b"j" + raw
 
 
 def unpack(payload: bytes) -> Any:
     if not payload:
         return None
-    body = payload[1:]
-    if payload[:1] == b"z":
-        body = zlib.decompress(body)
-    elif payload[:1] != b"j":
-        raise ValueError(f"unknown pack encoding {payload[:1]!r}")
+    kind = payload[:1]
+    if kind == b"d":
+        opener = zlib.decompressobj(-15, zdict=_dictionary(payload[1:3].decode("ascii")))
+        body = opener.decompress(payload[3:]) + opener.flush()
+    elif kind == b"z":
+        body = zlib.decompress(payload[1:])
+    elif kind == b"j":
+        body = payload[1:]
+    else:
+        raise ValueError(f"unknown pack encoding {kind!r}")
     return json.loads(body)
 
 
@@ -431,7 +452,8 @@ class DynamoRepository(HistoryRepository):
         self.history_days = history_days
         self.max_workers = max_workers
         self.buffered = buffered
-        self._token = f"{writer or 'api'}.{uuid.uuid4().hex[:12]}"
+        self._token = f"{writer or 'api'}.{uuid.uuid4().hex[:12]}"  # names this instance in the registry
+        self._version_prefix = base64.urlsafe_b64encode(os.urandom(6)).decode("ascii")  # 8 characters
         self._writes = 0
         self._registered: datetime | None = None
         self._registered_hashes: set[str] = set()
@@ -469,7 +491,7 @@ class DynamoRepository(HistoryRepository):
 
     def _version(self) -> str:
         self._writes += 1
-        return f"{self._token}.{self._writes}"
+        return f"{self._version_prefix}{self._writes:x}"  # short: every pack item carries one
 
     def _batch_get(
         self, table: str, keys: list[dict[str, Any]], attempts: int = 8, consistent: bool = False
@@ -598,7 +620,9 @@ class DynamoRepository(HistoryRepository):
                 if archived | pp.archived:
                     extra["am"] = {"SS": sorted(archived | pp.archived)}
                 if pp.findings is not None:
-                    blob = pack([f.model_dump(mode="json") for f in sorted(pp.findings.values(), key=_fid)])
+                    blob = pack(
+                        [f.model_dump(mode="json") for f in sorted(pp.findings.values(), key=_fid)], FINDINGS_DICT
+                    )
                     if len(blob) <= FINDINGS_KEPT_BYTES:
                         extra["f"] = {"B": blob}
                         extra["fk"] = {"N": "1"}
@@ -787,7 +811,7 @@ class DynamoRepository(HistoryRepository):
         latest = datetime.fromisoformat(bucket.latest) if bucket.latest else datetime.now(UTC)
         return {
             "code": {"S": bucket.key},
-            "c": {"B": pack(bucket.sales)},
+            "s": {"B": pack(_sales_by_line(bucket), SALES_DICT)},
             "v": {"S": bucket.version},
             "expires_at": {"N": self._expires(latest)},
         }
@@ -1041,7 +1065,7 @@ class DynamoRepository(HistoryRepository):
             )
         ]
         items = self._batch_get(self.tables.findings, keys) if keys else []
-        return {f.finding_id: f for f in map(_finding_from_item, items) if f.finding_id}
+        return {f.finding_id: f for f in map(finding_from_item, items) if f.finding_id}
 
     def _scope_findings(self, scope: str) -> dict[str, Finding]:
         """The stored findings of a scope (superseded included), from the patient's head
@@ -1074,7 +1098,7 @@ class DynamoRepository(HistoryRepository):
 
     def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
         current = self._scope_findings(scope)
-        now = datetime.now(UTC).isoformat()
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         changes = FindingChanges()
         fresh: list[Finding] = []
         produced = {f.finding_id for f in findings}
@@ -1121,7 +1145,7 @@ class DynamoRepository(HistoryRepository):
         stored = {
             i["finding_id"]["S"]: i["status"]["S"] for i in self._batch_get(self.tables.findings, keys) if "status" in i
         }
-        now = datetime.now(UTC).isoformat()
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         items = []
         for scope, finding in pending:
             status = stored.get(finding.finding_id)
@@ -1161,7 +1185,7 @@ class DynamoRepository(HistoryRepository):
         except ClientError as exc:
             raise _transient(exc, "GetItem findings") from exc
         item = answer.get("Item")
-        return _finding_from_item(item) if item else None
+        return finding_from_item(item) if item else None
 
 
 def _fid(finding: Finding) -> str:
@@ -1175,7 +1199,7 @@ def _bytes(value: Any) -> bytes:
 def pack_lines(lines: Sequence[ClaimLine], writers: Mapping[str, str] | None = None) -> bytes:
     """A pack of lines (one patient's: psn_no is not repeated)."""
     writers = writers or {}
-    return pack([line_record(x, writers.get(x.line_id)) for x in lines])
+    return pack([line_record(x, writers.get(x.line_id)) for x in lines], LINES_DICT)
 
 
 def unpack_lines(psn_no: str, payload: bytes) -> list[ClaimLine]:
@@ -1208,10 +1232,38 @@ def _joined(by_sk: Mapping[str, Mapping[str, Any]], sk: str) -> bytes:
     return b"".join(parts)
 
 
+def _sales_by_line(bucket: _Bucket) -> dict[str, list[Any]]:
+    """A bucket's sales as stored: `line_id -> [sale, [code tails]]`. A line's codes share the
+    bucket's prefix and the sale, so each is stored once; a sale's institution (always the
+    line id's) is `=`."""
+    prefix = len(bucket.key) - 2  # the code characters the bucket key holds ("t#" + prefix)
+    out: dict[str, list[Any]] = {}
+    for code, sales in sorted(bucket.sales.items()):
+        for line_id, sale in sales.items():
+            parts = sale.split("|")
+            if len(parts) > 2 and parts[2] == line_id.split("/", 1)[0]:
+                parts[2] = "="
+            entry = out.setdefault(line_id, ["|".join(parts), []])
+            entry[1].append(code[prefix:])
+    return out
+
+
 def _bucket_from_item(item: Mapping[str, Any]) -> _Bucket:
-    sales = unpack(_bytes(item["c"]["B"])) or {}
+    key = item["code"]["S"]
+    sales: dict[str, dict[str, str]] = {}
+    if "s" in item:
+        prefix = key[2:]
+        for line_id, (stored, tails) in (unpack(_bytes(item["s"]["B"])) or {}).items():
+            parts = stored.split("|")
+            if len(parts) > 2 and parts[2] == "=":
+                parts[2] = line_id.split("/", 1)[0]
+            sale = "|".join(parts)
+            for tail in tails:
+                sales.setdefault(prefix + tail, {})[line_id] = sale
+    else:  # the first packed layout: code -> line_id -> sale
+        sales = unpack(_bytes(item["c"]["B"])) or {}
     latest = max((s.split("|", 1)[0] for by_line in sales.values() for s in by_line.values()), default="")
-    return _Bucket(item["code"]["S"], sales, item.get("v", {}).get("S"), latest)
+    return _Bucket(key, sales, item.get("v", {}).get("S"), latest)
 
 
 def _sales_of(code: str, sales: Mapping[str, str]) -> list[TraceSale]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import pytest
 from contract_helpers import Backend, make_finding, make_line
 
 from rxguard.models import Severity
@@ -221,11 +220,6 @@ def test_trace_sales_keep_the_late_mark_of_a_late_api_dispensation(backend: Back
 
 
 def test_a_line_sent_again_with_another_time_is_still_recorded_once(backend: Backend) -> None:
-    if backend.name == "dynamo":  # remove once rxguard.dynamo records on the line id
-        pytest.xfail(
-            "rxguard.dynamo keys a purchase by atc#time#line_id: the same line id at another time is a "
-            "second item (issue 15); a conditional line-id marker is needed (helper dynamo owns dynamo.py)"
-        )
     # Given a line recorded through the API (time: when the request arrived)
     api = make_line("P1", "1", time="2026-03-01 10:00:00", trace_codes=[CODE])
     backend.repo().record_lines([api])
@@ -237,3 +231,21 @@ def test_a_line_sent_again_with_another_time_is_still_recorded_once(backend: Bac
     assert again == []
     assert [x.line_id for x in repo.load_history(["P1"])["P1"]] == [api.line_id]
     assert [s.line_id for s in repo.load_trace_sales([CODE])[CODE]] == [api.line_id]
+
+
+def test_a_line_sent_again_in_another_month_after_older_history_is_still_recorded_once(backend: Backend) -> None:
+    # Given a patient with months of history (older months leave a pack's newest items) and
+    # a line recorded through the API just before midnight at the end of a month
+    older = [make_line("P1", f"h{m}", time=f"2026-0{m}-10 09:00:00") for m in (1, 2, 3)]
+    backend.repo().record_lines(older)
+    api = make_line("P1", "1", time="2026-03-31 23:59:58", trace_codes=[CODE])
+    backend.repo().record_lines([api])
+    # When the settlement batch brings the same line id in the next month's first seconds
+    batch = make_line("P1", "1", time="2026-04-01 00:00:03", trace_codes=[CODE])
+    again = backend.repo().record_lines([batch, make_line("P1", "2", time="2026-04-02 09:00:00")])
+    # Then only the other line is new; the history holds the API's line once
+    history = backend.repo().load_history(["P1"])["P1"]
+    assert [x.line_id for x in again] == [make_line("P1", "2").line_id]
+    assert [x.line_id for x in history].count(api.line_id) == 1
+    assert len(history) == 5
+    assert [s.line_id for s in backend.repo().load_trace_sales([CODE])[CODE]] == [api.line_id]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rxguard.dynamo import scan_purchases, scan_trace_codes
+from rxguard.dynamo import finding_body, scan_purchases, scan_trace_codes
 from rxguard_tools.offline import Environment
 from rxguard_tools.offline.cli import main, run
 from tests.factories import write_csv
@@ -132,7 +132,7 @@ def _findings_after(batches: list[Path], tmp: Path) -> list[dict]:
             env.wait(timeout=120)
             assert execution.status == "SUCCEEDED", execution.cause
         items = env.scan_table("FindingsTable")
-    current = [json.loads(i["body"]) for i in items if i["status"] != "superseded"]
+    current = [finding_body(i["body"]) for i in items if i["status"] != "superseded"]
     return sorted(current, key=lambda f: f["finding_id"])
 
 

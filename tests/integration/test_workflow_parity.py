@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, Stack, make_line
 from test_workflow_handlers import Context, _screen_all, drop, handler, prepare
 
-from rxguard.dynamo import DynamoRepository
+from rxguard.dynamo import DynamoRepository, finding_from_item
 from rxguard.models import Finding
 
 SAMPLES = sorted(p for p in (ROOT / "events" / "batches").iterdir() if p.suffix in (".csv", ".jsonl", ".json"))
@@ -28,9 +28,7 @@ def _stored_findings(stack: Stack) -> dict[str, Finding]:
     items = stack.ddb.scan(TableName=stack.table("FindingsTable"))["Items"]
     out = {}
     for item in items:
-        data = json.loads(item["body"]["S"])
-        data["status"] = item["status"]["S"]
-        finding = Finding.model_validate(data)
+        finding = finding_from_item(item)
         if finding.status != "superseded":
             out[finding.finding_id] = finding
     return out

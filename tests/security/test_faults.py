@@ -23,7 +23,7 @@ from typing import Any
 import boto3
 import pytest
 
-from rxguard.dynamo import scan_purchases, scan_trace_codes
+from rxguard.dynamo import finding_body, scan_purchases, scan_trace_codes
 from rxguard_tools.offline import Environment
 from rxguard_tools.offline.environment import REGION
 from tests.factories import write_csv
@@ -47,7 +47,7 @@ Snapshot = dict[str, Any]
 def snapshot(env: Environment) -> Snapshot:
     findings = env.scan_table("FindingsTable")
     current = {
-        f["finding_id"]: (f.get("rule_id"), f["status"], tuple(sorted(json.loads(f["body"])["evidence"])))
+        f["finding_id"]: (f.get("rule_id"), f["status"], tuple(sorted(finding_body(f["body"])["evidence"])))
         for f in findings
         if f["status"] != "superseded"
     }

@@ -71,3 +71,33 @@ def test_cost_at_the_floor_is_within_target_and_extra_writes_are_not() -> None:
     assert model["total_usd_per_million_lines"] == pytest.approx(
         sum(model["components_usd_per_million_lines"].values()), abs=1e-3
     )
+
+
+def test_each_table_is_priced_at_its_class_and_storage_counts_every_stored_line() -> None:
+    # Given a month of 1,000 lines after 1,000 of history: 1 write unit a line on an IA table,
+    # 100 on a Standard one, and 1 MB stored on each
+    from bench.cost import PRICES, RETENTION_DAYS, monthly_batch_cost, table_classes
+
+    classes = table_classes()
+    assert classes["PurchasesTable"] == "STANDARD_INFREQUENT_ACCESS" and classes["AggregatesTable"] == "STANDARD"
+    figures = {
+        "lines": 1000,
+        "history_lines": 1000,
+        "write_units_by_table": {"PurchasesTable": 1000, "AggregatesTable": 100},
+        "read_units_by_table": {},
+        "stored": {"PurchasesTable": {"bytes": 2**20}, "AggregatesTable": {"bytes": 2**20}},
+        "screen_cpu_seconds_outside_moto": 0.0,
+        "assumed_io_wait_seconds": 0.0,
+        "dynamodb_reads_per_1k_lines": 0.0,
+    }
+    # When it is priced
+    cost = monthly_batch_cost(figures)
+    by_table = cost["dynamodb_by_table_usd_per_million_lines"]
+    # Then writes and storage follow each table's class, over the 2,000 lines stored
+    assert by_table["PurchasesTable"]["writes"] == round(1000 * PRICES["dynamodb_ia_wru"].usd * 1000, 4)
+    assert by_table["AggregatesTable"]["writes"] == round(100 * PRICES["dynamodb_wru"].usd * 1000, 4)
+    gb_months = 2**20 / 2000 * 1e6 / 2**30 * RETENTION_DAYS / 30.4
+    assert by_table["PurchasesTable"]["storage_400d"] == round(gb_months * 0.10, 4)
+    assert by_table["AggregatesTable"]["storage_400d"] == round(gb_months * 0.25, 4)
+    assert by_table["PurchasesTable"]["pitr_400d"] == by_table["AggregatesTable"]["pitr_400d"]
+    assert cost["write_units_per_line"] == 1.1

@@ -3,7 +3,7 @@ of the API's services. The only module of `rxguard.api` that talks to AWS.
 
 Table design (docs/workflow.md): key `finding_id`; GSI `by_scope` (`scope`, KEYS_ONLY) and GSI
 `by_institution` (`fixmedins_code`, `occurred_at`; INCLUDE rule_id, severity, status,
-scope). The finding is JSON in `body`, its status in `status` (the body has none).
+scope). The finding is packed in `body` (`rxguard.dynamo.finding_body`), its status in `status` (the body has none).
 
 What the API adds, in the same table, under keys that carry neither `scope` nor
 `fixmedins_code` (so they appear in no index and no scope query):
@@ -48,6 +48,7 @@ from rxguard.api.store import (
     view,
 )
 from rxguard.api.subscriptions import Subscriptions, mask_endpoint
+from rxguard.dynamo import finding_from_item
 from rxguard.models import Finding
 from rxguard.scope import Scope
 
@@ -62,9 +63,7 @@ BY_SCOPE = "by_scope"
 
 
 def _finding(item: Mapping[str, Any]) -> Finding:
-    data = json.loads(item["body"]["S"])
-    data["status"] = item["status"]["S"]
-    return Finding.model_validate(data)
+    return finding_from_item(item)  # the body is packed (rxguard.dynamo writes the findings)
 
 
 def _disposition(item: Mapping[str, Any] | None) -> Disposition | None:

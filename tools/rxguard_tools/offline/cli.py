@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from rxguard.dynamo import finding_body
 from rxguard.models import Finding
 from rxguard.texttable import table
 from rxguard_tools.offline.environment import PROJECT_ROOT, Environment, Execution, Subscription
@@ -239,7 +240,7 @@ def _findings(env: Environment) -> list[dict[str, Any]]:
     for item in env.scan_table(logical):
         if item.get("status") == "superseded":
             continue
-        data = json.loads(item["body"]) if isinstance(item.get("body"), str) else dict(item)
+        data = finding_body(item["body"]) if "body" in item else dict(item)
         data["status"] = item.get("status", data.get("status", "new"))
         out.append(Finding.model_validate(data).model_dump(mode="json"))
     return sorted(out, key=lambda f: str(f["finding_id"]))
