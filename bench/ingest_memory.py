@@ -37,6 +37,20 @@ PRODUCTS = [
 ]
 
 
+def csv_row(rng: random.Random, n: int, patients: int, sn_digits: int = 9) -> str:
+    """One synthetic claim line of HEADER's columns (line n, one of `patients` patients)."""
+    code, name, price = PRODUCTS[rng.randrange(len(PRODUCTS))]
+    inst = ("H", "P")[n & 1] + f"{310000 + rng.randrange(40):08d}"
+    cnt = rng.randint(1, 3)
+    day, hour, minute = rng.randint(1, 28), rng.randint(8, 17), rng.randint(0, 59)
+    trace = f"8{n:019d}" if not code.endswith("B001") else ""
+    return (
+        f"FD{n:0{sn_digits}d},{inst},机构{inst[-2:]},310000,{310000000000 + rng.randrange(patients)},,"
+        f"{'41' if inst[0] == 'P' else '11'},2025-10-{day:02d} {hour:02d}:{minute:02d}:00,{code},{name},"
+        f"{cnt},0,{price},{round(cnt * price, 2)},I10,{trace}\n"
+    )
+
+
 def generate(path: Path, lines: int, seed: int = 1, fmt: str = "csv") -> int:
     """Write a batch of `lines` claim lines (about 8 lines a patient) as CSV or as a platform
     JSON document (`fmt="json"`); returns its size."""
@@ -47,16 +61,7 @@ def generate(path: Path, lines: int, seed: int = 1, fmt: str = "csv") -> int:
         out.write(HEADER + "\n" if fmt == "csv" else '{"infno": "2204", "input": {"feedetail": [\n')
         rows: list[str] = []
         for n in range(lines):
-            code, name, price = PRODUCTS[rng.randrange(len(PRODUCTS))]
-            inst = ("H", "P")[n & 1] + f"{310000 + rng.randrange(40):08d}"
-            cnt = rng.randint(1, 3)
-            day, hour, minute = rng.randint(1, 28), rng.randint(8, 17), rng.randint(0, 59)
-            trace = f"8{n:019d}" if not code.endswith("B001") else ""
-            rows.append(
-                f"FD{n:09d},{inst},机构{inst[-2:]},310000,{310000000000 + rng.randrange(patients)},,"
-                f"{'41' if inst[0] == 'P' else '11'},2025-10-{day:02d} {hour:02d}:{minute:02d}:00,{code},{name},"
-                f"{cnt},0,{price},{round(cnt * price, 2)},I10,{trace}\n"
-            )
+            rows.append(csv_row(rng, n, patients))
             if fmt == "json":
                 element = dict(zip(columns, rows[-1].rstrip("\n").split(","), strict=True))
                 rows[-1] = ("" if n == 0 else ",\n") + json.dumps(element, ensure_ascii=False)

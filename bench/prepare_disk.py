@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.ingest_memory import HEADER, PRODUCTS
+from bench.ingest_memory import HEADER, csv_row
 
 MB = 1024 * 1024
 
@@ -45,16 +45,7 @@ def rows(target_bytes: int, seed: int = 1) -> Iterator[bytes]:
     n = 0
     block: list[str] = []
     while produced < target_bytes:
-        code, name, price = PRODUCTS[rng.randrange(len(PRODUCTS))]
-        inst = ("H", "P")[n & 1] + f"{310000 + rng.randrange(40):08d}"
-        cnt = rng.randint(1, 3)
-        day, hour, minute = rng.randint(1, 28), rng.randint(8, 17), rng.randint(0, 59)
-        trace = f"8{n:019d}" if not code.endswith("B001") else ""
-        block.append(
-            f"FD{n:010d},{inst},机构{inst[-2:]},310000,{310000000000 + rng.randrange(patients)},,"
-            f"{'41' if inst[0] == 'P' else '11'},2025-10-{day:02d} {hour:02d}:{minute:02d}:00,{code},{name},"
-            f"{cnt},0,{price},{round(cnt * price, 2)},I10,{trace}\n"
-        )
+        block.append(csv_row(rng, n, patients, sn_digits=10))
         n += 1
         if len(block) == 2000:
             data = "".join(block).encode("utf-8")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,22 @@ def _fresh_letter_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     import rxguard.letters as letters
 
     monkeypatch.setattr(letters, "_PROCESS_COUNTERS", type(letters._PROCESS_COUNTERS)())
+
+
+# the moto harness without warning letters (PDF rendering is slow; the alerts stay)
+NO_LETTERS = {"RXGUARD_ALERTS_CONFIG": '{"letters_enabled": false}'}
+
+
+@pytest.fixture
+def env_no_letters(tmp_path: Path) -> Iterator[Any]:
+    """The offline AWS harness (moto, the real ASL and handlers), letters off, moto quiet."""
+    import logging
+
+    from rxguard_tools.offline import Environment
+
+    logging.getLogger("moto").setLevel(logging.CRITICAL)
+    with (
+        (tmp_path / "functions.log").open("w") as log,
+        Environment(handler_output=log, base_environment=NO_LETTERS) as environment,
+    ):
+        yield environment

@@ -36,7 +36,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from rxguard.engine.institutions import ActivityAggregate, aggregate_from_counts
-from rxguard.errors import TransientError
+from rxguard.errors import AWS_THROTTLES, TransientError
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 from rxguard.scope import Scope
@@ -112,24 +112,13 @@ def reset_clients() -> None:
     client.cache_clear()
 
 
-_THROTTLES = {
-    "ProvisionedThroughputExceededException",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "InternalServerError",
-    "ServiceUnavailable",
-    "SlowDown",
-    "InternalError",
-}
-
-
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _transient(exc: ClientError, what: str) -> Exception:
     """Throttling and 5xx become TransientError (the state machine retries it)."""
-    if _error_code(exc) in _THROTTLES:
+    if _error_code(exc) in AWS_THROTTLES:
         return TransientError(f"{what}: {_error_code(exc)}")
     return exc
 

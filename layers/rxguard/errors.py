@@ -13,3 +13,18 @@ class TransientError(Exception):
 
 class BatchInputError(ValueError):
     """The event or a stored batch artefact is not what the workflow expects (not retried)."""
+
+
+# AWS error codes that mean "slow down or try again" (throttling, a service hiccup): the
+# adapters turn them into TransientError, which the state machine's Retry takes
+AWS_THROTTLES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "InternalError",
+    }
+)

@@ -15,13 +15,13 @@ import pytest
 from rxguard.dynamo import finding_body, scan_purchases, scan_trace_codes
 from rxguard_tools.offline import Environment
 from rxguard_tools.offline.cli import main, run
+from tests.conftest import NO_LETTERS
 from tests.factories import write_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "events" / "batches"
 SAMPLE = SAMPLES / "03_yulin_bom.csv"  # refills across institutions: several findings per patient
 
-NO_LETTERS = {"RXGUARD_ALERTS_CONFIG": '{"letters_enabled": false}'}  # PDF rendering is slow; alerts stay
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +34,6 @@ def _quiet_moto() -> None:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Environment]:
     with (tmp_path / "functions.log").open("w") as log, Environment(handler_output=log) as environment:
-        yield environment
-
-
-@pytest.fixture
-def env_no_letters(tmp_path: Path) -> Iterator[Environment]:
-    with (
-        (tmp_path / "functions.log").open("w") as log,
-        Environment(handler_output=log, base_environment=NO_LETTERS) as environment,
-    ):
         yield environment
 
 

@@ -12,10 +12,9 @@
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,26 +24,16 @@ import boto3
 import pytest
 
 from rxguard_tools.offline import Environment
+from tests.conftest import NO_LETTERS
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "events" / "batches" / "03_yulin_bom.csv"  # refills across institutions: several findings
-NO_LETTERS = {"RXGUARD_ALERTS_CONFIG": '{"letters_enabled": false}'}  # PDF rendering is slow; alerts stay
-
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _quiet_moto() -> None:
-    logging.getLogger("moto").setLevel(logging.CRITICAL)
-
-
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Environment]:
-    with (
-        (tmp_path / "functions.log").open("w") as log,
-        Environment(handler_output=log, base_environment=NO_LETTERS) as environment,
-    ):
-        yield environment
+def env(env_no_letters: Environment) -> Environment:
+    return env_no_letters
 
 
 class SnsHook:

@@ -26,19 +26,12 @@ from typing import Any
 
 from rxguard.alerts.outbox import Outbox, OutboxEntry
 from rxguard.alerts.schema import AlertMessage
-from rxguard.errors import TransientError
+from rxguard.errors import AWS_THROTTLES, TransientError
 
 PENDING = "pending"
 MESSAGE_SK = "msg"
 RETENTION_SECONDS = 5 * 366 * 24 * 3600  # the findings' retention (docs/security.md)
-_THROTTLES = {
-    "ProvisionedThroughputExceededException",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "InternalServerError",
-    "ServiceUnavailable",
-    "TransactionConflictException",
-}
+_THROTTLES = AWS_THROTTLES | {"TransactionConflictException"}  # a transaction lost a race: retried
 
 
 def _code(exc: BaseException) -> str:

@@ -367,6 +367,13 @@ def _decode_finding(body: str, status: str) -> Finding:
     return finding if status == "new" else finding.model_copy(update={"status": status})
 
 
+def _finding_row(scope: str, status: str, finding: Finding, body: str, now: str) -> tuple[Any, ...]:
+    """A findings row's columns in the order of the INSERT and the UPDATE (finding_id last)."""
+    occurred = _ts(finding.occurred_at)
+    return (scope, status, finding.rule_id, finding.severity.value, finding.psn_no, finding.fixmedins_code, occurred,
+            body, now, finding.finding_id)  # fmt: skip
+
+
 def _flagged_lines(finding: Finding) -> list[str]:
     """Lines this finding blames for institution-outlier (engine.common.flagged_line_ids)."""
     if finding.status == "superseded" or finding.rule_id not in DISPENSING_RULES or finding.severity == Severity.LOW:
@@ -377,6 +384,20 @@ def _flagged_lines(finding: Finding) -> list[str]:
 def _ids(values: Iterable[str]) -> str:
     """A JSON array parameter for `IN (SELECT value FROM json_each(?))`: one statement, any count."""
     return json.dumps(sorted(set(values)), ensure_ascii=False)
+
+
+# keyed reads (SqliteRepository._keyed): the one parameter is the keys as a JSON array
+_HISTORY_IDS = (
+    "SELECT psn_no, line_id FROM lines WHERE psn_no IN (SELECT value FROM json_each(?)) ORDER BY psn_no, t, line_id"
+)
+_TRACE_SALES = (
+    "SELECT code, t, line_id, psn_no, fixmedins_code, sale FROM trace_sales "
+    "WHERE code IN (SELECT value FROM json_each(?)) ORDER BY code, t, line_id"
+)
+_CURRENT_FINDINGS = (
+    "SELECT scope, status, body FROM findings WHERE scope IN (SELECT value FROM json_each(?)) "
+    "AND status != 'superseded' ORDER BY scope, finding_id"
+)
 
 
 class SqliteRepository(HistoryRepository):
@@ -460,11 +481,7 @@ class SqliteRepository(HistoryRepository):
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
         # the ids first, from the index alone; then the bodies of the lines not decoded yet
         out: dict[str, list[ClaimLine]]
-        out, rows = self._keyed(
-            psn_nos,
-            "SELECT psn_no, line_id FROM lines WHERE psn_no IN (SELECT value FROM json_each(?)) "
-            "ORDER BY psn_no, t, line_id",
-        )
+        out, rows = self._keyed(psn_nos, _HISTORY_IDS)
         if not rows:
             return out
         recent, cache = self._recent, self._cache
@@ -507,11 +524,7 @@ class SqliteRepository(HistoryRepository):
 
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
         out: dict[str, list[TraceSale]]
-        out, rows = self._keyed(
-            codes,
-            "SELECT code, t, line_id, psn_no, fixmedins_code, sale FROM trace_sales "
-            "WHERE code IN (SELECT value FROM json_each(?)) ORDER BY code, t, line_id",
-        )
+        out, rows = self._keyed(codes, _TRACE_SALES)
         for code, t, line_id, psn_no, fixmedins_code, sale in rows:
             if sale:
                 out[code].append(TraceSale.decode(code, line_id, sale))
@@ -522,11 +535,7 @@ class SqliteRepository(HistoryRepository):
     # ------------------------------------------------------------ findings
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
         out: dict[str, list[Finding]]
-        out, rows = self._keyed(
-            scopes,
-            "SELECT scope, status, body FROM findings WHERE scope IN (SELECT value FROM json_each(?)) "
-            "AND status != 'superseded' ORDER BY scope, finding_id",
-        )
+        out, rows = self._keyed(scopes, _CURRENT_FINDINGS)
         for scope, status, body in rows:
             out[scope].append(_decode_finding(body, status))
         return out
@@ -583,19 +592,9 @@ class SqliteRepository(HistoryRepository):
             if old is None:
                 fresh = finding if finding.status == "new" else finding.model_copy(update={"status": "new"})
                 conn.execute(
-                    "INSERT INTO findings (finding_id, scope, status, rule_id, severity, psn_no, fixmedins_code,"
-                    " occurred_at, body, updated_at) VALUES (?, ?, 'new', ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        fid,
-                        scope,
-                        finding.rule_id,
-                        finding.severity.value,
-                        finding.psn_no,
-                        finding.fixmedins_code,
-                        _ts(finding.occurred_at),
-                        body,
-                        now,
-                    ),
+                    "INSERT INTO findings (scope, status, rule_id, severity, psn_no, fixmedins_code,"
+                    " occurred_at, body, updated_at, finding_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _finding_row(scope, "new", finding, body, now),
                 )
                 changes.new.append(fresh)
                 touched.append(fresh)
@@ -610,18 +609,7 @@ class SqliteRepository(HistoryRepository):
             conn.execute(
                 "UPDATE findings SET scope = ?, status = ?, rule_id = ?, severity = ?, psn_no = ?, fixmedins_code = ?,"
                 " occurred_at = ?, body = ?, updated_at = ? WHERE finding_id = ?",
-                (
-                    scope,
-                    status,
-                    finding.rule_id,
-                    finding.severity.value,
-                    finding.psn_no,
-                    finding.fixmedins_code,
-                    _ts(finding.occurred_at),
-                    body,
-                    now,
-                    fid,
-                ),
+                _finding_row(scope, status, finding, body, now),
             )
             changes.updated.append(merged)
             touched.append(merged)
