@@ -220,3 +220,13 @@ def test_normalizing_in_other_processes_gives_the_same_chunks_and_rejections(
     lines = [r.line for r in read_rejections(mapped.rejected_path)]
     assert 8 in lines and 31 in lines  # the reader's own rejections kept their place
     assert lines[: lines.index(8)] == sorted(lines[: lines.index(8)])
+
+
+def test_the_spill_reads_time_and_line_id_off_the_chunk_json_exactly(kb) -> None:
+    # Given every accepted line of the sample batches (times with and without fractions too)
+    lines = [x for path in sorted(BATCHES.glob("0*")) for x in read_batch(path, kb) if isinstance(x, ClaimLine)]
+    lines.append(lines[0].model_copy(update={"fee_ocur_time": lines[0].fee_ocur_time.replace(microsecond=250)}))
+    # Then the order key read off each line's chunk JSON is its time and line id, as the model gives them
+    for line in lines:
+        assert partition._order_of(partition._chunk_json(line)) == (line.fee_ocur_time.isoformat(), line.line_id)
+    assert len(lines) > 300

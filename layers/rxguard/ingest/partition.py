@@ -77,6 +77,25 @@ def _chunk_json(line: ClaimLine) -> str:
     return line.model_dump_json(exclude_defaults=True)
 
 
+_SN_AT = len('{"feedetl_sn":"')
+_CODE_AFTER = '","fixmedins_code":"'
+_TIME_KEY = '"fee_ocur_time":"'
+
+
+def _order_of(payload: str) -> tuple[str, str]:
+    """(fee_ocur_time as ISO text, line id) of a line's chunk JSON, read off the text: the
+    spill rows carry no copy of them (a smaller spill on disk). Exact for `_chunk_json`'s
+    output: feedetl_sn and fixmedins_code come first, and no value holds a quote (their
+    patterns; a time is ISO text)."""
+    sn_end = payload.index('"', _SN_AT)
+    code_at = sn_end + len(_CODE_AFTER)
+    if payload[sn_end:code_at] != _CODE_AFTER:  # never, while ClaimLine's first fields are these
+        raise ValueError("a chunk line does not start with feedetl_sn, fixmedins_code")
+    time_at = payload.index(_TIME_KEY) + len(_TIME_KEY)
+    line_id = f"{payload[code_at : payload.index(chr(34), code_at)]}/{payload[_SN_AT:sn_end]}"
+    return payload[time_at : payload.index('"', time_at)], line_id
+
+
 def write_chunk(lines: Iterable[ClaimLine]) -> bytes:
     """JSON Lines of the lines as chunks hold them, one line each."""
     return b"".join(_chunk_json(line).encode("utf-8") + b"\n" for line in lines)
@@ -234,9 +253,7 @@ def normalize_task(task: NormalizeTask, kb: KnowledgeBase) -> TaskOutcome:
         patient = _patient_key(item.psn_no)
         part = int(patient[:8], 16) % n_parts
         line_id = f"{item.fixmedins_code}/{item.feedetl_sn}"
-        parts.setdefault(part, []).append(
-            f"{patient}\t{item.source_line}\t{item.fee_ocur_time.isoformat()}\t{line_id}\t{_chunk_json(item)}\n"
-        )
+        parts.setdefault(part, []).append(f"{patient}\t{item.source_line}\t{_chunk_json(item)}\n")
         key_part = zlib.crc32(line_id.encode("utf-8")) % n_parts
         keys.setdefault(key_part, []).append(f"{line_id}\t{item.source_line}\t{part}\n")
         outcome.accepted += 1
@@ -394,7 +411,8 @@ def iter_partition_chunks(task: ChunkTask) -> Iterator[PartitionChunks]:
     patients: dict[str, list[tuple[str, str, str]]] = {}
     with gzip.open(spill / f"p{i}", "rt", encoding="utf-8") as handle:
         for row in handle:
-            patient, source_line, time, line_id, payload = row.rstrip("\n").split("\t", 4)
+            patient, source_line, payload = row.rstrip("\n").split("\t", 2)
+            time, line_id = _order_of(payload)
             if source_line in duplicate_of:
                 dropped.duplicates.append((source_line, duplicate_of[source_line], line_id))
                 continue
