@@ -13,7 +13,7 @@ STATE ?= $(OUT)/state
 
 run: venv  ## the main job: screen the sample batches against the persistent local state in $(STATE)
 	@echo "rxguard run: state in $(STATE) (kept between runs; rm -rf $(STATE) to start afresh)"
-	$(VENV)/bin/rxguard run $(SAMPLES) --state $(STATE) --out $(OUT)
+	$(VENV)/bin/rxguard run $(SAMPLES) --state $(STATE) --out $(OUT) --pdf parallel
 
 run-aws: venv  ## the same batches through the real ASL and handlers on moto (AWS-faithful, slow)
 	$(VENV)/bin/rxguard run --simulate-aws $(SAMPLES) --out $(OUT)/simulate-aws
