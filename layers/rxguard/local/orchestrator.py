@@ -498,7 +498,7 @@ class LocalOrchestrator:
         """Prepare's passes over the worker processes (in this process without them)."""
         if isinstance(pool, InProcess):
             return None
-        return PoolMapper(pool, ahead=3 * self.workers, spent=self._worker_cpu)
+        return PoolMapper(pool, ahead=2 * self.workers, spent=self._worker_cpu)
 
     def _map(self, prepared: PrepareOutput, pool: Executor) -> list[dict[str, Any]]:
         """The Screen Map: one item per chunk (the ASL's ItemSelector), then the trace codes."""
