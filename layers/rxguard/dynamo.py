@@ -96,6 +96,7 @@ class RequestCounter:
 
 REQUESTS = RequestCounter()  # the process-wide counter every client made here is hooked to
 
+
 @cache
 def client(service: str) -> Any:
     """A cached, counted boto3 client (thread-safe; created on first use). boto3 is imported
