@@ -236,7 +236,8 @@ TASK_ROWS_PER_PART = 200  # ... and about this many rows per partition (a larger
 
 def normalize_task(task: NormalizeTask, kb: KnowledgeBase) -> TaskOutcome:
     """Normalize a task's records; render each accepted line as its patient-partition row
-    (`patient, source_line, time, line_id, JSON`) and its key-partition row."""
+    (`patient, source_line, chunk JSON`) and its key-partition row (`line_id, source_line,
+    patient partition`)."""
     outcome = TaskOutcome()
     n_parts = task.n_parts
     parts: dict[int, list[str]] = {}
@@ -252,14 +253,14 @@ def normalize_task(task: NormalizeTask, kb: KnowledgeBase) -> TaskOutcome:
             continue
         patient = _patient_key(item.psn_no)
         part = int(patient[:8], 16) % n_parts
-        line_id = f"{item.fixmedins_code}/{item.feedetl_sn}"
+        line_id = item.line_id
         parts.setdefault(part, []).append(f"{patient}\t{item.source_line}\t{_chunk_json(item)}\n")
         key_part = zlib.crc32(line_id.encode("utf-8")) % n_parts
         keys.setdefault(key_part, []).append(f"{line_id}\t{item.source_line}\t{part}\n")
         outcome.accepted += 1
-    # zlib level 6 on the patient rows (members of ~120 rows): the spill is about half the
-    # input's size on disk, where plain it was ~4.8x and level 1 on small members ~0.8x
-    # (issue 15: Lambda's ephemeral storage); the key rows too (15 bytes a line at level 1)
+    # zlib level 6, one member per partition and task (~TASK_ROWS_PER_PART rows): the spill
+    # is under half the input's size on disk, where plain it was ~4.8x and level 1 on small
+    # members ~0.8x (issue 15: Lambda's ephemeral storage)
     outcome.parts = {p: gzip.compress("".join(rows).encode("utf-8"), 6, mtime=0) for p, rows in parts.items()}
     outcome.keys = {p: gzip.compress("".join(rows).encode("utf-8"), 6, mtime=0) for p, rows in keys.items()}
     return outcome

@@ -445,8 +445,8 @@ class _CrToLf(io.RawIOBase):
 class RawRecord:
     """A record read but not normalized yet (`BatchReader(defer=True)`): its 1-based line
     (element index for a JSON document) and its fields as read. `prepare_batch` normalizes
-    these in batches, possibly in other processes, and accounts each outcome back with
-    `BatchReader.account`."""
+    these in batches, possibly in other processes, and counts each outcome back with
+    `BatchReader.account` (rejected) or `account_accepted`."""
 
     line: int
     record: dict[str, Any]

@@ -94,7 +94,7 @@ class DeferTraceScopes(HistoryRepository):
         return self.inner.load_history(psn_nos)
 
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
-        return {c: [] for c in codes}  # the evaluation is thrown away: spare the read
+        return self.inner.load_trace_sales(codes)  # screen_lines does not ask: defers_trace_scopes
 
     def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
         return self.inner.record_lines(lines)
@@ -313,7 +313,7 @@ class LocalOrchestrator:
     worker_cpu_seconds: float = 0.0  # CPU of the worker processes' tasks
     crash_after_chunks: int | None = None  # tests: die (os._exit) once this many chunks are screened
     _chunks_done: int = 0
-    phases: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> wall, this process's CPU
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> wall, main and worker CPU
     run_id: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
     # -------------------------------------------------------------- the run
@@ -457,7 +457,7 @@ class LocalOrchestrator:
                     kb=self.kb,
                     settings=self._workflow_settings(),
                     workdir=self.results.root,
-                    mapper=self._normalizer(pool),
+                    mapper=self._prepare_mapper(pool),
                 )
         except Exception as exc:  # Prepare's Catch -> RecordFailure
             self._fail(batch, {"detail": {"bucket": {"name": LOCAL_BUCKET}, "object": {"key": batch.key}}}, exc)
@@ -494,7 +494,7 @@ class LocalOrchestrator:
         batch.state["institutions"] = {"result": inst.model_dump(mode="json")}
         batch.status = "SCREENED"
 
-    def _normalizer(self, pool: Executor) -> TaskMapper | None:
+    def _prepare_mapper(self, pool: Executor) -> TaskMapper | None:
         """Prepare's passes over the worker processes (in this process without them)."""
         if isinstance(pool, InProcess):
             return None

@@ -370,8 +370,18 @@ def _decode_finding(body: str, status: str) -> Finding:
 def _finding_row(scope: str, status: str, finding: Finding, body: str, now: str) -> tuple[Any, ...]:
     """A findings row's columns in the order of the INSERT and the UPDATE (finding_id last)."""
     occurred = _ts(finding.occurred_at)
-    return (scope, status, finding.rule_id, finding.severity.value, finding.psn_no, finding.fixmedins_code, occurred,
-            body, now, finding.finding_id)  # fmt: skip
+    return (
+        scope,
+        status,
+        finding.rule_id,
+        finding.severity.value,
+        finding.psn_no,
+        finding.fixmedins_code,
+        occurred,
+        body,
+        now,
+        finding.finding_id,
+    )
 
 
 def _flagged_lines(finding: Finding) -> list[str]:
