@@ -327,7 +327,17 @@ def search_kb(kb: KnowledgeBase) -> KnowledgeBase:
     return cached[1]
 
 
-class _CachedReads(HistoryRepository):
+class _CheckReads(HistoryRepository):
+    """A repository a check reads through: a check records nothing."""
+
+    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+        raise NotImplementedError("a check records nothing")
+
+    def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
+        raise NotImplementedError("a check records nothing")
+
+
+class _CachedReads(_CheckReads):
     """The history a check reads, read once: the next-fill search re-checks a line on later
     days without reading again, and the previous fill is looked up in what was read."""
 
@@ -354,14 +364,8 @@ class _CachedReads(HistoryRepository):
                 self.sales[code] = list(loaded.get(code, ()))
         return {c: self.sales[c] for c in codes}
 
-    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
-        raise NotImplementedError("a check records nothing")
-
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
         return self.repo.load_findings(scopes)
-
-    def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
-        raise NotImplementedError("a check records nothing")
 
 
 @dataclass
@@ -522,7 +526,7 @@ def _wait_estimate(findings: Sequence[Finding]) -> int | None:
     return math.ceil(max(days)) if days else None
 
 
-class _OneIngredient(HistoryRepository):
+class _OneIngredient(_CheckReads):
     """The cached history narrowed to one ingredient (what the waitable supply rules read)."""
 
     def __init__(self, reads: _CachedReads, ingredient: str) -> None:
@@ -538,14 +542,8 @@ class _OneIngredient(HistoryRepository):
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
         return {c: [] for c in codes}  # trace-code reuse cannot be waited out
 
-    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
-        raise NotImplementedError("a check records nothing")
-
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
         return self.reads.load_findings(scopes)
-
-    def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
-        raise NotImplementedError("a check records nothing")
 
 
 def _hit(
