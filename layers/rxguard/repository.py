@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -91,6 +91,13 @@ class FindingChanges:
     superseded: list[Finding] = field(default_factory=list)  # no longer produced by the rules
     unchanged: int = 0
 
+    def merge(self, more: FindingChanges) -> None:
+        """Add the changes of `more` (another scope's) to these."""
+        self.new.extend(more.new)
+        self.updated.extend(more.updated)
+        self.superseded.extend(more.superseded)
+        self.unchanged += more.unchanged
+
 
 class HistoryRepository(ABC):
     """Storage as the rule engine sees it. Implementations batch their reads."""
@@ -122,6 +129,14 @@ class HistoryRepository(ABC):
         """Make `findings` the current findings of `scope`: insert new ones (conditional
         on finding_id), update changed ones, mark the missing ones superseded. Reviews
         (confirmed / dismissed) of a finding that is produced again are kept."""
+
+    def replace_many(self, by_scope: Mapping[str, Sequence[Finding]]) -> FindingChanges:
+        """`replace_findings` for each scope, in the order given, the changes merged. An
+        adapter that can do them together (one transaction, one read) overrides it."""
+        changes = FindingChanges()
+        for scope, findings in by_scope.items():
+            changes.merge(self.replace_findings(scope, findings))
+        return changes
 
     def flush(self) -> None:  # noqa: B027 - optional hook, a no-op for unbuffered adapters
         """Write whatever the adapter buffered (the DynamoDB one batches new findings across

@@ -47,10 +47,7 @@ class ScreenOutcome:
 
 
 def merge_changes(into: FindingChanges, more: FindingChanges) -> None:
-    into.new.extend(more.new)
-    into.updated.extend(more.updated)
-    into.superseded.extend(more.superseded)
-    into.unchanged += more.unchanged
+    into.merge(more)
 
 
 def _dedupe(lines: Iterable[ClaimLine]) -> tuple[list[ClaimLine], list[ClaimLine]]:
@@ -128,18 +125,20 @@ def screen_lines(
     by_patient: dict[str, list[ClaimLine]] = {}
     for line in batch:
         by_patient.setdefault(line.psn_no, []).append(line)
+    by_scope: dict[str, list[Finding]] = {}
     for psn in patients:
         timeline = list(history.get(psn, ()))
         timeline.extend(by_patient[psn])  # history first: a stored line wins over a resent one
         scope = Scope.patient(psn)
-        merge_changes(outcome.changes, repo.replace_findings(scope, engine.evaluate_patient(psn, timeline)))
+        by_scope[scope] = engine.evaluate_patient(psn, timeline)
         outcome.scopes.append(scope)
     batch_sales = {} if defer else _sales_by_code(batch)  # per code once (not the whole batch per code)
     for code in codes:
         found = [] if defer else engine.evaluate_trace_code(code, _sales_with(sales.get(code, ()), batch_sales[code]))
         scope = Scope.trace(code)
-        merge_changes(outcome.changes, repo.replace_findings(scope, found))
+        by_scope[scope] = found
         outcome.scopes.append(scope)
+    outcome.changes = repo.replace_many(by_scope)  # one transaction where the adapter can
     repo.flush()
     return outcome
 

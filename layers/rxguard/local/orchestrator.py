@@ -103,10 +103,16 @@ class DeferTraceScopes(HistoryRepository):
         return self.inner.load_findings(scopes)
 
     def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
-        if scope.startswith("trace:"):
-            self.codes.add(scope.removeprefix("trace:"))
-            return FindingChanges()
-        return self.inner.replace_findings(scope, findings)
+        return self.replace_many({scope: findings})
+
+    def replace_many(self, by_scope: Mapping[str, Sequence[Finding]]) -> FindingChanges:
+        kept: dict[str, Sequence[Finding]] = {}
+        for scope, findings in by_scope.items():
+            if scope.startswith("trace:"):
+                self.codes.add(scope.removeprefix("trace:"))
+            else:
+                kept[scope] = findings
+        return self.inner.replace_many(kept) if kept else FindingChanges()
 
 
 @dataclass
@@ -179,6 +185,7 @@ class PoolMapper:
     pool: Executor
     ahead: int
     spent: Callable[[float, int], None]
+    spill_level: int = 1  # a server's disk is not Lambda's: the fastest zlib level
 
     def _map[T, R](self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         for result, cpu, pid in bounded_map(self.pool, partial(timed, fn), tasks, self.ahead):
@@ -195,7 +202,7 @@ class PoolMapper:
 def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     """Reconcile the given trace codes over all their recorded sales (every chunk of the
     batch has recorded its own by now) and write the changes as one more result file."""
-    from rxguard.screening import RECORDING_SCENES, engine_for, merge_changes
+    from rxguard.screening import RECORDING_SCENES, engine_for
 
     ctx = _WORKER["ctx"]
     batch_id, part, codes = str(event["batch_id"]), int(event["part"]), list(event["codes"])
@@ -203,13 +210,7 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     engine = engine_for(ctx.kb, RECORDING_SCENES)
     sales = repo.load_trace_sales(codes) if codes else {}
     by_scope = {str(Scope.trace(code)): engine.evaluate_trace_code(code, sales[code]) for code in codes}
-    replace_many = getattr(repo, "replace_many", None)  # the SQLite state: one transaction for them all
-    if replace_many is not None:
-        changes = replace_many(by_scope)
-    else:
-        changes = FindingChanges()
-        for scope, found_now in by_scope.items():
-            merge_changes(changes, repo.replace_findings(scope, found_now))
+    changes = repo.replace_many(by_scope)  # the SQLite state: one transaction for them all
     cited = {i for f in [*changes.new, *changes.updated] for i in f.evidence}
     owners = sorted({s.psn_no for found in sales.values() for s in found if s.line_id in cited})
     lines = [x for h in (repo.load_history(owners) if owners else {}).values() for x in h if x.line_id in cited]
