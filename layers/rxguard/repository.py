@@ -115,6 +115,12 @@ class HistoryRepository(ABC):
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
         """Recorded sales of these traceability codes, each list in time order."""
 
+    def resold_codes(self, codes: Collection[str]) -> set[str]:
+        """The codes among these with recorded sales by at least two lines: only they can
+        make a trace-code finding (a code one line sold has none). An adapter that can
+        count without reading the sales overrides it."""
+        return {code for code, sales in self.load_trace_sales(codes).items() if len({s.line_id for s in sales}) > 1}
+
     @abstractmethod
     def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
         """Record lines and their trace-code sales, conditionally on the line id: a line

@@ -82,6 +82,19 @@ def test_a_trace_code_sold_twice_keeps_both_sales_once(backend: Backend) -> None
     assert sales["00000000000000000000"] == []
 
 
+def test_only_codes_sold_by_two_lines_are_resold(backend: Backend) -> None:
+    # Given a code sold by two lines, one sold by one line (and that line recorded twice),
+    # and a code never sold
+    once, never = "81234567890123456780", "81234567890123456781"
+    backend.repo().record_lines(
+        [make_line("P1", "1", trace_codes=[CODE, once]), make_line("P2", "2", trace_codes=[CODE])]
+    )
+    backend.repo().record_lines([make_line("P1", "1", trace_codes=[CODE, once])])
+    # Then only the first can make a trace-code finding
+    assert backend.repo().resold_codes([CODE, once, never]) == {CODE}
+    assert backend.repo().resold_codes([]) == set()
+
+
 def test_findings_are_inserted_updated_superseded_and_reviews_kept(backend: Backend) -> None:
     # Given two findings of a patient, one of them confirmed by a reviewer
     keep = make_finding(evidence=("H1/1",))

@@ -208,8 +208,13 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     batch_id, part, codes = str(event["batch_id"]), int(event["part"]), list(event["codes"])
     repo = ctx.backend.repository(writer=f"{batch_id[:16]}-t{part}")
     engine = engine_for(ctx.kb, RECORDING_SCENES)
-    sales = repo.load_trace_sales(codes) if codes else {}
-    by_scope = {str(Scope.trace(code)): engine.evaluate_trace_code(code, sales[code]) for code in codes}
+    # most codes were sold once: no finding to judge (replace_many supersedes any they held)
+    resold = repo.resold_codes(codes)
+    sales = repo.load_trace_sales(resold) if resold else {}
+    by_scope = {
+        str(Scope.trace(code)): engine.evaluate_trace_code(code, sales[code]) if code in resold else []
+        for code in codes
+    }
     changes = repo.replace_many(by_scope)  # the SQLite state: one transaction for them all
     cited = {i for f in [*changes.new, *changes.updated] for i in f.evidence}
     owners = sorted({s.psn_no for found in sales.values() for s in found if s.line_id in cited})
@@ -405,12 +410,15 @@ class LocalOrchestrator:
         spec = self.backend.spec
         rules_dir = str(self.settings.rules_dir) if self.settings.rules_dir else None
         if self.workers > 1 and spec is not None:
-            return ProcessPoolExecutor(
+            pool = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=worker_context(),
                 initializer=_init_worker,
                 initargs=(spec, str(self.results.root), rules_dir, self.settings.phase.value, self.log_path),
             )
+            for _ in range(self.workers):  # start the workers now, while this process reads the file
+                pool.submit(os.getpid)
+            return pool
         _WORKER["ctx"] = WorkerContext(kb=self.kb, backend=self.backend, results=self.results)
         return InProcess()
 

@@ -536,6 +536,16 @@ class SqliteRepository(HistoryRepository):
                 out[code].append(TraceSale(datetime.fromisoformat(t), line_id, code, psn_no, fixmedins_code))
         return out
 
+    def resold_codes(self, codes: Collection[str]) -> set[str]:
+        if not codes:
+            return set()
+        rows = self.state.read(
+            "SELECT code FROM trace_sales WHERE code IN (SELECT value FROM json_each(?)) "
+            "GROUP BY code HAVING count(*) > 1",  # one row per (code, line_id): the primary key
+            (_ids(codes),),
+        )
+        return {row[0] for row in rows}
+
     # ------------------------------------------------------------ findings
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
         out: dict[str, list[Finding]]
