@@ -122,9 +122,11 @@ class HistoryRepository(ABC):
         return {code for code, sales in self.load_trace_sales(codes).items() if len({s.line_id for s in sales}) > 1}
 
     @abstractmethod
-    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+    def record_lines(self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None) -> list[ClaimLine]:
         """Record lines and their trace-code sales, conditionally on the line id: a line
-        already recorded is not recorded again. Returns the lines newly recorded."""
+        already recorded is not recorded again. Returns the lines newly recorded.
+        `bodies`: the JSON of some of the lines as they were read (compact, by line id),
+        which an adapter that stores that JSON may keep as is instead of encoding again."""
 
     @abstractmethod
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
@@ -171,7 +173,7 @@ class InMemoryRepository(HistoryRepository):
         self.reads += 1
         return {c: sorted(self.trace_sales.get(c, ())) for c in codes}
 
-    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+    def record_lines(self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None) -> list[ClaimLine]:
         self.writes += 1
         recorded = []
         for line in lines:

@@ -106,11 +106,26 @@ def write_chunk(lines: Iterable[ClaimLine]) -> bytes:
 _LINES = TypeAdapter(list[ClaimLine])
 
 
+def _chunk_rows(data: bytes | Path) -> list[bytes]:
+    raw = data.read_bytes() if isinstance(data, Path) else data
+    return [line for line in raw.splitlines() if line.strip()]
+
+
 def read_chunk(data: bytes | Path) -> list[ClaimLine]:
     """The lines of a chunk file (bytes or a path), validated (as one JSON array: a third
     less CPU than one validation a line)."""
-    raw = data.read_bytes() if isinstance(data, Path) else data
-    return _LINES.validate_json(b"[" + b",".join(line for line in raw.splitlines() if line.strip()) + b"]")
+    return _LINES.validate_json(b"[" + b",".join(_chunk_rows(data)) + b"]")
+
+
+def read_chunk_bodies(data: bytes | Path) -> tuple[list[ClaimLine], dict[str, str]]:
+    """`read_chunk`, and each line's JSON as the chunk holds it, by line id (the first of an
+    id): the compact JSON a repository that stores lines as JSON may keep as is."""
+    rows = _chunk_rows(data)
+    lines = _LINES.validate_json(b"[" + b",".join(rows) + b"]")
+    bodies: dict[str, str] = {}
+    for line, row in zip(lines, rows, strict=True):
+        bodies.setdefault(line.line_id, row.decode("utf-8"))
+    return lines, bodies
 
 
 def _patient_key(psn_no: str) -> str:

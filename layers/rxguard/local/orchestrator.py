@@ -96,8 +96,8 @@ class DeferTraceScopes(HistoryRepository):
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
         return self.inner.load_trace_sales(codes)  # screen_lines does not ask: defers_trace_scopes
 
-    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
-        return self.inner.record_lines(lines)
+    def record_lines(self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None) -> list[ClaimLine]:
+        return self.inner.record_lines(lines, bodies)
 
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
         return self.inner.load_findings(scopes)

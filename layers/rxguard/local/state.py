@@ -426,7 +426,8 @@ class SqliteRepository(HistoryRepository):
         self._cache_lock = threading.Lock()
 
     # ------------------------------------------------------------ lines
-    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+    def record_lines(self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None) -> list[ClaimLine]:
+        known = bodies or {}
         unique: dict[str, ClaimLine] = {}
         for line in lines:
             unique.setdefault(line.line_id, line)
@@ -447,7 +448,7 @@ class SqliteRepository(HistoryRepository):
                 line.bilg_dr_codg,
                 line.admdvs,
                 int(line.monitored),
-                encode_line(line),
+                known.get(line_id) or encode_line(line),
             )
             if line.trace_codes:
                 special = line.reverses or line.trdn_flag or line.received_at
