@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from rxguard.ingest.partition import (
 from rxguard.kb import KnowledgeBase, Phase, get_knowledge_base
 from rxguard.local.backend import Backend, BackendSpec, open_backend
 from rxguard.local.objects import InputFiles, LocalObjects
+from rxguard.local.workers import worker_context
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 from rxguard.scope import Scope
@@ -231,25 +231,6 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     return ChunkResult(
         chunk_key=chunk_key, lines=0, recorded=0, duplicates=0, findings=found.counts(), result_key=key
     ).model_dump(mode="json")
-
-
-_PRELOAD = ["rxguard.local.orchestrator", "rxguard.local.state", "rxguard.ingest", "rxguard.screening"]
-
-
-def worker_context() -> Any:
-    """Worker processes fork from a small server process that imported the domain once
-    (forkserver): no SQLite connection or thread of this process crosses a fork, and a
-    worker does not pay the ~1 s of imports a spawned interpreter would."""
-    import rxguard
-
-    # the server is a fresh interpreter: it must import this rxguard, not another on its path
-    layer = str(Path(rxguard.__file__).resolve().parents[1])
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if layer not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([layer, *[p for p in paths if p]])
-    context = get_context("forkserver")
-    context.set_forkserver_preload(_PRELOAD)
-    return context
 
 
 class InProcess(Executor):
@@ -515,7 +496,10 @@ class LocalOrchestrator:
             {"batch_id": prepared.batch_id, "chunk_key": c.chunk_key, "lines": c.lines, "index": i}
             for i, c in enumerate(prepared.chunks)
         ]
-        futures = {pool.submit(timed, screen_one, e): n for n, e in enumerate(events)}
+        # the largest chunks first: the last ones to finish are small, so no worker waits
+        # long for another's last chunk (the results keep the Map's order)
+        order = sorted(range(len(events)), key=lambda n: -int(events[n]["lines"]))
+        futures = {pool.submit(timed, screen_one, events[n]): n for n in order}
         results: list[dict[str, Any] | None] = [None] * len(events)
         codes: set[str] = set()
         for future in as_completed(futures):
