@@ -45,7 +45,7 @@ from rxguard.ingest.partition import (
 from rxguard.kb import KnowledgeBase, Phase, get_knowledge_base
 from rxguard.local.backend import Backend, BackendSpec, open_backend
 from rxguard.local.objects import InputFiles, LocalObjects
-from rxguard.local.workers import worker_context
+from rxguard.local.workers import tune_gc, tuned_gc, worker_context
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 from rxguard.scope import Scope
@@ -136,6 +136,7 @@ def _init_worker(spec: BackendSpec, results_root: str, rules_dir: str | None, ph
         backend=open_backend(spec),
         results=LocalObjects(Path(results_root)),
     )
+    tune_gc()
 
 
 def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -321,6 +322,10 @@ class LocalOrchestrator:
             got["worker_cpu_seconds"] = round(got["worker_cpu_seconds"] + self.worker_cpu_seconds - workers, 3)
 
     def run(self, files: Sequence[Path]) -> RunResult:
+        with tuned_gc():
+            return self._run(files)
+
+    def _run(self, files: Sequence[Path]) -> RunResult:
         cpu0, wall0 = time.process_time(), time.monotonic()
         interrupted = self.mark_interrupted()
         batches = self._name(files)
