@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 from pydantic import TypeAdapter
 
 from rxguard.ingest.normalize import DUPLICATE, LineRejected, TimeWindow, normalize_record
-from rxguard.ingest.reader import BatchReader, Opener, RawRecord, located
+from rxguard.ingest.reader import BatchReader, CsvLayout, Opener, RawRecord, csv_record, located
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Rejection
 
@@ -208,8 +208,9 @@ class NormalizeTask:
     default_admdvs: str | None
     window: TimeWindow | None
     n_parts: int
-    records: list[tuple[int, dict[str, Any]]]
+    records: list[tuple[int, dict[str, Any] | str]]  # a CSV row as text: split by `layout`
     level: int = 6  # zlib level of the spill members (TaskMapper.spill_level)
+    layout: CsvLayout | None = None  # a CSV file's
 
 
 @dataclass
@@ -269,7 +270,15 @@ def normalize_task(task: NormalizeTask, kb: KnowledgeBase) -> TaskOutcome:
     n_parts = task.n_parts
     parts: dict[int, list[str]] = {}
     keys: dict[int, list[str]] = {}
-    for index, (line_no, record) in enumerate(task.records):
+    for index, (line_no, raw) in enumerate(task.records):
+        if type(raw) is str:
+            found = csv_record(raw, line_no, cast(CsvLayout, task.layout), task.file)
+            if type(found) is Rejection:
+                outcome.rejected.append((index, found.model_dump_json(), found.reason))
+                continue
+            record: dict[str, Any] = cast(dict[str, Any], found)
+        else:
+            record = cast(dict[str, Any], raw)
         try:
             item = normalize_record(
                 record, kb, file=task.file, line=line_no, default_admdvs=task.default_admdvs, window=task.window
@@ -324,13 +333,20 @@ def _spill(
     held: deque[list[tuple[int, Rejection]]] = deque()  # one entry per task, taken in task order
     per_task = max(TASK_RECORDS, TASK_ROWS_PER_PART * n_parts)
 
-    def task(records: list[tuple[int, dict[str, Any]]]) -> NormalizeTask:
+    def task(records: list[tuple[int, dict[str, Any] | str]]) -> NormalizeTask:
         return NormalizeTask(
-            reader.name, reader.format, reader.default_admdvs, reader.window, n_parts, records, mapper.spill_level
+            reader.name,
+            reader.format,
+            reader.default_admdvs,
+            reader.window,
+            n_parts,
+            records,
+            mapper.spill_level,
+            reader.layout,
         )
 
     def tasks() -> Iterator[NormalizeTask]:
-        records: list[tuple[int, dict[str, Any]]] = []
+        records: list[tuple[int, dict[str, Any] | str]] = []
         early: list[tuple[int, Rejection]] = []  # (records before it in this task, rejection)
         for item in reader.deferred():
             if type(item) is RawRecord:

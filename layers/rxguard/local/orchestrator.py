@@ -503,7 +503,7 @@ class LocalOrchestrator:
         ]
         # the largest chunks first: the last ones to finish are small, so no worker waits
         # long for another's last chunk (the results keep the Map's order)
-        order = sorted(range(len(events)), key=lambda n: -int(events[n]["lines"]))
+        order = sorted(range(len(events)), key=lambda n: -prepared.chunks[n].lines)
         futures = {pool.submit(timed, screen_one, events[n]): n for n in order}
         results: list[dict[str, Any] | None] = [None] * len(events)
         codes: set[str] = set()
