@@ -27,7 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rxguard.alerts.outbox import Outbox, OutboxEntry
+from rxguard.alerts.outbox import Outbox, OutboxEntry, record_all
 from rxguard.alerts.schema import AlertMessage
 from rxguard.alerts.settings import AlertSettings
 from rxguard.alerts.sink import NotificationSink
@@ -692,6 +692,9 @@ class OutboxSink(NotificationSink):
 
     def publish_alert(self, message: AlertMessage) -> bool:
         return bool(self.box.record([OutboxEntry("alerts", message)]))
+
+    def publish_alerts(self, messages: Sequence[AlertMessage]) -> list[bool]:
+        return record_all(self.box, "alerts", messages)
 
     def publish_letter(self, message: AlertMessage) -> bool:
         return bool(self.box.record([OutboxEntry("letters", message)]))
