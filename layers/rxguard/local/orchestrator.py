@@ -72,6 +72,7 @@ from rxguard.workflow.settings import WorkflowSettings
 
 LOCAL_BUCKET = "local"  # the "bucket" of a local file: the batch id hashes bucket, name and content
 TRACES = "traces"  # pseudo chunk key of the trace-code settlement results
+SETTLE_SLICE = 20_000  # trace codes settled per transaction after the Map
 CHUNK_ATTEMPTS = 3  # the ASL retries a chunk's TransientError (4 attempts on AWS, 3 here)
 
 # (step, payload model in, payload model out): what the parity test compares with the ASL
@@ -209,17 +210,23 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     batch_id, part, codes = str(event["batch_id"]), int(event["part"]), list(event["codes"])
     repo = ctx.backend.repository(writer=f"{batch_id[:16]}-t{part}")
     engine = engine_for(ctx.kb, RECORDING_SCENES)
-    # most codes were sold once: no finding to judge (replace_many supersedes any they held)
-    resold = repo.resold_codes(codes)
-    sales = repo.load_trace_sales(resold) if resold else {}
-    by_scope = {
-        str(Scope.trace(code)): engine.evaluate_trace_code(code, sales[code]) if code in resold else []
-        for code in codes
-    }
-    changes = repo.replace_many(by_scope)  # the SQLite state: one transaction for them all
+    changes = FindingChanges()
+    owners: set[str] = set()
+    for start in range(0, len(codes), SETTLE_SLICE):  # memory bounded whatever the batch's codes
+        some = codes[start : start + SETTLE_SLICE]
+        # most codes were sold once: no finding to judge (replace_many supersedes any they held)
+        resold = repo.resold_codes(some)
+        sales = repo.load_trace_sales(resold) if resold else {}
+        by_scope = {
+            str(Scope.trace(code)): engine.evaluate_trace_code(code, sales[code]) if code in resold else []
+            for code in some
+        }
+        step = repo.replace_many(by_scope)  # the SQLite state: one transaction for the slice
+        changes.merge(step)
+        cited = {i for f in [*step.new, *step.updated] for i in f.evidence}
+        owners.update(s.psn_no for found in sales.values() for s in found if s.line_id in cited)
     cited = {i for f in [*changes.new, *changes.updated] for i in f.evidence}
-    owners = sorted({s.psn_no for found in sales.values() for s in found if s.line_id in cited})
-    lines = [x for h in (repo.load_history(owners) if owners else {}).values() for x in h if x.line_id in cited]
+    lines = [x for h in (repo.load_history(sorted(owners)) if owners else {}).values() for x in h if x.line_id in cited]
     chunk_key = f"{TRACES}-{part:03d}"
     found = ChunkFindings.of_changes(
         chunk_key,
