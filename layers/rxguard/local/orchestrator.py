@@ -140,10 +140,11 @@ def _init_worker(spec: BackendSpec, results_root: str, rules_dir: str | None, ph
     tune_gc()
 
 
-def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], str | None, int]:
     """The ScreenChunk task: `screen_chunk` with the ASL's Retry (TransientError) and
-    Catch (`{chunk_key, ok: false, error}`). Returns the Map item's output and the trace
-    codes the chunk deferred."""
+    Catch (`{chunk_key, ok: false, error}`). Returns the Map item's output, and where the
+    trace codes the chunk deferred are written (beside the chunk, one a line) and how many:
+    the orchestrator does not hold a batch's codes (800,000 at 1M lines)."""
     ctx = _WORKER["ctx"]
     request = ChunkRequest.model_validate(event)
     error = "States.TaskFailed"
@@ -151,7 +152,9 @@ def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         repo = DeferTraceScopes(ctx.backend.repository(writer=f"{request.batch_id[:16]}-{request.index}"))
         try:
             result = screen_chunk(request, results=ctx.results, repo=repo, kb=ctx.kb)
-            return result.model_dump(mode="json"), sorted(repo.codes)
+            codes_key = f"{request.chunk_key}.codes"
+            ctx.results.put_bytes(codes_key, "\n".join(sorted(repo.codes)).encode("utf-8"), "text/plain")
+            return result.model_dump(mode="json"), codes_key, len(repo.codes)
         except TransientError:
             error = "TransientError"
             time.sleep(0.2 * (attempt + 1))
@@ -159,7 +162,7 @@ def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             error = type(exc).__name__
             traceback.print_exc()
             break
-    return {"chunk_key": request.chunk_key, "ok": False, "error": error}, []
+    return {"chunk_key": request.chunk_key, "ok": False, "error": error}, None, 0
 
 
 def normalize_part(task: NormalizeTask) -> TaskOutcome:
@@ -201,13 +204,23 @@ class PoolMapper:
         return self._map(chunk_partition, tasks)
 
 
+def code_part(code: str, parts: int) -> int:
+    """Which of `parts` settlement tasks takes a trace code (a stable hash)."""
+    return int(hashlib.blake2b(code.encode(), digest_size=4).hexdigest(), 16) % parts
+
+
 def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     """Reconcile the given trace codes over all their recorded sales (every chunk of the
     batch has recorded its own by now) and write the changes as one more result file."""
     from rxguard.screening import RECORDING_SCENES, engine_for
 
     ctx = _WORKER["ctx"]
-    batch_id, part, codes = str(event["batch_id"]), int(event["part"]), list(event["codes"])
+    batch_id, part, parts = str(event["batch_id"]), int(event["part"]), int(event["parts"])
+    mine: set[str] = set()
+    for key in event["keys"]:  # the codes each chunk deferred; this part takes its share
+        text = ctx.results.get_bytes(str(key)).decode("utf-8")
+        mine.update(code for code in text.split("\n") if code and code_part(code, parts) == part)
+    codes = sorted(mine)
     repo = ctx.backend.repository(writer=f"{batch_id[:16]}-t{part}")
     engine = engine_for(ctx.kb, RECORDING_SCENES)
     changes = FindingChanges()
@@ -513,13 +526,16 @@ class LocalOrchestrator:
         order = sorted(range(len(events)), key=lambda n: -prepared.chunks[n].lines)
         futures = {pool.submit(timed, screen_one, events[n]): n for n in order}
         results: list[dict[str, Any] | None] = [None] * len(events)
-        codes: set[str] = set()
+        code_keys: list[str] = []
+        deferred = 0
         for future in as_completed(futures):
             n = futures[future]
-            (output, deferred), cpu, pid = future.result()
+            (output, codes_key, count), cpu, pid = future.result()
             self._worker_cpu(cpu, pid)
             results[n] = output
-            codes.update(deferred)
+            if codes_key is not None and count:
+                code_keys.append(codes_key)
+                deferred += count
             self._log(
                 "ScreenChunk",
                 ChunkRequest.model_validate(events[n]),
@@ -529,15 +545,9 @@ class LocalOrchestrator:
             self._chunks_done += 1
             if self.crash_after_chunks is not None and self._chunks_done >= self.crash_after_chunks:
                 os._exit(137)  # tests: a run killed between chunks
-        parts = max(1, min(self.workers, len(codes) // 2000 + 1))
-        groups: list[list[str]] = [[] for _ in range(parts)]
-        for code in sorted(codes):
-            groups[int(hashlib.blake2b(code.encode(), digest_size=4).hexdigest(), 16) % parts].append(code)
-        settled = [
-            pool.submit(timed, settle_traces, {"batch_id": prepared.batch_id, "part": p, "codes": g})
-            for p, g in enumerate(groups)
-            if g
-        ]
+        parts = max(1, min(self.workers, deferred // 2000 + 1))  # (a code in two chunks counts twice)
+        event = {"batch_id": prepared.batch_id, "parts": parts, "keys": sorted(code_keys)}
+        settled = [pool.submit(timed, settle_traces, {**event, "part": p}) for p in range(parts) if code_keys]
         out: list[dict[str, Any]] = [r for r in results if r is not None]
         for future in settled:
             output, cpu, pid = future.result()
