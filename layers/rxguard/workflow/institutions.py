@@ -73,8 +73,8 @@ def screen_institutions(
     request: InstitutionsRequest, *, results: ResultStore, repo: ActivityRepository, kb: KnowledgeBase
 ) -> ChunkResult:
     touched: set[str] = set()
-    for entry in ok_results(request.chunk_results):
-        touched.update(ChunkFindings.model_validate(results.get_json(str(entry["result_key"]))).activity_periods)
+    for entry in ok_results(request.chunk_results):  # the months only: no finding is built
+        touched.update(str(p) for p in results.get_json(str(entry["result_key"])).get("activity_periods") or ())
     rule = kb.rules.get("institution-outlier")
     window = InstitutionOutlierParameters.model_validate(rule.parameters).window_months if rule else 1
     evaluated, needed = affected_periods(touched, window)
