@@ -157,6 +157,7 @@ def measure(lines: int, workers: int = 2, *, pdf_sample: int = 10) -> dict[str, 
         "engine_peak_rss_mb": round(engine_rss, 1),
         "ratio_to_engine_cpu": round(local_rate / engine_rate, 3) if local_rate and engine_rate else None,
         "pdf_seconds_per_letter": round(pdf["cpu_seconds"] / pdf["letters"], 3) if pdf.get("letters") else None,
+        "phases": report["totals"].get("phases"),  # wall, orchestrator CPU and workers' CPU of each step
         "synth_seconds": round(synth_seconds, 1),
         "load_average_1min": round(os.getloadavg()[0], 1),
     }
