@@ -152,7 +152,9 @@ def check_lines(
 ) -> dict[str, list[Finding]]:
     """Pre-dispensing check: by proposed line id, the findings (rules of the `pre` scene,
     or of the given scenes: a 3101 trigger at settlement) whose evidence includes it,
-    judged against the recorded history. Records nothing."""
+    judged against the recorded history. Records nothing. The engine evaluates only the part
+    of each patient's timeline that can share a finding with the proposed lines
+    (`Engine.evaluate_patient_lines`: the same findings as the whole timeline's)."""
     batch, _ = _dedupe(proposed)
     ids = {line.line_id for line in batch}
     out: dict[str, list[Finding]] = {line.line_id: [] for line in batch}
@@ -167,7 +169,7 @@ def check_lines(
     for psn in patients:
         timeline = [line for line in history.get(psn, ()) if line.line_id not in ids]
         timeline.extend(line for line in batch if line.psn_no == psn)
-        findings.extend(engine.evaluate_patient(psn, timeline))
+        findings.extend(engine.evaluate_patient_lines(psn, timeline, ids))  # only what can involve them
     batch_sales = _sales_by_code(batch)
     for code in codes:
         stored = [s for s in sales.get(code, ()) if s.line_id not in ids]

@@ -4,6 +4,7 @@ over a patient's whole timeline, a traceability code's sales, and institutions' 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime, time, timedelta
 from typing import TypeVar
 
 from rxguard.engine.common import RuleSet
@@ -91,6 +92,75 @@ class Engine:
         findings.extend(self._trace.within_line_findings(psn_no, lines))
         findings.extend(self._monthly.evaluate(psn_no, lines, flagged_line_ids(findings)))
         return _unique(findings)
+
+    def evaluate_patient_lines(
+        self, psn_no: str, timeline: Sequence[ClaimLine], line_ids: Collection[str]
+    ) -> list[Finding]:
+        """The findings of `evaluate_patient(psn_no, timeline)` whose evidence includes one of
+        `line_ids` (the lines a check proposes), exactly (ids, rules, severities, evidence,
+        figures), each rule family evaluated over only what can share a finding with them:
+
+        - the supply rules, therapeutic-duplication and multi-provider: the lines of the
+          proposed lines' ATC level-4 classes (fills, stock, overrides, episodes are per
+          ingredient; duplications and provider windows per class);
+        - identity-misuse: the lines from the first proposed line's day less the longest
+          window of the patient's regions to the last proposed line plus it (a finding pairs
+          lines closer than the window; the pairs already found that day are replayed);
+        - indication-mismatch and a trace code repeated within a line: the proposed lines
+          (a finding's evidence is its line; diagnoses still come from the whole timeline);
+        - the monthly rules (in and post scenes) read every other finding (pharmacy-spend's
+          flagged lines): when one is selected, the whole timeline is evaluated.
+
+        tests/unit/test_engine_proposed.py proves the equality over random timelines."""
+        wanted = set(line_ids)
+        lines = net_reversals(normalize_timeline(psn_no, timeline))
+        targets = [line for line in lines if line.line_id in wanted]
+        if not targets:  # a reversal, or no line: nothing is evidence of them
+            return []
+        if self._monthly.enabled:
+            found = self.evaluate_patient(psn_no, timeline)
+        else:
+            found = self._around(psn_no, lines, targets)
+        return [f for f in found if not wanted.isdisjoint(f.evidence)]
+
+    def _around(self, psn_no: str, lines: list[ClaimLine], targets: list[ClaimLine]) -> list[Finding]:
+        kb = self.kb
+        classes = set()
+        for line in targets:
+            drug = kb.drug(line.med_list_codg)
+            if drug is not None:
+                classes.add(drug.atc_code[:5])
+        findings: list[Finding] = []
+        if classes:
+            related = []
+            for line in lines:
+                drug = kb.drug(line.med_list_codg)
+                if drug is not None and drug.atc_code[:5] in classes:
+                    related.append(line)
+            fills = build_fills(related, kb)
+            findings = self._supply.evaluate(psn_no, fills)  # first: it settles which override reasons hold
+            findings.extend(self._duplication.finding(h) for h in self._duplication.evaluate(psn_no, fills))
+            findings.extend(self._providers.finding(h) for h in self._providers.evaluate(psn_no, related))
+        if self._identity.enabled:
+            window = self._identity_window(lines, targets)
+            findings.extend(self._identity.finding(h) for h in self._identity.evaluate(psn_no, window))
+        findings.extend(self._indication.findings(psn_no, lines, targets))
+        findings.extend(self._trace.within_line_findings(psn_no, targets))
+        return _unique(findings)
+
+    def _identity_window(self, lines: list[ClaimLine], targets: list[ClaimLine]) -> list[ClaimLine]:
+        """The lines identity-misuse needs to find every pair a target is in: from the first
+        target's midnight less the longest window (the pairs already found that day, which
+        it does not repeat, and their earlier partners) to the last target plus it."""
+        rule = self._identity
+        regions = {line.admdvs for line in lines if line.admdvs}
+        hours = max(
+            (max(p.province_hours, p.prefecture_hours, 0.0) for p in (rule.params(r) for r in regions)), default=0.0
+        )
+        reach = timedelta(hours=hours)
+        start = datetime.combine(min(t.fee_ocur_time for t in targets).date(), time.min) - reach
+        end = max(t.fee_ocur_time for t in targets) + reach
+        return [line for line in lines if start <= line.fee_ocur_time <= end]
 
     def evaluate_trace_code(
         self, code: str, sales: Sequence[TraceSale], lines: Mapping[str, ClaimLine] | None = None

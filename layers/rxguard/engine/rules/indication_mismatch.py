@@ -34,14 +34,21 @@ class IndicationMismatch(Rule):
     risk_weight = 0.4
     Parameters = IndicationMismatchParameters
 
-    def findings(self, psn_no: str, timeline: Sequence[ClaimLine]) -> list[Finding]:
-        return [self.finding(hit) for hit in self.evaluate(psn_no, timeline)]
+    def findings(
+        self, psn_no: str, timeline: Sequence[ClaimLine], judged: Sequence[ClaimLine] | None = None
+    ) -> list[Finding]:
+        return [self.finding(hit) for hit in self.evaluate(psn_no, timeline, judged)]
 
-    def evaluate(self, psn_no: str, timeline: Sequence[ClaimLine]) -> list[Hit]:
+    def evaluate(
+        self, psn_no: str, timeline: Sequence[ClaimLine], judged: Sequence[ClaimLine] | None = None
+    ) -> list[Hit]:
+        """A hit per restricted line of `judged` (default: the whole timeline) without a
+        matching diagnosis in `timeline`. A hit's evidence is its line alone, so judging some
+        lines gives exactly the whole timeline's hits on them."""
         if not self.enabled:
             return []
         restricted: list[tuple[ClaimLine, Drug]] = []
-        for line in timeline:
+        for line in timeline if judged is None else judged:
             drug = self.kb.drug(line.med_list_codg)
             if drug is not None and drug.restricted_indications:
                 restricted.append((line, drug))
