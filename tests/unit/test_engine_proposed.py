@@ -38,26 +38,34 @@ INSTITUTIONS = ["P3101001", "P3101002", "H3101001", "H3101002", "H3101003", "P32
 REGIONS = ["310000", "310100", "320100", "320200", "110000"]
 CODES = ["81000000000000000001", "81000000000000000002", "81000000000000000003"]
 
-line_spec = st.fixed_dictionaries(
-    {
-        "drug": st.sampled_from(DRUGS),
-        "day": st.integers(0, 120),
-        "minute": st.integers(8 * 60, 20 * 60),
-        "inst": st.sampled_from(INSTITUTIONS),
-        "region": st.sampled_from(REGIONS),
-        "packs": st.integers(1, 4),
-        "split": st.sampled_from([None, None, None, 7, 14]),  # minimum units (拆零) instead of packs
-        "codes": st.lists(st.sampled_from(CODES), max_size=3),
-        "override": st.sampled_from([None, None, None, "lost", "travel", "dose_change"]),
-        "lt": st.booleans(),
-        "dx": st.sampled_from([[], [], ["B18.1"], ["C34.1"], ["I10"], ["I21.0"]]),
-        "visit": st.integers(0, 2),
-        "doctor": st.sampled_from([None, "D1", "D2", "D3", "D4", "D5"]),
-        "ward": st.sampled_from([False, False, False, False, True]),
-        # a reversal of an earlier line (whole or part) instead of a purchase
-        "reverses": st.one_of(st.none(), st.none(), st.tuples(st.integers(0, 60), st.sampled_from([1.0, 0.5]))),
-    }
-)
+
+def line_specs(
+    drugs: list[str | None] = DRUGS, institutions: list[str] = INSTITUTIONS, days: tuple[int, int] = (0, 120)
+) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {
+            "drug": st.sampled_from(drugs),
+            "day": st.integers(*days),
+            "minute": st.integers(8 * 60, 20 * 60),
+            "inst": st.sampled_from(institutions),
+            "region": st.sampled_from(REGIONS),
+            "packs": st.integers(1, 4),
+            "split": st.sampled_from([None, None, None, 7, 14]),  # minimum units (拆零) instead of packs
+            "codes": st.lists(st.sampled_from(CODES), max_size=3),
+            "override": st.sampled_from([None, None, None, "lost", "travel", "dose_change"]),
+            "lt": st.booleans(),
+            "dx": st.sampled_from([[], [], ["B18.1"], ["C34.1"], ["I10"], ["I21.0"]]),
+            "visit": st.integers(0, 2),
+            "stay": st.booleans(),  # a visit id kept across days (joins lines a day apart at most)
+            "doctor": st.sampled_from([None, "D1", "D2", "D3", "D4", "D5"]),
+            "ward": st.sampled_from([False, False, False, False, True]),
+            # a reversal of an earlier line (whole or part) instead of a purchase
+            "reverses": st.one_of(st.none(), st.none(), st.tuples(st.integers(0, 60), st.sampled_from([1.0, 0.5]))),
+        }
+    )
+
+
+line_spec = line_specs()
 
 
 def build(index: int, spec: dict[str, Any], earlier: list[ClaimLine], prefix: str = "S") -> ClaimLine:
@@ -88,7 +96,7 @@ def build(index: int, spec: dict[str, Any], earlier: list[ClaimLine], prefix: st
         packs=spec["packs"],
         units=spec["split"] if drug else None,
         feedetl_sn=f"{prefix}{index:04d}",
-        mdtrt_id=f"{inst}-{spec['day']}-{spec['visit']}",
+        mdtrt_id=f"{inst}-stay-{spec['visit']}" if spec.get("stay") else f"{inst}-{spec['day']}-{spec['visit']}",
         med_type=("21" if spec["ward"] else "11") if inst.startswith("H") else "41",
         trace_codes=spec["codes"] if drug else [],
         override_reason=spec["override"],
@@ -180,6 +188,7 @@ def _random_spec(rng: random.Random) -> dict[str, Any]:
         "lt": rng.random() < 0.5,
         "dx": rng.choice([[], [], ["B18.1"], ["C34.1"], ["I10"], ["I21.0"]]),
         "visit": rng.randint(0, 2),
+        "stay": rng.random() < 0.3,
         "doctor": rng.choice([None, "D1", "D2", "D3", "D4", "D5"]),
         "ward": rng.random() < 0.2,
         "reverses": None if rng.random() < 0.7 else (rng.randint(0, 60), rng.choice([1.0, 0.5])),
@@ -213,3 +222,117 @@ def test_the_generated_timelines_reach_every_rule_family() -> None:
         "trace-code-reuse",
     }
     assert families <= seen, sorted(families - seen)
+
+
+# the next-fill search's case, crowded: one class, two institutions, lines proposed on the
+# history's last days and after them (same day, same visit, the day after), many overrides
+CROWDED = (["XB01AC04A001", "XB01AC24A001", None], ["P3101001", "H3101001"])
+crowded_history = line_specs(*CROWDED, days=(0, 40)).map(lambda spec: {**spec, "visit": 0})
+later_spec = line_specs(*CROWDED).map(lambda spec: {**spec, "reverses": None, "visit": 0})
+offsets = st.sampled_from([0, 0, 0, 1, 1, 2, 10, 30])  # days after the history's last day
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    history=st.lists(crowded_history, max_size=30),
+    checks=st.lists(st.lists(st.tuples(later_spec, offsets), min_size=1, max_size=3), min_size=1, max_size=4),
+    resend=st.booleans(),
+)
+def test_checks_resuming_one_prepared_history_get_the_whole_timelines_findings(
+    history: list[dict[str, Any]], checks: list[list[tuple[dict[str, Any], int]]], resend: bool
+) -> None:
+    # Given the next-fill search's engine (supply rules only), which walks a history once and
+    # resumes that walk for lines after it (on the history's last days too, in the same visit
+    # or not), and several checks against the same history; with `resend`, a history line a
+    # reversal of the history names is proposed again (the reversal must still net it)
+    engine = Engine(search_kb(KB), (Scene.PRE,))
+    past = timeline_of(history)
+    reversed_ids = {line.reverses for line in past if line.reverses}
+    again = [line for line in past if line.line_id in reversed_ids][-1:] if resend else []
+    last_day = max((spec["day"] for spec in history), default=0)
+    for n, proposed in enumerate(checks):
+        new = timeline_of([{**spec, "day": last_day + offset} for spec, offset in proposed], f"N{n}-", past)
+        ids = {line.line_id for line in [*new, *again]}
+        # When each is evaluated (the first prepares the history, the others reuse it)
+        restricted = engine.evaluate_patient_lines(PSN, [*past, *new], ids)
+        # Then each gets exactly the whole evaluation's findings on its lines
+        assert dumped(restricted) == dumped(whole_then_filtered(engine, [*past, *new], ids))
+
+
+def test_the_search_engine_resumes_the_walk_when_it_can(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given lines proposed after a history (the next-fill search's case), When checked twice,
+    # Then the history is walked once and both checks resume it (the other test's property
+    # then covers the resumed path, not only the fallback)
+    from rxguard.engine import supply
+
+    calls = {"prepare": 0, "resume": 0}
+    for name in calls:
+        original = getattr(supply.SupplyRules, name)
+
+        def counted(self: Any, *args: Any, _original: Any = original, _name: str = name) -> Any:
+            calls[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(supply.SupplyRules, name, counted)
+    engine = Engine(search_kb(KB), (Scene.PRE,))
+    rng = random.Random(3)
+    past = timeline_of([{**_random_spec(rng), "drug": "XB01AC04A001", "reverses": None} for _ in range(12)])
+    for n in range(2):
+        new = timeline_of([{**_random_spec(rng), "drug": "XB01AC04A001", "day": 130 + n, "reverses": None}])
+        new = [line.model_copy(update={"feedetl_sn": f"M{n}"}) for line in new]
+        ids = {line.line_id for line in new}
+        assert dumped(engine.evaluate_patient_lines(PSN, [*past, *new], ids)) == dumped(
+            whole_then_filtered(engine, [*past, *new], ids)
+        )
+    assert calls == {"prepare": 1, "resume": 2}
+
+
+CLOPIDOGREL = "XB01AC04A001"  # 28 days a pack
+
+
+def _bought(sn: str, day: float, visit: str | None = None, **extra: Any) -> ClaimLine:
+    return make_line(
+        KB, psn_no=PSN, fixmedins_code="P3101001", drug_code=CLOPIDOGREL, feedetl_sn=sn, admdvs="310000",
+        when=days_later("2025-09-01 09:00:00", day), mdtrt_id=visit, **extra,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "same day, another visit",  # joins the history's last fill (same institution and day)
+        "next day, same visit",  # joins it through the visit id (a day apart)
+        "a history reversal names it",  # a resent line the history refunds: netted away
+        "override run going on",  # override-frequency's run started in the history
+    ],
+)
+def test_what_would_change_the_historys_walk_is_evaluated_whole(case: str) -> None:
+    # Given the search engine and a history whose walk it keeps
+    engine = Engine(search_kb(KB), (Scene.PRE,))
+    past = [_bought("S1", 0), _bought("S2", 20, visit="V2")]
+    if case == "same day, another visit":
+        new = [_bought("N1", 20.2, visit="V9")]
+    elif case == "next day, same visit":
+        new = [_bought("N1", 21, visit="V2")]
+    elif case == "a history reversal names it":
+        last = _bought("S3", 22)
+        refund = last.model_copy(
+            update={"feedetl_sn": "R3", "init_feedetl_sn": "S3", "cnt": -1.0, "det_item_fee_sumamt": -38.0,
+                    "quantity_units": -28.0, "fee_ocur_time": days_later(last.fee_ocur_time, 0.1)}
+        )  # fmt: skip
+        past += [last, refund]
+        new = [last]
+    else:
+        past = [_bought(f"S{i}", 3 * i, override_reason="travel") for i in range(4)]
+        new = [_bought("N1", 12, override_reason="travel")]
+    timeline = past + [line for line in new if line not in past]
+    ids = {line.line_id for line in new}
+    engine.evaluate_patient_lines(PSN, [*past[:1], _bought("X0", 40)], {"P3101001/X0"})  # another history kept
+    # When a proposed line would join, be netted by, or extend what the history's walk settled
+    found = engine.evaluate_patient_lines(PSN, timeline, ids)
+    # Then the answer is still the whole timeline's (and it is not empty: the case matters)
+    assert dumped(found) == dumped(whole_then_filtered(engine, timeline, ids))
+    assert found or case == "a history reversal names it"
+    if case == "a history reversal names it":  # the resent line is refunded: nothing on it
+        assert whole_then_filtered(engine, timeline, ids) == []
+        assert dumped(Engine(search_kb(KB)).evaluate_patient_lines(PSN, [*past[:2], last], ids)) != []

@@ -3,12 +3,15 @@ over a patient's whole timeline, a traceability code's sales, and institutions' 
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import datetime, time, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 from rxguard.engine.common import RuleSet
-from rxguard.engine.fills import build_fills
+from rxguard.engine.fills import build_fills, is_ward_use
 from rxguard.engine.institutions import ActivityAggregate, activity_from_lines
 from rxguard.engine.monthly import MonthlyRules
 from rxguard.engine.reversals import net_reversals
@@ -27,12 +30,27 @@ from rxguard.engine.rules.override_frequency import OverrideFrequency
 from rxguard.engine.rules.pharmacy_spend import PharmacySpend
 from rxguard.engine.rules.therapeutic_duplication import TherapeuticDuplication
 from rxguard.engine.rules.trace_code_reuse import TraceCodeReuse
-from rxguard.engine.supply import SupplyRules
+from rxguard.engine.supply import Prepared, SupplyRules, Walk
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding, Scene
 from rxguard.repository import TraceSale
 
 _R = TypeVar("_R", bound=Rule)
+HISTORIES_KEPT = 2048  # prepared histories an engine keeps, the latest used (a few kB each)
+
+
+@dataclass
+class _History:
+    """A patient's history walked once for the checks against it (`Engine.evaluate_patient_lines`
+    of a supply-only engine, as the next-fill search): per ingredient, its fills and the walk
+    after them, and what tells whether a proposed line would change them."""
+
+    lines: tuple[ClaimLine, ...]  # the history as given (kept: its lines' identities are the key)
+    reversed_ids: set[str]  # the lines its reversals name (a proposed line of these ids is netted)
+    prepared: dict[str, Prepared] = field(default_factory=dict)  # by ATC ingredient
+    last: dict[str, datetime] = field(default_factory=dict)  # ATC -> its latest fill line
+    days: dict[tuple[str, str], set[int]] = field(default_factory=dict)  # (institution, ATC) -> fill days
+    visits: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (institution, ATC, visit) -> last day
 
 
 def _order(line: ClaimLine) -> tuple[object, str]:
@@ -72,6 +90,13 @@ class Engine:
         self._duplication = self._rule(TherapeuticDuplication)
         self._providers = self._rule(MultiProvider)
         self._identity = self._rule(IdentityMisuse)
+        supply = {OverQuantity.id, EarlyRefill.id, CrossInstitutionRepeat.id, CumulativeOversupply.id}
+        others = set(self.catalogue) - supply - {OverrideFrequency.id, InstitutionOutlier.id}
+        # only supply rules selected among the patient rules (the next-fill search's engine):
+        # a check resumes the history's walk instead of repeating it
+        self._resumable = not any(self.catalogue[rid].enabled for rid in others)
+        self._histories: OrderedDict[tuple[object, ...], _History] = OrderedDict()
+        self._lock = threading.Lock()
 
     def _rule(self, cls: type[_R]) -> _R:
         rule = self.catalogue[cls.id]
@@ -103,9 +128,9 @@ class Engine:
         - the supply rules, therapeutic-duplication and multi-provider: the lines of the
           proposed lines' ATC level-4 classes (fills, stock, overrides, episodes are per
           ingredient; duplications and provider windows per class);
-        - identity-misuse: the lines from the first proposed line's day less the longest
-          window of the patient's regions to the last proposed line plus it (a finding pairs
-          lines closer than the window; the pairs already found that day are replayed);
+        - identity-misuse stays on the whole timeline: of two pairs of the same institutions
+          on one day it reports the first in the order the patient's regions first appeared,
+          which a time window around the proposed lines does not keep;
         - indication-mismatch and a trace code repeated within a line: the proposed lines
           (a finding's evidence is its line; diagnoses still come from the whole timeline);
         - the monthly rules (in and post scenes) read every other finding (pharmacy-spend's
@@ -113,6 +138,10 @@ class Engine:
 
         tests/unit/test_engine_proposed.py proves the equality over random timelines."""
         wanted = set(line_ids)
+        if self._resumable:
+            resumed = self._resumed(psn_no, timeline, wanted)
+            if resumed is not None:
+                return resumed
         lines = net_reversals(normalize_timeline(psn_no, timeline))
         targets = [line for line in lines if line.line_id in wanted]
         if not targets:  # a reversal, or no line: nothing is evidence of them
@@ -141,26 +170,74 @@ class Engine:
             findings = self._supply.evaluate(psn_no, fills)  # first: it settles which override reasons hold
             findings.extend(self._duplication.finding(h) for h in self._duplication.evaluate(psn_no, fills))
             findings.extend(self._providers.finding(h) for h in self._providers.evaluate(psn_no, related))
-        if self._identity.enabled:
-            window = self._identity_window(lines, targets)
-            findings.extend(self._identity.finding(h) for h in self._identity.evaluate(psn_no, window))
+        findings.extend(self._identity.finding(h) for h in self._identity.evaluate(psn_no, lines))
         findings.extend(self._indication.findings(psn_no, lines, targets))
         findings.extend(self._trace.within_line_findings(psn_no, targets))
         return _unique(findings)
 
-    def _identity_window(self, lines: list[ClaimLine], targets: list[ClaimLine]) -> list[ClaimLine]:
-        """The lines identity-misuse needs to find every pair a target is in: from the first
-        target's midnight less the longest window (the pairs already found that day, which
-        it does not repeat, and their earlier partners) to the last target plus it."""
-        rule = self._identity
-        regions = {line.admdvs for line in lines if line.admdvs}
-        hours = max(
-            (max(p.province_hours, p.prefecture_hours, 0.0) for p in (rule.params(r) for r in regions)), default=0.0
-        )
-        reach = timedelta(hours=hours)
-        start = datetime.combine(min(t.fee_ocur_time for t in targets).date(), time.min) - reach
-        end = max(t.fee_ocur_time for t in targets) + reach
-        return [line for line in lines if start <= line.fee_ocur_time <= end]
+    def _resumed(self, psn_no: str, timeline: Sequence[ClaimLine], wanted: set[str]) -> list[Finding] | None:
+        """The supply findings on the proposed lines from the history's walk (prepared once,
+        kept) resumed over them; None when a proposed line could change the history's walk
+        (a reversal, a line netted by a reversal of the history, a line before the history's
+        last fill of its ingredient or joining one of its fills): then the caller evaluates."""
+        history: list[ClaimLine] = []
+        proposed: list[ClaimLine] = []
+        for line in timeline:
+            (proposed if line.line_id in wanted else history).append(line)
+        proposed = [line for line in proposed if line.psn_no == psn_no]
+        if not proposed:
+            return []
+        if len({line.line_id for line in proposed}) < len(proposed) or any(line.reverses for line in proposed):
+            return None
+        known = self._history(psn_no, history)
+        if not known.reversed_ids.isdisjoint(wanted):
+            return None
+        by_atc: dict[str, list[ClaimLine]] = {}
+        for line in proposed:
+            drug = self.kb.drug(line.med_list_codg)
+            if drug is None or is_ward_use(line):
+                continue
+            atc, day = drug.atc_code, line.fee_ocur_time.toordinal()
+            last = known.last.get(atc)
+            if last is not None and line.fee_ocur_time <= last:
+                return None
+            if day in known.days.get((line.fixmedins_code, atc), ()):
+                return None
+            if known.visits.get((line.fixmedins_code, atc, line.mdtrt_id), day - 2) >= day - 1:
+                return None
+            by_atc.setdefault(atc, []).append(line)
+        findings: list[Finding] = []
+        for atc in sorted(by_atc):
+            later = build_fills(sorted(by_atc[atc], key=_order), self.kb)[atc]
+            prepared = known.prepared.get(atc) or Prepared(atc, [], Walk())
+            findings.extend(self._supply.resume(psn_no, prepared, later))
+        return [f for f in _unique(findings) if not wanted.isdisjoint(f.evidence)]
+
+    def _history(self, psn_no: str, history: list[ClaimLine]) -> _History:
+        """The history walked, kept per engine by the identity of its lines (immutable: the same
+        objects are the same history; the next-fill search re-checks against one many times)."""
+        key = (psn_no, *map(id, history))
+        with self._lock:
+            known = self._histories.get(key)
+            if known is not None:
+                self._histories.move_to_end(key)
+                return known
+        ordered = normalize_timeline(psn_no, history)
+        known = _History(tuple(history), {line.reverses for line in ordered if line.reverses})
+        for atc, fills in build_fills(net_reversals(ordered), self.kb).items():
+            known.prepared[atc] = self._supply.prepare(psn_no, atc, fills)
+            for fill in fills:
+                for line in fill.lines:
+                    day = line.fee_ocur_time.toordinal()
+                    known.last[atc] = max(known.last.get(atc, line.fee_ocur_time), line.fee_ocur_time)
+                    known.days.setdefault((fill.fixmedins_code, atc), set()).add(day)
+                    visit = (fill.fixmedins_code, atc, line.mdtrt_id)
+                    known.visits[visit] = max(known.visits.get(visit, day), day)
+        with self._lock:
+            self._histories[key] = known
+            while len(self._histories) > HISTORIES_KEPT:
+                self._histories.popitem(last=False)
+        return known
 
     def evaluate_trace_code(
         self, code: str, sales: Sequence[TraceSale], lines: Mapping[str, ClaimLine] | None = None
