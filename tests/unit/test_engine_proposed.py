@@ -132,13 +132,14 @@ def _wider_identity_kb() -> Any:
     return dataclasses.replace(KB, rules={**KB.rules, "identity-misuse": wide})
 
 
-ENGINES = {
-    "pre": Engine(KB, (Scene.PRE,)),
-    "search": Engine(search_kb(KB), (Scene.PRE,)),
-    "in (monthly rules: whole timeline)": Engine(KB, (Scene.IN,)),
-    "post": Engine(KB, (Scene.POST,)),
-    "pre, identity windows of days": Engine(_wider_identity_kb(), (Scene.PRE,)),
+ENGINE_ARGS: dict[str, tuple[Any, tuple[Scene, ...]]] = {
+    "pre": (KB, (Scene.PRE,)),
+    "search": (search_kb(KB), (Scene.PRE,)),
+    "in (monthly rules: whole timeline)": (KB, (Scene.IN,)),
+    "post": (KB, (Scene.POST,)),
+    "pre, identity windows of days": (_wider_identity_kb(), (Scene.PRE,)),
 }
+ENGINES = {name: Engine(*args) for name, args in ENGINE_ARGS.items()}
 
 
 def dumped(findings: list[Finding]) -> list[dict[str, Any]]:
@@ -224,28 +225,45 @@ def test_the_generated_timelines_reach_every_rule_family() -> None:
     assert families <= seen, sorted(families - seen)
 
 
-# the next-fill search's case, crowded: one class, two institutions, lines proposed on the
-# history's last days and after them (same day, same visit, the day after), many overrides
-CROWDED = (["XB01AC04A001", "XB01AC24A001", None], ["P3101001", "H3101001"])
-crowded_history = line_specs(*CROWDED, days=(0, 40)).map(lambda spec: {**spec, "visit": 0})
-later_spec = line_specs(*CROWDED).map(lambda spec: {**spec, "reverses": None, "visit": 0})
+# Checks after a history (what a check at the counter is): crowded, one class at two
+# institutions (lines on the history's last days, in the same visit or not, many overrides:
+# the supply walks and what would change them), or spread over every drug, institution and
+# region (duplication, multi-provider, identity-misuse, indication, trace codes)
+KINDS = {
+    "crowded": (["XB01AC04A001", "XB01AC24A001", None], ["P3101001", "H3101001"]),
+    "spread": (DRUGS, INSTITUTIONS),
+}
 offsets = st.sampled_from([0, 0, 0, 1, 1, 2, 10, 30])  # days after the history's last day
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    history=st.lists(crowded_history, max_size=30),
-    checks=st.lists(st.lists(st.tuples(later_spec, offsets), min_size=1, max_size=3), min_size=1, max_size=4),
-    resend=st.booleans(),
-)
+def _checks_after(kind: str) -> Any:
+    drugs, institutions = KINDS[kind]
+    visit = {"visit": 0} if kind == "crowded" else {}
+    history = line_specs(drugs, institutions, days=(0, 40)).map(lambda spec: {**spec, **visit})
+    later = line_specs(drugs, institutions).map(lambda spec: {**spec, **visit, "reverses": None})
+    return st.tuples(
+        st.lists(history, max_size=30),
+        st.lists(st.lists(st.tuples(later, offsets), min_size=1, max_size=3), min_size=1, max_size=4),
+        st.booleans(),
+    )
+
+
+RESUMING = ["search", "pre", "pre, identity windows of days", "in (monthly rules: whole timeline)"]
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("name", RESUMING)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
 def test_checks_resuming_one_prepared_history_get_the_whole_timelines_findings(
-    history: list[dict[str, Any]], checks: list[list[tuple[dict[str, Any], int]]], resend: bool
+    name: str, kind: str, data: st.DataObject
 ) -> None:
-    # Given the next-fill search's engine (supply rules only), which walks a history once and
-    # resumes that walk for lines after it (on the history's last days too, in the same visit
-    # or not), and several checks against the same history; with `resend`, a history line a
-    # reversal of the history names is proposed again (the reversal must still net it)
-    engine = Engine(search_kb(KB), (Scene.PRE,))
+    # Given an engine, which walks a history once and resumes those walks for lines after it
+    # (on the history's last days too), and several checks against the same history; with
+    # `resend`, a history line a reversal of the history names is proposed again (the
+    # reversal must still net it)
+    history, checks, resend = data.draw(_checks_after(kind))
+    engine = _fresh(name)
     past = timeline_of(history)
     reversed_ids = {line.reverses for line in past if line.reverses}
     again = [line for line in past if line.line_id in reversed_ids][-1:] if resend else []
@@ -257,6 +275,11 @@ def test_checks_resuming_one_prepared_history_get_the_whole_timelines_findings(
         restricted = engine.evaluate_patient_lines(PSN, [*past, *new], ids)
         # Then each gets exactly the whole evaluation's findings on its lines
         assert dumped(restricted) == dumped(whole_then_filtered(engine, [*past, *new], ids))
+
+
+def _fresh(name: str) -> Engine:
+    """A new engine like ENGINES[name] (nothing kept from other examples)."""
+    return Engine(*ENGINE_ARGS[name])
 
 
 def test_the_search_engine_resumes_the_walk_when_it_can(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -292,8 +315,8 @@ CLOPIDOGREL = "XB01AC04A001"  # 28 days a pack
 
 def _bought(sn: str, day: float, visit: str | None = None, **extra: Any) -> ClaimLine:
     return make_line(
-        KB, psn_no=PSN, fixmedins_code="P3101001", drug_code=CLOPIDOGREL, feedetl_sn=sn, admdvs="310000",
-        when=days_later("2025-09-01 09:00:00", day), mdtrt_id=visit, **extra,
+        KB, psn_no=PSN, fixmedins_code="P3101001", drug_code=CLOPIDOGREL, feedetl_sn=sn,
+        when=days_later("2025-09-01 09:00:00", day), mdtrt_id=visit, **{"admdvs": "310000", **extra},
     )  # fmt: skip
 
 
@@ -336,3 +359,21 @@ def test_what_would_change_the_historys_walk_is_evaluated_whole(case: str) -> No
     if case == "a history reversal names it":  # the resent line is refunded: nothing on it
         assert whole_then_filtered(engine, timeline, ids) == []
         assert dumped(Engine(search_kb(KB)).evaluate_patient_lines(PSN, [*past[:2], last], ids)) != []
+
+
+def test_checks_against_one_kept_history_do_not_see_each_other() -> None:
+    # Given a history of clopidogrel, and a first check proposing ticagrelor (same class)
+    # that duplicates it, at a region far from the history's
+    engine = Engine(KB, (Scene.PRE,))
+    past = [_bought("S1", 0), _bought("S2", 28)]
+    first = _bought("N1", 40, admdvs="110000").model_copy(
+        update={"med_list_codg": "XB01AC24A001", "atc_code": "B01AC24", "diagnoses": ["I21.0"]}
+    )
+    found = engine.evaluate_patient_lines(PSN, [*past, first], {first.line_id})
+    assert "therapeutic-duplication" in {f.rule_id for f in found}
+    # When a second check against the same history proposes clopidogrel an hour later
+    second = _bought("N2", 40 + 1 / 24)
+    found = engine.evaluate_patient_lines(PSN, [*past, second], {second.line_id})
+    # Then it is judged against the history alone: the first check's line is not in it
+    assert dumped(found) == dumped(whole_then_filtered(engine, [*past, second], {second.line_id}))
+    assert not {"therapeutic-duplication", "identity-misuse", "multi-provider"} & {f.rule_id for f in found}

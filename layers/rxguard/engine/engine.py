@@ -11,20 +11,20 @@ from datetime import datetime
 from typing import TypeVar
 
 from rxguard.engine.common import RuleSet
-from rxguard.engine.fills import build_fills, is_ward_use
+from rxguard.engine.fills import Fill, build_fills, is_ward_use
 from rxguard.engine.institutions import ActivityAggregate, activity_from_lines
 from rxguard.engine.monthly import MonthlyRules
 from rxguard.engine.reversals import net_reversals
-from rxguard.engine.rules import CATALOGUE, Rule, check_definitions, flagged_line_ids
+from rxguard.engine.rules import CATALOGUE, Hit, Rule, check_definitions, flagged_line_ids
 from rxguard.engine.rules.cross_institution_repeat import CrossInstitutionRepeat
 from rxguard.engine.rules.cumulative_oversupply import CumulativeOversupply
 from rxguard.engine.rules.early_refill import EarlyRefill
 from rxguard.engine.rules.frequent_visits import FrequentVisits
-from rxguard.engine.rules.identity_misuse import IdentityMisuse
+from rxguard.engine.rules.identity_misuse import IdentityMisuse, Places
 from rxguard.engine.rules.indication_mismatch import IndicationMismatch
 from rxguard.engine.rules.institution_outlier import InstitutionOutlier
 from rxguard.engine.rules.multi_hospital_days import MultiHospitalDays
-from rxguard.engine.rules.multi_provider import MultiProvider
+from rxguard.engine.rules.multi_provider import MultiProvider, ProviderWindow
 from rxguard.engine.rules.over_quantity import OverQuantity
 from rxguard.engine.rules.override_frequency import OverrideFrequency
 from rxguard.engine.rules.pharmacy_spend import PharmacySpend
@@ -41,16 +41,21 @@ HISTORIES_KEPT = 2048  # prepared histories an engine keeps, the latest used (a 
 
 @dataclass
 class _History:
-    """A patient's history walked once for the checks against it (`Engine.evaluate_patient_lines`
-    of a supply-only engine, as the next-fill search): per ingredient, its fills and the walk
-    after them, and what tells whether a proposed line would change them."""
+    """A patient's history walked once for the checks against it (`Engine.evaluate_patient_lines`):
+    where each rule's walk stands after it, and what tells whether a proposed line would
+    change that walk."""
 
     lines: tuple[ClaimLine, ...]  # the history as given (kept: its lines' identities are the key)
+    netted: list[ClaimLine]  # its lines, in order, reversals applied
     reversed_ids: set[str]  # the lines its reversals name (a proposed line of these ids is netted)
-    prepared: dict[str, Prepared] = field(default_factory=dict)  # by ATC ingredient
+    prepared: dict[str, Prepared] = field(default_factory=dict)  # supply walk, by ATC ingredient
     last: dict[str, datetime] = field(default_factory=dict)  # ATC -> its latest fill line
     days: dict[tuple[str, str], set[int]] = field(default_factory=dict)  # (institution, ATC) -> fill days
     visits: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (institution, ATC, visit) -> last day
+    class_atcs: dict[str, set[str]] = field(default_factory=dict)  # ATC level 4 -> its ingredients' fills
+    covering: dict[str, dict[str, Fill]] = field(default_factory=dict)  # therapeutic-duplication, by class
+    providers: dict[str, ProviderWindow] = field(default_factory=dict)  # multi-provider, by class
+    places: Places = field(default_factory=Places)  # identity-misuse
 
 
 def _order(line: ClaimLine) -> tuple[object, str]:
@@ -92,9 +97,11 @@ class Engine:
         self._identity = self._rule(IdentityMisuse)
         supply = {OverQuantity.id, EarlyRefill.id, CrossInstitutionRepeat.id, CumulativeOversupply.id}
         others = set(self.catalogue) - supply - {OverrideFrequency.id, InstitutionOutlier.id}
-        # only supply rules selected among the patient rules (the next-fill search's engine):
-        # a check resumes the history's walk instead of repeating it
-        self._resumable = not any(self.catalogue[rid].enabled for rid in others)
+        # a check resumes the walks of its history (kept) unless a monthly rule is selected
+        self._resumable = not self._monthly.enabled
+        # only supply rules among the patient rules (the next-fill search's engine): a proposed
+        # line need only come after its own ingredient's history
+        self._only_supply = not any(self.catalogue[rid].enabled for rid in others)
         self._histories: OrderedDict[tuple[object, ...], _History] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -176,21 +183,24 @@ class Engine:
         return _unique(findings)
 
     def _resumed(self, psn_no: str, timeline: Sequence[ClaimLine], wanted: set[str]) -> list[Finding] | None:
-        """The supply findings on the proposed lines from the history's walk (prepared once,
-        kept) resumed over them; None when a proposed line could change the history's walk
-        (a reversal, a line netted by a reversal of the history, a line before the history's
-        last fill of its ingredient or joining one of its fills): then the caller evaluates."""
+        """The findings on the proposed lines from the walks of the history (made once, kept)
+        resumed over them; None when a proposed line could change what the history's walks
+        settled: a reversal, a line netted by a reversal of the history, a line not after the
+        whole history (after its own ingredient's last fill for a supply-only engine), a line
+        joining one of the history's fills. Then the caller evaluates."""
         history: list[ClaimLine] = []
         proposed: list[ClaimLine] = []
         for line in timeline:
             (proposed if line.line_id in wanted else history).append(line)
-        proposed = [line for line in proposed if line.psn_no == psn_no]
+        proposed = sorted((line for line in proposed if line.psn_no == psn_no), key=_order)
         if not proposed:
             return []
         if len({line.line_id for line in proposed}) < len(proposed) or any(line.reverses for line in proposed):
             return None
         known = self._history(psn_no, history)
         if not known.reversed_ids.isdisjoint(wanted):
+            return None
+        if not self._only_supply and known.netted and proposed[0].fee_ocur_time <= known.netted[-1].fee_ocur_time:
             return None
         by_atc: dict[str, list[ClaimLine]] = {}
         for line in proposed:
@@ -207,15 +217,40 @@ class Engine:
                 return None
             by_atc.setdefault(atc, []).append(line)
         findings: list[Finding] = []
+        classes: dict[str, list[Fill]] = {}
         for atc in sorted(by_atc):
-            later = build_fills(sorted(by_atc[atc], key=_order), self.kb)[atc]
+            later = build_fills(by_atc[atc], self.kb)[atc]
             prepared = known.prepared.get(atc) or Prepared(atc, [], Walk())
-            findings.extend(self._supply.resume(psn_no, prepared, later))
+            findings.extend(self._supply.resume(psn_no, prepared, later))  # first: it marks the overrides
+            classes.setdefault(atc[:5], []).extend(later)
+        hits: list[Hit] = []
+        if self._duplication.enabled:
+            for atc4 in sorted(classes):
+                members = sorted(classes[atc4], key=lambda f: (f.time, f.line_ids[0]))
+                if len(known.class_atcs.get(atc4, set()) | {f.atc for f in members}) >= 2:
+                    covering = dict(known.covering.get(atc4, {}))
+                    self._duplication.walk(psn_no, atc4, members, covering, hits)
+            findings.extend(self._duplication.finding(h) for h in hits)
+        if self._providers.enabled:
+            for atc4, lines in sorted(self._providers.classes(proposed).items()):
+                hits = []
+                window = known.providers[atc4].copy() if atc4 in known.providers else ProviderWindow()
+                self._providers.walk(psn_no, atc4, window, lines, hits)
+                self._providers.close(psn_no, atc4, window, hits)
+                findings.extend(self._providers.finding(h) for h in hits)
+        if self._identity.enabled:
+            hits = []
+            self._identity.walk(psn_no, known.places.copy(), proposed, hits)
+            findings.extend(self._identity.finding(h) for h in hits)
+        if self._indication.enabled:
+            findings.extend(self._indication.findings(psn_no, [*known.netted, *proposed], proposed))
+        findings.extend(self._trace.within_line_findings(psn_no, proposed))
         return [f for f in _unique(findings) if not wanted.isdisjoint(f.evidence)]
 
     def _history(self, psn_no: str, history: list[ClaimLine]) -> _History:
         """The history walked, kept per engine by the identity of its lines (immutable: the same
-        objects are the same history; the next-fill search re-checks against one many times)."""
+        objects are the same history; the state keeps decoded lines, and the next-fill search
+        re-checks against one history many times)."""
         key = (psn_no, *map(id, history))
         with self._lock:
             known = self._histories.get(key)
@@ -223,9 +258,12 @@ class Engine:
                 self._histories.move_to_end(key)
                 return known
         ordered = normalize_timeline(psn_no, history)
-        known = _History(tuple(history), {line.reverses for line in ordered if line.reverses})
-        for atc, fills in build_fills(net_reversals(ordered), self.kb).items():
+        netted = net_reversals(ordered)
+        known = _History(tuple(history), netted, {line.reverses for line in ordered if line.reverses})
+        fills_by_atc = build_fills(netted, self.kb)
+        for atc, fills in fills_by_atc.items():
             known.prepared[atc] = self._supply.prepare(psn_no, atc, fills)
+            known.class_atcs.setdefault(atc[:5], set()).add(atc)
             for fill in fills:
                 for line in fill.lines:
                     day = line.fee_ocur_time.toordinal()
@@ -233,6 +271,19 @@ class Engine:
                     known.days.setdefault((fill.fixmedins_code, atc), set()).add(day)
                     visit = (fill.fixmedins_code, atc, line.mdtrt_id)
                     known.visits[visit] = max(known.visits.get(visit, day), day)
+        if self._duplication.enabled:
+            members_of: dict[str, list[Fill]] = {}
+            for atc, fills in fills_by_atc.items():
+                members_of.setdefault(atc[:5], []).extend(fills)
+            for atc4, members in members_of.items():
+                members.sort(key=lambda f: (f.time, f.line_ids[0]))
+                self._duplication.walk(psn_no, atc4, members, known.covering.setdefault(atc4, {}), None)
+        if self._providers.enabled:
+            for atc4, lines in self._providers.classes(netted).items():
+                window = known.providers[atc4] = ProviderWindow()
+                self._providers.walk(psn_no, atc4, window, lines, None)
+        if self._identity.enabled:
+            self._identity.walk(psn_no, known.places, netted, None)
         with self._lock:
             self._histories[key] = known
             while len(self._histories) > HISTORIES_KEPT:
