@@ -48,6 +48,9 @@ class _History:
     lines: tuple[ClaimLine, ...]  # the history as given (kept: its lines' identities are the key)
     netted: list[ClaimLine]  # its lines, in order, reversals applied
     reversed_ids: set[str]  # the lines its reversals name (a proposed line of these ids is netted)
+    by_class: dict[str, list[ClaimLine]]  # its monitored lines by ATC level-4 class
+    ready: set[str] = field(default_factory=set)  # the classes walked so far (on demand)
+    lock: threading.Lock = field(default_factory=threading.Lock)
     prepared: dict[str, Prepared] = field(default_factory=dict)  # supply walk, by ATC ingredient
     last: dict[str, datetime] = field(default_factory=dict)  # ATC -> its latest fill line
     days: dict[tuple[str, str], set[int]] = field(default_factory=dict)  # (institution, ATC) -> fill days
@@ -202,6 +205,7 @@ class Engine:
             return None
         if not self._only_supply and known.netted and proposed[0].fee_ocur_time <= known.netted[-1].fee_ocur_time:
             return None
+        self._walk_classes(psn_no, known, proposed)
         by_atc: dict[str, list[ClaimLine]] = {}
         for line in proposed:
             drug = self.kb.drug(line.med_list_codg)
@@ -259,29 +263,12 @@ class Engine:
                 return known
         ordered = normalize_timeline(psn_no, history)
         netted = net_reversals(ordered)
-        known = _History(tuple(history), netted, {line.reverses for line in ordered if line.reverses})
-        fills_by_atc = build_fills(netted, self.kb)
-        for atc, fills in fills_by_atc.items():
-            known.prepared[atc] = self._supply.prepare(psn_no, atc, fills)
-            known.class_atcs.setdefault(atc[:5], set()).add(atc)
-            for fill in fills:
-                for line in fill.lines:
-                    day = line.fee_ocur_time.toordinal()
-                    known.last[atc] = max(known.last.get(atc, line.fee_ocur_time), line.fee_ocur_time)
-                    known.days.setdefault((fill.fixmedins_code, atc), set()).add(day)
-                    visit = (fill.fixmedins_code, atc, line.mdtrt_id)
-                    known.visits[visit] = max(known.visits.get(visit, day), day)
-        if self._duplication.enabled:
-            members_of: dict[str, list[Fill]] = {}
-            for atc, fills in fills_by_atc.items():
-                members_of.setdefault(atc[:5], []).extend(fills)
-            for atc4, members in members_of.items():
-                members.sort(key=lambda f: (f.time, f.line_ids[0]))
-                self._duplication.walk(psn_no, atc4, members, known.covering.setdefault(atc4, {}), None)
-        if self._providers.enabled:
-            for atc4, lines in self._providers.classes(netted).items():
-                window = known.providers[atc4] = ProviderWindow()
-                self._providers.walk(psn_no, atc4, window, lines, None)
+        by_class: dict[str, list[ClaimLine]] = {}
+        for line in netted:
+            drug = self.kb.drug(line.med_list_codg)
+            if drug is not None:
+                by_class.setdefault(drug.atc_code[:5], []).append(line)
+        known = _History(tuple(history), netted, {line.reverses for line in ordered if line.reverses}, by_class)
         if self._identity.enabled:
             self._identity.walk(psn_no, known.places, netted, None)
         with self._lock:
@@ -289,6 +276,39 @@ class Engine:
             while len(self._histories) > HISTORIES_KEPT:
                 self._histories.popitem(last=False)
         return known
+
+    def _walk_classes(self, psn_no: str, known: _History, proposed: list[ClaimLine]) -> None:
+        """Walk the history's lines of the proposed lines' classes, once per class (supply per
+        ingredient, therapeutic-duplication, multi-provider): the state kept for the checks."""
+        classes = set()
+        for line in proposed:
+            drug = self.kb.drug(line.med_list_codg)
+            if drug is not None:
+                classes.add(drug.atc_code[:5])
+        with known.lock:
+            for atc4 in sorted(classes - known.ready):
+                lines = known.by_class.get(atc4, [])
+                fills_by_atc = build_fills(lines, self.kb)
+                members: list[Fill] = []
+                for atc, fills in fills_by_atc.items():
+                    known.prepared[atc] = self._supply.prepare(psn_no, atc, fills)
+                    known.class_atcs.setdefault(atc4, set()).add(atc)
+                    members.extend(fills)
+                    for fill in fills:
+                        for line in fill.lines:
+                            day = line.fee_ocur_time.toordinal()
+                            known.last[atc] = max(known.last.get(atc, line.fee_ocur_time), line.fee_ocur_time)
+                            known.days.setdefault((fill.fixmedins_code, atc), set()).add(day)
+                            visit = (fill.fixmedins_code, atc, line.mdtrt_id)
+                            known.visits[visit] = max(known.visits.get(visit, day), day)
+                if self._duplication.enabled:
+                    members.sort(key=lambda f: (f.time, f.line_ids[0]))
+                    self._duplication.walk(psn_no, atc4, members, known.covering.setdefault(atc4, {}), None)
+                if self._providers.enabled:
+                    for cls, counted in self._providers.classes(lines).items():
+                        window = known.providers[cls] = ProviderWindow()
+                        self._providers.walk(psn_no, cls, window, counted, None)
+                known.ready.add(atc4)
 
     def evaluate_trace_code(
         self, code: str, sales: Sequence[TraceSale], lines: Mapping[str, ClaimLine] | None = None
