@@ -36,7 +36,7 @@ from rxguard.models import ClaimLine, Finding, Scene
 from rxguard.repository import TraceSale
 
 _R = TypeVar("_R", bound=Rule)
-HISTORIES_KEPT = 2048  # prepared histories an engine keeps, the latest used (a few kB each)
+HISTORIES_KEPT = 1024  # walked histories an engine keeps, the latest used (their lines are the state's cached ones)
 
 
 @dataclass
@@ -250,6 +250,11 @@ class Engine:
             findings.extend(self._indication.findings(psn_no, [*known.netted, *proposed], proposed))
         findings.extend(self._trace.within_line_findings(psn_no, proposed))
         return [f for f in _unique(findings) if not wanted.isdisjoint(f.evidence)]
+
+    def forget_histories(self) -> None:
+        """Drop the histories kept for checks (benchmarks measure a patient's first check)."""
+        with self._lock:
+            self._histories.clear()
 
     def _history(self, psn_no: str, history: list[ClaimLine]) -> _History:
         """The history walked, kept per engine by the identity of its lines (immutable: the same
