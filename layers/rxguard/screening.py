@@ -28,14 +28,28 @@ RECORDING_SCENES = frozenset({Scene.IN, Scene.POST})
 _ENGINES: dict[tuple[int, frozenset[Scene] | None], tuple[KnowledgeBase, Engine]] = {}
 
 
+_KEEP: list[int] = []  # histories each engine keeps for checks, when set (`keep_histories`)
+
+
 def engine_for(kb: KnowledgeBase, scenes: Collection[Scene] | None = None) -> Engine:
     """A cached engine for this knowledge base and scenes (its caches persist across calls)."""
     key = (id(kb), frozenset(scenes) if scenes is not None else None)
     cached = _ENGINES.get(key)
     if cached is None or cached[0] is not kb:
         cached = (kb, Engine(kb, scenes))
+        if _KEEP:
+            cached[1].keep_histories = _KEEP[0]
         _ENGINES[key] = cached
     return cached[1]
+
+
+def keep_histories(count: int) -> None:
+    """How many walked histories every engine keeps for checks (`Engine.evaluate_patient_lines`):
+    worth more than the default only where a patient's history lines are the same objects from
+    one check to the next (the local state's line cache, `rxguard serve`)."""
+    _KEEP[:] = [max(2, count)]
+    for _, engine in _ENGINES.values():
+        engine.keep_histories = _KEEP[0]
 
 
 @dataclass

@@ -377,3 +377,45 @@ def test_checks_against_one_kept_history_do_not_see_each_other() -> None:
     # Then it is judged against the history alone: the first check's line is not in it
     assert dumped(found) == dumped(whole_then_filtered(engine, [*past, second], {second.line_id}))
     assert not {"therapeutic-duplication", "identity-misuse", "multi-provider"} & {f.rule_id for f in found}
+
+
+def test_an_engine_keeps_the_latest_histories_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rxguard.engine import supply
+
+    walked: list[str] = []
+    original = supply.SupplyRules.prepare
+
+    def counted(self: Any, psn_no: str, atc: str, fills: Any) -> Any:
+        walked.append(fills[0].line_ids[0])
+        return original(self, psn_no, atc, fills)
+
+    monkeypatch.setattr(supply.SupplyRules, "prepare", counted)
+    # Given an engine keeping 3 histories, and checks against 4 histories in turn
+    engine = Engine(search_kb(KB), (Scene.PRE,))
+    engine.keep_histories = 3
+    histories = [[_bought(f"H{i}", 0)] for i in range(4)]
+    proposed = _bought("N1", 40)
+
+    def check(history: list[ClaimLine]) -> None:
+        engine.evaluate_patient_lines(PSN, [*history, proposed], {proposed.line_id})
+
+    for history in histories:
+        check(history)
+    assert len(walked) == 4
+    # When the latest is checked again, Then its walk is reused; the oldest was dropped: walked again
+    check(histories[3])
+    assert len(walked) == 4
+    check(histories[0])
+    assert walked[-1] == "P3101001/H0" and len(walked) == 5
+
+
+def test_screening_sets_how_many_histories_every_engine_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rxguard import screening
+
+    monkeypatch.setattr(screening, "_ENGINES", {})
+    monkeypatch.setattr(screening, "_KEEP", [])
+    before = screening.engine_for(KB, (Scene.PRE,))
+    assert before.keep_histories == 32  # the default: a check and its search, a few threads
+    screening.keep_histories(500)  # rxguard serve: the state's cached lines are the same objects
+    assert before.keep_histories == 500
+    assert screening.engine_for(search_kb(KB), (Scene.PRE,)).keep_histories == 500

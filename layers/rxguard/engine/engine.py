@@ -36,7 +36,11 @@ from rxguard.models import ClaimLine, Finding, Scene
 from rxguard.repository import TraceSale
 
 _R = TypeVar("_R", bound=Rule)
-HISTORIES_KEPT = 1024  # walked histories an engine keeps, the latest used (their lines are the state's cached ones)
+# Walked histories an engine keeps, the latest used. A check and its next-fill search use two;
+# a reader whose history lines are the same objects from one request to the next (the local
+# state's line cache: `rxguard serve`) keeps more (`Engine.keep_histories`). A kept history pins
+# its lines: where every request decodes them again (DynamoDB, Lambda), more would only hold memory.
+HISTORIES_KEPT = 32
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Engine:
         # line need only come after its own ingredient's history
         self._only_supply = not any(self.catalogue[rid].enabled for rid in others)
         self._histories: OrderedDict[tuple[object, ...], _History] = OrderedDict()
+        self.keep_histories = HISTORIES_KEPT
         self._lock = threading.Lock()
 
     def _rule(self, cls: type[_R]) -> _R:
@@ -278,7 +283,7 @@ class Engine:
             self._identity.walk(psn_no, known.places, netted, None)
         with self._lock:
             self._histories[key] = known
-            while len(self._histories) > HISTORIES_KEPT:
+            while len(self._histories) > self.keep_histories:
                 self._histories.popitem(last=False)
         return known
 
