@@ -860,7 +860,8 @@ class DynamoRepository(HistoryRepository):
             out[code] = _sales_of(code, sales)
         return out
 
-    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+    def record_lines(self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None) -> list[ClaimLine]:
+        del bodies  # the lines are packed here, not stored as JSON
         if not lines:
             return []
         patients = sorted({x.psn_no for x in lines})

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -91,6 +91,13 @@ class FindingChanges:
     superseded: list[Finding] = field(default_factory=list)  # no longer produced by the rules
     unchanged: int = 0
 
+    def merge(self, more: FindingChanges) -> None:
+        """Add the changes of `more` (another scope's) to these."""
+        self.new.extend(more.new)
+        self.updated.extend(more.updated)
+        self.superseded.extend(more.superseded)
+        self.unchanged += more.unchanged
+
 
 class HistoryRepository(ABC):
     """Storage as the rule engine sees it. Implementations batch their reads."""
@@ -108,10 +115,18 @@ class HistoryRepository(ABC):
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
         """Recorded sales of these traceability codes, each list in time order."""
 
+    def resold_codes(self, codes: Collection[str]) -> set[str]:
+        """The codes among these with recorded sales by at least two lines: only they can
+        make a trace-code finding (a code one line sold has none). An adapter that can
+        count without reading the sales overrides it."""
+        return {code for code, sales in self.load_trace_sales(codes).items() if len({s.line_id for s in sales}) > 1}
+
     @abstractmethod
-    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+    def record_lines(self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None) -> list[ClaimLine]:
         """Record lines and their trace-code sales, conditionally on the line id: a line
-        already recorded is not recorded again. Returns the lines newly recorded."""
+        already recorded is not recorded again. Returns the lines newly recorded.
+        `bodies`: the JSON of some of the lines as they were read (compact, by line id),
+        which an adapter that stores that JSON may keep as is instead of encoding again."""
 
     @abstractmethod
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
@@ -122,6 +137,14 @@ class HistoryRepository(ABC):
         """Make `findings` the current findings of `scope`: insert new ones (conditional
         on finding_id), update changed ones, mark the missing ones superseded. Reviews
         (confirmed / dismissed) of a finding that is produced again are kept."""
+
+    def replace_many(self, by_scope: Mapping[str, Sequence[Finding]]) -> FindingChanges:
+        """`replace_findings` for each scope, in the order given, the changes merged. An
+        adapter that can do them together (one transaction, one read) overrides it."""
+        changes = FindingChanges()
+        for scope, findings in by_scope.items():
+            changes.merge(self.replace_findings(scope, findings))
+        return changes
 
     def flush(self) -> None:  # noqa: B027 - optional hook, a no-op for unbuffered adapters
         """Write whatever the adapter buffered (the DynamoDB one batches new findings across
@@ -150,7 +173,7 @@ class InMemoryRepository(HistoryRepository):
         self.reads += 1
         return {c: sorted(self.trace_sales.get(c, ())) for c in codes}
 
-    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+    def record_lines(self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None) -> list[ClaimLine]:
         self.writes += 1
         recorded = []
         for line in lines:

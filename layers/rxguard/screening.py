@@ -12,7 +12,7 @@ Two batched reads per call (history of the patients, sales of the trace codes).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rxguard.engine import ActivityAggregate, Engine, activity_from_lines, finding_scope, flagged_line_ids
@@ -61,10 +61,7 @@ class ScreenOutcome:
 
 
 def merge_changes(into: FindingChanges, more: FindingChanges) -> None:
-    into.new.extend(more.new)
-    into.updated.extend(more.updated)
-    into.superseded.extend(more.superseded)
-    into.unchanged += more.unchanged
+    into.merge(more)
 
 
 def _dedupe(lines: Iterable[ClaimLine]) -> tuple[list[ClaimLine], list[ClaimLine]]:
@@ -119,17 +116,27 @@ def with_returned_codes(batch: Sequence[ClaimLine], repo: HistoryRepository) -> 
 
 
 def screen_lines(
-    lines: Sequence[ClaimLine], repo: HistoryRepository, kb: KnowledgeBase, scene: Scene = Scene.POST
+    lines: Sequence[ClaimLine],
+    repo: HistoryRepository,
+    kb: KnowledgeBase,
+    scene: Scene = Scene.POST,
+    bodies: Mapping[str, str] | None = None,
 ) -> ScreenOutcome:
     """Record `lines`, re-evaluate their patients and trace codes, replace their findings.
 
     `scene` (in or post) names who records; the stored findings always cover the rules of
-    every recording scene, so they depend only on the lines. Idempotent."""
+    every recording scene, so they depend only on the lines. Idempotent. `bodies`: the
+    lines' JSON as read (`ingest.read_chunk_bodies`), for `record_lines`."""
     if scene is Scene.PRE:
         raise ValueError("screen_lines records lines; use check_lines for pre-dispensing checks")
     batch, repeated = _dedupe(lines)
+    read = batch
     batch = with_returned_codes(batch, repo)
-    recorded = repo.record_lines(batch)
+    if bodies:  # a line given its returned codes is not the line read: its JSON is made again
+        bodies = {
+            x.line_id: bodies[x.line_id] for x, y in zip(read, batch, strict=True) if x is y and x.line_id in bodies
+        }
+    recorded = repo.record_lines(batch, bodies)
     recorded_ids = {line.line_id for line in recorded}
     duplicates = [line for line in batch if line.line_id not in recorded_ids] + repeated
     patients = sorted({line.psn_no for line in batch})
@@ -142,18 +149,20 @@ def screen_lines(
     by_patient: dict[str, list[ClaimLine]] = {}
     for line in batch:
         by_patient.setdefault(line.psn_no, []).append(line)
+    by_scope: dict[str, list[Finding]] = {}
     for psn in patients:
         timeline = list(history.get(psn, ()))
         timeline.extend(by_patient[psn])  # history first: a stored line wins over a resent one
         scope = Scope.patient(psn)
-        merge_changes(outcome.changes, repo.replace_findings(scope, engine.evaluate_patient(psn, timeline)))
+        by_scope[scope] = engine.evaluate_patient(psn, timeline)
         outcome.scopes.append(scope)
     batch_sales = {} if defer else _sales_by_code(batch)  # per code once (not the whole batch per code)
     for code in codes:
         found = [] if defer else engine.evaluate_trace_code(code, _sales_with(sales.get(code, ()), batch_sales[code]))
         scope = Scope.trace(code)
-        merge_changes(outcome.changes, repo.replace_findings(scope, found))
+        by_scope[scope] = found
         outcome.scopes.append(scope)
+    outcome.changes = repo.replace_many(by_scope)  # one transaction where the adapter can
     repo.flush()
     return outcome
 

@@ -82,6 +82,19 @@ def test_a_trace_code_sold_twice_keeps_both_sales_once(backend: Backend) -> None
     assert sales["00000000000000000000"] == []
 
 
+def test_only_codes_sold_by_two_lines_are_resold(backend: Backend) -> None:
+    # Given a code sold by two lines, one sold by one line (and that line recorded twice),
+    # and a code never sold
+    once, never = "81234567890123456780", "81234567890123456781"
+    backend.repo().record_lines(
+        [make_line("P1", "1", trace_codes=[CODE, once]), make_line("P2", "2", trace_codes=[CODE])]
+    )
+    backend.repo().record_lines([make_line("P1", "1", trace_codes=[CODE, once])])
+    # Then only the first can make a trace-code finding
+    assert backend.repo().resold_codes([CODE, once, never]) == {CODE}
+    assert backend.repo().resold_codes([]) == set()
+
+
 def test_findings_are_inserted_updated_superseded_and_reviews_kept(backend: Backend) -> None:
     # Given two findings of a patient, one of them confirmed by a reviewer
     keep = make_finding(evidence=("H1/1",))
@@ -170,6 +183,33 @@ def test_a_sequence_of_operations_gives_the_same_answers_everywhere(backend: Bac
         ([], [], _ids(second), 0),
     ]
     assert backend.repo().load_findings(["patient:P1"]) == {"patient:P1": []}
+
+
+def test_replacing_many_scopes_at_once_is_replacing_them_one_by_one(backend: Backend) -> None:
+    # Given three scopes with findings: one to keep, one to change, one to empty
+    a = make_finding(psn_no="P1", evidence=("H1/1",))
+    b = make_finding(psn_no="P2", evidence=("H1/2",))
+    c = make_finding(psn_no="P3", evidence=("H1/3",))
+    before = {"patient:P1": [a], "patient:P2": [b], "patient:P3": [c]}
+    backend.repo().replace_many(before)
+    # When they are replaced together, with a fourth scope that never had a finding
+    changed = b.model_copy(update={"figures": {"days_early": 4}})
+    fresh = make_finding(psn_no="P4", evidence=("H1/4",))
+    after = {"patient:P1": [a], "patient:P2": [changed], "patient:P3": [], "patient:P5": [], "patient:P4": [fresh]}
+    changes = backend.repo().replace_many(after)
+    # Then the changes are those of one replace_findings a scope, merged in the order given
+    assert [f.finding_id for f in changes.new] == [fresh.finding_id]
+    assert [(f.finding_id, f.figures) for f in changes.updated] == [(b.finding_id, {"days_early": 4})]
+    assert [(f.finding_id, f.status) for f in changes.superseded] == [(c.finding_id, "superseded")]
+    assert changes.unchanged == 1
+    found = backend.repo().load_findings(list(after))
+    assert {k: _ids(v) for k, v in found.items()} == {
+        "patient:P1": [a.finding_id],
+        "patient:P2": [b.finding_id],
+        "patient:P3": [],
+        "patient:P5": [],
+        "patient:P4": [fresh.finding_id],
+    }
 
 
 def test_trace_sales_keep_returns_and_split_pack_units(backend: Backend) -> None:

@@ -138,3 +138,18 @@ def _reopen(outbox: Outbox) -> Outbox:
         return DynamoOutbox(outbox.table, outbox.ddb)
     state = importlib.import_module("rxguard.local.state")
     return state.State.open(outbox.state.path.parent).outbox()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_a_recording_sink_records_many_alerts_as_it_would_one_by_one(outbox: Outbox) -> None:
+    from rxguard.alerts.outbox import RecordingSink
+    from rxguard.alerts.sink import InMemorySink
+
+    # Given one alert recorded before
+    sink = RecordingSink(outbox, InMemorySink())
+    assert sink.publish_alert(_entry(1).message)
+    # When a list with it, two new ones and one of them repeated is published at once
+    flags = sink.publish_alerts([_entry(n).message for n in (2, 1, 3, 2)])
+    # Then each is recorded once, in order, and the flags say which were new
+    assert flags == [True, False, True, False]
+    assert sink.recorded_ids == [_entry(n).message_id for n in (1, 2, 3)]
+    assert [e.message_id for e in outbox.pending()] == [_entry(n).message_id for n in (1, 2, 3)]

@@ -342,3 +342,28 @@ def test_make_run_with_relative_folders_writes_its_outputs(tmp_path: Path, monke
     # Then the outputs and the state are where the relative paths say
     assert (tmp_path / "out/findings.jsonl").read_text(encoding="utf-8").strip()
     assert (tmp_path / "out/state/state.db").is_file()
+
+
+def test_trace_codes_settled_in_small_slices_give_the_engines_findings(
+    tmp_path: Path, kb: Any, population: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the trace codes settled after the Map a few at a time (one transaction a slice)
+    from rxguard.local import orchestrator as local
+
+    monkeypatch.setattr(local, "SETTLE_SLICE", 3)
+    # When a population with resold packs runs through the orchestrator on the SQLite state
+    backend = SqliteBackend(tmp_path / "state")
+    orchestrator = LocalOrchestrator(
+        backend=backend,
+        results=LocalObjects(tmp_path / "state" / "results"),
+        out=tmp_path,
+        kb=kb,
+        alert_settings=AlertSettings(letters_enabled=False),
+    )
+    result = orchestrator.run(population)
+    found = [f.model_dump(mode="json") for f in backend.current_findings()]
+    backend.close()
+    # Then the findings are the engine's, trace-code reuse among them
+    assert [b.status for b in result.batches] == ["SUCCEEDED"] * len(population)
+    assert found == _engine_findings(population)
+    assert any(f["rule_id"] == "trace-code-reuse" for f in found)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from statistics import median
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rxguard.engine import ActivityAggregate, Engine, activity_from_lines, flagged_line_ids
 from rxguard.engine.factory import make_line
+from rxguard.engine.rules.institution_outlier import median_without
 from rxguard.models import InstitutionKind, Severity
 from rxguard.screening import institution_findings
 
@@ -167,3 +172,13 @@ def test_flagged_lines_are_the_trigger_lines_of_medium_and_high_dispensing_findi
     assert flagged_line_ids(findings) == {early.line_id}
     lost = make_line(kb, drug_code="XB01AC04A001", when="2025-10-05 10:00:00", override_reason="lost")
     assert flagged_line_ids(engine.evaluate_patient("P0001", [first, lost])) == set()
+
+
+@given(st.dictionaries(st.sampled_from([f"U{i}" for i in range(12)]), st.sampled_from([0.5, 1.0, 1.25, 2.0, 4.0])))
+def test_the_peers_median_growth_leaves_out_the_unit_itself_exactly(growth: dict[str, float]) -> None:
+    # Given each unit's growth (ties included) and a unit without one
+    ordered = sorted(growth.values())
+    # Then each unit's peers' median is the median of every other unit's growth, as statistics gives it
+    for code in [*growth, "no-growth"]:
+        peers = [g for other, g in growth.items() if other != code]
+        assert median_without(ordered, growth.get(code)) == (median(peers) if peers else 1.0)

@@ -198,3 +198,22 @@ def test_a_reversal_without_codes_returns_its_originals_packs(kb):
     outcome = screen_lines([buy(kb, 9, packs=1, sn="B1", psn="B", inst="P3101002", trace_codes=[CODE])], repo, kb)
     # Then the refund returned the code: the second sale is no resale
     assert outcome.changes.new == [] and repo.all_current_findings() == []
+
+
+def test_a_chunk_is_recorded_with_its_json_as_read_but_a_reversal_given_codes_anew(kb, tmp_path: Path):
+    # Given a chunk with a pack sold to A and a reversal of it that lists no code
+    from rxguard.ingest import read_chunk_bodies, write_chunk
+    from rxguard.local.state import State
+
+    sold = buy(kb, 0, packs=1, sn="A1", psn="A", trace_codes=[CODE])
+    lines, bodies = read_chunk_bodies(write_chunk([sold, refund(kb, sold, 1)]))
+    assert [ClaimLine.model_validate_json(bodies[x.line_id]) for x in lines] == lines
+    # When it is screened on the local state with the JSON it was read with
+    with State.open(tmp_path / "st") as state:
+        screen_lines(lines, state.repository(), kb, bodies=bodies)
+        stored = dict(state.read("SELECT line_id, body FROM lines"))
+        history = state.repository().load_history(["A"])["A"]
+    # Then the sale is stored as read, and the reversal with the code it returned (made anew)
+    assert stored[sold.line_id] == bodies[sold.line_id]
+    assert stored[lines[1].line_id] != bodies[lines[1].line_id]
+    assert [x.trace_codes for x in history] == [[CODE], [CODE]]

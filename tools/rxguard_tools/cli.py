@@ -53,6 +53,10 @@ def run(argv: Sequence[str]) -> int:
         from rxguard_tools.offline import cli as offline
 
         return offline.main([a for a in args if a != "--simulate-aws"])
+    if not any(a in ("--workers=1", "-h", "--help") for a in args) and "--workers 1" not in " ".join(args):
+        from rxguard.local.workers import start_early
+
+        start_early()  # the worker server imports the domain while this process does
     from rxguard_tools import local_cli as local
 
     return local.main(args)

@@ -101,21 +101,21 @@ def notify_batch(
             active.append(finding)
 
     alerted: dict[str, list[str]] = defaultdict(list)
+    messages = []
     for finding in active:
         if finding.severity.rank < settings.alert_min_severity.rank:
             continue
-        message = finding_alert(finding, batch_id=batch_id, kb=kb, key=key)
-        if sink.publish_alert(message):
-            summary.alerts_published += 1
-        else:
-            summary.alerts_duplicate += 1
+        messages.append(finding_alert(finding, batch_id=batch_id, kb=kb, key=key))
         alerted[finding.fixmedins_code or NO_INSTITUTION].append(finding.finding_id)
+    published = sink.publish_alerts(messages)  # recorded together where the sink can
+    summary.alerts_published += sum(published)
+    summary.alerts_duplicate += len(published) - sum(published)
 
     by_institution: dict[str, list[Finding]] = defaultdict(list)
     for finding in active:
         by_institution[finding.fixmedins_code or NO_INSTITUTION].append(finding)
-    for institution, group in sorted(by_institution.items()):
-        message = digest(
+    digests = [
+        digest(
             institution,
             group,
             batch_id=batch_id,
@@ -125,10 +125,11 @@ def notify_batch(
             alerted=alerted.get(institution, ()),
             institution_name=names.get(institution),
         )
-        if sink.publish_alert(message):
-            summary.digests_published += 1
-        else:
-            summary.digests_duplicate += 1
+        for institution, group in sorted(by_institution.items())
+    ]
+    published = sink.publish_alerts(digests)
+    summary.digests_published += sum(published)
+    summary.digests_duplicate += len(published) - sum(published)
 
     if settings.letters_enabled and letters is not None:
         summary.letters, summary.letters_index = letters(

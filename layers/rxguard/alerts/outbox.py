@@ -131,6 +131,17 @@ def drain(
     return sent, len(todo) - sent
 
 
+def record_all(outbox: Outbox, topic: Topic, messages: Sequence[AlertMessage]) -> list[bool]:
+    """Record the messages in one call (one transaction where the outbox can); for each,
+    whether it was recorded now (False: its id was known, or repeated earlier in the list)."""
+    fresh = {entry.message_id for entry in outbox.record([OutboxEntry(topic, m) for m in messages])}
+    out = []
+    for message in messages:
+        out.append(message.message_id in fresh)
+        fresh.discard(message.message_id)
+    return out
+
+
 class RecordingSink(NotificationSink):
     """A sink that records instead of publishing: alerts and letter announcements go into
     the outbox (`publish_*` is True when the id is new), letter documents to `documents`
@@ -150,6 +161,11 @@ class RecordingSink(NotificationSink):
 
     def publish_alert(self, message: AlertMessage) -> bool:
         return self._record("alerts", message)
+
+    def publish_alerts(self, messages: Sequence[AlertMessage]) -> list[bool]:
+        fresh = record_all(self.outbox, "alerts", messages)
+        self.recorded_ids += [m.message_id for m, new in zip(messages, fresh, strict=True) if new]
+        return fresh
 
     def publish_letter(self, message: AlertMessage) -> bool:
         return self._record("letters", message)

@@ -8,6 +8,7 @@ sink (`rxguard.alerts.aws`) keeps a marker object per message id; the in-memory 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rxguard.alerts.schema import AlertMessage
@@ -18,6 +19,11 @@ class NotificationSink(ABC):
     def publish_alert(self, message: AlertMessage) -> bool:
         """Publish on the alerts topic unless `message.message_id` was published before.
         True when published now, False when it was a duplicate."""
+
+    def publish_alerts(self, messages: Sequence[AlertMessage]) -> list[bool]:
+        """`publish_alert` for each message, in order (a sink that records them together,
+        in one transaction, overrides it)."""
+        return [self.publish_alert(message) for message in messages]
 
     @abstractmethod
     def put_letter(self, key: str, body: bytes, content_type: str) -> str:

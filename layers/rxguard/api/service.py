@@ -330,7 +330,7 @@ def search_kb(kb: KnowledgeBase) -> KnowledgeBase:
 class _CheckReads(HistoryRepository):
     """A repository a check reads through: a check records nothing."""
 
-    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+    def record_lines(self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None) -> list[ClaimLine]:
         raise NotImplementedError("a check records nothing")
 
     def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:

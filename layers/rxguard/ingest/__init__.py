@@ -13,7 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from rxguard.ingest.normalize import LINE_REASONS, LineRejected, TimeWindow, normalize_record, parse_time
-from rxguard.ingest.partition import ChunkInfo, PrepareResult, prepare_batch, read_chunk, read_rejections, write_chunk
+from rxguard.ingest.partition import (
+    ChunkInfo,
+    PrepareResult,
+    prepare_batch,
+    read_chunk,
+    read_chunk_bodies,
+    read_rejections,
+    write_chunk,
+)
 from rxguard.ingest.reader import BatchReader, sniff
 from rxguard.kb import KnowledgeBase
 
@@ -44,6 +52,7 @@ __all__ = [
     "prepare_batch",
     "read_batch",
     "read_chunk",
+    "read_chunk_bodies",
     "read_rejections",
     "sniff",
     "write_chunk",

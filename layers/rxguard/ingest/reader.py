@@ -444,12 +444,57 @@ class _CrToLf(io.RawIOBase):
 @dataclass(frozen=True, slots=True)
 class RawRecord:
     """A record read but not normalized yet (`BatchReader(defer=True)`): its 1-based line
-    (element index for a JSON document) and its fields as read. `prepare_batch` normalizes
-    these in batches, possibly in other processes, and counts each outcome back with
-    `BatchReader.account` (rejected) or `account_accepted`."""
+    (element index for a JSON document) and its fields as read, or for a CSV file the row's
+    text (`csv_record` with the reader's `layout` makes it a record). `prepare_batch`
+    normalizes these in batches, possibly in other processes, and counts each outcome back
+    with `BatchReader.account` (rejected) or `account_accepted`."""
 
     line: int
-    record: dict[str, Any]
+    record: dict[str, Any] | str
+
+
+@dataclass(frozen=True, slots=True)
+class CsvLayout:
+    """How a CSV file's rows become records: the delimiter, the (index, field) of each known
+    column, and the header's width."""
+
+    delimiter: str
+    columns: tuple[tuple[int, str], ...]
+    width: int
+
+
+def line_rejection(
+    file: str, line_no: int, reason: str, message: str, field: str | None = None, line_id: str | None = None
+) -> Rejection:
+    """The rejection of one line, its message starting with where it is."""
+    where = f"line {line_no} ({line_id})" if line_id else f"line {line_no}"
+    return Rejection(
+        file=file, line=line_no, field=field, reason=reason, message=f"{where}: {message}", line_id=line_id
+    )
+
+
+def csv_record(text: str, line_no: int, layout: CsvLayout, file: str) -> dict[str, str] | Rejection:
+    """One CSV row's record (its known columns), or why the row is no claim line (quoting,
+    ragged, a repeated header). Pure: a worker process may run it on the row's text."""
+    delimiter = layout.delimiter
+    if '"' in text:
+        try:
+            fields = next(csv.reader([text], delimiter=delimiter, strict=True))
+        except csv.Error as exc:
+            return line_rejection(file, line_no, MALFORMED, f"CSV quoting error ({exc})")
+    else:
+        fields = text.rstrip("\r\n").split(delimiter)
+    width = layout.width
+    if len(fields) != width and (len(fields) < width or any(f.strip() for f in fields[width:])):
+        # No line id at all: in a ragged row the columns may be shifted, and what sits where
+        # fixmedins_code and feedetl_sn belong may be a psn_no (rejected.jsonl holds none).
+        return line_rejection(file, line_no, RAGGED_ROW, f"row has {len(fields)} fields, the header has {width}")
+    record = {field: fields[index] for index, field in layout.columns}
+    if record.get("feedetl_sn", "").strip().lower() in ("feedetl_sn", "费用明细流水号"):
+        return line_rejection(
+            file, line_no, MALFORMED, "a repeated header row (files joined together?), not a claim line"
+        )
+    return record
 
 
 _Item = ClaimLine | Rejection | RawRecord
@@ -502,6 +547,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
         self.format: str | None = None
         self.encoding: str | None = None
         self.delimiter: str | None = None
+        self.layout: CsvLayout | None = None  # a CSV file's, once its header is read
         self.lines_read = 0
         self.accepted = 0
         self.rejected = 0
@@ -557,12 +603,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
         field: str | None = None,
         line_id: str | None = None,
     ) -> Rejection:
-        where = f"line {line_no} ({line_id})" if line_id else f"line {line_no}"
-        return self._reject(
-            Rejection(
-                file=self.name, line=line_no, field=field, reason=reason, message=f"{where}: {message}", line_id=line_id
-            )
-        )
+        return self._reject(line_rejection(self.name, line_no, reason, message, field, line_id))
 
     def _accept(self, record: dict[str, Any], line_no: int) -> ClaimLine | Rejection | RawRecord:
         if self._defer:
@@ -669,6 +710,7 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
             return
         delimiter, columns, width = header
         self.delimiter = delimiter
+        self.layout = layout = CsvLayout(delimiter, tuple(columns), width)
         for line_no, text, error in preamble:
             if text is None:
                 yield self._physical_error(line_no, error)
@@ -681,24 +723,15 @@ class BatchReader(Iterator[ClaimLine | Rejection]):
                 continue
             if not text.strip(blank):
                 continue  # an empty row (",,,,") is a blank line
-            if '"' in text:
-                try:
-                    fields = next(csv.reader([text], delimiter=delimiter, strict=True))
-                except csv.Error as exc:
-                    yield self._line(line_no, MALFORMED, f"CSV quoting error ({exc})")
-                    continue
-            else:
-                fields = text.rstrip("\r\n").split(delimiter)
-            if len(fields) != width and (len(fields) < width or any(f.strip() for f in fields[width:])):
-                # No line id at all: in a ragged row the columns may be shifted, and what sits where
-                # fixmedins_code and feedetl_sn belong may be a psn_no (rejected.jsonl holds none).
-                yield self._line(line_no, RAGGED_ROW, f"row has {len(fields)} fields, the header has {width}")
+            if self._defer:  # the row's text: split where it is normalized (csv_record)
+                self._deferred += 1
+                yield RawRecord(line_no, text)
                 continue
-            record = {field: fields[index] for index, field in columns}
-            if record.get("feedetl_sn", "").strip().lower() in ("feedetl_sn", "费用明细流水号"):
-                yield self._line(line_no, MALFORMED, "a repeated header row (files joined together?), not a claim line")
+            row = csv_record(text, line_no, layout, self.name)
+            if type(row) is Rejection:
+                yield self._reject(row)
                 continue
-            yield self._accept(record, line_no)
+            yield self._accept(cast(dict[str, Any], row), line_no)
         if self._nothing_read():  # like an empty feedetail list: nothing to screen
             self.file_error = _file_error(self.name, FILE_EMPTY, "has a header row but no claim lines")
             yield self.file_error

@@ -24,11 +24,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from rxguard.alerts.outbox import Outbox, OutboxEntry
+from rxguard.alerts.outbox import Outbox, OutboxEntry, record_all
 from rxguard.alerts.schema import AlertMessage
 from rxguard.alerts.settings import AlertSettings
 from rxguard.alerts.sink import NotificationSink
@@ -46,6 +45,7 @@ from rxguard.ingest.partition import (
 from rxguard.kb import KnowledgeBase, Phase, get_knowledge_base
 from rxguard.local.backend import Backend, BackendSpec, open_backend
 from rxguard.local.objects import InputFiles, LocalObjects
+from rxguard.local.workers import tune_gc, tuned_gc, worker_context
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 from rxguard.scope import Scope
@@ -72,6 +72,7 @@ from rxguard.workflow.settings import WorkflowSettings
 
 LOCAL_BUCKET = "local"  # the "bucket" of a local file: the batch id hashes bucket, name and content
 TRACES = "traces"  # pseudo chunk key of the trace-code settlement results
+SETTLE_SLICE = 20_000  # trace codes settled per transaction after the Map
 CHUNK_ATTEMPTS = 3  # the ASL retries a chunk's TransientError (4 attempts on AWS, 3 here)
 
 # (step, payload model in, payload model out): what the parity test compares with the ASL
@@ -96,17 +97,23 @@ class DeferTraceScopes(HistoryRepository):
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
         return self.inner.load_trace_sales(codes)  # screen_lines does not ask: defers_trace_scopes
 
-    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
-        return self.inner.record_lines(lines)
+    def record_lines(self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None) -> list[ClaimLine]:
+        return self.inner.record_lines(lines, bodies)
 
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
         return self.inner.load_findings(scopes)
 
     def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
-        if scope.startswith("trace:"):
-            self.codes.add(scope.removeprefix("trace:"))
-            return FindingChanges()
-        return self.inner.replace_findings(scope, findings)
+        return self.replace_many({scope: findings})
+
+    def replace_many(self, by_scope: Mapping[str, Sequence[Finding]]) -> FindingChanges:
+        kept: dict[str, Sequence[Finding]] = {}
+        for scope, findings in by_scope.items():
+            if scope.startswith("trace:"):
+                self.codes.add(scope.removeprefix("trace:"))
+            else:
+                kept[scope] = findings
+        return self.inner.replace_many(kept) if kept else FindingChanges()
 
 
 @dataclass
@@ -130,12 +137,14 @@ def _init_worker(spec: BackendSpec, results_root: str, rules_dir: str | None, ph
         backend=open_backend(spec),
         results=LocalObjects(Path(results_root)),
     )
+    tune_gc()
 
 
-def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], str | None, int]:
     """The ScreenChunk task: `screen_chunk` with the ASL's Retry (TransientError) and
-    Catch (`{chunk_key, ok: false, error}`). Returns the Map item's output and the trace
-    codes the chunk deferred."""
+    Catch (`{chunk_key, ok: false, error}`). Returns the Map item's output, and where the
+    trace codes the chunk deferred are written (beside the chunk, one a line) and how many:
+    the orchestrator does not hold a batch's codes (800,000 at 1M lines)."""
     ctx = _WORKER["ctx"]
     request = ChunkRequest.model_validate(event)
     error = "States.TaskFailed"
@@ -143,7 +152,9 @@ def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         repo = DeferTraceScopes(ctx.backend.repository(writer=f"{request.batch_id[:16]}-{request.index}"))
         try:
             result = screen_chunk(request, results=ctx.results, repo=repo, kb=ctx.kb)
-            return result.model_dump(mode="json"), sorted(repo.codes)
+            codes_key = f"{request.chunk_key}.codes"
+            ctx.results.put_bytes(codes_key, "\n".join(sorted(repo.codes)).encode("utf-8"), "text/plain")
+            return result.model_dump(mode="json"), codes_key, len(repo.codes)
         except TransientError:
             error = "TransientError"
             time.sleep(0.2 * (attempt + 1))
@@ -151,7 +162,7 @@ def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             error = type(exc).__name__
             traceback.print_exc()
             break
-    return {"chunk_key": request.chunk_key, "ok": False, "error": error}, []
+    return {"chunk_key": request.chunk_key, "ok": False, "error": error}, None, 0
 
 
 def normalize_part(task: NormalizeTask) -> TaskOutcome:
@@ -179,6 +190,7 @@ class PoolMapper:
     pool: Executor
     ahead: int
     spent: Callable[[float, int], None]
+    spill_level: int = 1  # a server's disk is not Lambda's: the fastest zlib level
 
     def _map[T, R](self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         for result, cpu, pid in bounded_map(self.pool, partial(timed, fn), tasks, self.ahead):
@@ -192,27 +204,42 @@ class PoolMapper:
         return self._map(chunk_partition, tasks)
 
 
+def code_part(code: str, parts: int) -> int:
+    """Which of `parts` settlement tasks takes a trace code (a stable hash)."""
+    return int(hashlib.blake2b(code.encode(), digest_size=4).hexdigest(), 16) % parts
+
+
 def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     """Reconcile the given trace codes over all their recorded sales (every chunk of the
     batch has recorded its own by now) and write the changes as one more result file."""
-    from rxguard.screening import RECORDING_SCENES, engine_for, merge_changes
+    from rxguard.screening import RECORDING_SCENES, engine_for
 
     ctx = _WORKER["ctx"]
-    batch_id, part, codes = str(event["batch_id"]), int(event["part"]), list(event["codes"])
+    batch_id, part, parts = str(event["batch_id"]), int(event["part"]), int(event["parts"])
+    mine: set[str] = set()
+    for key in event["keys"]:  # the codes each chunk deferred; this part takes its share
+        text = ctx.results.get_bytes(str(key)).decode("utf-8")
+        mine.update(code for code in text.split("\n") if code and code_part(code, parts) == part)
+    codes = sorted(mine)
     repo = ctx.backend.repository(writer=f"{batch_id[:16]}-t{part}")
     engine = engine_for(ctx.kb, RECORDING_SCENES)
-    sales = repo.load_trace_sales(codes) if codes else {}
-    by_scope = {str(Scope.trace(code)): engine.evaluate_trace_code(code, sales[code]) for code in codes}
-    replace_many = getattr(repo, "replace_many", None)  # the SQLite state: one transaction for them all
-    if replace_many is not None:
-        changes = replace_many(by_scope)
-    else:
-        changes = FindingChanges()
-        for scope, found_now in by_scope.items():
-            merge_changes(changes, repo.replace_findings(scope, found_now))
+    changes = FindingChanges()
+    owners: set[str] = set()
+    for start in range(0, len(codes), SETTLE_SLICE):  # memory bounded whatever the batch's codes
+        some = codes[start : start + SETTLE_SLICE]
+        # most codes were sold once: no finding to judge (replace_many supersedes any they held)
+        resold = repo.resold_codes(some)
+        sales = repo.load_trace_sales(resold) if resold else {}
+        by_scope = {
+            str(Scope.trace(code)): engine.evaluate_trace_code(code, sales[code]) if code in resold else []
+            for code in some
+        }
+        step = repo.replace_many(by_scope)  # the SQLite state: one transaction for the slice
+        changes.merge(step)
+        cited = {i for f in [*step.new, *step.updated] for i in f.evidence}
+        owners.update(s.psn_no for found in sales.values() for s in found if s.line_id in cited)
     cited = {i for f in [*changes.new, *changes.updated] for i in f.evidence}
-    owners = sorted({s.psn_no for found in sales.values() for s in found if s.line_id in cited})
-    lines = [x for h in (repo.load_history(owners) if owners else {}).values() for x in h if x.line_id in cited]
+    lines = [x for h in (repo.load_history(sorted(owners)) if owners else {}).values() for x in h if x.line_id in cited]
     chunk_key = f"{TRACES}-{part:03d}"
     found = ChunkFindings.of_changes(
         chunk_key,
@@ -225,25 +252,6 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     return ChunkResult(
         chunk_key=chunk_key, lines=0, recorded=0, duplicates=0, findings=found.counts(), result_key=key
     ).model_dump(mode="json")
-
-
-_PRELOAD = ["rxguard.local.orchestrator", "rxguard.local.state", "rxguard.ingest", "rxguard.screening"]
-
-
-def worker_context() -> Any:
-    """Worker processes fork from a small server process that imported the domain once
-    (forkserver): no SQLite connection or thread of this process crosses a fork, and a
-    worker does not pay the ~1 s of imports a spawned interpreter would."""
-    import rxguard
-
-    # the server is a fresh interpreter: it must import this rxguard, not another on its path
-    layer = str(Path(rxguard.__file__).resolve().parents[1])
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if layer not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([layer, *[p for p in paths if p]])
-    context = get_context("forkserver")
-    context.set_forkserver_preload(_PRELOAD)
-    return context
 
 
 class InProcess(Executor):
@@ -334,6 +342,10 @@ class LocalOrchestrator:
             got["worker_cpu_seconds"] = round(got["worker_cpu_seconds"] + self.worker_cpu_seconds - workers, 3)
 
     def run(self, files: Sequence[Path]) -> RunResult:
+        with tuned_gc():
+            return self._run(files)
+
+    def _run(self, files: Sequence[Path]) -> RunResult:
         cpu0, wall0 = time.process_time(), time.monotonic()
         interrupted = self.mark_interrupted()
         batches = self._name(files)
@@ -404,12 +416,15 @@ class LocalOrchestrator:
         spec = self.backend.spec
         rules_dir = str(self.settings.rules_dir) if self.settings.rules_dir else None
         if self.workers > 1 and spec is not None:
-            return ProcessPoolExecutor(
+            pool = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=worker_context(),
                 initializer=_init_worker,
                 initargs=(spec, str(self.results.root), rules_dir, self.settings.phase.value, self.log_path),
             )
+            for _ in range(self.workers):  # start the workers now, while this process reads the file
+                pool.submit(os.getpid)
+            return pool
         _WORKER["ctx"] = WorkerContext(kb=self.kb, backend=self.backend, results=self.results)
         return InProcess()
 
@@ -506,15 +521,21 @@ class LocalOrchestrator:
             {"batch_id": prepared.batch_id, "chunk_key": c.chunk_key, "lines": c.lines, "index": i}
             for i, c in enumerate(prepared.chunks)
         ]
-        futures = {pool.submit(timed, screen_one, e): n for n, e in enumerate(events)}
+        # the largest chunks first: the last ones to finish are small, so no worker waits
+        # long for another's last chunk (the results keep the Map's order)
+        order = sorted(range(len(events)), key=lambda n: -prepared.chunks[n].lines)
+        futures = {pool.submit(timed, screen_one, events[n]): n for n in order}
         results: list[dict[str, Any] | None] = [None] * len(events)
-        codes: set[str] = set()
+        code_keys: list[str] = []
+        deferred = 0
         for future in as_completed(futures):
             n = futures[future]
-            (output, deferred), cpu, pid = future.result()
+            (output, codes_key, count), cpu, pid = future.result()
             self._worker_cpu(cpu, pid)
             results[n] = output
-            codes.update(deferred)
+            if codes_key is not None and count:
+                code_keys.append(codes_key)
+                deferred += count
             self._log(
                 "ScreenChunk",
                 ChunkRequest.model_validate(events[n]),
@@ -524,15 +545,9 @@ class LocalOrchestrator:
             self._chunks_done += 1
             if self.crash_after_chunks is not None and self._chunks_done >= self.crash_after_chunks:
                 os._exit(137)  # tests: a run killed between chunks
-        parts = max(1, min(self.workers, len(codes) // 2000 + 1))
-        groups: list[list[str]] = [[] for _ in range(parts)]
-        for code in sorted(codes):
-            groups[int(hashlib.blake2b(code.encode(), digest_size=4).hexdigest(), 16) % parts].append(code)
-        settled = [
-            pool.submit(timed, settle_traces, {"batch_id": prepared.batch_id, "part": p, "codes": g})
-            for p, g in enumerate(groups)
-            if g
-        ]
+        parts = max(1, min(self.workers, deferred // 2000 + 1))  # (a code in two chunks counts twice)
+        event = {"batch_id": prepared.batch_id, "parts": parts, "keys": sorted(code_keys)}
+        settled = [pool.submit(timed, settle_traces, {**event, "part": p}) for p in range(parts) if code_keys]
         out: list[dict[str, Any]] = [r for r in results if r is not None]
         for future in settled:
             output, cpu, pid = future.result()
@@ -694,6 +709,9 @@ class OutboxSink(NotificationSink):
 
     def publish_alert(self, message: AlertMessage) -> bool:
         return bool(self.box.record([OutboxEntry("alerts", message)]))
+
+    def publish_alerts(self, messages: Sequence[AlertMessage]) -> list[bool]:
+        return record_all(self.box, "alerts", messages)
 
     def publish_letter(self, message: AlertMessage) -> bool:
         return bool(self.box.record([OutboxEntry("letters", message)]))

@@ -426,12 +426,36 @@ class SqliteRepository(HistoryRepository):
         self._cache_lock = threading.Lock()
 
     # ------------------------------------------------------------ lines
-    def record_lines(self, lines: Sequence[ClaimLine]) -> list[ClaimLine]:
+    def record_lines(self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None) -> list[ClaimLine]:
+        known = bodies or {}
         unique: dict[str, ClaimLine] = {}
         for line in lines:
             unique.setdefault(line.line_id, line)
         if not unique:
             return []
+        # the rows are built before the write lock is taken: another worker writes meanwhile
+        rows: dict[str, tuple[Any, ...]] = {}
+        sales: dict[str, list[tuple[Any, ...]]] = {}
+        for line_id, line in unique.items():
+            t = _ts(line.fee_ocur_time)
+            psn_no, fixmedins_code = line.psn_no, line.fixmedins_code
+            rows[line_id] = (
+                line_id,
+                psn_no,
+                t,
+                t[:7],  # the period, YYYY-MM
+                fixmedins_code,
+                line.bilg_dr_codg,
+                line.admdvs,
+                int(line.monitored),
+                known.get(line_id) or encode_line(line),
+            )
+            if line.trace_codes:
+                special = line.reverses or line.trdn_flag or line.received_at
+                sales[line_id] = [
+                    (code, line_id, t, psn_no, fixmedins_code, TraceSale.of(line, code).encode() if special else None)
+                    for code in dict.fromkeys(line.trace_codes)
+                ]
         with self.state.write("record lines") as conn:
             stored = {
                 row[0]
@@ -439,48 +463,19 @@ class SqliteRepository(HistoryRepository):
                     "SELECT line_id FROM lines WHERE line_id IN (SELECT value FROM json_each(?))", (_ids(unique),)
                 )
             }
-            fresh_rows = [
-                (line_id, line, _ts(line.fee_ocur_time)) for line_id, line in unique.items() if line_id not in stored
-            ]
-            fresh = [line for _, line, _ in fresh_rows]
+            fresh_ids = [line_id for line_id in unique if line_id not in stored]
             conn.executemany(
                 "INSERT INTO lines (line_id, psn_no, t, period, fixmedins_code, bilg_dr_codg, admdvs, monitored, body)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        line_id,
-                        line.psn_no,
-                        t,
-                        t[:7],  # the period, YYYY-MM
-                        line.fixmedins_code,
-                        line.bilg_dr_codg,
-                        line.admdvs,
-                        int(line.monitored),
-                        encode_line(line),
-                    )
-                    for line_id, line, t in fresh_rows
-                ],
+                [rows[line_id] for line_id in fresh_ids],
             )
             conn.executemany(
                 "INSERT OR IGNORE INTO trace_sales (code, line_id, t, psn_no, fixmedins_code, sale) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        code,
-                        line_id,
-                        t,
-                        line.psn_no,
-                        line.fixmedins_code,
-                        TraceSale.of(line, code).encode()
-                        if line.reverses or line.trdn_flag or line.received_at
-                        else None,
-                    )
-                    for line_id, line, t in fresh_rows
-                    for code in dict.fromkeys(line.trace_codes)
-                ],
+                [sale for line_id in fresh_ids for sale in sales.get(line_id, ())],
             )
-        self._recent = {line_id: line for line_id, line, _ in fresh_rows}
-        return fresh
+        self._recent = {line_id: unique[line_id] for line_id in fresh_ids}
+        return list(self._recent.values())
 
     def _keyed(self, keys: Collection[str], sql: str) -> tuple[dict[str, list[Any]], list[Any]]:
         """An empty list for each key, and the rows of `sql`, whose one parameter is the keys
@@ -541,6 +536,16 @@ class SqliteRepository(HistoryRepository):
             else:
                 out[code].append(TraceSale(datetime.fromisoformat(t), line_id, code, psn_no, fixmedins_code))
         return out
+
+    def resold_codes(self, codes: Collection[str]) -> set[str]:
+        if not codes:
+            return set()
+        rows = self.state.read(
+            "SELECT code FROM trace_sales WHERE code IN (SELECT value FROM json_each(?)) "
+            "GROUP BY code HAVING count(*) > 1",  # one row per (code, line_id): the primary key
+            (_ids(codes),),
+        )
+        return {row[0] for row in rows}
 
     # ------------------------------------------------------------ findings
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:

@@ -82,7 +82,7 @@ def notify_chunks(
     `deliver` (`AwsNotificationSink.deliver`): messages are recorded in the outbox, then the
     pending ones published (at most `drain_limit` per call; the sweeper publishes the rest)."""
     todo = findings_to_alert(results, [*request.chunk_results, request.institutions])
-    findings = todo.findings if current is None else settled(todo.findings, current)
+    findings = todo.findings = todo.findings if current is None else settled(todo.findings, current)
     if outbox is not None and deliver is None:
         raise ValueError("notify_chunks: an outbox needs a deliver function (the sink that publishes)")
     recording = RecordingSink(outbox, sink) if outbox is not None else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rxguard.dynamo import DynamoRepository, ResultStore, activity_units
 from rxguard.engine.rules import trigger_lines
-from rxguard.ingest import read_chunk
+from rxguard.ingest import read_chunk_bodies
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, Finding, Scene
 from rxguard.observability import logger
@@ -24,8 +24,8 @@ def screen_chunk(
     lost = results.exists(started) and not results.exists(key)  # an earlier attempt died mid-way
     if not lost:
         results.put_bytes(started, b"", "text/plain")
-    lines = read_chunk(results.get_bytes(request.chunk_key))
-    outcome = screen_lines(lines, repo, kb, scene=Scene.POST)
+    lines, bodies = read_chunk_bodies(results.get_bytes(request.chunk_key))
+    outcome = screen_lines(lines, repo, kb, scene=Scene.POST, bodies=bodies)
     changes = outcome.changes
     recovered: list[Finding] = []
     if lost:

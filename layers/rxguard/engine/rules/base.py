@@ -89,6 +89,7 @@ class Rule:
         self.rules = rules
         self.kb = kb
         self._params: dict[str | None, Any] = {}
+        self._active: dict[tuple[date, str | None], bool] = {}  # a hot path: ~5 calls a line
 
     @property
     def enabled(self) -> bool:
@@ -107,7 +108,10 @@ class Rule:
         return self.rules.severity(self.id, admdvs)
 
     def active(self, on: date, admdvs: str | None) -> bool:
-        return self.rules.active(self.id, on, admdvs)
+        found = self._active.get((on, admdvs))
+        if found is None:
+            found = self._active[(on, admdvs)] = self.rules.active(self.id, on, admdvs)
+        return found
 
     def applies(self, drug: Drug) -> bool:
         return self.rules.applies(self.id, drug)

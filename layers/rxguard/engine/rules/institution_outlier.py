@@ -29,10 +29,10 @@ growth, with >= `min_growth_lines` lines. Severity medium; high with both signal
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
-from statistics import median
 
 from rxguard.engine.common import higher, num
 from rxguard.engine.institutions import ActivityAggregate, period_start, previous_period
@@ -125,6 +125,21 @@ def judge(unit: Window, peers: PeerSet, p: InstitutionOutlierParameters) -> tupl
     if se <= 0:  # peers wholly flagged: nobody is above them
         return p0, p0, 0.0
     return p0, p0 + p.z_limit * se, (unit.share - p0) / se
+
+
+def median_without(ordered: Sequence[float], own: float | None) -> float:
+    """The median of `ordered` (sorted) without one occurrence of `own` (all of it when
+    `own` is None), 1.0 when nothing is left: each unit's peers' median growth without a
+    copy and a sort per unit (thousands of prescribers a month)."""
+    skip = len(ordered) if own is None else bisect_left(ordered, own)  # `own` is in `ordered`
+    n = len(ordered) - (own is not None)
+    if n == 0:
+        return 1.0
+
+    def at(k: int) -> float:
+        return ordered[k if k < skip else k + 1]
+
+    return at(n // 2) if n % 2 else (at(n // 2 - 1) + at(n // 2)) / 2
 
 
 class InstitutionOutlier(Rule):
@@ -221,11 +236,11 @@ class InstitutionOutlier(Rule):
                 if before is not None and before.monitored_lines > 0:
                     p: InstitutionOutlierParameters = self.params(a.admdvs)
                     growth[a.code] = a.monitored_lines / max(before.monitored_lines, p.growth_baseline_lines)
+            ordered = sorted(growth.values())
             for a in members:
                 p = self.params(a.admdvs)
                 g = growth.get(a.code)
-                peer_growth = [v for code, v in growth.items() if code != a.code]
-                peer_g = median(peer_growth) if peer_growth else 1.0
+                peer_g = median_without(ordered, g)
                 hit = (
                     g is not None
                     and a.monitored_lines >= p.min_growth_lines
