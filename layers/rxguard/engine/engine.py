@@ -21,7 +21,7 @@ from rxguard.engine.rules.cumulative_oversupply import CumulativeOversupply
 from rxguard.engine.rules.early_refill import EarlyRefill
 from rxguard.engine.rules.frequent_visits import FrequentVisits
 from rxguard.engine.rules.identity_misuse import IdentityMisuse, Places
-from rxguard.engine.rules.indication_mismatch import IndicationMismatch
+from rxguard.engine.rules.indication_mismatch import Diagnoses, IndicationMismatch, diagnoses_of
 from rxguard.engine.rules.institution_outlier import InstitutionOutlier
 from rxguard.engine.rules.multi_hospital_days import MultiHospitalDays
 from rxguard.engine.rules.multi_provider import MultiProvider, ProviderWindow
@@ -63,6 +63,7 @@ class _History:
     covering: dict[str, dict[str, Fill]] = field(default_factory=dict)  # therapeutic-duplication, by class
     providers: dict[str, ProviderWindow] = field(default_factory=dict)  # multi-provider, by class
     places: Places = field(default_factory=Places)  # identity-misuse
+    diagnoses: Diagnoses | None = None  # indication-mismatch: its diagnoses (when a check first needs them)
 
 
 def _order(line: ClaimLine) -> tuple[object, str]:
@@ -251,8 +252,14 @@ class Engine:
             hits = []
             self._identity.walk(psn_no, known.places.copy(), proposed, hits)
             findings.extend(self._identity.finding(h) for h in hits)
-        if self._indication.enabled:
-            findings.extend(self._indication.findings(psn_no, [*known.netted, *proposed], proposed))
+        if self._indication.enabled and any(
+            (drug := self.kb.drug(line.med_list_codg)) is not None and drug.restricted_indications for line in proposed
+        ):
+            with known.lock:
+                if known.diagnoses is None:
+                    known.diagnoses = diagnoses_of(known.netted)
+            diagnoses = diagnoses_of(proposed, known.diagnoses)
+            findings.extend(self._indication.findings(psn_no, proposed, proposed, diagnoses))
         findings.extend(self._trace.within_line_findings(psn_no, proposed))
         return [f for f in _unique(findings) if not wanted.isdisjoint(f.evidence)]
 
