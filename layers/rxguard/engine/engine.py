@@ -1,5 +1,6 @@
 """The rule engine: the rules of the catalogue (engine/rules/), configured by rules/rules.yaml,
-over a patient's whole timeline, a traceability code's sales, and institutions' monthly activity. Pure: no I/O."""
+over a patient's whole timeline, a traceability code's sales, and institutions' monthly activity. Pure: no I/O
+(for checks it keeps the walks of the histories it judged: `Engine.evaluate_patient_lines`)."""
 
 from __future__ import annotations
 
@@ -152,7 +153,10 @@ class Engine:
         - the monthly rules (in and post scenes) read every other finding (pharmacy-spend's
           flagged lines): when one is selected, the whole timeline is evaluated.
 
-        tests/unit/test_engine_proposed.py proves the equality over random timelines."""
+        Without a monthly rule, the walks of the history (the timeline less the proposed
+        lines) are kept and resumed over the proposed lines when nothing they settled can
+        change (`_resumed`). tests/unit/test_engine_proposed.py proves the equality over
+        random timelines, for both paths."""
         wanted = set(line_ids)
         if self._resumable:
             resumed = self._resumed(psn_no, timeline, wanted)
