@@ -204,6 +204,7 @@ def measure(
     seed: int = 7,
     workers: int | None = None,
     threads: int | None = None,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     from bench.engine import population
     from rxguard.local.state import State
@@ -231,11 +232,17 @@ def measure(
             _warm = multiprocessing.get_context("spawn").Queue()
             _client_process(port, 1, 20, bodies, 0, _warm)
             _warm.get()
-            cpu_before, busy_before = _cpu_seconds(server.pid), _machine_busy_seconds()
-            results, wall = _load(port, clients, requests, bodies)
-            figures = _figures(
-                results, wall, _cpu_seconds(server.pid) - cpu_before, _machine_busy_seconds() - busy_before
-            )
+            figures: dict[str, Any] = {}
+            for n in range(rounds):
+                cpu_before, busy_before = _cpu_seconds(server.pid), _machine_busy_seconds()
+                results, wall = _load(port, clients, requests, bodies)
+                measured = _figures(
+                    results, wall, _cpu_seconds(server.pid) - cpu_before, _machine_busy_seconds() - busy_before
+                )
+                if n == 0:
+                    figures = measured
+                else:  # the same load again: every worker started, the patients' histories read and kept
+                    figures.setdefault("again", []).append(measured)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -257,6 +264,78 @@ def measure(
     }
 
 
+def in_process(
+    patients: int = 300, checks: int = 300, blocks: int = 5, seed: int = 7, profile: str | None = None
+) -> dict[str, Any]:
+    """One process, one request at a time through serve's WSGI app over a fresh state (no
+    HTTP, no concurrency): the server CPU a check without the machine's sharing. The same
+    bodies as `measure`; best and median of `blocks` blocks of `checks` checks. With
+    `profile`, a cProfile of one more block is written there (pstats)."""
+    import io
+
+    from bench.engine import population
+    from rxguard.api.serve import services_invoke, site_app
+    from rxguard.api.settings import ApiSettings
+    from rxguard.bootstrap import open_local
+    from rxguard.local.state import State
+
+    lines = population(patients, 12, seed)
+    bodies, history_lines = _bodies(lines, min(patients, 100))
+    with tempfile.TemporaryDirectory() as tmp:
+        with State.open(tmp) as state:
+            repo = state.repository()
+            for start in range(0, len(lines), 5000):
+                repo.record_lines(lines[start : start + 5000])
+        settings = ApiSettings.model_validate({"auth_mode": "open", "callers": {}})
+        site = open_local(Path(tmp), settings)
+        try:
+            app = site_app(site.services, services_invoke(site.services), settings.max_body_bytes)
+            raw = [json.dumps(b).encode() for b in bodies]
+
+            def one(body: bytes) -> None:
+                environ = {
+                    "REQUEST_METHOD": "POST",
+                    "PATH_INFO": "/v1/checks",
+                    "CONTENT_TYPE": "application/json",
+                    "CONTENT_LENGTH": str(len(body)),
+                    "wsgi.input": io.BytesIO(body),
+                }
+                status: list[str] = []
+                app(environ, lambda s, h: status.append(s))
+                if not status[0].startswith("200"):
+                    raise RuntimeError(f"check answered {status[0]}")
+
+            for body in raw[:20]:  # warm-up: the knowledge base, the engine's caches
+                one(body)
+            per_block = []
+            for b in range(blocks):
+                started = time.process_time()
+                for i in range(checks):
+                    one(raw[(b * checks + i) % len(raw)])
+                per_block.append((time.process_time() - started) / checks * 1000)
+            if profile:
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.enable()
+                for i in range(checks):
+                    one(raw[i % len(raw)])
+                profiler.disable()
+                profiler.dump_stats(profile)
+        finally:
+            site.close()
+    return {
+        "population_lines": len(lines),
+        "checked_patients": len(bodies),
+        "history_lines_median": history_lines,
+        "checks_per_block": checks,
+        "cpu_ms_per_check_best": round(min(per_block), 3),
+        "cpu_ms_per_check_median": round(statistics.median(per_block), 3),
+        "cpu_ms_per_check_blocks": [round(x, 3) for x in per_block],
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=300)
@@ -267,8 +346,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--baseline", action="store_true", help="also the same load on a do-nothing app (the machine's share)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the load this many times on one server (figures of each: 'again')"
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="only the CPU a check in one process, one request at a time through the WSGI app (no HTTP)",
+    )
+    parser.add_argument("--profile", metavar="FILE", help="with --in-process: a cProfile (pstats) of one more block")
     args = parser.parse_args(argv)
-    figures = measure(args.patients, args.clients, args.requests, workers=args.workers, threads=args.threads)
+    if args.in_process:
+        print(json.dumps(in_process(args.patients, profile=args.profile), indent=1))
+        return 0
+    figures = measure(
+        args.patients, args.clients, args.requests, workers=args.workers, threads=args.threads, rounds=args.rounds
+    )
     if args.baseline:
         figures["baseline_do_nothing_app"] = baseline(args.clients, args.requests)
     print(json.dumps(figures, indent=1))

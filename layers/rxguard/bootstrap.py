@@ -351,6 +351,9 @@ def _outboxed_api_alerts(
 # ------------------------------------------------------------------ the local runtime
 
 LINE_CACHE = 200_000  # decoded history lines kept by `rxguard serve --state` (checks re-read the same patients)
+# walked histories each engine keeps for checks (docs/rules.md#scenes): the cached lines are the
+# same objects from one check of a patient to the next, so a later check resumes the walks
+CHECK_HISTORIES = 1024
 
 
 def local_api_services(state: State, settings: ApiSettings, core: Settings | None = None) -> Services:
@@ -358,12 +361,14 @@ def local_api_services(state: State, settings: ApiSettings, core: Settings | Non
     stored history, a dispensation is screened on the same repository as a batch's lines (so
     it is history for the next batch), findings are listed and reviewed in the state the runs
     write. No alerts topic here: `alerts_sent` is null (the batch runs write the alerts)."""
+    from rxguard import screening
     from rxguard.alerts.outbox import OutboxEntry
     from rxguard.api.service import Services
     from rxguard.local.audit import SqliteAuditLog
 
     core = core or Settings.from_env()
     outbox = state.outbox()
+    screening.keep_histories(CHECK_HISTORIES)
     return Services(
         kb=get_knowledge_base(core.rules_dir, core.phase),
         repo=state.repository(line_cache=LINE_CACHE),

@@ -28,14 +28,28 @@ RECORDING_SCENES = frozenset({Scene.IN, Scene.POST})
 _ENGINES: dict[tuple[int, frozenset[Scene] | None], tuple[KnowledgeBase, Engine]] = {}
 
 
+_KEEP: list[int] = []  # histories each engine keeps for checks, when set (`keep_histories`)
+
+
 def engine_for(kb: KnowledgeBase, scenes: Collection[Scene] | None = None) -> Engine:
     """A cached engine for this knowledge base and scenes (its caches persist across calls)."""
     key = (id(kb), frozenset(scenes) if scenes is not None else None)
     cached = _ENGINES.get(key)
     if cached is None or cached[0] is not kb:
         cached = (kb, Engine(kb, scenes))
+        if _KEEP:
+            cached[1].keep_histories = _KEEP[0]
         _ENGINES[key] = cached
     return cached[1]
+
+
+def keep_histories(count: int) -> None:
+    """How many walked histories every engine keeps for checks (`Engine.evaluate_patient_lines`):
+    worth more than the default only where a patient's history lines are the same objects from
+    one check to the next (the local state's line cache, `rxguard serve`)."""
+    _KEEP[:] = [max(2, count)]
+    for _, engine in _ENGINES.values():
+        engine.keep_histories = _KEEP[0]
 
 
 @dataclass
@@ -161,7 +175,9 @@ def check_lines(
 ) -> dict[str, list[Finding]]:
     """Pre-dispensing check: by proposed line id, the findings (rules of the `pre` scene,
     or of the given scenes: a 3101 trigger at settlement) whose evidence includes it,
-    judged against the recorded history. Records nothing."""
+    judged against the recorded history. Records nothing. The engine evaluates only the part
+    of each patient's timeline that can share a finding with the proposed lines
+    (`Engine.evaluate_patient_lines`: the same findings as the whole timeline's)."""
     batch, _ = _dedupe(proposed)
     ids = {line.line_id for line in batch}
     out: dict[str, list[Finding]] = {line.line_id: [] for line in batch}
@@ -176,7 +192,7 @@ def check_lines(
     for psn in patients:
         timeline = [line for line in history.get(psn, ()) if line.line_id not in ids]
         timeline.extend(line for line in batch if line.psn_no == psn)
-        findings.extend(engine.evaluate_patient(psn, timeline))
+        findings.extend(engine.evaluate_patient_lines(psn, timeline, ids))  # only what can involve them
     batch_sales = _sales_by_code(batch)
     for code in codes:
         stored = [s for s in sales.get(code, ()) if s.line_id not in ids]

@@ -531,13 +531,13 @@ class _OneIngredient(_CheckReads):
 
     def __init__(self, reads: _CachedReads, ingredient: str) -> None:
         self.reads, self.ingredient = reads, ingredient
+        self.narrowed: dict[str, list[ClaimLine]] = {}  # filtered once: the search re-checks many times
 
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
-        loaded = self.reads.load_history(psn_nos)
-        return {
-            p: [ln for ln in lines if (ln.atc_code or ln.med_list_codg) == self.ingredient]
-            for p, lines in loaded.items()
-        }
+        missing = [p for p in psn_nos if p not in self.narrowed]
+        for p, lines in self.reads.load_history(missing).items() if missing else ():
+            self.narrowed[p] = [ln for ln in lines if (ln.atc_code or ln.med_list_codg) == self.ingredient]
+        return {p: self.narrowed[p] for p in psn_nos}
 
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
         return {c: [] for c in codes}  # trace-code reuse cannot be waited out

@@ -32,6 +32,10 @@ class MonthlyRules:
     def __init__(self, visits: FrequentVisits, hospitals: MultiHospitalDays, spend: PharmacySpend) -> None:
         self.visits, self.hospitals, self.spend = visits, hospitals, spend
 
+    @property
+    def enabled(self) -> bool:
+        return self.visits.enabled or self.hospitals.enabled or self.spend.enabled
+
     def evaluate(self, psn_no: str, timeline: Sequence[ClaimLine], flagged: set[str]) -> list[Finding]:
         wanted = [r for r in (self.visits, self.hospitals, self.spend) if r.enabled]
         if not wanted or not timeline:

@@ -25,6 +25,17 @@ class Stock:
     _rule: Any = None  # the parameters the maximum was computed with
     _allowed: Callable[[Fill], tuple[float, str]] | None = None
 
+    def copy(self) -> Stock:
+        """An independent copy (the fills themselves are shared)."""
+        return Stock(
+            deque([list(entry) for entry in self.entries]),
+            self.total,
+            list(self.pushed),
+            deque(self._best),
+            self._rule,
+            self._allowed,
+        )
+
     def consume(self, days: float) -> None:
         """Use `days` of supply, oldest first."""
         entries = self.entries

@@ -10,10 +10,23 @@ institutions and day."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from rxguard.engine.rules.base import Hit, Parameters, Rule
 from rxguard.models import ClaimLine
+
+
+@dataclass
+class Places:
+    """Where the walk stands: each region's latest line (in the order the regions first
+    appeared: of two pairs of one day, the first found is reported) and the pairs found."""
+
+    latest: dict[str, ClaimLine] = field(default_factory=dict)
+    seen: set[tuple[str, str, str]] = field(default_factory=set)
+
+    def copy(self) -> Places:
+        return Places(dict(self.latest), set(self.seen))
 
 
 class IdentityMisuseParameters(Parameters):
@@ -32,9 +45,14 @@ class IdentityMisuse(Rule):
     def evaluate(self, psn_no: str, timeline: Sequence[ClaimLine]) -> list[Hit]:
         if not self.enabled:
             return []
-        latest: dict[str, ClaimLine] = {}  # region -> its latest line
-        seen: set[tuple[str, str, str]] = set()
         out: list[Hit] = []
+        self.walk(psn_no, Places(), timeline, out)
+        return out
+
+    def walk(self, psn_no: str, places: Places, timeline: Sequence[ClaimLine], out: list[Hit] | None) -> None:
+        """The lines in time order after `places` (updated in place: where an earlier walk
+        stopped; a check resumes its history's); hits into `out` (None: none made)."""
+        latest, seen = places.latest, places.seen
         for line in timeline:
             region = line.admdvs
             if not region or line.reverses is not None:
@@ -57,9 +75,9 @@ class IdentityMisuse(Rule):
                     if key in seen:
                         continue
                     seen.add(key)  # type: ignore[arg-type]
-                    out.append(self._hit(psn_no, other, line, gap, limit, level))
+                    if out is not None:
+                        out.append(self._hit(psn_no, other, line, gap, limit, level))
             latest[region] = line
-        return out
 
     def _hit(self, psn_no: str, first: ClaimLine, second: ClaimLine, gap: timedelta, limit: float, level: str) -> Hit:
         hours = round(gap.total_seconds() / 3600, 1)

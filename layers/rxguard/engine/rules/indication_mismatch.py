@@ -21,6 +21,27 @@ class IndicationMismatchParameters(Parameters):
     lookback_days: int = 365  # a matching diagnosis on another line of the patient this recently counts
 
 
+# the diagnoses of a timeline: (day, codes) per line with any, and the codes of each visit
+# (institution, visit id); the order of either does not change a finding
+Diagnoses = tuple[list[tuple[int, list[str]]], dict[tuple[str, str], list[str]]]
+
+
+def diagnoses_of(timeline: Sequence[ClaimLine], more: Diagnoses | None = None) -> Diagnoses:
+    """The diagnoses of `timeline`, added to copies of `more` (a history's, kept) when given
+    (`more` itself when `timeline` has none: readers do not change them)."""
+    if more is not None and not any(line.diagnoses for line in timeline):
+        return more
+    diagnosed: list[tuple[int, list[str]]] = list(more[0]) if more else []
+    visits: dict[tuple[str, str], list[str]] = dict(more[1]) if more else {}
+    for line in timeline:
+        if line.diagnoses:
+            codes = [d.strip().upper() for d in line.diagnoses]
+            diagnosed.append((line.fee_ocur_time.toordinal(), codes))
+            visit = (line.fixmedins_code, line.mdtrt_id)
+            visits[visit] = [*visits.get(visit, ()), *codes]
+    return diagnosed, visits
+
+
 def _matches(codes: Sequence[str], prefixes: Sequence[str]) -> bool:
     return any(c.startswith(p) for c in codes for p in prefixes)
 
@@ -34,26 +55,36 @@ class IndicationMismatch(Rule):
     risk_weight = 0.4
     Parameters = IndicationMismatchParameters
 
-    def findings(self, psn_no: str, timeline: Sequence[ClaimLine]) -> list[Finding]:
-        return [self.finding(hit) for hit in self.evaluate(psn_no, timeline)]
+    def findings(
+        self,
+        psn_no: str,
+        timeline: Sequence[ClaimLine],
+        judged: Sequence[ClaimLine] | None = None,
+        diagnoses: Diagnoses | None = None,
+    ) -> list[Finding]:
+        return [self.finding(hit) for hit in self.evaluate(psn_no, timeline, judged, diagnoses)]
 
-    def evaluate(self, psn_no: str, timeline: Sequence[ClaimLine]) -> list[Hit]:
+    def evaluate(
+        self,
+        psn_no: str,
+        timeline: Sequence[ClaimLine],
+        judged: Sequence[ClaimLine] | None = None,
+        diagnoses: Diagnoses | None = None,
+    ) -> list[Hit]:
+        """A hit per restricted line of `judged` (default: the whole timeline) without a
+        matching diagnosis in `timeline` (or in `diagnoses`, `diagnoses_of(timeline)` kept by
+        the caller). A hit's evidence is its line alone, so judging some lines gives exactly
+        the whole timeline's hits on them."""
         if not self.enabled:
             return []
         restricted: list[tuple[ClaimLine, Drug]] = []
-        for line in timeline:
+        for line in timeline if judged is None else judged:
             drug = self.kb.drug(line.med_list_codg)
             if drug is not None and drug.restricted_indications:
                 restricted.append((line, drug))
         if not restricted:
             return []
-        diagnosed: list[tuple[int, list[str]]] = []  # (day, codes), in time order
-        visits: dict[tuple[str, str], list[str]] = {}
-        for line in timeline:
-            if line.diagnoses:
-                codes = [d.strip().upper() for d in line.diagnoses]
-                diagnosed.append((line.fee_ocur_time.toordinal(), codes))
-                visits.setdefault((line.fixmedins_code, line.mdtrt_id), []).extend(codes)
+        diagnosed, visits = diagnoses_of(timeline) if diagnoses is None else diagnoses
         matching_days: dict[str, list[int]] = {}
         out: list[Hit] = []
         for line, drug in restricted:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from rxguard.engine.common import higher
@@ -22,6 +23,24 @@ class MultiProviderParameters(Parameters):
     min_institutions: int = 4
     min_prescribers: int = 4
     window_days: int = 90
+
+
+@dataclass
+class ProviderWindow:
+    """Where the walk of one class's lines stands: the lines so far, the first in the window,
+    its institutions and prescribers, and the run at or above the thresholds going on
+    (anchor, window at its peak, peaks)."""
+
+    lines: list[ClaimLine] = field(default_factory=list)
+    start: int = 0
+    institutions: Counter[str] = field(default_factory=Counter)
+    prescribers: Counter[str] = field(default_factory=Counter)
+    run: tuple[ClaimLine, list[ClaimLine], int, int] | None = None
+
+    def copy(self) -> ProviderWindow:
+        return ProviderWindow(
+            list(self.lines), self.start, Counter(self.institutions), Counter(self.prescribers), self.run
+        )
 
 
 def prescriber_of(line: ClaimLine) -> str:
@@ -39,50 +58,66 @@ class MultiProvider(Rule):
     def evaluate(self, psn_no: str, timeline: Sequence[ClaimLine]) -> list[Hit]:
         if not self.enabled:
             return []
+        classes = self.classes(timeline)
+        out: list[Hit] = []
+        for atc4 in sorted(classes):
+            out.extend(self._class(psn_no, atc4, classes[atc4]))
+        return out
+
+    def classes(self, timeline: Sequence[ClaimLine]) -> dict[str, list[ClaimLine]]:
+        """The lines the rule counts, by ATC level-4 class (in the timeline's order)."""
         classes: dict[str, list[ClaimLine]] = {}
         for line in timeline:
             drug = self.kb.drug(line.med_list_codg)
             if drug is None or is_ward_use(line) or line.reverses is not None or not self.applies(drug):
                 continue
             classes.setdefault(drug.atc_code[:5], []).append(line)
-        out: list[Hit] = []
-        for atc4 in sorted(classes):
-            out.extend(self._class(psn_no, atc4, classes[atc4]))
-        return out
+        return classes
 
     def _class(self, psn_no: str, atc4: str, lines: list[ClaimLine]) -> list[Hit]:
-        """Two pointers over the class's lines in time order: the window's institutions and
-        prescribers as counters (linear in the lines)."""
-        institutions: Counter[str] = Counter()
-        prescribers: Counter[str] = Counter()
-        start = 0
         out: list[Hit] = []
-        run: tuple[ClaimLine, list[ClaimLine], int, int] | None = None  # anchor, window at peak, peaks
-        for end, line in enumerate(lines):
+        window = ProviderWindow()
+        self.walk(psn_no, atc4, window, lines, out)
+        self.close(psn_no, atc4, window, out)
+        return out
+
+    def walk(
+        self, psn_no: str, atc4: str, window: ProviderWindow, lines: list[ClaimLine], out: list[Hit] | None
+    ) -> None:
+        """Two pointers over the class's lines in time order: the window's institutions and
+        prescribers as counters (linear in the lines). `window` (updated in place) is where an
+        earlier walk stopped: a check resumes its history's; hits into `out` (None: none made)."""
+        institutions, prescribers = window.institutions, window.prescribers
+        for line in lines:
+            window.lines.append(line)
+            end, every = len(window.lines) - 1, window.lines
             p: MultiProviderParameters = self.params(line.admdvs)
             institutions[line.fixmedins_code] += 1
             prescribers[prescriber_of(line)] += 1
             horizon = line.fee_ocur_time - timedelta(days=p.window_days)
-            while lines[start].fee_ocur_time <= horizon:
-                old = lines[start]
+            while every[window.start].fee_ocur_time <= horizon:
+                old = every[window.start]
                 for counter, key in ((institutions, old.fixmedins_code), (prescribers, prescriber_of(old))):
                     counter[key] -= 1
                     if not counter[key]:
                         del counter[key]
-                start += 1
+                window.start += 1
             n_inst, n_doc = len(institutions), len(prescribers)
             hit = n_inst >= p.min_institutions and n_doc >= p.min_prescribers and self.active(line.day, line.admdvs)
+            run = window.run
             if hit:
                 if run is None:
-                    run = (line, lines[start : end + 1], n_inst, n_doc)
+                    window.run = (line, every[window.start : end + 1], n_inst, n_doc)
                 elif (n_inst, n_doc) > (run[2], run[3]):
-                    run = (run[0], lines[start : end + 1], n_inst, n_doc)
+                    window.run = (run[0], every[window.start : end + 1], n_inst, n_doc)
             elif run is not None:
-                out.append(self._hit(psn_no, atc4, *run))
-                run = None
-        if run is not None:
-            out.append(self._hit(psn_no, atc4, *run))
-        return out
+                if out is not None:
+                    out.append(self._hit(psn_no, atc4, *run))
+                window.run = None
+
+    def close(self, psn_no: str, atc4: str, window: ProviderWindow, out: list[Hit]) -> None:
+        if window.run is not None:
+            out.append(self._hit(psn_no, atc4, *window.run))
 
     def _hit(self, psn_no: str, atc4: str, anchor: ClaimLine, window: list[ClaimLine], n_inst: int, n_doc: int) -> Hit:
         p: MultiProviderParameters = self.params(anchor.admdvs)

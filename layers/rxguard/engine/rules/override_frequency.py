@@ -37,10 +37,12 @@ class OverrideFrequency(Rule):
 
     def evaluate(self, psn_no: str, atc: str, fills: list[Fill]) -> list[Hit]:
         """Mark the fills whose override is beyond the limit (`Fill.override_excess`; they
-        lose their override), and return one hit per run of such fills."""
+        lose their override), and return one hit per run of such fills. Fills marked by an
+        earlier call count as declared: marking again gives the same marks (a check resumes
+        the walk of fills marked when its history was walked, `SupplyRules.prepare`)."""
         if not self.enabled:
             return []
-        declared = [f for f in fills if f.override]
+        declared = [f for f in fills if f.override or f.override_excess]
         runs: list[list[tuple[Fill, list[Fill]]]] = []  # runs of (excess fill, overrides in its window)
         previous_excess = False
         for i, fill in enumerate(declared):
@@ -58,7 +60,7 @@ class OverrideFrequency(Rule):
             previous_excess = True
         for run in runs:
             for fill, _ in run:
-                fill.override_excess, fill.override = fill.override, None
+                fill.override_excess, fill.override = fill.override or fill.override_excess, None
         return [self._hit(psn_no, atc, run) for run in runs]
 
     def _hit(self, psn_no: str, atc: str, run: list[tuple[Fill, list[Fill]]]) -> Hit:

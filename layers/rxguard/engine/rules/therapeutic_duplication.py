@@ -42,15 +42,23 @@ class TherapeuticDuplication(Rule):
             if len({f.atc for f in members}) < 2:
                 continue
             members.sort(key=lambda f: (f.time, f.line_ids[0]))
-            covering: dict[str, Fill] = {}  # ingredient -> its latest fill so far
-            for fill in members:
+            self.walk(psn_no, atc4, members, {}, out)
+        return out
+
+    def walk(
+        self, psn_no: str, atc4: str, members: list[Fill], covering: dict[str, Fill], out: list[Hit] | None
+    ) -> None:
+        """Judge a class's fills in time order (hits into `out`; None: none judged) after the
+        fills `covering` (ingredient -> its latest fill so far, updated in place) sums up:
+        a check resumes the walk of its history's fills."""
+        for fill in members:
+            if out is not None:
                 hit = self._check(psn_no, atc4, fill, covering)
                 if hit is not None:
                     out.append(hit)
-                latest = covering.get(fill.atc)
-                if latest is None or fill.end >= latest.end:
-                    covering[fill.atc] = fill
-        return out
+            latest = covering.get(fill.atc)
+            if latest is None or fill.end >= latest.end:
+                covering[fill.atc] = fill
 
     def _check(self, psn_no: str, atc4: str, fill: Fill, covering: dict[str, Fill]) -> Hit | None:
         if not self.applies(fill.drug) or fill.override == "dose_change":
