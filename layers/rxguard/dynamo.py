@@ -208,12 +208,20 @@ def _merge_activity(merged: dict[str, dict[str, Any]], period: Any, subject: str
             into[name] = {"SS": sorted(set(into.get(name, {"SS": []})["SS"]) | set(value["SS"]))}
 
 
+def activity_period(line: ClaimLine) -> str | None:
+    """The month a line counts in for institution-outlier (None for an unmonitored line or a
+    reversal, which is not a dispensing)."""
+    if not line.monitored or line.init_feedetl_sn:
+        return None
+    return f"{line.fee_ocur_time:%Y-%m}"
+
+
 def activity_units(line: ClaimLine) -> list[ActivityKey]:
     """The institution-outlier units a monitored line counts for (none for an unmonitored line
     or a reversal, which is not a dispensing)."""
-    if not line.monitored or line.reverses is not None:
+    period = activity_period(line)
+    if period is None:
         return []
-    period = f"{line.fee_ocur_time:%Y-%m}"
     units: list[ActivityKey] = [(period, Scope.institution(line.fixmedins_code))]
     if line.bilg_dr_codg:
         units.append((period, Scope.prescriber(line.bilg_dr_codg)))
