@@ -37,6 +37,16 @@ sys.path[:0] = [str(ROOT / "layers"), str(ROOT / "tools"), str(ROOT)]
 CLIENT_PROCESSES = 4
 
 
+def _record(state_dir: str, lines: Sequence[Any]) -> None:
+    """The population's lines recorded into a fresh state (5,000 a transaction)."""
+    from rxguard.local.state import State
+
+    with State.open(state_dir) as state:
+        repo = state.repository()
+        for start in range(0, len(lines), 5000):
+            repo.record_lines(lines[start : start + 5000])
+
+
 def _cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system, all threads) of a process and its children (pre-fork workers),
     each counted once."""
@@ -207,16 +217,12 @@ def measure(
     rounds: int = 1,
 ) -> dict[str, Any]:
     from bench.engine import population
-    from rxguard.local.state import State
 
     serve_args = [*(["--threads", str(threads)] if threads else []), *(["--workers", str(workers)] if workers else [])]
     lines = population(patients, 12, seed)
     bodies, history_lines = _bodies(lines, min(patients, 100))
     with tempfile.TemporaryDirectory() as tmp:
-        with State.open(tmp) as state:
-            repo = state.repository()
-            for start in range(0, len(lines), 5000):
-                repo.record_lines(lines[start : start + 5000])
+        _record(tmp, lines)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT / "tools"), str(ROOT)])}
         server = subprocess.Popen(
             [sys.executable, "-m", "rxguard_tools.cli", "serve", "--port", "0", "--state", tmp, *serve_args],
@@ -277,15 +283,11 @@ def in_process(
     from rxguard.api.serve import services_invoke, site_app
     from rxguard.api.settings import ApiSettings
     from rxguard.bootstrap import open_local
-    from rxguard.local.state import State
 
     lines = population(patients, 12, seed)
     bodies, history_lines = _bodies(lines, min(patients, 100))
     with tempfile.TemporaryDirectory() as tmp:
-        with State.open(tmp) as state:
-            repo = state.repository()
-            for start in range(0, len(lines), 5000):
-                repo.record_lines(lines[start : start + 5000])
+        _record(tmp, lines)
         settings = ApiSettings.model_validate({"auth_mode": "open", "callers": {}})
         site = open_local(Path(tmp), settings)
         try:

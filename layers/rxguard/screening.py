@@ -60,10 +60,6 @@ class ScreenOutcome:
     scopes: list[Scope] = field(default_factory=list)  # scopes re-evaluated
 
 
-def merge_changes(into: FindingChanges, more: FindingChanges) -> None:
-    into.merge(more)
-
-
 def _dedupe(lines: Iterable[ClaimLine]) -> tuple[list[ClaimLine], list[ClaimLine]]:
     seen: dict[str, ClaimLine] = {}
     repeated: list[ClaimLine] = []
@@ -226,8 +222,6 @@ def replace_institution_findings(
     grouped: dict[str, list[Finding]] = {scope: [] for scope in scopes}
     for finding in findings:
         grouped.setdefault(finding_scope(finding), []).append(finding)
-    changes = FindingChanges()
-    for scope in sorted(grouped):
-        merge_changes(changes, repo.replace_findings(scope, grouped[scope]))
+    changes = repo.replace_many({scope: grouped[scope] for scope in sorted(grouped)})
     repo.flush()
     return changes

@@ -53,13 +53,26 @@ def run(argv: Sequence[str]) -> int:
         from rxguard_tools.offline import cli as offline
 
         return offline.main([a for a in args if a != "--simulate-aws"])
-    if not any(a in ("--workers=1", "-h", "--help") for a in args) and "--workers 1" not in " ".join(args):
+    if _workers(args) != 1 and not {"-h", "--help"} & set(args):
         from rxguard.local.workers import start_early
 
         start_early()  # the worker server imports the domain while this process does
     from rxguard_tools import local_cli as local
 
     return local.main(args)
+
+
+def _workers(args: Sequence[str]) -> int | None:
+    """The `--workers N` of a run's arguments (None when absent or unreadable: local_cli says why)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("--workers", type=int)
+    try:
+        workers: int | None = parser.parse_known_args(list(args))[0].workers
+    except (argparse.ArgumentError, SystemExit):
+        return None
+    return workers
 
 
 def _usage() -> str:

@@ -152,6 +152,8 @@ def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], str | None, int]:
         repo = DeferTraceScopes(ctx.backend.repository(writer=f"{request.batch_id[:16]}-{request.index}"))
         try:
             result = screen_chunk(request, results=ctx.results, repo=repo, kb=ctx.kb)
+            if not repo.codes:
+                return result.model_dump(mode="json"), None, 0
             codes_key = f"{request.chunk_key}.codes"
             ctx.results.put_bytes(codes_key, "\n".join(sorted(repo.codes)).encode("utf-8"), "text/plain")
             return result.model_dump(mode="json"), codes_key, len(repo.codes)
@@ -225,6 +227,7 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     engine = engine_for(ctx.kb, RECORDING_SCENES)
     changes = FindingChanges()
     owners: set[str] = set()
+    cited: set[str] = set()  # the evidence of what changed: the lines the result carries
     for start in range(0, len(codes), SETTLE_SLICE):  # memory bounded whatever the batch's codes
         some = codes[start : start + SETTLE_SLICE]
         # most codes were sold once: no finding to judge (replace_many supersedes any they held)
@@ -236,9 +239,9 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
         }
         step = repo.replace_many(by_scope)  # the SQLite state: one transaction for the slice
         changes.merge(step)
-        cited = {i for f in [*step.new, *step.updated] for i in f.evidence}
-        owners.update(s.psn_no for found in sales.values() for s in found if s.line_id in cited)
-    cited = {i for f in [*changes.new, *changes.updated] for i in f.evidence}
+        step_cited = {i for f in [*step.new, *step.updated] for i in f.evidence}
+        owners.update(s.psn_no for found in sales.values() for s in found if s.line_id in step_cited)
+        cited |= step_cited
     lines = [x for h in (repo.load_history(sorted(owners)) if owners else {}).values() for x in h if x.line_id in cited]
     chunk_key = f"{TRACES}-{part:03d}"
     found = ChunkFindings.of_changes(
@@ -533,7 +536,7 @@ class LocalOrchestrator:
             (output, codes_key, count), cpu, pid = future.result()
             self._worker_cpu(cpu, pid)
             results[n] = output
-            if codes_key is not None and count:
+            if codes_key is not None:
                 code_keys.append(codes_key)
                 deferred += count
             self._log(
