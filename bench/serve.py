@@ -215,12 +215,13 @@ def measure(
     workers: int | None = None,
     threads: int | None = None,
     rounds: int = 1,
+    checked: int = 100,
 ) -> dict[str, Any]:
     from bench.engine import population
 
     serve_args = [*(["--threads", str(threads)] if threads else []), *(["--workers", str(workers)] if workers else [])]
     lines = population(patients, 12, seed)
-    bodies, history_lines = _bodies(lines, min(patients, 100))
+    bodies, history_lines = _bodies(lines, min(patients, checked))
     with tempfile.TemporaryDirectory() as tmp:
         _record(tmp, lines)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers"), str(ROOT / "tools"), str(ROOT)])}
@@ -271,7 +272,12 @@ def measure(
 
 
 def in_process(
-    patients: int = 300, checks: int = 300, blocks: int = 5, seed: int = 7, profile: str | None = None
+    patients: int = 300,
+    checks: int = 300,
+    blocks: int = 5,
+    seed: int = 7,
+    profile: str | None = None,
+    checked: int = 100,
 ) -> dict[str, Any]:
     """One process, one request at a time through serve's WSGI app over a fresh state (no
     HTTP, no concurrency): the server CPU a check without the machine's sharing. The same
@@ -285,7 +291,7 @@ def in_process(
     from rxguard.bootstrap import open_local
 
     lines = population(patients, 12, seed)
-    bodies, history_lines = _bodies(lines, min(patients, 100))
+    bodies, history_lines = _bodies(lines, min(patients, checked))
     with tempfile.TemporaryDirectory() as tmp:
         _record(tmp, lines)
         settings = ApiSettings.model_validate({"auth_mode": "open", "callers": {}})
@@ -343,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--patients", type=int, default=300)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument(
+        "--checked", type=int, default=100, help="checks spread over this many patients, those with the most history"
+    )
     parser.add_argument("--workers", type=int, default=None, help="serve's worker processes (default: serve's)")
     parser.add_argument("--threads", type=int, default=None, help="serve's threads per worker (default: serve's)")
     parser.add_argument(
@@ -359,10 +368,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE", help="with --in-process: a cProfile (pstats) of one more block")
     args = parser.parse_args(argv)
     if args.in_process:
-        print(json.dumps(in_process(args.patients, profile=args.profile), indent=1))
+        print(json.dumps(in_process(args.patients, profile=args.profile, checked=args.checked), indent=1))
         return 0
     figures = measure(
-        args.patients, args.clients, args.requests, workers=args.workers, threads=args.threads, rounds=args.rounds
+        args.patients,
+        args.clients,
+        args.requests,
+        workers=args.workers,
+        threads=args.threads,
+        rounds=args.rounds,
+        checked=args.checked,
     )
     if args.baseline:
         figures["baseline_do_nothing_app"] = baseline(args.clients, args.requests)
