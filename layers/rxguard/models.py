@@ -99,7 +99,12 @@ class ClaimLine(BaseModel):
     def line_id(self) -> str:
         """Globally unique line id: `fixmedins_code/feedetl_sn`. Computed once per line (the
         engine, screening and the state read it ~10 times a line); `model_copy` forgets it."""
-        return f"{self.fixmedins_code}/{self.feedetl_sn}"
+        return self.id_of(self.fixmedins_code, self.feedetl_sn)
+
+    @staticmethod
+    def id_of(fixmedins_code: str, feedetl_sn: str) -> str:
+        """The line id of an institution's serial number (`line_id`, without a ClaimLine)."""
+        return f"{fixmedins_code}/{feedetl_sn}"
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy; with `update`, the cached line id is computed again from the copy's fields."""
