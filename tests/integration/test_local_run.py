@@ -104,6 +104,21 @@ def test_rxguard_run_writes_the_contract_and_finds_exactly_what_the_engine_finds
     assert not [f["psn_no"] for f in findings if f["psn_no"] and f["psn_no"] in printed]
 
 
+def test_letters_built_in_the_worker_processes_are_the_letters_built_in_process(tmp_path: Path) -> None:
+    # Given the sample batches screened twice into fresh states: in this process, and over two workers
+    outs = {n: tmp_path / f"w{n}" for n in (1, 2)}
+    for n, out in outs.items():
+        assert run(SAMPLE_FILES, out, state=out / "state", workers=n, stdout=io.StringIO()) == 0
+    # Then the workers' letters (built and rendered there, stored and announced here in order)
+    # are the same files and the same announcements, byte for byte
+    html = {
+        n: {p.relative_to(out): p.read_bytes() for p in (out / "letters").rglob("*.html")} for n, out in outs.items()
+    }
+    assert html[1] and html[1] == html[2]
+    assert (outs[1] / "letters.jsonl").read_bytes() == (outs[2] / "letters.jsonl").read_bytes()
+    assert (outs[1] / "alerts.jsonl").read_bytes() == (outs[2] / "alerts.jsonl").read_bytes()
+
+
 def test_a_file_given_again_is_recognised_and_changes_nothing(tmp_path: Path, no_letters: None) -> None:
     # Given a state that has screened the samples
     out = tmp_path / "out"

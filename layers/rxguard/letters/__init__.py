@@ -12,7 +12,8 @@ import hashlib
 import io
 import json
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -22,14 +23,16 @@ from rxguard.alerts.notify import LetterRef
 from rxguard.alerts.settings import AlertSettings
 from rxguard.alerts.sink import NotificationSink
 from rxguard.kb import KnowledgeBase
-from rxguard.letters.context import LetterContext, Person, annex_csv, build_letter, period_of
+from rxguard.letters.context import LetterContext, Person, annex_csv, build_letter, letter_id_of, period_of
 from rxguard.letters.numbers import CounterStore, InMemoryCounterStore, NumberBook, NumberKeeper
 from rxguard.models import ClaimLine, Finding
 
 __all__ = [
     "CounterStore",
     "LetterContext",
+    "LetterJob",
     "Person",
+    "build_and_render",
     "build_letter",
     "issue_letters",
     "letter_groups",
@@ -103,6 +106,72 @@ def render_letter(letter: LetterContext, settings: AlertSettings) -> tuple[str, 
     return html, pdf
 
 
+@dataclass(frozen=True)
+class LetterJob:
+    """One letter to build and render: what `build_letter` takes but the knowledge base and
+    the settings (`issue_letters`' `build` may run jobs in other processes, which have
+    their own). `lines` holds the evidence lines of its findings."""
+
+    addressee_type: Literal["institution", "patient"]
+    subject: str
+    findings: list[Finding]
+    batch_id: str
+    issued_on: date
+    institution_names: Mapping[str, str]
+    lines: Mapping[str, ClaimLine]
+    serial: int
+    period: tuple[str, str]
+    person: Person | None
+    supplement: bool
+
+    def build(self, kb: KnowledgeBase, settings: AlertSettings) -> LetterContext:
+        return build_letter(
+            self.addressee_type,
+            self.subject,
+            self.findings,
+            batch_id=self.batch_id,
+            kb=kb,
+            settings=settings,
+            issued_on=self.issued_on,
+            institution_names=self.institution_names,
+            lines=self.lines,
+            serial=self.serial,
+            period=self.period,
+            person=self.person,
+            supplement=self.supplement,
+        )
+
+
+Render = Callable[[LetterContext, AlertSettings], tuple[str, bytes | None]]
+Built = tuple[LetterContext, str, bytes | None]  # the letter, its HTML, its PDF (None: rendered later)
+# (jobs, settings) -> each one's letter, HTML and PDF, in the jobs' order
+Build = Callable[[Sequence[LetterJob], AlertSettings], Iterable[Built]]
+
+
+def build_and_render(
+    jobs: Iterable[LetterJob], kb: KnowledgeBase, settings: AlertSettings, render: Render
+) -> list[Built]:
+    """Build and render letters (in any process: the local deployment runs slices of a
+    batch's letters over its worker processes)."""
+    out: list[Built] = []
+    for job in jobs:
+        letter = job.build(kb, settings)
+        html, pdf = render(letter, settings)
+        out.append((letter, html, pdf))
+    return out
+
+
+def _evidence_of(group: Sequence[Finding], lines: Mapping[str, ClaimLine]) -> Mapping[str, ClaimLine]:
+    """The lines a group's letter may cite (`subset` where the mapping has one: it then
+    need not decode them here)."""
+    ids = [line_id for f in group for line_id in f.evidence]
+    subset = getattr(lines, "subset", None)
+    if subset is not None:
+        found: Mapping[str, ClaimLine] = subset(ids)
+        return found
+    return {line_id: lines[line_id] for line_id in ids if line_id in lines}
+
+
 def issue_letters(
     findings: Sequence[Finding],
     *,
@@ -116,7 +185,8 @@ def issue_letters(
     counters: CounterStore | None = None,
     keeper: NumberKeeper | None = None,
     persons: Mapping[str, Person] | None = None,
-    render: Callable[[LetterContext, AlertSettings], tuple[str, bytes | None]] | None = None,
+    render: Render | None = None,
+    build: Build | None = None,
 ) -> tuple[list[LetterRef], str | None]:
     """Render, store and announce the letters of these findings, one per addressee and
     period; returns them and the URI of `letters/<batch_id>/index.json` (None when none).
@@ -130,12 +200,14 @@ def issue_letters(
 
     `render` (default `render_letter`: HTML and PDF) may return no PDF: the local deployment
     renders the PDFs afterwards, in parallel or on demand, from the stored HTML
-    (docs/local.md); the PDF's location is then where it will be written."""
+    (docs/local.md); the PDF's location is then where it will be written. `build` builds and
+    renders the letters to issue (default: each in turn, in this process, with `render`);
+    the local deployment spreads them over its worker processes. Either way every letter is
+    numbered first, then stored and announced in order."""
     if persons is None and settings.person_file is not None:
         persons = load_persons(settings.person_file)
     book = NumberBook(counters or _PROCESS_COUNTERS, keeper)
-    refs: list[LetterRef] = []
-    index_rows: list[dict[str, object]] = []
+    jobs: list[LetterJob] = []
     for addressee_type, subject, period, group in letter_groups(findings, settings, persons):
         key_subject = subject if addressee_type == "institution" else f"p:{subject}"
         base = f"{period[0]}/{key_subject}"
@@ -147,31 +219,50 @@ def issue_letters(
         supplement = book.keeper.keep(f"letter-set#{settings.issuer_abbr_zh}#{base}", set_hash) != set_hash
         key = f"{base}#{digest[:12]}" if supplement else base
         serial = book.number(settings.issuer_abbr_zh, issued_on.year, key)
-        letter = build_letter(
-            addressee_type,
-            subject,
-            group,
-            batch_id=batch_id,
-            kb=kb,
-            settings=settings,
-            issued_on=issued_on,
-            institution_names=institution_names,
-            lines=lines,
-            serial=serial,
-            period=period,
-            person=(persons or {}).get(subject) if addressee_type == "patient" else None,
-            supplement=supplement,
+        person = (persons or {}).get(subject) if addressee_type == "patient" else None
+        jobs.append(
+            LetterJob(
+                addressee_type,
+                subject,
+                group,
+                batch_id,
+                issued_on,
+                institution_names,
+                _evidence_of(group, lines),
+                serial,
+                period,
+                person,
+                supplement,
+            )
         )
+
+    def message_id(job: LetterJob) -> str:
+        letter_id = letter_id_of(job.addressee_type, job.subject, job.period[0], job.serial, job.supplement, settings)
+        return f"letter/{job.period[0]}/{letter_id}"
+
+    published = [sink.was_published(message_id(job)) for job in jobs]
+    todo = [job for job, done in zip(jobs, published, strict=True) if not done]
+    built: Iterator[Built]
+    if build is None:
+        builder = render or render_letter
+        built = iter(build_and_render([job], kb, settings, builder)[0] for job in todo)
+    else:
+        built = iter(build(todo, settings))
+    refs: list[LetterRef] = []
+    index_rows: list[dict[str, object]] = []
+    for job, done in zip(jobs, published, strict=True):
+        if done:
+            letter = job.build(kb, settings)
+        else:
+            letter, html, pdf = next(built)
         stem = f"letters/{letter.period_key}/{letter.letter_id}"
-        message_id = f"letter/{letter.period_key}/{letter.letter_id}"
         index_rows.append({"refs": {row.ref: row.finding_id for row in letter.findings}, "period": letter.period_key})
-        if sink.was_published(message_id):
+        if done:
             locations = {"pdf": sink.letter_uri(f"{stem}.pdf"), "html": sink.letter_uri(f"{stem}.html")}
             if letter.annex_name:
                 locations["annex"] = sink.letter_uri(f"letters/{letter.period_key}/{letter.annex_name}")
-            refs.append(_ref(LetterRef, letter, len(group), locations, announced=False, rendered=False))
+            refs.append(_ref(LetterRef, letter, len(job.findings), locations, announced=False, rendered=False))
             continue
-        html, pdf = (render or render_letter)(letter, settings)
         locations = {
             "pdf": sink.put_letter(f"{stem}.pdf", pdf, "application/pdf")
             if pdf is not None
@@ -187,17 +278,17 @@ def issue_letters(
             letter_id=letter.letter_id,
             number=letter.number,
             kind_zh=letter.kind,
-            addressee_type=addressee_type,
+            addressee_type=job.addressee_type,
             institution_id=letter.institution_id,
             psn_pseudonym=letter.psn_pseudonym,
-            findings=group,
+            findings=job.findings,
             locations=locations,
             issued_on=letter.issued_on.isoformat(),
             response_due=letter.response_due.isoformat(),
-            message_id=message_id,
+            message_id=f"letter/{letter.period_key}/{letter.letter_id}",
         )
         announced = sink.publish_letter(message)
-        refs.append(_ref(LetterRef, letter, len(group), locations, announced=announced, rendered=True))
+        refs.append(_ref(LetterRef, letter, len(job.findings), locations, announced=announced, rendered=True))
     if not refs:
         return refs, None
     index = {

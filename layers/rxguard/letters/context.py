@@ -424,6 +424,23 @@ def _rows(
     return out
 
 
+def letter_id_of(
+    addressee_type: Literal["institution", "patient"],
+    subject: str,
+    period_key: str,
+    serial: int,
+    supplement: bool,
+    settings: AlertSettings,
+) -> str:
+    """A letter's id (its file name and announcement id) before it is built:
+    `institution-<code>-<period>` / `patient-<pseudonym>-<period>`, `-s<serial>` for a
+    supplementary letter of the period (its own file)."""
+    suffix = f"-s{serial}" if supplement else ""
+    if addressee_type == "institution":
+        return f"institution-{subject}-{period_key}{suffix}"
+    return f"patient-{pseudonym(subject, settings.pseudonym_key)}-{period_key}{suffix}"
+
+
 def build_letter(
     addressee_type: Literal["institution", "patient"],
     subject: str,
@@ -445,10 +462,9 @@ def build_letter(
     kind: LetterKind = "警示函" if any(f.severity is Severity.HIGH for f in findings) else "提醒函"
     times = sorted(f.occurred_at for f in findings)
     period_key, period_label = period or period_of(times[0], settings.letter_period)
-    suffix = f"-s{serial}" if supplement else ""  # a supplementary letter of the period: its own file
     more = "（补充）" if supplement else ""
+    letter_id = letter_id_of(addressee_type, subject, period_key, serial, supplement, settings)
     if addressee_type == "institution":
-        letter_id = f"institution-{subject}-{period_key}{suffix}"
         name = institution_names.get(subject)
         addressee = name or f"定点医药机构（编码{subject}）"
         title = f"关于{name or '贵单位'}{period_label}医保药品超量开药疑点的{kind}{more}"
@@ -456,7 +472,6 @@ def build_letter(
         psn_token: str | None = None
     else:
         psn_token = pseudonym(subject, settings.pseudonym_key)
-        letter_id = f"patient-{psn_token}-{period_key}{suffix}"
         addressee = f"{person.name}同志" if person else f"参保人（人员编号{mask_psn(subject)}）"
         title = f"医保药品合理购药{kind}{more}"
         institution_id = None

@@ -167,6 +167,23 @@ def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], str | None, int]:
     return {"chunk_key": request.chunk_key, "ok": False, "error": error}, None, 0
 
 
+LETTER_SLICE = 16  # letters a worker task builds and renders (377 letters at 100k lines: 24 tasks)
+
+
+def letters_part(task: tuple[Sequence[Any], AlertSettings, bool]) -> list[Any]:
+    """Notify's letters in a worker: build and render a slice of `LetterJob`s (HTML; the PDF
+    too with `--pdf inline`) with the worker's knowledge base."""
+    from rxguard.letters import build_and_render, render_letter
+    from rxguard.letters.render import render_html
+
+    jobs, settings, inline = task
+
+    def html_only(letter: Any, settings: AlertSettings) -> tuple[str, bytes | None]:
+        return render_html(letter, settings.templates_dir), None
+
+    return build_and_render(jobs, _WORKER["ctx"].kb, settings, render_letter if inline else html_only)
+
+
 def normalize_part(task: NormalizeTask) -> TaskOutcome:
     """Prepare's normalization of one task of records, in a worker (ingest.partition)."""
     return normalize_task(task, _WORKER["ctx"].kb)
@@ -357,14 +374,14 @@ class LocalOrchestrator:
         with self._pool() as pool:
             for batch in batches:
                 self._screen_batch(batch, inputs, pool, seen)
-        sink = OutboxSink(self.backend.outbox(), LocalObjects(self.out))
-        for batch in batches:
-            if batch.status == "SCREENED":
-                with self._phase("notify"):
-                    self._notify(batch, sink)
-            if batch.status in ("SCREENED", "ERROR"):
-                with self._phase("finalize"):
-                    self._finalize(batch)
+            sink = OutboxSink(self.backend.outbox(), LocalObjects(self.out))
+            for batch in batches:
+                if batch.status == "SCREENED":
+                    with self._phase("notify"):
+                        self._notify(batch, sink, pool)
+                if batch.status in ("SCREENED", "ERROR"):
+                    with self._phase("finalize"):
+                        self._finalize(batch)
         if self.pdf == "parallel":
             with self._phase("pdfs"):
                 self.render_pdfs()
@@ -562,7 +579,7 @@ class LocalOrchestrator:
         if pid != os.getpid():  # in this process it is in process_time() already
             self.worker_cpu_seconds += cpu
 
-    def _notify(self, batch: BatchRun, sink: NotificationSink) -> None:
+    def _notify(self, batch: BatchRun, sink: NotificationSink, pool: Executor | None = None) -> None:
         if batch.skip_notify:
             return
         request = NotifyRequest(
@@ -578,7 +595,7 @@ class LocalOrchestrator:
                 sink=sink,
                 alert_settings=self.alert_settings,
                 current=self.backend.findings,
-                letters=self._letters(),
+                letters=self._letters(pool),
             )
         except Exception as exc:  # Notify's Catch -> RecordFailure
             self._fail(batch, batch.state, exc)
@@ -586,10 +603,30 @@ class LocalOrchestrator:
         self._log("Notify", request, summary)
         batch.state["notify"] = {"summary": summary}
 
-    def _letters(self) -> Callable[..., Any]:
+    def _letters(self, pool: Executor | None = None) -> Callable[..., Any]:
         """The letter issuer: numbers from the state's counters; HTML now, the PDF of each
-        letter queued for `render_pdfs` (in parallel after Notify, or on demand)."""
+        letter queued for `render_pdfs` (in parallel after Notify, or on demand). With worker
+        processes, the letters are built and rendered there, LETTER_SLICE a task, while this
+        process stores and announces them in order."""
         from rxguard.letters import issue_letters, render_letter
+
+        counters = self.backend.letter_counters()  # None: numbers of this process (the memory backend)
+        if pool is not None and not isinstance(pool, InProcess):
+            workers = pool
+
+            def build(jobs: Sequence[Any], settings: AlertSettings) -> Iterator[Any]:
+                inline = self.pdf == "inline"
+                parts = [jobs[i : i + LETTER_SLICE] for i in range(0, len(jobs), LETTER_SLICE)]
+                futures = [workers.submit(timed, letters_part, (part, settings, inline)) for part in parts]
+                for future in futures:
+                    built, cpu, pid = future.result()
+                    self._worker_cpu(cpu, pid)
+                    for letter, html, pdf in built:
+                        if pdf is None:
+                            self.pdf_jobs.append((f"letters/{letter.period_key}/{letter.letter_id}", letter.number))
+                        yield letter, html, pdf
+
+            return partial(issue_letters, counters=counters, build=build)
 
         def html_now(letter: Any, settings: AlertSettings) -> tuple[str, bytes | None]:
             from rxguard.letters.render import render_html
@@ -601,7 +638,6 @@ class LocalOrchestrator:
             self.pdf_jobs.append((stem, letter.number))
             return html, None
 
-        counters = self.backend.letter_counters()  # None: numbers of this process (the memory backend)
         return partial(issue_letters, counters=counters, render=html_now)
 
     def render_pdfs(self) -> int:

@@ -10,7 +10,7 @@ is still pending when the batch gives up is published by the next Notify or the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -58,6 +58,15 @@ class EvidenceLines(Mapping[str, ClaimLine]):
                 self._recent.clear()
             self._recent[line_id] = line
         return line
+
+    def subset(self, line_ids: Iterable[str]) -> EvidenceLines:
+        """These lines (those known), still undecoded: what one letter cites, to build it elsewhere."""
+        out = EvidenceLines()
+        for line_id in line_ids:
+            row = self._rows.get(line_id)
+            if row is not None:
+                out._rows[line_id] = row
+        return out
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._rows)
