@@ -616,10 +616,9 @@ class LocalOrchestrator:
 
             def build(jobs: Sequence[Any], settings: AlertSettings) -> Iterator[Any]:
                 inline = self.pdf == "inline"
-                parts = [jobs[i : i + LETTER_SLICE] for i in range(0, len(jobs), LETTER_SLICE)]
-                futures = [workers.submit(timed, letters_part, (part, settings, inline)) for part in parts]
-                for future in futures:
-                    built, cpu, pid = future.result()
+                parts = ((jobs[i : i + LETTER_SLICE], settings, inline) for i in range(0, len(jobs), LETTER_SLICE))
+                # a few slices ahead, not all: the letters built and not yet stored would all be held here
+                for built, cpu, pid in bounded_map(workers, partial(timed, letters_part), parts, 2 * self.workers):
                     self._worker_cpu(cpu, pid)
                     for letter, html, pdf in built:
                         if pdf is None:
