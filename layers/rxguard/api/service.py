@@ -339,13 +339,13 @@ class _CheckReads(HistoryRepository):
 
 class _CachedReads(_CheckReads):
     """The history a check reads, read once: the next-fill search re-checks a line on later
-    days without reading again, and the previous fill is looked up in what was read."""
+    days without reading again, and the previous fill is looked up in what was read (its
+    ingredient's lines, `_OneIngredient`)."""
 
     def __init__(self, repo: HistoryRepository) -> None:
         self.repo = repo
         self.history: dict[str, list[ClaimLine]] = {}
         self.sales: dict[str, list[TraceSale]] = {}
-        self.lines: dict[str, ClaimLine] = {}
 
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
         missing = sorted(set(psn_nos) - self.history.keys())
@@ -353,7 +353,6 @@ class _CachedReads(_CheckReads):
             loaded = self.repo.load_history(missing)
             for psn in missing:
                 self.history[psn] = list(loaded.get(psn, ()))
-                self.lines.update((line.line_id, line) for line in self.history[psn])
         return {p: self.history[p] for p in psn_nos}
 
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
@@ -422,17 +421,21 @@ def advise(
     the claim's ingredient (`_OneIngredient`), and lines of one patient, ingredient and time
     (one fill) share one search."""
     advice = Advice()
-    known = {**reads.lines, **{c.line_id: c for c in claims}}
+    proposed = {c.line_id: c for c in claims}
+    views: dict[str, _OneIngredient] = {}
     searched: dict[tuple[str, str, datetime], date | None] = {}
     for claim in claims:
         waitable = [f for f in hits.get(claim.line_id, []) if f.rule_id in WAITABLE_RULES]
+        if not waitable:
+            continue
+        ingredient = claim.atc_code or claim.med_list_codg
+        view = views.get(ingredient) or views.setdefault(ingredient, _OneIngredient(reads, ingredient))
+        # a previous fill is of the claim's ingredient: looked up among its lines (a proposed line wins)
+        known = {**view.lines_of(claim.psn_no), **proposed}
         for finding in waitable:
             prev = _previous_fill(claim, finding, known)
             if prev is not None:
                 advice.previous[(claim.line_id, finding.finding_id)] = prev
-        if not waitable:
-            continue
-        ingredient = claim.atc_code or claim.med_list_codg
         group = (claim.psn_no, ingredient, claim.fee_ocur_time)
         if group in searched:
             advice.next_fill_on[claim.line_id] = searched[group]
@@ -442,7 +445,6 @@ def advise(
             for c in (context or claims)
             if c.psn_no == claim.psn_no and c.line_id != claim.line_id and (c.atc_code or c.med_list_codg) == ingredient
         ]
-        view = _OneIngredient(reads, ingredient)
 
         def passes(
             days: int, claim: ClaimLine = claim, others: list[ClaimLine] = others, view: _OneIngredient = view
@@ -532,12 +534,20 @@ class _OneIngredient(_CheckReads):
     def __init__(self, reads: _CachedReads, ingredient: str) -> None:
         self.reads, self.ingredient = reads, ingredient
         self.narrowed: dict[str, list[ClaimLine]] = {}  # filtered once: the search re-checks many times
+        self.by_id: dict[str, dict[str, ClaimLine]] = {}
 
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
         missing = [p for p in psn_nos if p not in self.narrowed]
         for p, lines in self.reads.load_history(missing).items() if missing else ():
             self.narrowed[p] = [ln for ln in lines if (ln.atc_code or ln.med_list_codg) == self.ingredient]
         return {p: self.narrowed[p] for p in psn_nos}
+
+    def lines_of(self, psn_no: str) -> dict[str, ClaimLine]:
+        """The patient's lines of this ingredient, by id."""
+        found = self.by_id.get(psn_no)
+        if found is None:
+            found = self.by_id[psn_no] = {ln.line_id: ln for ln in self.load_history([psn_no])[psn_no]}
+        return found
 
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
         return {c: [] for c in codes}  # trace-code reuse cannot be waited out
