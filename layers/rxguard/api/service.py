@@ -95,6 +95,8 @@ OVERRIDE_WORDS: tuple[tuple[OverrideReason, tuple[str, ...]], ...] = (
     ("dose_change", ("剂量", "加量", "增量", "调整用量", "dose")),
 )
 
+# (access records, warnings, when, answered line ids): `Services.record_check`
+CheckWrites = Callable[[Sequence[AccessRecord], Sequence[Finding], datetime, Collection[str]], None]
 # (lines, repo, kb[, scenes=...]) -> findings by proposed line id
 Checker = Callable[..., dict[str, list[Finding]]]
 Screener = Callable[..., Any]  # screening.screen_lines(lines, repo, kb, scene=...) -> ScreenOutcome
@@ -134,6 +136,10 @@ class Services:
     planner: Planner | None = None  # backtests over the stored history
     # publishes an access alert (the stranger alert): SNS through the outbox on AWS, the local outbox offline
     access_alerts: Callable[[AlertMessage], object] | None = None
+    # a check's writes, its access records and the warnings it answered (findings, when, the
+    # answered line ids), in one transaction where the adapter can (the local state); None:
+    # `audit.record`, then `store.record_warnings`
+    record_check: CheckWrites | None = None
 
     def now(self) -> datetime:
         if self.clock is not None:
@@ -777,20 +783,26 @@ def _audit_lines(
     """One record per patient with the answer's decision; then the stranger alert."""
     if services.audit is None:
         return
+    services.audit.record(_line_records(services, caller, action, claims, hits))  # one write for the whole answer
+    if action == "check":
+        _stranger_alert(services, caller)
+
+
+def _line_records(
+    services: Services, caller: Caller, action: Action, claims: Sequence[ClaimLine], hits: Mapping[str, list[Finding]]
+) -> list[AccessRecord]:
+    """The access records of an answer: one per patient with the answer's decision for them."""
     by_patient: dict[str, list[Decision]] = {}
     for claim in claims:
         by_patient.setdefault(claim.psn_no, []).append(decision_of(hits.get(claim.line_id, [])))
     institutions = sorted({c.fixmedins_code for c in claims})
-    records = [
+    return [
         record
         for psn_no, decisions in sorted(by_patient.items())
         for record in _access_records(
             services, caller, action, [psn_no], worst(decisions), institution=institutions[0] if institutions else None
         )
     ]
-    services.audit.record(records)  # one write (one transaction) for the whole answer
-    if action == "check":
-        _stranger_alert(services, caller)
 
 
 def _stranger_alert(services: Services, caller: Caller) -> None:
@@ -880,13 +892,19 @@ def check(
         return {line_id: [f for f in fs if f.rule_id in allowed] for line_id, fs in found.items()}
 
     hits = run(claims)  # the history read once: the next-fill search below reuses it
-    _audit_lines(services, caller, "check", claims, hits)
     answered = [(c, r) for c, r in zip(claims, request_lines, strict=True) if r.answer]
     search = partial(run, kb=search_kb(services.kb))  # the waitable rules only
     advice = advise(services, [c for c, _ in answered], hits, reads, search, allowed, claims)
-    warnings = {f.finding_id: f for c, _ in answered for f in hits.get(c.line_id, [])}
-    if warnings:
-        services.store.record_warnings(list(warnings.values()), now, [c.line_id for c, _ in answered])
+    warnings = list({f.finding_id: f for c, _ in answered for f in hits.get(c.line_id, [])}.values())
+    answered_ids = [c.line_id for c, _ in answered]
+    if services.record_check is not None and services.audit is not None:
+        # the access records and the warnings in one write
+        services.record_check(_line_records(services, caller, "check", claims, hits), warnings, now, answered_ids)
+        _stranger_alert(services, caller)
+    else:
+        _audit_lines(services, caller, "check", claims, hits)
+        if warnings:
+            services.store.record_warnings(warnings, now, answered_ids)
     shape = answer_as or ("rxguard" if isinstance(body, DispensingRequest) else "nhsa")
     if shape == "nhsa":
         task_id = next((r.task_id for r in request_lines if r.task_id), None) or f"rxguard-{now:%Y%m%d%H%M%S}"

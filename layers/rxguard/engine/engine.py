@@ -313,7 +313,7 @@ class Engine:
         with self._lock:
             self._histories.clear()
 
-    def _history(self, psn_no: str, history: list[ClaimLine]) -> _History:
+    def _history(self, psn_no: str, history: Sequence[ClaimLine]) -> _History:
         """The history walked, kept per engine by the identity of its lines (immutable: the same
         objects are the same history; the state keeps decoded lines, and the next-fill search
         re-checks against one history many times)."""

@@ -807,15 +807,27 @@ class SqliteFindingsStore(FindingsStore):
         return Disposition.model_validate_json(rows[0][0]) if rows else None
 
     def record_warnings(self, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()) -> None:
-        wanted = set(answered)
         with self.state.write("record a check's warnings") as conn:
-            for finding in findings:
-                lines = [i for i in finding.evidence if i in wanted]
-                conn.execute(
-                    "INSERT OR REPLACE INTO warnings (finding_id, rule_id, body, lines, recorded_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (finding.finding_id, finding.rule_id, finding.model_dump_json(), json.dumps(lines), at.isoformat()),
+            self.insert_warnings(conn, findings, at, answered)
+
+    def insert_warnings(
+        self, conn: sqlite3.Connection, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()
+    ) -> None:
+        """`record_warnings` within a write transaction the caller holds (with the check's audit records)."""
+        wanted = set(answered)
+        conn.executemany(
+            "INSERT OR REPLACE INTO warnings (finding_id, rule_id, body, lines, recorded_at) VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    finding.finding_id,
+                    finding.rule_id,
+                    finding.model_dump_json(),
+                    json.dumps([i for i in finding.evidence if i in wanted]),
+                    at.isoformat(),
                 )
+                for finding in findings
+            ],
+        )
 
     def dispose(self, finding_id: str, disposition: Disposition) -> FindingView:
         rows = self.state.read(f"{_VIEW_SELECT} WHERE f.finding_id = ?", (finding_id,))
