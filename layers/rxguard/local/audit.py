@@ -175,7 +175,7 @@ class SqliteAuditLog(AuditLog):
         if query.until is not None:
             where.append("at <= ?")
             args.append(_iso(query.until))
-        start = int(token) if token and token.isdigit() else 0
+        start = int(token) if token and token.isascii() and token.isdigit() else 0
         sql = f"SELECT {_COLUMNS} FROM access_audit"
         if where:
             sql += " WHERE " + " AND ".join(where)
