@@ -26,3 +26,8 @@ if [ ! -f $STAMP ] || [ "$(cat $STAMP)" != "$want" ]; then
   $VENV/bin/python -m pip install -q --no-deps -e . >&2
   echo "$want" > $STAMP
 fi
+# Byte-compile the project's own code (an editable install is not compiled by pip): where
+# PYTHONDONTWRITEBYTECODE is set, every `rxguard run` and each of its worker processes would
+# otherwise compile ~30k lines of source again (0.3-0.4 s of a run's wall time measured).
+# Up to date, this only compares timestamps.
+$VENV/bin/python -m compileall -q -j 0 layers tools functions >/dev/null || echo "rxguard: byte-compiling failed (runs still work, slower to start)" >&2

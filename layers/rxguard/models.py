@@ -8,10 +8,11 @@ a rule. Everything else (ingestion, engine, repositories, API, letters) speaks t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from functools import cached_property
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -94,10 +95,23 @@ class ClaimLine(BaseModel):
     # arrived, China time. A finding it causes names its institution, not an earlier seller.
     received_at: datetime | None = None
 
-    @property
+    @cached_property
     def line_id(self) -> str:
-        """Globally unique line id: `fixmedins_code/feedetl_sn`."""
-        return f"{self.fixmedins_code}/{self.feedetl_sn}"
+        """Globally unique line id: `fixmedins_code/feedetl_sn`. Computed once per line (the
+        engine, screening and the state read it ~10 times a line); `model_copy` forgets it."""
+        return self.id_of(self.fixmedins_code, self.feedetl_sn)
+
+    @staticmethod
+    def id_of(fixmedins_code: str, feedetl_sn: str) -> str:
+        """The line id of an institution's serial number (`line_id`, without a ClaimLine)."""
+        return f"{fixmedins_code}/{feedetl_sn}"
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; with `update`, the cached line id is computed again from the copy's fields."""
+        copy = super().model_copy(update=update, deep=deep)
+        if update:
+            copy.__dict__.pop("line_id", None)
+        return copy
 
     @property
     def day(self) -> date:

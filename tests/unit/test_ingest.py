@@ -272,6 +272,25 @@ def test_chunk_round_trip_keeps_every_field(kb) -> None:
     assert again == [line, line]
 
 
+def test_line_id_is_kept_once_and_follows_a_copy_with_other_codes(kb) -> None:
+    # Given a normalized line whose id has been read (and kept)
+    line = _norm(kb)
+    assert line.line_id == f"{line.fixmedins_code}/{line.feedetl_sn}"
+    # When it is copied with another serial number, another institution, or another time
+    moved = line.model_copy(update={"feedetl_sn": "OTHER1"})
+    elsewhere = line.model_copy(update={"fixmedins_code": "H99999999999"})
+    later = line.model_copy(update={"fee_ocur_time": datetime(2026, 3, 1, 9, 0)})
+    # Then each copy's id is its own codes', and the kept id is not a field
+    assert moved.line_id == f"{line.fixmedins_code}/OTHER1"
+    assert elsewhere.line_id == f"H99999999999/{line.feedetl_sn}"
+    assert later.line_id == line.line_id
+    assert "line_id" not in line.model_dump() and "line_id" not in json.loads(line.model_dump_json())
+    # and a line equals the same line read again, whether or not its id was read
+    from rxguard.ingest import read_chunk, write_chunk
+
+    assert read_chunk(write_chunk([line])) == [line]
+
+
 def test_normalize_record_raises_line_rejected(kb) -> None:
     # Given a record without a time (the API reuses normalize_record for request lines)
     with pytest.raises(LineRejected) as info:

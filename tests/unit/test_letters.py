@@ -467,3 +467,36 @@ def test_a_later_batch_of_the_same_month_gets_a_supplementary_letter(kb) -> None
     assert [r.number for r in again.letters] == ["医保监函〔2026〕2号"]  # type: ignore[attr-defined]
     assert not any(r.announced for r in again.letters)  # type: ignore[attr-defined]
     assert counters.counters == {"letter#医保监函#2026": 2}
+
+
+def test_notify_reads_evidence_lines_from_results_files_as_the_letters_cite_them(kb, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Given two chunks' results files (ChunkFindings) citing the lines, one line in both
+    from rxguard.local.objects import LocalObjects
+    from rxguard.workflow.contract import ChunkFindings
+    from rxguard.workflow.notify import findings_to_alert
+
+    results = LocalObjects(tmp_path)
+    first, second = list(LINES.values())[:2], list(LINES.values())[1:]
+    for n, (found, cited) in enumerate([(FINDINGS[:1], first), (FINDINGS[1:], second)]):
+        chunk = ChunkFindings(chunk_key=f"c{n}", new=found, institutions=NAMES, evidence_lines=cited)
+        results.put_json(f"r{n}.json", chunk.model_dump(mode="json"))
+    # When Notify gathers what it alerts
+    todo = findings_to_alert(results, [{"ok": True, "result_key": f"r{n}.json"} for n in range(2)])
+    # Then every cited line reads back equal to the line screened (decoded when read), once per id
+    assert sorted(todo.lines) == sorted(LINES) and len(todo.lines) == 3
+    assert all(todo.lines[line_id] == line for line_id, line in LINES.items())
+    assert todo.lines.get("H310101001/NOPE") is None and "H310101001/NOPE" not in todo.lines
+    assert [f.finding_id for f in todo.findings] == sorted(f.finding_id for f in FINDINGS)
+    # and the letters made from them are the letters made from the lines themselves
+    by_mapping, by_lines = InMemorySink(), InMemorySink()
+    for sink, lines in ((by_mapping, todo.lines), (by_lines, LINES)):
+        notify_batch(
+            todo.findings, batch_id="b-2026-03", kb=kb, sink=sink, issued_on=ISSUED, institution_names=NAMES,
+            lines=lines, letters=partial(issue_letters, counters=InMemoryCounterStore(), render=_html_only),
+        )  # fmt: skip
+    html = {k: v for k, v in by_lines.documents.items() if k.endswith(".html")}
+    assert html and {k: v for k, v in by_mapping.documents.items() if k.endswith(".html")} == html
+
+
+def _html_only(letter, settings):  # type: ignore[no-untyped-def]
+    return render_html(letter, settings.templates_dir), None
