@@ -15,6 +15,7 @@ Figures, not pass/fail; target (issue 11): 20 x 50, 0 errors, p99 <= 50 ms.
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import json
 import multiprocessing
@@ -299,6 +300,7 @@ def in_process(
         try:
             app = site_app(site.services, services_invoke(site.services), settings.max_body_bytes)
             raw = [json.dumps(b).encode() for b in bodies]
+            gc.freeze()  # as `rxguard serve` does before it serves (rxguard.api.serve.main)
 
             def one(body: bytes) -> None:
                 environ = {

@@ -48,13 +48,18 @@ from rxguard.workflow import contract
 from rxguard.workflow.settings import WorkflowSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Collection, Sequence
+    from datetime import datetime
+
     from rxguard.alerts.aws import AwsNotificationSink
     from rxguard.alerts.outbox_dynamo import DynamoOutbox
     from rxguard.alerts.settings import AlertSettings
+    from rxguard.api.audit import AccessRecord
     from rxguard.api.serve import LocalSite
     from rxguard.api.service import Services
     from rxguard.api.settings import ApiSettings
     from rxguard.local.state import State
+    from rxguard.models import Finding
 
 IDEMPOTENCY = IdempotencyConfig(expires_after_seconds=6 * 3600)  # Prepare: one result per (object, execution)
 
@@ -369,15 +374,28 @@ def local_api_services(state: State, settings: ApiSettings, core: Settings | Non
     core = core or Settings.from_env()
     outbox = state.outbox()
     screening.keep_histories(CHECK_HISTORIES)
+    store = state.findings_store()
+    audit = SqliteAuditLog(state.path)  # table access_audit of the same state DB file
+
+    def record_check(
+        records: Sequence[AccessRecord], warnings: Sequence[Finding], at: datetime, answered: Collection[str]
+    ) -> None:
+        # a check's access records and warnings: one write transaction, not two (the write lock
+        # is the state's one lock that every worker and `rxguard run` take in turn)
+        with state.write("record a check") as conn:
+            audit.insert(conn, records)
+            store.insert_warnings(conn, warnings, at, answered)
+
     return Services(
         kb=get_knowledge_base(core.rules_dir, core.phase),
         repo=state.repository(line_cache=LINE_CACHE),
-        store=state.findings_store(),
+        store=store,
         settings=settings,
         default_admdvs=core.default_admdvs,
-        audit=SqliteAuditLog(state.path),  # table access_audit of the same state DB file
+        audit=audit,
         # access alerts into the state's outbox: out/alerts.jsonl at the next `rxguard run`
         access_alerts=lambda message: outbox.record([OutboxEntry("alerts", message)]),
+        record_check=record_check,
     )
 
 

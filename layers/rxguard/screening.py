@@ -173,7 +173,8 @@ def check_lines(
     or of the given scenes: a 3101 trigger at settlement) whose evidence includes it,
     judged against the recorded history. Records nothing. The engine evaluates only the part
     of each patient's timeline that can share a finding with the proposed lines
-    (`Engine.evaluate_patient_lines`: the same findings as the whole timeline's)."""
+    (`Engine.evaluate_proposed`: the same findings as the whole timeline's; a history whose
+    lines are the same objects as a previous check's is not gone through again)."""
     batch, _ = _dedupe(proposed)
     ids = {line.line_id for line in batch}
     out: dict[str, list[Finding]] = {line.line_id: [] for line in batch}
@@ -186,9 +187,9 @@ def check_lines(
     engine = engine_for(kb, scenes)
     findings: list[Finding] = []
     for psn in patients:
-        timeline = [line for line in history.get(psn, ()) if line.line_id not in ids]
-        timeline.extend(line for line in batch if line.psn_no == psn)
-        findings.extend(engine.evaluate_patient_lines(psn, timeline, ids))  # only what can involve them
+        mine = [line for line in batch if line.psn_no == psn]
+        # only what can involve them; nothing per history line when the history is one kept
+        findings.extend(engine.evaluate_proposed(psn, history.get(psn, ()), mine, ids))
     batch_sales = _sales_by_code(batch)
     for code in codes:
         stored = [s for s in sales.get(code, ()) if s.line_id not in ids]

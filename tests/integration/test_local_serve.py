@@ -18,6 +18,7 @@ from typing import Any
 from rxguard.api.serve import services_invoke, site_app
 from rxguard.api.settings import ApiSettings
 from rxguard.bootstrap import local_api_services as local_services
+from rxguard.engine.factory import make_line
 from rxguard.ingest import read_batch
 from rxguard.kb import KnowledgeBase
 from rxguard.local.state import State
@@ -195,3 +196,94 @@ def test_paths_outside_v1_go_to_the_console(tmp_path: Path, kb: KnowledgeBase) -
     status, rules = client("GET", "/v1/rules")
     assert status == 200 and {r["id"] for r in rules["rules"]} == set(kb.rules)
     assert seen == [services]
+
+
+def _refill_check(client: Client, psn: str, day: str) -> set[str]:
+    """The rules a metformin purchase on `day` draws through serve's POST /v1/checks."""
+    body = {
+        "psn_no": psn,
+        "fixmedins_code": "P4401001",
+        "admdvs": "610800",
+        "med_type": "41",
+        "fee_ocur_time": f"{day} 10:00:00",
+        "lines": [{"feedetl_sn": "CHK-1", "med_list_codg": "XA10BA02A001", "cnt": 2, "pric": 21.6}],
+    }
+    status, answer = client("POST", "/v1/checks", body)
+    assert status == 200, answer
+    return {hit["rule_id"] for hit in answer["lines"][0]["hits"]}
+
+
+def _earlier_visit(client: Client, psn: str) -> None:
+    """Some history for the patient, not of metformin (a history the checks keep)."""
+    body = json.loads(load_event("api/dispensation.json")["body"])
+    body.update(psn_no=psn, fee_ocur_time="2026-02-01 10:00:00", lines=[body["lines"][1]])
+    status, answer = client("POST", "/v1/dispensations", body)
+    assert status == 200 and len(answer["recorded"]) == 1, answer
+
+
+SUPPLY = {"early-refill", "cumulative-oversupply", "cross-institution-repeat"}
+
+
+def test_a_check_sees_a_dispensation_recorded_through_3102_since_the_last_check(tmp_path: Path) -> None:
+    # Given serve, a patient with some history, and a check of a metformin refill: nothing to say
+    client = serve_app(tmp_path)
+    dispensed = json.loads(load_event("api/dispensation_3102.json")["body"])
+    psn = dispensed["data"]["patient_dtos"][0]["patn_id"]
+    _earlier_visit(client, psn)
+    assert not _refill_check(client, psn, "2026-03-03") & SUPPLY
+    assert not _refill_check(client, psn, "2026-03-03") & SUPPLY  # (the history kept by now)
+    # When a 12-pack metformin dispensation of 2026-03-01 is recorded through 3102
+    status, answer = client("POST", "/v1/dispensations", dispensed)
+    assert status == 200, answer
+    # Then the same check two days later draws a supply finding against it
+    assert _refill_check(client, psn, "2026-03-03") & SUPPLY
+
+
+def test_a_check_sees_lines_another_process_recorded_since_the_last_check(tmp_path: Path, kb: KnowledgeBase) -> None:
+    # Given serve, a patient with some history, and a check of a metformin refill: nothing to say
+    client = serve_app(tmp_path)
+    psn = "SYN0000000009"
+    _earlier_visit(client, psn)
+    assert not _refill_check(client, psn, "2026-03-03") & SUPPLY
+    # When `rxguard run` (another State on the directory, as another process has) screens a
+    # batch with a 12-pack metformin purchase of 2026-03-01 for the patient
+    bought = make_line(
+        kb, psn_no=psn, fixmedins_code="H6108001", drug_code="XA10BA02A001", feedetl_sn="RUN-1",
+        when="2026-03-01 09:40:00", packs=12, admdvs="610800",
+    )  # fmt: skip
+    with State.open(tmp_path) as run:
+        assert screen_lines([bought], run.repository(), kb, scene=Scene.POST).recorded
+    # Then the same check draws a supply finding against it
+    assert _refill_check(client, psn, "2026-03-03") & SUPPLY
+
+
+def test_a_checks_access_record_and_warnings_are_one_write(tmp_path: Path, monkeypatch: Any) -> None:
+    # Given serve over a state, a patient with a 12-pack metformin purchase, and the state's writes counted
+    client = serve_app(tmp_path)
+    psn = "SYN0000000007"
+    _earlier_visit(client, psn)
+    body = json.loads(load_event("api/dispensation.json")["body"])
+    body.update(psn_no=psn, lines=[{**body["lines"][0], "cnt": 12, "drug_trac_codg": []}])
+    assert client("POST", "/v1/dispensations", body)[0] == 200
+    writes: list[str] = []
+    original = State.write
+
+    def counted(self: State, what: str = "write") -> Any:
+        writes.append(what)
+        return original(self, what)
+
+    monkeypatch.setattr(State, "write", counted)
+    # When a refill two days later is checked
+    status, answer = client(
+        "POST",
+        "/v1/checks",
+        {**body, "fee_ocur_time": "2026-03-03 10:00:00", "lines": [{**body["lines"][0], "feedetl_sn": "CHK-9"}]},
+    )
+    # Then the check wrote once: its access record and its warnings together
+    assert status == 200 and writes == ["record a check"]
+    warned = [hit["finding_id"] for hit in answer["lines"][0]["hits"]]
+    assert warned and all(client("GET", f"/v1/findings/{jr_id}")[0] == 200 for jr_id in warned)
+    status, audit = client("GET", "/v1/audit?limit=500")
+    assert status == 200 and [r["decision"] for r in audit["items"] if r["action"] == "check"] == [
+        answer["lines"][0]["decision"]
+    ]

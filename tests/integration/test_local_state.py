@@ -321,3 +321,44 @@ def test_threads_share_a_state(tmp_path: Path) -> None:
         # Then every thread saw its own writes and all 160 lines are there
         assert errors == []
         assert state.repository().count_lines() == 160
+
+
+def test_a_serving_reader_keeps_unchanged_histories_and_sees_every_line_added(tmp_path: Path) -> None:
+    # Given a long-lived reader with a line cache (serve's) and a patient's history read once
+    with State.open(tmp_path) as state, State.open(tmp_path) as run:
+        serving = state.repository(line_cache=1000)
+        serving.record_lines(
+            [line("A", "1"), line("A", "2", when="2026-03-02 09:00:00"), line("B", "1", inst="P31000000002")]
+        )
+        first = serving.load_history(["A", "B"])
+        # When it is read again with nothing added
+        again = serving.load_history(["A", "B"])
+        # Then the same lines come back, the same objects, in lists of their own
+        assert [x.line_id for x in again["A"]] == ["H31000000001/1", "H31000000001/2"]
+        assert all(x is y for x, y in zip(again["A"], first["A"], strict=True))
+        again["A"].clear()
+        assert len(serving.load_history(["A"])["A"]) == 2
+        # When another process's repository (`rxguard run`) adds a line to A, earlier in time
+        run.repository().record_lines([line("A", "0", when="2026-02-01 09:00:00")])
+        # Then the next read has it, in order, and B is unchanged
+        later = serving.load_history(["A", "B", "C"])
+        assert [x.line_id for x in later["A"]] == ["H31000000001/0", "H31000000001/1", "H31000000001/2"]
+        assert later["B"][0] is first["B"][0] and later["C"] == []
+        # And a line this reader records is seen too
+        serving.record_lines([line("B", "2", inst="P31000000002", when="2026-03-05 09:00:00")])
+        assert [x.line_id for x in serving.load_history(["B"])["B"]] == ["P31000000002/1", "P31000000002/2"]
+
+
+def test_the_kept_histories_are_bounded_by_the_line_cache(tmp_path: Path) -> None:
+    # Given a reader that may keep 3 lines, When it reads a 2-line history, then another
+    with State.open(tmp_path) as state:
+        serving = state.repository(line_cache=3)
+        serving.record_lines(
+            [line("A", "1"), line("A", "2", when="2026-03-02 09:00:00"), line("B", "1", inst="P31000000002")]
+        )
+        serving.record_lines([line("C", "3"), line("C", "4", when="2026-03-02 09:00:00")])
+        a = serving.load_history(["A"])["A"]
+        serving.load_history(["C"])
+        # Then the first is no longer kept (read again: other objects), yet the same lines
+        assert [x.line_id for x in serving.load_history(["A"])["A"]] == [x.line_id for x in a]
+        assert sum(len(lines) for _, lines in serving._histories.values()) <= 3

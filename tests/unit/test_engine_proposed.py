@@ -275,6 +275,9 @@ def test_checks_resuming_one_prepared_history_get_the_whole_timelines_findings(
         restricted = engine.evaluate_patient_lines(PSN, [*past, *new], ids)
         # Then each gets exactly the whole evaluation's findings on its lines
         assert dumped(restricted) == dumped(whole_then_filtered(engine, [*past, *new], ids))
+        # And so does a check's entry, the history as stored and the proposed lines apart (a
+        # proposed line of a history id replacing it; the history kept: the same line objects)
+        assert dumped(engine.evaluate_proposed(PSN, past, [*new, *again], ids)) == dumped(restricted)
 
 
 def _fresh(name: str) -> Engine:

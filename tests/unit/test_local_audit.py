@@ -72,3 +72,17 @@ def test_a_log_written_before_the_summary_gets_it_filled_when_opened(tmp_path: P
         conn.execute("DROP TABLE access_strangers")
     # When it is opened again, then the count is the count over its records
     assert SqliteAuditLog(tmp_path).strangers(CALLERS[0], T0) == (2, False)
+
+
+def test_a_page_token_of_non_ascii_digits_is_the_first_page(tmp_path: Path) -> None:
+    # Given the in-memory and the SQLite logs with records
+    from rxguard.api.audit import AuditQuery, InMemoryAuditLog
+
+    for log in (InMemoryAuditLog(), SqliteAuditLog(tmp_path)):
+        log.record(
+            [AccessRecord(at=T0, caller="arn:his-P1", institution="P1", patient=None, action="check", decision="pass")]
+        )
+        # When a page is asked with the token "³" (a digit to str.isdigit, not to int)
+        page, _ = log.query(AuditQuery(caller="arn:his-P1"), 10, "³")
+        # Then it is the first page, not a server error (schemathesis found the 500)
+        assert [r.caller for r in page] == ["arn:his-P1"]

@@ -111,7 +111,7 @@ def _matches(rec: AccessRecord, query: AuditQuery) -> bool:
 
 
 def _page(items: list[AccessRecord], limit: int, token: str | None) -> tuple[list[AccessRecord], str | None]:
-    start = int(token) if token and token.isdigit() else 0
+    start = int(token) if token and token.isascii() and token.isdigit() else 0
     page = items[start : start + limit]
     more = start + limit < len(items)
     return page, str(start + limit) if more else None

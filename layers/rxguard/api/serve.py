@@ -3,7 +3,7 @@ HIS developer's tests, served by waitress (a production WSGI server: a thread po
 an event loop, so a slow client never stalls the others).
 
     rxguard serve [--state DIR] [--port 8080] [--host 127.0.0.1] [--callers callers.json]
-                  [--workers N] [--threads 8] [--max-seconds N]
+                  [--workers N] [--threads N] [--max-seconds N]
     rxguard serve --simulate-aws ...   the real Lambda handler over moto (as on AWS)
     rxguard serve --memory ...         an empty in-memory repository (fastest start)
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import gc
 import json
 import logging
 import os
@@ -55,6 +56,13 @@ Invoke = Callable[[dict[str, Any]], dict[str, Any]]
 WsgiApp = Callable[..., Any]
 CALLER_HEADER = "X-Rxguard-Caller"
 DEFAULT_STATE = Path("out/state")  # where `make run` keeps it
+DEFAULT_THREADS = 8
+# Over a state, one thread per worker: a worker resolves one request at a time anyway
+# (`services_invoke`), and waitress's event loop still reads and writes every connection.
+# More threads only took the GIL and the SQLite caches from each other: 20 x 50 checks of
+# one patient, 2 workers, quiet machine, 1 thread vs 8: server CPU 2.0-2.2 vs 2.5-2.6 ms a
+# check, p99 46-49 vs 76-80 ms (docs/api.md).
+STATE_THREADS = 1
 
 
 @dataclass
@@ -222,7 +230,12 @@ def main(
     )
     mode.add_argument("--memory", action="store_true", help="an empty in-memory repository")
     parser.add_argument("--callers", type=Path, help="JSON {principal: {institutions, regulator}}: enforce access")
-    parser.add_argument("--threads", type=int, default=8, help="waitress threads per worker process (default 8)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"waitress threads per worker process (default {STATE_THREADS} over a state, else {DEFAULT_THREADS})",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -266,16 +279,23 @@ def main(
             if workers > 1:
                 where += f", {workers} workers"
         app = site_app(services, invoke, settings.max_body_bytes, console)
+        threads = args.threads or (STATE_THREADS if site is not None else DEFAULT_THREADS)
         if site is not None and workers > 1:
             site.close()  # no SQLite connection may cross a fork (console reads too): each worker opens its own
+        # What is built so far (the knowledge base, the resolver and its models, the imports)
+        # lives as long as the server: frozen, no garbage collection goes through it again (a
+        # patient's first check in a worker decodes and walks its history, thousands of objects
+        # that set off full collections: 1.5 of its 4.3 ms went to them), and forked workers
+        # keep sharing its memory pages
+        gc.freeze()
         listener = socket.create_server((args.host, args.port), backlog=1024)
         stack.callback(listener.close)
         port = int(listener.getsockname()[1])
         print(f"rxguard serve: listening on http://{args.host}:{port} ({where})", flush=True)
         if workers > 1:
-            _prefork(app, listener, workers, args.threads, settings, args.max_seconds)
+            _prefork(app, listener, workers, threads, settings, args.max_seconds)
         else:
-            _serve(app, listener, args.threads, settings, args.max_seconds)
+            _serve(app, listener, threads, settings, args.max_seconds)
     print("rxguard serve: stopped", flush=True)
     return 0
 

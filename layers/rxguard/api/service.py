@@ -95,6 +95,8 @@ OVERRIDE_WORDS: tuple[tuple[OverrideReason, tuple[str, ...]], ...] = (
     ("dose_change", ("剂量", "加量", "增量", "调整用量", "dose")),
 )
 
+# (access records, warnings, when, answered line ids): `Services.record_check`
+CheckWrites = Callable[[Sequence[AccessRecord], Sequence[Finding], datetime, Collection[str]], None]
 # (lines, repo, kb[, scenes=...]) -> findings by proposed line id
 Checker = Callable[..., dict[str, list[Finding]]]
 Screener = Callable[..., Any]  # screening.screen_lines(lines, repo, kb, scene=...) -> ScreenOutcome
@@ -134,6 +136,10 @@ class Services:
     planner: Planner | None = None  # backtests over the stored history
     # publishes an access alert (the stranger alert): SNS through the outbox on AWS, the local outbox offline
     access_alerts: Callable[[AlertMessage], object] | None = None
+    # a check's writes, its access records and the warnings it answered (findings, when, the
+    # answered line ids), in one transaction where the adapter can (the local state); None:
+    # `audit.record`, then `store.record_warnings`
+    record_check: CheckWrites | None = None
 
     def now(self) -> datetime:
         if self.clock is not None:
@@ -339,13 +345,13 @@ class _CheckReads(HistoryRepository):
 
 class _CachedReads(_CheckReads):
     """The history a check reads, read once: the next-fill search re-checks a line on later
-    days without reading again, and the previous fill is looked up in what was read."""
+    days without reading again, and the previous fill is looked up in what was read (its
+    ingredient's lines, `_OneIngredient`)."""
 
     def __init__(self, repo: HistoryRepository) -> None:
         self.repo = repo
         self.history: dict[str, list[ClaimLine]] = {}
         self.sales: dict[str, list[TraceSale]] = {}
-        self.lines: dict[str, ClaimLine] = {}
 
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
         missing = sorted(set(psn_nos) - self.history.keys())
@@ -353,7 +359,6 @@ class _CachedReads(_CheckReads):
             loaded = self.repo.load_history(missing)
             for psn in missing:
                 self.history[psn] = list(loaded.get(psn, ()))
-                self.lines.update((line.line_id, line) for line in self.history[psn])
         return {p: self.history[p] for p in psn_nos}
 
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
@@ -422,17 +427,21 @@ def advise(
     the claim's ingredient (`_OneIngredient`), and lines of one patient, ingredient and time
     (one fill) share one search."""
     advice = Advice()
-    known = {**reads.lines, **{c.line_id: c for c in claims}}
+    proposed = {c.line_id: c for c in claims}
+    views: dict[str, _OneIngredient] = {}
     searched: dict[tuple[str, str, datetime], date | None] = {}
     for claim in claims:
         waitable = [f for f in hits.get(claim.line_id, []) if f.rule_id in WAITABLE_RULES]
+        if not waitable:
+            continue
+        ingredient = claim.atc_code or claim.med_list_codg
+        view = views.get(ingredient) or views.setdefault(ingredient, _OneIngredient(reads, ingredient))
+        # a previous fill is of the claim's ingredient: looked up among its lines (a proposed line wins)
+        known = {**view.lines_of(claim.psn_no), **proposed}
         for finding in waitable:
             prev = _previous_fill(claim, finding, known)
             if prev is not None:
                 advice.previous[(claim.line_id, finding.finding_id)] = prev
-        if not waitable:
-            continue
-        ingredient = claim.atc_code or claim.med_list_codg
         group = (claim.psn_no, ingredient, claim.fee_ocur_time)
         if group in searched:
             advice.next_fill_on[claim.line_id] = searched[group]
@@ -442,7 +451,6 @@ def advise(
             for c in (context or claims)
             if c.psn_no == claim.psn_no and c.line_id != claim.line_id and (c.atc_code or c.med_list_codg) == ingredient
         ]
-        view = _OneIngredient(reads, ingredient)
 
         def passes(
             days: int, claim: ClaimLine = claim, others: list[ClaimLine] = others, view: _OneIngredient = view
@@ -532,12 +540,20 @@ class _OneIngredient(_CheckReads):
     def __init__(self, reads: _CachedReads, ingredient: str) -> None:
         self.reads, self.ingredient = reads, ingredient
         self.narrowed: dict[str, list[ClaimLine]] = {}  # filtered once: the search re-checks many times
+        self.by_id: dict[str, dict[str, ClaimLine]] = {}
 
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
         missing = [p for p in psn_nos if p not in self.narrowed]
         for p, lines in self.reads.load_history(missing).items() if missing else ():
             self.narrowed[p] = [ln for ln in lines if (ln.atc_code or ln.med_list_codg) == self.ingredient]
         return {p: self.narrowed[p] for p in psn_nos}
+
+    def lines_of(self, psn_no: str) -> dict[str, ClaimLine]:
+        """The patient's lines of this ingredient, by id."""
+        found = self.by_id.get(psn_no)
+        if found is None:
+            found = self.by_id[psn_no] = {ln.line_id: ln for ln in self.load_history([psn_no])[psn_no]}
+        return found
 
     def load_trace_sales(self, codes: Collection[str]) -> dict[str, list[TraceSale]]:
         return {c: [] for c in codes}  # trace-code reuse cannot be waited out
@@ -767,20 +783,26 @@ def _audit_lines(
     """One record per patient with the answer's decision; then the stranger alert."""
     if services.audit is None:
         return
+    services.audit.record(_line_records(services, caller, action, claims, hits))  # one write for the whole answer
+    if action == "check":
+        _stranger_alert(services, caller)
+
+
+def _line_records(
+    services: Services, caller: Caller, action: Action, claims: Sequence[ClaimLine], hits: Mapping[str, list[Finding]]
+) -> list[AccessRecord]:
+    """The access records of an answer: one per patient with the answer's decision for them."""
     by_patient: dict[str, list[Decision]] = {}
     for claim in claims:
         by_patient.setdefault(claim.psn_no, []).append(decision_of(hits.get(claim.line_id, [])))
     institutions = sorted({c.fixmedins_code for c in claims})
-    records = [
+    return [
         record
         for psn_no, decisions in sorted(by_patient.items())
         for record in _access_records(
             services, caller, action, [psn_no], worst(decisions), institution=institutions[0] if institutions else None
         )
     ]
-    services.audit.record(records)  # one write (one transaction) for the whole answer
-    if action == "check":
-        _stranger_alert(services, caller)
 
 
 def _stranger_alert(services: Services, caller: Caller) -> None:
@@ -870,13 +892,19 @@ def check(
         return {line_id: [f for f in fs if f.rule_id in allowed] for line_id, fs in found.items()}
 
     hits = run(claims)  # the history read once: the next-fill search below reuses it
-    _audit_lines(services, caller, "check", claims, hits)
     answered = [(c, r) for c, r in zip(claims, request_lines, strict=True) if r.answer]
     search = partial(run, kb=search_kb(services.kb))  # the waitable rules only
     advice = advise(services, [c for c, _ in answered], hits, reads, search, allowed, claims)
-    warnings = {f.finding_id: f for c, _ in answered for f in hits.get(c.line_id, [])}
-    if warnings:
-        services.store.record_warnings(list(warnings.values()), now, [c.line_id for c, _ in answered])
+    warnings = list({f.finding_id: f for c, _ in answered for f in hits.get(c.line_id, [])}.values())
+    answered_ids = [c.line_id for c, _ in answered]
+    if services.record_check is not None and services.audit is not None:
+        # the access records and the warnings in one write
+        services.record_check(_line_records(services, caller, "check", claims, hits), warnings, now, answered_ids)
+        _stranger_alert(services, caller)
+    else:
+        _audit_lines(services, caller, "check", claims, hits)
+        if warnings:
+            services.store.record_warnings(warnings, now, answered_ids)
     shape = answer_as or ("rxguard" if isinstance(body, DispensingRequest) else "nhsa")
     if shape == "nhsa":
         task_id = next((r.task_id for r in request_lines if r.task_id), None) or f"rxguard-{now:%Y%m%d%H%M%S}"

@@ -51,6 +51,7 @@ class _History:
     change that walk."""
 
     lines: tuple[ClaimLine, ...]  # the history as given (kept: its lines' identities are the key)
+    ids: frozenset[str]  # the ids of its lines (a check's proposed line of one of them replaces it)
     netted: list[ClaimLine]  # its lines, in order, reversals applied
     reversed_ids: set[str]  # the lines its reversals name (a proposed line of these ids is netted)
     by_class: dict[str, list[ClaimLine]]  # its monitored lines by ATC level-4 class
@@ -65,6 +66,7 @@ class _History:
     providers: dict[str, ProviderWindow] = field(default_factory=dict)  # multi-provider, by class
     places: Places = field(default_factory=Places)  # identity-misuse
     diagnoses: Diagnoses | None = None  # indication-mismatch: its diagnoses (when a check first needs them)
+    matching: dict[str, list[int]] = field(default_factory=dict)  # indication-mismatch: drug -> days diagnosed
 
 
 def _order(line: ClaimLine) -> tuple[object, str]:
@@ -162,6 +164,36 @@ class Engine:
             resumed = self._resumed(psn_no, timeline, wanted)
             if resumed is not None:
                 return resumed
+        return self._evaluated(psn_no, timeline, wanted)
+
+    def evaluate_proposed(
+        self, psn_no: str, history: Sequence[ClaimLine], proposed: Sequence[ClaimLine], line_ids: Collection[str]
+    ) -> list[Finding]:
+        """What a check asks: `evaluate_patient_lines(psn_no, timeline, line_ids)` where the
+        timeline is `history` less the lines of `line_ids` (a proposed line replaces a stored
+        one of its id), then `proposed` (this patient's proposed lines, all among `line_ids`).
+        The same findings; when `history` is one kept (the same line objects as a previous
+        check's: the local state's caches), nothing is done per line of the history: it is
+        recognised by the identity of its lines and whether a proposed id is in it by its ids."""
+        wanted = set(line_ids)
+        replaced = True  # a proposed id among the history's: the history less it is another
+        if self._resumable:
+            known = self._history(psn_no, history)
+            replaced = not known.ids.isdisjoint(wanted)
+            if not replaced:
+                mine = sorted((line for line in proposed if line.psn_no == psn_no), key=_order)
+                resumed = self._resume(psn_no, known, mine, wanted)
+                if resumed is not None:
+                    return resumed
+        timeline = [line for line in history if line.line_id not in wanted]
+        timeline.extend(proposed)
+        if self._resumable and replaced:
+            resumed = self._resumed(psn_no, timeline, wanted)
+            if resumed is not None:
+                return resumed
+        return self._evaluated(psn_no, timeline, wanted)
+
+    def _evaluated(self, psn_no: str, timeline: Sequence[ClaimLine], wanted: set[str]) -> list[Finding]:
         lines = net_reversals(normalize_timeline(psn_no, timeline))
         targets = [line for line in lines if line.line_id in wanted]
         if not targets:  # a reversal, or no line: nothing is evidence of them
@@ -208,9 +240,17 @@ class Engine:
         proposed = sorted((line for line in proposed if line.psn_no == psn_no), key=_order)
         if not proposed:
             return []
+        return self._resume(psn_no, self._history(psn_no, history), proposed, wanted)
+
+    def _resume(
+        self, psn_no: str, known: _History, proposed: list[ClaimLine], wanted: set[str]
+    ) -> list[Finding] | None:
+        """`_resumed` once the history is walked (`known`, none of whose lines is of `wanted`)
+        and the proposed lines (this patient's, in order) are apart."""
+        if not proposed:
+            return []
         if len({line.line_id for line in proposed}) < len(proposed) or any(line.reverses for line in proposed):
             return None
-        known = self._history(psn_no, history)
         if not known.reversed_ids.isdisjoint(wanted):
             return None
         if not self._only_supply and known.netted and proposed[0].fee_ocur_time <= known.netted[-1].fee_ocur_time:
@@ -263,7 +303,8 @@ class Engine:
                 if known.diagnoses is None:
                     known.diagnoses = diagnoses_of(known.netted)
             diagnoses = diagnoses_of(proposed, known.diagnoses)
-            findings.extend(self._indication.findings(psn_no, proposed, proposed, diagnoses))
+            days = known.matching if diagnoses is known.diagnoses else None  # (kept: the history's alone)
+            findings.extend(self._indication.findings(psn_no, proposed, proposed, diagnoses, days))
         findings.extend(self._trace.within_line_findings(psn_no, proposed))
         return [f for f in _unique(findings) if not wanted.isdisjoint(f.evidence)]
 
@@ -272,7 +313,7 @@ class Engine:
         with self._lock:
             self._histories.clear()
 
-    def _history(self, psn_no: str, history: list[ClaimLine]) -> _History:
+    def _history(self, psn_no: str, history: Sequence[ClaimLine]) -> _History:
         """The history walked, kept per engine by the identity of its lines (immutable: the same
         objects are the same history; the state keeps decoded lines, and the next-fill search
         re-checks against one history many times)."""
@@ -289,7 +330,13 @@ class Engine:
             drug = self.kb.drug(line.med_list_codg)
             if drug is not None:
                 by_class.setdefault(drug.atc_code[:5], []).append(line)
-        known = _History(tuple(history), netted, {line.reverses for line in ordered if line.reverses}, by_class)
+        known = _History(
+            tuple(history),
+            frozenset(line.line_id for line in history),
+            netted,
+            {line.reverses for line in ordered if line.reverses},
+            by_class,
+        )
         if self._identity.enabled:
             self._identity.walk(psn_no, known.places, netted, None)
         with self._lock:

@@ -137,6 +137,18 @@ class SqliteAuditLog(AuditLog):
     def record(self, records: Sequence[AccessRecord]) -> None:
         if not records:
             return
+        conn = self._connection()
+        self._begin(conn)
+        try:
+            self.insert(conn, records)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def insert(self, conn: sqlite3.Connection, records: Sequence[AccessRecord]) -> None:
+        """`record` within a write transaction the caller holds on a connection to the same
+        file (a check's records and warnings in one transaction: rxguard.bootstrap)."""
         rows = []
         for rec in records:
             rid = rec.record_id or uuid.uuid4().hex
@@ -148,15 +160,8 @@ class SqliteAuditLog(AuditLog):
             for row in rows
             if row[4] is not None and row[6] != "denied" and row[5] in ("check", "dispensation")
         ]
-        conn = self._connection()
-        self._begin(conn)
-        try:
-            conn.executemany(f"INSERT INTO access_audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            conn.executemany(_LATEST, latest)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        conn.executemany(f"INSERT INTO access_audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.executemany(_LATEST, latest)
 
     def query(self, query: AuditQuery, limit: int, token: str | None) -> tuple[list[AccessRecord], str | None]:
         where, args = [], []
@@ -170,7 +175,7 @@ class SqliteAuditLog(AuditLog):
         if query.until is not None:
             where.append("at <= ?")
             args.append(_iso(query.until))
-        start = int(token) if token and token.isdigit() else 0
+        start = int(token) if token and token.isascii() and token.isdigit() else 0
         sql = f"SELECT {_COLUMNS} FROM access_audit"
         if where:
             sql += " WHERE " + " AND ".join(where)

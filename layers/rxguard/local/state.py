@@ -400,6 +400,11 @@ def _ids(values: Iterable[str]) -> str:
 _HISTORY_IDS = (
     "SELECT psn_no, line_id FROM lines WHERE psn_no IN (SELECT value FROM json_each(?)) ORDER BY psn_no, t, line_id"
 )
+# what tells a patient's history unchanged since it was read (`SqliteRepository.load_history`):
+# lines are only ever added, never changed or deleted, so the same count is the same lines
+_HISTORY_SIZES = (
+    "SELECT psn_no, count(*), max(id) FROM lines WHERE psn_no IN (SELECT value FROM json_each(?)) GROUP BY psn_no"
+)
 _TRACE_SALES = (
     "SELECT code, t, line_id, psn_no, fixmedins_code, sale FROM trace_sales "
     "WHERE code IN (SELECT value FROM json_each(?)) ORDER BY code, t, line_id"
@@ -424,6 +429,10 @@ class SqliteRepository(HistoryRepository):
         self._cache: dict[str, ClaimLine] = {}  # insertion order: the oldest goes first
         self._cache_size = max(0, line_cache)
         self._cache_lock = threading.Lock()
+        # with a line cache, each patient's history as last read: ((count, max id), its lines),
+        # the latest read last; at most `line_cache` lines in all
+        self._histories: dict[str, tuple[tuple[int, int], tuple[ClaimLine, ...]]] = {}
+        self._histories_lines = 0
 
     # ------------------------------------------------------------ lines
     def record_lines(self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None) -> list[ClaimLine]:
@@ -484,6 +493,45 @@ class SqliteRepository(HistoryRepository):
         return out, (self.state.read(sql, (_ids(out),)) if out else [])
 
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
+        if not self._cache_size:
+            return self._read_history(psn_nos)
+        # a long-lived reader (serve): a history kept whose size has not changed is the same
+        # lines, the same objects (one row a patient, from the index); the others are read
+        sizes, rows = self._keyed(psn_nos, _HISTORY_SIZES)
+        size = {psn_no: (int(count), int(top)) for psn_no, count, top in rows}
+        out: dict[str, list[ClaimLine]] = {}
+        stale = []
+        with self._cache_lock:
+            for psn_no in sizes:
+                kept = self._histories.get(psn_no)
+                if psn_no not in size:
+                    out[psn_no] = []
+                elif kept is not None and kept[0] == size[psn_no]:
+                    self._histories[psn_no] = self._histories.pop(psn_no)  # the latest read last
+                    out[psn_no] = list(kept[1])
+                else:
+                    stale.append(psn_no)
+        if stale:
+            read = self._read_history(stale)
+            with self._cache_lock:
+                for psn_no in stale:
+                    lines = out[psn_no] = read[psn_no]
+                    # (the size read first: a line added meanwhile makes it stale at the next read)
+                    self._keep_history(psn_no, size[psn_no], tuple(lines))
+        return out
+
+    def _keep_history(self, psn_no: str, size: tuple[int, int], lines: tuple[ClaimLine, ...]) -> None:
+        old = self._histories.pop(psn_no, None)
+        self._histories_lines -= len(old[1]) if old else 0
+        if size[0] != len(lines):  # (a line purged between the reads: not kept)
+            return
+        self._histories[psn_no] = (size, lines)
+        self._histories_lines += len(lines)
+        while self._histories_lines > self._cache_size and len(self._histories) > 1:
+            first = next(iter(self._histories))
+            self._histories_lines -= len(self._histories.pop(first)[1])
+
+    def _read_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
         # the ids first, from the index alone; then the bodies of the lines not decoded yet
         out: dict[str, list[ClaimLine]]
         out, rows = self._keyed(psn_nos, _HISTORY_IDS)
@@ -759,15 +807,27 @@ class SqliteFindingsStore(FindingsStore):
         return Disposition.model_validate_json(rows[0][0]) if rows else None
 
     def record_warnings(self, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()) -> None:
-        wanted = set(answered)
         with self.state.write("record a check's warnings") as conn:
-            for finding in findings:
-                lines = [i for i in finding.evidence if i in wanted]
-                conn.execute(
-                    "INSERT OR REPLACE INTO warnings (finding_id, rule_id, body, lines, recorded_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (finding.finding_id, finding.rule_id, finding.model_dump_json(), json.dumps(lines), at.isoformat()),
+            self.insert_warnings(conn, findings, at, answered)
+
+    def insert_warnings(
+        self, conn: sqlite3.Connection, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()
+    ) -> None:
+        """`record_warnings` within a write transaction the caller holds (with the check's audit records)."""
+        wanted = set(answered)
+        conn.executemany(
+            "INSERT OR REPLACE INTO warnings (finding_id, rule_id, body, lines, recorded_at) VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    finding.finding_id,
+                    finding.rule_id,
+                    finding.model_dump_json(),
+                    json.dumps([i for i in finding.evidence if i in wanted]),
+                    at.isoformat(),
                 )
+                for finding in findings
+            ],
+        )
 
     def dispose(self, finding_id: str, disposition: Disposition) -> FindingView:
         rows = self.state.read(f"{_VIEW_SELECT} WHERE f.finding_id = ?", (finding_id,))

@@ -61,8 +61,9 @@ class IndicationMismatch(Rule):
         timeline: Sequence[ClaimLine],
         judged: Sequence[ClaimLine] | None = None,
         diagnoses: Diagnoses | None = None,
+        matching: dict[str, list[int]] | None = None,
     ) -> list[Finding]:
-        return [self.finding(hit) for hit in self.evaluate(psn_no, timeline, judged, diagnoses)]
+        return [self.finding(hit) for hit in self.evaluate(psn_no, timeline, judged, diagnoses, matching)]
 
     def evaluate(
         self,
@@ -70,11 +71,14 @@ class IndicationMismatch(Rule):
         timeline: Sequence[ClaimLine],
         judged: Sequence[ClaimLine] | None = None,
         diagnoses: Diagnoses | None = None,
+        matching: dict[str, list[int]] | None = None,
     ) -> list[Hit]:
         """A hit per restricted line of `judged` (default: the whole timeline) without a
         matching diagnosis in `timeline` (or in `diagnoses`, `diagnoses_of(timeline)` kept by
         the caller). A hit's evidence is its line alone, so judging some lines gives exactly
-        the whole timeline's hits on them."""
+        the whole timeline's hits on them. `matching`: the days of `diagnoses` matching each
+        drug (by drug code), kept by the caller with them (filled here as drugs are judged:
+        a check against a kept history does not go through its diagnoses again)."""
         if not self.enabled:
             return []
         restricted: list[tuple[ClaimLine, Drug]] = []
@@ -85,7 +89,7 @@ class IndicationMismatch(Rule):
         if not restricted:
             return []
         diagnosed, visits = diagnoses_of(timeline) if diagnoses is None else diagnoses
-        matching_days: dict[str, list[int]] = {}
+        matching_days: dict[str, list[int]] = {} if matching is None or diagnoses is None else matching
         out: list[Hit] = []
         for line, drug in restricted:
             if not self.active(line.day, line.admdvs) or not self.applies(drug):
