@@ -13,6 +13,7 @@ from rxguard.models import ClaimLine, InstitutionKind, Rejection
 from rxguard_tools.validate_cli import main as validate_main
 from tests.unit.ingest_helpers import (
     ENTECAVIR,
+    HEADER,
     UNMONITORED,
     csv_text,
     record,
@@ -98,6 +99,22 @@ def test_csv_encodings_give_the_same_lines(kb, tmp_path: Path, encoding: str) ->
     assert rejections == []
     assert [ln.model_dump() for ln in lines] == [ln.model_dump() for ln in expected]
     assert lines[1].fixmedins_name == "石家庄百姓大药房"
+
+
+def test_stray_nul_bytes_in_a_gb18030_file_do_not_make_it_utf16(kb, tmp_path: Path) -> None:
+    # Given a header and two lines of stray bytes (NULs, a character GB18030 writes in four
+    # bytes that are not UTF-8): a short file where UTF-16 looked as plausible as text
+    rows = ["\x00\x00\x00\x00\x01\x80", "", "", "\x00"]
+    path = tmp_path / "nul.csv"
+    path.write_bytes(("\n".join([",".join(HEADER), *rows]) + "\n").encode("gb18030"))
+    # When it is read
+    lines, rejections, reader = _run(path, kb, name="x")
+    # Then it is GB18030 text with two bad lines, each rejected alone, not a file without a header
+    assert reader.file_error is None and reader.encoding == "gb18030"  # type: ignore[attr-defined]
+    assert lines == [] and [r.line for r in rejections] == [2, 5]
+    # and a UTF-16 file without a BOM is still told by its zero bytes
+    recs = [record(), record(feedetl_sn="FD0002", fixmedins_name="石家庄百姓大药房", fixmedins_code="P13000001")]
+    assert len(_run(write_csv(tmp_path / "u16.csv", recs, encoding="utf-16-le"), kb, name="x")[0]) == 2
 
 
 @pytest.mark.parametrize("sep", [",", "\t", "|", ";"])

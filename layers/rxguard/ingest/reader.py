@@ -111,6 +111,11 @@ def _utf16_order(prefix: bytes) -> str | None:
         return "utf-16-le"
     if even_zero > 0.3 and odd_zero < 0.05:
         return "utf-16-be"
+    first_line = sample.split(b"\n", 1)[0]
+    if first_line.strip() and b"\x00" not in first_line:
+        # a header in UTF-16 holds zero bytes (its commas, tabs, brackets are ASCII): this one has
+        # none, so the NULs are stray bytes of later lines (GB18030 or UTF-8 text), not UTF-16
+        return None
     try:  # Chinese UTF-16 is never valid UTF-8; UTF-8 (or ASCII) with stray NULs is not UTF-16
         sample.decode("utf-8")
         return None
