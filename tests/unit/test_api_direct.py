@@ -162,3 +162,27 @@ def test_the_cases_reach_the_direct_path_and_its_refusals(kb: KnowledgeBase, mon
         "dispensation, new lines",
         "check, another institution's caller (403)",
     }
+
+
+def test_a_check_that_fails_after_reading_the_history_is_still_audited(
+    kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a check whose next-fill search fails after the patient's history was read
+    from rxguard.api import service
+
+    svc = _services(kb)
+    before = len(svc.audit.query(AuditQuery(), 1000, None)[0]) if svc.audit else 0
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the search failed")
+
+    monkeypatch.setattr(service, "advise", broken)
+    # When it is asked, directly and through the resolver
+    for direct in (True, False):
+        monkeypatch.setattr(resolver, "DIRECT", direct)
+        answer = resolver.handle(_body("check", _later), None, svc)
+        # Then it answers 500 with no detail, and the read of the history is in the audit
+        assert answer["statusCode"] == 500
+    assert svc.audit is not None
+    records = svc.audit.query(AuditQuery(), 1000, None)[0]
+    assert len(records) == before + 2 and all(r.action == "check" for r in records[-2:])

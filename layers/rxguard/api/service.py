@@ -894,7 +894,11 @@ def check(
     hits = run(claims)  # the history read once: the next-fill search below reuses it
     answered = [(c, r) for c, r in zip(claims, request_lines, strict=True) if r.answer]
     search = partial(run, kb=search_kb(services.kb))  # the waitable rules only
-    advice = advise(services, [c for c, _ in answered], hits, reads, search, allowed, claims)
+    try:
+        advice = advise(services, [c for c, _ in answered], hits, reads, search, allowed, claims)
+    except Exception:  # the history was read: the access is recorded even when the answer fails
+        _audit_lines(services, caller, "check", claims, hits)
+        raise
     warnings = list({f.finding_id: f for c, _ in answered for f in hits.get(c.line_id, [])}.values())
     answered_ids = [c.line_id for c, _ in answered]
     if services.record_check is not None and services.audit is not None:
