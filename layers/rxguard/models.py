@@ -51,6 +51,9 @@ class Scene(StrEnum):
 OverrideReason = Literal["lost", "travel", "dose_change"]
 
 
+_KEPT = ("line_id", "day")  # ClaimLine's cached properties: a copy with an update computes them again
+
+
 class ClaimLine(BaseModel):
     """One normalized claim line. Immutable; serialised as one JSON object per line."""
 
@@ -107,14 +110,16 @@ class ClaimLine(BaseModel):
         return f"{fixmedins_code}/{feedetl_sn}"
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy; with `update`, the cached line id is computed again from the copy's fields."""
+        """A copy; with `update`, the cached line id and day are computed again from the copy's fields."""
         copy = super().model_copy(update=update, deep=deep)
         if update:
-            copy.__dict__.pop("line_id", None)
+            for kept in _KEPT:
+                copy.__dict__.pop(kept, None)
         return copy
 
-    @property
+    @cached_property
     def day(self) -> date:
+        """The day of `fee_ocur_time` (kept once computed, like `line_id`)."""
         return self.fee_ocur_time.date()
 
     @property

@@ -104,8 +104,12 @@ class HistoryRepository(ABC):
 
     # True for a repository under which the trace-code scopes are settled after the whole
     # batch is recorded (the local runtime's workers, docs/local.md): `screen_lines` then
-    # only names each code's scope (replace_findings with no findings) instead of judging it.
+    # hands it the batch's codes (`defer_trace_codes`) instead of judging them.
     defers_trace_scopes: ClassVar[bool] = False
+
+    def defer_trace_codes(self, codes: Collection[str]) -> None:
+        """Keep these trace codes for the settlement after the batch (`defers_trace_scopes`)."""
+        raise NotImplementedError(f"{type(self).__name__} settles trace codes as it screens")
 
     @abstractmethod
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:

@@ -51,19 +51,19 @@ class Scope(str):
 
     @classmethod
     def patient(cls, psn_no: str) -> Scope:
-        return cls("patient", psn_no)
+        return str.__new__(cls, f"patient{_SEPARATOR}{psn_no}")  # (a known kind: not checked again)
 
     @classmethod
     def trace(cls, code: str) -> Scope:
-        return cls("trace", code)
+        return str.__new__(cls, f"trace{_SEPARATOR}{code}")  # (a known kind: not checked again)
 
     @classmethod
     def institution(cls, fixmedins_code: str) -> Scope:
-        return cls("institution", fixmedins_code)
+        return str.__new__(cls, f"institution{_SEPARATOR}{fixmedins_code}")  # (a known kind: not checked again)
 
     @classmethod
     def prescriber(cls, bilg_dr_codg: str) -> Scope:
-        return cls("prescriber", bilg_dr_codg)
+        return str.__new__(cls, f"prescriber{_SEPARATOR}{bilg_dr_codg}")  # (a known kind: not checked again)
 
     @classmethod
     def parse(cls, text: str) -> Scope:

@@ -152,12 +152,15 @@ def screen_lines(
         scope = Scope.patient(psn)
         by_scope[scope] = engine.evaluate_patient(psn, timeline)
         outcome.scopes.append(scope)
-    batch_sales = {} if defer else _sales_by_code(batch)  # per code once (not the whole batch per code)
-    for code in codes:
-        found = [] if defer else engine.evaluate_trace_code(code, _sales_with(sales.get(code, ()), batch_sales[code]))
-        scope = Scope.trace(code)
-        by_scope[scope] = found
-        outcome.scopes.append(scope)
+    if defer:  # the codes' scopes are settled after the batch (the repository keeps the codes)
+        repo.defer_trace_codes(codes)
+        outcome.scopes.extend(Scope.trace(code) for code in codes)
+    else:
+        batch_sales = _sales_by_code(batch)  # per code once (not the whole batch per code)
+        for code in codes:
+            scope = Scope.trace(code)
+            by_scope[scope] = engine.evaluate_trace_code(code, _sales_with(sales.get(code, ()), batch_sales[code]))
+            outcome.scopes.append(scope)
     outcome.changes = repo.replace_many(by_scope)  # one transaction where the adapter can
     repo.flush()
     return outcome

@@ -47,8 +47,11 @@ class MonthlyRules:
         for period in sorted(months):
             lines = months[period]
             region = _region(lines)
+            keys = [(ln.day, ln.admdvs) for ln in lines]
+            distinct = set(keys)  # (day, region): at most a month's days per region
             for rule in wanted:
-                active = [ln for ln in lines if rule.active(ln.day, ln.admdvs)]
+                on = {key: rule.active(*key) for key in distinct}
+                active = lines if all(on.values()) else [ln for ln, k in zip(lines, keys, strict=True) if on[k]]
                 if not active:
                     continue
                 if isinstance(rule, PharmacySpend):

@@ -103,6 +103,9 @@ class DeferTraceScopes(HistoryRepository):
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
         return self.inner.load_findings(scopes)
 
+    def defer_trace_codes(self, codes: Collection[str]) -> None:
+        self.codes.update(codes)
+
     def replace_findings(self, scope: str, findings: Sequence[Finding]) -> FindingChanges:
         return self.replace_many({scope: findings})
 
