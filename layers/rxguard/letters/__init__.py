@@ -240,7 +240,8 @@ def issue_letters(
         letter_id = letter_id_of(job.addressee_type, job.subject, job.period[0], job.serial, job.supplement, settings)
         return f"letter/{job.period[0]}/{letter_id}"
 
-    published = [sink.was_published(message_id(job)) for job in jobs]
+    message_ids = [message_id(job) for job in jobs]
+    published = [sink.was_published(mid) for mid in message_ids]
     todo = [job for job, done in zip(jobs, published, strict=True) if not done]
     built: Iterator[Built]
     if build is None:
@@ -250,7 +251,7 @@ def issue_letters(
         built = iter(build(todo, settings))
     refs: list[LetterRef] = []
     index_rows: list[dict[str, object]] = []
-    for job, done in zip(jobs, published, strict=True):
+    for job, mid, done in zip(jobs, message_ids, published, strict=True):
         if done:
             letter = job.build(kb, settings)
         else:
@@ -285,7 +286,7 @@ def issue_letters(
             locations=locations,
             issued_on=letter.issued_on.isoformat(),
             response_due=letter.response_due.isoformat(),
-            message_id=f"letter/{letter.period_key}/{letter.letter_id}",
+            message_id=mid,
         )
         announced = sink.publish_letter(message)
         refs.append(_ref(LetterRef, letter, len(job.findings), locations, announced=announced, rendered=True))

@@ -173,18 +173,27 @@ def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], str | None, int]:
 LETTER_SLICE = 16  # letters a worker task builds and renders (377 letters at 100k lines: 24 tasks)
 
 
+def html_only(letter: Any, settings: AlertSettings) -> tuple[str, bytes | None]:
+    """A letter's HTML; its PDF is rendered after Notify, from the stored HTML (or on demand)."""
+    from rxguard.letters.render import render_html
+
+    return render_html(letter, settings.templates_dir), None
+
+
+def letter_renderer(inline: bool) -> Callable[[Any, AlertSettings], tuple[str, bytes | None]]:
+    """How a run renders a letter: HTML and PDF with `--pdf inline`, else HTML only."""
+    from rxguard.letters import render_letter
+
+    return render_letter if inline else html_only
+
+
 def letters_part(task: tuple[Sequence[Any], AlertSettings, bool]) -> list[Any]:
     """Notify's letters in a worker: build and render a slice of `LetterJob`s (HTML; the PDF
     too with `--pdf inline`) with the worker's knowledge base."""
-    from rxguard.letters import build_and_render, render_letter
-    from rxguard.letters.render import render_html
+    from rxguard.letters import build_and_render
 
     jobs, settings, inline = task
-
-    def html_only(letter: Any, settings: AlertSettings) -> tuple[str, bytes | None]:
-        return render_html(letter, settings.templates_dir), None
-
-    return build_and_render(jobs, _WORKER["ctx"].kb, settings, render_letter if inline else html_only)
+    return build_and_render(jobs, _WORKER["ctx"].kb, settings, letter_renderer(inline))
 
 
 def normalize_part(task: NormalizeTask) -> TaskOutcome:
@@ -611,34 +620,34 @@ class LocalOrchestrator:
         letter queued for `render_pdfs` (in parallel after Notify, or on demand). With worker
         processes, the letters are built and rendered there, LETTER_SLICE a task, while this
         process stores and announces them in order."""
-        from rxguard.letters import issue_letters, render_letter
+        from rxguard.letters import issue_letters
 
         counters = self.backend.letter_counters()  # None: numbers of this process (the memory backend)
+        inline = self.pdf == "inline"
+        render = letter_renderer(inline)
+
+        def queue_pdf(letter: Any, pdf: bytes | None) -> None:
+            if pdf is None:  # rendered by `render_pdfs` from the stored HTML
+                self.pdf_jobs.append((f"letters/{letter.period_key}/{letter.letter_id}", letter.number))
+
         if pool is not None and not isinstance(pool, InProcess):
             workers = pool
 
             def build(jobs: Sequence[Any], settings: AlertSettings) -> Iterator[Any]:
-                inline = self.pdf == "inline"
                 parts = ((jobs[i : i + LETTER_SLICE], settings, inline) for i in range(0, len(jobs), LETTER_SLICE))
                 # a few slices ahead, not all: the letters built and not yet stored would all be held here
                 for built, cpu, pid in bounded_map(workers, partial(timed, letters_part), parts, 2 * self.workers):
                     self._worker_cpu(cpu, pid)
                     for letter, html, pdf in built:
-                        if pdf is None:
-                            self.pdf_jobs.append((f"letters/{letter.period_key}/{letter.letter_id}", letter.number))
+                        queue_pdf(letter, pdf)
                         yield letter, html, pdf
 
             return partial(issue_letters, counters=counters, build=build)
 
         def html_now(letter: Any, settings: AlertSettings) -> tuple[str, bytes | None]:
-            from rxguard.letters.render import render_html
-
-            if self.pdf == "inline":
-                return render_letter(letter, settings)
-            html = render_html(letter, settings.templates_dir)
-            stem = f"letters/{letter.period_key}/{letter.letter_id}"
-            self.pdf_jobs.append((stem, letter.number))
-            return html, None
+            html, pdf = render(letter, settings)
+            queue_pdf(letter, pdf)
+            return html, pdf
 
         return partial(issue_letters, counters=counters, render=html_now)
 
