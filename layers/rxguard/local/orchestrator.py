@@ -181,7 +181,7 @@ def html_only(letter: Any, settings: AlertSettings) -> tuple[str, bytes | None]:
 
 
 def letter_renderer(inline: bool) -> Callable[[Any, AlertSettings], tuple[str, bytes | None]]:
-    """How a run renders a letter: HTML and PDF with `--pdf inline`, else HTML only."""
+    """How a run renders a letter: HTML and PDF with `pdf="inline"` (no CLI flag sets it), else HTML only."""
     from rxguard.letters import render_letter
 
     return render_letter if inline else html_only
@@ -189,7 +189,7 @@ def letter_renderer(inline: bool) -> Callable[[Any, AlertSettings], tuple[str, b
 
 def letters_part(task: tuple[Sequence[Any], AlertSettings, bool]) -> list[Any]:
     """Notify's letters in a worker: build and render a slice of `LetterJob`s (HTML; the PDF
-    too with `--pdf inline`) with the worker's knowledge base."""
+    too with `pdf="inline"`) with the worker's knowledge base."""
     from rxguard.letters import build_and_render
 
     jobs, settings, inline = task
