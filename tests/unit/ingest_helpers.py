@@ -74,9 +74,9 @@ def write_document(path: Path, records: list[Any], *, indent: int | None = 1) ->
 class PicklingMapper:
     """A Prepare TaskMapper whose tasks and outcomes cross a pickle both ways, as they do to
     the local runtime's worker processes; counts the tasks it ran. Its spill is at the
-    local runtime's zlib level (1), not Lambda's (6): the chunks must not depend on it."""
+    local runtime's level (0: plain text), not Lambda's (6): the chunks must not depend on it."""
 
-    spill_level = 1
+    spill_level = 0
 
     def __init__(self, kb: Any) -> None:
         self.kb = kb

@@ -225,6 +225,19 @@ def test_normalizing_in_other_processes_gives_the_same_chunks_and_rejections(
     assert lines[: lines.index(8)] == sorted(lines[: lines.index(8)])
 
 
+def test_a_plain_spill_and_a_compressed_one_read_back_the_same_rows(tmp_path) -> None:
+    # Given the rows of two tasks for one partition, spilled plain (level 0, the local
+    # runtime) and as gzip members (Lambda's level 6)
+    tasks = [["a\t1\t{}\n", "b\t2\t{}\n"], ["c\t3\t{\"x\":\"\u00e9\"}\n"]]
+    for level in (0, 6):
+        path = tmp_path / f"p{level}"
+        path.write_bytes(b"".join(partition._spill_member(rows, level) for rows in tasks))
+        # Then the plain spill is the rows' own text, and either reads back the same rows
+        assert (path.read_bytes() == "".join(r for rows in tasks for r in rows).encode()) is (level == 0)
+        with partition._open_spill(path) as handle:
+            assert list(handle) == [r for rows in tasks for r in rows]
+
+
 def test_the_spill_reads_time_and_line_id_off_the_chunk_json_exactly(kb) -> None:
     # Given every accepted line of the sample batches (times with and without fractions too)
     lines = [x for path in sorted(BATCHES.glob("0*")) for x in read_batch(path, kb) if isinstance(x, ClaimLine)]
