@@ -228,7 +228,7 @@ def test_normalizing_in_other_processes_gives_the_same_chunks_and_rejections(
 def test_a_plain_spill_and_a_compressed_one_read_back_the_same_rows(tmp_path) -> None:
     # Given the rows of two tasks for one partition, spilled plain (level 0, the local
     # runtime) and as gzip members (Lambda's level 6)
-    tasks = [["a\t1\t{}\n", "b\t2\t{}\n"], ["c\t3\t{\"x\":\"\u00e9\"}\n"]]
+    tasks = [["a\t1\t{}\n", "b\t2\t{}\n"], ['c\t3\t{"x":"\u00e9"}\n']]
     for level in (0, 6):
         path = tmp_path / f"p{level}"
         path.write_bytes(b"".join(partition._spill_member(rows, level) for rows in tasks))
