@@ -500,3 +500,25 @@ def test_notify_reads_evidence_lines_from_results_files_as_the_letters_cite_them
 
 def _html_only(letter, settings):  # type: ignore[no-untyped-def]
     return render_html(letter, settings.templates_dir), None
+
+
+def test_stored_letters_are_announced_together_in_order(kb) -> None:  # type: ignore[no-untyped-def]
+    # Given a sink that can announce several letters at once (the local outbox: one transaction)
+    calls: list[list[str]] = []
+
+    class Together(InMemorySink):
+        def publish_letters(self, messages):  # type: ignore[no-untyped-def]
+            calls.append([m.message_id for m in messages])
+            return super().publish_letters(messages)
+
+    two = [*FINDINGS, FINDINGS[1].model_copy(update={"fixmedins_code": PHARMACY, "finding_id": "e" * 32})]
+    sink = Together()
+    summary = issue(sink, kb, findings=two)
+
+    # Then every letter was announced in one call, in the order of the letters, after its
+    # documents were stored
+    announced = [r.letter_id for r in summary.letters if r.announced]  # type: ignore[attr-defined]
+    assert len(announced) >= 2 and len(calls) == 1
+    assert [m.body["letter_id"] for m in sink.letters] == announced
+    assert calls[0] == [m.message_id for m in sink.letters]
+    assert all(m.body["locations"]["html"].removeprefix("memory://") in sink.documents for m in sink.letters)

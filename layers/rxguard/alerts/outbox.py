@@ -170,6 +170,11 @@ class RecordingSink(NotificationSink):
     def publish_letter(self, message: AlertMessage) -> bool:
         return self._record("letters", message)
 
+    def publish_letters(self, messages: Sequence[AlertMessage]) -> list[bool]:
+        fresh = record_all(self.outbox, "letters", messages)
+        self.recorded_ids += [m.message_id for m, new in zip(messages, fresh, strict=True) if new]
+        return fresh
+
     def put_letter(self, key: str, body: bytes, content_type: str) -> str:
         return self.documents.put_letter(key, body, content_type)
 

@@ -33,6 +33,11 @@ class NotificationSink(ABC):
     def publish_letter(self, message: AlertMessage) -> bool:
         """Announce a letter on the letters topic, at most once per `message.message_id`."""
 
+    def publish_letters(self, messages: Sequence[AlertMessage]) -> list[bool]:
+        """`publish_letter` for each message, in order (a sink that records them together,
+        in one transaction, overrides it)."""
+        return [self.publish_letter(message) for message in messages]
+
     def was_published(self, message_id: str) -> bool:
         """True when `message_id` was published by an earlier attempt. Lets a retry skip
         rendering letters already announced (a timed-out run then resumes, not restarts).

@@ -20,6 +20,7 @@ from typing import Literal
 
 from rxguard.alerts.messages import letter_announcement
 from rxguard.alerts.notify import LetterRef
+from rxguard.alerts.schema import AlertMessage
 from rxguard.alerts.settings import AlertSettings
 from rxguard.alerts.sink import NotificationSink
 from rxguard.kb import KnowledgeBase
@@ -143,22 +144,46 @@ class LetterJob:
 
 
 Render = Callable[[LetterContext, AlertSettings], tuple[str, bytes | None]]
-Built = tuple[LetterContext, str, bytes | None]  # the letter, its HTML, its PDF (None: rendered later)
+# The letter, its HTML, its PDF (None: rendered later). An HTML of None: the build stored the
+# letter's documents itself (`store_letter`, at the sink's keys), as the local deployment's workers do.
+Built = tuple[LetterContext, str | None, bytes | None]
+Rendered = tuple[LetterContext, str, bytes | None]  # a letter, its HTML and its PDF (None: rendered later)
 # (jobs, settings) -> each one's letter, HTML and PDF, in the jobs' order
 Build = Callable[[Sequence[LetterJob], AlertSettings], Iterable[Built]]
 
 
 def build_and_render(
     jobs: Iterable[LetterJob], kb: KnowledgeBase, settings: AlertSettings, render: Render
-) -> list[Built]:
+) -> list[Rendered]:
     """Build and render letters (in any process: the local deployment runs slices of a
     batch's letters over its worker processes)."""
-    out: list[Built] = []
+    out: list[Rendered] = []
     for job in jobs:
         letter = job.build(kb, settings)
         html, pdf = render(letter, settings)
         out.append((letter, html, pdf))
     return out
+
+
+def letter_documents(letter: LetterContext, html: str, pdf: bytes | None) -> list[tuple[str, str, bytes, str]]:
+    """What storing a letter writes: (kind, key, body, content type) of its PDF (when
+    rendered), HTML and annex (when it has one), under `letters/<period>/`."""
+    stem = f"letters/{letter.period_key}/{letter.letter_id}"
+    docs = [("pdf", f"{stem}.pdf", pdf, "application/pdf")] if pdf is not None else []
+    docs.append(("html", f"{stem}.html", html.encode("utf-8"), "text/html; charset=utf-8"))
+    if letter.annex_name:
+        annex = annex_csv(letter)
+        docs.append(("annex", f"letters/{letter.period_key}/{letter.annex_name}", annex, "text/csv; charset=utf-8"))
+    return docs
+
+
+def letter_locations(letter: LetterContext, uri: Callable[[str], str]) -> dict[str, str]:
+    """Where a letter's documents are (PDF, HTML, annex when it has one), by `uri(key)`."""
+    stem = f"letters/{letter.period_key}/{letter.letter_id}"
+    locations = {"pdf": uri(f"{stem}.pdf"), "html": uri(f"{stem}.html")}
+    if letter.annex_name:
+        locations["annex"] = uri(f"letters/{letter.period_key}/{letter.annex_name}")
+    return locations
 
 
 def _evidence_of(group: Sequence[Finding], lines: Mapping[str, ClaimLine]) -> Mapping[str, ClaimLine]:
@@ -170,6 +195,9 @@ def _evidence_of(group: Sequence[Finding], lines: Mapping[str, ClaimLine]) -> Ma
         found: Mapping[str, ClaimLine] = subset(ids)
         return found
     return {line_id: lines[line_id] for line_id in ids if line_id in lines}
+
+
+ANNOUNCE_TOGETHER = 64  # stored letters announced together (a cut-short run re-renders at most these)
 
 
 def issue_letters(
@@ -251,29 +279,29 @@ def issue_letters(
         built = iter(build(todo, settings))
     refs: list[LetterRef] = []
     index_rows: list[dict[str, object]] = []
+    waiting: list[tuple[LetterContext, int, dict[str, str], AlertMessage]] = []  # stored, not yet announced
+
+    def announce() -> None:
+        """Announce the stored letters waiting, in order, together (one outbox transaction locally)."""
+        announced = sink.publish_letters([message for *_, message in waiting])
+        for (letter, count, locations, _), now in zip(waiting, announced, strict=True):
+            refs.append(_ref(LetterRef, letter, count, locations, announced=now, rendered=True))
+        waiting.clear()
+
     for job, mid, done in zip(jobs, message_ids, published, strict=True):
         if done:
             letter = job.build(kb, settings)
         else:
             letter, html, pdf = next(built)
-        stem = f"letters/{letter.period_key}/{letter.letter_id}"
         index_rows.append({"refs": {row.ref: row.finding_id for row in letter.findings}, "period": letter.period_key})
+        locations = letter_locations(letter, sink.letter_uri)
         if done:
-            locations = {"pdf": sink.letter_uri(f"{stem}.pdf"), "html": sink.letter_uri(f"{stem}.html")}
-            if letter.annex_name:
-                locations["annex"] = sink.letter_uri(f"letters/{letter.period_key}/{letter.annex_name}")
+            announce()
             refs.append(_ref(LetterRef, letter, len(job.findings), locations, announced=False, rendered=False))
             continue
-        locations = {
-            "pdf": sink.put_letter(f"{stem}.pdf", pdf, "application/pdf")
-            if pdf is not None
-            else sink.letter_uri(f"{stem}.pdf"),
-            "html": sink.put_letter(f"{stem}.html", html.encode("utf-8"), "text/html; charset=utf-8"),
-        }
-        if letter.annex_name:
-            locations["annex"] = sink.put_letter(
-                f"letters/{letter.period_key}/{letter.annex_name}", annex_csv(letter), "text/csv; charset=utf-8"
-            )
+        if html is not None:  # (None: the build stored them)
+            for kind, key, body, content_type in letter_documents(letter, html, pdf):
+                locations[kind] = sink.put_letter(key, body, content_type)
         message = letter_announcement(
             batch_id=batch_id,
             letter_id=letter.letter_id,
@@ -288,8 +316,10 @@ def issue_letters(
             response_due=letter.response_due.isoformat(),
             message_id=mid,
         )
-        announced = sink.publish_letter(message)
-        refs.append(_ref(LetterRef, letter, len(job.findings), locations, announced=announced, rendered=True))
+        waiting.append((letter, len(job.findings), locations, message))
+        if len(waiting) >= ANNOUNCE_TOGETHER:
+            announce()
+    announce()
     if not refs:
         return refs, None
     index = {

@@ -188,13 +188,21 @@ def letter_renderer(inline: bool) -> Callable[[Any, AlertSettings], tuple[str, b
     return render_letter if inline else html_only
 
 
-def letters_part(task: tuple[Sequence[Any], AlertSettings, bool]) -> list[Any]:
+def letters_part(task: tuple[Sequence[Any], AlertSettings, bool, str]) -> list[Any]:
     """Notify's letters in a worker: build and render a slice of `LetterJob`s (HTML; the PDF
-    too with `pdf="inline"`) with the worker's knowledge base."""
-    from rxguard.letters import build_and_render
+    too with `pdf="inline"`) with the worker's knowledge base, and store their documents
+    under the output directory `out` (as `OutboxSink.put_letter` would). The letters come
+    back without their HTML and PDF (None: stored), for Notify to announce in order."""
+    from rxguard.letters import build_and_render, letter_documents
 
-    jobs, settings, inline = task
-    return build_and_render(jobs, _WORKER["ctx"].kb, settings, letter_renderer(inline))
+    jobs, settings, inline, out = task
+    letters = LocalObjects(Path(out))
+    stored = []
+    for letter, html, pdf in build_and_render(jobs, _WORKER["ctx"].kb, settings, letter_renderer(inline)):
+        for _, key, body, content_type in letter_documents(letter, html, pdf):
+            letters.put_bytes(key, body, content_type)
+        stored.append((letter, None, None))
+    return stored
 
 
 def normalize_part(task: NormalizeTask) -> TaskOutcome:
@@ -639,12 +647,14 @@ class LocalOrchestrator:
             workers = pool
 
             def build(jobs: Sequence[Any], settings: AlertSettings) -> Iterator[Any]:
-                parts = ((jobs[i : i + LETTER_SLICE], settings, inline) for i in range(0, len(jobs), LETTER_SLICE))
-                # a few slices ahead, not all: the letters built and not yet stored would all be held here
+                out = str(self.out)
+                parts = ((jobs[i : i + LETTER_SLICE], settings, inline, out) for i in range(0, len(jobs), LETTER_SLICE))
+                # a few slices ahead, not all: the letters built and not yet announced would all be held here
                 for built, cpu, pid in bounded_map(workers, partial(timed, letters_part), parts, 2 * self.workers):
                     self._worker_cpu(cpu, pid)
-                    for letter, html, pdf in built:
-                        queue_pdf(letter, pdf)
+                    for letter, html, pdf in built:  # stored by the worker (PDF too when inline)
+                        if not inline:
+                            queue_pdf(letter, None)
                         yield letter, html, pdf
 
             return partial(issue_letters, counters=counters, build=build)
@@ -770,6 +780,9 @@ class OutboxSink(NotificationSink):
 
     def publish_letter(self, message: AlertMessage) -> bool:
         return bool(self.box.record([OutboxEntry("letters", message)]))
+
+    def publish_letters(self, messages: Sequence[AlertMessage]) -> list[bool]:
+        return record_all(self.box, "letters", messages)
 
     def put_letter(self, key: str, body: bytes, content_type: str) -> str:
         self.letters.put_bytes(key, body, content_type)

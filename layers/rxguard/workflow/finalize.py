@@ -20,7 +20,7 @@ from rxguard.errors import BatchInputError
 from rxguard.observability import logger
 from rxguard.workflow import naming
 from rxguard.workflow.contract import (
-    ChunkFindings,
+    ChunkCounts,
     FinalizeRequest,
     FinalizeResult,
     PrepareOutput,
@@ -182,7 +182,7 @@ def _count(results: ResultStore, chunk_results: Sequence[Any]) -> dict[str, Any]
     totals: Counter[str] = Counter()
     recorded = duplicates = 0
     for entry in ok_results(chunk_results):
-        found = ChunkFindings.model_validate(results.get_json(str(entry["result_key"])))
+        found = ChunkCounts.model_validate_json(results.get_bytes(str(entry["result_key"])))
         recorded += found.recorded
         duplicates += int(entry.get("duplicates", found.duplicates))
         totals["new"] += len(found.new)

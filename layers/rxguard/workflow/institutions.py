@@ -26,7 +26,14 @@ from rxguard.repository import FindingChanges
 from rxguard.scope import Scope
 from rxguard.screening import institution_findings
 from rxguard.workflow import naming
-from rxguard.workflow.contract import INSTITUTIONS, ChunkFindings, ChunkResult, InstitutionsRequest, ok_results
+from rxguard.workflow.contract import (
+    INSTITUTIONS,
+    ChunkCounts,
+    ChunkFindings,
+    ChunkResult,
+    InstitutionsRequest,
+    ok_results,
+)
 
 
 def flag_deltas(
@@ -74,7 +81,7 @@ def screen_institutions(
 ) -> ChunkResult:
     touched: set[str] = set()
     for entry in ok_results(request.chunk_results):  # the months only: no finding is built
-        touched.update(str(p) for p in results.get_json(str(entry["result_key"])).get("activity_periods") or ())
+        touched.update(ChunkCounts.model_validate_json(results.get_bytes(str(entry["result_key"]))).activity_periods)
     rule = kb.rules.get("institution-outlier")
     window = InstitutionOutlierParameters.model_validate(rule.parameters).window_months if rule else 1
     evaluated, needed = affected_periods(touched, window)
