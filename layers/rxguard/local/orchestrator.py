@@ -55,6 +55,7 @@ from rxguard.workflow.contract import (
     ChunkFindings,
     ChunkRequest,
     ChunkResult,
+    ChunkSupersessions,
     FinalizeRequest,
     FinalizeResult,
     InstitutionsRequest,
@@ -726,7 +727,7 @@ class LocalOrchestrator:
             for entry in ok_results(batch.state.get("chunk_results") or []) + ok_results(
                 [(batch.state.get("institutions") or {}).get("result")]
             ):
-                found = ChunkFindings.model_validate(self.results.get_json(str(entry["result_key"])))
+                found = ChunkSupersessions.model_validate_json(self.results.get_bytes(str(entry["result_key"])))
                 born.update(f.finding_id for f in found.new)
                 for f in found.superseded:
                     gone[f.finding_id] = (batch.batch_id, f)

@@ -162,6 +162,18 @@ class ChunkCounts(BaseModel):
     activity_periods: list[str] = Field(default_factory=list)
 
 
+class _Identified(BaseModel):
+    finding_id: str
+
+
+class ChunkSupersessions(BaseModel):
+    """What the local run's corrections read of a results file: the ids of the new findings
+    and the superseded findings (the rest is not validated again)."""
+
+    new: list[_Identified] = Field(default_factory=list)
+    superseded: list[Finding] = Field(default_factory=list)
+
+
 def ok_results(chunk_results: Iterable[Any]) -> list[Mapping[str, Any]]:
     """The Map results of chunks that were screened: null entries (moto turns a failed
     DISTRIBUTED Map item into null) and ChunkFailure entries (`ok: false`) left out."""
