@@ -17,6 +17,7 @@ import shutil
 import time
 import traceback
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
@@ -250,8 +251,10 @@ class PoolMapper:
 
 
 def code_part(code: str, parts: int) -> int:
-    """Which of `parts` settlement tasks takes a trace code (a stable hash)."""
-    return int(hashlib.blake2b(code.encode(), digest_size=4).hexdigest(), 16) % parts
+    """Which of `parts` settlement tasks takes a trace code (a stable hash: CRC-32, which
+    spreads the codes evenly and costs a third of a blake2b digest; each task hashes every
+    code of the batch, 80,000 at 100k lines)."""
+    return zlib.crc32(code.encode()) % parts if parts > 1 else 0
 
 
 def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +267,7 @@ def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
     mine: set[str] = set()
     for key in event["keys"]:  # the codes each chunk deferred; this part takes its share
         text = ctx.results.get_bytes(str(key)).decode("utf-8")
-        mine.update(code for code in text.split("\n") if code and code_part(code, parts) == part)
+        mine.update(code for code in text.split("\n") if code and (parts == 1 or code_part(code, parts) == part))
     codes = sorted(mine)
     repo = ctx.backend.repository(writer=f"{batch_id[:16]}-t{part}")
     engine = engine_for(ctx.kb, RECORDING_SCENES)
