@@ -522,3 +522,31 @@ def test_stored_letters_are_announced_together_in_order(kb) -> None:  # type: ig
     assert [m.body["letter_id"] for m in sink.letters] == announced
     assert calls[0] == [m.message_id for m in sink.letters]
     assert all(m.body["locations"]["html"].removeprefix("memory://") in sink.documents for m in sink.letters)
+
+
+def test_notify_that_rereads_stored_findings_takes_only_their_ids_from_results_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Given a results file whose findings are bare ids (as the local run reads them: it
+    # re-reads each finding as stored, so a second copy of the batch's findings is not held)
+    from rxguard.local.objects import LocalObjects
+    from rxguard.workflow.notify import findings_to_alert
+
+    results = LocalObjects(tmp_path)
+    results.put_json(
+        "r.json",
+        {"chunk_key": "c", "new": [{"finding_id": "b"}, {"finding_id": "a"}], "updated": [{"finding_id": "c"}]},
+    )
+    stored = {
+        "a": FINDINGS[0].model_copy(update={"finding_id": "a"}),
+        "c": FINDINGS[1].model_copy(update={"finding_id": "c", "status": "superseded"}),
+    }
+    asked: list[list[str]] = []
+
+    def current(ids):  # type: ignore[no-untyped-def]
+        asked.append(list(ids))
+        return {i: stored[i] for i in ids if i in stored}
+
+    # When Notify gathers what it alerts
+    todo = findings_to_alert(results, [{"ok": True, "result_key": "r.json"}], current)
+    # Then it asked for every id once, in id order, and alerts the stored findings still current
+    assert asked == [["a", "b", "c"]]
+    assert todo.findings == [stored["a"]]

@@ -19,14 +19,15 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from rxguard.local.backend import Backend
 from rxguard.local.orchestrator import BatchRun, Progress, RunResult
+from rxguard.models import Finding
 from rxguard.texttable import table
-from rxguard_tools.summary import findings_tables
+from rxguard_tools.summary import SEVERITIES, findings_tables
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
 
@@ -147,13 +148,11 @@ def run(
                     pdf=pdf,
                 )
                 result = orchestrator.run(files)
-            findings = [f.model_dump(mode="json") for f in backend.current_findings()]
+            findings = _write_findings(out / "findings.jsonl", backend.current_findings())
             location = backend.location
         finally:
             backend.close()
-    _write_jsonl(out / "findings.jsonl", findings)
-    rejected = _rejected(result.batches, LocalObjects(state / "results"))
-    _write_jsonl(out / "rejected.jsonl", rejected)
+    rejected = _write_rejected(out / "rejected.jsonl", result.batches, LocalObjects(state / "results"))
     report = _report(result, findings, rejected, location)
     (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     _summary(result, findings, report, out, stdout)
@@ -252,33 +251,50 @@ def _progress(stream: TextIO | None) -> Iterator[Progress]:
 
 
 # ------------------------------------------------------------------ output
-def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+def _write_findings(path: Path, findings: Iterable[Finding], top: int = 5) -> list[dict[str, Any]]:
+    """Write findings.jsonl one finding at a time (a state's findings are never all held).
+    Returns what the summary needs of each: its id, rule and severity; in full only the
+    `top` most severe, which it shows."""
+    rank = {severity: i for i, severity in enumerate(SEVERITIES)}
+    brief: list[dict[str, Any]] = []
+    best: list[tuple[tuple[int, str], int, dict[str, Any]]] = []  # the most severe so far (a few)
     with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
+        for finding in findings:
+            row = finding.model_dump(mode="json")
             fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            brief.append({"finding_id": row["finding_id"], "rule_id": row["rule_id"], "severity": row["severity"]})
+            best.append(((rank.get(str(row["severity"]), 3), str(row["finding_id"])), len(brief) - 1, row))
+            if len(best) > 8 * top:
+                best = sorted(best)[:top]
+    for _, index, row in sorted(best)[:top]:
+        brief[index] = row
+    return brief
 
 
-def _rejected(batches: Sequence[BatchRun], results: Any) -> list[dict[str, Any]]:
+def _write_rejected(path: Path, batches: Sequence[BatchRun], results: Any) -> int:
+    """Write rejected.jsonl: each batch's rejected lines, with the file as the user gave
+    it, one at a time; returns how many."""
     from rxguard.workflow import naming
 
-    rows: list[dict[str, Any]] = []
-    for batch in batches:
-        if not batch.batch_id or batch.status == "DUPLICATE":
-            continue
-        key = naming.rejected_key(batch.batch_id)
-        if not results.exists(key):
-            continue
-        for line in results.get_bytes(key).decode("utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                row["file"] = str(batch.path)  # as the user gave it
-                rows.append(row)
-    return rows
+    count = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for batch in batches:
+            if not batch.batch_id or batch.status == "DUPLICATE":
+                continue
+            key = naming.rejected_key(batch.batch_id)
+            if not results.exists(key):
+                continue
+            with results.path(key).open(encoding="utf-8") as rows:
+                for line in rows:
+                    if line.strip():
+                        row = json.loads(line)
+                        row["file"] = str(batch.path)  # as the user gave it
+                        fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+                        count += 1
+    return count
 
 
-def _report(
-    result: RunResult, findings: Sequence[dict[str, Any]], rejected: Sequence[dict[str, Any]], location: str
-) -> dict[str, Any]:
+def _report(result: RunResult, findings: Sequence[dict[str, Any]], rejected: int, location: str) -> dict[str, Any]:
     totals: Counter[str] = Counter()
     per_batch = []
     for b in result.batches:
@@ -298,11 +314,11 @@ def _report(
             "findings": len(findings),
             "findings_by_rule": dict(sorted(Counter(str(f["rule_id"]) for f in findings).items())),
             "findings_by_severity": dict(sorted(Counter(str(f["severity"]) for f in findings).items())),
-            "rejected_lines": len(rejected),
-            "alerts_published": len(result.alerts),
-            "alerts_by_type": dict(sorted(Counter(str(a["body"].get("message_type")) for a in result.alerts).items())),
+            "rejected_lines": rejected,
+            "alerts_published": sum(result.alerts.values()),
+            "alerts_by_type": dict(sorted(result.alerts.items())),
             "corrections": result.corrections,
-            "letters_published": len(result.letters),
+            "letters_published": result.letters,
             "cpu_seconds": result.cpu_seconds,
             "wall_seconds": result.wall_seconds,
             "lines_per_cpu_second": round(lines / result.cpu_seconds, 1) if result.cpu_seconds else None,

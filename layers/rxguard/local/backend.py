@@ -188,7 +188,7 @@ class SqliteBackend(Backend):
         return out
 
     def current_findings(self) -> Iterator[Finding]:
-        return iter(self.state.repository().all_current_findings())
+        return self.state.repository().iter_current_findings()
 
     def all_batches(self) -> list[dict[str, Any]]:
         return self._batches.all()

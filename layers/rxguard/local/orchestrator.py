@@ -18,7 +18,7 @@ import time
 import traceback
 import uuid
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -333,8 +333,8 @@ class BatchRun:
 @dataclass
 class RunResult:
     batches: list[BatchRun]
-    alerts: list[dict[str, Any]]
-    letters: list[dict[str, Any]]
+    alerts: dict[str, int]  # alerts delivered, by message type
+    letters: int  # letter announcements delivered
     corrections: int
     interrupted: list[str]
     cpu_seconds: float
@@ -796,36 +796,44 @@ class OutboxSink(NotificationSink):
         return key  # relative to the output directory: out/letters/<batch_id>/...
 
 
-def deliver_pending(outbox: Outbox, out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def deliver_pending(outbox: Outbox, out: Path) -> tuple[dict[str, int], int]:
     """Publish every pending message (this run's and any a failed run left) by appending
-    it to out/alerts.jsonl or out/letters.jsonl; each is marked sent once written."""
+    it to out/alerts.jsonl or out/letters.jsonl; each is marked sent once written. Returns
+    the alerts written by message type, and the letters written (the messages themselves
+    are in the files, not held here: 10,000 of them at 1M lines)."""
     import json
 
     from rxguard.alerts.outbox import drain
 
-    written: dict[str, list[dict[str, Any]]] = {"alerts": [], "letters": []}
+    alerts: Counter[str] = Counter()
+    letters = 0
     out.mkdir(parents=True, exist_ok=True)
-    files = {topic: (out / f"{topic}.jsonl").open("w", encoding="utf-8") for topic in written}
+    files = {topic: (out / f"{topic}.jsonl").open("w", encoding="utf-8") for topic in ("alerts", "letters")}
     try:
 
         def deliver(entry: OutboxEntry) -> None:
+            nonlocal letters
+            body = entry.message.body
             row = {
                 "message_id": entry.message_id,
                 "topic": entry.topic,
                 "subject": entry.message.subject,
                 "attributes": entry.message.attributes,
-                "body": entry.message.body,
+                "body": body,
             }
             fh = files.get(entry.topic, files["alerts"])
             fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
             fh.flush()
-            written.get(entry.topic, written["alerts"]).append(row)
+            if entry.topic == "letters":
+                letters += 1
+            else:
+                alerts[str(body.get("message_type") if isinstance(body, Mapping) else None)] += 1
 
         drain(outbox, deliver)
     finally:
         for fh in files.values():
             fh.close()
-    return written["alerts"], written["letters"]
+    return dict(sorted(alerts.items())), letters
 
 
 def render_pdf_files(jobs: Sequence[tuple[str, str, str, str, str]], workers: int) -> tuple[int, float]:

@@ -706,9 +706,24 @@ class SqliteRepository(HistoryRepository):
         return {fid: _decode_finding(body, status) for fid, status, body in rows}
 
     def all_current_findings(self) -> list[Finding]:
-        """Every current finding, by finding_id (the run's findings.jsonl)."""
-        rows = self.state.read("SELECT status, body FROM findings WHERE status != 'superseded' ORDER BY finding_id")
-        return [_decode_finding(body, status) for status, body in rows]
+        """Every current finding, by finding_id."""
+        return list(self.iter_current_findings())
+
+    def iter_current_findings(self, page: int = 2000) -> Iterator[Finding]:
+        """Every current finding, by finding_id, read `page` at a time (the run's
+        findings.jsonl: a state's findings are never all in memory at once)."""
+        after = ""
+        while True:
+            rows = self.state.read(
+                "SELECT finding_id, status, body FROM findings WHERE status != 'superseded' AND finding_id > ? "
+                "ORDER BY finding_id LIMIT ?",
+                (after, page),
+            )
+            for _, status, body in rows:
+                yield _decode_finding(body, status)
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
 
     # ------------------------------------------------------------ institution activity
     def load_activity(self, periods: Collection[str]) -> list[ActivityAggregate]:

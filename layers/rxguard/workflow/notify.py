@@ -91,6 +91,19 @@ class _AlertView(BaseModel):
     evidence_lines: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class _Identified(BaseModel):
+    finding_id: str
+
+
+class _AlertIdsView(_AlertView):
+    """`_AlertView` with the findings' ids only: Notify that re-reads each finding as
+    stored (`current`) does not hold a second copy of the batch's findings."""
+
+    new: list[_Identified] = Field(default_factory=list)  # type: ignore[assignment]
+    updated: list[_Identified] = Field(default_factory=list)  # type: ignore[assignment]
+    recovered: list[_Identified] = Field(default_factory=list)  # type: ignore[assignment]
+
+
 @dataclass
 class ToAlert:
     findings: list[Finding] = field(default_factory=list)
@@ -98,33 +111,36 @@ class ToAlert:
     lines: EvidenceLines = field(default_factory=EvidenceLines)
 
 
-def findings_to_alert(results: ResultStore, chunk_results: Sequence[Any]) -> ToAlert:
+def findings_to_alert(
+    results: ResultStore,
+    chunk_results: Sequence[Any],
+    current: Callable[[Collection[str]], Mapping[str, Finding]] | None = None,
+) -> ToAlert:
     """New and updated findings of every screened chunk, once each, in id order, with the
     institution names and evidence lines the letters use (the results files are
-    `ChunkFindings`; what Notify does not use is not validated again)."""
-    by_id: dict[str, Finding] = {}
+    `ChunkFindings`; what Notify does not use is not validated again). With `current`
+    (finding ids -> stored findings) each finding is the one stored now, and those
+    superseded since are left out (`settled`)."""
+    by_id: dict[str, Any] = {}
     out = ToAlert()
+    view = _AlertView if current is None else _AlertIdsView
     for entry in ok_results(chunk_results):
-        found = _AlertView.model_validate(results.get_json(str(entry["result_key"])))
+        found = view.model_validate_json(results.get_bytes(str(entry["result_key"])))
         for finding in [*found.new, *found.updated, *found.recovered]:
             by_id[finding.finding_id] = finding
         out.institutions.update(found.institutions)
         for line in found.evidence_lines:
             out.lines.add(line)
-    out.findings = [by_id[k] for k in sorted(by_id)]
+    ids = sorted(by_id)
+    out.findings = [by_id[k] for k in ids] if current is None else settled(ids, current)
     return out
 
 
-def settled(findings: Sequence[Finding], current: Callable[[Collection[str]], Mapping[str, Finding]]) -> list[Finding]:
-    """The findings as stored now: those superseded since their chunk reported them are
-    left out, the others take their stored figures and status."""
-    stored = current([f.finding_id for f in findings])
-    out = []
-    for finding in findings:
-        now = stored.get(finding.finding_id)
-        if now is not None and now.status != "superseded":
-            out.append(now)
-    return out
+def settled(finding_ids: Sequence[str], current: Callable[[Collection[str]], Mapping[str, Finding]]) -> list[Finding]:
+    """The findings as stored now, in the given order: those superseded since their chunk
+    reported them, or not stored, are left out."""
+    stored = current(finding_ids)
+    return [now for i in finding_ids if (now := stored.get(i)) is not None and now.status != "superseded"]
 
 
 def notify_chunks(
@@ -149,8 +165,8 @@ def notify_chunks(
     (the local deployment renders the PDFs after Notify: docs/local.md). `outbox` with
     `deliver` (`AwsNotificationSink.deliver`): messages are recorded in the outbox, then the
     pending ones published (at most `drain_limit` per call; the sweeper publishes the rest)."""
-    todo = findings_to_alert(results, [*request.chunk_results, request.institutions])
-    findings = todo.findings = todo.findings if current is None else settled(todo.findings, current)
+    todo = findings_to_alert(results, [*request.chunk_results, request.institutions], current)
+    findings = todo.findings
     if outbox is not None and deliver is None:
         raise ValueError("notify_chunks: an outbox needs a deliver function (the sink that publishes)")
     recording = RecordingSink(outbox, sink) if outbox is not None else None
