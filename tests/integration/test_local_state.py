@@ -362,3 +362,21 @@ def test_the_kept_histories_are_bounded_by_the_line_cache(tmp_path: Path) -> Non
         # Then the first is no longer kept (read again: other objects), yet the same lines
         assert [x.line_id for x in serving.load_history(["A"])["A"]] == [x.line_id for x in a]
         assert sum(len(lines) for _, lines in serving._histories.values()) <= 3
+
+
+def test_the_page_cache_is_set_per_state_and_the_cli_keeps_the_orchestrators_small(tmp_path: Path) -> None:
+    # Given a state opened at the default and one opened for an orchestrator with workers
+    from rxguard.local.backend import SqliteBackend
+    from rxguard_tools.local_cli import ORCHESTRATOR_CACHE_MB
+
+    default = State.open(tmp_path / "a")
+    small = SqliteBackend(tmp_path / "b", cache_mb=ORCHESTRATOR_CACHE_MB)
+    try:
+        # Then each connection's page cache is what was asked (KiB, negative), the
+        # orchestrator's a quarter of the writers'
+        assert default.read("PRAGMA cache_size")[0][0] == -64 * 1024
+        assert small.state.read("PRAGMA cache_size")[0][0] == -ORCHESTRATOR_CACHE_MB * 1024
+        assert ORCHESTRATOR_CACHE_MB < 64
+    finally:
+        default.close()
+        small.close()

@@ -79,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
 
+ORCHESTRATOR_CACHE_MB = 16
+
+
 def render_pdfs_on_demand(argv: Sequence[str]) -> int:
     """`rxguard run --render-pdfs OUT [--workers N]`: the PDF of every HTML letter under
     OUT/letters that has none yet (a run with --pdf on-demand left them)."""
@@ -131,7 +134,10 @@ def run(
     settings = Settings.from_env()
     kb = get_knowledge_base(settings.rules_dir, settings.phase)
     with _run_lock(state, progress), (out / "logs" / "run.log").open("a", encoding="utf-8") as log, _logs_to(log):
-        backend = backend if backend is not None else SqliteBackend(state)
+        # With worker processes this one only reads a batch's months and findings: a small
+        # page cache (it filled its 64 MB scanning a month's lines: 64 MB more of peak memory)
+        cache_mb = ORCHESTRATOR_CACHE_MB if workers > 1 else 64
+        backend = backend if backend is not None else SqliteBackend(state, cache_mb=cache_mb)
         try:
             with _progress(progress) as shown:
                 orchestrator = LocalOrchestrator(

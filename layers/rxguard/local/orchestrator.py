@@ -47,7 +47,7 @@ from rxguard.ingest.partition import (
 from rxguard.kb import KnowledgeBase, Phase, get_knowledge_base
 from rxguard.local.backend import Backend, BackendSpec, open_backend
 from rxguard.local.objects import InputFiles, LocalObjects
-from rxguard.local.workers import tune_gc, tuned_gc, worker_context
+from rxguard.local.workers import release_memory, tune_gc, tuned_gc, worker_context
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 from rxguard.scope import Scope
@@ -408,6 +408,7 @@ class LocalOrchestrator:
                 if batch.status == "SCREENED":
                     with self._phase("notify"):
                         self._notify(batch, sink, pool)
+                        release_memory()
                 if batch.status in ("SCREENED", "ERROR"):
                     with self._phase("finalize"):
                         self._finalize(batch)
@@ -532,6 +533,7 @@ class LocalOrchestrator:
             batch.status = "DUPLICATE"
             self.progress.batch(batch, "already processed (same file): nothing to do")
             return
+        release_memory()  # the rows that came through the workers' pipes
         self.progress.lines_read(prepared.lines_read)
         self.progress.batch(batch, f"prepared: {prepared.lines_read} lines, {prepared.chunk_count} chunks")
         try:

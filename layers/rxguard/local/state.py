@@ -180,19 +180,23 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 class State:
     """One state directory. Thread-safe: each thread (and each process) gets its own connection."""
 
-    def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, cache_mb: int = 64) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
+        self.cache_mb = cache_mb  # SQLite's page cache, per connection
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> State:
-        """Open the state in `directory` (created with its schema when new)."""
+    def open(
+        cls, directory: str | os.PathLike[str], *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, cache_mb: int = 64
+    ) -> State:
+        """Open the state in `directory` (created with its schema when new). `cache_mb`:
+        SQLite's page cache per connection (64 MB for the writers of lines and findings)."""
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
-        state = cls(folder / STATE_FILE, busy_timeout=busy_timeout)
+        state = cls(folder / STATE_FILE, busy_timeout=busy_timeout, cache_mb=cache_mb)
         state._migrate()
         return state
 
@@ -205,7 +209,7 @@ class State:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA cache_size=-65536")  # 64 MB page cache per connection
+            conn.execute(f"PRAGMA cache_size={-1024 * int(self.cache_mb)}")  # KiB, per connection
             conn.execute("PRAGMA temp_store=MEMORY")
             # checkpoint every 32 MB of WAL, not every 4 MB: a batch's chunk transactions (a few
             # MB each) no longer each copy the pages into the database, and an index page

@@ -65,3 +65,17 @@ def tuned_gc() -> Iterator[None]:
         gc.set_threshold(*before)
         if not frozen:  # (unfreeze gives back every frozen object: only when none was before)
             gc.unfreeze()
+
+
+def release_memory() -> None:
+    """Give the C heap's free memory back to the system (glibc `malloc_trim`; nothing
+    elsewhere). After Prepare the orchestrator held ~20 MB a 300k-line batch of freed
+    buffers (the normalized rows that came through the workers' pipes), more at 1M."""
+    import ctypes
+
+    try:
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # this process's C library
+    except OSError:
+        return
+    if trim is not None:
+        trim(0)
