@@ -1431,6 +1431,12 @@ class ResultStore:
     def upload_file(self, key: str, path: Path, content_type: str = "application/x-ndjson") -> str:
         return self.put_bytes(key, path.read_bytes(), content_type)
 
+    def move_file(self, key: str, path: Path, content_type: str = "application/x-ndjson") -> str:
+        """`upload_file`, then the local file is removed (a store on the same disk moves it)."""
+        uri = self.upload_file(key, path, content_type)
+        path.unlink()
+        return uri
+
     def get_bytes(self, key: str) -> bytes:
         try:
             return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())

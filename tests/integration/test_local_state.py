@@ -380,3 +380,27 @@ def test_the_page_cache_is_set_per_state_and_the_cli_keeps_the_orchestrators_sma
     finally:
         default.close()
         small.close()
+
+
+def test_a_results_directory_takes_a_file_by_moving_it_and_the_inputs_take_nothing(tmp_path: Path) -> None:
+    # Given a chunk file written beside the results directory (Prepare's working directory)
+    from rxguard.errors import BatchInputError
+    from rxguard.local.objects import InputFiles, LocalObjects
+
+    results = LocalObjects(tmp_path / "results")
+    chunk = tmp_path / "results" / "work" / "chunk-00000.jsonl"
+    chunk.parent.mkdir(parents=True)
+    chunk.write_bytes(b'{"a":1}\n')
+    inode = chunk.stat().st_ino
+    # When it is stored under a key
+    uri = results.move_file("batches/b/chunks/00000.jsonl", chunk)
+    # Then the object is that file, renamed (not copied), and the working file is gone
+    stored = results.path("batches/b/chunks/00000.jsonl")
+    assert uri == stored.as_uri() and not chunk.exists()
+    assert stored.read_bytes() == b'{"a":1}\n' and stored.stat().st_ino == inode
+    # and the files given to a run are never written to
+    source = tmp_path / "claims.csv"
+    source.write_bytes(b"x")
+    with pytest.raises(BatchInputError, match="read-only"):
+        InputFiles({"claims.csv": source}).move_file("claims.csv", stored)
+    assert source.read_bytes() == b"x" and stored.exists()

@@ -56,8 +56,7 @@ def prepare_object(
 
         def upload(info: ChunkInfo) -> None:
             key = naming.chunk_key(batch_id, len(chunks))
-            results.upload_file(key, Path(info.path))
-            Path(info.path).unlink()
+            results.move_file(key, Path(info.path))
             chunks.append(ChunkRef(chunk_key=key, lines=info.lines, patients=info.patients))
 
         result = prepare_batch(
