@@ -145,7 +145,7 @@ class LetterJob:
 
 Render = Callable[[LetterContext, AlertSettings], tuple[str, bytes | None]]
 # The letter, its HTML, its PDF (None: rendered later). An HTML of None: the build stored the
-# letter's documents itself (`store_letter`, at the sink's keys), as the local deployment's workers do.
+# letter's documents itself (`letter_documents`, at the sink's keys), as the local deployment's workers do.
 Built = tuple[LetterContext, str | None, bytes | None]
 Rendered = tuple[LetterContext, str, bytes | None]  # a letter, its HTML and its PDF (None: rendered later)
 # (jobs, settings) -> each one's letter, HTML and PDF, in the jobs' order
@@ -165,25 +165,30 @@ def build_and_render(
     return out
 
 
+def letter_keys(letter: LetterContext) -> dict[str, str]:
+    """Where a letter's documents are stored: its PDF, its HTML and its annex (when it has
+    one), under `letters/<period>/`."""
+    stem = f"letters/{letter.period_key}/{letter.letter_id}"
+    keys = {"pdf": f"{stem}.pdf", "html": f"{stem}.html"}
+    if letter.annex_name:
+        keys["annex"] = f"letters/{letter.period_key}/{letter.annex_name}"
+    return keys
+
+
 def letter_documents(letter: LetterContext, html: str, pdf: bytes | None) -> list[tuple[str, str, bytes, str]]:
     """What storing a letter writes: (kind, key, body, content type) of its PDF (when
-    rendered), HTML and annex (when it has one), under `letters/<period>/`."""
-    stem = f"letters/{letter.period_key}/{letter.letter_id}"
-    docs = [("pdf", f"{stem}.pdf", pdf, "application/pdf")] if pdf is not None else []
-    docs.append(("html", f"{stem}.html", html.encode("utf-8"), "text/html; charset=utf-8"))
-    if letter.annex_name:
-        annex = annex_csv(letter)
-        docs.append(("annex", f"letters/{letter.period_key}/{letter.annex_name}", annex, "text/csv; charset=utf-8"))
+    rendered), its HTML and its annex (when it has one)."""
+    keys = letter_keys(letter)
+    docs = [("pdf", keys["pdf"], pdf, "application/pdf")] if pdf is not None else []
+    docs.append(("html", keys["html"], html.encode("utf-8"), "text/html; charset=utf-8"))
+    if "annex" in keys:
+        docs.append(("annex", keys["annex"], annex_csv(letter), "text/csv; charset=utf-8"))
     return docs
 
 
 def letter_locations(letter: LetterContext, uri: Callable[[str], str]) -> dict[str, str]:
-    """Where a letter's documents are (PDF, HTML, annex when it has one), by `uri(key)`."""
-    stem = f"letters/{letter.period_key}/{letter.letter_id}"
-    locations = {"pdf": uri(f"{stem}.pdf"), "html": uri(f"{stem}.html")}
-    if letter.annex_name:
-        locations["annex"] = uri(f"letters/{letter.period_key}/{letter.annex_name}")
-    return locations
+    """Where a letter's documents are, as `uri(key)` gives them."""
+    return {kind: uri(key) for kind, key in letter_keys(letter).items()}
 
 
 def _evidence_of(group: Sequence[Finding], lines: Mapping[str, ClaimLine]) -> Mapping[str, ClaimLine]:
