@@ -98,6 +98,7 @@ def test_every_hostile_batch_prepares_the_same_through_worker_tasks(
 
     monkeypatch.setattr(partition, "TASK_RECORDS", 3)
     monkeypatch.setattr(partition, "TASK_ROWS_PER_PART", 0)
+    monkeypatch.setattr(partition, "PLAIN_TASK_RECORDS", 3)  # the local runtime's plain spill
     for case in CASES:
         path = tmp_path / case.name
         path.write_bytes(case.make())

@@ -200,6 +200,7 @@ def test_normalizing_in_other_processes_gives_the_same_chunks_and_rejections(
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     monkeypatch.setattr(partition, "TASK_RECORDS", 4)
     monkeypatch.setattr(partition, "TASK_ROWS_PER_PART", 0)
+    monkeypatch.setattr(partition, "PLAIN_TASK_RECORDS", 4)
     serial = prepare_batch(path, kb, tmp_path / "serial", chunk_size=20)
 
     # When its records are normalized by a mapper whose tasks and results cross a pickle
@@ -246,3 +247,26 @@ def test_the_spill_reads_time_and_line_id_off_the_chunk_json_exactly(kb) -> None
     for line in lines:
         assert partition._order_of(partition._chunk_json(line)) == (line.fee_ocur_time.isoformat(), line.line_id)
     assert len(lines) > 300
+
+
+def test_a_plain_spill_keeps_its_tasks_one_size_whatever_the_partitions(kb, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Given a file cut into many partitions (as a large file is)
+    path = write_csv(tmp_path / "batch.csv", _population(seed=5, patients=150))
+    monkeypatch.setattr(partition, "PARTITION_SOURCE_BYTES", 1024)
+    monkeypatch.setattr(partition, "PLAIN_TASK_RECORDS", 50)
+    # When the local runtime's mapper (plain spill) and one with Lambda's compressed spill prepare it
+    plain = PicklingMapper(kb)
+
+    class Compressed(PicklingMapper):
+        spill_level = 6
+
+    packed = Compressed(kb)
+    results = [
+        prepare_batch(path, kb, tmp_path / str(n), chunk_size=20, mapper=m) for n, m in enumerate((plain, packed))
+    ]
+    # Then the plain spill's tasks stay at their size (memory in flight does not grow with
+    # the file), while the compressed one's grow with the partitions (~200 rows each), and
+    # the chunks are the same
+    assert len(plain.normalized) > 5 and max(plain.normalized) <= 50
+    assert len(packed.normalized) == 1 and packed.normalized[0] > 50
+    assert [c.path.read_bytes() for c in results[0].chunks] == [c.path.read_bytes() for c in results[1].chunks]

@@ -260,6 +260,7 @@ class TaskMapper(Protocol):
 
 TASK_RECORDS = 1000  # records per NormalizeTask at least ...
 TASK_ROWS_PER_PART = 200  # ... and about this many rows per partition (a larger gzip member compresses better)
+PLAIN_TASK_RECORDS = 4000  # records per NormalizeTask when the spill is plain (level 0): whatever the file
 
 
 def normalize_task(task: NormalizeTask, kb: KnowledgeBase) -> TaskOutcome:
@@ -346,7 +347,10 @@ def _spill(
     keys = [(spill / f"k{i}").open("wb") for i in range(n_parts)]
     # per task, what the reader rejected before each of its records: written in file order
     held: deque[list[tuple[int, Rejection]]] = deque()  # one entry per task, taken in task order
-    per_task = max(TASK_RECORDS, TASK_ROWS_PER_PART * n_parts)
+    # a compressed spill wants ~200 rows a partition and task (a larger gzip member
+    # compresses better): tasks grow with the partitions, i.e. with the file (24,000 records
+    # at 1M lines, ~150 MB in flight); a plain spill does not, and its tasks stay one size
+    per_task = max(TASK_RECORDS, TASK_ROWS_PER_PART * n_parts) if mapper.spill_level else PLAIN_TASK_RECORDS
 
     def task(records: list[tuple[int, dict[str, Any] | str]]) -> NormalizeTask:
         return NormalizeTask(

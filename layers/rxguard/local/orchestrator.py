@@ -224,6 +224,9 @@ def bounded_map[In, Out](pool: Executor, fn: Callable[[In], Out], items: Iterabl
         yield pending.popleft().result()
 
 
+TRIM_EVERY = 16  # Prepare tasks between two `release_memory` (each ~1,000-3,000 lines)
+
+
 @dataclass(frozen=True)
 class PoolMapper:
     """Prepare's normalization and chunking tasks over the worker pool (ingest.TaskMapper);
@@ -239,9 +242,11 @@ class PoolMapper:
     spill_level: int = 0
 
     def _map[T, R](self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
-        for result, cpu, pid in bounded_map(self.pool, partial(timed, fn), tasks, self.ahead):
+        for n, (result, cpu, pid) in enumerate(bounded_map(self.pool, partial(timed, fn), tasks, self.ahead), 1):
             self.spent(cpu, pid)
             yield result
+            if n % TRIM_EVERY == 0:  # the tasks' and outcomes' buffers, freed, back to the system
+                release_memory()
 
     def normalize(self, tasks: Iterable[NormalizeTask]) -> Iterator[TaskOutcome]:
         return self._map(normalize_part, tasks)
