@@ -658,7 +658,7 @@ class LocalOrchestrator:
             workers = pool
 
             def build(jobs: Sequence[Any], settings: AlertSettings) -> Iterator[Any]:
-                out = str(self.out)
+                out = str(self.out.resolve())  # (the workers' working directory need not be this one's)
                 parts = ((jobs[i : i + LETTER_SLICE], settings, inline, out) for i in range(0, len(jobs), LETTER_SLICE))
                 # a few slices ahead, not all: the letters built and not yet announced would all be held here
                 for built, cpu, pid in bounded_map(workers, partial(timed, letters_part), parts, 2 * self.workers):

@@ -74,8 +74,8 @@ def release_memory() -> None:
     import ctypes
 
     try:
-        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # this process's C library
-    except OSError:
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # this process's C library (glibc has it)
+    except (OSError, TypeError):  # no C library to load by name here
         return
     if trim is not None:
         trim(0)
