@@ -107,6 +107,10 @@ class SupplyRules:
             if hit is not None and out is not None:
                 out.append(rule.finding(hit))
 
+        # which rules judge at all is fixed for a walk (the engine's rule set): asked once
+        judging = out is not None
+        oq_on, er_on, cx_on = judging and oq.enabled, judging and er.enabled, judging and cx.enabled
+        cu_on = cu.enabled
         stock, active, prev, episode = walk.stock, walk.active, walk.prev, walk.episode
         for fill in fills:
             on = date.fromordinal(fill.day)
@@ -116,16 +120,16 @@ class SupplyRules:
             stock_before = stock.total
             if fill.override == "lost":
                 stock.clear()  # the lost supply is no longer on hand
-            if out is not None and oq.enabled and oq.active(on, admdvs) and oq.applies(fill.drug):
+            if oq_on and oq.active(on, admdvs) and oq.applies(fill.drug):
                 emit(oq, oq.evaluate(psn_no, fill))
-            if out is not None and prev is not None and er.enabled and er.active(on, admdvs) and er.applies(fill.drug):
+            if er_on and prev is not None and er.active(on, admdvs) and er.applies(fill.drug):
                 emit(er, er.evaluate(psn_no, fill, prev, stock_before))
             active = [f for f in active if f.end > fill.day]  # bounded by the fills covering one day
-            if out is not None and active and cx.enabled and cx.active(on, admdvs) and cx.applies(fill.drug):
+            if cx_on and active and cx.active(on, admdvs) and cx.applies(fill.drug):
                 emit(cx, cx.evaluate(psn_no, fill, active))
             active.append(fill)
             stock.push(fill)
-            if cu.enabled and cu.applies(fill.drug):
+            if cu_on and cu.applies(fill.drug):
                 episode, ended = cu.step(psn_no, atc, fill, stock, episode, cu.active(on, admdvs))
                 emit(cu, ended)
             prev = fill
