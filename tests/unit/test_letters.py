@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -550,3 +551,21 @@ def test_notify_that_rereads_stored_findings_takes_only_their_ids_from_results_f
     # Then it asked for every id once, in id order, and alerts the stored findings still current
     assert asked == [["a", "b", "c"]]
     assert todo.findings == [stored["a"]]
+
+
+def test_evidence_lines_share_their_repeated_text_and_read_back_unchanged() -> None:
+    # Given two evidence lines of one institution, patient and drug, as results files hold them
+    from rxguard.workflow.notify import EvidenceLines
+
+    a, b = (json.loads(x.model_dump_json()) for x in list(LINES.values())[:2])
+    b = {**b, "fixmedins_code": a["fixmedins_code"], "fixmedins_name": a["fixmedins_name"], "psn_no": a["psn_no"]}
+    b["fixmedins_name"] = "".join(a["fixmedins_name"])  # an equal string, another object
+    lines = EvidenceLines()
+    for line in (a, b):
+        lines.add(line)
+    # Then the repeated text is held once, and each line reads back as it was written
+    (names, first), (_, second) = (lines._rows[ClaimLine.id_of(x["fixmedins_code"], x["feedetl_sn"])] for x in (a, b))
+    at = names.index("fixmedins_name")
+    assert first[at] and first[at] == second[at] and first[at] is second[at]
+    for line in (a, b):
+        assert lines[ClaimLine.id_of(line["fixmedins_code"], line["feedetl_sn"])] == ClaimLine.model_validate(line)

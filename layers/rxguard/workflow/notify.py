@@ -36,17 +36,39 @@ class EvidenceLines(Mapping[str, ClaimLine]):
     (a letter reads a finding's lines twice: its drug, its evidence)."""
 
     RECENT = 256
+    # Text fields whose values repeat across lines (institution, drug, region, patient,
+    # dosage): one string each, shared by every line that holds it.
+    SHARED = frozenset(
+        {
+            "fixmedins_code", "fixmedins_name", "institution_kind", "admdvs", "psn_no", "med_type",
+            "med_list_codg", "med_list_name", "sin_dos_dscr", "used_frqu_dscr", "bilg_dr_codg",
+            "override_reason", "atc_code", "source_file",
+        }
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._rows: dict[str, tuple[tuple[str, ...], tuple[Any, ...]]] = {}
-        self._names: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple of field names per layout
+        # per layout of field names: the one tuple of names, and where the shared fields are
+        self._layouts: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        self._shared: dict[Any, Any] = {}
         self._recent: dict[str, ClaimLine] = {}
 
     def add(self, line: Mapping[str, Any]) -> None:
         """A line as a results file holds it (ClaimLine's JSON form); a later one of the same id replaces it."""
         line_id = ClaimLine.id_of(str(line["fixmedins_code"]), str(line["feedetl_sn"]))
         names = tuple(line)
-        self._rows[line_id] = (self._names.setdefault(names, names), tuple(line.values()))
+        layout = self._layouts.get(names)
+        if layout is None:
+            at = tuple(i for i, name in enumerate(names) if name in self.SHARED)
+            layout = self._layouts[names] = (names, at)
+        names, shared_at = layout
+        values = list(line.values())
+        share = self._shared.setdefault
+        for i in shared_at:
+            value = values[i]
+            if type(value) is str:  # (numbers are not shared: 1 == 1.0 and 0.0 == -0.0 would merge)
+                values[i] = share(value, value)
+        self._rows[line_id] = (names, tuple(values))
         self._recent.pop(line_id, None)
 
     def __getitem__(self, line_id: str) -> ClaimLine:
