@@ -404,3 +404,18 @@ def test_a_results_directory_takes_a_file_by_moving_it_and_the_inputs_take_nothi
     with pytest.raises(BatchInputError, match="read-only"):
         InputFiles({"claims.csv": source}).move_file("claims.csv", stored)
     assert source.read_bytes() == b"x" and stored.exists()
+
+
+def test_the_months_flagged_lines_are_read_from_the_flagged_table_out(tmp_path: Path) -> None:
+    # Given a state (the plan does not depend on its rows)
+    from rxguard.local.state import FLAGGED_LINES_OF_MONTHS
+
+    state = State.open(tmp_path)
+    try:
+        plan = [row[3] for row in state.read("EXPLAIN QUERY PLAN " + FLAGGED_LINES_OF_MONTHS, ('["2025-09"]',))]
+    finally:
+        state.close()
+    # Then the flagged lines (a few percent of the lines) are scanned and each line looked up
+    # by its id: not every line of the months probed against them
+    assert plan[0].startswith("SCAN f"), plan
+    assert any(step.startswith("SEARCH l") and "line_id=?" in step for step in plan), plan

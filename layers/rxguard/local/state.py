@@ -757,12 +757,7 @@ class SqliteRepository(HistoryRepository):
             doc_places[(period, code)][place] += n
         flagged_inst: dict[tuple[str, str], list[str]] = defaultdict(list)
         flagged_doc: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for line_id, period, code, doctor in self.state.read(
-            "SELECT DISTINCT l.line_id, l.period, l.fixmedins_code, l.bilg_dr_codg FROM flagged f "
-            "JOIN lines l ON l.line_id = f.line_id "
-            "WHERE l.monitored = 1 AND l.period IN (SELECT value FROM json_each(?))",
-            (wanted,),
-        ):
+        for line_id, period, code, doctor in self.state.read(FLAGGED_LINES_OF_MONTHS, (wanted,)):
             flagged_inst[(period, code)].append(line_id)
             if doctor:
                 flagged_doc[(period, doctor)].append(line_id)
@@ -780,6 +775,16 @@ class SqliteRepository(HistoryRepository):
 
 
 # ---------------------------------------------------------------- the API's findings store
+
+
+# The flagged lines of some months: the flagged lines first, each looked up by id (CROSS
+# JOIN fixes that order). SQLite's own plan walked every line of the months and probed
+# `flagged` for each: 1.3 s at 1M lines, 0.07 s this way (flagged lines are ~2% of the lines).
+FLAGGED_LINES_OF_MONTHS = (
+    "SELECT DISTINCT l.line_id, l.period, l.fixmedins_code, l.bilg_dr_codg FROM flagged f "
+    "CROSS JOIN lines l ON l.line_id = f.line_id "
+    "WHERE l.monitored = 1 AND l.period IN (SELECT value FROM json_each(?))"
+)
 
 
 def _day_start(day: date) -> str:
