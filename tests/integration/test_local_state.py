@@ -419,3 +419,35 @@ def test_the_months_flagged_lines_are_read_from_the_flagged_table_out(tmp_path: 
     # by its id: not every line of the months probed against them
     assert plan[0].startswith("SCAN f"), plan
     assert any(step.startswith("SEARCH l") and "line_id=?" in step for step in plan), plan
+
+
+def test_opening_a_state_retries_when_switching_to_wal_finds_it_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a SQLite that answers "database is locked" at once, twice, to the switch to WAL
+    # (two processes opening a new state together; seen in CI)
+    real_connect = sqlite3.connect
+    refusals = {"left": 2}
+
+    class Refusing:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self._conn = conn
+
+        def execute(self, sql: str, *args: object) -> object:
+            if sql == "PRAGMA journal_mode=WAL" and refusals["left"]:
+                refusals["left"] -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return self._conn.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._conn, name)
+
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: Refusing(real_connect(*a, **k)))
+    # When the state is opened
+    state = State.open(tmp_path, busy_timeout=5)
+    try:
+        # Then it waited the lock out and is in WAL mode
+        assert refusals["left"] == 0
+        assert state.read("PRAGMA journal_mode")[0][0] == "wal"
+    finally:
+        state.close()

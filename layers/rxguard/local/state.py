@@ -207,7 +207,9 @@ class State:
             return conn
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            # Two processes opening a new state at once: switching it to WAL takes an exclusive
+            # lock, and SQLite may answer "locked" at once rather than wait (seen in CI)
+            self._retrying(lambda: conn.execute("PRAGMA journal_mode=WAL"), "open")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA cache_size={-1024 * int(self.cache_mb)}")  # KiB, per connection
             conn.execute("PRAGMA temp_store=MEMORY")
