@@ -74,3 +74,16 @@ def test_task_payloads_match_their_request_models(state: str, model: type[BaseMo
     assert _keys(payload) - extra <= _fields(model)
     required = {name for name, info in model.model_fields.items() if info.is_required()}
     assert required <= _keys(payload)
+
+
+def test_the_readers_views_of_a_results_file_name_its_fields() -> None:
+    # Given the partial views the later steps read a results file (ChunkFindings) through
+    from rxguard.workflow.contract import ChunkCounts, ChunkFindings, ChunkSupersessions, FindingId
+    from rxguard.workflow.notify import _AlertIdsView, _AlertView
+
+    # Then every field a view reads is a field of the file (a renamed field would otherwise
+    # be read as its default, silently), and an id-only finding is a finding's id
+    fields = set(ChunkFindings.model_fields)
+    for view in (ChunkCounts, ChunkSupersessions, _AlertView, _AlertIdsView):
+        assert set(view.model_fields) <= fields, (view.__name__, set(view.model_fields) - fields)
+    assert set(FindingId.model_fields) <= set(ChunkFindings.model_fields["new"].annotation.__args__[0].model_fields)

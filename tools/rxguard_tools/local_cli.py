@@ -27,7 +27,7 @@ from rxguard.local.backend import Backend
 from rxguard.local.orchestrator import BatchRun, Progress, RunResult
 from rxguard.models import Finding
 from rxguard.texttable import table
-from rxguard_tools.summary import SEVERITIES, findings_tables
+from rxguard_tools.summary import SHOWN, findings_tables, most_severe_first
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
 
@@ -136,7 +136,7 @@ def run(
     with _run_lock(state, progress), (out / "logs" / "run.log").open("a", encoding="utf-8") as log, _logs_to(log):
         # With worker processes this one only reads a batch's months and findings: a small
         # page cache (it filled its 64 MB scanning a month's lines: 64 MB more of peak memory)
-        cache_mb = ORCHESTRATOR_CACHE_MB if workers > 1 else 64
+        cache_mb = ORCHESTRATOR_CACHE_MB if workers > 1 else None
         backend = backend if backend is not None else SqliteBackend(state, cache_mb=cache_mb)
         try:
             with _progress(progress) as shown:
@@ -257,11 +257,10 @@ def _progress(stream: TextIO | None) -> Iterator[Progress]:
 
 
 # ------------------------------------------------------------------ output
-def _write_findings(path: Path, findings: Iterable[Finding], top: int = 5) -> list[dict[str, Any]]:
+def _write_findings(path: Path, findings: Iterable[Finding], top: int = SHOWN) -> list[dict[str, Any]]:
     """Write findings.jsonl one finding at a time (a state's findings are never all held).
     Returns what the summary needs of each: its id, rule and severity; in full only the
     `top` most severe, which it shows."""
-    rank = {severity: i for i, severity in enumerate(SEVERITIES)}
     brief: list[dict[str, Any]] = []
     best: list[tuple[tuple[int, str], int, dict[str, Any]]] = []  # the most severe so far (a few)
     with path.open("w", encoding="utf-8") as fh:
@@ -269,7 +268,7 @@ def _write_findings(path: Path, findings: Iterable[Finding], top: int = 5) -> li
             row = finding.model_dump(mode="json")
             fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
             brief.append({"finding_id": row["finding_id"], "rule_id": row["rule_id"], "severity": row["severity"]})
-            best.append(((rank.get(str(row["severity"]), 3), str(row["finding_id"])), len(brief) - 1, row))
+            best.append((most_severe_first(row), len(brief) - 1, row))
             if len(best) > 8 * top:
                 best = sorted(best)[:top]
     for _, index, row in sorted(best)[:top]:

@@ -10,6 +10,13 @@ from typing import Any
 from rxguard.texttable import table
 
 SEVERITIES = ["high", "medium", "low"]
+SHOWN = 5  # the findings the summary shows in full, most severe first
+_RANK = {severity: i for i, severity in enumerate(SEVERITIES)}
+
+
+def most_severe_first(finding: Mapping[str, Any]) -> tuple[int, str]:
+    """The order in which the summary shows findings: by severity, then by id."""
+    return _RANK.get(str(finding["severity"]), len(SEVERITIES)), str(finding["finding_id"])
 
 
 def mask_psn(psn_no: str | None) -> str:
@@ -19,7 +26,7 @@ def mask_psn(psn_no: str | None) -> str:
     return psn_no[:2] + "***" + psn_no[-2:] if len(psn_no) >= 8 else "***"
 
 
-def findings_tables(findings: Sequence[Mapping[str, Any]], title: str, first: int = 5) -> list[str]:
+def findings_tables(findings: Sequence[Mapping[str, Any]], title: str, first: int = SHOWN) -> list[str]:
     """A table of the findings per rule and severity under `title`, then the `first` most
     severe (psn_no masked)."""
     matrix: Counter[tuple[str, str]] = Counter((str(f["rule_id"]), str(f["severity"])) for f in findings)
@@ -31,8 +38,7 @@ def findings_tables(findings: Sequence[Mapping[str, Any]], title: str, first: in
         ],
         ["rule", *SEVERITIES, "total"],
     )
-    rank = {severity: i for i, severity in enumerate(SEVERITIES)}
-    top = sorted(findings, key=lambda f: (rank.get(str(f["severity"]), 3), f["finding_id"]))[:first]
+    top = sorted(findings, key=most_severe_first)[:first]
     if top:
         lines += ["", "First findings (psn_no masked)"]
         lines += table(

@@ -157,13 +157,13 @@ def open_backend(spec: BackendSpec) -> Backend:
 class SqliteBackend(Backend):
     """The persistent state under a directory (`rxguard.local.state`, SQLite in WAL mode)."""
 
-    def __init__(self, directory: Path, *, cache_mb: int = 64) -> None:
-        """`cache_mb`: SQLite's page cache of each connection this process opens (the
-        worker processes open their own, at the default)."""
-        from rxguard.local.state import State
+    def __init__(self, directory: Path, *, cache_mb: int | None = None) -> None:
+        """`cache_mb`: SQLite's page cache of each connection this process opens (None: the
+        state's default, at which the worker processes open their own)."""
+        from rxguard.local.state import DEFAULT_CACHE_MB, State
 
         self.directory = Path(directory)
-        self.state = State.open(self.directory, cache_mb=cache_mb)
+        self.state = State.open(self.directory, cache_mb=DEFAULT_CACHE_MB if cache_mb is None else cache_mb)
         self.location = str(self.directory.resolve())
         self.spec = BackendSpec("sqlite", str(self.directory))
         self._batches = self.state.batches()

@@ -67,9 +67,8 @@ class LocalObjects(ResultStore):
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(path, target)
-        except OSError:  # another file system
-            self.upload_file(key, path, content_type)
-            path.unlink()
+        except OSError:  # another file system: copied, then removed
+            return super().move_file(key, path, content_type)
         return target.as_uri()
 
     def get_bytes(self, key: str) -> bytes:

@@ -259,7 +259,7 @@ def code_part(code: str, parts: int) -> int:
     """Which of `parts` settlement tasks takes a trace code (a stable hash: CRC-32, which
     spreads the codes evenly and costs a third of a blake2b digest; each task hashes every
     code of the batch, 80,000 at 100k lines)."""
-    return zlib.crc32(code.encode()) % parts if parts > 1 else 0
+    return zlib.crc32(code.encode()) % parts
 
 
 def settle_traces(event: dict[str, Any]) -> dict[str, Any]:
@@ -371,7 +371,7 @@ class LocalOrchestrator:
     steps: StepLog = field(default_factory=list)
     log_path: str | None = None  # where worker processes write the steps' logs
     pdf: str = "parallel"  # letters' PDFs: "parallel" after Notify, "inline" in Notify, "on-demand" (HTML only)
-    pdf_jobs: list[tuple[str, str]] = field(default_factory=list)
+    pdf_jobs: list[tuple[str, str, str]] = field(default_factory=list)  # (HTML key, PDF key, number) to render
     worker_cpu_seconds: float = 0.0  # CPU of the worker processes' tasks
     crash_after_chunks: int | None = None  # tests: die (os._exit) once this many chunks are screened
     _chunks_done: int = 0
@@ -644,7 +644,7 @@ class LocalOrchestrator:
         letter queued for `render_pdfs` (in parallel after Notify, or on demand). With worker
         processes, the letters are built and rendered there, LETTER_SLICE a task, while this
         process stores and announces them in order."""
-        from rxguard.letters import issue_letters
+        from rxguard.letters import issue_letters, letter_keys
 
         counters = self.backend.letter_counters()  # None: numbers of this process (the memory backend)
         inline = self.pdf == "inline"
@@ -652,7 +652,8 @@ class LocalOrchestrator:
 
         def queue_pdf(letter: Any, pdf: bytes | None) -> None:
             if pdf is None:  # rendered by `render_pdfs` from the stored HTML
-                self.pdf_jobs.append((f"letters/{letter.period_key}/{letter.letter_id}", letter.number))
+                keys = letter_keys(letter)
+                self.pdf_jobs.append((keys["html"], keys["pdf"], letter.number))
 
         if pool is not None and not isinstance(pool, InProcess):
             workers = pool
@@ -684,14 +685,8 @@ class LocalOrchestrator:
             return 0
         settings = self.alert_settings
         args = [
-            (
-                str(self.out / f"{stem}.html"),
-                str(self.out / f"{stem}.pdf"),
-                str(settings.font_path or ""),
-                settings.issuer_name_zh,
-                number,
-            )
-            for stem, number in jobs
+            (str(self.out / html), str(self.out / pdf), str(settings.font_path or ""), settings.issuer_name_zh, number)
+            for html, pdf, number in jobs
         ]
         done, cpu = render_pdf_files(args, self.workers)
         self.worker_cpu_seconds += cpu

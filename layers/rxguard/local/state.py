@@ -41,6 +41,7 @@ from rxguard.scope import Scope
 
 STATE_FILE = "state.db"
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before StateBusy
+DEFAULT_CACHE_MB = 64  # SQLite's page cache per connection: the writers of lines and findings
 _FIRST_WAIT = 0.0001  # first sleep while the lock is taken (seconds), doubled up to _MAX_WAIT
 _MAX_WAIT = 0.005
 _T = TypeVar("_T")
@@ -180,7 +181,9 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 class State:
     """One state directory. Thread-safe: each thread (and each process) gets its own connection."""
 
-    def __init__(self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, cache_mb: int = 64) -> None:
+    def __init__(
+        self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, cache_mb: int = DEFAULT_CACHE_MB
+    ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self.cache_mb = cache_mb  # SQLite's page cache, per connection
@@ -190,10 +193,14 @@ class State:
 
     @classmethod
     def open(
-        cls, directory: str | os.PathLike[str], *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, cache_mb: int = 64
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        cache_mb: int = DEFAULT_CACHE_MB,
     ) -> State:
         """Open the state in `directory` (created with its schema when new). `cache_mb`:
-        SQLite's page cache per connection (64 MB for the writers of lines and findings)."""
+        SQLite's page cache per connection."""
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         state = cls(folder / STATE_FILE, busy_timeout=busy_timeout, cache_mb=cache_mb)

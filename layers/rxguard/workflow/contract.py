@@ -162,7 +162,9 @@ class ChunkCounts(BaseModel):
     activity_periods: list[str] = Field(default_factory=list)
 
 
-class _Identified(BaseModel):
+class FindingId(BaseModel):
+    """A finding of a results file read by its id alone (the rest is not validated)."""
+
     finding_id: str
 
 
@@ -170,7 +172,7 @@ class ChunkSupersessions(BaseModel):
     """What the local run's corrections read of a results file: the ids of the new findings
     and the superseded findings (the rest is not validated again)."""
 
-    new: list[_Identified] = Field(default_factory=list)
+    new: list[FindingId] = Field(default_factory=list)
     superseded: list[Finding] = Field(default_factory=list)
 
 

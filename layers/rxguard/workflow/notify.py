@@ -24,7 +24,7 @@ from rxguard.kb import KnowledgeBase
 from rxguard.letters import issue_letters
 from rxguard.models import ClaimLine, Finding
 from rxguard.observability import logger
-from rxguard.workflow.contract import NotifyRequest, ok_results
+from rxguard.workflow.contract import FindingId, NotifyRequest, ok_results
 
 
 class EvidenceLines(Mapping[str, ClaimLine]):
@@ -113,17 +113,13 @@ class _AlertView(BaseModel):
     evidence_lines: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class _Identified(BaseModel):
-    finding_id: str
-
-
 class _AlertIdsView(_AlertView):
     """`_AlertView` with the findings' ids only: Notify that re-reads each finding as
     stored (`current`) does not hold a second copy of the batch's findings."""
 
-    new: list[_Identified] = Field(default_factory=list)  # type: ignore[assignment]
-    updated: list[_Identified] = Field(default_factory=list)  # type: ignore[assignment]
-    recovered: list[_Identified] = Field(default_factory=list)  # type: ignore[assignment]
+    new: list[FindingId] = Field(default_factory=list)  # type: ignore[assignment]
+    updated: list[FindingId] = Field(default_factory=list)  # type: ignore[assignment]
+    recovered: list[FindingId] = Field(default_factory=list)  # type: ignore[assignment]
 
 
 @dataclass
