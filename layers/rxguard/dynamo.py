@@ -22,7 +22,7 @@ import time
 import uuid
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -215,6 +215,13 @@ def activity_period(line: ClaimLine) -> str | None:
         return None
     t = line.fee_ocur_time
     return f"{t.year:04d}-{t.month:02d}"  # (4x faster than strftime's "%Y-%m": once a line)
+
+
+def activity_periods(lines: Iterable[ClaimLine]) -> set[str]:
+    """The months the lines count in (`activity_period` of each, None left out; the text made
+    once a month, not once a line)."""
+    months = {(x.fee_ocur_time.year, x.fee_ocur_time.month) for x in lines if x.monitored and not x.init_feedetl_sn}
+    return {f"{year:04d}-{month:02d}" for year, month in months}
 
 
 def activity_units(line: ClaimLine) -> list[ActivityKey]:

@@ -165,11 +165,16 @@ class RuleDefinition(BaseModel):
         return override.severity if override and override.severity else self.severity
 
     def active(self, on: date, admdvs: str | None = None) -> bool:
+        first, last = self.window(admdvs)
+        return first <= on <= last
+
+    def window(self, admdvs: str | None = None) -> tuple[date, date]:
+        """The first and last days the rule is active in a region (first after last: never)."""
         override = self._override_for(admdvs)
         enabled = override.enabled if override and override.enabled is not None else self.enabled
-        if not enabled or on < self.effective_from:
-            return False
-        return self.effective_to is None or on <= self.effective_to
+        if not enabled:
+            return date.max, date.min
+        return self.effective_from, self.effective_to or date.max
 
 
 class KnowledgeBaseError(ValueError):

@@ -57,7 +57,14 @@ class ScreenOutcome:
     recorded: list[ClaimLine] = field(default_factory=list)  # newly recorded lines
     duplicates: list[ClaimLine] = field(default_factory=list)  # already recorded (or repeated in the input)
     changes: FindingChanges = field(default_factory=FindingChanges)
-    scopes: list[Scope] = field(default_factory=list)  # scopes re-evaluated
+    evaluated: list[Scope] = field(default_factory=list)  # scopes re-evaluated here
+    deferred: list[str] = field(default_factory=list)  # trace codes whose scopes are settled later
+
+    @property
+    def scopes(self) -> list[Scope]:
+        """The scopes the lines touch: those re-evaluated, then the deferred codes' (made only
+        when asked: a chunk of 5,000 lines has ~15,000 codes)."""
+        return [*self.evaluated, *(Scope.trace(code) for code in self.deferred)]
 
 
 def _dedupe(lines: Iterable[ClaimLine]) -> tuple[list[ClaimLine], list[ClaimLine]]:
@@ -151,16 +158,16 @@ def screen_lines(
         timeline.extend(by_patient[psn])  # history first: a stored line wins over a resent one
         scope = Scope.patient(psn)
         by_scope[scope] = engine.evaluate_patient(psn, timeline)
-        outcome.scopes.append(scope)
+        outcome.evaluated.append(scope)
     if defer:  # the codes' scopes are settled after the batch (the repository keeps the codes)
         repo.defer_trace_codes(codes)
-        outcome.scopes.extend(Scope.trace(code) for code in codes)
+        outcome.deferred = codes
     else:
         batch_sales = _sales_by_code(batch)  # per code once (not the whole batch per code)
         for code in codes:
             scope = Scope.trace(code)
             by_scope[scope] = engine.evaluate_trace_code(code, _sales_with(sales.get(code, ()), batch_sales[code]))
-            outcome.scopes.append(scope)
+            outcome.evaluated.append(scope)
     outcome.changes = repo.replace_many(by_scope)  # one transaction where the adapter can
     repo.flush()
     return outcome

@@ -120,3 +120,28 @@ def test_a_findings_body_is_packed_and_json_bodies_still_read() -> None:
     assert finding_from_item(packed) == finding_from_item(legacy) == finding
     assert finding_body(pack(body, FINDINGS_DICT)) == finding_body(json.dumps(body)) == body
     assert len(packed["body"]["B"]) < len(json.dumps(body, ensure_ascii=False).encode()) / 2
+
+
+def test_the_activity_periods_of_lines_are_the_months_of_their_monitored_dispensings(kb):
+    from rxguard.dynamo import activity_period, activity_periods
+    from rxguard.engine.factory import make_line as engine_line
+
+    # Given monitored lines in two months, a visit fee in a third, and a reversal in a fourth
+    sold = [
+        engine_line(kb, drug_code="XB01AC04A001", when="2025-09-30 23:00:00"),
+        engine_line(kb, drug_code="XB01AC04A001", when="2025-10-01 08:00:00"),
+        engine_line(kb, drug_code="XB01AC04A001", when="2025-10-20 08:00:00"),
+    ]
+    fee = engine_line(kb, when="2025-11-03 09:00:00")
+    back = sold[0].model_copy(
+        update={
+            "feedetl_sn": "R1",
+            "cnt": -1,
+            "init_feedetl_sn": sold[0].feedetl_sn,
+            "fee_ocur_time": datetime(2025, 12, 1),
+        },
+    )
+    lines = [*sold, fee, back]
+    # Then the periods are those two months, as each line's own period says
+    assert activity_periods(lines) == {"2025-09", "2025-10"}
+    assert activity_periods(lines) == {activity_period(x) for x in lines} - {None}

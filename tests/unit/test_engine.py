@@ -78,6 +78,10 @@ def test_disabled_or_not_yet_effective_rules_produce_nothing(kb):
     for variant in (disabled, future, expired):
         assert Engine(variant).evaluate_patient("P0001", [line]) == []
     assert Engine(off_in_region).evaluate_patient("P0001", [line.model_copy(update={"admdvs": "310000"})]) == []
+    # one engine keeps each region's days apart: off in 310000, on in another region
+    engine = Engine(off_in_region)
+    assert engine.evaluate_patient("P0001", [line.model_copy(update={"admdvs": "310000"})]) == []
+    assert engine.evaluate_patient("P0002", [line.model_copy(update={"admdvs": "610800", "psn_no": "P0002"})])
 
 
 def test_monthly_rule_ignores_lines_before_it_takes_effect(kb):

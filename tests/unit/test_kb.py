@@ -117,3 +117,32 @@ def test_import_rejects_ragged_row(tmp_path):
     src.write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(KnowledgeBaseError, match="line 6"):
         import_catalogue(src, tmp_path / "out.json")
+
+
+def test_a_rule_is_active_from_its_first_to_its_last_day_of_each_region(kb):
+    from datetime import date
+
+    from rxguard.kb import RuleDefinition
+
+    # Given a rule off everywhere but in Shanghai's province code, for the first half of 2025
+    rule = RuleDefinition.model_validate(
+        {
+            **kb.rule("over-quantity").model_dump(),
+            "enabled": False,
+            "effective_from": date(2025, 1, 1),
+            "effective_to": date(2025, 6, 30),
+            "region_overrides": {"310000": {"enabled": True}},
+        }
+    )
+    # Then its window in a Shanghai district is those days, both ends included
+    assert rule.window("310101") == (date(2025, 1, 1), date(2025, 6, 30))
+    assert rule.active(date(2025, 1, 1), "310101") and rule.active(date(2025, 6, 30), "310101")
+    assert not rule.active(date(2024, 12, 31), "310101") and not rule.active(date(2025, 7, 1), "310101")
+    # and elsewhere (or with no region) it is never active
+    for region in ("610800", None):
+        first, last = rule.window(region)
+        assert first > last
+        assert not rule.active(date(2025, 3, 1), region)
+    # With no last day, it stays active
+    open_ended = rule.model_copy(update={"effective_to": None})
+    assert open_ended.active(date(2099, 12, 31), "310101")

@@ -174,3 +174,20 @@ def test_specialty_drug_bought_against_the_rules_is_not_excused(kb, specialty_en
     ]
     found = only(specialty_engine.evaluate_patient("P0001", lines), "pharmacy-spend")
     assert found[0].severity is Severity.MEDIUM and not found[0].mitigations
+
+
+def test_months_are_grouped_in_calendar_order_across_a_year_end(kb):
+    from rxguard.engine.monthly import by_month
+
+    # Given lines of December and January, given out of order
+    lines = [
+        make_line(kb, when="2026-01-05 09:00:00"),
+        make_line(kb, when="2025-12-31 23:59:59"),
+        make_line(kb, when="2025-09-01 00:00:00"),
+        make_line(kb, when="2026-01-01 00:00:00"),
+    ]
+    # Then each month has its lines, the months in calendar order
+    months = by_month(lines)
+    assert list(months) == ["2025-09", "2025-12", "2026-01"]
+    assert months["2026-01"] == [lines[0], lines[3]]
+    assert months["2025-12"] == [lines[1]]

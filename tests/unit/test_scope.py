@@ -81,6 +81,25 @@ def test_screening_reports_scopes_as_values(kb):
     assert outcome.scopes and all(isinstance(s, Scope) for s in outcome.scopes)
     assert {s.kind for s in outcome.scopes} <= {"patient", "trace"}
     assert {s.key for s in outcome.scopes if s.kind == "patient"} == {line.psn_no for line in sample_lines}
+    codes = {code for line in sample_lines for code in line.trace_codes}
+    assert codes and {s.key for s in outcome.scopes if s.kind == "trace"} == codes
+
+
+def test_a_chunk_that_defers_its_trace_codes_still_names_their_scopes(kb):
+    from rxguard.local.orchestrator import DeferTraceScopes
+
+    # Given the lines of a sample batch, screened as a chunk of the local Map (codes settled later)
+    sample_lines = [
+        x for x in read_batch(ROOT / "events" / "batches" / "01_shanghai_his_utf8.csv", kb) if isinstance(x, ClaimLine)
+    ]
+    repo = DeferTraceScopes(InMemoryRepository())
+    outcome = screen_lines(sample_lines, repo, kb)
+    # Then the codes are kept for the settlement, and the scopes the lines touch (what a
+    # retried chunk reads back its findings by) still include each code's
+    codes = {code for line in sample_lines for code in line.trace_codes}
+    assert codes and repo.codes == codes
+    assert {s.key for s in outcome.scopes if s.kind == "trace"} == codes
+    assert all(isinstance(s, Scope) for s in outcome.scopes)
 
 
 def test_the_api_view_of_a_finding_has_the_same_scope() -> None:

@@ -44,7 +44,7 @@ class RuleSet:
             rid: rule for rid, rule in kb.rules.items() if wanted is None or wanted & set(rule.scenes)
         }
         self._params: dict[tuple[str, str | None], dict[str, Any]] = {}
-        self._active: dict[tuple[str, str | None, date], bool] = {}
+        self._windows: dict[tuple[str, str | None], tuple[date, date]] = {}
         self._applies: dict[tuple[str, str], bool] = {}
 
     def has(self, rule_id: str) -> bool:
@@ -62,14 +62,16 @@ class RuleSet:
         return found
 
     def active(self, rule_id: str, on: date, admdvs: str | None) -> bool:
-        rule = self.rules.get(rule_id)
-        if rule is None:
-            return False
-        key = (rule_id, admdvs, on)
-        found = self._active.get(key)
+        first, last = self.window(rule_id, admdvs)
+        return first <= on <= last
+
+    def window(self, rule_id: str, admdvs: str | None) -> tuple[date, date]:
+        """The days a rule is active in a region (`RuleDefinition.window`; never when not selected)."""
+        key = (rule_id, admdvs)
+        found = self._windows.get(key)
         if found is None:
-            found = rule.active(on, admdvs)
-            self._active[key] = found
+            rule = self.rules.get(rule_id)
+            found = self._windows[key] = rule.window(admdvs) if rule is not None else (date.max, date.min)
         return found
 
     def applies(self, rule_id: str, drug: Drug) -> bool:

@@ -15,9 +15,14 @@ from rxguard.engine.rules.pharmacy_spend import PharmacySpend
 from rxguard.models import ClaimLine, Finding
 
 
-def month_of(line: ClaimLine) -> str:
-    t = line.fee_ocur_time
-    return f"{t.year:04d}-{t.month:02d}"
+def by_month(lines: Sequence[ClaimLine]) -> dict[str, list[ClaimLine]]:
+    """The lines of each calendar month (YYYY-MM), months in order; the text of a month is made
+    once, not once a line."""
+    months: dict[tuple[int, int], list[ClaimLine]] = {}
+    for line in lines:
+        t = line.fee_ocur_time
+        months.setdefault((t.year, t.month), []).append(line)
+    return {f"{year:04d}-{month:02d}": months[year, month] for year, month in sorted(months)}
 
 
 def _region(lines: Sequence[ClaimLine]) -> str | None:
@@ -40,12 +45,8 @@ class MonthlyRules:
         wanted = [r for r in (self.visits, self.hospitals, self.spend) if r.enabled]
         if not wanted or not timeline:
             return []
-        months: dict[str, list[ClaimLine]] = {}
-        for line in timeline:
-            months.setdefault(month_of(line), []).append(line)
         out: list[Finding] = []
-        for period in sorted(months):
-            lines = months[period]
+        for period, lines in by_month(timeline).items():
             region = _region(lines)
             keys = [(ln.day, ln.admdvs) for ln in lines]
             distinct = set(keys)  # (day, region): at most a month's days per region

@@ -458,8 +458,12 @@ class SqliteRepository(HistoryRepository):
         # the rows are built before the write lock is taken: another worker writes meanwhile
         rows: dict[str, tuple[Any, ...]] = {}
         sales: dict[str, list[tuple[Any, ...]]] = {}
+        stamps: dict[datetime, str] = {}  # the lines of a visit share their time
         for line_id, line in unique.items():
-            t = _ts(line.fee_ocur_time)
+            at = line.fee_ocur_time
+            t = stamps.get(at)
+            if t is None:
+                t = stamps[at] = _ts(at)
             psn_no, fixmedins_code = line.psn_no, line.fixmedins_code
             rows[line_id] = (
                 line_id,

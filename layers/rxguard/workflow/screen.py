@@ -3,7 +3,7 @@ records lines idempotently and reconciles findings), keep the changes for Notify
 
 from __future__ import annotations
 
-from rxguard.dynamo import DynamoRepository, ResultStore, activity_period
+from rxguard.dynamo import DynamoRepository, ResultStore, activity_periods
 from rxguard.engine.rules import trigger_lines
 from rxguard.ingest import read_chunk_bodies
 from rxguard.kb import KnowledgeBase
@@ -35,7 +35,7 @@ def screen_chunk(
         recovered = sorted(
             (f for f in current if f.finding_id not in listed and ids & set(f.evidence)), key=lambda f: f.finding_id
         )
-    periods = {activity_period(line) for line in outcome.recorded} - {None}
+    periods = activity_periods(outcome.recorded)
     if isinstance(repo, DynamoRepository):  # keep institution activity (the in-memory path derives it)
         periods |= _update_flags(repo, changes, recovered)
     found = ChunkFindings(
