@@ -181,8 +181,9 @@ def test_months_one_invocation_at_a_time_give_the_findings_of_one_run(
 
 
 # ------------------------------------------------------------------ kills and failures
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_run_killed_between_chunks_is_marked_failed_and_the_next_run_converges(
-    tmp_path: Path, population: list[Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, population: list[Path], monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
     env = {**os.environ, "RXGUARD_ALERTS_CONFIG": NO_LETTERS, "RXGUARD_CHUNK_SIZE": "60"}
     monkeypatch.setenv("RXGUARD_ALERTS_CONFIG", NO_LETTERS)
@@ -194,15 +195,24 @@ def test_a_run_killed_between_chunks_is_marked_failed_and_the_next_run_converges
     # When a run on a fresh state dies (os._exit) after two chunks of the first batch
     script = (
         "import sys; from pathlib import Path; from rxguard_tools.local_cli import run; "
-        "run([Path(p) for p in sys.argv[3:]], Path(sys.argv[1]), state=Path(sys.argv[2]), crash_after_chunks=2)"
+        "run([Path(p) for p in sys.argv[4:]], Path(sys.argv[1]), state=Path(sys.argv[2]), crash_after_chunks=2, "
+        "workers=int(sys.argv[3]))"
     )
     killed = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "o1"), str(tmp_path / "state"), *map(str, files)],
+        [sys.executable, "-c", script, str(tmp_path / "o1"), str(tmp_path / "state"), str(workers), *map(str, files)],
         env={**env, "PYTHONPATH": CHILD_PYTHONPATH},
         capture_output=True,
         timeout=300,
     )
+    # (its output pipes closed: every worker and the worker server ended with it, none kept
+    # waiting for tasks with the state open; subprocess.run would time out otherwise)
     assert killed.returncode == 137, killed.stderr.decode()[-2000:]
+    # (the lines of the chunks it counted are in the state: with workers, written by this
+    # process, the one writer, before it counted them)
+    from rxguard.local.state import State
+
+    with State.open(tmp_path / "state") as state:
+        assert state.repository().count_lines() >= 2
     # and the next run is given the same files
     stdout = io.StringIO()
     code = run(files, tmp_path / "o2", state=tmp_path / "state", stdout=stdout)

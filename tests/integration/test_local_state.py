@@ -451,3 +451,69 @@ def test_opening_a_state_retries_when_switching_to_wal_finds_it_locked(
         assert state.read("PRAGMA journal_mode")[0][0] == "wal"
     finally:
         state.close()
+
+
+def _stored(state: State) -> tuple[list[object], list[object]]:
+    lines = state.read(
+        "SELECT line_id, psn_no, t, period, fixmedins_code, bilg_dr_codg, admdvs, monitored, body"
+        " FROM lines ORDER BY id"
+    )
+    sales = state.read("SELECT code, line_id, t, psn_no, fixmedins_code, sale FROM trace_sales ORDER BY code, line_id")
+    return lines, sales
+
+
+def test_spooled_lines_take_no_lock_and_once_written_are_the_lines_recorded(tmp_path: Path) -> None:
+    codes = ["81100000000000000001", "81100000000000000002"]
+    batch = [
+        line("P1", "1", trace_codes=codes),
+        line("P2", "2", when="2026-03-02 10:00:00.250000"),
+        line("P1", "1", trace_codes=codes),  # repeated in the call
+    ]
+    # Given one line stored already, and another process holding the write lock
+    State.open(tmp_path / "spooled").repository().record_lines([line("P9", "9")])
+    holder = sqlite3.connect(tmp_path / "spooled" / STATE_FILE, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        # When a chunk's lines (and the stored one again) are spooled meanwhile
+        with State.open(tmp_path / "spooled", busy_timeout=0.2) as state:
+            fresh, rows = state.repository().spool_lines([*batch, line("P9", "9")])
+            # Then nothing waited or was written: the new lines are known, their rows kept
+            assert [x.line_id for x in fresh] == ["H31000000001/1", "H31000000001/2"]
+            assert [row[0] for row in rows.lines] == ["H31000000001/1", "H31000000001/2"]
+            assert sorted(row[0] for row in rows.sales) == codes
+            assert state.repository().count_lines() == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # When the one writer writes the rows
+    with State.open(tmp_path / "spooled") as state:
+        state.repository().write_lines(rows)
+        # Then the state holds what recording the same lines stores, row for row
+        with State.open(tmp_path / "recorded") as recorded:
+            recorded.repository().record_lines([line("P9", "9")])
+            recorded.repository().record_lines(batch)
+            assert _stored(state) == _stored(recorded)
+        # and the lines are not new any more: spooling them again keeps nothing
+        again, none = state.repository().spool_lines(batch)
+        assert again == [] and none.lines == [] and none.sales == []
+        # And rows of a line stored meanwhile (by serve, say) keep the first one, without an error
+        state.repository().write_lines(rows)
+        assert state.repository().count_lines() == 3
+
+
+def test_a_chunk_spools_its_lines_only_where_the_state_can_write_them_later(tmp_path: Path) -> None:
+    from rxguard.local.orchestrator import DeferTraceScopes
+    from rxguard.repository import InMemoryRepository
+
+    # Given the repository a chunk screens against, over the SQLite state and over memory
+    with State.open(tmp_path) as state:
+        spooling = DeferTraceScopes(state.repository(), spool=True)
+        memory = InMemoryRepository()
+        direct = DeferTraceScopes(memory, spool=True)
+        # When each records a line
+        assert [x.line_id for x in spooling.record_lines([line("P1", "1")])] == ["H31000000001/1"]
+        assert [x.line_id for x in direct.record_lines([line("P1", "1")])] == ["H31000000001/1"]
+        # Then the state's is spooled for the orchestrator (not written), memory's written at once
+        assert spooling.spooled is not None and [row[0] for row in spooling.spooled.lines] == ["H31000000001/1"]
+        assert state.repository().count_lines() == 0
+        assert direct.spooled is None and list(memory.lines) == ["H31000000001/1"]

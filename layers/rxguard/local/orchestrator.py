@@ -47,7 +47,8 @@ from rxguard.ingest.partition import (
 from rxguard.kb import KnowledgeBase, Phase, get_knowledge_base
 from rxguard.local.backend import Backend, BackendSpec, open_backend
 from rxguard.local.objects import InputFiles, LocalObjects
-from rxguard.local.workers import release_memory, tune_gc, tuned_gc, worker_context
+from rxguard.local.state import LineRows, SqliteRepository
+from rxguard.local.workers import exit_with, release_memory, tune_gc, tuned_gc, worker_context
 from rxguard.models import ClaimLine, Finding
 from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 from rxguard.scope import Scope
@@ -90,9 +91,12 @@ class DeferTraceScopes(HistoryRepository):
 
     defers_trace_scopes = True
 
-    def __init__(self, inner: HistoryRepository) -> None:
+    def __init__(self, inner: HistoryRepository, *, spool: bool = False) -> None:
+        """`spool`: lines are not written here but kept in `spooled` for the orchestrator to
+        write (`SqliteRepository.spool_lines`; a repository that cannot spool writes them)."""
         self.inner = inner
         self.codes: set[str] = set()
+        self.spooled: LineRows | None = LineRows() if spool and isinstance(inner, SqliteRepository) else None
 
     def load_history(self, psn_nos: Collection[str]) -> dict[str, list[ClaimLine]]:
         return self.inner.load_history(psn_nos)
@@ -101,7 +105,12 @@ class DeferTraceScopes(HistoryRepository):
         return self.inner.load_trace_sales(codes)  # screen_lines does not ask: defers_trace_scopes
 
     def record_lines(self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None) -> list[ClaimLine]:
-        return self.inner.record_lines(lines, bodies)
+        if self.spooled is None or not isinstance(self.inner, SqliteRepository):
+            return self.inner.record_lines(lines, bodies)
+        fresh, rows = self.inner.spool_lines(lines, bodies)
+        self.spooled.lines += rows.lines
+        self.spooled.sales += rows.sales
+        return fresh
 
     def load_findings(self, scopes: Collection[str]) -> dict[str, list[Finding]]:
         return self.inner.load_findings(scopes)
@@ -127,12 +136,18 @@ class WorkerContext:
     kb: KnowledgeBase
     backend: Backend
     results: LocalObjects
+    # a worker process spools its chunks' lines for the orchestrator to write (docs/local.md,
+    # One writer for the lines); in the orchestrator's own process they are written at once
+    spool: bool = False
 
 
 _WORKER: dict[str, WorkerContext] = {}
 
 
-def _init_worker(spec: BackendSpec, results_root: str, rules_dir: str | None, phase: str, log: str | None) -> None:
+def _init_worker(
+    spec: BackendSpec, results_root: str, rules_dir: str | None, phase: str, log: str | None, orchestrator: int
+) -> None:
+    exit_with(orchestrator)  # a killed run leaves no worker behind
     if log is not None:  # the steps' JSON logs go where the run's go, not to the terminal
         from rxguard.observability import logger
 
@@ -142,27 +157,30 @@ def _init_worker(spec: BackendSpec, results_root: str, rules_dir: str | None, ph
         kb=get_knowledge_base(Path(rules_dir) if rules_dir else None, Phase(phase)),
         backend=open_backend(spec),
         results=LocalObjects(Path(results_root)),
+        spool=True,
     )
     tune_gc()
 
 
-def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], str | None, int]:
+def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], str | None, int, LineRows | None]:
     """The ScreenChunk task: `screen_chunk` with the ASL's Retry (TransientError) and
-    Catch (`{chunk_key, ok: false, error}`). Returns the Map item's output, and where the
-    trace codes the chunk deferred are written (beside the chunk, one a line) and how many:
-    the orchestrator does not hold a batch's codes (800,000 at 1M lines)."""
+    Catch (`{chunk_key, ok: false, error}`). Returns the Map item's output; where the trace
+    codes the chunk deferred are written (beside the chunk, one a line) and how many: the
+    orchestrator does not hold a batch's codes (800,000 at 1M lines); and the rows of the
+    chunk's new lines, for the orchestrator to write (None: written here)."""
     ctx = _WORKER["ctx"]
     request = ChunkRequest.model_validate(event)
     error = "States.TaskFailed"
     for attempt in range(CHUNK_ATTEMPTS):
-        repo = DeferTraceScopes(ctx.backend.repository(writer=f"{request.batch_id[:16]}-{request.index}"))
+        writer = f"{request.batch_id[:16]}-{request.index}"
+        repo = DeferTraceScopes(ctx.backend.repository(writer=writer), spool=ctx.spool)
         try:
             result = screen_chunk(request, results=ctx.results, repo=repo, kb=ctx.kb)
             if not repo.codes:
-                return result.model_dump(mode="json"), None, 0
+                return result.model_dump(mode="json"), None, 0, repo.spooled
             codes_key = f"{request.chunk_key}.codes"
             ctx.results.put_bytes(codes_key, "\n".join(sorted(repo.codes)).encode("utf-8"), "text/plain")
-            return result.model_dump(mode="json"), codes_key, len(repo.codes)
+            return result.model_dump(mode="json"), codes_key, len(repo.codes), repo.spooled
         except TransientError:
             error = "TransientError"
             time.sleep(0.2 * (attempt + 1))
@@ -170,7 +188,7 @@ def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], str | None, int]:
             error = type(exc).__name__
             traceback.print_exc()
             break
-    return {"chunk_key": request.chunk_key, "ok": False, "error": error}, None, 0
+    return {"chunk_key": request.chunk_key, "ok": False, "error": error}, None, 0, None
 
 
 LETTER_SLICE = 16  # letters a worker task builds and renders (377 letters at 100k lines: 24 tasks)
@@ -475,7 +493,14 @@ class LocalOrchestrator:
                 max_workers=self.workers,
                 mp_context=worker_context(),
                 initializer=_init_worker,
-                initargs=(spec, str(self.results.root), rules_dir, self.settings.phase.value, self.log_path),
+                initargs=(
+                    spec,
+                    str(self.results.root),
+                    rules_dir,
+                    self.settings.phase.value,
+                    self.log_path,
+                    os.getpid(),
+                ),
             )
             for _ in range(self.workers):  # start the workers now, while this process reads the file
                 pool.submit(os.getpid)
@@ -584,10 +609,17 @@ class LocalOrchestrator:
         results: list[dict[str, Any] | None] = [None] * len(events)
         code_keys: list[str] = []
         deferred = 0
+        lines = self.backend.repository(writer=f"{prepared.batch_id[:16]}-lines")
         for future in as_completed(futures):
-            n = futures[future]
-            (output, codes_key, count), cpu, pid = future.result()
+            n = futures.pop(future)  # (the future holds its rows: let them go once written)
+            (output, codes_key, count, rows), cpu, pid = future.result()
+            del future
             self._worker_cpu(cpu, pid)
+            if rows is not None:  # this process is the one writer of the lines (docs/local.md)
+                if not isinstance(lines, SqliteRepository):
+                    raise TypeError(f"a worker spooled lines that {type(lines).__name__} cannot write")
+                lines.write_lines(rows)
+                del rows
             results[n] = output
             if codes_key is not None:
                 code_keys.append(codes_key)
@@ -844,7 +876,8 @@ def render_pdf_files(jobs: Sequence[tuple[str, str, str, str, str]], workers: in
     if not jobs:
         return 0, 0.0
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context()) as pool:
+        context = worker_context()
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=exit_with, initargs=(os.getpid(),)) as pool:
             size = max(1, len(jobs) // (4 * workers))
             done = list(pool.map(timed, [render_pdf_file] * len(jobs), jobs, chunksize=size))
         return sum(r for r, _, _ in done), sum(c for _, c, pid in done if pid != os.getpid())

@@ -24,7 +24,7 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from time import monotonic, sleep
@@ -428,6 +428,34 @@ _CURRENT_FINDINGS = (
 )
 
 
+_INSERT_LINE = (
+    "INSERT INTO lines (line_id, psn_no, t, period, fixmedins_code, bilg_dr_codg, admdvs, monitored, body)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_LINE_OR_IGNORE = _INSERT_LINE.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
+_INSERT_SALE = (
+    "INSERT OR IGNORE INTO trace_sales (code, line_id, t, psn_no, fixmedins_code, sale) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass
+class LineRows:
+    """Rows of lines and of their trace-code sales, as the state stores them (picklable: a
+    chunk worker hands them to the one process that writes them)."""
+
+    lines: list[tuple[Any, ...]] = field(default_factory=list)  # _INSERT_LINE's columns; line_id first
+    sales: list[tuple[Any, ...]] = field(default_factory=list)  # _INSERT_SALE's columns; line_id second
+
+    def without(self, line_ids: Collection[str]) -> LineRows:
+        """These rows but those of the given lines."""
+        if not line_ids:
+            return self
+        return LineRows(
+            [row for row in self.lines if row[0] not in line_ids],
+            [row for row in self.sales if row[1] not in line_ids],
+        )
+
+
 class SqliteRepository(HistoryRepository):
     """`HistoryRepository` on the state database: same semantics as the in-memory and
     DynamoDB repositories (tests/contract/)."""
@@ -449,15 +477,52 @@ class SqliteRepository(HistoryRepository):
 
     # ------------------------------------------------------------ lines
     def record_lines(self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None) -> list[ClaimLine]:
+        unique, rows = self._line_rows(lines, bodies)
+        if not unique:
+            return []
+        # the rows are built before the write lock is taken: another writer writes meanwhile
+        with self.state.write("record lines") as conn:
+            stored = self._stored_ids(unique, conn)
+            fresh = rows.without(stored)
+            conn.executemany(_INSERT_LINE, fresh.lines)
+            conn.executemany(_INSERT_SALE, fresh.sales)
+        self._recent = {line_id: unique[line_id] for line_id in unique if line_id not in stored}
+        return list(self._recent.values())
+
+    def spool_lines(
+        self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None
+    ) -> tuple[list[ClaimLine], LineRows]:
+        """`record_lines` without the write: the lines not stored yet and their rows, for one
+        writer to store later (`write_lines`; docs/local.md, One writer for the lines). Takes
+        no lock: which ids are stored is a read."""
+        unique, rows = self._line_rows(lines, bodies)
+        stored = self._stored_ids(unique) if unique else set()
+        self._recent = {line_id: unique[line_id] for line_id in unique if line_id not in stored}
+        return list(self._recent.values()), rows.without(stored)
+
+    def write_lines(self, rows: LineRows) -> None:
+        """Store spooled rows (`spool_lines`) in one transaction; a line stored meanwhile (by
+        `rxguard serve`, say) keeps its first row."""
+        if rows.lines or rows.sales:
+            with self.state.write("record lines") as conn:
+                conn.executemany(_INSERT_LINE_OR_IGNORE, rows.lines)
+                conn.executemany(_INSERT_SALE, rows.sales)
+
+    def _stored_ids(self, ids: Collection[str], conn: sqlite3.Connection | None = None) -> set[str]:
+        sql, args = "SELECT line_id FROM lines WHERE line_id IN (SELECT value FROM json_each(?))", (_ids(ids),)
+        found = conn.execute(sql, args).fetchall() if conn is not None else self.state.read(sql, args)
+        return {row[0] for row in found}
+
+    @staticmethod
+    def _line_rows(
+        lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None
+    ) -> tuple[dict[str, ClaimLine], LineRows]:
+        """The lines by id (the first of an id) and their rows in `lines` and `trace_sales`."""
         known = bodies or {}
         unique: dict[str, ClaimLine] = {}
         for line in lines:
             unique.setdefault(line.line_id, line)
-        if not unique:
-            return []
-        # the rows are built before the write lock is taken: another worker writes meanwhile
-        rows: dict[str, tuple[Any, ...]] = {}
-        sales: dict[str, list[tuple[Any, ...]]] = {}
+        rows = LineRows()
         stamps: dict[datetime, str] = {}  # the lines of a visit share their time
         for line_id, line in unique.items():
             at = line.fee_ocur_time
@@ -465,43 +530,26 @@ class SqliteRepository(HistoryRepository):
             if t is None:
                 t = stamps[at] = _ts(at)
             psn_no, fixmedins_code = line.psn_no, line.fixmedins_code
-            rows[line_id] = (
-                line_id,
-                psn_no,
-                t,
-                t[:7],  # the period, YYYY-MM
-                fixmedins_code,
-                line.bilg_dr_codg,
-                line.admdvs,
-                int(line.monitored),
-                known.get(line_id) or encode_line(line),
+            rows.lines.append(
+                (
+                    line_id,
+                    psn_no,
+                    t,
+                    t[:7],  # the period, YYYY-MM
+                    fixmedins_code,
+                    line.bilg_dr_codg,
+                    line.admdvs,
+                    int(line.monitored),
+                    known.get(line_id) or encode_line(line),
+                )
             )
             if line.trace_codes:
                 special = line.reverses or line.trdn_flag or line.received_at
-                sales[line_id] = [
+                rows.sales.extend(
                     (code, line_id, t, psn_no, fixmedins_code, TraceSale.of(line, code).encode() if special else None)
                     for code in dict.fromkeys(line.trace_codes)
-                ]
-        with self.state.write("record lines") as conn:
-            stored = {
-                row[0]
-                for row in conn.execute(
-                    "SELECT line_id FROM lines WHERE line_id IN (SELECT value FROM json_each(?))", (_ids(unique),)
                 )
-            }
-            fresh_ids = [line_id for line_id in unique if line_id not in stored]
-            conn.executemany(
-                "INSERT INTO lines (line_id, psn_no, t, period, fixmedins_code, bilg_dr_codg, admdvs, monitored, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [rows[line_id] for line_id in fresh_ids],
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO trace_sales (code, line_id, t, psn_no, fixmedins_code, sale) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [sale for line_id in fresh_ids for sale in sales.get(line_id, ())],
-            )
-        self._recent = {line_id: unique[line_id] for line_id in fresh_ids}
-        return list(self._recent.values())
+        return unique, rows
 
     def _keyed(self, keys: Collection[str], sql: str) -> tuple[dict[str, list[Any]], list[Any]]:
         """An empty list for each key, and the rows of `sql`, whose one parameter is the keys

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing import forkserver, get_context
@@ -65,6 +66,34 @@ def tuned_gc() -> Iterator[None]:
         gc.set_threshold(*before)
         if not frozen:  # (unfreeze gives back every frozen object: only when none was before)
             gc.unfreeze()
+
+
+def exit_with(pid: int) -> None:
+    """End this worker as soon as process `pid` (the orchestrator) has ended. A pool's
+    workers wait for tasks on a queue whose writing end they hold themselves, and they hold
+    the forkserver's too: when a run is killed (kill -9, out of memory), they and the
+    server would wait for ever, holding the state open. A thread waits on the process
+    (a pidfd; polls once a second where there is none) and exits the worker."""
+    import select
+    import threading
+
+    def watch() -> None:
+        try:
+            handle = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # no pidfd here (not Linux >= 5.3): poll
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:  # alive, another user's (a pid reused): keep polling
+                    pass
+                time.sleep(1.0)
+        else:
+            select.select([handle], [], [])  # readable once the process has ended
+        os._exit(70)  # EX_SOFTWARE: the orchestrator is gone; nothing of this worker's is pending
+
+    threading.Thread(target=watch, name="rxguard-orchestrator-watch", daemon=True).start()
 
 
 def release_memory() -> None:
