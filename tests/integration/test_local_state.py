@@ -517,3 +517,32 @@ def test_a_chunk_spools_its_lines_only_where_the_state_can_write_them_later(tmp_
         assert spooling.spooled is not None and [row[0] for row in spooling.spooled.lines] == ["H31000000001/1"]
         assert state.repository().count_lines() == 0
         assert direct.spooled is None and list(memory.lines) == ["H31000000001/1"]
+
+
+def test_a_worker_writes_its_own_lines_once_the_orchestrator_falls_behind(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from rxguard.local.backend import SqliteBackend
+    from rxguard.local.objects import LocalObjects
+    from rxguard.local.orchestrator import SPOOL_BACKLOG, WorkerContext, chunk_repository
+
+    backend = SqliteBackend(tmp_path / "state")
+    backlog = multiprocessing.get_context("spawn").Value("q", 0)
+    ctx = WorkerContext(kb=None, backend=backend, results=LocalObjects(tmp_path / "results"), backlog=backlog)  # type: ignore[arg-type]
+    try:
+        # Given an orchestrator with nothing left to write: a chunk's lines are spooled for it
+        ahead = chunk_repository(ctx, "w")
+        ahead.record_lines([line("P1", "1")])
+        assert ahead.spooled is not None and backend.repository().count_lines() == 0  # type: ignore[attr-defined]
+        # When it has a chunk's worth of lines left to write
+        backlog.value = SPOOL_BACKLOG
+        behind = chunk_repository(ctx, "w")
+        behind.record_lines([line("P2", "2")])
+        # Then the next chunk's worker writes its lines itself
+        assert behind.spooled is None and backend.repository().count_lines() == 1  # type: ignore[attr-defined]
+        # and in the orchestrator's own process (no backlog) lines are written at once
+        alone = chunk_repository(WorkerContext(kb=None, backend=backend, results=ctx.results), "w")  # type: ignore[arg-type]
+        alone.record_lines([line("P3", "3")])
+        assert alone.spooled is None and backend.repository().count_lines() == 2  # type: ignore[attr-defined]
+    finally:
+        backend.close()

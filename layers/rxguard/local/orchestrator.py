@@ -136,16 +136,28 @@ class WorkerContext:
     kb: KnowledgeBase
     backend: Backend
     results: LocalObjects
-    # a worker process spools its chunks' lines for the orchestrator to write (docs/local.md,
-    # One writer for the lines); in the orchestrator's own process they are written at once
-    spool: bool = False
+    # the lines spooled by the workers and not yet written by the orchestrator (a shared
+    # counter; docs/local.md, One writer for the lines); None: lines are written at once
+    backlog: Any = None
+
+
+# A worker spools its chunk's lines while the orchestrator has fewer than this many left to
+# write; past it (the orchestrator's writes falling behind, as at 1M lines, where an insert
+# into the larger indexes costs ~40 µs), the worker writes its own and memory stays bounded.
+SPOOL_BACKLOG = 5000
 
 
 _WORKER: dict[str, WorkerContext] = {}
 
 
 def _init_worker(
-    spec: BackendSpec, results_root: str, rules_dir: str | None, phase: str, log: str | None, orchestrator: int
+    spec: BackendSpec,
+    results_root: str,
+    rules_dir: str | None,
+    phase: str,
+    log: str | None,
+    orchestrator: int,
+    backlog: Any,
 ) -> None:
     exit_with(orchestrator)  # a killed run leaves no worker behind
     if log is not None:  # the steps' JSON logs go where the run's go, not to the terminal
@@ -157,9 +169,16 @@ def _init_worker(
         kb=get_knowledge_base(Path(rules_dir) if rules_dir else None, Phase(phase)),
         backend=open_backend(spec),
         results=LocalObjects(Path(results_root)),
-        spool=True,
+        backlog=backlog,
     )
     tune_gc()
+
+
+def chunk_repository(ctx: WorkerContext, writer: str) -> DeferTraceScopes:
+    """The repository a chunk screens against: it spools the chunk's lines for the
+    orchestrator while the orchestrator's backlog is under SPOOL_BACKLOG, else writes them."""
+    spool = ctx.backlog is not None and ctx.backlog.value < SPOOL_BACKLOG
+    return DeferTraceScopes(ctx.backend.repository(writer=writer), spool=spool)
 
 
 def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], str | None, int, LineRows | None]:
@@ -173,9 +192,12 @@ def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], str | None, int, 
     error = "States.TaskFailed"
     for attempt in range(CHUNK_ATTEMPTS):
         writer = f"{request.batch_id[:16]}-{request.index}"
-        repo = DeferTraceScopes(ctx.backend.repository(writer=writer), spool=ctx.spool)
+        repo = chunk_repository(ctx, writer)
         try:
             result = screen_chunk(request, results=ctx.results, repo=repo, kb=ctx.kb)
+            if repo.spooled is not None:
+                with ctx.backlog.get_lock():
+                    ctx.backlog.value += len(repo.spooled.lines)
             if not repo.codes:
                 return result.model_dump(mode="json"), None, 0, repo.spooled
             codes_key = f"{request.chunk_key}.codes"
@@ -392,6 +414,7 @@ class LocalOrchestrator:
     pdf_jobs: list[tuple[str, str, str]] = field(default_factory=list)  # (HTML key, PDF key, number) to render
     worker_cpu_seconds: float = 0.0  # CPU of the worker processes' tasks
     crash_after_chunks: int | None = None  # tests: die (os._exit) once this many chunks are screened
+    backlog: Any = None  # with worker processes: the lines they spooled and this one has not written
     _chunks_done: int = 0
     phases: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> wall, main and worker CPU
     run_id: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
@@ -489,9 +512,11 @@ class LocalOrchestrator:
         spec = self.backend.spec
         rules_dir = str(self.settings.rules_dir) if self.settings.rules_dir else None
         if self.workers > 1 and spec is not None:
+            context = worker_context()
+            self.backlog = context.Value("q", 0)  # lines spooled, not yet written (SPOOL_BACKLOG)
             pool = ProcessPoolExecutor(
                 max_workers=self.workers,
-                mp_context=worker_context(),
+                mp_context=context,
                 initializer=_init_worker,
                 initargs=(
                     spec,
@@ -500,6 +525,7 @@ class LocalOrchestrator:
                     self.settings.phase.value,
                     self.log_path,
                     os.getpid(),
+                    self.backlog,
                 ),
             )
             for _ in range(self.workers):  # start the workers now, while this process reads the file
@@ -619,6 +645,8 @@ class LocalOrchestrator:
                 if not isinstance(lines, SqliteRepository):
                     raise TypeError(f"a worker spooled lines that {type(lines).__name__} cannot write")
                 lines.write_lines(rows)
+                with self.backlog.get_lock():
+                    self.backlog.value -= len(rows.lines)
                 del rows
             results[n] = output
             if codes_key is not None:
