@@ -546,3 +546,27 @@ def test_a_worker_writes_its_own_lines_once_the_orchestrator_falls_behind(tmp_pa
         assert alone.spooled is None and backend.repository().count_lines() == 2  # type: ignore[attr-defined]
     finally:
         backend.close()
+
+
+def test_a_new_state_has_large_pages_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
+    from rxguard.local.state import PAGE_SIZE, WAL_CHECKPOINT_BYTES
+
+    # Given a state made now, and one made with SQLite's default 4 KiB pages (an older state)
+    with State.open(tmp_path / "new") as new:
+        new.repository().record_lines([line("P1", "1")])
+    (tmp_path / "old").mkdir()
+    old = sqlite3.connect(tmp_path / "old" / STATE_FILE)
+    old.execute("PRAGMA page_size=4096")
+    old.execute("VACUUM")
+    old.close()
+    # When both are opened again
+    with State.open(tmp_path / "new") as new, State.open(tmp_path / "old") as older:
+        older.repository().record_lines([line("P1", "1")])
+        # Then the new one has 16 KiB pages, the older one keeps 4 KiB, both work, and both
+        # checkpoint after the same bytes of WAL
+        assert new.read("PRAGMA page_size") == [(PAGE_SIZE,)] and PAGE_SIZE == 16384
+        assert older.read("PRAGMA page_size") == [(4096,)]
+        assert new.read("PRAGMA wal_autocheckpoint") == [(WAL_CHECKPOINT_BYTES // PAGE_SIZE,)]
+        assert older.read("PRAGMA wal_autocheckpoint") == [(WAL_CHECKPOINT_BYTES // 4096,)]
+        assert new.repository().count_lines() == older.repository().count_lines() == 1
+        assert older.read("PRAGMA integrity_check") == [("ok",)]

@@ -42,6 +42,8 @@ from rxguard.scope import Scope
 STATE_FILE = "state.db"
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before StateBusy
 DEFAULT_CACHE_MB = 64  # SQLite's page cache per connection: the writers of lines and findings
+PAGE_SIZE = 16384  # bytes, a new state's (docs/local.md)
+WAL_CHECKPOINT_BYTES = 32 * 1024 * 1024  # of WAL between two automatic checkpoints
 _FIRST_WAIT = 0.0001  # first sleep while the lock is taken (seconds), doubled up to _MAX_WAIT
 _MAX_WAIT = 0.005
 _T = TypeVar("_T")
@@ -216,6 +218,10 @@ class State:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             # Two processes opening a new state at once: switching it to WAL takes an exclusive
             # lock, and SQLite may answer "locked" at once rather than wait (seen in CI)
+            # a new state's pages are 16 KiB (an existing one keeps its size: SQLite ignores this
+            # once the file has pages): a batch's inserts land in random places of three indexes
+            # and the trace sales, and fewer, larger pages cost ~20% less CPU an insert there
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self._retrying(lambda: conn.execute("PRAGMA journal_mode=WAL"), "open")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA cache_size={-1024 * int(self.cache_mb)}")  # KiB, per connection
@@ -223,7 +229,8 @@ class State:
             # checkpoint every 32 MB of WAL, not every 4 MB: a batch's chunk transactions (a few
             # MB each) no longer each copy the pages into the database, and an index page
             # written by several of them is copied once
-            conn.execute("PRAGMA wal_autocheckpoint=8192")
+            page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page}")
             # From here on a busy lock is retried by `_retrying` (short, growing sleeps from
             # 0.1 ms): SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms, far longer than
             # the sub-millisecond transactions of another worker hold the lock.
