@@ -548,7 +548,7 @@ def test_a_worker_writes_its_own_lines_once_the_orchestrator_falls_behind(tmp_pa
         backend.close()
 
 
-def test_a_new_state_has_large_pages_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
+def test_a_new_state_has_larger_pages_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
     from rxguard.local.state import PAGE_SIZE, WAL_CHECKPOINT_BYTES
 
     # Given a state made now, and one made with SQLite's default 4 KiB pages (an older state)
@@ -562,9 +562,9 @@ def test_a_new_state_has_large_pages_and_an_existing_one_keeps_its_own(tmp_path:
     # When both are opened again
     with State.open(tmp_path / "new") as new, State.open(tmp_path / "old") as older:
         older.repository().record_lines([line("P1", "1")])
-        # Then the new one has 16 KiB pages, the older one keeps 4 KiB, both work, and both
+        # Then the new one has 8 KiB pages, the older one keeps 4 KiB, both work, and both
         # checkpoint after the same bytes of WAL
-        assert new.read("PRAGMA page_size") == [(PAGE_SIZE,)] and PAGE_SIZE == 16384
+        assert new.read("PRAGMA page_size") == [(PAGE_SIZE,)] and PAGE_SIZE == 8192
         assert older.read("PRAGMA page_size") == [(4096,)]
         assert new.read("PRAGMA wal_autocheckpoint") == [(WAL_CHECKPOINT_BYTES // PAGE_SIZE,)]
         assert older.read("PRAGMA wal_autocheckpoint") == [(WAL_CHECKPOINT_BYTES // 4096,)]
