@@ -137,7 +137,8 @@ class WorkerContext:
     backend: Backend
     results: LocalObjects
     # the lines spooled by the workers and not yet written by the orchestrator (a shared
-    # counter; docs/local.md, One writer for the lines); None: lines are written at once
+    # counter; docs/local.md, The orchestrator writes lines while it keeps up); None: lines
+    # are written at once
     backlog: Any = None
 
 
@@ -195,13 +196,12 @@ def screen_one(event: dict[str, Any]) -> tuple[dict[str, Any], str | None, int, 
         repo = chunk_repository(ctx, writer)
         try:
             result = screen_chunk(request, results=ctx.results, repo=repo, kb=ctx.kb)
-            if repo.spooled is not None:
+            codes_key = f"{request.chunk_key}.codes" if repo.codes else None
+            if codes_key is not None:
+                ctx.results.put_bytes(codes_key, "\n".join(sorted(repo.codes)).encode("utf-8"), "text/plain")
+            if repo.spooled is not None:  # (counted once handed on: the orchestrator subtracts them)
                 with ctx.backlog.get_lock():
                     ctx.backlog.value += len(repo.spooled.lines)
-            if not repo.codes:
-                return result.model_dump(mode="json"), None, 0, repo.spooled
-            codes_key = f"{request.chunk_key}.codes"
-            ctx.results.put_bytes(codes_key, "\n".join(sorted(repo.codes)).encode("utf-8"), "text/plain")
             return result.model_dump(mode="json"), codes_key, len(repo.codes), repo.spooled
         except TransientError:
             error = "TransientError"
@@ -641,7 +641,7 @@ class LocalOrchestrator:
             (output, codes_key, count, rows), cpu, pid = future.result()
             del future
             self._worker_cpu(cpu, pid)
-            if rows is not None:  # this process is the one writer of the lines (docs/local.md)
+            if rows is not None:  # the chunk's lines, spooled for this process to write (docs/local.md)
                 if not isinstance(lines, SqliteRepository):
                     raise TypeError(f"a worker spooled lines that {type(lines).__name__} cannot write")
                 lines.write_lines(rows)

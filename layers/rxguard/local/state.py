@@ -500,9 +500,9 @@ class SqliteRepository(HistoryRepository):
     def spool_lines(
         self, lines: Sequence[ClaimLine], bodies: Mapping[str, str] | None = None
     ) -> tuple[list[ClaimLine], LineRows]:
-        """`record_lines` without the write: the lines not stored yet and their rows, for one
-        writer to store later (`write_lines`; docs/local.md, One writer for the lines). Takes
-        no lock: which ids are stored is a read."""
+        """`record_lines` without the write: the lines not stored yet and their rows, for
+        another process to store later (`write_lines`; docs/local.md, The orchestrator writes
+        lines while it keeps up). Takes no lock: which ids are stored is a read."""
         unique, rows = self._line_rows(lines, bodies)
         stored = self._stored_ids(unique) if unique else set()
         self._recent = {line_id: unique[line_id] for line_id in unique if line_id not in stored}
