@@ -35,6 +35,12 @@ def text(value: float) -> str:
     return str(num(value))
 
 
+def month_period(year: int, month: int) -> str:
+    """A calendar month as the periods of findings, activity and the state name it: YYYY-MM
+    (an f-string, 4x faster than strftime's "%Y-%m"; some callers make one a line)."""
+    return f"{year:04d}-{month:02d}"
+
+
 class RuleSet:
     """The rules of a knowledge base selected for some scenes, with per-region caches."""
 
@@ -60,10 +66,6 @@ class RuleSet:
             found = self.rules[rule_id].params_for(admdvs)
             self._params[key] = found
         return found
-
-    def active(self, rule_id: str, on: date, admdvs: str | None) -> bool:
-        first, last = self.window(rule_id, admdvs)
-        return first <= on <= last
 
     def window(self, rule_id: str, admdvs: str | None) -> tuple[date, date]:
         """The days a rule is active in a region (`RuleDefinition.window`; never when not selected)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from rxguard.engine.common import month_period
 from rxguard.kb import KnowledgeBase
 from rxguard.models import ClaimLine, InstitutionKind
 from rxguard.scope import Scope
@@ -36,7 +37,7 @@ class ActivityAggregate:
 
 
 def _period(line: ClaimLine) -> str:
-    return f"{line.fee_ocur_time.year:04d}-{line.fee_ocur_time.month:02d}"
+    return month_period(line.fee_ocur_time.year, line.fee_ocur_time.month)
 
 
 def previous_period(period: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from rxguard.engine.common import month_period
 from rxguard.engine.rules.frequent_visits import FrequentVisits
 from rxguard.engine.rules.multi_hospital_days import MultiHospitalDays
 from rxguard.engine.rules.pharmacy_spend import PharmacySpend
@@ -22,7 +23,7 @@ def by_month(lines: Sequence[ClaimLine]) -> dict[str, list[ClaimLine]]:
     for line in lines:
         t = line.fee_ocur_time
         months.setdefault((t.year, t.month), []).append(line)
-    return {f"{year:04d}-{month:02d}": months[year, month] for year, month in sorted(months)}
+    return {month_period(year, month): months[year, month] for year, month in sorted(months)}
 
 
 def _region(lines: Sequence[ClaimLine]) -> str | None:
