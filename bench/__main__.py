@@ -702,7 +702,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += [
             f"{sv.get('clients')} keep-alive clients x {sv.get('requests_per_client')} checks of one refill for a "
             f"patient with a year of history (median {sv.get('history_lines_median')} lines), load generator in "
-            "its own processes; the do-nothing app is the same load on waitress answering a fixed 1 kB.",
+            "its own processes; the do-nothing app is the same load on serve's uvicorn answering a fixed 1 kB.",
             "",
             "| figure | rxguard serve | do-nothing app |",
             "|---|---:|---:|",

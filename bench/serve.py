@@ -1,4 +1,4 @@
-"""Benchmark of `rxguard serve --state DIR` (waitress over the SQLite state) under
+"""Benchmark of `rxguard serve --state DIR` (uvicorn over the SQLite state) under
 concurrent clients: POST /v1/checks of patients with a year of history.
 
     .venv/bin/python -m bench.serve [--patients 300] [--clients 20] [--requests 50]
@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -94,14 +94,28 @@ def _bodies(lines: list[Any], patients: int) -> tuple[list[dict[str, Any]], int]
 
 
 def _client_process(
-    port: int, threads: int, requests: int, bodies: list[dict[str, Any]], offset: int, queue: Any
+    port: int,
+    threads: int,
+    requests: int,
+    bodies: list[dict[str, Any]],
+    offset: int,
+    queue: Any,
+    start: Any = None,
 ) -> None:
+    """`threads` keep-alive clients in this process. With `start` (an Event), each client
+    connects, the process says so on `queue` ("ready") and waits for `start`: the load
+    begins when every client process is up, not while the later ones still start."""
     samples: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
+    connected = threading.Barrier(threads + 1)
 
     def client(n: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.connect()
+        connected.wait()
+        if start is not None:
+            start.wait()
         mine, bad = [], []
         for i in range(requests):
             body = json.dumps(bodies[(n * requests + i) % len(bodies)]).encode()
@@ -125,31 +139,45 @@ def _client_process(
     workers = [threading.Thread(target=client, args=(offset + t,)) for t in range(threads)]
     for w in workers:
         w.start()
+    connected.wait()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    before = usage.ru_utime + usage.ru_stime  # the process's start is not the load's
+    if start is not None:
+        queue.put("ready")
     for w in workers:
         w.join()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    queue.put((samples, errors, usage.ru_utime + usage.ru_stime))
+    queue.put((samples, errors, usage.ru_utime + usage.ru_stime - before))
 
 
-def _load(port: int, clients: int, requests: int, bodies: list[dict[str, Any]]) -> tuple[list[Any], float]:
-    """`clients` keep-alive clients over CLIENT_PROCESSES processes; (their results, wall seconds)."""
+def _load(
+    port: int, clients: int, requests: int, bodies: list[dict[str, Any]], probe: Callable[[], Any] = lambda: None
+) -> tuple[list[Any], float, Any]:
+    """`clients` keep-alive clients over CLIENT_PROCESSES processes, started together once
+    all are connected; (their results, wall seconds from the start, what `probe()` gave at
+    the start)."""
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
+    queue, start = ctx.Queue(), ctx.Event()
     per_process = [clients // CLIENT_PROCESSES + (i < clients % CLIENT_PROCESSES) for i in range(CLIENT_PROCESSES)]
     procs = []
     offset = 0
-    started = time.perf_counter()
     for threads in per_process:
         if threads:
-            p = ctx.Process(target=_client_process, args=(port, threads, requests, bodies, offset, queue))
+            p = ctx.Process(target=_client_process, args=(port, threads, requests, bodies, offset, queue, start))
             p.start()
             procs.append(p)
             offset += threads
+    for _ in procs:
+        if queue.get() != "ready":
+            raise RuntimeError("a client process answered before the start")
+    at_start = probe()
+    started = time.perf_counter()
+    start.set()
     results = [queue.get() for _ in procs]
     wall = time.perf_counter() - started
     for p in procs:
         p.join()
-    return results, wall
+    return results, wall, at_start
 
 
 def _figures(results: list[Any], wall: float, server_cpu: float, machine_busy: float) -> dict[str, Any]:
@@ -178,15 +206,16 @@ def _figures(results: list[Any], wall: float, server_cpu: float, machine_busy: f
 
 
 def baseline(clients: int = 20, requests: int = 50) -> dict[str, Any]:
-    """The same load against a WSGI app that does nothing (a fixed 1 kB answer) on waitress
-    in this process: the latency this machine gives a server that needs no CPU, at this moment.
-    When it is far from zero, other processes hold the cores."""
-    import logging
+    """The same load against a WSGI app that does nothing (a fixed 1 kB answer) through
+    serve's own server (`rxguard.api.serve.asgi_app` on uvicorn) in a thread of this process:
+    the latency this machine gives a server that needs no CPU, at this moment. When it is
+    far from zero, other processes hold the cores."""
     import socket
 
-    from waitress.server import create_server
+    import uvicorn
 
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    from rxguard.api.serve import asgi_app
+
     answer = b'{"decision": "pass"}' + b" " * 1004
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -195,16 +224,26 @@ def baseline(clients: int = 20, requests: int = 50) -> dict[str, Any]:
         return [answer]
 
     listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
-    server = create_server(app, sockets=[listener], threads=8)
-    thread = threading.Thread(target=server.run, daemon=True)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    server = uvicorn.Server(
+        uvicorn.Config(asgi_app(app, 1 << 20), log_config=None, log_level="warning", access_log=False, lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
         bodies = [{"psn_no": "0" * 20, "lines": [{"med_list_codg": "X", "cnt": 1, "pric": 1.0}]}]
-        cpu_before, busy_before = time.process_time(), _machine_busy_seconds()
-        results, wall = _load(int(listener.getsockname()[1]), clients, requests, bodies)
+        results, wall, (cpu_before, busy_before) = _load(
+            int(listener.getsockname()[1]),
+            clients,
+            requests,
+            bodies,
+            lambda: (time.process_time(), _machine_busy_seconds()),
+        )
         figures = _figures(results, wall, time.process_time() - cpu_before, _machine_busy_seconds() - busy_before)
     finally:
-        server.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+        listener.close()
     return figures
 
 
@@ -242,8 +281,9 @@ def measure(
             _warm.get()
             figures: dict[str, Any] = {}
             for n in range(rounds):
-                cpu_before, busy_before = _cpu_seconds(server.pid), _machine_busy_seconds()
-                results, wall = _load(port, clients, requests, bodies)
+                results, wall, (cpu_before, busy_before) = _load(
+                    port, clients, requests, bodies, lambda: (_cpu_seconds(server.pid), _machine_busy_seconds())
+                )
                 measured = _figures(
                     results, wall, _cpu_seconds(server.pid) - cpu_before, _machine_busy_seconds() - busy_before
                 )

@@ -1,4 +1,4 @@
-"""`rxguard serve` over HTTP on 127.0.0.1 (waitress): a subprocess on a free port that stops
+"""`rxguard serve` over HTTP on 127.0.0.1 (uvicorn): a subprocess on a free port that stops
 by itself (--max-seconds), over a state directory (the default), in moto mode
 (--simulate-aws: the real handler over the template's resources) and in memory mode;
 plus schemathesis against openapi.json, in-process through the same HTTP-to-proxy-event
@@ -174,3 +174,98 @@ def test_serve_enforces_grants_with_the_caller_header(tmp_path: Any) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.mark.parametrize("mode", [["--state", "STATE", "--workers", "1"], ["--memory"]])
+def test_a_slow_client_stalls_no_other(mode: list[str], tmp_path: Any) -> None:
+    # Given serve with one worker process (the app in its event loop over a state; a thread pool in memory)
+    import socket
+    import time
+
+    args = [sys.executable, "-m", "rxguard_tools.cli", "serve", "--port", "0", "--max-seconds", "60"]
+    args += [str(tmp_path) if a == "STATE" else a for a in mode]
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        base = proc.stdout.readline().split("listening on ", 1)[1].split()[0]
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        body = load_event("api/check_3101.json")["body"].encode()
+        # And a client that sent its headers and half its body, and goes quiet
+        slow = socket.create_connection((host, int(port)), timeout=30)
+        slow.sendall(
+            b"POST /v1/checks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[: len(body) // 2]
+        )
+        # When another client checks meanwhile, three times
+        started = time.monotonic()
+        answers = [http(base, "POST", "/v1/checks", json.loads(body)) for _ in range(3)]
+        waited = time.monotonic() - started
+        # Then each is answered at once, the slow one still pending
+        assert [status for status, _ in answers] == [200, 200, 200]
+        assert waited < 10
+        # And the slow client, once it sends the rest, is answered too
+        slow.sendall(body[len(body) // 2 :])
+        head = slow.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200")
+        slow.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _established_by_process(port: int, pids: list[int]) -> dict[int, int]:
+    """How many established TCP connections to `port` each process holds (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    inodes.add(fields[9])
+    counts = {}
+    for pid in pids:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        counts[pid] = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
+    return counts
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux /proc")
+def test_connections_opened_at_once_are_spread_over_the_workers(tmp_path: Any) -> None:
+    # Given serve over a state with two worker processes
+    import socket
+
+    args = [sys.executable, "-m", "rxguard_tools.cli", "serve", "--port", "0", "--max-seconds", "60"]
+    args += ["--state", str(tmp_path), "--workers", "2"]
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    clients: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        base = proc.stdout.readline().split("listening on ", 1)[1].split()[0]
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        # When 24 keep-alive clients connect at once, then each asks for the rules
+        clients = [socket.create_connection((host, int(port)), timeout=30) for _ in range(24)]
+        for client in clients:
+            client.sendall(b"GET /v1/rules HTTP/1.1\r\nHost: x\r\n\r\n")
+        for client in clients:
+            assert client.recv(64).startswith(b"HTTP/1.1 200")
+        workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(int(p)) == proc.pid]
+        held = _established_by_process(int(port), workers)
+        # Then both workers hold some of them (one socket shared by both gave one worker 18 of 20)
+        assert len(held) == 2 and sum(held.values()) == 24
+        assert min(held.values()) >= 3, held
+    finally:
+        for client in clients:
+            client.close()
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return None

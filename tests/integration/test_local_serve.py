@@ -35,7 +35,7 @@ def batch_lines(kb: KnowledgeBase, name: str = "01_shanghai_his_utf8.csv") -> li
 
 
 class Client:
-    """Requests straight into a WSGI app (the app serve hands to waitress)."""
+    """Requests straight into a WSGI app (the app serve hands to uvicorn through `asgi_app`)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app

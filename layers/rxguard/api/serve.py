@@ -1,6 +1,6 @@
 """`rxguard serve`: the check API on this machine, for a bureau's own servers, curl and an
-HIS developer's tests, served by waitress (a production WSGI server: a thread pool behind
-an event loop, so a slow client never stalls the others).
+HIS developer's tests, served by uvicorn (a production ASGI server: an event loop with a C
+HTTP parser, so a slow client never stalls the others) in pre-forked worker processes.
 
     rxguard serve [--state DIR] [--port 8080] [--host 127.0.0.1] [--callers callers.json]
                   [--workers N] [--threads N] [--max-seconds N]
@@ -29,11 +29,11 @@ everything (auth "open"). Request bodies are bounded (`max_body_bytes`, 413 beyo
 
 from __future__ import annotations
 
-import _thread
 import argparse
+import asyncio
 import gc
+import io
 import json
-import logging
 import os
 import signal
 import socket
@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,12 +57,12 @@ WsgiApp = Callable[..., Any]
 CALLER_HEADER = "X-Rxguard-Caller"
 DEFAULT_STATE = Path("out/state")  # where `make run` keeps it
 DEFAULT_THREADS = 8
-# Over a state, one thread per worker: a worker resolves one request at a time anyway
-# (`services_invoke`), and waitress's event loop still reads and writes every connection.
-# More threads only took the GIL and the SQLite caches from each other: 20 x 50 checks of
-# one patient, 2 workers, quiet machine, 1 thread vs 8: server CPU 2.0-2.2 vs 2.5-2.6 ms a
-# check, p99 46-49 vs 76-80 ms (docs/api.md).
+# Over a state, the app runs in each worker's event loop (no thread): a worker resolves one
+# request at a time anyway (`services_invoke`), and handing each request to a thread and its
+# answer back cost more than HTTP itself (docs/api.md: waitress with one app thread spent
+# ~0.8 ms a check beyond the app, uvicorn inline ~0.4).
 STATE_THREADS = 1
+KEEP_ALIVE_SECONDS = 120  # an idle keep-alive connection is closed after this (an HIS keeps one open)
 
 
 @dataclass
@@ -124,8 +124,8 @@ def answer_headers(answer: dict[str, Any]) -> dict[str, str]:
 
 
 def wsgi_app(invoke: Invoke, max_body_bytes: int = 256 * 1024) -> Callable[..., Any]:
-    """HTTP to an API Gateway REST proxy event and back, as a WSGI app (what waitress
-    serves; in-process HTTP for schemathesis and tests)."""
+    """HTTP to an API Gateway REST proxy event and back, as a WSGI app (what serve runs
+    through `asgi_app`; in-process HTTP for schemathesis and tests)."""
     from http import HTTPStatus
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -172,7 +172,7 @@ def memory_services(settings: ApiSettings) -> Services:
 def services_invoke(services: Services) -> Invoke:
     """The resolver in this process. Powertools' resolver keeps the current request on the
     app object, so requests are resolved one at a time (the work is CPU-bound under the
-    GIL anyway); waitress's threads still read, parse and write every connection at once."""
+    GIL anyway); the server's event loop still reads and writes every connection meanwhile."""
     from rxguard.api.resolver import handle
 
     lock = threading.Lock()
@@ -234,7 +234,8 @@ def main(
         "--threads",
         type=int,
         default=None,
-        help=f"waitress threads per worker process (default {STATE_THREADS} over a state, else {DEFAULT_THREADS})",
+        help=f"threads running the app per worker process; 1 runs it in the event loop (default {STATE_THREADS} over "
+        f"a state, else {DEFAULT_THREADS})",
     )
     parser.add_argument(
         "--workers",
@@ -287,70 +288,196 @@ def main(
         # patient's first check in a worker decodes and walks its history, thousands of objects
         # that set off full collections: 1.5 of its 4.3 ms went to them), and forked workers
         # keep sharing its memory pages
+        import uvicorn  # noqa: F401  # local serving only, not in the Lambda layer: imported once, before the fork
+
         gc.freeze()
-        listener = socket.create_server((args.host, args.port), backlog=1024)
-        stack.callback(listener.close)
-        port = int(listener.getsockname()[1])
+        listeners = _listeners(args.host, args.port, workers)
+        for listener in listeners:
+            stack.callback(listener.close)
+        port = int(listeners[0].getsockname()[1])
         print(f"rxguard serve: listening on http://{args.host}:{port} ({where})", flush=True)
         if workers > 1:
-            _prefork(app, listener, workers, threads, settings, args.max_seconds)
+            _prefork(app, listeners, workers, threads, settings, args.max_seconds)
         else:
-            _serve(app, listener, threads, settings, args.max_seconds)
+            _serve(app, listeners[0], threads, settings, args.max_seconds)
     print("rxguard serve: stopped", flush=True)
     return 0
 
 
-def _serve(
-    app: Callable[..., Any], listener: socket.socket, threads: int, settings: ApiSettings, max_seconds: float | None
-) -> None:
-    """waitress on an already listening socket, in this process, until interrupted."""
-    from waitress.server import create_server  # local serving only: not in the Lambda layer
+def asgi_app(app: WsgiApp, max_body_bytes: int, executor: Any = None) -> Callable[..., Awaitable[None]]:
+    """`app` (WSGI) as an ASGI HTTP app for uvicorn. Without `executor` the app runs in the
+    event loop's own thread, one request at a time: no hand-over to a worker thread and
+    back, no GIL passed between them (a check is CPU in Python, and one process resolves one
+    request at a time anyway); the loop still reads and writes every other connection
+    between requests, so a slow client stalls nobody. With `executor` (a thread pool) the
+    app runs there (`--threads` above 1). A body declared or read beyond `max_body_bytes`
+    is not read further: the app answers 413 from its length."""
 
-    # waitress warns "Task queue depth is N" on every request queued behind a busy thread: under
-    # load, one stderr line a request (and its cost), saying only that requests wait their turn
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    server = create_server(
-        app,
-        sockets=[listener],
-        threads=max(1, threads),
-        max_request_body_size=settings.max_body_bytes * 4,  # the app answers 413 in JSON below 4x
-        ident="rxguard-serve",
+    def call(environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        answered: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., Any]:
+            answered[:] = [status, headers]
+            return lambda data: None  # the legacy write(): our apps return their body
+
+        result = app(environ, start_response)
+        try:
+            body = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        status, headers = answered
+        out = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        if not any(k == b"content-length" for k, _ in out):
+            out.append((b"content-length", str(len(body)).encode()))
+        return int(status[:3]), out, body
+
+    async def asgi(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":  # lifespan is off; websockets are not served
+            return
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": scope["method"],
+            "SCRIPT_NAME": scope.get("root_path", "").encode().decode("latin-1"),
+            "PATH_INFO": scope["path"].encode().decode("latin-1"),  # PEP 3333: the bytes as latin-1
+            "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+            "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": scope.get("scheme", "http"),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": executor is not None,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+        }
+        server, client = scope.get("server") or ("127.0.0.1", 0), scope.get("client")
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = str(server[0]), str(server[1])
+        environ["REMOTE_ADDR"] = str(client[0]) if client else "127.0.0.1"
+        for raw_name, raw_value in scope["headers"]:
+            name, value = raw_name.decode("latin-1").upper().replace("-", "_"), raw_value.decode("latin-1")
+            key = name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{name}"
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+        declared = environ.get("CONTENT_LENGTH", "")
+        body = b""
+        if not (declared.isdigit() and int(declared) > max_body_bytes):
+            chunks: list[bytes] = []
+            size, more = 0, True
+            while more and size <= max_body_bytes:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                chunks.append(chunk)
+                size += len(chunk)
+                more = bool(message.get("more_body"))
+            body = b"".join(chunks)
+            environ["CONTENT_LENGTH"] = str(len(body))
+        environ["wsgi.input"] = io.BytesIO(body)
+        if executor is None:
+            status, headers, out = call(environ)
+        else:
+            status, headers, out = await asyncio.get_running_loop().run_in_executor(executor, call, environ)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": out})
+
+    return asgi
+
+
+def _serve(
+    app: WsgiApp,
+    listener: socket.socket,
+    threads: int,
+    settings: ApiSettings,
+    max_seconds: float | None,
+    parent: int | None = None,
+) -> None:
+    """uvicorn on an already listening socket, in this process, until interrupted (SIGINT,
+    SIGTERM) or `max_seconds` have passed; a pre-forked worker also stops when its `parent`
+    is gone."""
+    import uvicorn  # local serving only: not in the Lambda layer
+
+    executor = None
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        executor = ThreadPoolExecutor(threads, thread_name_prefix="rxguard-serve")
+    config = uvicorn.Config(
+        asgi_app(app, settings.max_body_bytes, executor),
+        log_config=None,  # the process's own logging, untouched
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        backlog=1024,
+        server_header=False,
     )
-    timer = None
+    server = uvicorn.Server(config)
+
+    def stop() -> None:
+        server.should_exit = True  # the loop looks every 0.1 s, answers what it has, and returns
+
+    watchers: list[threading.Thread] = []
     if max_seconds is not None:
-        timer = threading.Timer(max_seconds, _thread.interrupt_main)
-        timer.daemon = True
-        timer.start()
-    with suppress(KeyboardInterrupt):
-        server.run()
-    if timer is not None:
-        timer.cancel()
-    server.close()
+        watchers.append(threading.Timer(max_seconds, stop))
+    if parent is not None:
+        watchers.append(threading.Thread(target=_orphan_watch, args=(parent, stop)))
+    for watcher in watchers:
+        watcher.daemon = True
+        watcher.start()
+    # uvicorn takes SIGINT / SIGTERM while it serves, stops gracefully, then raises the signal
+    # again to the handler it found: a quiet one here, so the process ends normally after it
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[listener])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _listeners(host: str, port: int, workers: int) -> list[socket.socket]:
+    """The listening sockets: one, or one per pre-forked worker on the same port
+    (SO_REUSEPORT: the kernel spreads new connections over them by their addresses). One
+    socket shared by the workers went to whichever woke first, and it took every connection
+    pending (the event loop accepts until none is left): 20 clients connecting at once were
+    split 18 / 2, and the busier worker's clients waited for 17 others at every check.
+    TCP_NODELAY on each (accepted sockets inherit it): an answer's head and body go out as
+    two writes, and a client delaying its ACK would hold the body back ~40 ms."""
+    reuse = workers > 1 and hasattr(socket, "SO_REUSEPORT")
+    first = socket.create_server((host, port), backlog=1024, reuse_port=reuse)
+    sockets = [first]
+    if reuse:
+        bound = first.getsockname()[:2]
+        sockets += [socket.create_server(bound, backlog=1024, reuse_port=True) for _ in range(workers - 1)]
+    for listener in sockets:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sockets
 
 
 def _prefork(
     app: Callable[..., Any],
-    listener: socket.socket,
+    listeners: list[socket.socket],
     workers: int,
     threads: int,
     settings: ApiSettings,
     max_seconds: float | None,
 ) -> None:
-    """Pre-fork: `workers` processes serve the one listening socket (the kernel hands each
-    connection to one of them), so checks use every core; the resolver and the engine are
-    Python, one request at a time per process. The parent waits, passes SIGTERM / SIGINT
+    """Pre-fork: `workers` processes, each on its own listening socket of the port (or all
+    on the one, where SO_REUSEPORT is missing), so checks use every core; the resolver and
+    the engine are Python, one request at a time per process. The parent waits, passes SIGTERM / SIGINT
     on, and stops them after `max_seconds`; a worker whose parent is gone stops itself."""
     parent = os.getpid()
     children: list[int] = []
-    for _ in range(workers):
+    for number in range(workers):
+        listener = listeners[number % len(listeners)]
         pid = os.fork()
         if pid == 0:  # a worker
             code = 0
             try:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                signal.signal(signal.SIGTERM, lambda *_: _thread.interrupt_main())
-                threading.Thread(target=_orphan_watch, args=(parent,), daemon=True).start()
-                _serve(app, listener, threads, settings, None)
+                for other in listeners:  # a worker's own socket closes with it: the kernel sends the others on
+                    if other is not listener:
+                        other.close()
+                _serve(app, listener, threads, settings, None, parent)
             except BaseException:
                 import traceback
 
@@ -359,6 +486,9 @@ def _prefork(
             finally:
                 os._exit(code)
         children.append(pid)
+    if len(listeners) > 1:  # each is a worker's own now
+        for listener in listeners:
+            listener.close()
 
     def stop(*_: object) -> None:
         for child in children:
@@ -389,10 +519,10 @@ def _prefork(
             signal.signal(sig, handler)
 
 
-def _orphan_watch(parent: int) -> None:
+def _orphan_watch(parent: int, stop: Callable[[], None]) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
-    _thread.interrupt_main()
+    stop()
 
 
 if __name__ == "__main__":

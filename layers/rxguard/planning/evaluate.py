@@ -123,7 +123,7 @@ def evaluate_history(
     if parts == 1:
         results = [_evaluate_patients(directory, kb, 0, 1, resolve_lines)]
     else:
-        # spawn, not fork: `rxguard serve` answers backtests from a thread of waitress's pool
+        # spawn, not fork: `rxguard serve` answers backtests from a server worker (its event loop or a thread)
         with ProcessPoolExecutor(parts, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_evaluate_patients, directory, kb, i, parts, resolve_lines) for i in range(parts)]
             results = [f.result() for f in futures]
