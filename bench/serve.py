@@ -226,7 +226,14 @@ def baseline(clients: int = 20, requests: int = 50) -> dict[str, Any]:
     listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server = uvicorn.Server(
-        uvicorn.Config(asgi_app(app, 1 << 20), log_config=None, log_level="warning", access_log=False, lifespan="off")
+        uvicorn.Config(
+            asgi_app(app, 1 << 20),
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            loop="asyncio",
+        )
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
