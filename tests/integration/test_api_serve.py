@@ -269,3 +269,39 @@ def _parent_of(pid: int) -> int | None:
             return int(stat.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError):
         return None
+
+
+def test_a_second_server_on_a_busy_port_is_refused(tmp_path: Any) -> None:
+    # Given serve over a state with two workers (a listening socket each, SO_REUSEPORT)
+    args = [sys.executable, "-m", "rxguard_tools.cli", "serve", "--max-seconds", "60", "--workers", "2"]
+    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
+    first = subprocess.Popen(
+        [*args, "--port", "0", "--state", str(tmp_path / "a")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert first.stdout is not None
+        base = first.stdout.readline().split("listening on ", 1)[1].split()[0]
+        port = base.rsplit(":", 1)[1]
+        # When another serve, over another state, is started on the same port
+        second = subprocess.run(
+            [*args, "--port", port, "--state", str(tmp_path / "b")],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        # Then it is refused with a clear message, and shares none of the first one's connections
+        assert second.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{port}" in second.stderr and "in use" in second.stderr
+        assert "listening on" not in second.stdout
+        status, _ = http(base, "GET", "/v1/rules")
+        assert status == 200
+    finally:
+        first.terminate()
+        first.wait(timeout=20)

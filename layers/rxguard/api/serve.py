@@ -291,7 +291,11 @@ def main(
         import uvicorn  # noqa: F401  # local serving only, not in the Lambda layer: imported once, before the fork
 
         gc.freeze()
-        listeners = _listeners(args.host, args.port, workers)
+        try:
+            listeners = _listeners(args.host, args.port, workers)
+        except OSError as exc:
+            print(f"rxguard serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         for listener in listeners:
             stack.callback(listener.close)
         port = int(listeners[0].getsockname()[1])
@@ -448,6 +452,10 @@ def _listeners(host: str, port: int, workers: int) -> list[socket.socket]:
     TCP_NODELAY on each (accepted sockets inherit it): an answer's head and body go out as
     two writes, and a client delaying its ACK would hold the body back ~40 ms."""
     reuse = workers > 1 and hasattr(socket, "SO_REUSEPORT")
+    if reuse and port:
+        # the port must be free: SO_REUSEPORT would otherwise let this server share it with
+        # another one already there (another `rxguard serve`, perhaps over another state)
+        socket.create_server((host, port)).close()
     first = socket.create_server((host, port), backlog=1024, reuse_port=reuse)
     sockets = [first]
     if reuse:
