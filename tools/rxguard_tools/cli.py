@@ -5,7 +5,7 @@ arguments, so the CLI stays a table of contents:
                                       (--state DIR, default OUT/state; --simulate-aws: the ASL on moto)
     rxguard validate FILE...          ingestion only: accepted / rejected by reason
     rxguard kb import CSV             import a monitored-drug catalogue into rules/
-    rxguard serve                     the check API over the local state (waitress)
+    rxguard serve                     the check API over the local state (uvicorn)
     rxguard synth                     a synthetic population with ground truth
     rxguard eval                      detection quality on a synthetic population
     rxguard watch --state DIR         drug watch: candidates for the monitored list
