@@ -13,6 +13,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
@@ -20,27 +21,37 @@ import pytest
 from tests.conftest import CHILD_PYTHONPATH, ROOT, load_event
 
 START_TIMEOUT = 60
+SERVE = [sys.executable, "-m", "rxguard_tools.cli", "serve"]
+SERVE_ENV = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
 
 
-@pytest.fixture(scope="module", params=["state", "moto", "memory"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    args = [sys.executable, "-m", "rxguard_tools.cli", "serve", "--port", "0", "--max-seconds", "80"]
-    if request.param == "memory":
-        args.append("--memory")
-    elif request.param == "moto":
-        args.append("--simulate-aws")
-    else:
-        args += ["--state", str(tmp_path_factory.mktemp("state"))]
-    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+@contextmanager
+def running_serve(*args: str, max_seconds: int = 60) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`rxguard serve --port 0 ARGS` in its own process, stopped on leaving: (it, its base URL)."""
+    command = [*SERVE, "--port", "0", "--max-seconds", str(max_seconds), *args]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=SERVE_ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # "rxguard serve: listening on http://127.0.0.1:PORT (mode)"
         assert "listening on" in line, f"serve did not start: {line!r}"
-        yield line.split("listening on ", 1)[1].split()[0]
+        yield proc, line.split("listening on ", 1)[1].split()[0]
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module", params=["state", "moto", "memory"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if request.param == "memory":
+        mode = ["--memory"]
+    elif request.param == "moto":
+        mode = ["--simulate-aws"]
+    else:
+        mode = ["--state", str(tmp_path_factory.mktemp("state"))]
+    with running_serve(*mode, max_seconds=80) as (_, base):
+        yield base
 
 
 def http(base: str, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
@@ -136,24 +147,8 @@ def test_schemathesis_finds_no_server_error(kb: Any) -> None:
 
 def test_serve_enforces_grants_with_the_caller_header(tmp_path: Any) -> None:
     # Given `rxguard serve --callers` with the sample grants, over a state directory
-    args = [
-        sys.executable,
-        "-m",
-        "rxguard_tools.cli",
-        "serve",
-        "--port",
-        "0",
-        "--state",
-        str(tmp_path),
-        "--max-seconds",
-        "40",
-    ]
-    args += ["--callers", str(ROOT / "events/api/callers.json")]
-    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None
-        base = proc.stdout.readline().split("listening on ", 1)[1].split()[0]
+    callers = str(ROOT / "events/api/callers.json")
+    with running_serve("--state", str(tmp_path), "--callers", callers, max_seconds=40) as (_, base):
         body = json.dumps(json.loads(load_event("api/check.json")["body"])).encode()
 
         def post(caller: str | None) -> int:
@@ -171,9 +166,6 @@ def test_serve_enforces_grants_with_the_caller_header(tmp_path: Any) -> None:
         assert post("arn:aws:iam::123456789012:role/bureau-auditor") == 200
         assert post("arn:aws:iam::123456789012:user/his-H6108001") == 403
         assert post(None) == 403
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 @pytest.mark.parametrize("mode", [["--state", "STATE", "--workers", "1"], ["--memory"]])
@@ -182,13 +174,7 @@ def test_a_slow_client_stalls_no_other(mode: list[str], tmp_path: Any) -> None:
     import socket
     import time
 
-    args = [sys.executable, "-m", "rxguard_tools.cli", "serve", "--port", "0", "--max-seconds", "60"]
-    args += [str(tmp_path) if a == "STATE" else a for a in mode]
-    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None
-        base = proc.stdout.readline().split("listening on ", 1)[1].split()[0]
+    with running_serve(*[str(tmp_path) if a == "STATE" else a for a in mode]) as (_, base):
         host, port = base.removeprefix("http://").rsplit(":", 1)
         body = load_event("api/check_3101.json")["body"].encode()
         # And a client that sent its headers and half its body, and goes quiet
@@ -210,9 +196,6 @@ def test_a_slow_client_stalls_no_other(mode: list[str], tmp_path: Any) -> None:
         head = slow.recv(65536)
         assert head.startswith(b"HTTP/1.1 200")
         slow.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def _established_by_process(port: int, pids: list[int]) -> dict[int, int]:
@@ -236,17 +219,12 @@ def test_connections_opened_at_once_are_spread_over_the_workers(tmp_path: Any) -
     # Given serve over a state with two worker processes
     import socket
 
-    args = [sys.executable, "-m", "rxguard_tools.cli", "serve", "--port", "0", "--max-seconds", "60"]
-    args += ["--state", str(tmp_path), "--workers", "2"]
-    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    clients: list[socket.socket] = []
-    try:
-        assert proc.stdout is not None
-        base = proc.stdout.readline().split("listening on ", 1)[1].split()[0]
+    with running_serve("--state", str(tmp_path), "--workers", "2") as (proc, base), ExitStack() as open_sockets:
         host, port = base.removeprefix("http://").rsplit(":", 1)
         # When 24 keep-alive clients connect at once, then each asks for the rules
-        clients = [socket.create_connection((host, int(port)), timeout=30) for _ in range(24)]
+        clients = [
+            open_sockets.enter_context(socket.create_connection((host, int(port)), timeout=30)) for _ in range(24)
+        ]
         for client in clients:
             client.sendall(b"GET /v1/rules HTTP/1.1\r\nHost: x\r\n\r\n")
         for client in clients:
@@ -256,11 +234,6 @@ def test_connections_opened_at_once_are_spread_over_the_workers(tmp_path: Any) -
         # Then both workers hold some of them (one socket shared by both gave one worker 18 of 20)
         assert len(held) == 2 and sum(held.values()) == 24
         assert min(held.values()) >= 3, held
-    finally:
-        for client in clients:
-            client.close()
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def _parent_of(pid: int) -> int | None:
@@ -273,25 +246,13 @@ def _parent_of(pid: int) -> int | None:
 
 def test_a_second_server_on_a_busy_port_is_refused(tmp_path: Any) -> None:
     # Given serve over a state with two workers (a listening socket each, SO_REUSEPORT)
-    args = [sys.executable, "-m", "rxguard_tools.cli", "serve", "--max-seconds", "60", "--workers", "2"]
-    env = {**os.environ, "PYTHONPATH": CHILD_PYTHONPATH}
-    first = subprocess.Popen(
-        [*args, "--port", "0", "--state", str(tmp_path / "a")],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert first.stdout is not None
-        base = first.stdout.readline().split("listening on ", 1)[1].split()[0]
+    with running_serve("--state", str(tmp_path / "a"), "--workers", "2") as (_, base):
         port = base.rsplit(":", 1)[1]
         # When another serve, over another state, is started on the same port
         second = subprocess.run(
-            [*args, "--port", port, "--state", str(tmp_path / "b")],
+            [*SERVE, "--max-seconds", "60", "--workers", "2", "--port", port, "--state", str(tmp_path / "b")],
             cwd=ROOT,
-            env=env,
+            env=SERVE_ENV,
             capture_output=True,
             text=True,
             timeout=60,
@@ -302,6 +263,3 @@ def test_a_second_server_on_a_busy_port_is_refused(tmp_path: Any) -> None:
         assert "listening on" not in second.stdout
         status, _ = http(base, "GET", "/v1/rules")
         assert status == 200
-    finally:
-        first.terminate()
-        first.wait(timeout=20)
