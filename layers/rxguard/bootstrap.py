@@ -375,14 +375,15 @@ def local_api_services(state: State, settings: ApiSettings, core: Settings | Non
     outbox = state.outbox()
     screening.keep_histories(CHECK_HISTORIES)
     store = state.findings_store()
-    audit = SqliteAuditLog(state.path)  # table access_audit of the same state DB file
+    checks = state.checks()
+    audit = SqliteAuditLog(checks.path)  # table access_audit of DIR/checks.db, beside the state
 
     def record_check(
         records: Sequence[AccessRecord], warnings: Sequence[Finding], at: datetime, answered: Collection[str]
     ) -> None:
-        # a check's access records and warnings: one write transaction, not two (the write lock
-        # is the state's one lock that every worker and `rxguard run` take in turn)
-        with state.write("record a check") as conn:
+        # a check's access records and warnings: one write transaction on checks.db, not two, and
+        # none on the state (its write lock is not taken; no worker's cache of it is made stale)
+        with checks.write("record a check") as conn:
             audit.insert(conn, records)
             store.insert_warnings(conn, warnings, at, answered)
 

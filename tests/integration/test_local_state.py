@@ -11,7 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -361,7 +362,40 @@ def test_the_kept_histories_are_bounded_by_the_line_cache(tmp_path: Path) -> Non
         serving.load_history(["C"])
         # Then the first is no longer kept (read again: other objects), yet the same lines
         assert [x.line_id for x in serving.load_history(["A"])["A"]] == [x.line_id for x in a]
-        assert sum(len(lines) for _, lines in serving._histories.values()) <= 3
+        assert sum(len(lines) for _, lines, _ in serving._histories.values()) <= 3
+
+
+def test_a_serving_reader_reads_no_size_while_nothing_is_committed_and_sees_every_commit(tmp_path: Path) -> None:
+    # Given a long-lived reader (serve's) that has read A's history, and SQL traced
+    with State.open(tmp_path) as state, State.open(tmp_path) as run:
+        serving = state.repository(line_cache=1000)
+        serving.record_lines([line("A", "1")])
+        first = serving.load_history(["A"])["A"]
+        statements: list[str] = []
+        state.connection().set_trace_callback(statements.append)
+        # When it reads A again with nothing committed to the state (checks write checks.db)
+        with state.checks().write("a check") as conn:  # (another file: no commit to the state)
+            conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+        again = serving.load_history(["A"])["A"]
+        # Then the kept lines come back without the history's size read
+        assert again[0] is first[0] and not [s for s in statements if "count(*)" in s]
+        # When a line is committed by another connection, another thread's, or its own
+        writers = [
+            lambda n: run.repository().record_lines([line("A", n, when=f"2026-03-{n} 09:00:00")]),
+            lambda n: _in_thread(lambda: serving.record_lines([line("A", n, when=f"2026-03-{n} 09:00:00")])),
+            lambda n: serving.record_lines([line("A", n, when=f"2026-03-{n} 09:00:00")]),
+        ]
+        for number, write in enumerate(writers, start=11):
+            write(str(number))
+            # Then the next read has it
+            assert serving.load_history(["A"])["A"][-1].line_id == f"H31000000001/{number}"
+        assert [s for s in statements if "count(*)" in s]
+
+
+def _in_thread(func: Callable[[], object]) -> None:
+    thread = threading.Thread(target=func)
+    thread.start()
+    thread.join()
 
 
 def test_the_page_cache_is_set_per_state_and_the_cli_keeps_the_orchestrators_small(tmp_path: Path) -> None:
@@ -570,3 +604,80 @@ def test_a_new_state_has_larger_pages_and_an_existing_one_keeps_its_own(tmp_path
         assert older.read("PRAGMA wal_autocheckpoint") == [(WAL_CHECKPOINT_BYTES // 4096,)]
         assert new.repository().count_lines() == older.repository().count_lines() == 1
         assert older.read("PRAGMA integrity_check") == [("ok",)]
+
+
+def test_checks_write_checks_db_and_an_older_state_moves_its_audit_and_warnings_there(tmp_path: Path) -> None:
+    from rxguard.api.audit import AccessRecord, AuditQuery
+    from rxguard.local.audit import SqliteAuditLog
+    from rxguard.local.state import CHECK_TABLES, CHECKS_FILE
+
+    at = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+    warned = finding("early-refill", "P1", ["L1"])
+    record = AccessRecord(at=at, caller="arn:his", institution="P1", patient="p-1", action="check", decision="warn")
+    # Given a state written before checks.db existed: the audit, its summary and a check's
+    # warning in state.db itself
+    with State.open(tmp_path) as state:
+        state.repository().record_lines([line("P1", "1")])
+    SqliteAuditLog(tmp_path / STATE_FILE).record([record])
+    old = sqlite3.connect(tmp_path / STATE_FILE, isolation_level=None)
+    old.execute(
+        "CREATE TABLE warnings (finding_id TEXT PRIMARY KEY, rule_id TEXT NOT NULL, body TEXT NOT NULL, "
+        "lines TEXT NOT NULL, recorded_at TEXT NOT NULL)"
+    )
+    old.execute(
+        "INSERT INTO warnings VALUES (?, ?, ?, ?, ?)",
+        (warned.finding_id, warned.rule_id, warned.model_dump_json(), '["L1"]', at.isoformat()),
+    )
+    old.close()
+    assert not (tmp_path / CHECKS_FILE).exists()
+    # When the API's stores open it (as `rxguard serve` does), twice
+    for _ in range(2):
+        with State.open(tmp_path) as state:
+            store = state.findings_store()
+            log = SqliteAuditLog(state.checks().path)
+            # Then the record and the warning are read from checks.db, once each
+            got_records = log.query(AuditQuery(caller="arn:his"), 10, None)[0]
+            assert [r.model_copy(update={"record_id": ""}) for r in got_records] == [record]
+            assert log.strangers("arn:his", at) == (1, False)
+            got = store.get(warned.finding_id)
+            assert got is not None and got.finding_id == warned.finding_id and got.recorded is False
+            # and the state keeps its lines, not those tables
+            tables = {row[0] for row in state.read("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert tables.isdisjoint(CHECK_TABLES) and "lines" in tables
+            assert state.repository().count_lines() == 1
+    # And a new check's writes leave state.db untouched (its WAL and file unchanged)
+    with State.open(tmp_path) as state:
+        state.read("PRAGMA wal_checkpoint(TRUNCATE)")
+        before = (tmp_path / STATE_FILE).read_bytes()
+        store = state.findings_store()
+        store.record_warnings([finding("cross-institution-repeat", "P2", ["L2"])], at, ["L2"])
+        SqliteAuditLog(state.checks().path).record([record])
+        assert (tmp_path / STATE_FILE).read_bytes() == before
+        assert os.path.getsize(f"{tmp_path / STATE_FILE}-wal") == 0
+        assert len(state.checks().read("SELECT * FROM warnings")) == 2
+
+
+def test_moving_the_check_tables_again_after_a_crash_between_the_two_files_duplicates_nothing(tmp_path: Path) -> None:
+    from rxguard.api.audit import AccessRecord, AuditQuery
+    from rxguard.local.audit import SqliteAuditLog
+    from rxguard.local.state import CHECKS_FILE
+
+    at = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+    records = [
+        AccessRecord(at=at, caller="arn:his", institution="P1", patient=f"p-{i}", action="check", decision="pass")
+        for i in range(3)
+    ]
+    # Given the audit in both files, as a crash after checks.db's commit and before state.db's leaves it
+    with State.open(tmp_path):
+        pass
+    SqliteAuditLog(tmp_path / STATE_FILE).record(records)
+    copy = sqlite3.connect(tmp_path / CHECKS_FILE)
+    sqlite3.connect(tmp_path / STATE_FILE).backup(copy)
+    copy.execute("DROP TABLE lines")
+    copy.close()
+    # When the state is opened for the API
+    with State.open(tmp_path) as state:
+        log = SqliteAuditLog(state.checks().path)
+        # Then each record is there once, and state.db no longer has the table
+        assert sorted(r.patient or "" for r in log.query(AuditQuery(), 10, None)[0]) == ["p-0", "p-1", "p-2"]
+        assert not state.read("SELECT 1 FROM sqlite_master WHERE name = 'access_audit'")

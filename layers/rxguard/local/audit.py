@@ -1,6 +1,7 @@
-"""The API's access audit in the local deployment: its own table `access_audit` in the state
-DB file (`DIR/state.db`), beside the tables of `rxguard.local.state` and independent of
-their schema version. Same interface and contract as the in-memory and DynamoDB logs
+"""The API's access audit in the local deployment: its own table `access_audit` in
+`DIR/checks.db`, the file of what the check API writes with every answer, beside the state
+(`rxguard.local.state.State.checks`: a check's commit leaves state.db alone), independent
+of the state's schema version. Same interface and contract as the in-memory and DynamoDB logs
 (`rxguard.api.audit.AuditLog`; tests/contract)."""
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rxguard.api.audit import AccessRecord, AuditLog, AuditQuery
+from rxguard.local.state import CHECKS_FILE
 
-STATE_FILE = "state.db"  # the state DB of rxguard.local.state
 _FIRST_WAIT, _MAX_WAIT = 0.0001, 0.005  # sleeps while another writer holds the lock (seconds)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS access_audit (
@@ -86,7 +87,7 @@ class SqliteAuditLog(AuditLog):
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
         if self.path.is_dir():
-            self.path = self.path / STATE_FILE
+            self.path = self.path / CHECKS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.busy_timeout = busy_timeout
         self._local = threading.local()

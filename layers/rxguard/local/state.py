@@ -40,9 +40,15 @@ from rxguard.repository import FindingChanges, HistoryRepository, TraceSale
 from rxguard.scope import Scope
 
 STATE_FILE = "state.db"
+# What the check API writes with every answer (the access audit, its strangers summary, the
+# warnings answered): a file of its own beside state.db (docs/state.md, "checks.db")
+CHECKS_FILE = "checks.db"
+CHECK_TABLES = ("access_audit", "access_strangers", "warnings")  # in state.db before checks.db existed
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the lock before StateBusy
 DEFAULT_CACHE_MB = 64  # SQLite's page cache per connection: the writers of lines and findings
 PAGE_SIZE = 8192  # bytes, a new state's (docs/local.md)
+CHECKS_PAGE_SIZE = 4096  # bytes, a new checks.db's: a check's commit writes a few small rows
+CHECKS_CACHE_MB = 8
 WAL_CHECKPOINT_BYTES = 32 * 1024 * 1024  # of WAL between two automatic checkpoints
 _FIRST_WAIT = 0.0001  # first sleep while the lock is taken (seconds), doubled up to _MAX_WAIT
 _MAX_WAIT = 0.005
@@ -184,14 +190,24 @@ class State:
     """One state directory. Thread-safe: each thread (and each process) gets its own connection."""
 
     def __init__(
-        self, path: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, cache_mb: int = DEFAULT_CACHE_MB
+        self,
+        path: Path,
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        cache_mb: int = DEFAULT_CACHE_MB,
+        page_size: int = PAGE_SIZE,
     ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self.cache_mb = cache_mb  # SQLite's page cache, per connection
+        self.page_size = page_size  # a new file's
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        self._checks: State | None = None
+        self._checks_lock = threading.Lock()
+        self._writes = 0  # write transactions begun or ended through this object (`version`)
+        self._opened = 0  # connections opened by this object (`version`)
 
     @classmethod
     def open(
@@ -222,7 +238,7 @@ class State:
             # once the file has pages): a batch's inserts land in random places of three indexes
             # and the trace sales, where larger pages cost ~20% less CPU an insert; 16 KiB saved
             # no more there and made each check's audit commit (4 pages) cost `serve` more
-            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            conn.execute(f"PRAGMA page_size={self.page_size}")
             self._retrying(lambda: conn.execute("PRAGMA journal_mode=WAL"), "open")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA cache_size={-1024 * int(self.cache_mb)}")  # KiB, per connection
@@ -244,12 +260,46 @@ class State:
         self._local.pid = os.getpid()
         with self._all_lock:
             self._all.append(conn)
+            self._opened += 1
+            self._local.serial = self._opened
         return conn
 
+    def version(self) -> tuple[int, int, int]:
+        """Equal from one call to the next (in one thread) only if nothing was committed to the
+        state in between: SQLite's `PRAGMA data_version` counts the commits of every other
+        connection (other processes', other threads'), not this connection's own, which
+        `write` counts. One cheap read (no page of the database): `SqliteRepository` asks it
+        before re-reading a kept history's size."""
+        conn = self.connection()
+        changes = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        return self._local.serial, changes, self._writes
+
+    def checks(self) -> State:
+        """`DIR/checks.db`: what the check API writes with every answer (the access audit,
+        its strangers summary, the warnings answered), apart from the state so that a check's
+        commit leaves the state alone: the state's write lock is not taken by checks, and the
+        other `serve` workers' caches of the state (its pages, the histories kept by
+        `SqliteRepository`) stay valid. The same connections and waits as the state's. The
+        first call moves those tables out of a state that still holds them (`_move_check_tables`)."""
+        with self._checks_lock:
+            if self._checks is None:
+                checks = State(
+                    self.path.parent / CHECKS_FILE,
+                    busy_timeout=self.busy_timeout,
+                    cache_mb=CHECKS_CACHE_MB,
+                    page_size=CHECKS_PAGE_SIZE,
+                )
+                _move_check_tables(self, checks)
+                self._checks = checks
+            return self._checks
+
     def close(self) -> None:
-        """Close every connection this object opened in this process."""
+        """Close every connection this object opened in this process (its checks.db's too)."""
         with self._all_lock:
             conns, self._all = self._all, []
+            checks = self._checks
+        if checks is not None:
+            checks.close()
         for conn in conns:
             with suppress(sqlite3.ProgrammingError):  # made in another thread that is gone
                 conn.close()
@@ -294,16 +344,20 @@ class State:
         waits for the lock up to `busy_timeout` seconds, then raises StateBusy."""
         conn = self.connection()
         self._retrying(lambda: conn.execute("BEGIN IMMEDIATE"), what)
+        self._writes += 1  # (before and after: a version read within the transaction is stale too)
         try:
             yield conn
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            conn.execute("ROLLBACK")
-            raise self._error(exc, what) from exc
+        else:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                conn.execute("ROLLBACK")
+                raise self._error(exc, what) from exc
+        finally:
+            self._writes += 1
 
     def read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         conn = self.connection()
@@ -480,7 +534,8 @@ class SqliteRepository(HistoryRepository):
         self._cache_lock = threading.Lock()
         # with a line cache, each patient's history as last read: ((count, max id), its lines),
         # the latest read last; at most `line_cache` lines in all
-        self._histories: dict[str, tuple[tuple[int, int], tuple[ClaimLine, ...]]] = {}
+        # patient -> (size, lines, the state's version when that size was last read)
+        self._histories: dict[str, tuple[tuple[int, int], tuple[ClaimLine, ...], tuple[int, int, int]]] = {}
         self._histories_lines = 0
 
     # ------------------------------------------------------------ lines
@@ -569,10 +624,24 @@ class SqliteRepository(HistoryRepository):
         if not self._cache_size:
             return self._read_history(psn_nos)
         # a long-lived reader (serve): a history kept whose size has not changed is the same
-        # lines, the same objects (one row a patient, from the index); the others are read
-        sizes, rows = self._keyed(psn_nos, _HISTORY_SIZES)
+        # lines, the same objects (one row a patient, from the index); the others are read.
+        # When nothing was committed to the state since the kept histories were last found
+        # current (`State.version`: checks write checks.db, not the state), not even their
+        # sizes are read
+        wanted = list(psn_nos)
+        version = self.state.version()
+        with self._cache_lock:
+            kept_all = [self._histories.get(psn_no) for psn_no in wanted]
+            if all(kept is not None and kept[2] == version for kept in kept_all):
+                out = {}
+                for psn_no, kept in zip(wanted, kept_all, strict=True):
+                    assert kept is not None
+                    self._histories[psn_no] = self._histories.pop(psn_no)  # the latest read last
+                    out[psn_no] = list(kept[1])
+                return out
+        sizes, rows = self._keyed(wanted, _HISTORY_SIZES)
         size = {psn_no: (int(count), int(top)) for psn_no, count, top in rows}
-        out: dict[str, list[ClaimLine]] = {}
+        out = {}
         stale = []
         with self._cache_lock:
             for psn_no in sizes:
@@ -580,7 +649,8 @@ class SqliteRepository(HistoryRepository):
                 if psn_no not in size:
                     out[psn_no] = []
                 elif kept is not None and kept[0] == size[psn_no]:
-                    self._histories[psn_no] = self._histories.pop(psn_no)  # the latest read last
+                    del self._histories[psn_no]
+                    self._histories[psn_no] = (kept[0], kept[1], version)  # the latest read last
                     out[psn_no] = list(kept[1])
                 else:
                     stale.append(psn_no)
@@ -590,15 +660,17 @@ class SqliteRepository(HistoryRepository):
                 for psn_no in stale:
                     lines = out[psn_no] = read[psn_no]
                     # (the size read first: a line added meanwhile makes it stale at the next read)
-                    self._keep_history(psn_no, size[psn_no], tuple(lines))
+                    self._keep_history(psn_no, size[psn_no], tuple(lines), version)
         return out
 
-    def _keep_history(self, psn_no: str, size: tuple[int, int], lines: tuple[ClaimLine, ...]) -> None:
+    def _keep_history(
+        self, psn_no: str, size: tuple[int, int], lines: tuple[ClaimLine, ...], version: tuple[int, int, int]
+    ) -> None:
         old = self._histories.pop(psn_no, None)
         self._histories_lines -= len(old[1]) if old else 0
         if size[0] != len(lines):  # (a line purged between the reads: not kept)
             return
-        self._histories[psn_no] = (size, lines)
+        self._histories[psn_no] = (size, lines, version)
         self._histories_lines += len(lines)
         while self._histories_lines > self._cache_size and len(self._histories) > 1:
             first = next(iter(self._histories))
@@ -860,17 +932,51 @@ def _day_start(day: date) -> str:
     return _ts(datetime.combine(day, time.min))
 
 
-# Warnings and dispositions (3101 jr_id, 3103; docs/api.md), added with the API's
-# dispositions: created if missing rather than by a numbered migration, so that they add to
-# a state of any version (helper "state" may fold them into the next migration).
-_DISPOSITION_TABLES = """
+def _move_check_tables(state: State, checks: State) -> None:
+    """A state written before checks.db existed keeps the access audit, its summary and the
+    warnings in state.db: their rows are copied into checks.db and the tables dropped from the
+    state, in one transaction over both files (ATTACH). Safe to repeat: a crash between the
+    two files' commits (WAL commits each file on its own) leaves rows in both, and the next
+    open copies them again, skipping those already there (every table has a primary key)."""
+    conn = checks.connection()
+    found = state.read(
+        "SELECT name, sql FROM sqlite_master WHERE tbl_name IN (SELECT value FROM json_each(?)) AND sql IS NOT NULL "
+        "ORDER BY type DESC",  # tables first, then their indexes
+        (json.dumps(CHECK_TABLES),),
+    )
+    if not found:
+        return
+    conn.execute("ATTACH DATABASE ? AS old", (str(state.path),))
+    try:
+        with checks.write("move the access audit and the warnings out of the state") as tx:
+            present = {row[0] for row in tx.execute("SELECT name FROM main.sqlite_master")}
+            old = {row[0] for row in tx.execute("SELECT name FROM old.sqlite_master")}
+            for name, sql in found:
+                if name in old and name not in present:
+                    tx.execute(sql)  # the table, or one of its indexes, as it was created
+            for table in CHECK_TABLES:
+                if table in old:
+                    tx.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM old.{table}")
+                    tx.execute(f"DROP TABLE old.{table}")
+    finally:
+        conn.execute("DETACH DATABASE old")
+
+
+# The warnings a check answered (3101 jr_id), in checks.db (`State.checks`): written with
+# the check's access records, in the same transaction
+_WARNINGS_TABLE = """
 CREATE TABLE IF NOT EXISTS warnings (
     finding_id TEXT PRIMARY KEY,
     rule_id TEXT NOT NULL,
     body TEXT NOT NULL,
     lines TEXT NOT NULL,
     recorded_at TEXT NOT NULL
-);
+)
+"""
+# Dispositions (3103; docs/api.md), added with the API's
+# dispositions: created if missing rather than by a numbered migration, so that they add to
+# a state of any version (helper "state" may fold them into the next migration).
+_DISPOSITION_TABLES = """
 CREATE TABLE IF NOT EXISTS dispositions (
     finding_id TEXT PRIMARY KEY,
     rule_id TEXT NOT NULL,
@@ -890,23 +996,27 @@ class SqliteFindingsStore(FindingsStore):
 
     def __init__(self, state: State) -> None:
         self.state = state
+        self.checks = state.checks()  # the warnings answered: checks.db
         with state.write("create the dispositions tables") as conn:
             for statement in _DISPOSITION_TABLES.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+        with self.checks.write("create the warnings table") as conn:
+            conn.execute(_WARNINGS_TABLE)
 
     def _disposition(self, finding_id: str) -> Disposition | None:
         rows = self.state.read("SELECT body FROM dispositions WHERE finding_id = ?", (finding_id,))
         return Disposition.model_validate_json(rows[0][0]) if rows else None
 
     def record_warnings(self, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()) -> None:
-        with self.state.write("record a check's warnings") as conn:
+        with self.checks.write("record a check's warnings") as conn:
             self.insert_warnings(conn, findings, at, answered)
 
     def insert_warnings(
         self, conn: sqlite3.Connection, findings: Sequence[Finding], at: datetime, answered: Collection[str] = ()
     ) -> None:
-        """`record_warnings` within a write transaction the caller holds (with the check's audit records)."""
+        """`record_warnings` within a write transaction the caller holds on checks.db (with the
+        check's access records)."""
         wanted = set(answered)
         conn.executemany(
             "INSERT OR REPLACE INTO warnings (finding_id, rule_id, body, lines, recorded_at) VALUES (?, ?, ?, ?, ?)",
@@ -927,7 +1037,7 @@ class SqliteFindingsStore(FindingsStore):
         recorded = _view_row(rows[0]) if rows else None
         lines: list[str] = []
         if recorded is None:
-            rows = self.state.read("SELECT body, lines FROM warnings WHERE finding_id = ?", (finding_id,))
+            rows = self.checks.read("SELECT body, lines FROM warnings WHERE finding_id = ?", (finding_id,))
             if not rows:
                 raise NotFound("no such finding or warning", "finding_id")
             finding = Finding.model_validate_json(rows[0][0])
@@ -1015,7 +1125,7 @@ class SqliteFindingsStore(FindingsStore):
         if rows:
             found = _view_row(rows[0])
             return found.model_copy(update={"disposition": disposition}) if disposition else found
-        warning = self.state.read("SELECT body FROM warnings WHERE finding_id = ?", (finding_id,))
+        warning = self.checks.read("SELECT body FROM warnings WHERE finding_id = ?", (finding_id,))
         if not warning:
             return None
         return view(Finding.model_validate_json(warning[0][0]), None, disposition).model_copy(
