@@ -231,9 +231,27 @@ def test_connections_opened_at_once_are_spread_over_the_workers(tmp_path: Any) -
             assert client.recv(64).startswith(b"HTTP/1.1 200")
         workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(int(p)) == proc.pid]
         held = _established_by_process(int(port), workers)
-        # Then both workers hold some of them (one socket shared by both gave one worker 18 of 20)
-        assert len(held) == 2 and sum(held.values()) == 24
-        assert min(held.values()) >= 3, held
+        # Then each worker holds half of them (one socket shared by both gave one worker 18 of
+        # 20; a socket each, spread by the kernel, 8 / 12 or worse about half the time)
+        assert sorted(held.values()) == [12, 12], held
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux /proc")
+def test_when_a_worker_dies_the_other_takes_every_new_connection(tmp_path: Any) -> None:
+    # Given serve over a state with two workers, one of them killed
+    import signal
+    import time
+
+    with running_serve("--state", str(tmp_path), "--workers", "2") as (proc, base):
+        assert http(base, "GET", "/v1/rules")[0] == 200
+        workers = sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and _parent_of(int(p)) == proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        time.sleep(1.0)  # (the parent notices within half a second, or at its next hand-over)
+        # When clients connect, each on a connection of its own
+        statuses = [http(base, "GET", "/v1/rules")[0] for _ in range(6)]
+        # Then every one is answered, and the server is still up
+        assert statuses == [200] * 6 and proc.poll() is None
 
 
 def _parent_of(pid: int) -> int | None:
@@ -245,7 +263,7 @@ def _parent_of(pid: int) -> int | None:
 
 
 def test_a_second_server_on_a_busy_port_is_refused(tmp_path: Any) -> None:
-    # Given serve over a state with two workers (a listening socket each, SO_REUSEPORT)
+    # Given serve over a state with two workers
     with running_serve("--state", str(tmp_path / "a"), "--workers", "2") as (_, base):
         port = base.rsplit(":", 1)[1]
         # When another serve, over another state, is started on the same port
