@@ -588,16 +588,29 @@ def _hand_over(listener: socket.socket, workers: dict[int, socket.socket], stopp
                 except OSError:  # (the client gave up before it was accepted, or no descriptor left)
                     break
                 with conn:
-                    for _ in range(len(order)):
-                        pid = order[turn % len(order)]
-                        turn += 1
-                        try:
-                            socket.send_fds(workers[pid], [b"c"], [conn.fileno()])
-                            break
-                        except OSError:  # that worker is gone: the next one takes it
-                            order.remove(pid)
-                            if not order:
-                                break
+                    turn = _hand_to_one(conn, workers, order, turn)
+
+
+def _hand_to_one(conn: socket.socket, workers: dict[int, socket.socket], order: list[int], turn: int) -> int:
+    """Hand `conn` to the worker whose turn it is, or the next that can take it now (one busy
+    for long, whose channel is full, is passed over); when none can, wait for the one whose
+    turn it is. A worker that has ended is left out of `order`. The next turn."""
+    waited = False
+    while order:
+        tries = len(order)
+        for _ in range(tries):
+            pid = order[turn % len(order)]
+            channel = workers[pid]
+            try:
+                channel.setblocking(waited)
+                socket.send_fds(channel, [b"c"], [conn.fileno()])
+                return turn + 1
+            except BlockingIOError:
+                turn += 1
+            except OSError:  # that worker is gone: the next one takes it
+                order.remove(pid)
+        waited = True
+    return turn
 
 
 def _orphan_watch(parent: int, stop: Callable[[], None]) -> None:
