@@ -241,7 +241,8 @@ def main(
         "--workers",
         type=int,
         default=None,
-        help="worker processes sharing the port, --state only (default: the cores, at most 4; elsewhere 1)",
+        help="worker processes, handed the connections in turn, --state only (default: the cores, at most 4; "
+        "elsewhere 1)",
     )
     parser.add_argument("--max-seconds", type=float, default=None, help="stop by itself after this many seconds")
     args = parser.parse_args(list(argv) if argv is not None else None)
