@@ -241,8 +241,7 @@ def main(
         "--workers",
         type=int,
         default=None,
-        help="worker processes, handed the connections in turn, --state only (default: the cores, at most 4; "
-        "elsewhere 1)",
+        help="worker processes sharing the port, --state only (default: the cores, at most 4; elsewhere 1)",
     )
     parser.add_argument("--max-seconds", type=float, default=None, help="stop by itself after this many seconds")
     args = parser.parse_args(list(argv) if argv is not None else None)
@@ -293,17 +292,18 @@ def main(
 
         gc.freeze()
         try:
-            listener = _listener(args.host, args.port)
+            listeners = _listeners(args.host, args.port, workers)
         except OSError as exc:
             print(f"rxguard serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
             return 1
-        stack.callback(listener.close)
-        port = int(listener.getsockname()[1])
+        for listener in listeners:
+            stack.callback(listener.close)
+        port = int(listeners[0].getsockname()[1])
         print(f"rxguard serve: listening on http://{args.host}:{port} ({where})", flush=True)
-        if workers > 1 and hasattr(socket, "send_fds"):
-            _prefork(app, listener, workers, threads, settings, args.max_seconds)
+        if workers > 1:
+            _prefork(app, listeners, workers, threads, settings, args.max_seconds)
         else:
-            _serve(app, listener, threads, settings, args.max_seconds)
+            _serve(app, listeners[0], threads, settings, args.max_seconds)
     print("rxguard serve: stopped", flush=True)
     return 0
 
@@ -388,17 +388,15 @@ def asgi_app(app: WsgiApp, max_body_bytes: int, executor: Any = None) -> Callabl
 
 def _serve(
     app: WsgiApp,
-    listener: socket.socket | None,
+    listener: socket.socket,
     threads: int,
     settings: ApiSettings,
     max_seconds: float | None,
     parent: int | None = None,
-    handoff: socket.socket | None = None,
 ) -> None:
-    """uvicorn, in this process, on an already listening socket or (a pre-forked worker) on
-    the connections its parent accepts and hands over through `handoff`, until interrupted
-    (SIGINT, SIGTERM) or `max_seconds` have passed; a pre-forked worker also stops when its
-    `parent` is gone or stops handing over."""
+    """uvicorn on an already listening socket, in this process, until interrupted (SIGINT,
+    SIGTERM) or `max_seconds` have passed; a pre-forked worker also stops when its `parent`
+    is gone."""
     import uvicorn  # local serving only: not in the Lambda layer
 
     executor = None
@@ -420,7 +418,7 @@ def _serve(
         # up to 619, against 73-122 and 81-132 on asyncio's loop, the CPU a check the same)
         loop="asyncio",
     )
-    server = uvicorn.Server(config) if handoff is None else _handed_over_server(uvicorn, config, handoff)
+    server = uvicorn.Server(config)
 
     def stop() -> None:
         server.should_exit = True  # the loop looks every 0.1 s, answers what it has, and returns
@@ -437,7 +435,7 @@ def _serve(
     # again to the handler it found: a quiet one here, so the process ends normally after it
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run(sockets=[listener] if listener is not None else [])
+        server.run(sockets=[listener])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -445,83 +443,56 @@ def _serve(
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _listener(host: str, port: int) -> socket.socket:
-    """The listening socket, TCP_NODELAY (accepted sockets inherit it): an answer's head and
-    body go out as two writes, and a client delaying its ACK would hold the body back ~40 ms.
-    A port in use is refused (OSError)."""
-    listener = socket.create_server((host, port), backlog=1024)
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return listener
-
-
-def _handed_over_server(uvicorn: Any, config: Any, handoff: socket.socket) -> Any:
-    """A uvicorn server with no listening socket of its own: it serves the connections that
-    arrive through `handoff` (one file descriptor a message, `socket.send_fds`), each as if
-    it had accepted it (the same protocol as uvicorn's own listeners), and stops when the
-    other end closes."""
-
-    class HandedOver(uvicorn.Server):
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets=[])  # no listener: the parent accepts
-            loop = asyncio.get_running_loop()
-
-            def protocol() -> asyncio.Protocol:  # as uvicorn's startup builds it for a listener
-                made: asyncio.Protocol = self.config.http_protocol_class(
-                    config=self.config, server_state=self.server_state, app_state=self.lifespan.state
-                )
-                return made
-
-            starting: set[asyncio.Task[Any]] = set()
-
-            def receive() -> None:
-                try:
-                    data, fds, _, _ = socket.recv_fds(handoff, 16, 64)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:
-                    data, fds = b"", []
-                if not data:  # the parent is gone or stops: answer what is open, then stop
-                    loop.remove_reader(handoff.fileno())
-                    self.should_exit = True
-                    return
-                for fd in fds:
-                    conn = socket.socket(fileno=fd)
-                    conn.setblocking(False)
-                    task = loop.create_task(loop.connect_accepted_socket(protocol, conn))
-                    starting.add(task)  # (a task only weakly referenced by the loop could be collected)
-                    task.add_done_callback(starting.discard)
-
-            handoff.setblocking(False)
-            loop.add_reader(handoff.fileno(), receive)
-
-    return HandedOver(config)
+def _listeners(host: str, port: int, workers: int) -> list[socket.socket]:
+    """The listening sockets: one, or one per pre-forked worker on the same port
+    (SO_REUSEPORT: the kernel spreads new connections over them by their addresses). One
+    socket shared by the workers went to whichever woke first, and it took every connection
+    pending (the event loop accepts until none is left): 20 clients connecting at once were
+    split 18 / 2, and the busier worker's clients waited for 17 others at every check.
+    TCP_NODELAY on each (accepted sockets inherit it): an answer's head and body go out as
+    two writes, and a client delaying its ACK would hold the body back ~40 ms."""
+    reuse = workers > 1 and hasattr(socket, "SO_REUSEPORT")
+    if reuse and port:
+        # the port must be free: SO_REUSEPORT would otherwise let this server share it with
+        # another one already there (another `rxguard serve`, perhaps over another state)
+        with socket.socket() as probe:  # bound, never listening: no connection can land on it
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as create_server: TIME_WAIT is no conflict
+            probe.bind((host, port))
+    first = socket.create_server((host, port), backlog=1024, reuse_port=reuse)
+    sockets = [first]
+    if reuse:
+        bound = first.getsockname()[:2]
+        sockets += [socket.create_server(bound, backlog=1024, reuse_port=True) for _ in range(workers - 1)]
+    for listener in sockets:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sockets
 
 
 def _prefork(
     app: Callable[..., Any],
-    listener: socket.socket,
+    listeners: list[socket.socket],
     workers: int,
     threads: int,
     settings: ApiSettings,
     max_seconds: float | None,
 ) -> None:
-    """Pre-fork: `workers` processes serve, each a Python process resolving one request at a
-    time, so checks use every core; this one accepts the connections and hands them to the
-    workers in turn (`_hand_over`). The parent passes SIGTERM / SIGINT on and stops them
-    after `max_seconds`; a worker whose parent is gone stops itself."""
+    """Pre-fork: `workers` processes, each on its own listening socket of the port (or all
+    on the one, where SO_REUSEPORT is missing), so checks use every core; the resolver and
+    the engine are Python, one request at a time per process. The parent waits, passes
+    SIGTERM / SIGINT on, and stops them after `max_seconds`; a worker whose parent is gone
+    stops itself."""
     parent = os.getpid()
     children: list[int] = []
-    channels: list[socket.socket] = []
-    for _ in range(workers):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for number in range(workers):
+        listener = listeners[number % len(listeners)]
         pid = os.fork()
         if pid == 0:  # a worker
             code = 0
             try:
-                listener.close()
-                for channel in [*channels, ours]:  # the other workers' channels are the parent's
-                    channel.close()
-                _serve(app, None, threads, settings, None, parent, handoff=theirs)
+                for other in listeners:  # a worker's own socket closes with it: the kernel sends the others on
+                    if other is not listener:
+                        other.close()
+                _serve(app, listener, threads, settings, None, parent)
             except BaseException:
                 import traceback
 
@@ -529,13 +500,12 @@ def _prefork(
                 code = 1
             finally:
                 os._exit(code)
-        theirs.close()
         children.append(pid)
-        channels.append(ours)
-    stopping = threading.Event()
+    if len(listeners) > 1:  # each is a worker's own now
+        for listener in listeners:
+            listener.close()
 
     def stop(*_: object) -> None:
-        stopping.set()
         for child in children:
             with suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
@@ -547,71 +517,21 @@ def _prefork(
         timer.daemon = True
         timer.start()
     try:
-        _hand_over(listener, dict(zip(children, channels, strict=True)), stopping)
+        for child in children:
+            while True:
+                try:
+                    os.waitpid(child, 0)
+                    break
+                except ChildProcessError:
+                    break
+                except InterruptedError:
+                    continue
     finally:
         if timer is not None:
             timer.cancel()
         stop()
-        for channel in channels:
-            channel.close()
-        for child in children:
-            with suppress(ChildProcessError):
-                os.waitpid(child, 0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _hand_over(listener: socket.socket, workers: dict[int, socket.socket], stopping: threading.Event) -> None:
-    """Accept connections and hand each to the next worker in turn, until every worker has
-    ended or `stopping` is set. The kernel's own spreading (a listening socket per worker,
-    SO_REUSEPORT) goes by the clients' addresses: 20 clients connecting at once were split
-    8 / 12 or 7 / 13 about half the time, and the p99 is the busier worker's clients', who
-    wait behind 11 or 12 others at every check instead of 9. In turn, they are 10 / 10."""
-    import selectors
-
-    listener.setblocking(False)
-    order = list(workers)
-    turn = 0
-    with selectors.DefaultSelector() as selector:
-        selector.register(listener, selectors.EVENT_READ)
-        while order and not stopping.is_set():
-            for pid in list(order):  # a worker that ended: no more connections for it
-                with suppress(ChildProcessError):
-                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                        order.remove(pid)
-            if not selector.select(timeout=0.5):
-                continue
-            while order:
-                try:
-                    conn, _ = listener.accept()
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:  # (the client gave up before it was accepted, or no descriptor left)
-                    break
-                with conn:
-                    turn = _hand_to_one(conn, workers, order, turn)
-
-
-def _hand_to_one(conn: socket.socket, workers: dict[int, socket.socket], order: list[int], turn: int) -> int:
-    """Hand `conn` to the worker whose turn it is, or the next that can take it now (one busy
-    for long, whose channel is full, is passed over); when none can, wait for the one whose
-    turn it is. A worker that has ended is left out of `order`. The next turn."""
-    waited = False
-    while order:
-        tries = len(order)
-        for _ in range(tries):
-            pid = order[turn % len(order)]
-            channel = workers[pid]
-            try:
-                channel.setblocking(waited)
-                socket.send_fds(channel, [b"c"], [conn.fileno()])
-                return turn + 1
-            except BlockingIOError:
-                turn += 1
-            except OSError:  # that worker is gone: the next one takes it
-                order.remove(pid)
-        waited = True
-    return turn
 
 
 def _orphan_watch(parent: int, stop: Callable[[], None]) -> None:
