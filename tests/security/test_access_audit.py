@@ -158,3 +158,14 @@ def test_offline_the_access_alert_goes_to_the_state_outbox(kb: KnowledgeBase, tm
         pending = state.outbox().pending()
         assert [(e.topic, e.message.message_type) for e in pending] == [("alerts", "access")]
         assert "STRANGER" not in pending[0].message.model_dump_json()
+
+
+def test_the_log_read_from_the_first_day_of_the_calendar_or_to_its_last_is_no_server_error(kb: KnowledgeBase) -> None:
+    # Given a recorded check (found by schemathesis: 0001-01-01 at midnight in China's time is
+    # before the first day in UTC)
+    svc, _ = _audited(kb)
+    _check(svc, "SECRET0005")
+    # When the regulator reads the log over the whole calendar
+    status, page = _get(svc, "/v1/audit", AUDITOR, {"date_from": ["0001-01-01"], "date_to": ["9999-12-31"]})
+    # Then it gets the record
+    assert status == 200 and len(page["items"]) == 1

@@ -1115,11 +1115,20 @@ def read_audit(
     query = AuditQuery(
         caller=principal,
         patient=token,
-        since=datetime.combine(date_from, datetime.min.time(), CHINA).astimezone(UTC) if date_from else None,
-        until=datetime.combine(date_to, datetime.max.time(), CHINA).astimezone(UTC) if date_to else None,
+        since=_china_day_in_utc(date_from) if date_from else None,
+        until=_china_day_in_utc(date_to, end=True) if date_to else None,
     )
     items, more = services.audit.query(query, limit or services.settings.page_size, next_token)
     return AuditPage(items=items, next_token=more)
+
+
+def _china_day_in_utc(day: date, *, end: bool = False) -> datetime | None:
+    """The start (or `end`) of `day` in China's time, in UTC; None (no bound) where UTC falls
+    outside the calendar: the first hours of 0001-01-01 (a date_from no record can be before)."""
+    try:
+        return datetime.combine(day, datetime.max.time() if end else datetime.min.time(), CHINA).astimezone(UTC)
+    except OverflowError:
+        return None
 
 
 # ------------------------------------------------------------------ dispositions (3103)
