@@ -72,6 +72,7 @@ QUERIES = [
     FindingQuery(),
     FindingQuery(rule_id="trace-code-reuse"),
     FindingQuery(date_to=date(2026, 2, 5)),
+    FindingQuery(psn_no="SYN1", date_from=date.min, date_to=date.max),  # the calendar's edges (a 500 once)
 ]
 
 

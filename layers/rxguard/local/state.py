@@ -1086,7 +1086,7 @@ class SqliteFindingsStore(FindingsStore):
         if query.date_from is not None:
             where.append("f.occurred_at >= ?")
             params.append(_day_start(query.date_from))
-        if query.date_to is not None:
+        if query.date_to is not None and query.date_to < date.max:  # (the calendar's last day: no bound)
             where.append("f.occurred_at < ?")
             params.append(_day_start(query.date_to + timedelta(days=1)))
         if token:
