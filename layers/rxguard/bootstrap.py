@@ -376,7 +376,7 @@ def local_api_services(state: State, settings: ApiSettings, core: Settings | Non
     screening.keep_histories(CHECK_HISTORIES)
     store = state.findings_store()
     checks = state.checks()
-    audit = SqliteAuditLog(checks.path)  # table access_audit of DIR/checks.db, beside the state
+    audit = SqliteAuditLog(checks.path, db=checks)  # access_audit of DIR/checks.db: record_check's connections
 
     def record_check(
         records: Sequence[AccessRecord], warnings: Sequence[Finding], at: datetime, answered: Collection[str]

@@ -7,7 +7,6 @@ of the state's schema version. Same interface and contract as the in-memory and 
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rxguard.api.audit import AccessRecord, AuditLog, AuditQuery
-from rxguard.local.state import CHECKS_FILE
+from rxguard.local.state import CHECKS_CACHE_MB, CHECKS_FILE, CHECKS_PAGE_SIZE, State
 
 _FIRST_WAIT, _MAX_WAIT = 0.0001, 0.005  # sleeps while another writer holds the lock (seconds)
 _SCHEMA = """
@@ -82,15 +81,26 @@ _COLUMNS = "record_id, at, caller, institution, patient, action, decision, detai
 
 
 class SqliteAuditLog(AuditLog):
-    """Append-only rows; one connection per thread (WAL, as the state DB)."""
+    """Append-only rows; one connection per thread and process (WAL, as the state DB).
 
-    def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
+    `db`: the file's `State` when the caller has one (`State.checks()`: serve's record of a
+    check and this log then share each thread's connection to checks.db)."""
+
+    def __init__(self, path: Path, busy_timeout: float = 10.0, *, db: State | None = None) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             self.path = self.path / CHECKS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.busy_timeout = busy_timeout
-        self._local = threading.local()
+        # connections as the state's (rxguard.local.state): WAL, `synchronous=NORMAL` (a commit
+        # survives the process; only a power cut or an OS crash may lose the last commits, the
+        # lines they audit with them), SQLite's busy handler off (the write lock is waited for
+        # by `_begin`: short, growing sleeps from 0.1 ms); a forked process opens its own
+        self._db = (
+            db
+            if db is not None
+            else State(self.path, busy_timeout=busy_timeout, cache_mb=CHECKS_CACHE_MB, page_size=CHECKS_PAGE_SIZE)
+        )
         conn = self._connection()
         conn.executescript(_SCHEMA)
         self._begin(conn)  # one process creates the summary and fills it from the records
@@ -107,19 +117,7 @@ class SqliteAuditLog(AuditLog):
         conn.execute("COMMIT")
 
     def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # as the state's own connections (rxguard.local.state): a commit survives the process
-            # (kill, crash); only a power cut or an OS crash may lose the last commits, the lines they audit with them
-            conn.execute("PRAGMA synchronous=NORMAL")
-            # the write lock is waited for by `_begin` (short, growing sleeps from 0.1 ms, as the
-            # state's writes): SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms, far longer than
-            # another worker's sub-millisecond audit write holds the lock
-            conn.execute("PRAGMA busy_timeout=0")
-            self._local.conn = conn
-        return conn
+        return self._db.connection()
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting for the write lock up to `busy_timeout` seconds."""
