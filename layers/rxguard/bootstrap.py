@@ -408,4 +408,9 @@ def open_local(directory: Path, settings: ApiSettings) -> LocalSite:
     from rxguard.local.state import State
 
     state = State.open(directory)
-    return LocalSite(services=local_api_services(state, settings), where=f"state {state.path}", close=state.close)
+    return LocalSite(
+        services=local_api_services(state, settings),
+        where=f"state {state.path}",
+        close=state.close,
+        maintain=state.keep_checkpointed,
+    )

@@ -281,3 +281,27 @@ def test_a_second_server_on_a_busy_port_is_refused(tmp_path: Any) -> None:
         assert "listening on" not in second.stdout
         status, _ = http(base, "GET", "/v1/rules")
         assert status == 200
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_checkpoints_the_checks_wal_beside_its_workers(tmp_path: Any, workers: str) -> None:
+    # Given serve over a state (one process, or a parent and two workers)
+    import time
+
+    checks = tmp_path / "checks.db"
+    with running_serve("--state", str(tmp_path), "--workers", workers) as (_, base):
+        body = json.loads(load_event("api/check.json")["body"])
+        assert http(base, "POST", "/v1/checks", body)[0] == 200
+        time.sleep(1.0)  # what the first check wrote may be copied already
+        size = checks.stat().st_size
+        # When checks write their access records (pages of checks.db's WAL; the workers' own
+        # automatic checkpoint waits for 8,192 of them)
+        for n in range(150):
+            body["psn_no"] = f"6101{n:016d}"
+            assert http(base, "POST", "/v1/checks", body)[0] == 200
+        # Then, while serve runs, the pages reach the database file: a checkpoint off the
+        # workers' path copied them
+        deadline = time.monotonic() + 10
+        while checks.stat().st_size <= size and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert checks.stat().st_size > size

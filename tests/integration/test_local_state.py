@@ -681,3 +681,41 @@ def test_moving_the_check_tables_again_after_a_crash_between_the_two_files_dupli
         # Then each record is there once, and state.db no longer has the table
         assert sorted(r.patient or "" for r in log.query(AuditQuery(), 10, None)[0]) == ["p-0", "p-1", "p-2"]
         assert not state.read("SELECT 1 FROM sqlite_master WHERE name = 'access_audit'")
+
+
+def test_keeping_a_state_checkpointed_copies_its_wal_and_its_checks_wal_into_the_files(tmp_path: Path) -> None:
+    from rxguard.api.audit import AccessRecord
+    from rxguard.local.audit import SqliteAuditLog
+    from rxguard.local.state import CHECKS_FILE
+
+    at = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+    records = [
+        AccessRecord(at=at, caller="arn:his", institution="P1", patient=f"p-{i}", action="check", decision="pass")
+        for i in range(400)
+    ]
+    with State.open(tmp_path) as writer, State.open(tmp_path) as keeper:
+        # Given writes that stay in the WAL (far below the automatic checkpoint's size)
+        writer.repository().record_lines([line("P1", str(i)) for i in range(300)])
+        SqliteAuditLog(writer.checks().path, db=writer.checks()).record(records)
+        files = (tmp_path / STATE_FILE, tmp_path / CHECKS_FILE)
+        sizes = [os.path.getsize(f) for f in files]
+        assert all(os.path.getsize(f"{f}-wal") > 0 for f in files)
+        # When another State of it keeps it checkpointed (as `rxguard serve`'s parent does)
+        stop = threading.Event()
+        thread = threading.Thread(target=keeper.keep_checkpointed, args=(stop, 0.01))
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(
+                os.path.getsize(f) <= size for f, size in zip(files, sizes, strict=True)
+            ):
+                time.sleep(0.01)
+            grown = [os.path.getsize(f) > size for f, size in zip(files, sizes, strict=True)]
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+        # Then both database files took the pages the writer's WAL held, while the writer
+        # kept its connections; and the keeper stops when asked
+        assert grown == [True, True]
+        assert not thread.is_alive()
+        assert writer.repository().count_lines() == 300

@@ -41,8 +41,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import ExitStack, suppress
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +72,9 @@ class LocalSite:
     services: Services
     where: str  # for people: the state's file
     close: Callable[[], None]  # release the state's connections (before forking workers, at exit)
+    # upkeep run beside the workers until the event is set (the state's WAL checkpoints):
+    # in the parent of pre-forked workers, else in a thread of the one process
+    maintain: Callable[[threading.Event], None] | None = None
 
 
 # (state directory, API settings) -> the site; raises with a message for people when the state cannot be opened
@@ -300,10 +303,12 @@ def main(
             stack.callback(listener.close)
         port = int(listeners[0].getsockname()[1])
         print(f"rxguard serve: listening on http://{args.host}:{port} ({where})", flush=True)
+        maintain = site.maintain if site is not None else None
         if workers > 1:
-            _prefork(app, listeners, workers, threads, settings, args.max_seconds)
+            _prefork(app, listeners, workers, threads, settings, args.max_seconds, maintain)
         else:
-            _serve(app, listeners[0], threads, settings, args.max_seconds)
+            with _upkeep(maintain):
+                _serve(app, listeners[0], threads, settings, args.max_seconds)
     print("rxguard serve: stopped", flush=True)
     return 0
 
@@ -443,6 +448,22 @@ def _serve(
             executor.shutdown(wait=False, cancel_futures=True)
 
 
+@contextmanager
+def _upkeep(maintain: Callable[[threading.Event], None] | None) -> Iterator[None]:
+    """`maintain(stop)` in a thread while the block runs; stopped and waited for on leaving."""
+    if maintain is None:
+        yield
+        return
+    stop = threading.Event()
+    thread = threading.Thread(target=maintain, args=(stop,), name="rxguard-upkeep", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
 def _listeners(host: str, port: int, workers: int) -> list[socket.socket]:
     """The listening sockets: one, or one per pre-forked worker on the same port
     (SO_REUSEPORT: the kernel spreads new connections over them by their addresses). One
@@ -475,12 +496,14 @@ def _prefork(
     threads: int,
     settings: ApiSettings,
     max_seconds: float | None,
+    maintain: Callable[[threading.Event], None] | None = None,
 ) -> None:
     """Pre-fork: `workers` processes, each on its own listening socket of the port (or all
     on the one, where SO_REUSEPORT is missing), so checks use every core; the resolver and
     the engine are Python, one request at a time per process. The parent waits, passes
     SIGTERM / SIGINT on, and stops them after `max_seconds`; a worker whose parent is gone
-    stops itself."""
+    stops itself. Meanwhile the parent runs `maintain` (the state's checkpoints), on the
+    workers' behalf and off their requests' path; its thread starts after the forks."""
     parent = os.getpid()
     children: list[int] = []
     for number in range(workers):
@@ -517,15 +540,16 @@ def _prefork(
         timer.daemon = True
         timer.start()
     try:
-        for child in children:
-            while True:
-                try:
-                    os.waitpid(child, 0)
-                    break
-                except ChildProcessError:
-                    break
-                except InterruptedError:
-                    continue
+        with _upkeep(maintain):
+            for child in children:
+                while True:
+                    try:
+                        os.waitpid(child, 0)
+                        break
+                    except ChildProcessError:
+                        break
+                    except InterruptedError:
+                        continue
     finally:
         if timer is not None:
             timer.cancel()

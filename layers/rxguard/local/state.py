@@ -50,6 +50,7 @@ PAGE_SIZE = 8192  # bytes, a new state's (docs/local.md)
 CHECKS_PAGE_SIZE = 4096  # bytes, a new checks.db's: a check's commit writes a few small rows
 CHECKS_CACHE_MB = 8
 WAL_CHECKPOINT_BYTES = 32 * 1024 * 1024  # of WAL between two automatic checkpoints
+CHECKPOINT_EVERY = 0.5  # seconds between two checkpoints by `State.keep_checkpointed` (serve)
 _FIRST_WAIT = 0.0001  # first sleep while the lock is taken (seconds), doubled up to _MAX_WAIT
 _MAX_WAIT = 0.005
 _T = TypeVar("_T")
@@ -292,6 +293,30 @@ class State:
                 _move_check_tables(self, checks)
                 self._checks = checks
             return self._checks
+
+    def keep_checkpointed(self, stop: threading.Event, every: float = CHECKPOINT_EVERY) -> None:
+        """Until `stop` is set, every `every` seconds copy what the WAL of this state and of
+        its checks.db holds into the database files: a PASSIVE checkpoint, which neither
+        waits for readers or writers nor blocks them. `rxguard serve` runs this beside its
+        workers (in the parent of the pre-forked workers, else in a thread), so the WAL never
+        reaches `wal_autocheckpoint`: otherwise the commit that crosses it copies the whole WAL
+        itself, and the worker that made it stalled 50-75 ms with the 10 clients waiting on
+        it, the p99 of every other round of `bench.serve` (docs/api.md, "sixth pass"). A
+        checkpoint that fails (a full disk, say) is logged and tried again at the next turn;
+        the workers' own automatic checkpoints remain the fallback."""
+        states = (self, self.checks())
+        failing: set[Path] = set()
+        while not stop.wait(every):
+            for state in states:
+                try:
+                    state.connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    failing.discard(state.path)
+                except sqlite3.Error as exc:
+                    if state.path not in failing:  # once until it works again, not every half second
+                        from rxguard.observability import logger
+
+                        logger.warning("WAL checkpoint failed", extra={"database": str(state.path), "error": str(exc)})
+                        failing.add(state.path)
 
     def close(self) -> None:
         """Close every connection this object opened in this process (its checks.db's too)."""
