@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import reference_loop_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 LINES_PER_PATIENT = 22.1  # rxguard synth, six months: 101,628 lines for 4,600 patients
 
@@ -160,6 +162,7 @@ def measure(lines: int, workers: int = 2, *, pdf_sample: int = 10) -> dict[str, 
         "phases": report["totals"].get("phases"),  # wall, orchestrator CPU and workers' CPU of each step
         "synth_seconds": round(synth_seconds, 1),
         "load_average_1min": round(os.getloadavg()[0], 1),
+        "reference_loop_cpu_s": reference_loop_seconds(),  # the core's speed now (bench.reference_loop_seconds)
     }
 
 

@@ -32,6 +32,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bench import reference_loop_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "layers"), str(ROOT / "tools"), str(ROOT)]
 
@@ -202,6 +204,7 @@ def _figures(results: list[Any], wall: float, server_cpu: float, machine_busy: f
         # What else ran meanwhile: other processes' CPU over the run, in cores (shared machine)
         "other_processes_cores": round(max(0.0, machine_busy - server_cpu - client_cpu) / wall, 2),
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "reference_loop_cpu_s": reference_loop_seconds(),  # the core's speed now (bench.reference_loop_seconds)
     }
 
 
@@ -390,6 +393,7 @@ def in_process(
         "cpu_ms_per_check_median": round(statistics.median(per_block), 3),
         "cpu_ms_per_check_blocks": [round(x, 3) for x in per_block],
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "reference_loop_cpu_s": reference_loop_seconds(),  # the core's speed now (bench.reference_loop_seconds)
     }
 
 
